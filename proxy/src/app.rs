@@ -1,0 +1,225 @@
+//! Assembles the proxy: state, metrics, listeners, admin, signals and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::{Config, Mode, env};
+use crate::drain;
+use crate::endpoint::Clients;
+use crate::errors::{ProxyError, Reason};
+use crate::listen::{self, Accepted};
+use crate::logging::LogHandle;
+use crate::metrics::{ConnMetrics, Direction, RequestMetrics};
+use crate::state::{self, Store};
+
+/// Process-wide state every connection shares (read-only but for the store's snapshots).
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Services, endpoints and routes.
+    pub store: Arc<Store>,
+    /// Upstream connection pools.
+    pub clients: Arc<Clients>,
+    /// Request metrics of the inbound direction.
+    pub inbound_metrics: Arc<RequestMetrics>,
+    /// Request metrics of outbound traffic to destinations the state does not know.
+    pub passthrough_metrics: Arc<RequestMetrics>,
+    /// Renders `/metrics`.
+    pub prometheus: PrometheusHandle,
+    /// The log filter.
+    pub log: LogHandle,
+    /// Starts graceful shutdown.
+    pub drain: drain::Trigger,
+    /// True once listeners are bound and the state is loaded.
+    pub ready: AtomicBool,
+    /// Resolved `SHOAL_OUTBOUND_TARGET`.
+    pub outbound_target: Option<SocketAddr>,
+    /// The proxy's own listener addresses (forwarding to one would loop).
+    own_addrs: Vec<SocketAddr>,
+}
+
+impl Shared {
+    /// Refuses destinations that are this proxy's own listeners.
+    pub fn check_loop(&self, addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
+        let own = self.own_addrs.iter().any(|o| {
+            o.port() == addr.port()
+                && (o.ip() == addr.ip() || (o.ip().is_unspecified() && addr.ip().is_loopback()))
+        });
+        if own {
+            return Err(ProxyError::new(
+                Reason::ForwardingLoop,
+                format!(
+                    "{addr} is this proxy's own listener; check the request's Host and the iptables exclusions (proxy uid)"
+                ),
+            ));
+        }
+        Ok(addr)
+    }
+
+    /// Explicit outbound mode's target for non-HTTP traffic.
+    pub fn explicit_target(&self) -> Option<SocketAddr> {
+        self.outbound_target
+    }
+
+    /// The port of [`Self::explicit_target`].
+    pub fn explicit_target_port(&self) -> Option<u16> {
+        self.outbound_target.map(|a| a.port())
+    }
+}
+
+fn resolve_target(config: &Config) -> Result<Option<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let Some(t) = &config.outbound.target else {
+        return Ok(None);
+    };
+    t.to_socket_addrs()
+        .map_err(|e| format!("{}={t}: cannot resolve: {e}", env::OUTBOUND_TARGET))?
+        .next()
+        .map(Some)
+        .ok_or_else(|| format!("{}={t}: resolved to no address", env::OUTBOUND_TARGET))
+}
+
+/// Runs the proxy until SIGTERM/SIGINT or `/shutdown`, then drains and returns.
+pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
+    let prometheus = crate::metrics::install()?;
+    let config = Arc::new(config);
+    let store = Store::new(match &config.state_file {
+        Some(p) => format!("file:{}", p.display()),
+        None => "none".into(),
+    });
+    if let Some(path) = &config.state_file {
+        state::file::load_into(&store, path).map_err(|e| format!("{}: {e}", env::STATE_FILE))?;
+    }
+    let outbound_target = resolve_target(&config)?;
+
+    let bind = |mode: Mode, addr: SocketAddr, setting: &str| match mode {
+        Mode::Off => Ok(None),
+        _ => listen::bind(addr, setting).map(Some),
+    };
+    let inbound = bind(config.inbound.mode, config.inbound.addr, env::INBOUND_ADDR)?;
+    let outbound = bind(
+        config.outbound.mode,
+        config.outbound.addr,
+        env::OUTBOUND_ADDR,
+    )?;
+    let admin = listen::bind(config.admin_addr, env::ADMIN_ADDR)?;
+    let mut own_addrs = Vec::new();
+    for l in [&inbound, &outbound].into_iter().flatten() {
+        own_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
+    }
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+
+    let (trigger, watch) = drain::channel();
+    let shared = Arc::new(Shared {
+        clients: Clients::new(config.http.clone()),
+        inbound_metrics: RequestMetrics::new(Direction::Inbound, &config.service_name, "default"),
+        passthrough_metrics: RequestMetrics::new(Direction::Outbound, "passthrough", "default"),
+        prometheus,
+        log,
+        drain: trigger.clone(),
+        ready: AtomicBool::new(false),
+        outbound_target,
+        own_addrs: own_addrs.clone(),
+        store,
+        config: config.clone(),
+    });
+
+    if let Some(l) = inbound {
+        let s = shared.clone();
+        tokio::spawn(listen::accept_loop(
+            l,
+            config.inbound.mode,
+            config.max_connections,
+            ConnMetrics::new(Direction::Inbound),
+            watch.clone(),
+            move |c: Accepted| crate::inbound::handle(s.clone(), c),
+        ));
+    }
+    if let Some(l) = outbound {
+        let s = shared.clone();
+        tokio::spawn(listen::accept_loop(
+            l,
+            config.outbound.mode,
+            config.max_connections,
+            ConnMetrics::new(Direction::Outbound),
+            watch.clone(),
+            move |c: Accepted| crate::outbound::handle(s.clone(), c),
+        ));
+    }
+    drop(watch);
+    tokio::spawn(crate::admin::serve(admin, shared.clone()));
+    if let Some(path) = &config.state_file {
+        tokio::spawn(state::file::watch(
+            shared.store.clone(),
+            path.clone(),
+            Duration::from_secs(1),
+        ));
+    }
+    tokio::spawn(housekeeping(shared.clone()));
+    shared.ready.store(true, Ordering::Release);
+    tracing::info!(
+        inbound = %display_listener(config.inbound.mode, config.inbound.addr),
+        outbound = %display_listener(config.outbound.mode, config.outbound.addr),
+        admin = %admin_addr,
+        listeners = ?own_addrs,
+        version = env!("CARGO_PKG_VERSION"),
+        "shoal-proxy ready"
+    );
+
+    wait_for_shutdown(&trigger).await;
+    let open = trigger.watchers();
+    tracing::info!(open_connections = open, grace = ?config.shutdown_grace, "draining: no new connections; finishing in-flight requests");
+    if trigger.wait_idle(config.shutdown_grace).await {
+        tracing::info!("drained: all connections finished");
+    } else {
+        tracing::warn!(
+            still_open = trigger.watchers(),
+            "shutdown grace period (SHOAL_SHUTDOWN_GRACE) ended with connections still open; closing them"
+        );
+    }
+    Ok(())
+}
+
+fn display_listener(mode: Mode, addr: SocketAddr) -> String {
+    match mode {
+        Mode::Off => "off".into(),
+        Mode::Transparent => format!("{addr} (transparent)"),
+        Mode::Explicit => format!("{addr} (explicit)"),
+    }
+}
+
+async fn wait_for_shutdown(trigger: &drain::Trigger) {
+    use tokio::signal::unix::{SignalKind, signal};
+    async fn on(kind: SignalKind) {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    }
+    let mut requested = trigger.subscribe();
+    tokio::select! {
+        _ = on(SignalKind::terminate()) => tracing::info!("SIGTERM received"),
+        _ = on(SignalKind::interrupt()) => tracing::info!("SIGINT received"),
+        _ = requested.signaled() => {}
+    }
+    drop(requested);
+    trigger.drain();
+}
+
+/// Periodic upkeep: fold histogram samples into buckets (bounded memory between scrapes) and
+/// close idle upstream connections.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        shared.prometheus.run_upkeep();
+        shared.clients.sweep();
+    }
+}

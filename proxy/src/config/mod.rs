@@ -1,0 +1,373 @@
+//! Proxy configuration: every setting, its default, and how it is read.
+//!
+//! Settings come from `SHOAL_`-prefixed environment variables (what the sidecar injector sets)
+//! and/or a YAML file named by `SHOAL_CONFIG`; the environment wins. Reading is split in two, as
+//! in ztunnel: [`Source`] gathers raw strings from wherever they live (a map in tests), and
+//! [`Config::from_source`] turns them into typed settings, failing with an error that names the
+//! setting, the value and what was expected. docs/configuration.md documents every setting.
+
+mod parse;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use parse::ConfigError;
+use parse::{Reader, parse_ports};
+
+/// Names of every environment variable, in one place.
+pub mod env {
+    /// YAML file with the same settings (keys without the prefix, lower-case).
+    pub const CONFIG: &str = "SHOAL_CONFIG";
+    pub const OUTBOUND_ADDR: &str = "SHOAL_OUTBOUND_ADDR";
+    pub const OUTBOUND_MODE: &str = "SHOAL_OUTBOUND_MODE";
+    pub const OUTBOUND_TARGET: &str = "SHOAL_OUTBOUND_TARGET";
+    pub const INBOUND_ADDR: &str = "SHOAL_INBOUND_ADDR";
+    pub const INBOUND_MODE: &str = "SHOAL_INBOUND_MODE";
+    pub const INBOUND_APP_ADDR: &str = "SHOAL_INBOUND_APP_ADDR";
+    pub const ADMIN_ADDR: &str = "SHOAL_ADMIN_ADDR";
+    pub const MAX_CONNECTIONS: &str = "SHOAL_MAX_CONNECTIONS";
+    pub const WORKER_THREADS: &str = "SHOAL_WORKER_THREADS";
+    pub const DETECT_TIMEOUT: &str = "SHOAL_DETECT_TIMEOUT";
+    pub const SERVER_FIRST_PORTS: &str = "SHOAL_SERVER_FIRST_PORTS";
+    pub const MAX_HEADER_BYTES: &str = "SHOAL_MAX_HEADER_BYTES";
+    pub const MAX_HEADERS: &str = "SHOAL_MAX_HEADERS";
+    pub const HEADER_READ_TIMEOUT: &str = "SHOAL_HEADER_READ_TIMEOUT";
+    pub const IDLE_TIMEOUT: &str = "SHOAL_IDLE_TIMEOUT";
+    pub const H2_MAX_CONCURRENT_STREAMS: &str = "SHOAL_H2_MAX_CONCURRENT_STREAMS";
+    pub const CONNECT_TIMEOUT: &str = "SHOAL_CONNECT_TIMEOUT";
+    pub const RESPONSE_TIMEOUT: &str = "SHOAL_RESPONSE_TIMEOUT";
+    pub const UPSTREAM_IDLE_TIMEOUT: &str = "SHOAL_UPSTREAM_IDLE_TIMEOUT";
+    pub const STATE_FILE: &str = "SHOAL_STATE_FILE";
+    pub const SERVICE_NAME: &str = "SHOAL_SERVICE_NAME";
+    pub const LOG: &str = "SHOAL_LOG";
+    pub const LOG_FORMAT: &str = "SHOAL_LOG_FORMAT";
+    pub const ACCESS_LOG: &str = "SHOAL_ACCESS_LOG";
+    pub const SHUTDOWN_GRACE: &str = "SHOAL_SHUTDOWN_GRACE";
+
+    /// Every setting the proxy reads (an unknown `SHOAL_` key in the config file is an error).
+    pub const ALL: &[&str] = &[
+        OUTBOUND_ADDR,
+        OUTBOUND_MODE,
+        OUTBOUND_TARGET,
+        INBOUND_ADDR,
+        INBOUND_MODE,
+        INBOUND_APP_ADDR,
+        ADMIN_ADDR,
+        MAX_CONNECTIONS,
+        WORKER_THREADS,
+        DETECT_TIMEOUT,
+        SERVER_FIRST_PORTS,
+        MAX_HEADER_BYTES,
+        MAX_HEADERS,
+        HEADER_READ_TIMEOUT,
+        IDLE_TIMEOUT,
+        H2_MAX_CONCURRENT_STREAMS,
+        CONNECT_TIMEOUT,
+        RESPONSE_TIMEOUT,
+        UPSTREAM_IDLE_TIMEOUT,
+        STATE_FILE,
+        SERVICE_NAME,
+        LOG,
+        LOG_FORMAT,
+        ACCESS_LOG,
+        SHUTDOWN_GRACE,
+    ];
+}
+
+/// Where raw setting strings come from: the process environment, a file, or a map in tests.
+#[derive(Debug, Default, Clone)]
+pub struct Source {
+    values: HashMap<String, String>,
+    /// For error messages: where each value came from ("env" or the file path).
+    origin: HashMap<String, String>,
+}
+
+impl Source {
+    /// Settings from a map of `SHOAL_*` names to values (tests, embedding).
+    pub fn from_map<K: Into<String>, V: Into<String>>(
+        map: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut s = Self::default();
+        for (k, v) in map {
+            s.set(k.into(), v.into(), "env");
+        }
+        s
+    }
+
+    /// Settings from the process environment, layered over the file named by `SHOAL_CONFIG`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("SHOAL_"))
+            .collect();
+        let mut source = match vars.get(env::CONFIG) {
+            Some(path) => Self::from_yaml_file(path.as_ref())?,
+            None => Self::default(),
+        };
+        for (k, v) in vars {
+            source.set(k, v, "env");
+        }
+        Ok(source)
+    }
+
+    /// Settings from a YAML mapping of lower-case names without the prefix (`outbound_addr: ...`).
+    pub fn from_yaml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let file_err = |problem: String| ConfigError::File {
+            path: origin.to_string(),
+            problem,
+        };
+        let map: HashMap<String, serde_yaml_ng::Value> =
+            serde_yaml_ng::from_str(text).map_err(|e| file_err(e.to_string()))?;
+        let mut source = Self::default();
+        for (key, value) in map {
+            let name = format!("SHOAL_{}", key.to_ascii_uppercase());
+            if !env::ALL.contains(&name.as_str()) {
+                return Err(file_err(format!(
+                    "unknown setting `{key}` (see docs/configuration.md for the list)"
+                )));
+            }
+            let text = match value {
+                serde_yaml_ng::Value::String(s) => s,
+                serde_yaml_ng::Value::Number(n) => n.to_string(),
+                serde_yaml_ng::Value::Bool(b) => b.to_string(),
+                serde_yaml_ng::Value::Sequence(items) => items
+                    .iter()
+                    .map(|v| match v {
+                        serde_yaml_ng::Value::String(s) => Ok(s.clone()),
+                        serde_yaml_ng::Value::Number(n) => Ok(n.to_string()),
+                        _ => Err(file_err(format!("`{key}`: list items must be scalars"))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(","),
+                serde_yaml_ng::Value::Null => continue,
+                _ => return Err(file_err(format!("`{key}` must be a scalar or a list"))),
+            };
+            source.set(name, text, origin);
+        }
+        Ok(source)
+    }
+
+    fn set(&mut self, key: String, value: String, origin: &str) {
+        self.origin.insert(key.clone(), origin.to_string());
+        self.values.insert(key, value);
+    }
+}
+
+/// How a listener learns where a connection was going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The original destination from SO_ORIGINAL_DST (iptables REDIRECT).
+    Transparent,
+    /// No iptables: a configured target, or the HTTP authority.
+    Explicit,
+    /// No listener.
+    Off,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The outbound listener (the app's outgoing connections).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboundConfig {
+    /// Bind address.
+    pub addr: SocketAddr,
+    /// Transparent, explicit or off.
+    pub mode: Mode,
+    /// Explicit mode: where non-HTTP traffic and unknown authorities go.
+    pub target: Option<String>,
+}
+
+/// The inbound listener (connections to the app).
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundConfig {
+    /// Bind address.
+    pub addr: SocketAddr,
+    /// Transparent, explicit or off.
+    pub mode: Mode,
+    /// Explicit mode: the app's address.
+    pub app_addr: SocketAddr,
+}
+
+/// HTTP limits and timeouts, shared by both directions.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpConfig {
+    /// Largest message head in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one message.
+    pub max_headers: usize,
+    /// Time to receive a complete request head; also the HTTP/1 keep-alive idle limit.
+    #[serde(with = "parse::duration_serde")]
+    pub header_read_timeout: Duration,
+    /// HTTP/2 and opaque connections idle for this long are closed.
+    #[serde(with = "parse::duration_serde")]
+    pub idle_timeout: Duration,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
+    pub h2_max_concurrent_streams: u32,
+    /// Upstream TCP connect timeout.
+    #[serde(with = "parse::duration_serde")]
+    pub connect_timeout: Duration,
+    /// Time to the upstream response head; `None` disables.
+    #[serde(with = "parse::opt_duration_serde")]
+    pub response_timeout: Option<Duration>,
+    /// Idle pooled upstream connections are closed after this.
+    #[serde(with = "parse::duration_serde")]
+    pub upstream_idle_timeout: Duration,
+}
+
+/// The whole proxy configuration, typed and validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Outbound listener.
+    pub outbound: OutboundConfig,
+    /// Inbound listener.
+    pub inbound: InboundConfig,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// Connections per listener.
+    pub max_connections: usize,
+    /// Runtime threads (1 = current-thread runtime).
+    pub worker_threads: usize,
+    /// Wait for the client's first bytes at most this long.
+    #[serde(with = "parse::duration_serde")]
+    pub detect_timeout: Duration,
+    /// Destination ports that skip detection (server speaks first).
+    pub server_first_ports: Vec<u16>,
+    /// HTTP limits and timeouts.
+    pub http: HttpConfig,
+    /// Static state file.
+    pub state_file: Option<PathBuf>,
+    /// The service this proxy sits beside.
+    pub service_name: String,
+    /// Initial log filter.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// One log line per request.
+    pub access_log: bool,
+    /// Graceful shutdown limit.
+    #[serde(with = "parse::duration_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// The default destination ports whose servers speak first (SMTP, MySQL, PostgreSQL, Redis,
+/// memcached, MongoDB): waiting for a client hello there would stall the connection.
+pub const DEFAULT_SERVER_FIRST_PORTS: &str = "25,587,3306,5432,6379,11211,27017";
+
+impl Config {
+    /// Reads the process environment (and `SHOAL_CONFIG`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Source::from_env()?)
+    }
+
+    /// Builds the typed configuration from raw settings; the first invalid one is reported.
+    pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
+        let r = Reader::new(source);
+        let outbound = OutboundConfig {
+            addr: r.addr(env::OUTBOUND_ADDR, "127.0.0.1:15001")?,
+            mode: r.mode(env::OUTBOUND_MODE, Mode::Transparent)?,
+            target: r.opt_string(env::OUTBOUND_TARGET),
+        };
+        if let Some(t) = &outbound.target {
+            parse::validate_host_port(env::OUTBOUND_TARGET, t, source)?;
+        }
+        let inbound = InboundConfig {
+            addr: r.addr(env::INBOUND_ADDR, "0.0.0.0:15006")?,
+            mode: r.mode(env::INBOUND_MODE, Mode::Transparent)?,
+            app_addr: r.addr(env::INBOUND_APP_ADDR, "127.0.0.1:8080")?,
+        };
+        let http = HttpConfig {
+            max_header_bytes: r.int_in(env::MAX_HEADER_BYTES, 61_440, 8_192..=1 << 20)?,
+            max_headers: r.int_in(env::MAX_HEADERS, 100, 1..=1_000)?,
+            header_read_timeout: r.duration_min(env::HEADER_READ_TIMEOUT, "10s", 1)?,
+            idle_timeout: r.duration_min(env::IDLE_TIMEOUT, "300s", 1)?,
+            h2_max_concurrent_streams: r.int_in(
+                env::H2_MAX_CONCURRENT_STREAMS,
+                100,
+                1..=1_000_000,
+            )? as u32,
+            connect_timeout: r.duration_min(env::CONNECT_TIMEOUT, "1s", 1)?,
+            response_timeout: r.opt_duration(env::RESPONSE_TIMEOUT, "30s")?,
+            upstream_idle_timeout: r.duration_min(env::UPSTREAM_IDLE_TIMEOUT, "90s", 1)?,
+        };
+        let log_format = match r.string(env::LOG_FORMAT, "plain").as_str() {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => return Err(r.invalid(env::LOG_FORMAT, other, "`plain` or `json`")),
+        };
+        let config = Config {
+            outbound,
+            inbound,
+            admin_addr: r.addr(env::ADMIN_ADDR, "0.0.0.0:15021")?,
+            max_connections: r.int_in(env::MAX_CONNECTIONS, 20_000, 1..=10_000_000)?,
+            worker_threads: r.int_in(env::WORKER_THREADS, 1, 1..=256)?,
+            detect_timeout: r.duration_min(env::DETECT_TIMEOUT, "500ms", 1)?,
+            server_first_ports: {
+                let raw = r.string(env::SERVER_FIRST_PORTS, DEFAULT_SERVER_FIRST_PORTS);
+                parse_ports(&raw)
+                    .map_err(|expected| r.invalid(env::SERVER_FIRST_PORTS, &raw, &expected))?
+            },
+            http,
+            state_file: r.opt_string(env::STATE_FILE).map(PathBuf::from),
+            service_name: r.string(env::SERVICE_NAME, "unknown"),
+            log: r.string(env::LOG, "info"),
+            log_format,
+            access_log: r.bool(env::ACCESS_LOG, false)?,
+            shutdown_grace: r.duration_min(env::SHUTDOWN_GRACE, "25s", 0)?,
+        };
+        config.check_conflicts(&r)?;
+        Ok(config)
+    }
+
+    fn check_conflicts(&self, r: &Reader<'_>) -> Result<(), ConfigError> {
+        let mut bound = vec![(env::ADMIN_ADDR, self.admin_addr)];
+        if self.outbound.mode != Mode::Off {
+            bound.push((env::OUTBOUND_ADDR, self.outbound.addr));
+        }
+        if self.inbound.mode != Mode::Off {
+            bound.push((env::INBOUND_ADDR, self.inbound.addr));
+        }
+        for (i, (name, addr)) in bound.iter().enumerate() {
+            for (other, other_addr) in &bound[i + 1..] {
+                if addr == other_addr && addr.port() != 0 {
+                    return Err(r.invalid(
+                        name,
+                        &addr.to_string(),
+                        &format!("an address different from {other}"),
+                    ));
+                }
+            }
+        }
+        if self.inbound.mode == Mode::Explicit && self.inbound.app_addr == self.inbound.addr {
+            return Err(r.invalid(
+                env::INBOUND_APP_ADDR,
+                &self.inbound.app_addr.to_string(),
+                "the app's address, not the proxy's own inbound address",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

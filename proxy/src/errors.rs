@@ -1,0 +1,176 @@
+//! Errors of the data path, and the one place they become HTTP responses.
+//!
+//! Every response the proxy makes itself carries a stable reason in the `shoal-proxy-error`
+//! header, so on-call engineers can tell a proxy-made 502 from an application's 502 at a glance.
+//! The reason strings are part of the public contract (documented in docs/errors.md): metric
+//! labels and dashboards depend on them, so never rename one.
+
+use std::fmt;
+
+use http::{HeaderValue, StatusCode};
+
+/// The response header naming why the proxy answered by itself.
+pub const ERROR_HEADER: &str = "shoal-proxy-error";
+
+/// One error an HTTP request can meet in the proxy, with enough context to explain itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct ProxyError {
+    /// What went wrong, in the stable vocabulary of [`Reason`].
+    pub kind: Reason,
+    /// Human-readable context: the address, setting or identity involved, and what to check.
+    pub detail: String,
+}
+
+impl ProxyError {
+    /// An error of `kind` with `detail` saying what to check.
+    pub fn new(kind: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Who is at fault: this says where an on-call engineer should look first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client (downstream) sent something wrong.
+    Downstream,
+    /// The server (upstream) failed or misbehaved.
+    Upstream,
+    /// The proxy itself (configuration, limits, shutdown).
+    Proxy,
+}
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident => ($name:literal, $status:ident, $side:ident, $retry:literal), )*) => {
+        /// The stable reasons the proxy gives for answering a request itself.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Reason {
+            /// Every reason, for documentation and metric pre-registration.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The stable string used in the `shoal-proxy-error` header and metric labels.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            /// The status the proxy answers with.
+            pub const fn status(self) -> StatusCode {
+                match self { $(Reason::$variant => StatusCode::$status,)* }
+            }
+
+            /// Which side is at fault.
+            pub const fn side(self) -> Side {
+                match self { $(Reason::$variant => Side::$side,)* }
+            }
+
+            /// Whether trying again (on another endpoint) may succeed.
+            pub const fn is_retryable(self) -> bool {
+                match self { $(Reason::$variant => $retry,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// The request was malformed (framing, header syntax) and was not forwarded.
+    MalformedRequest => ("malformed-request", BAD_REQUEST, Downstream, false),
+    /// The request head exceeded `SHOAL_MAX_HEADER_BYTES` or `SHOAL_MAX_HEADERS`.
+    HeadersTooLarge => ("headers-too-large", REQUEST_HEADER_FIELDS_TOO_LARGE, Downstream, false),
+    /// The request names no destination the proxy can reach (no authority, no original destination).
+    NoDestination => ("no-destination", BAD_REQUEST, Downstream, false),
+    /// The destination resolves to the proxy's own listener: forwarding would loop.
+    ForwardingLoop => ("forwarding-loop", LOOP_DETECTED, Proxy, false),
+    /// The destination's name could not be resolved.
+    UpstreamUnresolvable => ("upstream-unresolvable", BAD_GATEWAY, Upstream, true),
+    /// The upstream refused the TCP connection (nothing listening).
+    UpstreamConnectRefused => ("upstream-connect-refused", BAD_GATEWAY, Upstream, true),
+    /// The upstream did not accept the TCP connection within `SHOAL_CONNECT_TIMEOUT`.
+    UpstreamConnectTimeout => ("upstream-connect-timeout", GATEWAY_TIMEOUT, Upstream, true),
+    /// Connecting to the upstream failed for another reason (unreachable network, ...).
+    UpstreamConnectError => ("upstream-connect-error", BAD_GATEWAY, Upstream, true),
+    /// The upstream closed or reset the connection before sending a complete response head.
+    UpstreamReset => ("upstream-reset", BAD_GATEWAY, Upstream, false),
+    /// The upstream's response was malformed (framing, header syntax, smuggling attempt).
+    UpstreamMalformedResponse => ("upstream-malformed-response", BAD_GATEWAY, Upstream, false),
+    /// No response head arrived within the response timeout.
+    ResponseTimeout => ("response-timeout", GATEWAY_TIMEOUT, Upstream, false),
+    /// The service is known but has no ready endpoint.
+    NoEndpoints => ("no-endpoints", SERVICE_UNAVAILABLE, Proxy, false),
+    /// The proxy is shutting down and no longer starts new upstream requests.
+    ShuttingDown => ("proxy-shutting-down", SERVICE_UNAVAILABLE, Proxy, true),
+    /// The listener's connection limit (`SHOAL_MAX_CONNECTIONS`) was reached.
+    ConnectionLimit => ("connection-limit", SERVICE_UNAVAILABLE, Proxy, true),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Reason {
+    /// The header value for this reason (static: no allocation on the error path).
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+}
+
+/// Classifies an error from connecting a TCP socket into a reason.
+pub fn connect_reason(err: &std::io::Error) -> Reason {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => Reason::UpstreamConnectRefused,
+        std::io::ErrorKind::TimedOut => Reason::UpstreamConnectTimeout,
+        _ => Reason::UpstreamConnectError,
+    }
+}
+
+/// Classifies a hyper client error (after the connection was established) into a reason.
+pub fn upstream_reason(err: &hyper::Error) -> Reason {
+    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+        Reason::UpstreamMalformedResponse
+    } else if err.is_timeout() {
+        Reason::ResponseTimeout
+    } else {
+        Reason::UpstreamReset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_unique_and_lowercase() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.as_str()), "duplicate reason {r}");
+            assert!(
+                r.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-')
+            );
+            assert!(r.status().is_client_error() || r.status().is_server_error());
+        }
+    }
+
+    #[test]
+    fn connect_errors_classify() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(connect_reason(&refused), Reason::UpstreamConnectRefused);
+        assert_eq!(
+            Reason::UpstreamConnectRefused.status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            Reason::UpstreamConnectTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+}

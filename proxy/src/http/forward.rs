@@ -1,0 +1,351 @@
+//! Forwarding one HTTP request: resolve where it goes, rewrite it for the next hop, send it,
+//! and hand back the response — or the proxy's own explanation of what failed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version as HttpVersion, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::ResponseBody;
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::{Conn, Downstream, respond};
+use crate::endpoint::Version;
+use crate::errors::{ProxyError, Reason};
+use crate::metrics::{Direction, RequestMetrics};
+use crate::state::Protocol;
+use crate::trace_context::{self, TraceIds};
+
+/// Where one request goes.
+struct Target {
+    addr: SocketAddr,
+    version: Version,
+    timeout: Option<Duration>,
+    metrics: Arc<RequestMetrics>,
+}
+
+/// Handles one request; never fails (every error becomes a response).
+pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let ids = trace_context::propagate(req.headers_mut());
+    let access = conn.shared.config.access_log.then(|| AccessLine::new(&req));
+    let target = match resolve(conn, &req).await {
+        Ok(t) => t,
+        Err(e) => {
+            let metrics = match conn.direction {
+                Direction::Inbound => &conn.shared.inbound_metrics,
+                Direction::Outbound => &conn.shared.passthrough_metrics,
+            };
+            return finish(conn, Err(e), &ids, start, metrics, None, access);
+        }
+    };
+    let result = forward(conn, req, &target).await;
+    finish(
+        conn,
+        result,
+        &ids,
+        start,
+        &target.metrics,
+        Some(target.addr),
+        access,
+    )
+}
+
+async fn forward(
+    conn: &Conn,
+    mut req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    shape_for(&mut req, target.version)?;
+    let send = conn.shared.clients.send(target.addr, target.version, req);
+    let mut resp = match target.timeout {
+        Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| {
+            ProxyError::new(
+                Reason::ResponseTimeout,
+                format!("no response head from {} within {limit:?} (SHOAL_RESPONSE_TIMEOUT or the route's timeout)", target.addr),
+            )
+        })??,
+        None => send.await?,
+    };
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(downstream)) = (switching, on_upgrade) {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(crate::tcp::splice_upgraded(downstream, upstream));
+    }
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    // This hop speaks its own HTTP version to the client, whatever the upstream spoke.
+    *resp.version_mut() = match conn.version {
+        Downstream::Http1 => HttpVersion::HTTP_11,
+        Downstream::Http2 => HttpVersion::HTTP_2,
+    };
+    Ok(resp)
+}
+
+fn finish(
+    conn: &Conn,
+    result: Result<Response<ResponseBody>, ProxyError>,
+    ids: &TraceIds,
+    start: Instant,
+    metrics: &RequestMetrics,
+    upstream: Option<SocketAddr>,
+    access: Option<AccessLine>,
+) -> Response<ResponseBody> {
+    let (resp, reason) = match result {
+        Ok(resp) => (resp, None),
+        Err(e) => {
+            let dest = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
+            (respond::error(conn.direction, &e, ids, &dest), Some(e.kind))
+        }
+    };
+    let elapsed = start.elapsed();
+    metrics.record(resp.status(), reason, elapsed);
+    if let Some(line) = access {
+        line.log(conn, &resp, ids, upstream, reason, elapsed);
+    }
+    resp
+}
+
+/// Finds the destination of a request.
+async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyError> {
+    let shared = &conn.shared;
+    let same_version = match conn.version {
+        Downstream::Http1 => Version::Http1,
+        Downstream::Http2 => Version::Http2,
+    };
+    if conn.direction == Direction::Inbound {
+        let addr = conn.dst.ok_or_else(|| {
+            ProxyError::new(
+                Reason::NoDestination,
+                "inbound connection without a destination",
+            )
+        })?;
+        return Ok(Target {
+            addr,
+            version: same_version,
+            timeout: shared.config.http.response_timeout,
+            metrics: shared.inbound_metrics.clone(),
+        });
+    }
+    let state = shared.store.snapshot();
+    let authority = authority_of(req);
+    let default_port = conn.dst.map_or(80, |d| d.port());
+    let service = conn
+        .dst
+        .and_then(|dst| state.by_addr(&dst))
+        .or_else(|| authority.and_then(|a| lookup_authority(&state, a, default_port)));
+    if let Some(service) = service {
+        let rule = state.route(service, req.method(), req.uri().path(), req.headers());
+        let backend = rule.map_or(service, |r| r.pick_backend());
+        let addr = backend.balancer.pick().ok_or_else(|| {
+            ProxyError::new(
+                Reason::NoEndpoints,
+                format!(
+                    "service {} has no ready endpoints; check its endpoints in /config",
+                    backend.qualified_name()
+                ),
+            )
+        })?;
+        let version = match backend.protocol {
+            Protocol::Http1 => Version::Http1,
+            Protocol::Http2 => Version::Http2,
+            Protocol::Auto | Protocol::Tcp => same_version,
+        };
+        let addr = shared.check_loop(addr)?;
+        return Ok(Target {
+            addr,
+            version,
+            timeout: rule
+                .and_then(|r| r.timeout)
+                .or(shared.config.http.response_timeout),
+            metrics: rule.map_or_else(|| service.metrics.clone(), |r| r.metrics.clone()),
+        });
+    }
+    // Not a known service: pass through to where the app was going.
+    let addr = match conn.dst {
+        Some(dst) => dst,
+        None => passthrough_addr(conn, authority).await?,
+    };
+    Ok(Target {
+        addr: shared.check_loop(addr)?,
+        version: same_version,
+        timeout: shared.config.http.response_timeout,
+        metrics: shared.passthrough_metrics.clone(),
+    })
+}
+
+/// Explicit mode, unknown authority: an IP:PORT authority, else the configured target, else DNS.
+async fn passthrough_addr(conn: &Conn, authority: Option<&str>) -> Result<SocketAddr, ProxyError> {
+    if let Some(addr) = authority.and_then(|a| a.parse::<SocketAddr>().ok()) {
+        return Ok(addr);
+    }
+    let target = conn.shared.config.outbound.target.as_deref();
+    let name = match target.or(authority) {
+        Some(n) => n,
+        None => {
+            return Err(ProxyError::new(
+                Reason::NoDestination,
+                "the request has no Host or :authority and SHOAL_OUTBOUND_TARGET is not set",
+            ));
+        }
+    };
+    let with_port = if name
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        name.to_string()
+    } else {
+        format!("{name}:80")
+    };
+    match tokio::net::lookup_host(&with_port).await {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| {
+            ProxyError::new(
+                Reason::UpstreamUnresolvable,
+                format!("{with_port} resolved to no address"),
+            )
+        }),
+        Err(e) => Err(ProxyError::new(
+            Reason::UpstreamUnresolvable,
+            format!(
+                "cannot resolve {with_port}: {e}; it is not a service in the proxy's state either"
+            ),
+        )),
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
+fn authority_of(req: &Request<Incoming>) -> Option<&str> {
+    req.uri().authority().map(Authority::as_str).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+fn lookup_authority<'s>(
+    state: &'s crate::state::State,
+    authority: &str,
+    default_port: u16,
+) -> Option<&'s Arc<crate::state::Service>> {
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
+    let lower = authority.bytes().all(|b| !b.is_ascii_uppercase());
+    if has_port && lower {
+        return state.by_authority(authority);
+    }
+    let mut key = authority.to_ascii_lowercase();
+    if !has_port {
+        key.push(':');
+        key.push_str(&default_port.to_string());
+    }
+    state.by_authority(&key)
+}
+
+/// Rewrites the request line for the upstream's HTTP version.
+fn shape_for(req: &mut Request<Incoming>, version: Version) -> Result<(), ProxyError> {
+    match version {
+        Version::Http1 => {
+            // Origin-form request target, authority in Host.
+            if let Some(authority) = req.uri().authority().cloned() {
+                if !req.headers().contains_key(header::HOST) {
+                    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                        ProxyError::new(
+                            Reason::MalformedRequest,
+                            "authority is not a valid Host value",
+                        )
+                    })?;
+                    req.headers_mut().insert(header::HOST, host);
+                }
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
+            }
+            if req.version() == HttpVersion::HTTP_2 {
+                *req.version_mut() = HttpVersion::HTTP_11;
+            }
+        }
+        Version::Http2 => {
+            if req.uri().authority().is_none() {
+                let host = req.headers_mut().remove(header::HOST).ok_or_else(|| {
+                    ProxyError::new(
+                        Reason::NoDestination,
+                        "an HTTP/1 request without Host cannot be sent over HTTP/2",
+                    )
+                })?;
+                let authority = Authority::try_from(host.as_bytes()).map_err(|_| {
+                    ProxyError::new(
+                        Reason::MalformedRequest,
+                        "the Host header is not a valid authority",
+                    )
+                })?;
+                let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(authority);
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+                }
+                *req.uri_mut() = Uri::from_parts(parts).map_err(|_| {
+                    ProxyError::new(
+                        Reason::MalformedRequest,
+                        "cannot form an HTTP/2 request target",
+                    )
+                })?;
+            } else {
+                req.headers_mut().remove(header::HOST);
+            }
+            *req.version_mut() = HttpVersion::HTTP_2;
+        }
+    }
+    Ok(())
+}
+
+/// What an access-log line needs from the request (captured only when access logs are on).
+struct AccessLine {
+    method: http::Method,
+    path: String,
+    authority: String,
+}
+
+impl AccessLine {
+    fn new(req: &Request<Incoming>) -> Self {
+        Self {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            authority: authority_of(req).unwrap_or("-").to_string(),
+        }
+    }
+
+    fn log(
+        self,
+        conn: &Conn,
+        resp: &Response<ResponseBody>,
+        ids: &TraceIds,
+        upstream: Option<SocketAddr>,
+        reason: Option<Reason>,
+        elapsed: Duration,
+    ) {
+        tracing::info!(
+            target: "access",
+            direction = conn.direction.as_str(),
+            client = %conn.client,
+            method = %self.method,
+            authority = %self.authority,
+            path = %self.path,
+            status = resp.status().as_u16(),
+            upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            reason = reason.map_or("-", Reason::as_str),
+            duration_us = respond::micros(elapsed),
+            request_id = ids.request_id.to_str().unwrap_or("-"),
+            trace_id = %ids.trace_id,
+        );
+    }
+}

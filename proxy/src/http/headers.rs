@@ -1,0 +1,105 @@
+//! Hop-by-hop header handling (RFC 9110 §7.6.1) and request-target normalisation.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers: `Connection` and every field it names, `Keep-Alive`,
+/// `Proxy-Connection`, `Transfer-Encoding` (re-framed by this hop), `TE` other than `trailers`
+/// (which gRPC needs end to end), and `Upgrade` unless the request is an upgrade we carry.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        // Fields named by Connection (on any of its lines) are hop-by-hop too.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .map(str::trim)
+            // TE is handled below (`te: trailers` survives); an upgrade keeps its Upgrade field.
+            .filter(|n| {
+                !(n.eq_ignore_ascii_case("te") || keep_upgrade && n.eq_ignore_ascii_case("upgrade"))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    if headers.contains_key(&KEEP_ALIVE) {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if headers.contains_key(&PROXY_CONNECTION) {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if let Some(te) = headers.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if headers.contains_key(header::UPGRADE) {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols (e.g. WebSocket).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed_fields() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("te", "gzip".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("x-end-to-end", "kept".parse().unwrap());
+        h.insert("host", "a.example".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(h["x-end-to-end"], "kept");
+        assert_eq!(h["host"], "a.example");
+    }
+
+    #[test]
+    fn te_trailers_survives_for_grpc() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_kept_only_for_upgrades() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(is_upgrade(&h));
+        let mut kept = h.clone();
+        strip_hop_by_hop(&mut kept, true);
+        assert_eq!(kept["upgrade"], "websocket");
+        assert_eq!(kept["connection"], "upgrade");
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("upgrade").is_none());
+    }
+}

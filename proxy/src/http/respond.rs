@@ -1,0 +1,75 @@
+//! Responses the proxy makes itself: the one place errors become HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, header};
+
+use super::body::ResponseBody;
+use crate::errors::{ERROR_HEADER, ProxyError, Reason};
+use crate::metrics::{self, Direction};
+use crate::trace_context::TraceIds;
+
+/// Turns `err` into a response with its status and stable reason, logged once.
+pub fn error(
+    direction: Direction,
+    err: &ProxyError,
+    ids: &TraceIds,
+    destination: &str,
+) -> Response<ResponseBody> {
+    metrics::proxy_error(direction, err.kind);
+    tracing::warn!(
+        direction = direction.as_str(),
+        reason = err.kind.as_str(),
+        request_id = ids.request_id.to_str().unwrap_or("-"),
+        trace_id = %ids.trace_id,
+        destination,
+        "{}",
+        err.detail
+    );
+    let body = format!("shoal-proxy: {}: {}\n", err.kind, err.detail);
+    let mut resp = Response::new(ResponseBody::local(body));
+    *resp.status_mut() = err.kind.status();
+    let h = resp.headers_mut();
+    h.insert(ERROR_HEADER, err.kind.header_value());
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("x-request-id", ids.request_id.clone());
+    if matches!(
+        err.kind,
+        Reason::MalformedRequest | Reason::UpstreamMalformedResponse
+    ) {
+        // Nothing more can be trusted on a connection whose framing went wrong.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Logs and counts a downstream connection that ended with an error (hyper rejected a
+/// malformed or oversized request head, a client reset, a timeout).
+pub fn connection_error(err: &hyper::Error, client: SocketAddr, direction: Direction) {
+    let reason = if err.is_parse_too_large() {
+        Some(Reason::HeadersTooLarge)
+    } else if err.is_parse() {
+        Some(Reason::MalformedRequest)
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => {
+            metrics::proxy_error(direction, reason);
+            tracing::info!(%client, direction = direction.as_str(), reason = reason.as_str(), error = %err, "rejected a request from the client and closed the connection");
+        }
+        None if err.is_timeout() => {
+            tracing::debug!(%client, "client connection closed: the request head did not arrive within SHOAL_HEADER_READ_TIMEOUT");
+        }
+        None => tracing::debug!(%client, error = %err, "client connection ended"),
+    }
+}
+
+/// Formats a duration for access logs (microseconds).
+pub fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}

@@ -1,0 +1,37 @@
+//! `shoal-proxy`: Shoal's data plane, a sidecar next to every service instance.
+//!
+//! The modules are listed in the order a connection meets them:
+//!
+//! 1. [`listen`] — bind, accept, connection limits, SO_ORIGINAL_DST.
+//! 2. [`detect`] — read the first bytes with a deadline: TLS, HTTP/2, HTTP/1 or opaque.
+//! 3. [`protocol`] — hand the connection to HTTP or opaque TCP.
+//! 4. [`inbound`] — connections to the app: forward to the app's address.
+//! 5. [`outbound`] — the app's calls: service lookup → [`http`] route → [`balance`] →
+//!    [`endpoint`] (pooled upstream connections).
+//! 6. [`tcp`] — opaque forwarding with half-close.
+//!
+//! Cross-cutting: [`trace_context`], [`metrics`], [`errors`] (the one place errors become
+//! responses is `http::respond`), [`admin`], [`state`] (the store discovery feeds), [`config`],
+//! [`drain`] (graceful shutdown), [`init`] (iptables for transparent capture).
+
+pub mod balance;
+pub mod detect;
+pub mod endpoint;
+pub mod http;
+pub mod inbound;
+pub mod listen;
+pub mod outbound;
+pub mod protocol;
+pub mod tcp;
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod drain;
+pub mod errors;
+pub mod init;
+pub mod io;
+pub mod logging;
+pub mod metrics;
+pub mod state;
+pub mod trace_context;

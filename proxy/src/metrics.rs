@@ -1,0 +1,225 @@
+//! Prometheus metrics: names, the recorder, and pre-registered handles for the hot path.
+//!
+//! Handles are resolved once per (direction, service, route) when the state is built, not per
+//! request: the hot path only bumps atomics. Labels are bounded — never paths or ids.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::errors::Reason;
+
+/// Metric names (the public contract dashboards use).
+pub mod names {
+    pub const REQUESTS: &str = "shoal_requests_total";
+    pub const REQUEST_DURATION: &str = "shoal_request_duration_seconds";
+    pub const TCP_OPENED: &str = "shoal_tcp_connections_opened_total";
+    pub const TCP_CLOSED: &str = "shoal_tcp_connections_closed_total";
+    pub const TCP_ACTIVE: &str = "shoal_tcp_connections_active";
+    pub const TCP_READ_BYTES: &str = "shoal_tcp_read_bytes_total";
+    pub const TCP_WRITE_BYTES: &str = "shoal_tcp_write_bytes_total";
+    pub const DETECTIONS: &str = "shoal_protocol_detections_total";
+    pub const PROXY_ERRORS: &str = "shoal_proxy_errors_total";
+    pub const STATE_UPDATES: &str = "shoal_state_updates_total";
+    pub const STATE_VERSION: &str = "shoal_state_version";
+}
+
+/// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the global Prometheus recorder and describes every metric.
+///
+/// Must run before any handle is created (handles made earlier are no-ops).
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use names::*;
+    describe_counter!(
+        REQUESTS,
+        "HTTP requests completed, by direction, destination service, route, status code and proxy error reason (empty when the upstream answered)"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from receiving a request to its response head, by direction, service, route and status class"
+    );
+    describe_counter!(TCP_OPENED, "Accepted connections, by direction");
+    describe_counter!(
+        TCP_CLOSED,
+        "Closed connections, by direction and detected protocol"
+    );
+    describe_gauge!(TCP_ACTIVE, "Open connections, by direction");
+    describe_counter!(
+        TCP_READ_BYTES,
+        Unit::Bytes,
+        "Bytes read from clients, by direction and protocol (counted when the connection closes)"
+    );
+    describe_counter!(
+        TCP_WRITE_BYTES,
+        Unit::Bytes,
+        "Bytes written to clients, by direction and protocol (counted when the connection closes)"
+    );
+    describe_counter!(
+        DETECTIONS,
+        "Protocol detection outcomes, by direction and result (http1, http2, tls, opaque, skipped, timeout)"
+    );
+    describe_counter!(
+        PROXY_ERRORS,
+        "Errors the proxy handled itself, by direction and reason"
+    );
+    describe_counter!(
+        STATE_UPDATES,
+        "State updates from the state file, by result (applied, rejected)"
+    );
+    describe_gauge!(STATE_VERSION, "Version of the state currently served");
+}
+
+/// Traffic direction, a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Connections to the app.
+    Inbound,
+    /// The app's outgoing connections.
+    Outbound,
+}
+
+impl Direction {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Counts an error the proxy handled itself.
+pub fn proxy_error(direction: Direction, reason: Reason) {
+    counter!(names::PROXY_ERRORS, "direction" => direction.as_str(), "reason" => reason.as_str())
+        .increment(1);
+}
+
+/// Counts a protocol detection outcome.
+pub fn detection(direction: Direction, result: &'static str) {
+    counter!(names::DETECTIONS, "direction" => direction.as_str(), "result" => result).increment(1);
+}
+
+/// Pre-registered handles for the requests of one (direction, service, route).
+#[derive(Debug)]
+pub struct RequestMetrics {
+    direction: &'static str,
+    service: Arc<str>,
+    route: Arc<str>,
+    /// Latency histograms per status class 1xx..5xx (index = class - 1).
+    latency: [Histogram; 5],
+    /// Counters per (status, reason), created on first use; a handful per target.
+    counts: Mutex<Vec<(u16, Option<Reason>, Counter)>>,
+}
+
+impl RequestMetrics {
+    /// Registers the handles for one target.
+    pub fn new(direction: Direction, service: &str, route: &str) -> Arc<Self> {
+        let (service, route): (Arc<str>, Arc<str>) = (service.into(), route.into());
+        let dir = direction.as_str();
+        let class = |c: &'static str| {
+            histogram!(names::REQUEST_DURATION, "direction" => dir, "service" => service.to_string(),
+                "route" => route.to_string(), "status_class" => c)
+        };
+        Arc::new(Self {
+            direction: dir,
+            latency: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            service,
+            route,
+            counts: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Records one completed request.
+    pub fn record(&self, status: StatusCode, reason: Option<Reason>, elapsed: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.latency[class].record(elapsed.as_secs_f64());
+        let code = status.as_u16();
+        let counter = {
+            // Never held across an await; uncontended on the single-threaded runtime.
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            match counts.iter().find(|(c, r, _)| *c == code && *r == reason) {
+                Some((_, _, counter)) => counter.clone(),
+                None => {
+                    let counter = counter!(names::REQUESTS,
+                        "direction" => self.direction,
+                        "service" => self.service.to_string(),
+                        "route" => self.route.to_string(),
+                        "status_code" => code.to_string(),
+                        "reason" => reason.map_or("", Reason::as_str));
+                    counts.push((code, reason, counter.clone()));
+                    counter
+                }
+            }
+        };
+        counter.increment(1);
+    }
+}
+
+/// Pre-registered connection handles for one direction.
+#[derive(Debug, Clone)]
+pub struct ConnMetrics {
+    direction: Direction,
+    opened: Counter,
+    active: Gauge,
+}
+
+impl ConnMetrics {
+    /// Registers the handles for `direction`.
+    pub fn new(direction: Direction) -> Self {
+        let d = direction.as_str();
+        Self {
+            direction,
+            opened: counter!(names::TCP_OPENED, "direction" => d),
+            active: gauge!(names::TCP_ACTIVE, "direction" => d),
+        }
+    }
+
+    /// The direction these handles count.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// Counts an accepted connection.
+    pub fn opened(&self) {
+        self.opened.increment(1);
+        self.active.increment(1.0);
+    }
+
+    /// Counts a closed connection with the bytes it moved.
+    pub fn closed(&self, protocol: &'static str, read: u64, written: u64) {
+        let d = self.direction.as_str();
+        self.active.decrement(1.0);
+        counter!(names::TCP_CLOSED, "direction" => d, "protocol" => protocol).increment(1);
+        counter!(names::TCP_READ_BYTES, "direction" => d, "protocol" => protocol).increment(read);
+        counter!(names::TCP_WRITE_BYTES, "direction" => d, "protocol" => protocol)
+            .increment(written);
+    }
+}

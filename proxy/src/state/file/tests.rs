@@ -1,0 +1,128 @@
+use super::*;
+
+const GOOD: &str = r#"
+services:
+  - name: backend
+    port: 8080
+    hosts: [api.example]
+    addresses: [10.96.0.12]
+    endpoints:
+      - address: 127.0.0.1:9001
+      - address: 127.0.0.1:9002
+        ready: false
+  - name: backend-v2
+    port: 8080
+    protocol: http2
+    endpoints: [{ address: 127.0.0.1:9003, weight: 3 }]
+routes:
+  - name: canary
+    service: backend
+    rules:
+      - matches: [{ path_prefix: /api, method: get, headers: { X-Canary: "1" } }]
+        backends: [{ service: backend-v2, weight: 1 }]
+        timeout: 2s
+"#;
+
+#[test]
+fn parses_services_routes_and_indexes_authorities() {
+    let state = parse(GOOD).unwrap();
+    assert_eq!(state.services.len(), 2);
+    let svc = state.by_authority("backend:8080").unwrap();
+    assert_eq!(svc.name, "backend");
+    assert!(
+        state
+            .by_authority("backend.default.svc.cluster.local:8080")
+            .is_some()
+    );
+    assert!(state.by_authority("api.example:8080").is_some());
+    assert!(state.by_addr(&"10.96.0.12:8080".parse().unwrap()).is_some());
+    assert_eq!(svc.balancer.ready_len(), 1);
+    assert_eq!(state.services[1].protocol, Protocol::Http2);
+
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-canary", "1".parse().unwrap());
+    let rule = state
+        .route(svc, &http::Method::GET, "/api/x", &headers)
+        .unwrap();
+    assert_eq!(rule.route, "canary");
+    assert_eq!(rule.pick_backend().name, "backend-v2");
+    assert_eq!(rule.timeout, Some(Duration::from_secs(2)));
+    assert!(
+        state
+            .route(svc, &http::Method::POST, "/api/x", &headers)
+            .is_none()
+    );
+    assert!(
+        state
+            .route(svc, &http::Method::GET, "/other", &headers)
+            .is_none()
+    );
+}
+
+#[test]
+fn errors_name_the_field() {
+    let cases = [
+        ("services: [{name: Bad_Name, port: 80}]", "services[0].name"),
+        ("services: [{name: a, port: 0}]", "services[0].port"),
+        (
+            "services: [{name: a, port: 80, endpoints: [{address: nowhere}]}]",
+            "invalid socket address",
+        ),
+        (
+            "services: [{name: a, port: 80, endpoints: [{address: '1.2.3.4:5', weight: 0}]}]",
+            "endpoints[0].weight",
+        ),
+        (
+            "services: [{name: a, port: 80}, {name: a, port: 81}]",
+            "defined twice",
+        ),
+        (
+            "services: [{name: a, port: 80}]\nroutes: [{name: r, service: nope, rules: [{backends: [{service: a}]}]}]",
+            "routes[0].service: unknown service `nope`",
+        ),
+        (
+            "services: [{name: a, port: 80}]\nroutes: [{name: r, service: a, rules: [{backends: [{service: zz}]}]}]",
+            "routes[0].rules[0].backends[0].service",
+        ),
+        (
+            "services: [{name: a, port: 80}]\nroutes: [{name: r, service: a, rules: [{backends: [{service: a, weight: 0}]}]}]",
+            "weights sum to 0",
+        ),
+        (
+            "services: [{name: a, port: 80}]\nroutes: [{name: r, service: a, rules: [{matches: [{}], backends: [{service: a}]}]}]",
+            "empty match",
+        ),
+        (
+            "services: [{name: a, port: 80}]\nroutes: [{name: r, service: a, rules: [{timeout: soon, backends: [{service: a}]}]}]",
+            "not a duration",
+        ),
+        (
+            "services: [{name: a, port: 80, colour: red}]",
+            "unknown field `colour`",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.contains(want),
+            "for {text:?}: got {err:?}, want {want:?}"
+        );
+    }
+}
+
+#[test]
+fn rejected_update_keeps_last_good_state() {
+    let dir = std::env::temp_dir().join(format!("shoal-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.yaml");
+    let store = Store::new("test");
+    std::fs::write(&path, GOOD).unwrap();
+    assert_eq!(load_into(&store, &path), Ok(1));
+    std::fs::write(&path, "services: [{name: broken").unwrap();
+    assert!(load_into(&store, &path).is_err());
+    assert_eq!(store.snapshot().services.len(), 2, "last good state kept");
+    let status = store.status();
+    assert_eq!(status.version, 1);
+    assert!(status.last_error.unwrap().contains("invalid state file"));
+    std::fs::remove_dir_all(&dir).ok();
+}

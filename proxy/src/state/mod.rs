@@ -1,0 +1,82 @@
+//! The state store: services, endpoints and routes the proxy routes by.
+//!
+//! One mutator ([`Store::replace`]) swaps in a whole new [`State`]; readers take a cheap
+//! snapshot ([`Store::snapshot`]) so a request sees the old or the new state, never a mix. The
+//! static file ([`file`]) feeds it today; the control-plane discovery client will feed the same
+//! store later.
+
+pub mod file;
+mod model;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+pub use model::{Backend, Endpoint, HeaderMatch, Match, Protocol, RouteRule, Service, State};
+
+/// Where the current state came from and how its last update went (shown in `/config`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// `none`, or `file:<path>`.
+    pub source: String,
+    /// Version of the state being served (increments on every accepted update).
+    pub version: u64,
+    /// The error of the last rejected update, if the latest attempt was rejected.
+    pub last_error: Option<String>,
+}
+
+/// Holds the current [`State`] and swaps it atomically.
+#[derive(Debug)]
+pub struct Store {
+    current: ArcSwap<State>,
+    status: ArcSwap<SyncStatus>,
+    version: AtomicU64,
+}
+
+impl Store {
+    /// An empty store: every destination is passthrough.
+    pub fn new(source: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(State::default()),
+            status: ArcSwap::from_pointee(SyncStatus {
+                source: source.into(),
+                ..SyncStatus::default()
+            }),
+            version: AtomicU64::new(0),
+        })
+    }
+
+    /// The state to route one request or connection by.
+    pub fn snapshot(&self) -> Arc<State> {
+        self.current.load_full()
+    }
+
+    /// Replaces the whole state (the only mutator); returns the new version.
+    pub fn replace(&self, state: State) -> u64 {
+        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        self.current.store(Arc::new(state));
+        let mut status = (**self.status.load()).clone();
+        status.version = version;
+        status.last_error = None;
+        self.status.store(Arc::new(status));
+        metrics::gauge!(crate::metrics::names::STATE_VERSION).set(version as f64);
+        metrics::counter!(crate::metrics::names::STATE_UPDATES, "result" => "applied").increment(1);
+        version
+    }
+
+    /// Records a rejected update; the current state stays.
+    pub fn reject(&self, error: String) {
+        let mut status = (**self.status.load()).clone();
+        status.last_error = Some(error);
+        self.status.store(Arc::new(status));
+        metrics::counter!(crate::metrics::names::STATE_UPDATES, "result" => "rejected")
+            .increment(1);
+    }
+
+    /// Source, version and last error.
+    pub fn status(&self) -> SyncStatus {
+        (**self.status.load()).clone()
+    }
+}

@@ -1,0 +1,239 @@
+//! The proxy's routing model: what a destination is and how requests to it are steered.
+//!
+//! Built once per update, read by every request; lookups are hash-map hits on the snapshot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use serde::Serialize;
+
+use crate::balance::Balancer;
+use crate::metrics::{Direction, RequestMetrics};
+
+/// How the proxy speaks HTTP to a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Keep the client's HTTP version.
+    #[default]
+    Auto,
+    /// HTTP/1.1 to the endpoints.
+    Http1,
+    /// HTTP/2 (h2c prior knowledge) to the endpoints.
+    Http2,
+    /// Opaque TCP: no HTTP handling.
+    Tcp,
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Not-ready endpoints get no traffic.
+    pub ready: bool,
+}
+
+/// A logical destination with its endpoints.
+#[derive(Debug, Serialize)]
+pub struct Service {
+    /// Index in [`State::services`]; keys the service's route rules.
+    #[serde(skip)]
+    pub id: usize,
+    /// Name (a DNS label).
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The port apps call.
+    pub port: u16,
+    /// Upstream protocol.
+    pub protocol: Protocol,
+    /// Every `host:port` authority that names this service.
+    pub authorities: Vec<String>,
+    /// Virtual IPs (transparent-mode original destinations).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// All endpoints (ready or not), for `/config`.
+    pub endpoints: Vec<Endpoint>,
+    /// Chooses among the ready endpoints.
+    #[serde(skip)]
+    pub balancer: Balancer,
+    /// Request metrics for traffic that matched no route rule.
+    #[serde(skip)]
+    pub metrics: Arc<RequestMetrics>,
+}
+
+impl Service {
+    /// `name.namespace`, the service's identity in logs and labels.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+}
+
+/// A weighted backend of a route rule.
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    /// The service traffic goes to.
+    #[serde(serialize_with = "serialize_service_name")]
+    pub service: Arc<Service>,
+    /// Relative share.
+    pub weight: u32,
+}
+
+fn serialize_service_name<S: serde::Serializer>(
+    s: &Arc<Service>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(&s.qualified_name())
+}
+
+/// Conditions on a request; all given fields must hold.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Match {
+    /// Path starts with this.
+    pub path_prefix: Option<String>,
+    /// Exact method.
+    #[serde(serialize_with = "serialize_method")]
+    pub method: Option<Method>,
+    /// Exact header values.
+    pub headers: Vec<HeaderMatch>,
+}
+
+fn serialize_method<S: serde::Serializer>(m: &Option<Method>, ser: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => ser.serialize_str(m.as_str()),
+        None => ser.serialize_none(),
+    }
+}
+
+/// A header that must have an exact value.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderMatch {
+    /// Header name (lower-case).
+    #[serde(serialize_with = "serialize_header_name")]
+    pub name: http::HeaderName,
+    /// Required value.
+    pub value: String,
+}
+
+fn serialize_header_name<S: serde::Serializer>(
+    n: &http::HeaderName,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(n.as_str())
+}
+
+impl Match {
+    /// Whether `req` satisfies every condition.
+    pub fn matches(&self, method: &Method, path: &str, headers: &http::HeaderMap) -> bool {
+        self.path_prefix
+            .as_deref()
+            .is_none_or(|p| path.starts_with(p))
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.headers.iter().all(|h| {
+                headers
+                    .get(&h.name)
+                    .is_some_and(|v| v.as_bytes() == h.value.as_bytes())
+            })
+    }
+}
+
+/// One rule of a route: matches → weighted backends.
+#[derive(Debug, Serialize)]
+pub struct RouteRule {
+    /// The route's name (a metric label).
+    pub route: String,
+    /// Any match selects the rule; empty matches everything.
+    pub matches: Vec<Match>,
+    /// Weighted split.
+    pub backends: Vec<Backend>,
+    /// Overrides the response timeout.
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
+    /// Request metrics for this route.
+    #[serde(skip)]
+    pub metrics: Arc<RequestMetrics>,
+}
+
+impl RouteRule {
+    /// Picks a backend by weight.
+    pub fn pick_backend(&self) -> &Arc<Service> {
+        let total: u32 = self.backends.iter().map(|b| b.weight).sum();
+        let mut n = fastrand::u32(0..total.max(1));
+        for b in &self.backends {
+            if n < b.weight {
+                return &b.service;
+            }
+            n -= b.weight;
+        }
+        &self.backends[0].service
+    }
+}
+
+/// Everything the proxy routes by; immutable once built.
+#[derive(Debug, Default, Serialize)]
+pub struct State {
+    /// Services by qualified name (sorted for `/config`).
+    pub services: Vec<Arc<Service>>,
+    /// Route rules per service (indexed by [`Service::id`]), in match order.
+    pub routes: Vec<Vec<RouteRule>>,
+    #[serde(skip)]
+    by_authority: HashMap<String, Arc<Service>>,
+    #[serde(skip)]
+    by_addr: HashMap<SocketAddr, Arc<Service>>,
+}
+
+impl State {
+    /// Builds the lookup indexes over `services` and `routes`.
+    pub fn new(services: Vec<Arc<Service>>, routes: Vec<Vec<RouteRule>>) -> Self {
+        let mut by_authority = HashMap::new();
+        let mut by_addr = HashMap::new();
+        for s in &services {
+            for a in &s.authorities {
+                by_authority.insert(a.clone(), s.clone());
+            }
+            for ip in &s.addresses {
+                by_addr.insert(SocketAddr::new(*ip, s.port), s.clone());
+            }
+        }
+        Self {
+            services,
+            routes,
+            by_authority,
+            by_addr,
+        }
+    }
+
+    /// The service an authority (`host:port`, lower-case) names.
+    pub fn by_authority(&self, authority: &str) -> Option<&Arc<Service>> {
+        self.by_authority.get(authority)
+    }
+
+    /// The service whose virtual IP is `addr`.
+    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Arc<Service>> {
+        self.by_addr.get(addr)
+    }
+
+    /// The first route rule of `service` that `req` matches.
+    pub fn route(
+        &self,
+        service: &Service,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<&RouteRule> {
+        self.routes.get(service.id)?.iter().find(|r| {
+            r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, path, headers))
+        })
+    }
+
+    /// Metrics handles for a service with no route (built here so passthrough and services share
+    /// one constructor).
+    pub fn service_metrics(service: &str) -> Arc<RequestMetrics> {
+        RequestMetrics::new(Direction::Outbound, service, "default")
+    }
+}

@@ -1,0 +1,204 @@
+//! Trace context: W3C `traceparent`/`tracestate`, B3 (single and multi-header), `x-request-id`.
+//!
+//! The proxy is one hop of a trace: it keeps the trace id, gives its hop a new span id (the
+//! caller's span becomes the parent) and adds an `x-request-id` when the request has none, so
+//! every log line of every hop can be tied together. A request with no trace context at all
+//! starts a new (unsampled) W3C trace.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static B3: HeaderName = HeaderName::from_static("b3");
+static B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+
+/// The ids a request carries after propagation, for logs.
+#[derive(Debug, Clone)]
+pub struct TraceIds {
+    /// `x-request-id` (as received, or generated).
+    pub request_id: HeaderValue,
+    /// The trace id (hex), from W3C or B3.
+    pub trace_id: String,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
+fn is_hex(s: &[u8], len: usize) -> bool {
+    s.len() == len
+        && s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+fn nonzero_hex(s: &[u8]) -> bool {
+    s.iter().any(|&b| b != b'0')
+}
+
+fn new_span_id() -> [u8; 8] {
+    loop {
+        let id = fastrand::u64(..).to_be_bytes();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn hex_span(id: [u8; 8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    hex_into(&mut v, &id);
+    v
+}
+
+fn value(bytes: Vec<u8>) -> HeaderValue {
+    // Only hex digits and '-' are ever written here.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Rewrites the trace headers of a request crossing this hop; returns the ids for logging.
+pub fn propagate(headers: &mut HeaderMap) -> TraceIds {
+    let span = new_span_id();
+    let mut trace_id = w3c(headers, span);
+    if let Some(t) = b3_single(headers, span) {
+        trace_id.get_or_insert(t);
+    }
+    if let Some(t) = b3_multi(headers, span) {
+        trace_id.get_or_insert(t);
+    }
+    let trace_id = match trace_id {
+        Some(t) => t,
+        None => start_trace(headers, span),
+    };
+    let request_id = match headers.get(&REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => {
+            let v = new_request_id();
+            headers.insert(REQUEST_ID.clone(), v.clone());
+            v
+        }
+    };
+    TraceIds {
+        request_id,
+        trace_id,
+    }
+}
+
+/// `traceparent: 00-<trace-id>-<parent-id>-<flags>`: replaces the parent id with this hop's span.
+/// An invalid header is dropped with its `tracestate` (W3C trace-context §3.2.2.5: restart).
+fn w3c(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
+    let tp = headers.get(&TRACEPARENT)?.as_bytes();
+    let valid = tp.len() >= 55
+        && is_hex(&tp[0..2], 2)
+        && &tp[0..2] != b"ff"
+        && tp[2] == b'-'
+        && is_hex(&tp[3..35], 32)
+        && nonzero_hex(&tp[3..35])
+        && tp[35] == b'-'
+        && is_hex(&tp[36..52], 16)
+        && nonzero_hex(&tp[36..52])
+        && tp[52] == b'-'
+        && is_hex(&tp[53..55], 2)
+        && (tp.len() == 55 || (&tp[0..2] != b"00" && tp[55] == b'-'));
+    if !valid {
+        headers.remove(&TRACEPARENT);
+        headers.remove(&TRACESTATE);
+        return None;
+    }
+    let trace = String::from_utf8_lossy(&tp[3..35]).into_owned();
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    out.extend_from_slice(&tp[3..35]);
+    out.push(b'-');
+    hex_into(&mut out, &span);
+    out.push(b'-');
+    out.extend_from_slice(&tp[53..55]);
+    headers.insert(TRACEPARENT.clone(), value(out));
+    Some(trace)
+}
+
+/// `b3: {TraceId}-{SpanId}[-{Sampled}[-{ParentSpanId}]]`, or a bare sampling decision.
+fn b3_single(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
+    let v = headers.get(&B3)?.as_bytes().to_vec();
+    let mut parts = v.split(|&b| b == b'-');
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let sampled = parts.next();
+    if !(is_hex(trace, 32) || is_hex(trace, 16)) || !is_hex(parent, 16) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(trace.len() + 38);
+    out.extend_from_slice(trace);
+    out.push(b'-');
+    out.extend_from_slice(&hex_span(span));
+    if let Some(s) = sampled {
+        out.push(b'-');
+        out.extend_from_slice(s);
+    } else {
+        // The parent field needs a sampling field before it; "d"ebug is not implied.
+        out.extend_from_slice(b"-1");
+    }
+    out.push(b'-');
+    out.extend_from_slice(parent);
+    let trace = String::from_utf8_lossy(trace).into_owned();
+    headers.insert(B3.clone(), value(out));
+    Some(trace)
+}
+
+/// `X-B3-TraceId` / `X-B3-SpanId` / `X-B3-ParentSpanId`.
+fn b3_multi(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
+    let trace = headers.get(&B3_TRACE_ID)?.as_bytes();
+    if !(is_hex(trace, 32) || is_hex(trace, 16)) {
+        return None;
+    }
+    let trace = String::from_utf8_lossy(trace).into_owned();
+    let parent = headers
+        .get(&B3_SPAN_ID)
+        .filter(|v| is_hex(v.as_bytes(), 16))
+        .cloned()?;
+    headers.insert(B3_PARENT_SPAN_ID.clone(), parent);
+    headers.insert(B3_SPAN_ID.clone(), value(hex_span(span)));
+    Some(trace)
+}
+
+fn start_trace(headers: &mut HeaderMap, span: [u8; 8]) -> String {
+    let trace = fastrand::u128(1..).to_be_bytes();
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    hex_into(&mut out, &trace);
+    let trace_hex = String::from_utf8_lossy(&out[3..35]).into_owned();
+    out.push(b'-');
+    hex_into(&mut out, &span);
+    out.extend_from_slice(b"-00");
+    headers.insert(TRACEPARENT.clone(), value(out));
+    trace_hex
+}
+
+/// A random UUID v4 in its canonical text form.
+fn new_request_id() -> HeaderValue {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut out = Vec::with_capacity(36);
+    for (i, chunk) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b'-');
+        }
+        hex_into(&mut out, chunk);
+    }
+    value(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,91 @@
+use super::*;
+
+fn get<'a>(h: &'a HeaderMap, n: &str) -> &'a str {
+    h.get(n).unwrap().to_str().unwrap()
+}
+
+#[test]
+fn w3c_keeps_trace_id_and_flags_with_a_new_parent() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    h.insert("tracestate", "vendor=x".parse().unwrap());
+    let ids = propagate(&mut h);
+    assert_eq!(ids.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let tp = get(&h, "traceparent");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert!(tp.ends_with("-01"), "{tp}");
+    assert_ne!(&tp[36..52], "00f067aa0ba902b7", "span id must change");
+    assert_eq!(get(&h, "tracestate"), "vendor=x");
+}
+
+#[test]
+fn invalid_traceparent_restarts_the_trace() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "traceparent",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    h.insert("tracestate", "vendor=x".parse().unwrap());
+    let ids = propagate(&mut h);
+    assert!(h.get("tracestate").is_none());
+    let tp = get(&h, "traceparent");
+    assert_eq!(&tp[3..35], ids.trace_id);
+    assert!(tp.ends_with("-00"));
+}
+
+#[test]
+fn b3_single_and_multi_get_a_new_span_with_the_old_as_parent() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "b3",
+        "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+            .parse()
+            .unwrap(),
+    );
+    h.insert(
+        "x-b3-traceid",
+        "80f198ee56343ba864fe8b2a57d3eff7".parse().unwrap(),
+    );
+    h.insert("x-b3-spanid", "e457b5a2e4d86bd1".parse().unwrap());
+    let ids = propagate(&mut h);
+    assert_eq!(ids.trace_id, "80f198ee56343ba864fe8b2a57d3eff7");
+    let b3 = get(&h, "b3");
+    let parts: Vec<&str> = b3.split('-').collect();
+    assert_eq!(parts[0], "80f198ee56343ba864fe8b2a57d3eff7");
+    assert_ne!(parts[1], "e457b5a2e4d86bd1");
+    assert_eq!(parts[2], "1");
+    assert_eq!(parts[3], "e457b5a2e4d86bd1");
+    assert_eq!(get(&h, "x-b3-parentspanid"), "e457b5a2e4d86bd1");
+    assert_ne!(get(&h, "x-b3-spanid"), "e457b5a2e4d86bd1");
+    assert_eq!(get(&h, "x-b3-spanid"), parts[1], "one span id for this hop");
+    // B3-only requests do not get a W3C header invented for them.
+    assert!(h.get("traceparent").is_none());
+}
+
+#[test]
+fn request_id_added_when_missing_and_kept_otherwise() {
+    let mut h = HeaderMap::new();
+    let ids = propagate(&mut h);
+    let rid = get(&h, "x-request-id");
+    assert_eq!(rid.len(), 36);
+    assert_eq!(&rid[14..15], "4", "uuid v4");
+    assert_eq!(ids.request_id, rid);
+    assert!(
+        h.get("traceparent").is_some(),
+        "a new trace starts at the edge"
+    );
+
+    let mut h = HeaderMap::new();
+    h.insert("x-request-id", "abc".parse().unwrap());
+    assert_eq!(propagate(&mut h).request_id, "abc");
+}

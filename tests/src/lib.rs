@@ -1,0 +1,1 @@
+//! Harness for Shoal's integration tests.
