@@ -103,8 +103,6 @@ reasons! {
     ResponseTimeout => ("response-timeout", GATEWAY_TIMEOUT, Upstream, false),
     /// The service is known but has no ready endpoint.
     NoEndpoints => ("no-endpoints", SERVICE_UNAVAILABLE, Proxy, false),
-    /// The proxy is shutting down and no longer starts new upstream requests.
-    ShuttingDown => ("proxy-shutting-down", SERVICE_UNAVAILABLE, Proxy, true),
     /// The listener's connection limit (`SHOAL_MAX_CONNECTIONS`) was reached.
     ConnectionLimit => ("connection-limit", SERVICE_UNAVAILABLE, Proxy, true),
 }

@@ -19,11 +19,14 @@ use crate::metrics::{Direction, RequestMetrics};
 use crate::state::Protocol;
 use crate::trace_context::{self, TraceIds};
 
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// Where one request goes.
 struct Target {
     addr: SocketAddr,
     version: Version,
-    timeout: Option<Duration>,
+    /// The matched route rule's timeout, which wins over the default.
+    route_timeout: Option<Duration>,
     metrics: Arc<RequestMetrics>,
 }
 
@@ -59,12 +62,19 @@ async fn forward(
     mut req: Request<Incoming>,
     target: &Target,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    // A gRPC call carries its own deadline (grpc-timeout), which the server and client enforce;
+    // the proxy's default must not cut a long call short. A route's explicit timeout still holds.
+    let timeout = match target.route_timeout {
+        Some(t) => Some(t),
+        None if req.headers().contains_key(&GRPC_TIMEOUT) => None,
+        None => conn.shared.config.http.response_timeout,
+    };
     let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
     shape_for(&mut req, target.version)?;
     let send = conn.shared.clients.send(target.addr, target.version, req);
-    let mut resp = match target.timeout {
+    let mut resp = match timeout {
         Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| {
             ProxyError::new(
                 Reason::ResponseTimeout,
@@ -128,7 +138,7 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
         return Ok(Target {
             addr,
             version: same_version,
-            timeout: shared.config.http.response_timeout,
+            route_timeout: None,
             metrics: shared.inbound_metrics.clone(),
         });
     }
@@ -160,9 +170,7 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
         return Ok(Target {
             addr,
             version,
-            timeout: rule
-                .and_then(|r| r.timeout)
-                .or(shared.config.http.response_timeout),
+            route_timeout: rule.and_then(|r| r.timeout),
             metrics: rule.map_or_else(|| service.metrics.clone(), |r| r.metrics.clone()),
         });
     }
@@ -174,7 +182,7 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
     Ok(Target {
         addr: shared.check_loop(addr)?,
         version: same_version,
-        timeout: shared.config.http.response_timeout,
+        route_timeout: None,
         metrics: shared.passthrough_metrics.clone(),
     })
 }
