@@ -206,7 +206,7 @@ impl Clients {
         let release = reusable.then(|| Release { tx, pool });
         Ok(Response::from_parts(
             parts,
-            ResponseBody::Upstream { body, release },
+            ResponseBody::upstream(body, release),
         ))
     }
 
@@ -263,10 +263,7 @@ impl Clients {
                 format!("HTTP/2 exchange with {addr}: {e}"),
             )
         })?;
-        Ok(resp.map(|body| ResponseBody::Upstream {
-            body,
-            release: None,
-        }))
+        Ok(resp.map(|body| ResponseBody::upstream(body, None)))
     }
 
     /// Drops idle connections past `SHOAL_UPSTREAM_IDLE_TIMEOUT` and forgets unused endpoints.

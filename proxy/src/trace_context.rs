@@ -20,8 +20,45 @@ static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspani
 pub struct TraceIds {
     /// `x-request-id` (as received, or generated).
     pub request_id: HeaderValue,
-    /// The trace id (hex), from W3C or B3.
-    pub trace_id: String,
+    /// The trace id, from W3C or B3.
+    pub trace_id: TraceId,
+}
+
+/// A trace id in hex (16 or 32 digits), kept inline: no allocation per request.
+#[derive(Clone, Copy)]
+pub struct TraceId {
+    hex: [u8; 32],
+    len: u8,
+}
+
+impl TraceId {
+    /// From already-validated lower-case hex digits (at most 32).
+    fn from_hex(s: &[u8]) -> Self {
+        let mut hex = [b'0'; 32];
+        let len = s.len().min(32);
+        hex[..len].copy_from_slice(&s[..len]);
+        Self {
+            hex,
+            len: len as u8,
+        }
+    }
+
+    /// The hex digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.hex[..usize::from(self.len)]).unwrap_or("-")
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -94,7 +131,7 @@ pub fn propagate(headers: &mut HeaderMap) -> TraceIds {
 
 /// `traceparent: 00-<trace-id>-<parent-id>-<flags>`: replaces the parent id with this hop's span.
 /// An invalid header is dropped with its `tracestate` (W3C trace-context §3.2.2.5: restart).
-fn w3c(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
+fn w3c(headers: &mut HeaderMap, span: [u8; 8]) -> Option<TraceId> {
     let tp = headers.get(&TRACEPARENT)?.as_bytes();
     let valid = tp.len() >= 55
         && is_hex(&tp[0..2], 2)
@@ -113,7 +150,7 @@ fn w3c(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
         headers.remove(&TRACESTATE);
         return None;
     }
-    let trace = String::from_utf8_lossy(&tp[3..35]).into_owned();
+    let trace = TraceId::from_hex(&tp[3..35]);
     let mut out = Vec::with_capacity(55);
     out.extend_from_slice(b"00-");
     out.extend_from_slice(&tp[3..35]);
@@ -126,7 +163,7 @@ fn w3c(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
 }
 
 /// `b3: {TraceId}-{SpanId}[-{Sampled}[-{ParentSpanId}]]`, or a bare sampling decision.
-fn b3_single(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
+fn b3_single(headers: &mut HeaderMap, span: [u8; 8]) -> Option<TraceId> {
     let v = headers.get(&B3)?.as_bytes().to_vec();
     let mut parts = v.split(|&b| b == b'-');
     let trace = parts.next()?;
@@ -148,18 +185,18 @@ fn b3_single(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
     }
     out.push(b'-');
     out.extend_from_slice(parent);
-    let trace = String::from_utf8_lossy(trace).into_owned();
+    let trace = TraceId::from_hex(trace);
     headers.insert(B3.clone(), value(out));
     Some(trace)
 }
 
 /// `X-B3-TraceId` / `X-B3-SpanId` / `X-B3-ParentSpanId`.
-fn b3_multi(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
+fn b3_multi(headers: &mut HeaderMap, span: [u8; 8]) -> Option<TraceId> {
     let trace = headers.get(&B3_TRACE_ID)?.as_bytes();
     if !(is_hex(trace, 32) || is_hex(trace, 16)) {
         return None;
     }
-    let trace = String::from_utf8_lossy(trace).into_owned();
+    let trace = TraceId::from_hex(trace);
     let parent = headers
         .get(&B3_SPAN_ID)
         .filter(|v| is_hex(v.as_bytes(), 16))
@@ -169,12 +206,12 @@ fn b3_multi(headers: &mut HeaderMap, span: [u8; 8]) -> Option<String> {
     Some(trace)
 }
 
-fn start_trace(headers: &mut HeaderMap, span: [u8; 8]) -> String {
+fn start_trace(headers: &mut HeaderMap, span: [u8; 8]) -> TraceId {
     let trace = fastrand::u128(1..).to_be_bytes();
     let mut out = Vec::with_capacity(55);
     out.extend_from_slice(b"00-");
     hex_into(&mut out, &trace);
-    let trace_hex = String::from_utf8_lossy(&out[3..35]).into_owned();
+    let trace_hex = TraceId::from_hex(&out[3..35]);
     out.push(b'-');
     hex_into(&mut out, &span);
     out.extend_from_slice(b"-00");

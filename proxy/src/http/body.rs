@@ -1,6 +1,6 @@
 //! The response body type: an upstream's streamed body, or a small body the proxy made.
 //!
-//! An enum rather than a boxed trait object, so no allocation per response.
+//! A struct over an enum rather than a boxed trait object, so no allocation per response.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,15 +10,21 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::endpoint::Release;
+use crate::io::InFlight;
 
 /// A response body flowing back to the client.
 #[derive(Debug)]
-pub enum ResponseBody {
+pub struct ResponseBody {
+    kind: Kind,
+    /// Keeps the downstream connection from being parked while the body streams.
+    in_flight: Option<InFlight>,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// Streamed from the upstream; `release` returns its connection to the pool at the end.
     Upstream {
-        /// The upstream body.
         body: Incoming,
-        /// Hands the HTTP/1 connection back once the body is complete.
         release: Option<Release>,
     },
     /// A body the proxy made (error explanations).
@@ -26,9 +32,25 @@ pub enum ResponseBody {
 }
 
 impl ResponseBody {
+    /// An upstream body; `release` hands its HTTP/1 connection back once the body is complete.
+    pub fn upstream(body: Incoming, release: Option<Release>) -> Self {
+        Self {
+            kind: Kind::Upstream { body, release },
+            in_flight: None,
+        }
+    }
+
     /// A proxy-made body.
     pub fn local(text: impl Into<Bytes>) -> Self {
-        ResponseBody::Local(Some(text.into()))
+        Self {
+            kind: Kind::Local(Some(text.into())),
+            in_flight: None,
+        }
+    }
+
+    /// Ties the body's lifetime to a request in flight on the downstream connection.
+    pub fn set_in_flight(&mut self, guard: InFlight) {
+        self.in_flight = Some(guard);
     }
 }
 
@@ -40,8 +62,8 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ResponseBody::Upstream { body, release } => {
+        match &mut self.get_mut().kind {
+            Kind::Upstream { body, release } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 let done = match &polled {
                     Poll::Ready(None) => true,
@@ -53,23 +75,21 @@ impl Body for ResponseBody {
                 }
                 polled
             }
-            ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
-            ResponseBody::Local(data) => data.is_none(),
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Local(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Upstream { body, .. } => body.size_hint(),
-            ResponseBody::Local(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -8,14 +8,20 @@ mod respond;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
 
 use crate::app::Shared;
 use crate::drain;
-use crate::io::ProxyIo;
+use crate::io::{Activity, ProxyIo};
 use crate::metrics::Direction;
+
+/// An HTTP/1 connection idle this long is parked: its HTTP state and buffers are freed and it
+/// waits for the client's next request holding only the socket.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The HTTP version a downstream connection speaks (from detection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,55 +48,120 @@ pub struct Conn {
 }
 
 /// Serves HTTP on `io` until the client is done or draining asks the connection to close.
-pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
-    let config = conn.shared.config.clone();
-    let cfg = &config.http;
-    let client = conn.client;
-    let version = conn.version;
-    let direction = conn.direction;
-    let svc = hyper::service::service_fn(move |req| {
+pub async fn serve(conn: Arc<Conn>, io: ProxyIo, drain: drain::Watch) {
+    match conn.version {
+        Downstream::Http1 => serve_h1(conn, io, drain).await,
+        Downstream::Http2 => serve_h2(conn, io, drain).await,
+    }
+}
+
+/// The per-connection service: forwards each request, marking it in flight until its response
+/// body is done (so an HTTP/1 connection is never parked mid-response).
+fn service(
+    conn: Arc<Conn>,
+    activity: Option<Arc<Activity>>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<body::ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<body::ResponseBody>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(forward::handle(&conn, req).await) }
-    });
-    let io = TokioIo::new(io);
-    let result = match version {
-        Downstream::Http1 => {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(cfg.header_read_timeout)
-                .max_headers(cfg.max_headers)
-                .max_buf_size(cfg.max_header_bytes.max(8192) + 8192)
-                .max_header_size(cfg.max_header_bytes);
-            let conn = builder.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    // Finish the in-flight request, then close (Connection: close).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+        let guard = activity.as_ref().map(|a| a.begin());
+        async move {
+            let mut resp = forward::handle(&conn, req).await;
+            if let Some(g) = guard {
+                resp.body_mut().set_in_flight(g);
             }
+            Ok::<_, Infallible>(resp)
         }
-        Downstream::Http2 => {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
+    })
+}
+
+async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
+    let cfg = conn.shared.config.http.clone();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_headers(cfg.max_headers)
+        .max_buf_size(cfg.max_header_bytes.max(8192) + 8192)
+        .max_header_size(cfg.max_header_bytes);
+    let activity = io.activity();
+    loop {
+        // Active: hyper serves requests until the client is done or the connection idles.
+        let svc = service(conn.clone(), Some(activity.clone()));
+        // Boxed so a parked connection's task does not keep room for hyper's state.
+        let mut hconn = Box::pin(
             builder
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-                .max_header_list_size(cfg.max_header_bytes as u32)
-                .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-                .keep_alive_timeout(std::time::Duration::from_secs(20));
-            let conn = builder.serve_connection(io, svc);
-            tokio::pin!(conn);
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        );
+        let mut draining = false;
+        let mut seen = activity.ops();
+        let mut check = Instant::now() + PARK_AFTER;
+        let parked = loop {
             tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    // GOAWAY: streams in flight finish, no new ones start.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                res = hconn.as_mut() => {
+                    if let Err(e) = res {
+                        respond::connection_error(&e, conn.client, conn.direction);
+                    }
+                    return;
+                }
+                _ = drain.signaled(), if !draining => {
+                    // Finish the in-flight request, then close (Connection: close).
+                    draining = true;
+                    hconn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(check), if !draining => {
+                    let now = activity.ops();
+                    if now == seen && activity.is_idle() {
+                        match std::pin::Pin::into_inner(hconn).into_parts() {
+                            Some(parts) => break parts,
+                            None => return,
+                        }
+                    }
+                    seen = now;
+                    check = Instant::now() + PARK_AFTER;
                 }
             }
+        };
+        tracing::trace!(client = %conn.client, "idle HTTP/1 connection parked");
+        io = parked.io.into_inner();
+        io.unread(parked.read_buf);
+        drop(parked.service);
+        if io.has_buffered() {
+            continue;
+        }
+        // Parked: only the socket and this small task remain until the client speaks again.
+        let keepalive = cfg.header_read_timeout.saturating_sub(PARK_AFTER);
+        tokio::select! {
+            ready = io.readable() => if ready.is_err() { return },
+            _ = tokio::time::sleep(keepalive) => return,
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
+async fn serve_h2(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
+    let cfg = &conn.shared.config.http;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let (client, direction) = (conn.client, conn.direction);
+    let hconn = builder.serve_connection(TokioIo::new(io), service(conn.clone(), None));
+    tokio::pin!(hconn);
+    let result = tokio::select! {
+        res = hconn.as_mut() => res,
+        _ = drain.signaled() => {
+            // GOAWAY: streams in flight finish, no new ones start.
+            hconn.as_mut().graceful_shutdown();
+            hconn.await
         }
     };
     if let Err(e) = result {
