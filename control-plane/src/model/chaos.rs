@@ -1,0 +1,47 @@
+//! Chaos engineering and parallel runs, applied by client proxies: `FaultInjection` and `Mirror`.
+
+use std::time::Duration;
+
+use super::ServiceRef;
+
+/// Deliberate failures injected into requests to a service; delay and abort are drawn independently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultInjection {
+    /// The service whose callers see the faults.
+    pub target: ServiceRef,
+    /// Delay a share of requests; `None`: no delay.
+    pub delay: Option<FaultDelay>,
+    /// Answer a share of requests with an error; `None`: no abort. At least one of the two is set.
+    pub abort: Option<FaultAbort>,
+}
+
+/// Delay a share of requests before forwarding them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultDelay {
+    /// Share of requests delayed, 0–100.
+    pub percent: f64,
+    /// How long they are delayed (positive).
+    pub duration: Duration,
+}
+
+/// Answer a share of requests with an error status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultAbort {
+    /// Share of requests aborted, 0–100.
+    pub percent: f64,
+    /// HTTP status of the answer (200–599).
+    pub http_status: u16,
+}
+
+/// Copy a share of a service's requests to another service, fire and forget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    /// The service whose requests are mirrored.
+    pub target: ServiceRef,
+    /// The service receiving the copies (not `target` itself).
+    pub mirror: ServiceRef,
+    /// Port of the mirror service; `None` means the request's port number.
+    pub port: Option<u16>,
+    /// Share of requests copied, 0–100.
+    pub percent: f64,
+}

@@ -1,0 +1,174 @@
+//! Checks for backend policies, authorization, rate limits, fault injection and mirroring.
+
+use super::Checker;
+use crate::model::{AuthorizationPolicy, AuthorizationRule};
+use crate::model::{
+    BackendPolicy, FaultInjection, HashKey, IdentityMatch, LoadBalancingAlgorithm, Mirror,
+    RateLimit, dns_label, host_name, http_token, spiffe_id,
+};
+
+/// Most rules in one authorization policy; proxies evaluate them on every request.
+pub const MAX_AUTHORIZATION_RULES: usize = 1024;
+
+impl Checker<'_> {
+    pub(super) fn backend_policy(&mut self, policy: &BackendPolicy) {
+        if let Some(lb) = &policy.load_balancer {
+            let ring = lb.algorithm == Some(LoadBalancingAlgorithm::RingHash);
+            match (&lb.hash_key, ring) {
+                (None, true) => {
+                    let reason = "required with algorithm RING_HASH: what to hash";
+                    self.error("spec.load_balancer.hash_key", reason);
+                }
+                (Some(_), false) => {
+                    let reason =
+                        "only used with algorithm RING_HASH; set the algorithm or remove it";
+                    self.error("spec.load_balancer.hash_key", reason);
+                }
+                (Some(key), true) => self.hash_key(key),
+                (None, false) => {}
+            }
+        }
+        if let Some(limits) = &policy.limits {
+            let field = "spec.limits";
+            self.positive(&format!("{field}.max_connections"), limits.max_connections);
+            let pending = limits.max_pending_requests;
+            self.positive(&format!("{field}.max_pending_requests"), pending);
+            let concurrent = limits.max_concurrent_requests;
+            self.positive(&format!("{field}.max_concurrent_requests"), concurrent);
+            let per_connection = limits.max_requests_per_connection;
+            self.positive(
+                &format!("{field}.max_requests_per_connection"),
+                per_connection,
+            );
+            self.duration(
+                &format!("{field}.connect_timeout_ms"),
+                limits.connect_timeout,
+            );
+        }
+        if let Some(outlier) = &policy.outlier_detection {
+            let field = "spec.outlier_detection";
+            self.positive(&format!("{field}.consecutive_5xx"), outlier.consecutive_5xx);
+            self.duration(&format!("{field}.interval_ms"), outlier.interval);
+            let base = outlier.base_ejection_time;
+            self.duration(&format!("{field}.base_ejection_time_ms"), base);
+            if let Some(percent) = outlier.max_ejection_percent {
+                let percent_field = format!("{field}.max_ejection_percent");
+                if percent == 0.0 {
+                    self.error(percent_field, "must be positive when set");
+                } else {
+                    self.percent(&percent_field, percent);
+                }
+            }
+        }
+        if let Some(breaker) = &policy.circuit_breaker {
+            let field = "spec.circuit_breaker";
+            if let Some(ratio) = breaker.failure_ratio_threshold {
+                self.ratio(&format!("{field}.failure_ratio_threshold"), ratio);
+            }
+            self.positive(&format!("{field}.min_requests"), breaker.min_requests);
+            self.duration(&format!("{field}.window_ms"), breaker.window);
+            self.duration(&format!("{field}.open_duration_ms"), breaker.open_duration);
+            let probes = breaker.half_open_max_requests;
+            self.positive(&format!("{field}.half_open_max_requests"), probes);
+        }
+    }
+
+    fn hash_key(&mut self, key: &HashKey) {
+        let field = "spec.load_balancer.hash_key";
+        let (case, value) = match key {
+            HashKey::SourceIp => return,
+            HashKey::Header(name) => ("header", name),
+            HashKey::Cookie(name) => ("cookie", name),
+            HashKey::QueryParameter(name) => ("query_parameter", name),
+        };
+        if let Err(reason) = http_token(value) {
+            self.error(format!("{field}.{case}"), format!("{value:?} {reason}"));
+        }
+    }
+
+    pub(super) fn authorization(&mut self, policy: &AuthorizationPolicy) {
+        if policy.rules.len() > MAX_AUTHORIZATION_RULES {
+            let n = policy.rules.len();
+            let reason = format!("{n} rules; at most {MAX_AUTHORIZATION_RULES} are allowed");
+            self.error("spec.rules", reason);
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            self.authorization_rule(&format!("spec.rules[{i}]"), rule);
+        }
+    }
+
+    fn authorization_rule(&mut self, field: &str, rule: &AuthorizationRule) {
+        if !rule.name.is_empty()
+            && let Err(reason) = dns_label(&rule.name)
+        {
+            self.error(format!("{field}.name"), format!("{:?} {reason}", rule.name));
+        }
+        for (i, from) in rule.from.iter().enumerate() {
+            let (case, value, checked) = match from {
+                IdentityMatch::Exact(id) => ("exact", id, spiffe_id(id)),
+                IdentityMatch::Namespace(ns) => ("namespace", ns, dns_label(ns)),
+                IdentityMatch::TrustDomain(domain) => ("trust_domain", domain, host_name(domain)),
+            };
+            if let Err(reason) = checked {
+                self.error(
+                    format!("{field}.from[{i}].{case}"),
+                    format!("{value:?} {reason}"),
+                );
+            }
+        }
+        for (i, port) in rule.to_ports.iter().enumerate() {
+            self.port(&format!("{field}.to_ports[{i}]"), *port);
+        }
+        for (i, prefix) in rule.path_prefixes.iter().enumerate() {
+            if !prefix.starts_with('/') {
+                let reason = format!("{prefix:?} must start with `/`");
+                self.error(format!("{field}.path_prefixes[{i}]"), reason);
+            }
+        }
+        for (i, method) in rule.methods.iter().enumerate() {
+            if let Err(reason) = http_token(method) {
+                self.error(
+                    format!("{field}.methods[{i}]"),
+                    format!("{method:?} {reason}"),
+                );
+            }
+        }
+    }
+
+    pub(super) fn rate_limit(&mut self, limit: &RateLimit) {
+        if limit.burst == Some(0) {
+            self.error("spec.burst", "must be positive when set");
+        }
+    }
+
+    pub(super) fn fault_injection(&mut self, fault: &FaultInjection) {
+        if fault.delay.is_none() && fault.abort.is_none() {
+            self.error("spec", "injects nothing: set `delay`, `abort` or both");
+        }
+        if let Some(delay) = &fault.delay {
+            self.percent("spec.delay.percent", delay.percent);
+            self.required_duration("spec.delay.duration_ms", delay.duration);
+        }
+        if let Some(abort) = &fault.abort {
+            self.percent("spec.abort.percent", abort.percent);
+            if !(200..=599).contains(&abort.http_status) {
+                let reason = format!("{} is not an HTTP status in 200–599", abort.http_status);
+                self.error("spec.abort.http_status", reason);
+            }
+        }
+    }
+
+    pub(super) fn mirror(&mut self, mirror: &Mirror) {
+        if mirror.mirror == mirror.target {
+            let reason = format!("{} mirrors to itself; name another service", mirror.target);
+            self.error("spec.mirror_service", reason);
+        } else {
+            let port = mirror.port.map(|p| ("spec.mirror_port", p));
+            self.known_service("spec.mirror_service", &mirror.mirror, port);
+        }
+        if mirror.port == Some(0) {
+            self.port("spec.mirror_port", 0);
+        }
+        self.percent("spec.percent", mirror.percent);
+    }
+}

@@ -1,0 +1,196 @@
+//! Validation errors of services, registrations and policies name their field.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use super::tests::{assert_rejects, check, fault, registration};
+use crate::model::fixtures::{self, svc};
+use crate::model::*;
+
+#[test]
+fn service_errors_name_their_field() {
+    let with = |change: fn(&mut Service)| {
+        let mut service = fixtures::service("backend");
+        change(&mut service);
+        Spec::Service(service)
+    };
+    assert_rejects(with(|s| s.ports.clear()), "spec.ports", "at least one port");
+    assert_rejects(
+        with(|s| s.ports[0].port = 0),
+        "spec.ports[0].port",
+        "port 0",
+    );
+    let twice = with(|s| s.ports.push(s.ports[0].clone()));
+    assert_rejects(twice, "spec.ports[1].port", "listed twice");
+    assert_rejects(
+        with(|s| s.name = "other".into()),
+        "spec.name",
+        "differs from metadata.name",
+    );
+    let vip = with(|s| s.virtual_addresses[0] = IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_rejects(vip, "spec.virtual_addresses[0]", "not a unicast address");
+    assert_rejects(
+        with(|s| s.hosts[0] = "Bad_Host".into()),
+        "spec.hosts[0]",
+        "lowercase",
+    );
+}
+
+#[test]
+fn registration_errors_name_their_field() {
+    let with = |change: fn(&mut EndpointRegistration)| {
+        let mut registration = registration();
+        change(&mut registration);
+        Spec::EndpointRegistration(registration)
+    };
+    assert_eq!(check(with(|_| {})), Ok(()));
+    assert_rejects(
+        with(|r| r.service = svc("ghost")),
+        "spec.service",
+        "unknown service",
+    );
+    assert_rejects(with(|r| r.port = 0), "spec.port", "port 0");
+    assert_rejects(
+        with(|r| r.service_port = Some(9)),
+        "spec.service_port",
+        "has no port 9",
+    );
+    assert_rejects(with(|r| r.weight = 0), "spec.weight", "1–1000000");
+    let identity = with(|r| r.identity = Some("backend".into()));
+    assert_rejects(identity, "spec.identity", "spiffe://");
+    assert_rejects(with(|r| r.zone = "a zone".into()), "spec.zone", "zone name");
+}
+
+#[test]
+fn backend_policy_errors_name_their_field() {
+    let ring_without_key = BackendPolicy {
+        service: svc("backend"),
+        load_balancer: Some(LoadBalancer {
+            algorithm: Some(LoadBalancingAlgorithm::RingHash),
+            hash_key: None,
+        }),
+        limits: Some(ConnectionLimits {
+            max_connections: Some(0),
+            ..ConnectionLimits::default()
+        }),
+        outlier_detection: Some(OutlierDetection {
+            max_ejection_percent: Some(150.0),
+            ..OutlierDetection::default()
+        }),
+        circuit_breaker: Some(CircuitBreaker {
+            failure_ratio_threshold: Some(0.0),
+            open_duration: Some(Duration::from_secs(100_000)),
+            ..CircuitBreaker::default()
+        }),
+    };
+    let spec = || Spec::BackendPolicy(ring_without_key.clone());
+    assert_rejects(
+        spec(),
+        "spec.load_balancer.hash_key",
+        "required with algorithm RING_HASH",
+    );
+    assert_rejects(spec(), "spec.limits.max_connections", "must be positive");
+    assert_rejects(
+        spec(),
+        "spec.outlier_detection.max_ejection_percent",
+        "percentage",
+    );
+    assert_rejects(
+        spec(),
+        "spec.circuit_breaker.failure_ratio_threshold",
+        "ratio",
+    );
+    assert_rejects(
+        spec(),
+        "spec.circuit_breaker.open_duration_ms",
+        "longer than the maximum",
+    );
+    let mut key_without_ring = ring_without_key.clone();
+    key_without_ring.load_balancer = Some(LoadBalancer {
+        algorithm: None,
+        hash_key: Some(HashKey::SourceIp),
+    });
+    let spec = Spec::BackendPolicy(key_without_ring);
+    assert_rejects(
+        spec,
+        "spec.load_balancer.hash_key",
+        "only used with algorithm RING_HASH",
+    );
+}
+
+#[test]
+fn inbound_policy_errors_name_their_field() {
+    let policy = AuthorizationPolicy {
+        target: svc("backend"),
+        default_action: AuthorizationAction::Deny,
+        rules: vec![AuthorizationRule {
+            name: String::new(),
+            action: AuthorizationAction::Allow,
+            from: vec![IdentityMatch::Exact("frontend".into())],
+            to_ports: vec![0],
+            path_prefixes: vec!["api".into()],
+            methods: vec!["G T".into()],
+        }],
+    };
+    let spec = || Spec::AuthorizationPolicy(policy.clone());
+    assert_rejects(spec(), "spec.rules[0].from[0].exact", "spiffe://");
+    assert_rejects(spec(), "spec.rules[0].to_ports[0]", "port 0");
+    assert_rejects(spec(), "spec.rules[0].path_prefixes[0]", "start with `/`");
+    assert_rejects(spec(), "spec.rules[0].methods[0]", "HTTP token");
+    let limit = RateLimit {
+        target: svc("backend"),
+        requests_per_unit: 10,
+        unit: RateLimitUnit::Second,
+        burst: Some(0),
+        scope: RateLimitScope::Global,
+    };
+    assert_rejects(Spec::RateLimit(limit), "spec.burst", "must be positive");
+}
+
+#[test]
+fn chaos_policy_errors_name_their_field() {
+    let nothing = FaultInjection {
+        delay: None,
+        ..fault()
+    };
+    assert_rejects(Spec::FaultInjection(nothing), "spec", "injects nothing");
+    let abort = FaultInjection {
+        abort: Some(FaultAbort {
+            percent: 101.0,
+            http_status: 600,
+        }),
+        ..fault()
+    };
+    assert_rejects(
+        Spec::FaultInjection(abort.clone()),
+        "spec.abort.percent",
+        "101",
+    );
+    assert_rejects(
+        Spec::FaultInjection(abort),
+        "spec.abort.http_status",
+        "200–599",
+    );
+
+    let mirror = Mirror {
+        target: svc("backend"),
+        mirror: svc("backend"),
+        port: None,
+        percent: f64::NAN,
+    };
+    assert_rejects(
+        Spec::Mirror(mirror.clone()),
+        "spec.mirror_service",
+        "mirrors to itself",
+    );
+    assert_rejects(Spec::Mirror(mirror.clone()), "spec.percent", "NaN");
+    let unknown = Mirror {
+        mirror: svc("shadow"),
+        ..mirror
+    };
+    assert_rejects(
+        Spec::Mirror(unknown),
+        "spec.mirror_service",
+        "unknown service shadow.default",
+    );
+}
