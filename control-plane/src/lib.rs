@@ -17,5 +17,6 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod discovery;
 pub mod model;
 pub mod store;

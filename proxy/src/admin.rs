@@ -79,6 +79,7 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
                 "config": &*shared.config,
                 "state": &*shared.store.snapshot(),
                 "sync": shared.store.status(),
+                "discovery": shared.discovery.as_ref().map(|d| d.status()),
                 "draining": shared.drain.is_draining(),
                 "log_level": shared.log.get(),
             });

@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Config, Mode, env};
+use crate::discovery::Discovery;
 use crate::drain;
 use crate::endpoint::Clients;
 use crate::errors::{ProxyError, Reason};
@@ -39,6 +40,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Resolved `SHOAL_OUTBOUND_TARGET`.
     pub outbound_target: Option<SocketAddr>,
+    /// The control-plane client, when `SHOAL_DISCOVERY_ADDR` is set.
+    pub discovery: Option<Arc<Discovery>>,
     /// The proxy's own listener addresses (forwarding to one would loop).
     own_addrs: Vec<SocketAddr>,
 }
@@ -88,14 +91,19 @@ fn resolve_target(config: &Config) -> Result<Option<SocketAddr>, String> {
 pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
     let prometheus = crate::metrics::install()?;
     let config = Arc::new(config);
-    let store = Store::new(match &config.state_file {
-        Some(p) => format!("file:{}", p.display()),
-        None => "none".into(),
+    let store = Store::new(match (&config.state_file, &config.discovery) {
+        (Some(p), _) => format!("file:{}", p.display()),
+        (None, Some(d)) => format!("discovery:{}", d.addr),
+        (None, None) => "none".into(),
     });
     if let Some(path) = &config.state_file {
         state::file::load_into(&store, path).map_err(|e| format!("{}: {e}", env::STATE_FILE))?;
     }
     let outbound_target = resolve_target(&config)?;
+    let discovery = config
+        .discovery
+        .clone()
+        .map(|d| Discovery::start(d, store.clone()));
 
     let bind = |mode: Mode, addr: SocketAddr, setting: &str| match mode {
         Mode::Off => Ok(None),
@@ -124,6 +132,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         drain: trigger.clone(),
         ready: AtomicBool::new(false),
         outbound_target,
+        discovery,
         own_addrs: own_addrs.clone(),
         store,
         config: config.clone(),

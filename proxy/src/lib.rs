@@ -12,7 +12,8 @@
 //!
 //! Cross-cutting: [`trace_context`], [`metrics`], [`errors`] (the one place errors become
 //! responses is `http::respond`), [`admin`], [`state`] (the store discovery feeds), [`config`],
-//! [`drain`] (graceful shutdown), [`init`] (iptables for transparent capture).
+//! [`drain`] (graceful shutdown), [`discovery`] (the control-plane client feeding `state`),
+//! [`init`] (iptables for transparent capture).
 
 pub mod balance;
 pub mod detect;
@@ -27,6 +28,7 @@ pub mod tcp;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod discovery;
 pub mod drain;
 pub mod errors;
 pub mod init;

@@ -26,12 +26,25 @@ pub async fn handle(shared: Arc<Shared>, conn: Accepted) {
     crate::protocol::serve(shared, conn, Direction::Outbound, dst).await;
 }
 
-/// For opaque traffic to a known service's virtual IP, pick one of its endpoints.
-pub(crate) fn resolve_opaque(shared: &Shared, dst: std::net::SocketAddr) -> std::net::SocketAddr {
+/// For opaque traffic to a known service, pick one of its endpoints (asking the control plane
+/// about the address the first time); anything else goes where it was going.
+pub(crate) async fn resolve_opaque(
+    shared: &Shared,
+    dst: std::net::SocketAddr,
+) -> std::net::SocketAddr {
     // HTTP requests are routed per request; this only decides where opaque bytes go.
-    let state = shared.store.snapshot();
-    state
-        .by_addr(&dst)
-        .and_then(|svc| svc.balancer.pick())
-        .unwrap_or(dst)
+    let pick = |state: &crate::state::State, bound: Option<&(String, u16)>| {
+        state
+            .by_addr(&dst)
+            .or_else(|| bound.and_then(|(svc, port)| state.by_authority(&format!("{svc}:{port}"))))
+            .and_then(|svc| svc.balancer.pick())
+    };
+    if let Some(addr) = pick(&shared.store.snapshot(), None) {
+        return addr;
+    }
+    let Some(d) = &shared.discovery else {
+        return dst;
+    };
+    let bound = d.ensure_address(dst).await;
+    pick(&shared.store.snapshot(), bound.as_ref()).unwrap_or(dst)
 }

@@ -62,7 +62,7 @@ pub async fn serve(
                 return;
             };
             let dst = match direction {
-                Direction::Outbound => crate::outbound::resolve_opaque(&shared, dst),
+                Direction::Outbound => crate::outbound::resolve_opaque(&shared, dst).await,
                 Direction::Inbound => dst,
             };
             let http = &cfg.http;

@@ -47,6 +47,11 @@ pub mod env {
     pub const LOG_FORMAT: &str = "SHOAL_LOG_FORMAT";
     pub const ACCESS_LOG: &str = "SHOAL_ACCESS_LOG";
     pub const SHUTDOWN_GRACE: &str = "SHOAL_SHUTDOWN_GRACE";
+    pub const DISCOVERY_ADDR: &str = "SHOAL_DISCOVERY_ADDR";
+    pub const DISCOVERY_TIMEOUT: &str = "SHOAL_DISCOVERY_TIMEOUT";
+    pub const PROXY_ID: &str = "SHOAL_PROXY_ID";
+    pub const NAMESPACE: &str = "SHOAL_NAMESPACE";
+    pub const SERVICE_ACCOUNT: &str = "SHOAL_SERVICE_ACCOUNT";
 
     /// Every setting the proxy reads (an unknown `SHOAL_` key in the config file is an error).
     pub const ALL: &[&str] = &[
@@ -75,6 +80,11 @@ pub mod env {
         LOG_FORMAT,
         ACCESS_LOG,
         SHUTDOWN_GRACE,
+        DISCOVERY_ADDR,
+        DISCOVERY_TIMEOUT,
+        PROXY_ID,
+        NAMESPACE,
+        SERVICE_ACCOUNT,
     ];
 }
 
@@ -268,6 +278,13 @@ pub struct Config {
     /// Graceful shutdown limit.
     #[serde(with = "parse::duration_serde")]
     pub shutdown_grace: Duration,
+    /// The control-plane client; `None` without `SHOAL_DISCOVERY_ADDR`.
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
+}
+
+/// Serialises a duration in humantime form (for `/config`).
+pub fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    parse::duration_serde::serialize(d, s)
 }
 
 /// The default destination ports whose servers speak first (SMTP, MySQL, PostgreSQL, Redis,
@@ -334,12 +351,28 @@ impl Config {
             log_format,
             access_log: r.bool(env::ACCESS_LOG, false)?,
             shutdown_grace: r.duration_min(env::SHUTDOWN_GRACE, "25s", 0)?,
+            discovery: discovery(&r)?,
         };
         config.check_conflicts(&r)?;
         Ok(config)
     }
 
     fn check_conflicts(&self, r: &Reader<'_>) -> Result<(), ConfigError> {
+        if let (Some(d), Some(_)) = (&self.discovery, &self.state_file) {
+            return Err(r.invalid(
+                env::STATE_FILE,
+                &self
+                    .state_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                &format!(
+                    "no state file when {} ({}) is set: state comes from one source",
+                    env::DISCOVERY_ADDR,
+                    d.addr
+                ),
+            ));
+        }
         let mut bound = vec![(env::ADMIN_ADDR, self.admin_addr)];
         if self.outbound.mode != Mode::Off {
             bound.push((env::OUTBOUND_ADDR, self.outbound.addr));
@@ -367,6 +400,54 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn discovery(r: &Reader<'_>) -> Result<Option<crate::discovery::DiscoveryConfig>, ConfigError> {
+    let Some(raw) = r.opt_string(env::DISCOVERY_ADDR) else {
+        return Ok(None);
+    };
+    let addr = if raw.contains("://") {
+        raw.clone()
+    } else {
+        format!("http://{raw}")
+    };
+    let valid = addr.parse::<http::Uri>().ok().filter(|u| {
+        u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port_u16().is_some())
+    });
+    if valid.is_none() {
+        return Err(r.invalid(
+            env::DISCOVERY_ADDR,
+            &raw,
+            "HOST:PORT or http://HOST:PORT of the control plane's discovery endpoint",
+        ));
+    }
+    let hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "proxy".into());
+    let namespace = r.string(env::NAMESPACE, "default");
+    let service_account = r.string(env::SERVICE_ACCOUNT, "default");
+    for (name, value) in [
+        (env::NAMESPACE, &namespace),
+        (env::SERVICE_ACCOUNT, &service_account),
+    ] {
+        if value.is_empty()
+            || !value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(r.invalid(name, value, "a DNS label (a-z, 0-9, '-')"));
+        }
+    }
+    Ok(Some(crate::discovery::DiscoveryConfig {
+        addr,
+        proxy_id: r.string(
+            env::PROXY_ID,
+            &format!("{}.{}", hostname.trim(), std::process::id()),
+        ),
+        namespace,
+        service_account,
+        service_name: r.opt_string(env::SERVICE_NAME).unwrap_or_default(),
+        lookup_timeout: r.duration_min(env::DISCOVERY_TIMEOUT, "1s", 1)?,
+    }))
 }
 
 #[cfg(test)]

@@ -194,7 +194,7 @@ pub(super) fn parse_ports(raw: &str) -> Result<Vec<u16>, String> {
 }
 
 /// Serialises durations in humantime form for `/config`.
-pub(super) mod duration_serde {
+pub(crate) mod duration_serde {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

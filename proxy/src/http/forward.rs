@@ -16,7 +16,7 @@ use super::{Conn, Downstream, respond};
 use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::metrics::{Direction, RequestMetrics};
-use crate::state::Protocol;
+use crate::state::{Protocol, Service, State};
 use crate::trace_context::{self, TraceIds};
 
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
@@ -142,16 +142,46 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
             metrics: shared.inbound_metrics.clone(),
         });
     }
-    let state = shared.store.snapshot();
+    let mut state = shared.store.snapshot();
     let authority = authority_of(req);
     let default_port = conn.dst.map_or(80, |d| d.port());
-    let service = conn
-        .dst
-        .and_then(|dst| state.by_addr(&dst))
-        .or_else(|| authority.and_then(|a| lookup_authority(&state, a, default_port)));
+    let lookup = |state: &State| -> Option<Arc<Service>> {
+        conn.dst
+            .and_then(|dst| state.by_addr(&dst))
+            .or_else(|| authority.and_then(|a| lookup_authority(state, a, default_port)))
+            .cloned()
+    };
+    let mut service = lookup(&state);
+    if service.is_none()
+        && let Some(d) = &shared.discovery
+    {
+        // First request to this destination: ask the control plane (bounded wait), look again.
+        let bound = match conn.dst {
+            Some(dst) => d.ensure_address(dst).await,
+            None => match authority.map(split_authority) {
+                Some((host, port)) => match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => {
+                        d.ensure_address(SocketAddr::new(ip, port.unwrap_or(80)))
+                            .await
+                    }
+                    Err(_) => {
+                        if let Some(q) = d.service_for_host(host) {
+                            d.ensure_service(&q).await;
+                        }
+                        None
+                    }
+                },
+                None => None,
+            },
+        };
+        state = shared.store.snapshot();
+        service = lookup(&state).or_else(|| {
+            bound.and_then(|(svc, port)| state.by_authority(&format!("{svc}:{port}")).cloned())
+        });
+    }
     if let Some(service) = service {
-        let rule = state.route(service, req.method(), req.uri().path(), req.headers());
-        let backend = rule.map_or(service, |r| r.pick_backend());
+        let rule = state.route(&service, req.method(), req.uri().path(), req.headers());
+        let backend = rule.map_or(&service, |r| r.pick_backend());
         let addr = backend.balancer.pick().ok_or_else(|| {
             ProxyError::new(
                 Reason::NoEndpoints,
@@ -235,11 +265,22 @@ fn authority_of(req: &Request<Incoming>) -> Option<&str> {
     })
 }
 
+/// `host[:port]` → (host, port).
+fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
 fn lookup_authority<'s>(
-    state: &'s crate::state::State,
+    state: &'s State,
     authority: &str,
     default_port: u16,
-) -> Option<&'s Arc<crate::state::Service>> {
+) -> Option<&'s Arc<Service>> {
     let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));

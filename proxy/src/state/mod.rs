@@ -7,6 +7,7 @@
 
 pub mod file;
 mod model;
+pub(crate) mod spec;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-pub use model::{Backend, Endpoint, HeaderMatch, Match, Protocol, RouteRule, Service, State};
+pub use model::{
+    Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
+    ValueMatch,
+};
 
 /// Where the current state came from and how its last update went (shown in `/config`).
 #[derive(Debug, Clone, Default, Serialize)]

@@ -94,12 +94,12 @@ fn serialize_service_name<S: serde::Serializer>(
 /// Conditions on a request; all given fields must hold.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Match {
-    /// Path starts with this.
-    pub path_prefix: Option<String>,
+    /// Condition on the path.
+    pub path: Option<PathMatch>,
     /// Exact method.
     #[serde(serialize_with = "serialize_method")]
     pub method: Option<Method>,
-    /// Exact header values.
+    /// Header conditions.
     pub headers: Vec<HeaderMatch>,
 }
 
@@ -110,14 +110,54 @@ fn serialize_method<S: serde::Serializer>(m: &Option<Method>, ser: S) -> Result<
     }
 }
 
-/// A header that must have an exact value.
+/// A condition on the request path (without the query).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathMatch {
+    /// The path equals this.
+    Exact(String),
+    /// The path starts with this, on a segment boundary (stored without a trailing '/').
+    Prefix(String),
+    /// The whole path matches this (anchored) expression.
+    Regex(#[serde(serialize_with = "serialize_regex")] regex::Regex),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                p.is_empty()
+                    || (path.starts_with(p.as_str())
+                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// How a header value is compared.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueMatch {
+    /// Byte-for-byte equal.
+    Exact(String),
+    /// The whole value matches this (anchored) expression.
+    Regex(#[serde(serialize_with = "serialize_regex")] regex::Regex),
+}
+
+fn serialize_regex<S: serde::Serializer>(r: &regex::Regex, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(r.as_str())
+}
+
+/// A condition on one header.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeaderMatch {
     /// Header name (lower-case).
     #[serde(serialize_with = "serialize_header_name")]
     pub name: http::HeaderName,
     /// Required value.
-    pub value: String,
+    pub value: ValueMatch,
 }
 
 fn serialize_header_name<S: serde::Serializer>(
@@ -127,18 +167,24 @@ fn serialize_header_name<S: serde::Serializer>(
     ser.serialize_str(n.as_str())
 }
 
-impl Match {
-    /// Whether `req` satisfies every condition.
-    pub fn matches(&self, method: &Method, path: &str, headers: &http::HeaderMap) -> bool {
-        self.path_prefix
-            .as_deref()
-            .is_none_or(|p| path.starts_with(p))
-            && self.method.as_ref().is_none_or(|m| m == method)
-            && self.headers.iter().all(|h| {
-                headers
-                    .get(&h.name)
-                    .is_some_and(|v| v.as_bytes() == h.value.as_bytes())
+impl HeaderMatch {
+    fn matches(&self, headers: &http::HeaderMap) -> bool {
+        headers
+            .get_all(&self.name)
+            .iter()
+            .any(|v| match &self.value {
+                ValueMatch::Exact(s) => v.as_bytes() == s.as_bytes(),
+                ValueMatch::Regex(r) => v.to_str().is_ok_and(|v| r.is_match(v)),
             })
+    }
+}
+
+impl Match {
+    /// Whether the request satisfies every condition.
+    pub fn matches(&self, method: &Method, path: &str, headers: &http::HeaderMap) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method)
+            && self.path.as_ref().is_none_or(|p| p.matches(path))
+            && self.headers.iter().all(|h| h.matches(headers))
     }
 }
 

@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::state::Protocol;
 
 const GOOD: &str = r#"
 services:
@@ -73,8 +76,8 @@ fn errors_name_the_field() {
             "endpoints[0].weight",
         ),
         (
-            "services: [{name: a, port: 80}, {name: a, port: 81}]",
-            "defined twice",
+            "services: [{name: a, port: 80}, {name: a, port: 80}]",
+            "port 80 is defined twice",
         ),
         (
             "services: [{name: a, port: 80}]\nroutes: [{name: r, service: nope, rules: [{backends: [{service: a}]}]}]",
@@ -108,6 +111,24 @@ fn errors_name_the_field() {
             "for {text:?}: got {err:?}, want {want:?}"
         );
     }
+}
+
+#[test]
+fn exact_and_regex_matches() {
+    let state = parse(
+        "services: [{name: a, port: 80}, {name: b, port: 80}]\nroutes: [{name: r, service: a, rules: [\n  {matches: [{path_exact: /x}], backends: [{service: b}]},\n  {matches: [{path_regex: '/v[0-9]+/.*', header_regex: {user: '(?i)ADMIN-.*'}}], backends: [{service: b}]}]}]",
+    )
+    .unwrap();
+    let a = state.by_authority("a:80").unwrap();
+    let none = http::HeaderMap::new();
+    let get = &http::Method::GET;
+    assert!(state.route(a, get, "/x", &none).is_some());
+    assert!(state.route(a, get, "/x/y", &none).is_none());
+    let mut admin = http::HeaderMap::new();
+    admin.insert("user", "admin-7".parse().unwrap());
+    assert!(state.route(a, get, "/v2/items", &admin).is_some());
+    assert!(state.route(a, get, "/v2/items", &none).is_none());
+    assert!(state.route(a, get, "/vx/items", &admin).is_none());
 }
 
 #[test]

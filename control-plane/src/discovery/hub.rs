@@ -1,0 +1,212 @@
+//! The hub: follows the store, keeps the [`Catalog`] current, and tells every open stream which
+//! keys changed.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use shoal_proto::v1::{self, discovery_resource::Payload};
+use tokio::sync::broadcast;
+
+use super::catalog::{Catalog, Contribution, Entry, Key, key};
+use super::registry::Registry;
+use crate::model::{Resource, Spec};
+use crate::store::{Change, Store};
+
+/// Changed-key batches kept for slow streams; one that falls further behind resyncs in full.
+const CHANGE_BACKLOG: usize = 1024;
+
+/// Shared by the discovery service and the tasks that feed it.
+#[derive(Debug)]
+pub struct Hub {
+    catalog: RwLock<Catalog>,
+    changes: broadcast::Sender<Arc<Vec<Key>>>,
+    /// Connected proxies and their sync state.
+    pub registry: Registry,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            catalog: RwLock::default(),
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
+            registry: Registry::default(),
+        })
+    }
+
+    /// The current entry for `k`.
+    pub fn entry(&self, k: &Key) -> Option<Entry> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(k)
+            .cloned()
+    }
+
+    /// Change notifications (batches of keys).
+    pub fn changes(&self) -> broadcast::Receiver<Arc<Vec<Key>>> {
+        self.changes.subscribe()
+    }
+
+    /// Replaces what `source` contributes (endpoint sources use this) and notifies streams.
+    pub fn set_source(&self, source: &str, contributions: Vec<(Key, Contribution)>) {
+        let changed = self
+            .catalog
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_source(source, contributions);
+        self.publish(changed);
+    }
+
+    fn publish(&self, changed: Vec<Key>) {
+        if !changed.is_empty() {
+            metrics::counter!("shoal_cp_catalog_changes_total").increment(changed.len() as u64);
+            // No receivers is fine: no proxy is connected.
+            let _ = self.changes.send(Arc::new(changed));
+        }
+    }
+
+    /// Loads the store and follows its changes until the store's feed closes.
+    pub async fn follow(self: Arc<Self>, store: Store) {
+        let mut revisions = store.subscribe();
+        let mut last = self.reload(&store);
+        loop {
+            match store.changes_since(last) {
+                Ok(changes) => {
+                    let mut changed = Vec::new();
+                    {
+                        let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+                        for change in &changes.changes {
+                            changed.extend(apply(&mut catalog, change));
+                        }
+                    }
+                    last = changes.revision;
+                    self.publish(changed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovery fell behind the store's change feed; reloading everything");
+                    last = self.reload(&store);
+                }
+            }
+            if revisions.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Rebuilds the store-derived part of the catalog from a full listing; returns its revision.
+    fn reload(&self, store: &Store) -> u64 {
+        let listing = store.list(None, None);
+        let mut changed = Vec::new();
+        {
+            let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+            let live: std::collections::HashSet<String> = listing
+                .resources
+                .iter()
+                .map(|r| source_name(&r.resource))
+                .collect();
+            for stale in catalog
+                .sources_with_prefix("store/")
+                .into_iter()
+                .filter(|s| !live.contains(s))
+            {
+                changed.extend(catalog.set_source(&stale, Vec::new()));
+            }
+            for r in &listing.resources {
+                changed.extend(
+                    catalog.set_source(&source_name(&r.resource), contributions(&r.resource)),
+                );
+            }
+        }
+        self.publish(changed);
+        listing.revision
+    }
+}
+
+fn apply(catalog: &mut Catalog, change: &Change) -> Vec<Key> {
+    match change {
+        Change::Put(stored) => catalog.set_source(
+            &source_name(&stored.resource),
+            contributions(&stored.resource),
+        ),
+        Change::Deleted(t) => catalog.set_source(&source_name(&t.resource), Vec::new()),
+    }
+}
+
+/// The catalog source name of a stored resource.
+fn source_name(r: &Resource) -> String {
+    let k = r.key();
+    format!("store/{}/{}/{}", k.kind, k.namespace, k.name)
+}
+
+/// What a stored resource contributes to the catalog.
+pub fn contributions(r: &Resource) -> Vec<(Key, Contribution)> {
+    use v1::ResourceType as T;
+    let whole = |ty: T, name: String, p: Payload| (key(ty, name), Contribution::Whole(p));
+    match &r.spec {
+        Spec::Service(s) => {
+            let name = s.qualified().to_string();
+            let mut out = vec![whole(T::Service, name.clone(), Payload::Service(s.into()))];
+            for ip in &s.virtual_addresses {
+                for p in &s.ports {
+                    let address = SocketAddr::new(*ip, p.port).to_string();
+                    let binding = v1::AddressBinding {
+                        address: address.clone(),
+                        service: name.clone(),
+                        service_port: p.port.into(),
+                    };
+                    out.push(whole(T::Address, address, Payload::Address(binding)));
+                }
+            }
+            out
+        }
+        Spec::EndpointRegistration(reg) => {
+            let service = reg.service.to_string();
+            let address = SocketAddr::new(reg.address, reg.port).to_string();
+            let binding = v1::AddressBinding {
+                address: address.clone(),
+                service: service.clone(),
+                service_port: reg.service_port.unwrap_or(reg.port).into(),
+            };
+            vec![
+                (
+                    key(T::Endpoints, service),
+                    Contribution::Endpoint((&reg.endpoint()).into()),
+                ),
+                whole(T::Address, address, Payload::Address(binding)),
+            ]
+        }
+        Spec::Route(x) => vec![whole(
+            T::Route,
+            x.parent.to_string(),
+            Payload::Route(x.into()),
+        )],
+        Spec::BackendPolicy(x) => vec![whole(
+            T::BackendPolicy,
+            x.service.to_string(),
+            Payload::BackendPolicy(x.into()),
+        )],
+        Spec::AuthorizationPolicy(x) => {
+            vec![whole(
+                T::AuthorizationPolicy,
+                x.target.to_string(),
+                Payload::AuthorizationPolicy(x.into()),
+            )]
+        }
+        Spec::RateLimit(x) => vec![whole(
+            T::RateLimit,
+            x.target.to_string(),
+            Payload::RateLimit(x.into()),
+        )],
+        Spec::FaultInjection(x) => vec![whole(
+            T::FaultInjection,
+            x.target.to_string(),
+            Payload::FaultInjection(x.into()),
+        )],
+        Spec::Mirror(x) => vec![whole(
+            T::Mirror,
+            x.target.to_string(),
+            Payload::Mirror(x.into()),
+        )],
+    }
+}

@@ -1,0 +1,246 @@
+//! The discovery stream: connect, say `Hello`, subscribe, apply updates, ACK or NACK; on any
+//! failure keep the last state and reconnect with jittered exponential backoff.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use shoal_proto::v1::{
+    self, ResourceType, discovery_request::Request as Req, discovery_resource::Payload,
+};
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::Stream;
+
+use super::resources::{Key, Resources};
+use super::{Discovery, lock, service_keys};
+use crate::state::{Store, spec};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The request stream handed to tonic.
+struct Outgoing(mpsc::Receiver<v1::DiscoveryRequest>);
+
+impl Stream for Outgoing {
+    type Item = v1::DiscoveryRequest;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// What the client keeps across reconnects.
+struct Client {
+    d: Arc<Discovery>,
+    store: Arc<Store>,
+    resources: Resources,
+    /// Keys the control plane has answered at least once.
+    answered: HashSet<Key>,
+}
+
+/// Runs the client for the life of the process.
+pub(super) async fn run(
+    d: Arc<Discovery>,
+    store: Arc<Store>,
+    mut subscribe_rx: mpsc::UnboundedReceiver<Vec<Key>>,
+) {
+    let mut c = Client {
+        d,
+        store,
+        resources: Resources::default(),
+        answered: HashSet::new(),
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let result = c.session(&mut subscribe_rx, &mut backoff).await;
+        metrics::gauge!("shoal_discovery_connected").set(0.0);
+        let error = match result {
+            Ok(()) => "the control plane closed the stream".to_string(),
+            Err(e) => e,
+        };
+        {
+            let mut s = lock(&c.d.status);
+            s.connected = false;
+            s.last_error = Some(error.clone());
+        }
+        // Jitter spreads reconnects so a restarted control plane is not hit by every proxy at once.
+        let wait = backoff.mul_f64(0.5 + fastrand::f64());
+        tracing::warn!(addr = %c.d.cfg.addr, error = %error, retry_in = ?wait, "discovery stream down; serving the last known state");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn request(r: Req) -> v1::DiscoveryRequest {
+    v1::DiscoveryRequest { request: Some(r) }
+}
+
+fn wire(keys: impl IntoIterator<Item = Key>) -> Vec<v1::ResourceKey> {
+    keys.into_iter()
+        .map(|(t, name)| v1::ResourceKey { r#type: t, name })
+        .collect()
+}
+
+impl Client {
+    async fn session(
+        &mut self,
+        subscribe_rx: &mut mpsc::UnboundedReceiver<Vec<Key>>,
+        backoff: &mut Duration,
+    ) -> Result<(), String> {
+        let addr = &self.d.cfg.addr;
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
+            .map_err(|e| format!("invalid discovery address {addr}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let mut client = v1::discovery_client::DiscoveryClient::new(channel);
+        let (tx, rx) = mpsc::channel(64);
+        let send = |tx: &mpsc::Sender<v1::DiscoveryRequest>, r| {
+            let tx = tx.clone();
+            async move {
+                tx.send(r)
+                    .await
+                    .map_err(|_| "the discovery stream closed".to_string())
+            }
+        };
+        send(&tx, self.d.hello(self.resources.held())).await?;
+        // Keys subscribed but not held (absent resources) are asked for again.
+        let all: Vec<Key> = lock(&self.d.answers).keys().cloned().collect();
+        if !all.is_empty() {
+            send(
+                &tx,
+                request(Req::Subscribe(v1::Subscribe {
+                    resources: wire(all),
+                })),
+            )
+            .await?;
+        }
+        let mut inbound = client
+            .stream(Outgoing(rx))
+            .await
+            .map_err(|e| format!("discovery stream refused: {}", e.message()))?
+            .into_inner();
+        {
+            let mut s = lock(&self.d.status);
+            s.connected = true;
+            s.last_error = None;
+        }
+        metrics::gauge!("shoal_discovery_connected").set(1.0);
+        tracing::info!(%addr, held = self.resources.held().len(), "discovery stream up");
+        *backoff = BACKOFF_MIN;
+        loop {
+            tokio::select! {
+                msg = inbound.message() => {
+                    let Some(response) = msg.map_err(|e| format!("discovery stream failed: {}", e.message()))? else {
+                        return Ok(());
+                    };
+                    let reply = self.apply(&response);
+                    send(&tx, reply).await?;
+                }
+                Some(keys) = subscribe_rx.recv() => {
+                    send(&tx, request(Req::Subscribe(v1::Subscribe { resources: wire(keys) }))).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies one update as a whole, or rejects it as a whole; returns the ACK or NACK.
+    fn apply(&mut self, response: &v1::DiscoveryResponse) -> v1::DiscoveryRequest {
+        let outcome = self.resources.apply(response).and_then(|(next, answered)| {
+            let (spec, missing) = next.to_spec()?;
+            let state = spec::build(spec)?;
+            Ok((next, answered, state, missing))
+        });
+        match outcome {
+            Ok((next, answered, state, missing)) => {
+                self.resources = next;
+                let version = self.store.replace(state);
+                self.answered.extend(answered.iter().cloned());
+                self.record_bindings(&answered);
+                for service in missing {
+                    self.d.subscribe(service_keys(&service));
+                }
+                self.notify();
+                lock(&self.d.status).acked += 1;
+                metrics::counter!("shoal_discovery_updates_total", "result" => "acked")
+                    .increment(1);
+                tracing::debug!(version, nonce = %response.nonce, "discovery update applied");
+                request(Req::Ack(v1::Ack {
+                    nonce: response.nonce.clone(),
+                }))
+            }
+            Err(error) => {
+                let error = format!("update rejected: {error}");
+                tracing::error!(nonce = %response.nonce, %error, "discovery update rejected (NACK); keeping the last good state");
+                self.store.reject(error.clone());
+                // Waiters must not hang on an update that will not apply.
+                self.answered.extend(
+                    response
+                        .resources
+                        .iter()
+                        .filter_map(|r| r.key.as_ref())
+                        .chain(&response.removed)
+                        .map(|k| (k.r#type, k.name.clone())),
+                );
+                self.notify();
+                lock(&self.d.status).nacked += 1;
+                metrics::counter!("shoal_discovery_updates_total", "result" => "nacked")
+                    .increment(1);
+                request(Req::Nack(v1::Nack {
+                    nonce: response.nonce.clone(),
+                    error_message: error,
+                    rejected: Vec::new(),
+                }))
+            }
+        }
+    }
+
+    fn record_bindings(&self, answered: &[Key]) {
+        let mut bindings = lock(&self.d.bindings);
+        for (t, name) in answered
+            .iter()
+            .filter(|(t, _)| *t == ResourceType::Address as i32)
+        {
+            let Ok(addr) = name.parse::<SocketAddr>() else {
+                continue;
+            };
+            let binding = match self.resources.get(&(*t, name.clone())) {
+                Some(Payload::Address(b)) if !b.service.is_empty() => Some((
+                    b.service.clone(),
+                    u16::try_from(b.service_port).unwrap_or(addr.port()),
+                )),
+                _ => None,
+            };
+            bindings.insert(addr, binding);
+        }
+    }
+
+    /// Wakes waiters whose keys are answered; a service counts as answered once its route's
+    /// backends are answered too, so the first request already sees the whole split.
+    fn notify(&self) {
+        let answers = lock(&self.d.answers);
+        for (key, tx) in answers.iter() {
+            if *tx.borrow() || !self.answered.contains(key) {
+                continue;
+            }
+            if key.0 == ResourceType::Service as i32 {
+                let backends = self.resources.route_backends(&key.1);
+                if backends.iter().any(|b| {
+                    !self
+                        .answered
+                        .contains(&(ResourceType::Service as i32, b.clone()))
+                }) {
+                    continue;
+                }
+            }
+            tx.send_replace(true);
+        }
+    }
+}

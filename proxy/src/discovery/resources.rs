@@ -1,0 +1,247 @@
+//! The resources a proxy holds from discovery, and their translation into the state builder's
+//! description (the same one the static file produces), so both sources share one validation.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
+
+use crate::state::Protocol;
+use crate::state::spec::{
+    BackendSpec, EndpointSpec, FileSpec, MatchSpec, RouteSpec, RuleSpec, ServiceSpec,
+};
+
+/// A resource key: type and name.
+pub type Key = (i32, String);
+
+/// Every resource held, with its version.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    map: HashMap<Key, (String, Payload)>,
+}
+
+fn key_of(k: &v1::ResourceKey) -> Key {
+    (k.r#type, k.name.clone())
+}
+
+impl Resources {
+    /// A copy with `response` applied (resources replaced, removals dropped); the keys it
+    /// answered are returned too.
+    pub fn apply(&self, response: &v1::DiscoveryResponse) -> Result<(Resources, Vec<Key>), String> {
+        let mut next = self.clone();
+        let mut answered = Vec::new();
+        for r in &response.resources {
+            let k = r.key.as_ref().ok_or("a resource without a key")?;
+            let payload = r
+                .payload
+                .clone()
+                .ok_or_else(|| format!("resource {} has no payload", k.name))?;
+            next.map.insert(key_of(k), (r.version.clone(), payload));
+            answered.push(key_of(k));
+        }
+        for k in &response.removed {
+            next.map.remove(&key_of(k));
+            answered.push(key_of(k));
+        }
+        Ok((next, answered))
+    }
+
+    /// The payload held under `key`.
+    pub fn get(&self, key: &Key) -> Option<&Payload> {
+        self.map.get(key).map(|(_, p)| p)
+    }
+
+    /// The services the route of `service` sends traffic to.
+    pub fn route_backends(&self, service: &str) -> Vec<String> {
+        match self
+            .map
+            .get(&(ResourceType::Route as i32, service.to_string()))
+        {
+            Some((_, Payload::Route(r))) => r
+                .rules
+                .iter()
+                .flat_map(|rule| rule.backends.iter().map(|b| b.service.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What to tell the control plane after a reconnect.
+    pub fn held(&self) -> Vec<v1::HeldResource> {
+        self.map
+            .iter()
+            .map(|(k, (v, _))| v1::HeldResource {
+                key: Some(v1::ResourceKey {
+                    r#type: k.0,
+                    name: k.1.clone(),
+                }),
+                version: v.clone(),
+            })
+            .collect()
+    }
+
+    /// The state description, plus services that routes name but the proxy does not hold yet
+    /// (to subscribe to; their routes wait until they arrive).
+    pub fn to_spec(&self) -> Result<(FileSpec, Vec<String>), String> {
+        let mut services = Vec::new();
+        let mut known = HashSet::new();
+        for ((ty, name), (_, payload)) in &self.map {
+            if let (true, Payload::Service(s)) = (*ty == ResourceType::Service as i32, payload) {
+                known.insert(name.clone());
+                services.extend(self.service_specs(name, s)?);
+            }
+        }
+        let mut routes = Vec::new();
+        let mut missing = Vec::new();
+        for ((ty, name), (_, payload)) in &self.map {
+            let (true, Payload::Route(r)) = (*ty == ResourceType::Route as i32, payload) else {
+                continue;
+            };
+            let wanted: Vec<&str> = r
+                .rules
+                .iter()
+                .flat_map(|rule| rule.backends.iter().map(|b| b.service.as_str()))
+                .collect();
+            let absent: Vec<String> = wanted
+                .iter()
+                .filter(|s| !known.contains(**s))
+                .map(|s| s.to_string())
+                .collect();
+            if !known.contains(name) || !absent.is_empty() {
+                missing.extend(absent);
+                continue;
+            }
+            routes.push(route_spec(name, r)?);
+        }
+        Ok((FileSpec { services, routes }, missing))
+    }
+
+    fn service_specs(&self, qualified: &str, s: &v1::Service) -> Result<Vec<ServiceSpec>, String> {
+        let at = format!("service {qualified}");
+        if s.ports.is_empty() {
+            return Err(format!("{at}: no ports"));
+        }
+        let addresses = s
+            .virtual_addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| format!("{at}: virtual address `{a}` is not an IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = match self
+            .map
+            .get(&(ResourceType::Endpoints as i32, qualified.to_string()))
+        {
+            Some((_, Payload::Endpoints(e))) => e.endpoints.clone(),
+            _ => Vec::new(),
+        };
+        let mut specs = Vec::new();
+        for p in &s.ports {
+            let port = u16::try_from(p.port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{at}: port {} out of range", p.port))?;
+            let mut eps = Vec::new();
+            for e in endpoints
+                .iter()
+                .filter(|e| e.service_port == 0 || e.service_port == p.port)
+            {
+                let ip: IpAddr = e
+                    .address
+                    .parse()
+                    .map_err(|_| format!("{at}: endpoint `{}` is not an IP address", e.address))?;
+                let ep_port = u16::try_from(e.port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        format!("{at}: endpoint {} port {} out of range", e.address, e.port)
+                    })?;
+                eps.push(EndpointSpec {
+                    address: SocketAddr::new(ip, ep_port),
+                    weight: e.weight.max(1),
+                    ready: e.ready,
+                });
+            }
+            specs.push(ServiceSpec {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                port,
+                hosts: s.hosts.clone(),
+                addresses: addresses.clone(),
+                protocol: match v1::Protocol::try_from(p.protocol).unwrap_or_default() {
+                    v1::Protocol::Http1 => Protocol::Http1,
+                    v1::Protocol::Http2 | v1::Protocol::Grpc => Protocol::Http2,
+                    v1::Protocol::Opaque => Protocol::Tcp,
+                    v1::Protocol::Unspecified => Protocol::Auto,
+                },
+                endpoints: eps,
+            });
+        }
+        Ok(specs)
+    }
+}
+
+fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
+    let mut rules = Vec::new();
+    for rule in &r.rules {
+        let matches = rule
+            .matches
+            .iter()
+            .map(|m| {
+                let mut spec = MatchSpec {
+                    path_prefix: None,
+                    path_exact: None,
+                    path_regex: None,
+                    method: (!m.method.is_empty()).then(|| m.method.clone()),
+                    headers: HashMap::new(),
+                    header_regex: HashMap::new(),
+                };
+                match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+                    Some(v1::path_match::Kind::Exact(p)) => spec.path_exact = Some(p.clone()),
+                    Some(v1::path_match::Kind::Prefix(p)) => spec.path_prefix = Some(p.clone()),
+                    Some(v1::path_match::Kind::Regex(p)) => spec.path_regex = Some(p.clone()),
+                    None => {}
+                }
+                for h in &m.headers {
+                    match &h.value {
+                        Some(v1::header_match::Value::Exact(v)) => {
+                            spec.headers.insert(h.name.clone(), v.clone())
+                        }
+                        Some(v1::header_match::Value::Regex(v)) => {
+                            spec.header_regex.insert(h.name.clone(), v.clone())
+                        }
+                        None => spec.header_regex.insert(h.name.clone(), ".*".into()),
+                    };
+                }
+                spec
+            })
+            .collect();
+        let backends = if rule.backends.is_empty() {
+            vec![BackendSpec {
+                service: parent.to_string(),
+                weight: 1,
+            }]
+        } else {
+            rule.backends
+                .iter()
+                .map(|b| BackendSpec {
+                    service: b.service.clone(),
+                    weight: b.weight,
+                })
+                .collect()
+        };
+        rules.push(RuleSpec {
+            name: (!rule.name.is_empty()).then(|| rule.name.clone()),
+            matches,
+            backends,
+            timeout: (rule.timeout_ms > 0).then(|| Duration::from_millis(rule.timeout_ms)),
+        });
+    }
+    Ok(RouteSpec {
+        name: parent.to_string(),
+        service: parent.to_string(),
+        rules,
+    })
+}

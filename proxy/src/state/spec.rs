@@ -1,0 +1,391 @@
+//! The one builder of [`State`]: a plain description of services and routes (what the static
+//! file says, or what discovery delivered) validated and indexed into the proxy's routing model.
+//! Errors name the offending field.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::model::{
+    Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
+    ValueMatch,
+};
+use crate::balance::Balancer;
+use crate::metrics::{Direction, RequestMetrics};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileSpec {
+    #[serde(default)]
+    pub(crate) services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub(crate) routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceSpec {
+    pub(crate) name: String,
+    #[serde(default = "default_namespace")]
+    pub(crate) namespace: String,
+    pub(crate) port: u16,
+    #[serde(default)]
+    pub(crate) hosts: Vec<String>,
+    #[serde(default)]
+    pub(crate) addresses: Vec<IpAddr>,
+    #[serde(default)]
+    pub(crate) protocol: Protocol,
+    #[serde(default)]
+    pub(crate) endpoints: Vec<EndpointSpec>,
+}
+
+pub(crate) fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EndpointSpec {
+    pub(crate) address: SocketAddr,
+    #[serde(default = "one")]
+    pub(crate) weight: u32,
+    #[serde(default = "yes")]
+    pub(crate) ready: bool,
+}
+
+pub(crate) fn one() -> u32 {
+    1
+}
+pub(crate) fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSpec {
+    pub(crate) name: String,
+    pub(crate) service: String,
+    #[serde(default)]
+    pub(crate) rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleSpec {
+    /// The rule's name in metrics (the `route` label); defaults to the route's name.
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) matches: Vec<MatchSpec>,
+    pub(crate) backends: Vec<BackendSpec>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MatchSpec {
+    /// Path prefix on segment boundaries (`/api` matches `/api/x`, not `/apiary`).
+    pub(crate) path_prefix: Option<String>,
+    /// Exact path.
+    pub(crate) path_exact: Option<String>,
+    /// Regular expression the whole path must match.
+    pub(crate) path_regex: Option<String>,
+    pub(crate) method: Option<String>,
+    /// Header name → exact value.
+    #[serde(default)]
+    pub(crate) headers: HashMap<String, String>,
+    /// Header name → regular expression the whole value must match.
+    #[serde(default)]
+    pub(crate) header_regex: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackendSpec {
+    pub(crate) service: String,
+    #[serde(default = "one")]
+    pub(crate) weight: u32,
+}
+
+mod humantime_opt {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| {
+            humantime::parse_duration(&s).map_err(|_| {
+                serde::de::Error::custom(format!("`{s}` is not a duration such as 500ms or 10s"))
+            })
+        })
+        .transpose()
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn regex(pattern: &str, field: &str) -> Result<regex::Regex, String> {
+    // Anchored: the whole path or value must match, as the wire contract says.
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("{field}: invalid regular expression `{pattern}`: {e}"))
+}
+
+fn build_match(m: MatchSpec, at: &str) -> Result<Match, String> {
+    let paths = [&m.path_prefix, &m.path_exact, &m.path_regex]
+        .iter()
+        .filter(|p| p.is_some())
+        .count();
+    if paths == 0 && m.method.is_none() && m.headers.is_empty() && m.header_regex.is_empty() {
+        return Err(format!(
+            "{at}: an empty match; omit `matches` to match everything"
+        ));
+    }
+    if paths > 1 {
+        return Err(format!(
+            "{at}: give at most one of path_prefix, path_exact, path_regex"
+        ));
+    }
+    let path = if let Some(p) = m.path_prefix {
+        if !p.starts_with('/') {
+            return Err(format!("{at}.path_prefix: `{p}` must start with '/'"));
+        }
+        Some(PathMatch::Prefix(p.trim_end_matches('/').to_string()))
+    } else if let Some(p) = m.path_exact {
+        if !p.starts_with('/') {
+            return Err(format!("{at}.path_exact: `{p}` must start with '/'"));
+        }
+        Some(PathMatch::Exact(p))
+    } else if let Some(p) = m.path_regex {
+        Some(PathMatch::Regex(regex(&p, &format!("{at}.path_regex"))?))
+    } else {
+        None
+    };
+    let method = m
+        .method
+        .map(|s| {
+            http::Method::from_bytes(s.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("{at}.method: `{s}` is not an HTTP method"))
+        })
+        .transpose()?;
+    let header_name = |name: &str, field: &str| {
+        http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("{at}.{field}: `{name}` is not a header name"))
+    };
+    let mut headers = Vec::new();
+    for (name, value) in m.headers {
+        headers.push(HeaderMatch {
+            name: header_name(&name, "headers")?,
+            value: ValueMatch::Exact(value),
+        });
+    }
+    for (name, pattern) in m.header_regex {
+        let value = ValueMatch::Regex(regex(&pattern, &format!("{at}.header_regex.{name}"))?);
+        headers.push(HeaderMatch {
+            name: header_name(&name, "header_regex")?,
+            value,
+        });
+    }
+    // Deterministic order for /config and for cheap checks first.
+    headers.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+    Ok(Match {
+        path,
+        method,
+        headers,
+    })
+}
+
+/// Validates `spec` and builds the routing state. A service may appear once per port; routes
+/// apply to every port of their service, and a backend resolves to the entry with the parent's
+/// port when it has one (else its first).
+pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
+    let mut services: Vec<Arc<Service>> = Vec::with_capacity(spec.services.len());
+    let mut by_name: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
+    let mut claimed: HashMap<String, String> = HashMap::new();
+    for (i, s) in spec.services.into_iter().enumerate() {
+        let service = Arc::new(build_service(i, s, &mut claimed, &by_name)?);
+        by_name
+            .entry(service.qualified_name())
+            .or_default()
+            .push(service.clone());
+        services.push(service);
+    }
+    let lookup = |name: &str| -> Option<&Vec<Arc<Service>>> {
+        by_name
+            .get(name)
+            .or_else(|| by_name.get(&format!("{name}.default")))
+    };
+    let mut routes: Vec<Vec<RouteRule>> = services.iter().map(|_| Vec::new()).collect();
+    let mut route_names = HashSet::new();
+    for (i, r) in spec.routes.into_iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if r.name.is_empty() || !route_names.insert(r.name.clone()) {
+            return Err(format!("{at}.name: `{}` is empty or not unique", r.name));
+        }
+        let parents = lookup(&r.service)
+            .ok_or_else(|| format!("{at}.service: unknown service `{}`", r.service))?;
+        if r.rules.is_empty() {
+            return Err(format!("{at}.rules: a route needs at least one rule"));
+        }
+        for (j, rule) in r.rules.iter().enumerate() {
+            let at = format!("{at}.rules[{j}]");
+            if let Some(t) = rule.timeout
+                && (t.is_zero() || t > Duration::from_secs(24 * 3600))
+            {
+                return Err(format!("{at}.timeout: must be between 1ms and 24h"));
+            }
+            let label = rule.name.as_deref().unwrap_or(&r.name);
+            let matches = rule
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(k, m)| build_match(m.clone(), &format!("{at}.matches[{k}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            for parent in parents {
+                let mut backends = Vec::new();
+                for (k, b) in rule.backends.iter().enumerate() {
+                    let entries = lookup(&b.service).ok_or_else(|| {
+                        format!(
+                            "{at}.backends[{k}].service: unknown service `{}`",
+                            b.service
+                        )
+                    })?;
+                    if b.weight > 1_000_000 {
+                        return Err(format!("{at}.backends[{k}].weight: at most 1000000"));
+                    }
+                    let service = entries
+                        .iter()
+                        .find(|e| e.port == parent.port)
+                        .unwrap_or(&entries[0])
+                        .clone();
+                    backends.push(Backend {
+                        service,
+                        weight: b.weight,
+                    });
+                }
+                if backends.iter().map(|b| b.weight).sum::<u32>() == 0 {
+                    return Err(format!(
+                        "{at}.backends: weights sum to 0 (or no backends): nothing could be served"
+                    ));
+                }
+                routes[parent.id].push(RouteRule {
+                    metrics: RequestMetrics::new(
+                        Direction::Outbound,
+                        &parent.qualified_name(),
+                        label,
+                    ),
+                    route: label.to_string(),
+                    matches: matches.clone(),
+                    backends,
+                    timeout: rule.timeout,
+                });
+            }
+        }
+    }
+    Ok(State::new(services, routes))
+}
+
+fn build_service(
+    id: usize,
+    s: ServiceSpec,
+    claimed: &mut HashMap<String, String>,
+    by_name: &HashMap<String, Vec<Arc<Service>>>,
+) -> Result<Service, String> {
+    let at = format!("services[{id}]");
+    if !is_dns_label(&s.name) {
+        return Err(format!(
+            "{at}.name: `{}` is not a DNS label (a-z, 0-9, '-', at most 63)",
+            s.name
+        ));
+    }
+    if !is_dns_label(&s.namespace) {
+        return Err(format!(
+            "{at}.namespace: `{}` is not a DNS label",
+            s.namespace
+        ));
+    }
+    if s.port == 0 {
+        return Err(format!("{at}.port: must be 1-65535"));
+    }
+    let qualified = format!("{}.{}", s.name, s.namespace);
+    if by_name
+        .get(&qualified)
+        .is_some_and(|v| v.iter().any(|e| e.port == s.port))
+    {
+        return Err(format!(
+            "{at}: service {qualified} port {} is defined twice",
+            s.port
+        ));
+    }
+    for (j, e) in s.endpoints.iter().enumerate() {
+        if e.weight == 0 || e.weight > 1_000_000 {
+            return Err(format!(
+                "{at}.endpoints[{j}].weight: must be 1-1000000, got {}",
+                e.weight
+            ));
+        }
+    }
+    let mut authorities: Vec<String> = [
+        s.name.clone(),
+        qualified.clone(),
+        format!("{qualified}.svc"),
+        format!("{qualified}.svc.cluster.local"),
+    ]
+    .into_iter()
+    .chain(s.hosts.iter().map(|h| h.to_ascii_lowercase()))
+    .map(|h| format!("{h}:{}", s.port))
+    .collect();
+    // Port 80 is implied when clients omit it.
+    if s.port == 80 {
+        let bare: Vec<String> = authorities
+            .iter()
+            .map(|a| a.trim_end_matches(":80").to_string())
+            .collect();
+        authorities.extend(bare);
+    }
+    for a in &authorities {
+        if let Some(owner) = claimed.insert(a.clone(), qualified.clone())
+            && owner != qualified
+        {
+            return Err(format!(
+                "{at}: authority {a} is already used by service {owner}"
+            ));
+        }
+    }
+    let endpoints: Vec<Endpoint> = s
+        .endpoints
+        .iter()
+        .map(|e| Endpoint {
+            addr: e.address,
+            weight: e.weight,
+            ready: e.ready,
+        })
+        .collect();
+    Ok(Service {
+        id,
+        balancer: Balancer::new(&endpoints),
+        metrics: RequestMetrics::new(Direction::Outbound, &qualified, "default"),
+        name: s.name,
+        namespace: s.namespace,
+        port: s.port,
+        protocol: s.protocol,
+        authorities,
+        addresses: s.addresses,
+        endpoints,
+    })
+}
