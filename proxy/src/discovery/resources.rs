@@ -245,3 +245,177 @@ fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
         rules,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::spec::build;
+
+    fn res(t: ResourceType, name: &str, p: Payload) -> v1::DiscoveryResource {
+        v1::DiscoveryResource {
+            key: Some(v1::ResourceKey {
+                r#type: t as i32,
+                name: name.into(),
+            }),
+            version: "v1".into(),
+            payload: Some(p),
+        }
+    }
+
+    fn service(name: &str, port: u32) -> Payload {
+        Payload::Service(v1::Service {
+            name: name.into(),
+            namespace: "default".into(),
+            ports: vec![v1::ServicePort {
+                port,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn endpoints(service: &str, ip: &str, port: u32) -> Payload {
+        Payload::Endpoints(v1::Endpoints {
+            service: service.into(),
+            endpoints: vec![v1::Endpoint {
+                address: ip.into(),
+                port,
+                ready: true,
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn split_route() -> Payload {
+        Payload::Route(v1::Route {
+            parent_service: "web.default".into(),
+            rules: vec![v1::RouteRule {
+                name: "canary".into(),
+                backends: vec![
+                    v1::WeightedBackend {
+                        service: "web.default".into(),
+                        weight: 0,
+                        port: 0,
+                    },
+                    v1::WeightedBackend {
+                        service: "web-v2.default".into(),
+                        weight: 100,
+                        port: 0,
+                    },
+                ],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn response(
+        resources: Vec<v1::DiscoveryResource>,
+        removed: Vec<v1::ResourceKey>,
+    ) -> v1::DiscoveryResponse {
+        v1::DiscoveryResponse {
+            version: String::new(),
+            nonce: "1".into(),
+            resources,
+            removed,
+        }
+    }
+
+    #[test]
+    fn routes_wait_for_their_backends_then_apply() {
+        let r = Resources::default();
+        let (r, answered) = r
+            .apply(&response(
+                vec![
+                    res(ResourceType::Service, "web.default", service("web", 80)),
+                    res(
+                        ResourceType::Endpoints,
+                        "web.default",
+                        endpoints("web.default", "10.0.0.1", 8080),
+                    ),
+                    res(ResourceType::Route, "web.default", split_route()),
+                ],
+                vec![],
+            ))
+            .unwrap();
+        assert_eq!(answered.len(), 3);
+        let (spec, missing) = r.to_spec().unwrap();
+        assert_eq!(missing, vec!["web-v2.default".to_string()]);
+        assert!(spec.routes.is_empty(), "route waits for its backend");
+        let state = build(spec).unwrap();
+        assert_eq!(
+            state.by_authority("web:80").unwrap().balancer.ready_len(),
+            1
+        );
+
+        let (r, _) = r
+            .apply(&response(
+                vec![
+                    res(
+                        ResourceType::Service,
+                        "web-v2.default",
+                        service("web-v2", 80),
+                    ),
+                    res(
+                        ResourceType::Endpoints,
+                        "web-v2.default",
+                        endpoints("web-v2.default", "10.0.0.2", 8080),
+                    ),
+                ],
+                vec![],
+            ))
+            .unwrap();
+        let (spec, missing) = r.to_spec().unwrap();
+        assert!(missing.is_empty());
+        let state = build(spec).unwrap();
+        let web = state.by_authority("web:80").unwrap();
+        let rule = state
+            .route(web, &http::Method::GET, "/", &http::HeaderMap::new())
+            .unwrap();
+        assert_eq!(rule.route, "canary");
+        assert_eq!(rule.pick_backend().name, "web-v2", "weight 0 never picked");
+        assert_eq!(r.held().len(), 5);
+    }
+
+    #[test]
+    fn removals_drop_resources_and_bad_payloads_are_errors() {
+        let (r, _) = Resources::default()
+            .apply(&response(
+                vec![res(
+                    ResourceType::Service,
+                    "web.default",
+                    service("web", 80),
+                )],
+                vec![],
+            ))
+            .unwrap();
+        let (r, _) = r
+            .apply(&response(
+                vec![],
+                vec![v1::ResourceKey {
+                    r#type: ResourceType::Service as i32,
+                    name: "web.default".into(),
+                }],
+            ))
+            .unwrap();
+        assert!(r.to_spec().unwrap().0.services.is_empty());
+
+        let (bad, _) = Resources::default()
+            .apply(&response(
+                vec![
+                    res(ResourceType::Service, "web.default", service("web", 80)),
+                    res(
+                        ResourceType::Endpoints,
+                        "web.default",
+                        endpoints("web.default", "not-an-ip", 8080),
+                    ),
+                ],
+                vec![],
+            ))
+            .unwrap();
+        let err = bad.to_spec().unwrap_err();
+        assert!(
+            err.contains("service web.default: endpoint `not-an-ip` is not an IP address"),
+            "{err}"
+        );
+    }
+}
