@@ -202,6 +202,17 @@ impl Clients {
             }
         };
         let (parts, body) = resp.into_parts();
+        if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            // The connection is dropped with `tx`: its framing cannot be trusted.
+            return Err(ProxyError::new(
+                Reason::UpstreamMalformedResponse,
+                format!(
+                    "{addr} answered with both Content-Length and Transfer-Encoding (a response-smuggling pattern); fix the upstream's framing"
+                ),
+            ));
+        }
         let reusable = !upgrade && parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
         let release = reusable.then(|| Release { tx, pool });
         Ok(Response::from_parts(

@@ -83,6 +83,8 @@ reasons! {
     MalformedRequest => ("malformed-request", BAD_REQUEST, Downstream, false),
     /// The request head exceeded `SHOAL_MAX_HEADER_BYTES` or `SHOAL_MAX_HEADERS`.
     HeadersTooLarge => ("headers-too-large", REQUEST_HEADER_FIELDS_TOO_LARGE, Downstream, false),
+    /// The request target exceeded the HTTP library's URI limit.
+    UriTooLong => ("uri-too-long", URI_TOO_LONG, Downstream, false),
     /// The request names no destination the proxy can reach (no authority, no original destination).
     NoDestination => ("no-destination", BAD_REQUEST, Downstream, false),
     /// The destination resolves to the proxy's own listener: forwarding would loop.
@@ -131,6 +133,14 @@ pub fn connect_reason(err: &std::io::Error) -> Reason {
 
 /// Classifies a hyper client error (after the connection was established) into a reason.
 pub fn upstream_reason(err: &hyper::Error) -> Reason {
+    // A failure of the request body we were streaming is the client's (a malformed chunk, or the
+    // client going away mid-body), not the upstream's.
+    if err.is_user()
+        && std::error::Error::source(err)
+            .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some())
+    {
+        return Reason::MalformedRequest;
+    }
     if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
         Reason::UpstreamMalformedResponse
     } else if err.is_timeout() {

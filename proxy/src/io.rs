@@ -7,12 +7,13 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::errors::{ERROR_HEADER, Reason};
 use crate::metrics::ConnMetrics;
 
 /// A downstream TCP stream with detection's buffered prefix in front of it.
@@ -25,6 +26,10 @@ pub struct ProxyIo {
     protocol: &'static str,
     metrics: ConnMetrics,
     activity: Arc<Activity>,
+    /// HTTP/1 only: label hyper's automatic error responses with the proxy's reason.
+    label_errors: bool,
+    /// Rewritten bytes not yet written.
+    pending: Bytes,
 }
 
 /// What the HTTP/1 server loop needs to know to park an idle keep-alive connection: whether
@@ -36,6 +41,12 @@ pub struct Activity {
     read_pending: AtomicBool,
     unflushed: AtomicBool,
     in_flight: AtomicUsize,
+    /// Bytes of a request head arrived while no request was being served.
+    head_started: AtomicBool,
+    /// Responses the service produced whose head has not been written yet.
+    owed: AtomicUsize,
+    /// The request id given to hyper's own error response on this connection, if any.
+    rejected: std::sync::OnceLock<(Reason, String)>,
 }
 
 impl Activity {
@@ -51,17 +62,26 @@ impl Activity {
         self.ops.load(Ordering::Relaxed)
     }
 
-    /// True when nothing is in flight, every write is flushed and the server waits to read.
+    /// True when nothing is in flight, every write is flushed, no request head is half-read
+    /// and the server waits to read.
     pub fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && !self.unflushed.load(Ordering::Relaxed)
+            && !self.head_started.load(Ordering::Relaxed)
             && self.read_pending.load(Ordering::Relaxed)
     }
 
     /// Marks a request in flight until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.owed.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(false, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// The reason and request id of the error response hyper sent by itself, if it did.
+    pub fn rejected(&self) -> Option<&(Reason, String)> {
+        self.rejected.get()
     }
 }
 
@@ -92,7 +112,64 @@ impl ProxyIo {
             protocol,
             metrics,
             activity: Arc::default(),
+            label_errors: false,
+            pending: Bytes::new(),
         }
+    }
+
+    /// Gives hyper's automatic HTTP/1 error responses (malformed or oversized request heads,
+    /// sent while no request is in flight) the proxy's `shoal-proxy-error` reason and a request id.
+    pub fn label_error_responses(&mut self) {
+        self.label_errors = true;
+    }
+
+    /// If `buf` is hyper's own error response, the labelled version of it. hyper answers by
+    /// itself only when a request head fails to parse: head bytes were read, the service was not
+    /// called for them, and every response the service produced has been written.
+    fn labelled(&self, buf: &[u8]) -> Option<Bytes> {
+        let a = &self.activity;
+        if !self.label_errors
+            || !a.head_started.load(Ordering::Relaxed)
+            || a.in_flight.load(Ordering::Relaxed) != 0
+            || a.owed.load(Ordering::Relaxed) != 0
+        {
+            return None;
+        }
+        let reason = match buf.get(..13)? {
+            b"HTTP/1.1 400 " => Reason::MalformedRequest,
+            b"HTTP/1.1 431 " => Reason::HeadersTooLarge,
+            b"HTTP/1.1 414 " => Reason::UriTooLong,
+            _ => return None,
+        };
+        let line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
+        let id = crate::trace_context::new_request_id();
+        let id = id.to_str().unwrap_or("-").to_string();
+        let mut out = Vec::with_capacity(buf.len() + 96);
+        out.extend_from_slice(&buf[..line_end]);
+        for (name, value) in [
+            (ERROR_HEADER, reason.as_str()),
+            ("x-request-id", id.as_str()),
+        ] {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(&buf[line_end..]);
+        let _ = self.activity.rejected.set((reason, id));
+        Some(Bytes::from(out))
+    }
+
+    /// Writes what is left of a rewritten response first.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(n);
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// The activity record the HTTP/1 server loop watches.
@@ -137,6 +214,9 @@ impl AsyncRead for ProxyIo {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                this.activity.head_started.store(true, Ordering::Relaxed);
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -146,12 +226,23 @@ impl AsyncRead for ProxyIo {
         this.activity.read_pending.store(pending, Ordering::Relaxed);
         if !pending {
             this.activity.touch();
+            if buf.filled().len() > before && this.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                this.activity.head_started.store(true, Ordering::Relaxed);
+            }
         }
         res
     }
 }
 
 impl ProxyIo {
+    /// The first write after the service answered carries that response's head.
+    fn settle_owed(&self) {
+        let owed = self.activity.owed.load(Ordering::Relaxed);
+        if owed > 0 {
+            self.activity.owed.store(owed - 1, Ordering::Relaxed);
+        }
+    }
+
     fn wrote(&mut self, n: usize) {
         self.written += n as u64;
         self.activity.unflushed.store(true, Ordering::Relaxed);
@@ -165,9 +256,21 @@ impl AsyncWrite for ProxyIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_pending(cx))?;
+        let owed = self.label_errors && self.activity.owed.load(Ordering::Relaxed) > 0;
+        if !owed && let Some(labelled) = self.labelled(buf) {
+            // Accept all of hyper's bytes; the labelled copy is written from `pending`.
+            self.pending = labelled;
+            self.wrote(buf.len());
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
             self.wrote(n);
+            if owed {
+                self.settle_owed();
+            }
         }
         res
     }
@@ -177,9 +280,25 @@ impl AsyncWrite for ProxyIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_pending(cx))?;
+        let owed = self.label_errors && self.activity.owed.load(Ordering::Relaxed) > 0;
+        if !owed
+            && self.label_errors
+            && bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .is_some_and(|b| b.starts_with(b"HTTP/1.1 4"))
+        {
+            // Possibly hyper's own error response (rare): flatten, and let poll_write decide.
+            let flat: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            return self.poll_write(cx, &flat);
+        }
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
             self.wrote(n);
+            if owed {
+                self.settle_owed();
+            }
         }
         res
     }
@@ -189,6 +308,7 @@ impl AsyncWrite for ProxyIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
         let res = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = res {
             self.activity.unflushed.store(false, Ordering::Relaxed);
@@ -197,6 +317,7 @@ impl AsyncWrite for ProxyIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -220,7 +220,7 @@ fn start_trace(headers: &mut HeaderMap, span: [u8; 8]) -> TraceId {
 }
 
 /// A random UUID v4 in its canonical text form.
-fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> HeaderValue {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

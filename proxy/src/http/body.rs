@@ -54,6 +54,19 @@ impl ResponseBody {
     }
 }
 
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper never polls a body that is already complete (Content-Length: 0, 204, 304, HEAD):
+        // such a connection is released here.
+        if let Kind::Upstream { body, release } = &mut self.kind
+            && body.is_end_stream()
+            && let Some(r) = release.take()
+        {
+            r.release();
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;

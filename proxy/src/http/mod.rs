@@ -89,7 +89,19 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
         .max_buf_size(cfg.max_header_bytes.max(8192) + 8192)
         .max_header_size(cfg.max_header_bytes);
     let activity = io.activity();
+    io.label_error_responses();
+    // A request head left half-read when the connection parked keeps its original deadline.
+    let mut head_deadline: Option<Instant> = None;
     loop {
+        let limit = match head_deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => cfg.header_read_timeout,
+        };
+        if limit.is_zero() {
+            tracing::debug!(client = %conn.client, "closing: the request head did not arrive within SHOAL_HEADER_READ_TIMEOUT");
+            return;
+        }
+        builder.header_read_timeout(limit);
         // Active: hyper serves requests until the client is done or the connection idles.
         let svc = service(conn.clone(), Some(activity.clone()));
         // Boxed so a parked connection's task does not keep room for hyper's state.
@@ -105,7 +117,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
             tokio::select! {
                 res = hconn.as_mut() => {
                     if let Err(e) = res {
-                        respond::connection_error(&e, conn.client, conn.direction);
+                        respond::connection_error(&e, conn.client, conn.direction, activity.rejected());
                     }
                     return;
                 }
@@ -132,8 +144,11 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
         io.unread(parked.read_buf);
         drop(parked.service);
         if io.has_buffered() {
+            head_deadline
+                .get_or_insert(Instant::now() + cfg.header_read_timeout.saturating_sub(PARK_AFTER));
             continue;
         }
+        head_deadline = None;
         // Parked: only the socket and this small task remain until the client speaks again.
         let keepalive = cfg.header_read_timeout.saturating_sub(PARK_AFTER);
         tokio::select! {
@@ -165,6 +180,6 @@ async fn serve_h2(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
         }
     };
     if let Err(e) = result {
-        respond::connection_error(&e, client, direction);
+        respond::connection_error(&e, client, direction, None);
     }
 }

@@ -49,7 +49,17 @@ pub fn error(
 
 /// Logs and counts a downstream connection that ended with an error (hyper rejected a
 /// malformed or oversized request head, a client reset, a timeout).
-pub fn connection_error(err: &hyper::Error, client: SocketAddr, direction: Direction) {
+pub fn connection_error(
+    err: &hyper::Error,
+    client: SocketAddr,
+    direction: Direction,
+    rejected: Option<&(Reason, String)>,
+) {
+    if let Some((reason, request_id)) = rejected {
+        metrics::proxy_error(direction, *reason);
+        tracing::warn!(%client, direction = direction.as_str(), reason = reason.as_str(), request_id = %request_id, error = %err, "rejected a request from the client and closed the connection; nothing was forwarded");
+        return;
+    }
     let reason = if err.is_parse_too_large() {
         Some(Reason::HeadersTooLarge)
     } else if err.is_parse() {
