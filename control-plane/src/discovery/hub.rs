@@ -22,6 +22,14 @@ pub struct Hub {
     changes: broadcast::Sender<Arc<Vec<Key>>>,
     /// Connected proxies and their sync state.
     pub registry: Registry,
+    /// Turns true when the control plane shuts down: every stream ends.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl crate::admin::StatusSource for Hub {
+    fn proxies(&self) -> Vec<v1::ProxyStatus> {
+        self.registry.statuses("", "")
+    }
 }
 
 impl Hub {
@@ -31,7 +39,18 @@ impl Hub {
             catalog: RwLock::default(),
             changes: broadcast::channel(CHANGE_BACKLOG).0,
             registry: Registry::default(),
+            closing: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Ends every discovery stream (proxies reconnect to the next control plane).
+    pub fn shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Self::shutdown`] was called.
+    pub async fn closed(&self) {
+        let _ = self.closing.subscribe().wait_for(|c| *c).await;
     }
 
     /// The current entry for `k`.

@@ -21,6 +21,36 @@ use tonic::{Request, Response, Status, Streaming};
 pub use hub::Hub;
 pub use stream::Outbox;
 
+/// Describes the discovery metrics (call once the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "shoal_cp_connected_proxies",
+        "Proxies with an open discovery stream"
+    );
+    describe_counter!(
+        "shoal_cp_subscriptions_total",
+        "Resources proxies subscribed to"
+    );
+    describe_counter!(
+        "shoal_cp_pushes_total",
+        "Discovery responses sent to proxies"
+    );
+    describe_histogram!(
+        "shoal_cp_push_ack_seconds",
+        Unit::Seconds,
+        "Time from sending a discovery response to the proxy's ACK"
+    );
+    describe_counter!(
+        "shoal_cp_nacks_total",
+        "Discovery responses proxies rejected"
+    );
+    describe_counter!(
+        "shoal_cp_catalog_changes_total",
+        "Discovery resources that changed (pushed to subscribers)"
+    );
+}
+
 /// Responses queued per stream before the stream task waits for the proxy to read.
 const OUTBOX: usize = 16;
 

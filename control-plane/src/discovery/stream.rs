@@ -87,6 +87,7 @@ pub(super) async fn run(
     }
     loop {
         tokio::select! {
+            _ = hub.closed() => break,
             msg = inbound.message() => {
                 let req = match msg {
                     Ok(Some(v1::DiscoveryRequest { request: Some(r) })) => r,

@@ -1,0 +1,244 @@
+//! Control-plane configuration: every setting, its default, and how it is read.
+//!
+//! As in the proxy, reading is split in two: [`Settings`] gathers the raw `SHOAL_CP_*` strings (from the
+//! process environment, or a map in tests), and [`Config::from_settings`] turns them into typed values,
+//! failing with an error that names the setting, the value and what was expected. docs/control-plane.md
+//! documents every setting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Names of every environment variable, in one place.
+pub mod env {
+    /// gRPC Admin API listener (operators, `shoalctl`).
+    pub const ADMIN_ADDR: &str = "SHOAL_CP_ADMIN_ADDR";
+    /// gRPC Discovery listener (proxies).
+    pub const DISCOVERY_ADDR: &str = "SHOAL_CP_DISCOVERY_ADDR";
+    /// HTTP listener for `/metrics`, `/ready`, `/live`.
+    pub const METRICS_ADDR: &str = "SHOAL_CP_METRICS_ADDR";
+    /// Directory of the store's data file.
+    pub const DATA_DIR: &str = "SHOAL_CP_DATA_DIR";
+    /// Log filter (shared with the proxy's name).
+    pub const LOG: &str = "SHOAL_LOG";
+    /// Log format, `plain` or `json` (shared with the proxy's name).
+    pub const LOG_FORMAT: &str = "SHOAL_LOG_FORMAT";
+
+    /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
+    pub const PREFIX: &str = "SHOAL_CP_";
+
+    /// Every setting the control plane reads.
+    pub const ALL: &[&str] = &[
+        ADMIN_ADDR,
+        DISCOVERY_ADDR,
+        METRICS_ADDR,
+        DATA_DIR,
+        LOG,
+        LOG_FORMAT,
+    ];
+}
+
+/// Name of the store's data file inside [`Config::data_dir`].
+pub const STORE_FILE: &str = "store.redb";
+
+/// A setting that cannot be used; the message names it and says what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value did not parse.
+    #[error("invalid configuration: {setting}={value:?}: expected {expected}")]
+    Invalid {
+        /// The variable's name.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+    /// A `SHOAL_CP_` variable the control plane does not know, most likely a typo.
+    #[error("unknown setting {setting}: the control plane reads {}", env::ALL.join(", "))]
+    Unknown {
+        /// The variable's name.
+        setting: String,
+    },
+}
+
+/// Raw settings: variable names to values.
+#[derive(Debug, Default, Clone)]
+pub struct Settings {
+    values: HashMap<String, String>,
+}
+
+impl Settings {
+    /// The `SHOAL_` variables of the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")))
+    }
+
+    /// Settings from a map of variable names to values (tests, embedding). Names without the `SHOAL_CP_`
+    /// prefix that the control plane does not read are ignored (they belong to other programs).
+    pub fn from_map<K: Into<String>, V: Into<String>>(
+        map: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError> {
+        let mut values = HashMap::new();
+        for (key, value) in map {
+            let key = key.into();
+            if key.starts_with(env::PREFIX) && !env::ALL.contains(&key.as_str()) {
+                return Err(ConfigError::Unknown { setting: key });
+            }
+            values.insert(key, value.into());
+        }
+        Ok(Self { values })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The control plane's configuration, typed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Admin API (gRPC). Default `127.0.0.1:15011`: it changes every proxy's behaviour, so only local
+    /// operators reach it unless configured otherwise.
+    pub admin_addr: SocketAddr,
+    /// Discovery (gRPC, proxies connect here). Default `0.0.0.0:15010`.
+    pub discovery_addr: SocketAddr,
+    /// `/metrics`, `/ready`, `/live` (HTTP). Default `0.0.0.0:15014`.
+    pub metrics_addr: SocketAddr,
+    /// Directory of the store's data file; created if missing. Default `./shoal-data`.
+    pub data_dir: PathBuf,
+    /// Log filter, for example `info` or `info,shoal_control_plane=debug`. Default `info`.
+    pub log: String,
+    /// Log format. Default `plain`.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env()?)
+    }
+
+    /// Builds the typed configuration; the first invalid setting is reported.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let addr = |name: &'static str, default: &str| {
+            let raw = settings.get(name).unwrap_or(default);
+            raw.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                setting: name,
+                value: raw.to_owned(),
+                expected: "an IP:PORT socket address such as 127.0.0.1:15011".to_owned(),
+            })
+        };
+        let log_format = match settings.get(env::LOG_FORMAT).unwrap_or("plain") {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid {
+                    setting: env::LOG_FORMAT,
+                    value: other.to_owned(),
+                    expected: "`plain` or `json`".to_owned(),
+                });
+            }
+        };
+        let config = Self {
+            admin_addr: addr(env::ADMIN_ADDR, "127.0.0.1:15011")?,
+            discovery_addr: addr(env::DISCOVERY_ADDR, "0.0.0.0:15010")?,
+            metrics_addr: addr(env::METRICS_ADDR, "0.0.0.0:15014")?,
+            data_dir: PathBuf::from(settings.get(env::DATA_DIR).unwrap_or("./shoal-data")),
+            log: settings.get(env::LOG).unwrap_or("info").to_owned(),
+            log_format,
+        };
+        config.check_distinct()?;
+        Ok(config)
+    }
+
+    /// The store's data file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join(STORE_FILE)
+    }
+
+    fn check_distinct(&self) -> Result<(), ConfigError> {
+        let listeners = [
+            (env::ADMIN_ADDR, self.admin_addr),
+            (env::DISCOVERY_ADDR, self.discovery_addr),
+            (env::METRICS_ADDR, self.metrics_addr),
+        ];
+        for (i, (name, addr)) in listeners.iter().enumerate() {
+            for (other, other_addr) in &listeners[i + 1..] {
+                // Port 0 asks the OS for a free port, so two of them never clash.
+                if addr.port() != 0 && addr.port() == other_addr.port() {
+                    return Err(ConfigError::Invalid {
+                        setting: name,
+                        value: addr.to_string(),
+                        expected: format!("a port different from {other} ({other_addr})"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_settings(&Settings::from_map(pairs.iter().copied())?)
+    }
+
+    #[test]
+    fn defaults_follow_the_port_table() {
+        let config = config(&[]).expect("defaults are valid");
+        assert_eq!(config.admin_addr.to_string(), "127.0.0.1:15011");
+        assert_eq!(config.discovery_addr.to_string(), "0.0.0.0:15010");
+        assert_eq!(config.metrics_addr.to_string(), "0.0.0.0:15014");
+        assert_eq!(
+            config.store_path(),
+            PathBuf::from("./shoal-data/store.redb")
+        );
+        assert_eq!(config.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let error = config(&[(env::ADMIN_ADDR, "localhost")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("SHOAL_CP_ADMIN_ADDR=\"localhost\""),
+            "{error}"
+        );
+        let error = config(&[(env::LOG_FORMAT, "xml")]).unwrap_err().to_string();
+        assert!(error.contains("SHOAL_LOG_FORMAT"), "{error}");
+        let error = config(&[("SHOAL_CP_ADMIN_ADR", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("unknown setting SHOAL_CP_ADMIN_ADR"),
+            "{error}"
+        );
+        let clash = [
+            (env::ADMIN_ADDR, "127.0.0.1:7000"),
+            (env::METRICS_ADDR, "0.0.0.0:7000"),
+        ];
+        let error = config(&clash).unwrap_err().to_string();
+        assert!(error.contains("SHOAL_CP_METRICS_ADDR"), "{error}");
+        assert!(
+            config(&[("SHOAL_OUTBOUND_ADDR", "x")]).is_ok(),
+            "proxy settings are ignored"
+        );
+    }
+}

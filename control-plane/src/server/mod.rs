@@ -1,0 +1,273 @@
+//! The `shoal-control-plane` process: configuration, then the assembly of the store, the Admin API, the
+//! Discovery listener and the metrics listener, and graceful shutdown.
+//!
+//! ```text
+//!   SHOAL_CP_ADMIN_ADDR     127.0.0.1:15011  gRPC  Admin      (operators, shoalctl)
+//!   SHOAL_CP_DISCOVERY_ADDR 0.0.0.0:15010    gRPC  Discovery  (proxies)
+//!   SHOAL_CP_METRICS_ADDR   0.0.0.0:15014    HTTP  /metrics /ready /live
+//!   SHOAL_CP_DATA_DIR       ./shoal-data     the store's data file, store.redb
+//! ```
+
+pub mod config;
+mod http;
+pub mod logging;
+pub mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::{Config, ConfigError, LogFormat, Settings};
+
+use crate::admin::{AdminService, StatusSource};
+use crate::store::{self, Store};
+
+/// How long shutdown waits for in-flight calls and streams before the process exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the control plane could not start or keep serving. Each names the setting or file to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {} ({setting}): {source}", path.display(), setting = config::env::DATA_DIR)]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store cannot be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] store::Error),
+    /// A listener cannot bind.
+    #[error("cannot listen on {addr} ({setting}): {source}; is another process using the port?")]
+    Bind {
+        /// The setting that names the address.
+        setting: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A gRPC listener stopped with an error.
+    #[error("the {listener} listener failed: {source}")]
+    Serve {
+        /// `admin` or `discovery`.
+        listener: &'static str,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// What the discovery listener serves, and where `Admin.Status` learns about proxies.
+pub struct DiscoveryParts {
+    /// The gRPC services of the discovery listener (Discovery; Identity later).
+    pub routes: Routes,
+    /// Connected proxies and their sync state.
+    pub status: Arc<dyn StatusSource>,
+}
+
+/// Builds the discovery side over the store.
+///
+/// DISCOVERY HOOK: this is where the Discovery service is added. Build it over `store`, put its tonic
+/// server in `routes` (`Routes::new(service.into_server())`) and return whatever holds the per-proxy sync
+/// state as `status` (it implements [`StatusSource`]). Streams must end once `closing` turns true, or
+/// shutdown waits [`SHUTDOWN_GRACE`] for them.
+fn discovery(store: &Store, mut closing: watch::Receiver<bool>) -> DiscoveryParts {
+    let hub = crate::discovery::Hub::new();
+    tokio::spawn(hub.clone().follow(store.clone()));
+    let on_close = hub.clone();
+    tokio::spawn(async move {
+        let _ = closing.wait_for(|closed| *closed).await;
+        on_close.shutdown();
+    });
+    DiscoveryParts {
+        routes: Routes::new(crate::discovery::DiscoveryService::new(hub.clone()).into_server()),
+        status: hub,
+    }
+}
+
+/// A control plane whose store is open and whose listeners are bound, ready to [`serve`](Self::serve).
+pub struct ControlPlane {
+    store: Store,
+    admin: TcpListener,
+    discovery: TcpListener,
+    metrics: TcpListener,
+}
+
+impl ControlPlane {
+    /// Creates the data directory if needed, opens the store and binds the three listeners (port 0 binds a
+    /// free port: see [`Self::admin_addr`] and friends).
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let dir = config.data_dir.clone();
+        let path = config.store_path();
+        let opened = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| ServerError::DataDir { path: dir, source })?;
+            Store::open(&path).map_err(ServerError::Store)
+        });
+        let store = opened.await.map_err(|e| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source: std::io::Error::other(e),
+        })??;
+        Ok(Self {
+            store,
+            admin: bind(config::env::ADMIN_ADDR, config.admin_addr).await?,
+            discovery: bind(config::env::DISCOVERY_ADDR, config.discovery_addr).await?,
+            metrics: bind(config::env::METRICS_ADDR, config.metrics_addr).await?,
+        })
+    }
+
+    /// The bound Admin API address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        local_addr(&self.admin)
+    }
+
+    /// The bound Discovery address.
+    pub fn discovery_addr(&self) -> SocketAddr {
+        local_addr(&self.discovery)
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        local_addr(&self.metrics)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends `Watch` and discovery streams, and
+    /// waits up to [`SHUTDOWN_GRACE`] for in-flight calls.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let (admin_addr, discovery_addr, metrics_addr) = (
+            self.admin_addr(),
+            self.discovery_addr(),
+            self.metrics_addr(),
+        );
+        let prometheus = metrics::recorder();
+        let (close, closing) = watch::channel(false);
+        let parts = discovery(&self.store, closing.clone());
+        let admin = AdminService::new(self.store.clone(), parts.status);
+        let ready = Arc::new(AtomicBool::new(false));
+
+        tokio::spawn(http::serve(
+            self.metrics,
+            prometheus.clone(),
+            ready.clone(),
+            closing.clone(),
+        ));
+        tokio::spawn(upkeep(prometheus, closing.clone()));
+        let admin_server = Server::builder()
+            .add_service(admin.clone().into_server())
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.admin), closed(closing.clone()));
+        let discovery_server = Server::builder()
+            .add_routes(parts.routes)
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.discovery), closed(closing));
+        let mut admin_task = tokio::spawn(admin_server);
+        let mut discovery_task = tokio::spawn(discovery_server);
+
+        ready.store(true, Ordering::Release);
+        let data_file = self.store.path().display().to_string();
+        let revision = self.store.revision();
+        tracing::info!(%admin_addr, %discovery_addr, %metrics_addr, data_file, revision, "control plane ready");
+
+        let failed = tokio::select! {
+            () = shutdown => None,
+            result = &mut admin_task => Some(("admin", result)),
+            result = &mut discovery_task => Some(("discovery", result)),
+        };
+        ready.store(false, Ordering::Release);
+        close.send_replace(true);
+        admin.close();
+        if let Some((listener, result)) = failed {
+            return match result {
+                Ok(Err(source)) => Err(ServerError::Serve { listener, source }),
+                // A listener that stops without error, or panics: shut down like on a signal.
+                _ => Ok(()),
+            };
+        }
+        tracing::info!(grace = ?SHUTDOWN_GRACE, "shutting down: finishing in-flight calls");
+        let drained = async {
+            let _ = admin_task.await;
+            let _ = discovery_task.await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+            tracing::warn!("calls still in flight after the grace period; stopping anyway");
+        }
+        tracing::info!("control plane stopped");
+        Ok(())
+    }
+}
+
+/// Opens everything and serves until `shutdown` completes.
+pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    ControlPlane::bind(config).await?.serve(shutdown).await
+}
+
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the control plane")
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let bind = TcpListener::bind(addr).await;
+    bind.map_err(|source| ServerError::Bind {
+        setting,
+        addr,
+        source,
+    })
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    // A bound listener always has a local address; the fallback is never used.
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+async fn closed(mut closing: watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+async fn upkeep(
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => prometheus.run_upkeep(),
+            _ = closing.wait_for(|closing| *closing) => return,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! `shoalctl` against a real `shoal-control-plane`, both as the built binaries: apply, get, delete, the
+//! errors and exit codes, and a restart on the same data directory. Every wait has a deadline.
+//!
+//! - `harness`: start and stop the control plane on port 0, run `shoalctl`, check exit codes and output.
+//! - `round_trip`: apply every kind, `get -o yaml` applies again unchanged, tables, JSON, delete.
+//! - `errors`: every bad input gets a clear message and the documented exit code.
+//! - `restart`: resources and versions survive a restart on the same data directory.
+
+mod errors;
+mod harness;
+mod restart;
+mod round_trip;

@@ -1,0 +1,53 @@
+//! The store outlives the process: same resources, versions that keep growing; bad settings fail start-up.
+
+use std::process::Command;
+
+use super::harness::{CONTROL_PLANE, ControlPlane, expect, shoalctl, text};
+
+#[test]
+fn restart_keeps_resources_and_versions_keep_growing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let cp = ControlPlane::start(&data);
+    let svc = "kind: Service\nmetadata: {name: backend}\nspec: {ports: [{port: 80}]}\n";
+    expect(
+        &shoalctl(&cp.admin, &["apply", "-f", "-"], svc),
+        0,
+        &["created (version 1)"],
+    );
+    expect(
+        &shoalctl(&cp.admin, &["apply", "-f", "-"], svc),
+        0,
+        &["configured (version 2)"],
+    );
+    cp.stop();
+
+    let cp = ControlPlane::start(&data);
+    let json = expect(
+        &shoalctl(&cp.admin, &["get", "svc", "backend", "-o", "json"], ""),
+        0,
+        &[],
+    );
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(json["metadata"]["resource_version"], 2, "{json}");
+    expect(
+        &shoalctl(&cp.admin, &["apply", "-f", "-"], svc),
+        0,
+        &["configured (version 3)"],
+    );
+    cp.stop();
+}
+
+#[test]
+fn invalid_settings_fail_start_up_naming_the_setting() {
+    let output = Command::new(CONTROL_PLANE)
+        .env("SHOAL_CP_ADMIN_ADDR", "localhost")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("SHOAL_CP_ADMIN_ADDR=\"localhost\""),
+        "{}",
+        text(&output.stderr)
+    );
+}
