@@ -25,6 +25,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod control_plane;
 pub mod grpc;
 pub mod process;
 pub mod prom;

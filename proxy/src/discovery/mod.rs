@@ -129,24 +129,34 @@ impl Discovery {
         rx
     }
 
-    async fn wait(&self, mut rx: watch::Receiver<bool>) {
-        let _ =
+    /// Waits for the first answer about `key`, at most the lookup timeout. Once a wait has timed
+    /// out (control plane away or slow) the key counts as answered, so later requests pass
+    /// through at once instead of each waiting again; the real answer still applies when it comes.
+    async fn wait(&self, key: &Key, mut rx: watch::Receiver<bool>) {
+        let waited =
             tokio::time::timeout(self.cfg.lookup_timeout, rx.wait_for(|answered| *answered)).await;
+        if waited.is_err() {
+            if let Some(tx) = lock(&self.answers).get(key) {
+                tx.send_replace(true);
+            }
+            metrics::counter!("shoal_discovery_lookup_timeouts_total").increment(1);
+        }
     }
 
     /// Makes sure the service `qualified` (`name.namespace`) is subscribed and waits (at most
     /// the lookup timeout) for the control plane's first answer about it.
     pub async fn ensure_service(&self, qualified: &str) {
-        let mut rx = self.subscribe(service_keys(qualified));
-        self.wait(rx.swap_remove(0)).await;
+        let keys = service_keys(qualified);
+        let mut rx = self.subscribe(keys.clone());
+        self.wait(&keys[0], rx.swap_remove(0)).await;
     }
 
     /// Transparent mode: which service (and port) is behind `addr`, asking the control plane the
     /// first time; the service is subscribed too.
     pub async fn ensure_address(&self, addr: SocketAddr) -> Option<(String, u16)> {
         let key = (ResourceType::Address as i32, addr.to_string());
-        let rx = self.subscribe(vec![key]).pop()?;
-        self.wait(rx).await;
+        let rx = self.subscribe(vec![key.clone()]).pop()?;
+        self.wait(&key, rx).await;
         let binding = lock(&self.bindings).get(&addr).cloned().flatten()?;
         self.ensure_service(&binding.0).await;
         Some(binding)

@@ -1,0 +1,736 @@
+//! Starting the real `shoal-control-plane` binary, and running `shoalctl` against it.
+//!
+//! ```ignore
+//! let cp = ControlPlaneBuilder::new().start().await;
+//! cp.ctl(&["apply", "-f", "-"], Some(yaml)).await.success();
+//! let proxy = ProxyBuilder::new()
+//!     .outbound_explicit()
+//!     .env("SHOAL_DISCOVERY_ADDR", cp.discovery_url())
+//!     .start()
+//!     .await;
+//! ```
+//!
+//! The three listeners (admin, discovery, metrics) bind `127.0.0.1:0`; the real ports are read
+//! from the `control plane ready` log line (its `admin_addr=`, `discovery_addr=` and
+//! `metrics_addr=` fields, plain or JSON), then `GET /ready` on the metrics listener is polled
+//! until it answers 200. The store lives in a temporary directory removed on drop (or in a
+//! directory the test gives). [`ControlPlane::kill`] sends SIGKILL; [`ControlPlane::restart`]
+//! starts a new process on the same data directory and the same three addresses, so proxies
+//! pointed at the discovery address reconnect to it. The output of every run is kept in memory
+//! and printed when the [`ControlPlane`] is dropped (test runners show it for failing tests).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use http::StatusCode;
+use tokio::io::AsyncWriteExt;
+
+use crate::client::{H1Client, empty, request};
+use crate::process::{ChildProcess, Stream, TempDir};
+use crate::proxy::{AdminResponse, READY_TIMEOUT, workspace_root};
+
+/// The target directory: `$CARGO_TARGET_DIR` (relative paths from the workspace root) or
+/// `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    let workspace = workspace_root();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    }
+}
+
+/// `<target>/debug/<name>`, built once per test process with
+/// `cargo build -p shoal-control-plane --bins` if it (or its sibling) is missing.
+fn control_plane_crate_binary(name: &str) -> Result<PathBuf> {
+    let debug = target_dir().join("debug");
+    let bin = debug.join(name);
+    if bin.exists() {
+        return Ok(bin);
+    }
+    static BUILD: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILD
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "shoal-control-plane", "--bins"])
+                .current_dir(workspace_root())
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cargo build -p shoal-control-plane --bins failed: {status}"
+                ))
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))?;
+    if !bin.exists() {
+        bail!("{} is still missing after building it", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The control-plane binary: `$SHOAL_CONTROL_PLANE_BIN` if set, else
+/// `<target dir>/debug/shoal-control-plane` (built once if missing; an existing binary is used as
+/// is, so run `cargo build -p shoal-control-plane --bins` after changing it).
+pub fn control_plane_binary() -> Result<PathBuf> {
+    match std::env::var_os("SHOAL_CONTROL_PLANE_BIN") {
+        Some(bin) => Ok(PathBuf::from(bin)),
+        None => control_plane_crate_binary("shoal-control-plane"),
+    }
+}
+
+/// The `shoalctl` binary: `$SHOALCTL_BIN` if set, else `<target dir>/debug/shoalctl` (built once
+/// if missing, like [`control_plane_binary`]).
+pub fn shoalctl_binary() -> Result<PathBuf> {
+    match std::env::var_os("SHOALCTL_BIN") {
+        Some(bin) => Ok(PathBuf::from(bin)),
+        None => control_plane_crate_binary("shoalctl"),
+    }
+}
+
+/// What one `shoalctl` run printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    /// The command line (for messages).
+    pub args: Vec<String>,
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+    /// When the process was seen to exit (for latency measurements from `apply`).
+    pub exited_at: Instant,
+}
+
+impl CtlOutput {
+    /// The exit code (`None` if killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics (with the whole output) unless the command exited 0; returns `self`.
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert!(
+            self.status.success(),
+            "shoalctl {:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `shoalctl --server <server> <args...>`, writing `stdin` to its standard input (`-f -`).
+/// Inherited `SHOAL_*` variables are removed so only `--server` decides where it connects.
+pub async fn shoalctl(server: &str, args: &[&str], stdin: Option<&str>) -> Result<CtlOutput> {
+    let bin = shoalctl_binary()?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHOAL_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.arg("--server")
+        .arg(server)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input
+            .write_all(text.as_bytes())
+            .await
+            .context("writing shoalctl's stdin")?;
+        drop(input);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("shoalctl {args:?} did not exit within 30s"))?
+        .context("waiting for shoalctl")?;
+    let exited_at = Instant::now();
+    Ok(CtlOutput {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exited_at,
+    })
+}
+
+/// Configures and starts a control plane. Defaults: the three listeners on `127.0.0.1:0`, a
+/// fresh temporary data directory; every inherited `SHOAL_*` variable is removed.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneBuilder {
+    env: BTreeMap<String, String>,
+    data_dir: Option<PathBuf>,
+    ready_timeout: Duration,
+}
+
+impl Default for ControlPlaneBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The addresses the control plane is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpAddrs {
+    /// Admin API (gRPC, `shoalctl`).
+    pub admin: SocketAddr,
+    /// Discovery (gRPC, proxies).
+    pub discovery: SocketAddr,
+    /// `/metrics`, `/ready`, `/live`.
+    pub metrics: SocketAddr,
+}
+
+impl ControlPlaneBuilder {
+    /// A control plane on free loopback ports with a temporary store.
+    pub fn new() -> Self {
+        let mut env = BTreeMap::new();
+        for (k, v) in [
+            ("SHOAL_CP_ADMIN_ADDR", "127.0.0.1:0"),
+            ("SHOAL_CP_DISCOVERY_ADDR", "127.0.0.1:0"),
+            ("SHOAL_CP_METRICS_ADDR", "127.0.0.1:0"),
+        ] {
+            env.insert(k.to_string(), v.to_string());
+        }
+        Self {
+            env,
+            data_dir: None,
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Sets one environment variable.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Keeps the store in `dir` (not removed on drop) instead of a temporary directory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// How long [`Self::start`] waits for the control plane to become ready.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Starts the control plane and waits until it is ready; panics (with its output) if it
+    /// does not become ready in time.
+    pub async fn start(self) -> ControlPlane {
+        match self.try_start().await {
+            Ok(cp) => cp,
+            Err(e) => panic!("the control plane did not start: {e:#}"),
+        }
+    }
+
+    /// Like [`Self::start`], returning the error instead of panicking.
+    pub async fn try_start(self) -> Result<ControlPlane> {
+        let (tmp, data_dir) = match &self.data_dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let tmp = TempDir::new("cp")?;
+                let dir = tmp.path().join("data");
+                (Some(tmp), dir)
+            }
+        };
+        let mut cp = ControlPlane {
+            env: self.env,
+            data_dir,
+            ready_timeout: self.ready_timeout,
+            child: None,
+            addrs: None,
+            earlier_output: String::new(),
+            dump_on_drop: true,
+            _tmp: tmp,
+        };
+        cp.launch(None).await?;
+        Ok(cp)
+    }
+}
+
+/// A running (or killed, restartable) control plane. Killed when dropped; its output (of every
+/// run) is printed then.
+pub struct ControlPlane {
+    env: BTreeMap<String, String>,
+    data_dir: PathBuf,
+    ready_timeout: Duration,
+    child: Option<ChildProcess>,
+    addrs: Option<CpAddrs>,
+    /// The output of earlier runs (before a restart).
+    earlier_output: String,
+    dump_on_drop: bool,
+    _tmp: Option<TempDir>,
+}
+
+/// Finds the three addresses in a `control plane ready` line (plain `key=value` or JSON).
+pub fn parse_cp_ready_line(line: &str) -> Option<CpAddrs> {
+    if !line.contains("control plane ready") {
+        return None;
+    }
+    let field = |name: &str| -> Option<SocketAddr> {
+        for prefix in [format!("{name}="), format!("\"{name}\":\"")] {
+            if let Some(i) = line.find(&prefix) {
+                let text = &line[i + prefix.len()..];
+                let end = text
+                    .find(|c: char| {
+                        !(c.is_ascii_hexdigit() || c == '.' || c == ':' || c == '[' || c == ']')
+                    })
+                    .unwrap_or(text.len());
+                return text[..end].parse().ok();
+            }
+        }
+        None
+    };
+    Some(CpAddrs {
+        admin: field("admin_addr")?,
+        discovery: field("discovery_addr")?,
+        metrics: field("metrics_addr")?,
+    })
+}
+
+/// `GET path` on a plain HTTP listener.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<AdminResponse> {
+    let mut client = H1Client::connect(addr).await?;
+    let host = addr.to_string();
+    let resp = client
+        .send(request("GET", path, Some(&host)).body(empty())?)
+        .await?;
+    Ok(AdminResponse {
+        status: resp.status,
+        headers: resp.headers.clone(),
+        body: resp.text(),
+    })
+}
+
+impl ControlPlane {
+    /// Spawns the process (on `addrs` if given, else the builder's addresses) and waits for its
+    /// ready line and `GET /ready == 200`.
+    async fn launch(&mut self, addrs: Option<CpAddrs>) -> Result<()> {
+        let bin = control_plane_binary()?;
+        let mut cmd = Command::new(&bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SHOAL_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.envs(&self.env);
+        if let Some(a) = addrs {
+            cmd.env("SHOAL_CP_ADMIN_ADDR", a.admin.to_string())
+                .env("SHOAL_CP_DISCOVERY_ADDR", a.discovery.to_string())
+                .env("SHOAL_CP_METRICS_ADDR", a.metrics.to_string());
+        }
+        cmd.env("SHOAL_CP_DATA_DIR", &self.data_dir)
+            .env("RUST_BACKTRACE", "1");
+        let mut child = ChildProcess::spawn("shoal-control-plane", cmd)?;
+        let deadline = Instant::now() + self.ready_timeout;
+        let found = loop {
+            if let Some(found) = child
+                .output()
+                .lines(Stream::Stdout)
+                .iter()
+                .find_map(|l| parse_cp_ready_line(l))
+            {
+                break found;
+            }
+            if let Some(status) = child.try_exit()? {
+                child.wait_exit(Duration::from_secs(1)).await?;
+                bail!(
+                    "the control plane exited with {status} before it was ready; output:\n{}",
+                    child.output().all()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no `control plane ready` line within {:?}; output:\n{}",
+                    self.ready_timeout,
+                    child.output().all()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        self.child = Some(child);
+        self.addrs = Some(found);
+        loop {
+            match http_get(found.metrics, "/ready").await {
+                Ok(r) if r.status == StatusCode::OK => break,
+                last => {
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "GET /ready did not answer 200 within {:?} (last: {last:?}); output:\n{}",
+                            self.ready_timeout,
+                            self.logs()
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    fn addrs(&self) -> CpAddrs {
+        self.addrs.expect("the control plane has been started")
+    }
+
+    /// The Admin API address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.addrs().admin
+    }
+
+    /// The Discovery address.
+    pub fn discovery_addr(&self) -> SocketAddr {
+        self.addrs().discovery
+    }
+
+    /// The Discovery address as a URL, for the proxy's `SHOAL_DISCOVERY_ADDR`.
+    pub fn discovery_url(&self) -> String {
+        format!("http://{}", self.discovery_addr())
+    }
+
+    /// The metrics listener's address (`/metrics`, `/ready`, `/live`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.addrs().metrics
+    }
+
+    /// The Admin API as `shoalctl --server` takes it.
+    pub fn server(&self) -> String {
+        format!("http://{}", self.admin_addr())
+    }
+
+    /// The store's directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The current process id. Panics if no process runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the control plane runs").pid()
+    }
+
+    /// Whether the current process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_exit().ok().flatten().is_none())
+    }
+
+    /// `shoalctl --server <this control plane> <args...>`, with `stdin` on standard input.
+    pub async fn ctl(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+        match shoalctl(&self.server(), args, stdin).await {
+            Ok(out) => out,
+            Err(e) => panic!("running shoalctl {args:?}: {e:#}"),
+        }
+    }
+
+    /// `shoalctl apply -f -` with `yaml`; panics unless it succeeds.
+    pub async fn apply(&self, yaml: &str) -> CtlOutput {
+        self.ctl(&["apply", "-f", "-"], Some(yaml)).await.success()
+    }
+
+    /// Everything printed so far, by every run (stdout and stderr).
+    pub fn logs(&self) -> String {
+        let mut all = self.earlier_output.clone();
+        if let Some(c) = &self.child {
+            all.push_str(&c.output().all());
+        }
+        all
+    }
+
+    /// The current run's stdout lines (its logs).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.child
+            .as_ref()
+            .map(|c| c.output().lines(Stream::Stdout))
+            .unwrap_or_default()
+    }
+
+    /// Waits until a log line of the current run satisfies `pred`; returns it.
+    pub async fn wait_for_log(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        crate::wait::eventually(timeout, what, || async {
+            self.log_lines()
+                .into_iter()
+                .find(|l| pred(l))
+                .ok_or("no such line yet")
+        })
+        .await
+    }
+
+    /// `GET path` on the metrics listener.
+    pub async fn http_get(&self, path: &str) -> Result<AdminResponse> {
+        http_get(self.metrics_addr(), path).await
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self.http_get("/metrics").await.expect("GET /metrics");
+        assert_eq!(r.status, StatusCode::OK, "GET /metrics: {}", r.body);
+        r.body
+    }
+
+    /// One metric: the sum of the series of `name` with all of `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::prom::metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`, ...) to the current process.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        self.child
+            .as_ref()
+            .ok_or_else(|| anyhow!("the control plane is not running"))?
+            .signal(sig)
+    }
+
+    /// SIGKILL: the process dies at once (no shutdown, no flush); waits until it is reaped.
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            c.kill();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; returns the exit status (`None` if it
+    /// was still running, in which case it is killed).
+    pub async fn stop(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let Some(c) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        if c.try_exit()?.is_none() {
+            c.signal("TERM")?;
+        }
+        let status = c.wait_exit(timeout).await?;
+        if status.is_none() {
+            c.kill();
+        }
+        Ok(status)
+    }
+
+    /// Starts a new process on the same data directory and the same three addresses (the
+    /// current one, if still running, is killed first) and waits until it is ready.
+    pub async fn restart(&mut self) -> Result<()> {
+        let addrs = self.addrs();
+        if let Some(mut old) = self.child.take() {
+            old.kill();
+            self.earlier_output.push_str(&old.output().all());
+            self.earlier_output
+                .push_str("----- control plane restarted -----\n");
+        }
+        // The ports were just released; retry briefly in case the kernel is slow to free them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.launch(Some(addrs)).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("in use") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Stops printing the output on drop.
+    pub fn quiet(&mut self) {
+        self.dump_on_drop = false;
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+        if self.dump_on_drop {
+            let admin = self.addrs.map(|a| a.admin.to_string()).unwrap_or_default();
+            eprintln!(
+                "----- shoal-control-plane (admin {admin}) output -----\n{}----- end of shoal-control-plane output -----",
+                self.logs()
+            );
+        }
+    }
+}
+
+/// One proxy's row of `shoalctl status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRow {
+    /// `SYNCED`, `STALE` or `NACKED`.
+    pub state: String,
+    /// The `RESOURCES` column, e.g. `6/6 synced`.
+    pub resources: String,
+    /// The `LAST NACK` column (empty unless NACKED).
+    pub last_nack: String,
+    /// The whole line.
+    pub line: String,
+}
+
+/// Finds `proxy_id`'s row in `shoalctl status` output (the default table).
+pub fn parse_status_row(stdout: &str, proxy_id: &str) -> Option<ProxyRow> {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(proxy_id))?;
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    let state = tokens
+        .iter()
+        .find(|t| matches!(**t, "SYNCED" | "STALE" | "NACKED"))?
+        .to_string();
+    let synced_at = line.find(" synced")?;
+    let before = &line[..synced_at];
+    let count_start = before.rfind(' ').map_or(0, |i| i + 1);
+    Some(ProxyRow {
+        state,
+        resources: line[count_start..synced_at + " synced".len()].to_string(),
+        last_nack: line[synced_at + " synced".len()..].trim().to_string(),
+        line: line.to_string(),
+    })
+}
+
+impl ControlPlane {
+    /// A proxy builder with an explicit outbound listener fed by this control plane's discovery
+    /// (`SHOAL_DISCOVERY_ADDR`), identified as `proxy_id` in `shoalctl status`.
+    pub fn proxy_builder(&self, proxy_id: &str) -> crate::ProxyBuilder {
+        crate::ProxyBuilder::new()
+            .outbound_explicit()
+            .env("SHOAL_DISCOVERY_ADDR", self.discovery_url())
+            .env("SHOAL_PROXY_ID", proxy_id)
+    }
+
+    /// `proxy_id`'s row of `shoalctl status` (`None` if it is not connected).
+    pub async fn proxy_row(&self, proxy_id: &str) -> Option<ProxyRow> {
+        let out = self.ctl(&["status"], None).await.success();
+        parse_status_row(&out.stdout, proxy_id)
+    }
+
+    /// Polls `shoalctl status` until `proxy_id` is connected and in `state` (`SYNCED`, `STALE`,
+    /// `NACKED`); returns its row.
+    pub async fn wait_proxy_state(
+        &self,
+        proxy_id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> ProxyRow {
+        crate::wait::eventually(
+            timeout,
+            &format!("proxy {proxy_id} {state} in `shoalctl status`"),
+            || async {
+                let out = self.ctl(&["status"], None).await.success();
+                match parse_status_row(&out.stdout, proxy_id) {
+                    Some(row) if row.state == state => Ok(row),
+                    _ => Err(format!("stdout:\n{}stderr:\n{}", out.stdout, out.stderr)),
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// YAML for a `Service` `name` on `port` plus one `EndpointRegistration` (`<name>-<i>`) per
+/// endpoint, for `shoalctl apply`.
+pub fn service_yaml(name: &str, port: u16, endpoints: &[SocketAddr]) -> String {
+    let mut yaml =
+        format!("kind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: {port}}}]\n");
+    for (i, e) in endpoints.iter().enumerate() {
+        yaml.push_str(&registration_yaml(&format!("{name}-{i}"), name, *e, None));
+    }
+    yaml
+}
+
+/// YAML for one `EndpointRegistration` (a document with its leading `---`).
+pub fn registration_yaml(
+    reg: &str,
+    service: &str,
+    endpoint: SocketAddr,
+    ttl_seconds: Option<u32>,
+) -> String {
+    let ttl = ttl_seconds.map_or(String::new(), |t| format!(", ttl_seconds: {t}"));
+    format!(
+        "---\nkind: EndpointRegistration\nmetadata: {{name: {reg}}}\nspec: {{service: {service}, address: {}, port: {}{ttl}}}\n",
+        endpoint.ip(),
+        endpoint.port()
+    )
+}
+
+/// YAML for a `Route` of `service` with one rule splitting traffic over `backends`
+/// (`(service, weight)`).
+pub fn route_yaml(service: &str, backends: &[(&str, u32)]) -> String {
+    let backends: Vec<String> = backends
+        .iter()
+        .map(|(s, w)| format!("{{service: {s}, weight: {w}}}"))
+        .collect();
+    format!(
+        "kind: Route\nmetadata: {{name: {service}}}\nspec:\n  parent_service: {service}\n  rules:\n  - backends: [{}]\n",
+        backends.join(", ")
+    )
+}
+
+/// Sends `GET /` requests with a given `Host` to a proxy's listener over one kept HTTP/1.1
+/// connection, reconnecting after a failure (so one failed request does not fail the next).
+pub struct MeshClient {
+    addr: SocketAddr,
+    conn: Option<H1Client>,
+}
+
+impl MeshClient {
+    /// A client of `addr` (connects on first use).
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, conn: None }
+    }
+
+    /// `GET path` with `Host: host`; a new connection if the last one failed or closed.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<crate::Resp> {
+        let conn = match self.conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => H1Client::connect(self.addr).await?,
+        };
+        let mut conn = conn;
+        let resp = tokio::time::timeout(Duration::from_secs(10), conn.get(host, path))
+            .await
+            .map_err(|_| anyhow!("GET {path} Host {host}: no response within 10s"))??;
+        self.conn = Some(conn);
+        Ok(resp)
+    }
+
+    /// Drops the kept connection (the next request opens a new one).
+    pub fn reconnect(&mut self) {
+        self.conn = None;
+    }
+
+    /// `GET /` with `Host: host`; returns the body if the status is 200, else an error naming
+    /// the status, the proxy's `shoal-proxy-error` reason and the body.
+    pub async fn body(&mut self, host: &str) -> Result<String> {
+        let resp = self.get(host, "/").await?;
+        if resp.status != StatusCode::OK {
+            bail!(
+                "Host {host}: status {} (shoal-proxy-error: {:?}): {}",
+                resp.status,
+                resp.header("shoal-proxy-error"),
+                resp.text()
+            );
+        }
+        Ok(resp.text())
+    }
+}

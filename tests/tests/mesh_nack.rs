@@ -1,0 +1,105 @@
+//! The NACK path through real processes: an update the control plane accepts but the proxy's
+//! state builder rejects (two services claiming the same host) is NACKed, stays visible in
+//! `shoalctl status` and the proxy's `/config`, and does not disturb traffic; fixing it brings the
+//! proxy back to SYNCED.
+
+use std::time::Duration;
+
+use shoal_tests::HttpBackend;
+use shoal_tests::backend::text_response;
+use shoal_tests::control_plane::{ControlPlaneBuilder, MeshClient, registration_yaml};
+
+async fn named(name: &'static str) -> HttpBackend {
+    HttpBackend::respond(move |_| text_response(200, name)).await
+}
+
+fn service(name: &str, host: &str) -> String {
+    format!(
+        "kind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80}}]\n  hosts: [{host}]\n"
+    )
+}
+
+const REJECTION: &str = "is already used by service";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_update_is_nacked_visible_and_harmless() {
+    let a = named("alpha").await;
+    let b = named("beta").await;
+    let cp = ControlPlaneBuilder::new().start().await;
+    cp.apply(&format!(
+        "{}{}---\n{}{}",
+        service("alpha", "alpha.example"),
+        registration_yaml("alpha-0", "alpha", a.addr(), None),
+        service("beta", "beta.example"),
+        registration_yaml("beta-0", "beta", b.addr(), None),
+    ))
+    .await;
+    let proxy = cp.proxy_builder("nack-proxy").start().await;
+    let mut client = MeshClient::new(proxy.outbound());
+    // Subscribe to both services.
+    assert_eq!(client.body("alpha").await.unwrap(), "alpha");
+    assert_eq!(client.body("beta").await.unwrap(), "beta");
+    assert_eq!(client.body("alpha.example").await.unwrap(), "alpha");
+    assert_eq!(client.body("beta.example").await.unwrap(), "beta");
+    cp.wait_proxy_state("nack-proxy", "SYNCED", Duration::from_secs(5))
+        .await;
+
+    // `beta` now claims alpha's host: valid on its own (the control plane accepts it), but the
+    // proxy cannot build a state where one authority names two services.
+    let applied = cp.apply(&service("beta", "alpha.example")).await;
+    assert!(
+        applied.stdout.contains("service/beta.default configured"),
+        "{applied:?}"
+    );
+
+    let row = cp
+        .wait_proxy_state("nack-proxy", "NACKED", Duration::from_secs(5))
+        .await;
+    assert!(row.last_nack.contains(REJECTION), "{row:?}");
+    assert!(row.last_nack.contains("alpha.example"), "{row:?}");
+    // `-o wide` names the rejected resource and both versions.
+    let wide = cp.ctl(&["status", "-o", "wide"], None).await.success();
+    let line = wide
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("nack-proxy") && l.contains("service/beta.default"))
+        .unwrap_or_else(|| panic!("no service/beta.default row:\n{}", wide.stdout));
+    assert!(
+        line.contains("NACKED") && line.contains(REJECTION),
+        "{line}"
+    );
+
+    let config = proxy.config().await;
+    let last_error = config["sync"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains(REJECTION), "{config}");
+    assert!(
+        config["discovery"]["nacked"].as_u64() >= Some(1),
+        "{config}"
+    );
+    assert_eq!(config["discovery"]["connected"], true, "{config}");
+    // The proxy's metrics count the rejection too.
+    assert!(
+        proxy
+            .metric("shoal_discovery_updates_total", &[("result", "nacked")])
+            .await
+            >= 1.0
+    );
+
+    // Traffic runs on the last good state: every name still goes where it went.
+    for _ in 0..20 {
+        assert_eq!(client.body("alpha").await.unwrap(), "alpha");
+        assert_eq!(client.body("beta").await.unwrap(), "beta");
+        assert_eq!(client.body("alpha.example").await.unwrap(), "alpha");
+        assert_eq!(client.body("beta.example").await.unwrap(), "beta");
+    }
+
+    // Fixing the service: the proxy accepts the next update and is SYNCED again.
+    cp.apply(&service("beta", "beta2.example")).await;
+    let row = cp
+        .wait_proxy_state("nack-proxy", "SYNCED", Duration::from_secs(5))
+        .await;
+    assert_eq!(row.last_nack, "", "{row:?}");
+    assert_eq!(client.body("beta2.example").await.unwrap(), "beta");
+    let config = proxy.config().await;
+    assert!(config["sync"]["last_error"].is_null(), "{config}");
+}
