@@ -15,6 +15,7 @@ import array
 import atexit
 import datetime
 import gc
+import hashlib
 import json
 import math
 import os
@@ -58,8 +59,12 @@ class Skip(Exception):
     """A target could not be started or measured; the run goes on without it."""
 
 
+_T0 = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    el = int(time.monotonic() - _T0)
+    print(f"[{el // 60:02d}:{el % 60:02d}] {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,10 +292,14 @@ class Server:
 
 
 class Ctx:
-    def __init__(self, tmp: Path, maxconn: int, nofile: int):
-        # maxconn: HAProxy's maxconn, nginx's worker_connections, shoal's SHOAL_MAX_CONNECTIONS floor.
+    # Connection limits (HAProxy's maxconn, nginx's worker_connections, a floor for shoal's
+    # SHOAL_MAX_CONNECTIONS): 1024 is plenty for the load scenarios, and nginx preallocates
+    # worker_connections connection structures, so a larger value would inflate its RSS there.
+    LOAD_MAXCONN = 1024
+
+    def __init__(self, tmp: Path, nofile: int):
         # nofile: the RLIMIT_NOFILE every child inherits (HAProxy's ulimit-n, nginx's worker_rlimit_nofile).
-        self.tmp, self.maxconn, self.nofile, self.seq = tmp, maxconn, nofile, 0
+        self.tmp, self.maxconn, self.nofile, self.seq = tmp, self.LOAD_MAXCONN, nofile, 0
 
     def haproxy_maxconn(self) -> int:
         # HAProxy reserves two descriptors per connection (client + server) and refuses to start when
@@ -399,10 +408,11 @@ def run_loadgen(argv, timeout: float) -> tuple[int, str, str]:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stop(p)
-        raise Skip(f"load generator timed out: {' '.join(map(str, argv))}")
-    finally:
-        if p in _children:
-            _children.remove(p)
+        raise Skip(f"load generator timed out: {' '.join(map(str, argv))}") from None
+    except BaseException:  # Ctrl-C, SIGTERM: the generator goes too
+        stop(p)
+        raise
+    _children.remove(p)
     return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -592,6 +602,7 @@ class H2Conn:
 def paced_main(proto: str, port: int, rate: int, seconds: float) -> None:
     gc.disable()
     conn = H1Conn(port) if proto == "h1" else H2Conn(port)
+    conn.sock.settimeout(5.0)  # a lost response becomes an error, not a hang
     conn.request()  # connection set-up: not measured
     n = int(rate * seconds)
     interval = 1_000_000_000 // rate
@@ -607,7 +618,12 @@ def paced_main(proto: str, port: int, rate: int, seconds: float) -> None:
         elif now - due > interval:
             late += 1
         t0 = clock()
-        status = conn.request()
+        try:
+            status = conn.request()
+        except (OSError, ConnectionError) as e:
+            print(f"paced {proto} client: request {i + 1}/{n} failed after {(clock() - t0) / 1e9:.1f} s: "
+                  f"{e or type(e).__name__} ({len(lat)} responses before it)", file=sys.stderr)
+            sys.exit(1)
         t1 = clock()
         if status == 200:
             lat.append(t1 - t0)
@@ -694,6 +710,14 @@ def measure(ctx: Ctx, args, target: str, scenario: str) -> dict:
 
 
 def measure_idle(ctx: Ctx, target: str, n: int) -> dict:
+    ctx.maxconn = n + Ctx.LOAD_MAXCONN
+    try:
+        return _measure_idle(ctx, target, n)
+    finally:
+        ctx.maxconn = Ctx.LOAD_MAXCONN
+
+
+def _measure_idle(ctx: Ctx, target: str, n: int) -> dict:
     backend = start_backend(ctx)
     srv = None
     conns: list[socket.socket] = []
@@ -717,8 +741,12 @@ def measure_idle(ctx: Ctx, target: str, n: int) -> dict:
         t0 = time.monotonic()
         for _ in range(n):
             s = socket.create_connection((HOST, port), timeout=10)
-            s.sendall(req)
-            status = read_h1_response(s, bytearray())
+            try:
+                s.sendall(req)
+                status = read_h1_response(s, bytearray())
+            except OSError as e:
+                s.close()
+                raise Skip(f"{target}: connection {len(conns) + 1:,}: {e or type(e).__name__}") from None
             if status != 200:
                 raise Skip(f"{target}: idle-connection request got status {status}")
             conns.append(s)
@@ -866,8 +894,9 @@ def machine_info() -> dict:
         "nginx": tool_version(["nginx", "-v"]),
         "wrk": tool_version(["wrk", "-v"]),
         "h2load": tool_version(["h2load", "--version"]),
-        "shoal_proxy_mtime": (datetime.datetime.fromtimestamp(SHOAL_BIN.stat().st_mtime).isoformat(timespec="seconds")
+        "shoal_proxy_built": (datetime.datetime.fromtimestamp(SHOAL_BIN.stat().st_mtime).isoformat(timespec="seconds")
                               if SHOAL_BIN.exists() else None),
+        "shoal_proxy_sha256": (hashlib.sha256(SHOAL_BIN.read_bytes()).hexdigest()[:16] if SHOAL_BIN.exists() else None),
     }
 
 
@@ -929,12 +958,15 @@ def parse_args():
 
 
 def main() -> int:
+    global BACKEND_BIN, SHOAL_BIN
     args = parse_args()
     if args._paced:
         proto, port, rate, seconds = args._paced
         paced_main(proto, int(port), int(rate), float(seconds))
         return 0
 
+    # Explicitly, because a shell starts background jobs with SIGINT ignored, which Python keeps.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     atexit.register(stop_all)
@@ -967,16 +999,17 @@ def main() -> int:
     if "direct" not in targets:
         log("note: without the direct target there is no baseline: ratio and added-latency columns stay empty")
 
-    # Connection limits: 1024 is plenty for the load scenarios (nginx preallocates worker_connections
-    # connection structures, so a large value would inflate its RSS); the idle test needs N + margin.
-    maxconn = max(1024, args.idle_conns + 1024)
-    nofile = raise_nofile(4 * maxconn)
+    nofile = raise_nofile(4 * (args.idle_conns + Ctx.LOAD_MAXCONN))
     if args.idle_conns and nofile < args.idle_conns + 512:
         log(f"RLIMIT_NOFILE is {nofile}: too low for {args.idle_conns} idle connections")
         return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
-    ctx = Ctx(tmp, maxconn, nofile)
+    ctx = Ctx(tmp, nofile)
+    # Snapshot the binaries: a concurrent `cargo build --release` must not swap them mid-run.
+    BACKEND_BIN = Path(shutil.copy2(BACKEND_BIN, tmp / "bench-backend"))
+    if SHOAL_BIN.exists():
+        SHOAL_BIN = Path(shutil.copy2(SHOAL_BIN, tmp / "shoal-proxy"))
     meta = machine_info()
     meta.update(command="python3 bench/run.py " + " ".join(sys.argv[1:]), targets=targets, scenarios=scenarios,
                 rounds=args.rounds, duration_s=args.duration, warmup_s=args.warmup, rate=args.rate,

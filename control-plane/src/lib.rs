@@ -16,6 +16,7 @@
 //!   on-demand subscriptions, incremental pushes, ACK/NACK and per-proxy sync state.
 //! - [`server`] — the `shoal-control-plane` process: configuration, listeners, metrics, shutdown.
 //! - [`cli`] — the `shoalctl` command.
+//! - [`up`] — `shoal up`: a whole local mesh (control plane, demo apps, sidecars) in one command.
 //!
 //! Still to come (see ARCHITECTURE.md): `identity` (the CA; its keys and join tokens get their own table in
 //! the store) and `sources` (endpoint sources: static file, DNS, Kubernetes).
@@ -28,4 +29,7 @@ pub mod convert;
 pub mod discovery;
 pub mod model;
 pub mod server;
+// Endpoint sources (static file, DNS; Kubernetes later) feeding discovery's hub.
+pub mod sources;
 pub mod store;
+pub mod up;

@@ -30,6 +30,59 @@ pub struct ProxyIo {
     label_errors: bool,
     /// Rewritten bytes not yet written.
     pending: Bytes,
+    /// Framing headers seen in the request head being read (see [`FramingScan`]).
+    scan: FramingScan,
+}
+
+/// Notices a request head that carries both `Content-Length` and `Transfer-Encoding`.
+///
+/// hyper resolves that conflict itself (RFC 9112 §6.1: chunked wins, the length is dropped) and
+/// does not tell the service, but a proxy should refuse such a request outright (a classic
+/// smuggling probe). Only bytes read while no request is being served are looked at, and only up
+/// to the end of the head: a line-start check of two header names, not an HTTP parser.
+#[derive(Debug, Default)]
+struct FramingScan {
+    at_line_start: bool,
+    in_head: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl FramingScan {
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        if !self.in_head {
+            *self = FramingScan {
+                in_head: true,
+                ..FramingScan::default()
+            };
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.at_line_start {
+                let rest = &bytes[i..];
+                if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
+                    self.in_head = false; // end of head
+                    break;
+                }
+                let starts = |name: &[u8]| {
+                    rest.len() >= name.len() && rest[..name.len()].eq_ignore_ascii_case(name)
+                };
+                self.content_length |= starts(b"content-length:");
+                self.transfer_encoding |= starts(b"transfer-encoding:");
+            }
+            match bytes[i..].iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    i += nl + 1;
+                    self.at_line_start = true;
+                }
+                None => {
+                    self.at_line_start = false;
+                    break;
+                }
+            }
+        }
+        self.content_length && self.transfer_encoding
+    }
 }
 
 /// What the HTTP/1 server loop needs to know to park an idle keep-alive connection: whether
@@ -45,6 +98,8 @@ pub struct Activity {
     head_started: AtomicBool,
     /// Responses the service produced whose head has not been written yet.
     owed: AtomicUsize,
+    /// The request head being read carries both Content-Length and Transfer-Encoding.
+    ambiguous_framing: AtomicBool,
     /// The request id given to hyper's own error response on this connection, if any.
     rejected: std::sync::OnceLock<(Reason, String)>,
 }
@@ -77,6 +132,12 @@ impl Activity {
         self.owed.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(false, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Whether the request whose head was just read framed its body twice (Content-Length and
+    /// Transfer-Encoding); resets the flag.
+    pub fn take_ambiguous_framing(&self) -> bool {
+        self.ambiguous_framing.swap(false, Ordering::Relaxed)
     }
 
     /// The reason and request id of the error response hyper sent by itself, if it did.
@@ -114,6 +175,7 @@ impl ProxyIo {
             activity: Arc::default(),
             label_errors: false,
             pending: Bytes::new(),
+            scan: FramingScan::default(),
         }
     }
 
@@ -213,10 +275,11 @@ impl AsyncRead for ProxyIo {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
             if this.activity.in_flight.load(Ordering::Relaxed) == 0 {
                 this.activity.head_started.store(true, Ordering::Relaxed);
+                this.scan_head(n);
             }
+            this.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -228,6 +291,11 @@ impl AsyncRead for ProxyIo {
             this.activity.touch();
             if buf.filled().len() > before && this.activity.in_flight.load(Ordering::Relaxed) == 0 {
                 this.activity.head_started.store(true, Ordering::Relaxed);
+                if this.label_errors && this.scan.feed(&buf.filled()[before..]) {
+                    this.activity
+                        .ambiguous_framing
+                        .store(true, Ordering::Relaxed);
+                }
             }
         }
         res
@@ -235,6 +303,14 @@ impl AsyncRead for ProxyIo {
 }
 
 impl ProxyIo {
+    fn scan_head(&mut self, n: usize) {
+        if self.label_errors && self.scan.feed(&self.prefix[..n]) {
+            self.activity
+                .ambiguous_framing
+                .store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The first write after the service answered carries that response's head.
     fn settle_owed(&self) {
         let owed = self.activity.owed.load(Ordering::Relaxed);
@@ -319,5 +395,34 @@ impl AsyncWrite for ProxyIo {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FramingScan;
+
+    #[test]
+    fn framing_scan_finds_both_headers_in_the_head_only() {
+        let mut s = FramingScan::default();
+        assert!(
+            s.feed(b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTRANSFER-ENCODING: chunked\r\n\r\n")
+        );
+
+        // Split across reads, at a line start.
+        let mut s = FramingScan::default();
+        assert!(!s.feed(b"POST / HTTP/1.1\r\ncontent-length: 4\r\n"));
+        assert!(s.feed(b"transfer-encoding: chunked\r\n\r\n"));
+
+        // Either header alone is fine; a body mentioning the other is not the head.
+        let mut s = FramingScan::default();
+        assert!(
+            !s.feed(b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\ntransfer-encoding: chunked\r\n")
+        );
+        // A value mentioning a header name is not a header line.
+        let mut s = FramingScan::default();
+        assert!(!s.feed(
+            b"GET / HTTP/1.1\r\nX-Note: content-length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
     }
 }

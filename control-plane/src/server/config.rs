@@ -23,6 +23,8 @@ pub mod env {
     pub const LOG: &str = "SHOAL_LOG";
     /// Log format, `plain` or `json` (shared with the proxy's name).
     pub const LOG_FORMAT: &str = "SHOAL_LOG_FORMAT";
+    /// Endpoints file: static endpoints and DNS names (endpoint sources); unset means none.
+    pub const ENDPOINTS_FILE: &str = "SHOAL_CP_ENDPOINTS_FILE";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -35,6 +37,7 @@ pub mod env {
         DATA_DIR,
         LOG,
         LOG_FORMAT,
+        ENDPOINTS_FILE,
     ];
 }
 
@@ -123,6 +126,9 @@ pub struct Config {
     pub log: String,
     /// Log format. Default `plain`.
     pub log_format: LogFormat,
+    /// The endpoints file of the `file` and `dns` endpoint sources (see `crate::sources`); `None` (the
+    /// default) runs no endpoint source.
+    pub endpoints_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -159,6 +165,7 @@ impl Config {
             data_dir: PathBuf::from(settings.get(env::DATA_DIR).unwrap_or("./shoal-data")),
             log: settings.get(env::LOG).unwrap_or("info").to_owned(),
             log_format,
+            endpoints_file: settings.get(env::ENDPOINTS_FILE).map(PathBuf::from),
         };
         config.check_distinct()?;
         Ok(config)
@@ -210,6 +217,15 @@ mod tests {
             PathBuf::from("./shoal-data/store.redb")
         );
         assert_eq!(config.log_format, LogFormat::Plain);
+        assert_eq!(config.endpoints_file, None);
+        let config = super::Config::from_settings(
+            &Settings::from_map([(env::ENDPOINTS_FILE, "/etc/shoal/endpoints.yaml")]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.endpoints_file,
+            Some(PathBuf::from("/etc/shoal/endpoints.yaml"))
+        );
     }
 
     #[test]

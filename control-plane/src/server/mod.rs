@@ -6,6 +6,7 @@
 //!   SHOAL_CP_DISCOVERY_ADDR 0.0.0.0:15010    gRPC  Discovery  (proxies)
 //!   SHOAL_CP_METRICS_ADDR   0.0.0.0:15014    HTTP  /metrics /ready /live
 //!   SHOAL_CP_DATA_DIR       ./shoal-data     the store's data file, store.redb
+//!   SHOAL_CP_ENDPOINTS_FILE (unset)          static endpoints and DNS names (crate::sources)
 //! ```
 
 pub mod config;
@@ -60,6 +61,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The endpoints file (`SHOAL_CP_ENDPOINTS_FILE`) is missing or invalid at start-up.
+    #[error("{0} ({setting})", setting = config::env::ENDPOINTS_FILE)]
+    Sources(#[from] crate::sources::FileError),
     /// A gRPC listener stopped with an error.
     #[error("the {listener} listener failed: {source}")]
     Serve {
@@ -85,9 +89,17 @@ pub struct DiscoveryParts {
 /// server in `routes` (`Routes::new(service.into_server())`) and return whatever holds the per-proxy sync
 /// state as `status` (it implements [`StatusSource`]). Streams must end once `closing` turns true, or
 /// shutdown waits [`SHUTDOWN_GRACE`] for them.
-fn discovery(store: &Store, mut closing: watch::Receiver<bool>) -> DiscoveryParts {
+fn discovery(
+    store: &Store,
+    sources: Option<crate::sources::Sources>,
+    mut closing: watch::Receiver<bool>,
+) -> DiscoveryParts {
     let hub = crate::discovery::Hub::new();
     tokio::spawn(hub.clone().follow(store.clone()));
+    // Endpoint sources (SHOAL_CP_ENDPOINTS_FILE) publish into the same hub as the store.
+    if let Some(sources) = sources {
+        sources.start(&hub, closing.clone());
+    }
     let on_close = hub.clone();
     tokio::spawn(async move {
         let _ = closing.wait_for(|closed| *closed).await;
@@ -105,6 +117,8 @@ pub struct ControlPlane {
     admin: TcpListener,
     discovery: TcpListener,
     metrics: TcpListener,
+    /// The endpoint sources, loaded in `bind` so that an invalid endpoints file stops start-up.
+    sources: Option<crate::sources::Sources>,
 }
 
 impl ControlPlane {
@@ -122,8 +136,13 @@ impl ControlPlane {
             path: config.data_dir.clone(),
             source: std::io::Error::other(e),
         })??;
+        let sources = match &config.endpoints_file {
+            Some(path) => Some(crate::sources::Sources::load(path).await?),
+            None => None,
+        };
         Ok(Self {
             store,
+            sources,
             admin: bind(config::env::ADMIN_ADDR, config.admin_addr).await?,
             discovery: bind(config::env::DISCOVERY_ADDR, config.discovery_addr).await?,
             metrics: bind(config::env::METRICS_ADDR, config.metrics_addr).await?,
@@ -160,7 +179,7 @@ impl ControlPlane {
         );
         let prometheus = metrics::recorder();
         let (close, closing) = watch::channel(false);
-        let parts = discovery(&self.store, closing.clone());
+        let parts = discovery(&self.store, self.sources, closing.clone());
         let admin = AdminService::new(self.store.clone(), parts.status);
         let ready = Arc::new(AtomicBool::new(false));
 

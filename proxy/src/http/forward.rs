@@ -57,6 +57,21 @@ pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Respons
     )
 }
 
+/// A request whose head carried both Content-Length and Transfer-Encoding: refused, never
+/// forwarded, and the connection closed (its framing cannot be trusted).
+pub fn reject_ambiguous_framing(conn: &Conn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let ids = trace_context::propagate(req.headers_mut());
+    let err = ProxyError::new(
+        Reason::MalformedRequest,
+        "the request has both Content-Length and Transfer-Encoding (a request-smuggling pattern); send one framing header",
+    );
+    let metrics = match conn.direction {
+        Direction::Inbound => &conn.shared.inbound_metrics,
+        Direction::Outbound => &conn.shared.passthrough_metrics,
+    };
+    finish(conn, Err(err), &ids, Instant::now(), metrics, None, None)
+}
+
 async fn forward(
     conn: &Conn,
     mut req: Request<Incoming>,

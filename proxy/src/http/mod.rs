@@ -68,9 +68,16 @@ fn service(
 > + Clone {
     hyper::service::service_fn(move |req| {
         let conn = conn.clone();
+        let ambiguous = activity
+            .as_ref()
+            .is_some_and(|a| a.take_ambiguous_framing());
         let guard = activity.as_ref().map(|a| a.begin());
         async move {
-            let mut resp = forward::handle(&conn, req).await;
+            let mut resp = if ambiguous {
+                forward::reject_ambiguous_framing(&conn, req)
+            } else {
+                forward::handle(&conn, req).await
+            };
             if let Some(g) = guard {
                 resp.body_mut().set_in_flight(g);
             }

@@ -1,0 +1,49 @@
+//! The `shoal` command: `shoal up` runs a whole local mesh (docs/shoal-up.md); `shoal demo-app` is one of
+//! its demo services (what `shoal up` starts behind each sidecar).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_control_plane::up::{self, UpArgs, demo::DemoArgs};
+
+/// Shoal, a service mesh: a local mesh in one command.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a control plane and demo services behind sidecars on loopback, until Ctrl-C.
+    Up(UpArgs),
+    /// Run one demo service (`shoal up` starts these).
+    DemoApp(DemoArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Up(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build();
+            let runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("shoal up: cannot start the runtime: {error}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(up::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("shoal up: error: {error}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::DemoApp(args) => up::demo::main(args),
+    }
+}

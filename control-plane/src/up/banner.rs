@@ -1,0 +1,152 @@
+//! What `shoal up` prints once the mesh is ready, and the `--ready-file` it writes for scripts and tests.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::topology::{Addrs, Workload, split_route};
+
+/// Everything the banner and the ready file describe.
+pub struct Summary<'a> {
+    /// The control plane's Admin API, Discovery and metrics addresses.
+    pub control_plane: [SocketAddr; 3],
+    /// Each workload with its addresses and its app's and sidecar's process ids.
+    pub workloads: Vec<(&'a Workload, Addrs, [u32; 2])>,
+    /// The data directory, and whether it is removed on exit.
+    pub data_dir: &'a Path,
+    /// Whether the data directory is temporary.
+    pub temporary: bool,
+    /// Preferred ports that were busy, and what was used instead.
+    pub moved: &'a [(u16, u16)],
+}
+
+impl Summary<'_> {
+    fn addrs(&self, name: &str) -> Addrs {
+        let found = self.workloads.iter().find(|(w, _, _)| w.name == name);
+        found.map(|(_, a, _)| *a).unwrap_or(self.workloads[0].1)
+    }
+
+    /// The text printed to standard output.
+    pub fn banner(&self) -> String {
+        let [admin, discovery, metrics] = self.control_plane;
+        let shoalctl = shoalctl_path();
+        let server = if admin.port() == 15011 {
+            String::new()
+        } else {
+            format!("export SHOAL_SERVER=http://{admin}     # shoalctl's control plane\n  ")
+        };
+        let frontend = self.addrs("frontend");
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nshoal up: a local mesh is running. Ctrl-C stops it.\n"
+        );
+        let _ = writeln!(
+            out,
+            "  control plane  admin API {admin}  discovery {discovery}  metrics http://{metrics}/metrics"
+        );
+        let _ = writeln!(
+            out,
+            "  {:<11}{:<17}{:<17}{:<18}sidecar metrics",
+            "workload", "app", "sidecar inbound", "sidecar outbound"
+        );
+        for (w, a, _) in &self.workloads {
+            let _ = writeln!(
+                out,
+                "  {:<11}{:<17}{:<17}{:<18}http://{}/metrics",
+                w.name, a.app, a.inbound, a.outbound, a.admin
+            );
+        }
+        if !self.moved.is_empty() {
+            let busy: Vec<String> = self.moved.iter().map(|(p, _)| p.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "  (busy, so replaced by free ports: {}; --base-port N picks another layout)",
+                busy.join(", ")
+            );
+        }
+        let _ = write!(
+            out,
+            "
+Try:
+  # the frontend through its sidecar; it calls backend (HTTP) and greeter (gRPC) through the mesh
+  curl http://{inbound}/
+  # backend through the frontend's sidecar, 20 times: who answers? (x-canary: 1 always gets v2)
+  for i in $(seq 20); do curl -s -H 'Host: backend' http://{outbound}/; done | sort | uniq -c
+  {server}{shoalctl} get services
+  {shoalctl} status
+  # shift 20% of backend's traffic to v2 (then 0 and 100), and run the loop again:
+  {shoalctl} apply -f - <<EOF
+{route}EOF
+  # a sidecar's view: its routes and endpoints, and its sync state with the control plane
+  curl http://{admin}/config
+
+Resources applied: {mesh}   logs: {logs}
+",
+            inbound = frontend.inbound,
+            outbound = frontend.outbound,
+            route = indent(&split_route(80)),
+            admin = frontend.admin,
+            mesh = self.data_dir.join("mesh.yaml").display(),
+            logs = self.data_dir.join("logs").display(),
+        );
+        if self.temporary {
+            let _ = writeln!(
+                out,
+                "(a temporary directory, removed on exit; --data-dir DIR keeps it)"
+            );
+        }
+        out
+    }
+
+    /// The ready file: JSON with every address and process id.
+    pub fn json(&self) -> serde_json::Value {
+        let [admin, discovery, metrics] = self.control_plane;
+        let workloads: Vec<_> = self
+            .workloads
+            .iter()
+            .map(|(w, a, [app_pid, proxy_pid])| {
+                serde_json::json!({
+                    "name": w.name, "app": a.app, "inbound": a.inbound, "outbound": a.outbound,
+                    "admin": a.admin, "app_pid": app_pid, "proxy_pid": proxy_pid,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "pid": std::process::id(),
+            "data_dir": self.data_dir,
+            "temporary": self.temporary,
+            "control_plane": {"admin": admin, "discovery": discovery, "metrics": metrics},
+            "workloads": workloads,
+        })
+    }
+}
+
+/// Writes `value` to `path` atomically (a temporary file renamed), so a reader never sees half of it.
+pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write the ready file {}: {e}", path.display()))
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// `shoalctl` as the user can type it: next to this executable (relative to the current directory when
+/// under it), else from `PATH`.
+fn shoalctl_path() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("shoalctl")))
+        .filter(|p| p.exists());
+    let Some(path) = beside else {
+        return "shoalctl".to_owned();
+    };
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(PathBuf::from));
+    relative.unwrap_or(path).display().to_string()
+}
