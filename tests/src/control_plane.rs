@@ -348,31 +348,13 @@ impl ControlPlane {
             .env("RUST_BACKTRACE", "1");
         let mut child = ChildProcess::spawn("shoal-control-plane", cmd)?;
         let deadline = Instant::now() + self.ready_timeout;
-        let found = loop {
-            if let Some(found) = child
-                .output()
-                .lines(Stream::Stdout)
-                .iter()
-                .find_map(|l| parse_cp_ready_line(l))
-            {
-                break found;
-            }
-            if let Some(status) = child.try_exit()? {
-                child.wait_exit(Duration::from_secs(1)).await?;
-                bail!(
-                    "the control plane exited with {status} before it was ready; output:\n{}",
-                    child.output().all()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "no `control plane ready` line within {:?}; output:\n{}",
-                    self.ready_timeout,
-                    child.output().all()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let found = child
+            .wait_for_line(
+                "`control plane ready` line",
+                self.ready_timeout,
+                parse_cp_ready_line,
+            )
+            .await?;
         self.child = Some(child);
         self.addrs = Some(found);
         loop {

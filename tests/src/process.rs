@@ -72,6 +72,41 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
+    /// Waits until a stdout line parses with `parse` (the process's "ready" line), failing with
+    /// its output if it exits first or `timeout` passes. `what` names it in messages.
+    pub async fn wait_for_line<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self
+                .output()
+                .lines(Stream::Stdout)
+                .iter()
+                .find_map(|l| parse(l))
+            {
+                return Ok(found);
+            }
+            if let Some(status) = self.try_exit()? {
+                self.wait_exit(Duration::from_secs(1)).await?;
+                bail!(
+                    "{what}: the process exited with {status} first; output:\n{}",
+                    self.output().all()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{what}: not within {timeout:?}; output:\n{}",
+                    self.output().all()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Spawns `cmd` with stdout and stderr captured; `name` labels it in messages.
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Self> {
         cmd.stdin(Stdio::null())

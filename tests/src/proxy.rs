@@ -235,31 +235,13 @@ impl ProxyBuilder {
     pub async fn try_start(self) -> Result<Proxy> {
         let (mut child, dir, state_path) = self.spawn()?;
         let deadline = Instant::now() + self.ready_timeout;
-        let (admin, listeners) = loop {
-            if let Some(found) = child
-                .output()
-                .lines(Stream::Stdout)
-                .iter()
-                .find_map(|l| parse_ready_line(l))
-            {
-                break found;
-            }
-            if let Some(status) = child.try_exit()? {
-                child.wait_exit(Duration::from_secs(1)).await?;
-                bail!(
-                    "the proxy exited with {status} before it was ready; output:\n{}",
-                    child.output().all()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "no `shoal-proxy ready` line within {:?}; output:\n{}",
-                    self.ready_timeout,
-                    child.output().all()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let (admin, listeners) = child
+            .wait_for_line(
+                "`shoal-proxy ready` line",
+                self.ready_timeout,
+                parse_ready_line,
+            )
+            .await?;
         let mut listeners = listeners.into_iter();
         let inbound = if self.is_on("SHOAL_INBOUND_MODE") {
             listeners.next()

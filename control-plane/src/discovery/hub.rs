@@ -195,37 +195,24 @@ pub fn contributions(r: &Resource) -> Vec<(Key, Contribution)> {
                 whole(T::Address, address, Payload::Address(binding)),
             ]
         }
-        Spec::Route(x) => vec![whole(
-            T::Route,
-            x.parent.to_string(),
-            Payload::Route(x.into()),
-        )],
-        Spec::BackendPolicy(x) => vec![whole(
-            T::BackendPolicy,
-            x.service.to_string(),
-            Payload::BackendPolicy(x.into()),
-        )],
-        Spec::AuthorizationPolicy(x) => {
-            vec![whole(
-                T::AuthorizationPolicy,
-                x.target.to_string(),
-                Payload::AuthorizationPolicy(x.into()),
-            )]
+        policy => {
+            // Per-service policies: keyed by the service they apply to.
+            let (ty, payload) = match policy {
+                Spec::Route(x) => (T::Route, Payload::Route(x.into())),
+                Spec::BackendPolicy(x) => (T::BackendPolicy, Payload::BackendPolicy(x.into())),
+                Spec::AuthorizationPolicy(x) => (
+                    T::AuthorizationPolicy,
+                    Payload::AuthorizationPolicy(x.into()),
+                ),
+                Spec::RateLimit(x) => (T::RateLimit, Payload::RateLimit(x.into())),
+                Spec::FaultInjection(x) => (T::FaultInjection, Payload::FaultInjection(x.into())),
+                Spec::Mirror(x) => (T::Mirror, Payload::Mirror(x.into())),
+                Spec::Service(_) | Spec::EndpointRegistration(_) => return Vec::new(),
+            };
+            match policy.policy_target() {
+                Some(target) => vec![whole(ty, target.to_string(), payload)],
+                None => Vec::new(),
+            }
         }
-        Spec::RateLimit(x) => vec![whole(
-            T::RateLimit,
-            x.target.to_string(),
-            Payload::RateLimit(x.into()),
-        )],
-        Spec::FaultInjection(x) => vec![whole(
-            T::FaultInjection,
-            x.target.to_string(),
-            Payload::FaultInjection(x.into()),
-        )],
-        Spec::Mirror(x) => vec![whole(
-            T::Mirror,
-            x.target.to_string(),
-            Payload::Mirror(x.into()),
-        )],
     }
 }
