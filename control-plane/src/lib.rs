@@ -18,8 +18,12 @@
 //! - [`cli`] — the `shoalctl` command.
 //! - [`up`] — `shoal up`: a whole local mesh (control plane, demo apps, sidecars) in one command.
 //!
+//! - [`sources`] — endpoint sources behind one trait: a watched static file and DNS names
+//!   (registrations come through the store); Kubernetes EndpointSlices plug in later.
+//! - [`up`] — `shoal up`, a whole local mesh in one command.
+//!
 //! Still to come (see ARCHITECTURE.md): `identity` (the CA; its keys and join tokens get their own table in
-//! the store) and `sources` (endpoint sources: static file, DNS, Kubernetes).
+//! the store).
 
 #![warn(missing_docs)]
 

@@ -50,7 +50,8 @@ pub struct Entry {
 /// The table of entries and the contributions they were merged from.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    contributions: HashMap<Key, BTreeMap<String, Contribution>>,
+    /// Per key, per source: what the source says (several endpoints of one service from one source).
+    contributions: HashMap<Key, BTreeMap<String, Vec<Contribution>>>,
     by_source: HashMap<String, Vec<Key>>,
     entries: HashMap<Key, Entry>,
 }
@@ -103,9 +104,13 @@ impl Catalog {
             self.contributions
                 .entry(k.clone())
                 .or_default()
-                .insert(source.to_string(), c);
+                .entry(source.to_string())
+                .or_default()
+                .push(c);
             touched.insert(k.clone());
-            keys.push(k);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
         }
         if !keys.is_empty() {
             self.by_source.insert(source.to_string(), keys);
@@ -136,10 +141,11 @@ impl Catalog {
     }
 }
 
-fn merge(k: &Key, contributions: &BTreeMap<String, Contribution>) -> Option<Payload> {
+fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option<Payload> {
     if k.0 == v1::ResourceType::Endpoints as i32 {
         let mut endpoints: Vec<v1::Endpoint> = contributions
             .values()
+            .flatten()
             .filter_map(|c| match c {
                 Contribution::Endpoint(e) => Some(e.clone()),
                 Contribution::Whole(_) => None,
@@ -158,7 +164,7 @@ fn merge(k: &Key, contributions: &BTreeMap<String, Contribution>) -> Option<Payl
         }));
     }
     // One contribution per key by construction (one policy per service); the lowest source wins.
-    contributions.values().find_map(|c| match c {
+    contributions.values().flatten().find_map(|c| match c {
         Contribution::Whole(p) => Some(p.clone()),
         Contribution::Endpoint(_) => None,
     })
@@ -208,6 +214,17 @@ mod tests {
             panic!()
         };
         assert_eq!(eps.endpoints.len(), 2);
+        // One source may contribute several endpoints of a service at once.
+        let both = vec![
+            (k.clone(), ep("10.0.0.2", 80)),
+            (k.clone(), ep("10.0.0.3", 80)),
+        ];
+        assert_eq!(c.set_source("reg/b", both), vec![k.clone()]);
+        let Payload::Endpoints(eps) = &c.get(&k).unwrap().payload else {
+            panic!()
+        };
+        assert_eq!(eps.endpoints.len(), 3);
+        c.set_source("reg/b", vec![(k.clone(), ep("10.0.0.2", 80))]);
         // Re-applying the same content changes nothing.
         assert!(
             c.set_source("reg/b", vec![(k.clone(), ep("10.0.0.2", 80))])

@@ -200,7 +200,16 @@ async fn follow(
                 addresses.dedup();
                 let next = bounded_ttl(ttl);
                 if addresses != last {
-                    tracing::info!(source = "dns", host, ?addresses, ttl = ?ttl, next = ?next, "dns name resolved");
+                    // Whole seconds: the remaining TTL of a cached answer has nanoseconds.
+                    let ttl = Duration::from_secs(ttl.as_secs());
+                    tracing::info!(
+                        source = "dns",
+                        host,
+                        ?addresses,
+                        ?ttl,
+                        ?next,
+                        "dns name resolved"
+                    );
                     last = addresses.clone();
                     let answer = Answer {
                         host: host.clone(),

@@ -97,22 +97,22 @@ impl Publisher {
         for e in endpoints {
             new.entry(endpoint_id(&e)).or_insert(e);
         }
-        let old = self.published.remove(service).unwrap_or_default();
-        let old: BTreeMap<String, Endpoint> =
-            old.into_iter().map(|e| (endpoint_id(&e), e)).collect();
-        for (id, e) in &new {
-            if old.get(id) != Some(e) {
-                let c = contributions(service, std::slice::from_ref(e));
-                self.hub.set_source(&self.source_name(service, id), c);
-            }
+        let new: Vec<Endpoint> = new.into_values().collect();
+        if self
+            .published
+            .get(service)
+            .map_or(new.is_empty(), |old| *old == new)
+        {
+            return;
         }
-        for id in old.keys().filter(|id| !new.contains_key(*id)) {
-            self.hub
-                .set_source(&self.source_name(service, id), Vec::new());
-        }
-        if !new.is_empty() {
-            self.published
-                .insert(service.to_string(), new.into_values().collect());
+        // One catalog source per (source, service): the whole list is replaced in one step, so
+        // proxies get one push per change and never see the service briefly empty.
+        self.hub
+            .set_source(&self.source_name(service), contributions(service, &new));
+        if new.is_empty() {
+            self.published.remove(service);
+        } else {
+            self.published.insert(service.to_string(), new);
         }
     }
 
@@ -143,8 +143,8 @@ impl Publisher {
         &self.published
     }
 
-    fn source_name(&self, service: &str, endpoint: &str) -> String {
-        format!("{}/{service}/{endpoint}", self.source)
+    fn source_name(&self, service: &str) -> String {
+        format!("{}/{service}", self.source)
     }
 }
 
