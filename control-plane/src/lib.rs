@@ -20,7 +20,6 @@
 //!
 //! - [`sources`] — endpoint sources behind one trait: a watched static file and DNS names
 //!   (registrations come through the store); Kubernetes EndpointSlices plug in later.
-//! - [`up`] — `shoal up`, a whole local mesh in one command.
 //!
 //! Still to come (see ARCHITECTURE.md): `identity` (the CA; its keys and join tokens get their own table in
 //! the store).
