@@ -17,7 +17,6 @@
 //! - [`server`] — the `shoal-control-plane` process: configuration, listeners, metrics, shutdown.
 //! - [`cli`] — the `shoalctl` command.
 //! - [`up`] — `shoal up`: a whole local mesh (control plane, demo apps, sidecars) in one command.
-//!
 //! - [`sources`] — endpoint sources behind one trait: a watched static file and DNS names
 //!   (registrations come through the store); Kubernetes EndpointSlices plug in later.
 //!
