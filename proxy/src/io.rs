@@ -280,6 +280,10 @@ impl AsyncRead for ProxyIo {
                 this.scan_head(n);
             }
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Release detection's buffer: a long-lived idle connection should not keep it.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

@@ -300,7 +300,8 @@ fn lookup_authority<'s>(
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
     let lower = authority.bytes().all(|b| !b.is_ascii_uppercase());
-    if has_port && lower {
+    if lower && (has_port || default_port == 80) {
+        // The index holds `host:port`, and bare hosts for port 80: no allocation on the hot path.
         return state.by_authority(authority);
     }
     let mut key = authority.to_ascii_lowercase();
