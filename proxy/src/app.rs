@@ -231,5 +231,8 @@ async fn housekeeping(shared: Arc<Shared>) {
         tick.tick().await;
         shared.prometheus.run_upkeep();
         shared.clients.sweep();
+        if crate::http::PARKED_SINCE_COLLECT.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            crate::alloc::release_free_memory();
+        }
     }
 }

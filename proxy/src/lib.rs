@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod tcp;
 
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod config;
 pub mod discovery;

@@ -23,6 +23,10 @@ use crate::metrics::Direction;
 /// waits for the client's next request holding only the socket.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// Set when a connection parked, so housekeeping hands the freed buffers back to the OS.
+pub static PARKED_SINCE_COLLECT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The HTTP version a downstream connection speaks (from detection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Downstream {
@@ -147,6 +151,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
             }
         };
         tracing::trace!(client = %conn.client, "idle HTTP/1 connection parked");
+        PARKED_SINCE_COLLECT.store(true, std::sync::atomic::Ordering::Relaxed);
         io = parked.io.into_inner();
         io.unread(parked.read_buf);
         drop(parked.service);
