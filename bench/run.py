@@ -62,6 +62,9 @@ class Skip(Exception):
 _T0 = time.monotonic()
 
 
+IDLE_SETTLE_S = 5.0
+
+
 def log(msg: str) -> None:
     el = int(time.monotonic() - _T0)
     print(f"[{el // 60:02d}:{el % 60:02d}] {msg}", file=sys.stderr, flush=True)
@@ -751,7 +754,9 @@ def _measure_idle(ctx: Ctx, target: str, n: int) -> dict:
                 raise Skip(f"{target}: idle-connection request got status {status}")
             conns.append(s)
         open_s = time.monotonic() - t0
-        time.sleep(1.0)
+        # Idle means idle: give every server a few seconds without traffic before reading RSS (shoal
+        # parks keep-alive connections idle for 1 s and returns their buffers within the next second).
+        time.sleep(IDLE_SETTLE_S)
         rss1 = sum(status_kib(p, "VmRSS") for p in pids)
         fds1 = sum(fd_count(p) for p in pids)
         # Which client connections has the server closed meanwhile (readable = EOF)?

@@ -90,15 +90,23 @@ fn service(
     })
 }
 
-async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
-    let cfg = conn.shared.config.http.clone();
+/// hyper's HTTP/1 server settings for one active phase of a connection.
+fn h1_builder(cfg: &crate::config::HttpConfig, header_timeout: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        .header_read_timeout(header_timeout)
         .max_headers(cfg.max_headers)
         .max_buf_size(cfg.max_header_bytes.max(8192) + 8192)
         .max_header_size(cfg.max_header_bytes);
+    builder
+}
+
+async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
+    // Borrowed, not copied, and no builder kept across awaits: a parked connection's task should
+    // hold as little as possible.
+    let shared = conn.shared.clone();
+    let cfg = &shared.config.http;
     let activity = io.activity();
     io.label_error_responses();
     // A request head left half-read when the connection parked keeps its original deadline.
@@ -112,12 +120,11 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
             tracing::debug!(client = %conn.client, "closing: the request head did not arrive within SHOAL_HEADER_READ_TIMEOUT");
             return;
         }
-        builder.header_read_timeout(limit);
         // Active: hyper serves requests until the client is done or the connection idles.
         let svc = service(conn.clone(), Some(activity.clone()));
         // Boxed so a parked connection's task does not keep room for hyper's state.
         let mut hconn = Box::pin(
-            builder
+            h1_builder(cfg, limit)
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades(),
         );
