@@ -32,7 +32,7 @@ pub async fn serve(
             bytes::BytesMut::new(),
         )
     } else {
-        match detect::detect(&mut conn.stream, cfg.detect_timeout).await {
+        match Box::pin(detect::detect(&mut conn.stream, cfg.detect_timeout)).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, error = %e, "connection failed during protocol detection");
@@ -66,7 +66,15 @@ pub async fn serve(
                 Direction::Inbound => dst,
             };
             let http = &cfg.http;
-            crate::tcp::forward(io, dst, direction, http.connect_timeout, http.idle_timeout).await;
+            // Boxed for the same reason as HTTP/2: keep every connection's task small.
+            Box::pin(crate::tcp::forward(
+                io,
+                dst,
+                direction,
+                http.connect_timeout,
+                http.idle_timeout,
+            ))
+            .await;
             drop(conn.permit);
             return;
         }

@@ -55,7 +55,9 @@ pub struct Conn {
 pub async fn serve(conn: Arc<Conn>, io: ProxyIo, drain: drain::Watch) {
     match conn.version {
         Downstream::Http1 => serve_h1(conn, io, drain).await,
-        Downstream::Http2 => serve_h2(conn, io, drain).await,
+        // Boxed: hyper's HTTP/2 connection state is large, and keeping it inline would size every
+        // connection's task — including parked HTTP/1 ones — for it.
+        Downstream::Http2 => Box::pin(serve_h2(conn, io, drain)).await,
     }
 }
 
@@ -108,6 +110,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
     let shared = conn.shared.clone();
     let cfg = &shared.config.http;
     let activity = io.activity();
+    let mut timer = Box::pin(tokio::time::sleep(PARK_AFTER));
     io.label_error_responses();
     // A request head left half-read when the connection parked keeps its original deadline.
     let mut head_deadline: Option<Instant> = None;
@@ -130,7 +133,9 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
         );
         let mut draining = false;
         let mut seen = activity.ops();
-        let mut check = Instant::now() + PARK_AFTER;
+        // One boxed timer for the whole loop: the idle check while active, the keep-alive limit
+        // while parked (a parked task keeps a pointer, not a timer entry).
+        timer.as_mut().reset(Instant::now() + PARK_AFTER);
         let parked = loop {
             tokio::select! {
                 res = hconn.as_mut() => {
@@ -144,7 +149,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
                     draining = true;
                     hconn.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep_until(check), if !draining => {
+                _ = timer.as_mut(), if !draining => {
                     let now = activity.ops();
                     if now == seen && activity.is_idle() {
                         match std::pin::Pin::into_inner(hconn).into_parts() {
@@ -153,7 +158,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
                         }
                     }
                     seen = now;
-                    check = Instant::now() + PARK_AFTER;
+                    timer.as_mut().reset(Instant::now() + PARK_AFTER);
                 }
             }
         };
@@ -170,9 +175,10 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
         head_deadline = None;
         // Parked: only the socket and this small task remain until the client speaks again.
         let keepalive = cfg.header_read_timeout.saturating_sub(PARK_AFTER);
+        timer.as_mut().reset(Instant::now() + keepalive);
         tokio::select! {
             ready = io.readable() => if ready.is_err() { return },
-            _ = tokio::time::sleep(keepalive) => return,
+            _ = timer.as_mut() => return,
             _ = drain.signaled() => return,
         }
     }
