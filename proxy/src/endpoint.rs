@@ -44,7 +44,8 @@ pub struct Clients {
 
 #[derive(Debug, Default)]
 struct H1Pool {
-    idle: Mutex<Vec<(http1::SendRequest<Incoming>, Instant)>>,
+    /// Oldest first: the connection released longest ago is the likeliest to be ready again.
+    idle: Mutex<std::collections::VecDeque<(http1::SendRequest<Incoming>, Instant)>>,
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +67,7 @@ impl Release {
     pub fn release(self) {
         let mut idle = lock(&self.pool.idle);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((self.tx, Instant::now()));
+            idle.push_back((self.tx, Instant::now()));
         }
     }
 }
@@ -155,7 +156,7 @@ impl Clients {
     /// A ready pooled connection, or `None`.
     async fn checkout_h1(&self, pool: &H1Pool) -> Option<http1::SendRequest<Incoming>> {
         loop {
-            let (mut tx, since) = lock(&pool.idle).pop()?;
+            let (mut tx, since) = lock(&pool.idle).pop_front()?;
             if tx.is_closed() || since.elapsed() > self.cfg.upstream_idle_timeout {
                 continue;
             }
