@@ -38,11 +38,15 @@ pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Respons
     let target = match resolve(conn, &req).await {
         Ok(t) => t,
         Err(e) => {
-            let metrics = match conn.direction {
-                Direction::Inbound => &conn.shared.inbound_metrics,
-                Direction::Outbound => &conn.shared.passthrough_metrics,
-            };
-            return finish(conn, Err(e), &ids, start, metrics, None, access);
+            return finish(
+                conn,
+                Err(e),
+                &ids,
+                start,
+                unrouted_metrics(conn),
+                None,
+                access,
+            );
         }
     };
     let result = forward(conn, req, &target).await;
@@ -57,6 +61,14 @@ pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Respons
     )
 }
 
+/// Where a request that never reached a destination is counted.
+fn unrouted_metrics(conn: &Conn) -> &RequestMetrics {
+    match conn.direction {
+        Direction::Inbound => &conn.shared.inbound_metrics,
+        Direction::Outbound => &conn.shared.passthrough_metrics,
+    }
+}
+
 /// A request whose head carried both Content-Length and Transfer-Encoding: refused, never
 /// forwarded, and the connection closed (its framing cannot be trusted).
 pub fn reject_ambiguous_framing(conn: &Conn, mut req: Request<Incoming>) -> Response<ResponseBody> {
@@ -65,11 +77,15 @@ pub fn reject_ambiguous_framing(conn: &Conn, mut req: Request<Incoming>) -> Resp
         Reason::MalformedRequest,
         "the request has both Content-Length and Transfer-Encoding (a request-smuggling pattern); send one framing header",
     );
-    let metrics = match conn.direction {
-        Direction::Inbound => &conn.shared.inbound_metrics,
-        Direction::Outbound => &conn.shared.passthrough_metrics,
-    };
-    finish(conn, Err(err), &ids, Instant::now(), metrics, None, None)
+    finish(
+        conn,
+        Err(err),
+        &ids,
+        Instant::now(),
+        unrouted_metrics(conn),
+        None,
+        None,
+    )
 }
 
 async fn forward(
