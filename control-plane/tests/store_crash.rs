@@ -217,6 +217,7 @@ fn service(name: &str, seq: usize) -> Resource {
         port: 80,
         target_port: None,
         protocol: Protocol::Detect,
+        tls_mode: None,
     };
     let spec = Spec::Service(Service {
         name: name.to_owned(),
@@ -224,6 +225,7 @@ fn service(name: &str, seq: usize) -> Resource {
         ports: vec![port],
         virtual_addresses: Vec::new(),
         hosts: Vec::new(),
+        tls_mode: None,
     });
     Resource { metadata, spec }
 }

@@ -6,7 +6,9 @@ use shoal_proto::v1;
 
 use super::{by_value, each, enumeration, ip, nonzero, optional_port, port, service_ref, text};
 use crate::model::validate::FieldError;
-use crate::model::{Endpoint, EndpointRegistration, Endpoints, Protocol, Service, ServicePort};
+use crate::model::{
+    Endpoint, EndpointRegistration, Endpoints, Protocol, Service, ServicePort, TlsMode,
+};
 
 impl TryFrom<v1::Service> for Service {
     type Error = FieldError;
@@ -18,6 +20,7 @@ impl TryFrom<v1::Service> for Service {
             ports: each(wire.ports, "ports", ServicePort::try_from)?,
             virtual_addresses: each(wire.virtual_addresses, "virtual_addresses", |a| ip(&a, ""))?,
             hosts: wire.hosts,
+            tls_mode: tls_mode(wire.tls_mode)?,
         })
     }
 }
@@ -34,6 +37,7 @@ impl From<&Service> for v1::Service {
                 .map(ToString::to_string)
                 .collect(),
             hosts: service.hosts.clone(),
+            tls_mode: tls_mode_wire(service.tls_mode),
         }
     }
 }
@@ -48,6 +52,7 @@ impl TryFrom<v1::ServicePort> for ServicePort {
             port: port(wire.port, "port")?,
             target_port: optional_port(wire.target_port, "target_port")?,
             protocol: protocol.into(),
+            tls_mode: tls_mode(wire.tls_mode)?,
         })
     }
 }
@@ -59,6 +64,7 @@ impl From<&ServicePort> for v1::ServicePort {
             port: port.port.into(),
             target_port: port.target_port.unwrap_or(0).into(),
             protocol: v1::Protocol::from(port.protocol).into(),
+            tls_mode: tls_mode_wire(port.tls_mode),
         }
     }
 }
@@ -85,6 +91,26 @@ impl From<Protocol> for v1::Protocol {
             Protocol::Opaque => Self::Opaque,
         }
     }
+}
+
+/// A wire TLS mode; unspecified is `None` (inherit).
+fn tls_mode(wire: i32) -> Result<Option<TlsMode>, FieldError> {
+    Ok(match enumeration::<v1::TlsMode>(wire, "tls_mode")? {
+        v1::TlsMode::Unspecified => None,
+        v1::TlsMode::Strict => Some(TlsMode::Strict),
+        v1::TlsMode::Permissive => Some(TlsMode::Permissive),
+        v1::TlsMode::Disabled => Some(TlsMode::Disabled),
+    })
+}
+
+fn tls_mode_wire(mode: Option<TlsMode>) -> i32 {
+    let wire = match mode {
+        None => v1::TlsMode::Unspecified,
+        Some(TlsMode::Strict) => v1::TlsMode::Strict,
+        Some(TlsMode::Permissive) => v1::TlsMode::Permissive,
+        Some(TlsMode::Disabled) => v1::TlsMode::Disabled,
+    };
+    wire.into()
 }
 
 impl TryFrom<v1::Endpoint> for Endpoint {

@@ -25,9 +25,11 @@ pub fn service(name: &str) -> Service {
             port: 8080,
             target_port: None,
             protocol: Protocol::Http1,
+            tls_mode: None,
         }],
         virtual_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
         hosts: vec![format!("{name}.default.svc.cluster.local")],
+        tls_mode: None,
     }
 }
 

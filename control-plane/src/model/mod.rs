@@ -28,7 +28,9 @@ pub use route::{
     HeaderMatch, PathMatch, RetryOn, RetryPolicy, Route, RouteMatch, RouteRule, ValueMatch,
     WeightedBackend,
 };
-pub use service::{Endpoint, EndpointRegistration, Endpoints, Protocol, Service, ServicePort};
+pub use service::{
+    Endpoint, EndpointRegistration, Endpoints, Protocol, Service, ServicePort, TlsMode,
+};
 
 /// The kinds of resource operators manage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

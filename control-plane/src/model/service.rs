@@ -18,6 +18,8 @@ pub struct Service {
     pub virtual_addresses: Vec<IpAddr>,
     /// Host names the service answers to, matched against `Host` / `:authority` in explicit mode.
     pub hosts: Vec<String>,
+    /// Mutual TLS for ports that do not set their own; `None` means the mesh default, permissive.
+    pub tls_mode: Option<TlsMode>,
 }
 
 impl Service {
@@ -43,6 +45,19 @@ pub struct ServicePort {
     pub target_port: Option<u16>,
     /// What the port speaks, when known.
     pub protocol: Protocol,
+    /// Mutual TLS for this port; `None` inherits the service's.
+    pub tls_mode: Option<TlsMode>,
+}
+
+/// Mutual TLS on connections to a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Only mutually authenticated mesh connections are accepted.
+    Strict,
+    /// Mesh mTLS and plain text are both accepted.
+    Permissive,
+    /// No mesh TLS in either direction.
+    Disabled,
 }
 
 /// A protocol hint for a port; saves the proxy protocol detection.

@@ -12,6 +12,12 @@ wire_enum! {
     Protocol => v1::Protocol { Http1, Http2, Grpc, Opaque }
 }
 
+wire_enum! {
+    /// `tls_mode`: mutual TLS on a service or port; left out, a port inherits the service's and a service is
+    /// permissive.
+    TlsMode => v1::TlsMode { Strict, Permissive, Disabled }
+}
+
 /// `kind: Service`. Its name and namespace are the metadata's.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +27,8 @@ pub(super) struct ServiceSpec {
     virtual_addresses: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_mode: Option<TlsMode>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -33,6 +41,8 @@ struct Port {
     target_port: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<Protocol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_mode: Option<TlsMode>,
 }
 
 impl SpecYaml for ServiceSpec {
@@ -42,6 +52,7 @@ impl SpecYaml for ServiceSpec {
             port: p.port,
             target_port: p.target_port,
             protocol: Protocol::to_wire(p.protocol),
+            tls_mode: TlsMode::to_wire(p.tls_mode),
         });
         Ok(Wire::Service(v1::Service {
             name: String::new(),
@@ -49,6 +60,7 @@ impl SpecYaml for ServiceSpec {
             ports: ports.collect(),
             virtual_addresses: self.virtual_addresses,
             hosts: self.hosts,
+            tls_mode: TlsMode::to_wire(self.tls_mode),
         }))
     }
 
@@ -61,11 +73,13 @@ impl SpecYaml for ServiceSpec {
             port: p.port,
             target_port: p.target_port,
             protocol: Protocol::from_wire(p.protocol),
+            tls_mode: TlsMode::from_wire(p.tls_mode),
         });
         Some(Self {
             ports: ports.collect(),
             virtual_addresses: service.virtual_addresses.clone(),
             hosts: service.hosts.clone(),
+            tls_mode: TlsMode::from_wire(service.tls_mode),
         })
     }
 }
