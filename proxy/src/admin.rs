@@ -68,6 +68,21 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
         (Method::GET, "/ready") => {
             if shared.drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if shared
+                .identity
+                .as_ref()
+                .is_some_and(|i| i.current().is_none())
+            {
+                // Without its certificate the proxy cannot serve mesh traffic: not ready yet.
+                let error = shared.identity.as_ref().and_then(|i| i.status().last_error);
+                let why = error.map_or_else(
+                    || "waiting for the workload certificate".to_string(),
+                    |e| format!("no workload certificate: {e}"),
+                );
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                )
             } else if shared.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {
@@ -80,6 +95,7 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
                 "state": &*shared.store.snapshot(),
                 "sync": shared.store.status(),
                 "discovery": shared.discovery.as_ref().map(|d| d.status()),
+                "identity": shared.identity.as_ref().map(|i| i.status()),
                 "draining": shared.drain.is_draining(),
                 "log_level": shared.log.get(),
             });

@@ -12,6 +12,7 @@ use crate::discovery::Discovery;
 use crate::drain;
 use crate::endpoint::Clients;
 use crate::errors::{ProxyError, Reason};
+use crate::identity::Identity;
 use crate::listen::{self, Accepted};
 use crate::logging::LogHandle;
 use crate::metrics::{ConnMetrics, Direction, RequestMetrics};
@@ -26,8 +27,10 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Upstream connection pools.
     pub clients: Arc<Clients>,
-    /// Request metrics of the inbound direction.
+    /// Request metrics of the inbound direction, plain text (`tls="false"`).
     pub inbound_metrics: Arc<RequestMetrics>,
+    /// Request metrics of the inbound direction, over mesh mTLS (`tls="true"`).
+    pub inbound_mtls_metrics: Arc<RequestMetrics>,
     /// Request metrics of outbound traffic to destinations the state does not know.
     pub passthrough_metrics: Arc<RequestMetrics>,
     /// Renders `/metrics`.
@@ -42,6 +45,8 @@ pub struct Shared {
     pub outbound_target: Option<SocketAddr>,
     /// The control-plane client, when `SHOAL_DISCOVERY_ADDR` is set.
     pub discovery: Option<Arc<Discovery>>,
+    /// The workload identity, when one is configured (`SHOAL_IDENTITY_*`).
+    pub identity: Option<Arc<Identity>>,
     /// The proxy's own listener addresses (forwarding to one would loop).
     own_addrs: Vec<SocketAddr>,
 }
@@ -100,10 +105,14 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         state::file::load_into(&store, path).map_err(|e| format!("{}: {e}", env::STATE_FILE))?;
     }
     let outbound_target = resolve_target(&config)?;
+    let identity = match &config.identity {
+        Some(cfg) => Some(Identity::start(cfg.clone()).map_err(|e| format!("identity: {e}"))?),
+        None => None,
+    };
     let discovery = config
         .discovery
         .clone()
-        .map(|d| Discovery::start(d, store.clone()));
+        .map(|d| Discovery::start(d, store.clone(), identity.clone()));
 
     let bind = |mode: Mode, addr: SocketAddr, setting: &str| match mode {
         Mode::Off => Ok(None),
@@ -124,8 +133,9 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
 
     let (trigger, watch) = drain::channel();
     let shared = Arc::new(Shared {
-        clients: Clients::new(config.http.clone()),
-        inbound_metrics: RequestMetrics::new(Direction::Inbound, &config.service_name, "default"),
+        clients: Clients::new(config.http.clone(), identity.clone()),
+        inbound_metrics: RequestMetrics::inbound(&config.service_name, false),
+        inbound_mtls_metrics: RequestMetrics::inbound(&config.service_name, true),
         passthrough_metrics: RequestMetrics::new(Direction::Outbound, "passthrough", "default"),
         prometheus,
         log,
@@ -133,6 +143,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         ready: AtomicBool::new(false),
         outbound_target,
         discovery,
+        identity,
         own_addrs: own_addrs.clone(),
         store,
         config: config.clone(),
@@ -231,6 +242,9 @@ async fn housekeeping(shared: Arc<Shared>) {
         tick.tick().await;
         shared.prometheus.run_upkeep();
         shared.clients.sweep();
+        if let Some(identity) = &shared.identity {
+            identity.report();
+        }
         if crate::http::PARKED_SINCE_COLLECT.swap(false, std::sync::atomic::Ordering::Relaxed) {
             crate::alloc::release_free_memory();
         }

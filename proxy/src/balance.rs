@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::state::Endpoint;
+use crate::tls::SpiffeId;
 
 /// Chooses one ready endpoint per request.
 #[derive(Debug, Default)]
 pub struct Balancer {
     ready: Vec<SocketAddr>,
+    /// The identity each ready endpoint's proxy must prove (same order as `ready`).
+    identities: Vec<Option<SpiffeId>>,
     /// Cumulative weights when weights differ; empty means plain round robin.
     cumulative: Vec<u64>,
     next: AtomicUsize,
@@ -34,6 +37,7 @@ impl Balancer {
         };
         Self {
             ready: ready.iter().map(|e| e.addr).collect(),
+            identities: ready.iter().map(|e| e.identity.clone()).collect(),
             cumulative,
             next: AtomicUsize::new(fastrand::usize(..ready.len().max(1))),
         }
@@ -41,17 +45,24 @@ impl Balancer {
 
     /// The endpoint for the next request, or `None` when no endpoint is ready.
     pub fn pick(&self) -> Option<SocketAddr> {
+        self.pick_index().map(|i| self.ready[i])
+    }
+
+    /// [`Self::pick`], with the identity the endpoint's proxy must prove (`None`: not meshed).
+    pub fn pick_target(&self) -> Option<(SocketAddr, Option<&SpiffeId>)> {
+        self.pick_index()
+            .map(|i| (self.ready[i], self.identities[i].as_ref()))
+    }
+
+    fn pick_index(&self) -> Option<usize> {
         match self.ready.len() {
             0 => None,
-            1 => Some(self.ready[0]),
-            n if self.cumulative.is_empty() => {
-                Some(self.ready[self.next.fetch_add(1, Ordering::Relaxed) % n])
-            }
-            _ => {
+            1 => Some(0),
+            n if self.cumulative.is_empty() => Some(self.next.fetch_add(1, Ordering::Relaxed) % n),
+            n => {
                 let total = *self.cumulative.last()?;
                 let r = fastrand::u64(..total);
-                let i = self.cumulative.partition_point(|&c| c <= r);
-                self.ready.get(i).copied()
+                Some(self.cumulative.partition_point(|&c| c <= r).min(n - 1))
             }
         }
     }
@@ -71,6 +82,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight,
             ready,
+            identity: None,
         }
     }
 

@@ -1,6 +1,10 @@
 //! Upstream connections per endpoint: a pool of HTTP/1.1 connections, or one multiplexed
 //! HTTP/2 connection.
 //!
+//! An endpoint in the mesh (it has an identity) is reached over mTLS: the peer proxy must prove
+//! that identity, and the connection is keyed by it, so a changed identity never reuses a
+//! connection authenticated as someone else.
+//!
 //! HTTP/1 connections return to the pool when their response body ends ([`Release`]); a pooled
 //! connection the server closed meanwhile is detected before use, and a request that could not
 //! be written on a reused connection is retried once on a fresh one (it never reached the
@@ -21,6 +25,14 @@ use tokio::time::Instant;
 use crate::config::HttpConfig;
 use crate::errors::{ProxyError, Reason, connect_reason, upstream_reason};
 use crate::http::body::ResponseBody;
+use crate::identity::Identity;
+use crate::tls::{self, Alpn, ClientStream, MaybeTls, SpiffeId};
+
+/// An upstream connection's transport: plain TCP, or mTLS to a peer proxy.
+pub type UpstreamIo = MaybeTls<ClientStream>;
+
+/// Where a connection goes: the address, and the identity its peer must prove (mesh mTLS).
+pub type Peer = (SocketAddr, Option<SpiffeId>);
 
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -38,8 +50,9 @@ pub enum Version {
 #[derive(Debug)]
 pub struct Clients {
     cfg: HttpConfig,
-    h1: Mutex<HashMap<SocketAddr, Arc<H1Pool>>>,
-    h2: Mutex<HashMap<SocketAddr, Arc<H2Slot>>>,
+    identity: Option<Arc<Identity>>,
+    h1: Mutex<HashMap<Peer, Arc<H1Pool>>>,
+    h2: Mutex<HashMap<Peer, Arc<H2Slot>>>,
 }
 
 #[derive(Debug, Default)]
@@ -77,63 +90,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Clients {
-    /// A client set using `cfg`'s limits and timeouts.
-    pub fn new(cfg: HttpConfig) -> Arc<Self> {
+    /// A client set using `cfg`'s limits and timeouts, and `identity` for mesh mTLS.
+    pub fn new(cfg: HttpConfig, identity: Option<Arc<Identity>>) -> Arc<Self> {
         Arc::new(Self {
             cfg,
+            identity,
             h1: Mutex::default(),
             h2: Mutex::default(),
         })
     }
 
-    /// Sends `req` to `addr`, returning the response head (its body streams).
+    /// Sends `req` to `peer`, returning the response head (its body streams).
     pub async fn send(
         &self,
-        addr: SocketAddr,
+        peer: &Peer,
         version: Version,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         match version {
-            Version::Http1 => self.send_h1(addr, req).await,
-            Version::Http2 => self.send_h2(addr, req).await,
+            Version::Http1 => self.send_h1(peer, req).await,
+            Version::Http2 => self.send_h2(peer, req).await,
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ProxyError> {
-        let stream = match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let reason = connect_reason(&e);
-                return Err(ProxyError::new(
-                    reason,
-                    format!("connecting to {addr}: {e}; check that the endpoint is listening"),
-                ));
-            }
-            Err(_) => {
-                return Err(ProxyError::new(
-                    Reason::UpstreamConnectTimeout,
-                    format!(
-                        "connecting to {addr} took longer than {:?} (SHOAL_CONNECT_TIMEOUT); check network policy and the endpoint's health",
-                        self.cfg.connect_timeout
-                    ),
-                ));
-            }
+    async fn connect(&self, peer: &Peer, alpn: Alpn) -> Result<TokioIo<UpstreamIo>, ProxyError> {
+        let (addr, id) = peer;
+        let stream = connect_tcp(*addr, self.cfg.connect_timeout).await?;
+        let Some(id) = id else {
+            return Ok(TokioIo::new(MaybeTls::Plain(stream)));
         };
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        let stream = originate(self.identity.as_deref(), stream, *addr, id, alpn).await?;
+        Ok(TokioIo::new(MaybeTls::Tls(Box::new(stream))))
     }
 
-    fn h1_pool(&self, addr: SocketAddr) -> Arc<H1Pool> {
-        lock(&self.h1).entry(addr).or_default().clone()
+    fn h1_pool(&self, peer: &Peer) -> Arc<H1Pool> {
+        let mut pools = lock(&self.h1);
+        match pools.get(peer) {
+            Some(pool) => pool.clone(),
+            None => pools.entry(peer.clone()).or_default().clone(),
+        }
     }
 
-    async fn connect_h1(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http1::SendRequest<Incoming>, ProxyError> {
-        let io = self.connect(addr).await?;
+    async fn connect_h1(&self, peer: &Peer) -> Result<http1::SendRequest<Incoming>, ProxyError> {
+        let addr = peer.0;
+        let io = self.connect(peer, Alpn::Http1).await?;
         let (tx, conn) = http1::Builder::new()
             .max_headers(self.cfg.max_headers)
             .max_buf_size(self.cfg.max_header_bytes.max(8192) + 8192)
@@ -169,16 +169,17 @@ impl Clients {
 
     async fn send_h1(
         &self,
-        addr: SocketAddr,
+        peer: &Peer,
         mut req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let pool = self.h1_pool(addr);
+        let addr = peer.0;
+        let pool = self.h1_pool(peer);
         let mut reused = true;
         let mut tx = match self.checkout_h1(&pool).await {
             Some(tx) => tx,
             None => {
                 reused = false;
-                self.connect_h1(addr).await?
+                self.connect_h1(peer).await?
             }
         };
         let upgrade = crate::http::headers::is_upgrade(req.headers());
@@ -190,7 +191,7 @@ impl Clients {
                     Some(r) if reused => {
                         req = r;
                         reused = false;
-                        tx = self.connect_h1(addr).await?;
+                        tx = self.connect_h1(peer).await?;
                     }
                     _ => {
                         let err = e.into_error();
@@ -222,11 +223,15 @@ impl Clients {
         ))
     }
 
-    async fn h2_sender(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
-        let slot = lock(&self.h2).entry(addr).or_default().clone();
+    async fn h2_sender(&self, peer: &Peer) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        let addr = peer.0;
+        let slot = {
+            let mut slots = lock(&self.h2);
+            match slots.get(peer) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(peer.clone()).or_default().clone(),
+            }
+        };
         if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());
         }
@@ -234,7 +239,7 @@ impl Clients {
         if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());
         }
-        let io = self.connect(addr).await?;
+        let io = self.connect(peer, Alpn::H2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(self.cfg.max_header_bytes as u32)
@@ -259,10 +264,11 @@ impl Clients {
 
     async fn send_h2(
         &self,
-        addr: SocketAddr,
+        peer: &Peer,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let mut tx = self.h2_sender(addr).await?;
+        let addr = peer.0;
+        let mut tx = self.h2_sender(peer).await?;
         tx.ready().await.map_err(|e| {
             ProxyError::new(
                 Reason::UpstreamReset,
@@ -293,5 +299,62 @@ impl Clients {
             }
             cur.is_some() || Arc::strong_count(slot) > 1
         });
+    }
+}
+
+/// Opens a TCP connection, with `SHOAL_CONNECT_TIMEOUT`.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = connect_reason(&e);
+            return Err(ProxyError::new(
+                reason,
+                format!("connecting to {addr}: {e}; check that the endpoint is listening"),
+            ));
+        }
+        Err(_) => {
+            return Err(ProxyError::new(
+                Reason::UpstreamConnectTimeout,
+                format!(
+                    "connecting to {addr} took longer than {timeout:?} (SHOAL_CONNECT_TIMEOUT); check network policy and the endpoint's health"
+                ),
+            ));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Runs the client side of a mesh mTLS handshake on `stream`: the peer must prove `id`.
+pub async fn originate(
+    identity: Option<&Identity>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    id: &SpiffeId,
+    alpn: Alpn,
+) -> Result<ClientStream, ProxyError> {
+    let Some(creds) = identity.and_then(Identity::current) else {
+        return Err(ProxyError::new(
+            Reason::NoIdentity,
+            format!(
+                "{addr} is in the mesh ({id}) but this proxy has no certificate yet; check SHOAL_IDENTITY_* and the identity section of /config"
+            ),
+        ));
+    };
+    match tls::originate(&creds, stream, id, alpn).await {
+        Ok(s) => {
+            crate::metrics::tls_originated("ok");
+            Ok(s)
+        }
+        Err(e) => {
+            crate::metrics::tls_originated("failed");
+            Err(ProxyError::new(
+                Reason::UpstreamTlsHandshake,
+                format!(
+                    "{addr}: {e}; check the endpoint's identity in discovery and the trust bundle"
+                ),
+            ))
+        }
     }
 }

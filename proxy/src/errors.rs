@@ -97,6 +97,11 @@ reasons! {
     UpstreamConnectTimeout => ("upstream-connect-timeout", GATEWAY_TIMEOUT, Upstream, true),
     /// Connecting to the upstream failed for another reason (unreachable network, ...).
     UpstreamConnectError => ("upstream-connect-error", BAD_GATEWAY, Upstream, true),
+    /// The mTLS handshake with the endpoint's proxy failed: it did not prove the identity discovery
+    /// gives the endpoint, its certificate does not chain to the trust bundle, or it is no Shoal proxy.
+    UpstreamTlsHandshake => ("upstream-tls-handshake", BAD_GATEWAY, Upstream, true),
+    /// The endpoint is in the mesh (mTLS required) but this proxy has no certificate yet.
+    NoIdentity => ("no-identity", SERVICE_UNAVAILABLE, Proxy, true),
     /// The upstream closed or reset the connection before sending a complete response head.
     UpstreamReset => ("upstream-reset", BAD_GATEWAY, Upstream, false),
     /// The upstream's response was malformed (framing, header syntax, smuggling attempt).

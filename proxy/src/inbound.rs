@@ -1,13 +1,25 @@
 //! Inbound: connections to the app. Everything goes to the app's own address — the original
-//! destination (transparent) or `SHOAL_INBOUND_APP_ADDR` (explicit). Authorization and rate
-//! limits (identity issue, resilience issue) slot in here, before forwarding.
+//! destination (transparent) or `SHOAL_INBOUND_APP_ADDR` (explicit).
+//!
+//! Mesh mTLS is decided here, per connection, from the mTLS mode of the port: a handshake
+//! meant for this proxy's identity is terminated (the caller's identity is then known), the
+//! application's own TLS passes through, and plain text is refused in strict mode.
+//! Authorization and rate limits slot in here, before forwarding.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::BytesMut;
 
 use crate::app::Shared;
 use crate::config::Mode;
+use crate::detect::Detected;
+use crate::http::Downstream;
+use crate::io::{ProxyIo, Transport};
 use crate::listen::Accepted;
-use crate::metrics::Direction;
+use crate::metrics::{self, Direction};
+use crate::protocol::{Carried, Served};
+use crate::tls::{self, Alpn, Credentials, SpiffeId, TlsMode};
 
 /// Serves one inbound connection.
 pub async fn handle(shared: Arc<Shared>, conn: Accepted) {
@@ -21,4 +33,116 @@ pub async fn handle(shared: Arc<Shared>, conn: Accepted) {
         return;
     };
     crate::protocol::serve(shared, conn, Direction::Inbound, Some(dst)).await;
+}
+
+/// What to do with an inbound connection, once its first bytes are known.
+pub(crate) enum Admit {
+    /// Serve it as it is (plain text, or the application's own TLS).
+    Plain,
+    /// Terminate mesh mTLS with these credentials.
+    Mesh(Arc<Credentials>),
+    /// Close it (already logged and counted).
+    Refuse,
+}
+
+/// The mTLS mode of the app port `port`: the mode the state gives this proxy's own service
+/// port, else `SHOAL_INBOUND_TLS_MODE`.
+pub fn tls_mode(shared: &Shared, port: u16) -> TlsMode {
+    let cfg = &shared.config;
+    let state = shared.store.snapshot();
+    state
+        .services
+        .iter()
+        .filter(|s| s.name == cfg.service_name && s.namespace == cfg.namespace)
+        .find(|s| s.target_port == port || s.port == port)
+        .and_then(|s| s.tls_mode)
+        .unwrap_or(cfg.inbound_tls_mode)
+}
+
+/// Decides how to serve an inbound connection from what detection saw.
+pub(crate) fn admit(shared: &Shared, detected: &Detected, dst: Option<SocketAddr>) -> Admit {
+    let port = dst.map_or(0, |d| d.port());
+    let mode = tls_mode(shared, port);
+    if mode == TlsMode::Disabled {
+        return Admit::Plain;
+    }
+    let wanted = match detected {
+        Detected::Tls { sni: Some(sni), .. } => SpiffeId::from_server_name(sni),
+        _ => None,
+    };
+    let refuse = |why: &str, reason: &'static str| {
+        metrics::tls_refused(reason);
+        tracing::warn!(port, mode = ?mode, reason, "inbound connection refused: {why}");
+        Admit::Refuse
+    };
+    match wanted {
+        Some(wanted) => match shared.identity.as_ref().and_then(|i| i.current()) {
+            Some(creds) if creds.id == wanted => Admit::Mesh(creds),
+            Some(creds) => refuse(
+                &format!(
+                    "the caller expected identity {wanted}, but this proxy is {}; check the endpoint's identity in discovery",
+                    creds.id
+                ),
+                "wrong-identity",
+            ),
+            None => refuse(
+                &format!(
+                    "a mesh mTLS connection for {wanted} arrived, but this proxy has no certificate yet; check SHOAL_IDENTITY_* and /config"
+                ),
+                "no-certificate",
+            ),
+        },
+        None if mode == TlsMode::Strict => refuse(
+            "the port is in strict mTLS mode and the connection is not mesh mTLS",
+            "plaintext",
+        ),
+        None => Admit::Plain,
+    }
+}
+
+/// Terminates a mesh mTLS connection and serves what it carries.
+pub(crate) async fn serve_mesh(
+    shared: Arc<Shared>,
+    conn: Accepted,
+    prefix: BytesMut,
+    dst: Option<SocketAddr>,
+    creds: Arc<Credentials>,
+) {
+    let deadline = shared.config.http.header_read_timeout;
+    let terminated = match tls::terminate(&creds, conn.stream, prefix.freeze(), deadline).await {
+        Ok(t) => t,
+        Err(e) => {
+            metrics::tls_refused("handshake");
+            tracing::warn!(peer = %conn.peer, error = %e, "inbound mTLS handshake failed; nothing reached the app");
+            conn.metrics.closed("unknown", 0, 0);
+            return;
+        }
+    };
+    let (carried, protocol) = match terminated.alpn {
+        Alpn::H2 => (Carried::Http(Downstream::Http2), "http2"),
+        Alpn::Http1 => (Carried::Http(Downstream::Http1), "http1"),
+        Alpn::Tcp => (Carried::Opaque, "opaque"),
+    };
+    tracing::debug!(peer = %conn.peer, client = %terminated.peer, ?carried, "inbound mTLS connection");
+    let io = ProxyIo::new(
+        Transport::Tls(Box::new(terminated.stream)),
+        bytes::Bytes::new(),
+        protocol,
+        conn.metrics.clone(),
+    );
+    let served = Served {
+        peer: conn.peer,
+        permit: conn.permit,
+        drain: conn.drain,
+    };
+    crate::protocol::carry(
+        shared,
+        io,
+        served,
+        Direction::Inbound,
+        dst,
+        carried,
+        Some(terminated.peer),
+    )
+    .await;
 }

@@ -11,16 +11,19 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::errors::{ERROR_HEADER, Reason};
 use crate::metrics::ConnMetrics;
+use crate::tls::{MaybeTls, ServerStream};
 
-/// A downstream TCP stream with detection's buffered prefix in front of it.
+/// A downstream connection's transport: plain TCP, or mesh mTLS the proxy terminated.
+pub type Transport = MaybeTls<ServerStream>;
+
+/// A downstream stream with detection's buffered prefix in front of it.
 #[derive(Debug)]
 pub struct ProxyIo {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: Transport,
     read: u64,
     written: u64,
     protocol: &'static str,
@@ -159,7 +162,7 @@ impl Drop for InFlight {
 impl ProxyIo {
     /// Wraps `inner`; `prefix` (already read by detection) is read back first.
     pub fn new(
-        inner: TcpStream,
+        inner: Transport,
         prefix: Bytes,
         protocol: &'static str,
         metrics: ConnMetrics,
@@ -253,9 +256,13 @@ impl ProxyIo {
         !self.prefix.is_empty()
     }
 
-    /// Waits until the socket has bytes (or EOF) to read, holding no buffers meanwhile.
+    /// Waits until the socket has bytes (or EOF) to read, holding no buffers meanwhile. A TLS
+    /// session may hold decrypted bytes the socket no longer shows, so it never waits.
     pub async fn readable(&self) -> io::Result<()> {
-        self.inner.readable().await
+        match &self.inner {
+            MaybeTls::Plain(s) => s.readable().await,
+            MaybeTls::Tls(_) => Ok(()),
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use metrics::{
-    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
+    Counter, Gauge, Histogram, Label, Unit, counter, describe_counter, describe_gauge,
+    describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -28,6 +28,8 @@ pub mod names {
     pub const PROXY_ERRORS: &str = "shoal_proxy_errors_total";
     pub const STATE_UPDATES: &str = "shoal_state_updates_total";
     pub const STATE_VERSION: &str = "shoal_state_version";
+    pub const TLS_REFUSED: &str = "shoal_inbound_tls_refused_total";
+    pub const TLS_ORIGINATED: &str = "shoal_outbound_tls_connections_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -88,6 +90,15 @@ fn describe() {
         "State updates from the state file, by result (applied, rejected)"
     );
     describe_gauge!(STATE_VERSION, "Version of the state currently served");
+    describe_counter!(
+        TLS_REFUSED,
+        "Inbound connections closed for mTLS reasons, by reason (plaintext, handshake, wrong-identity, no-certificate)"
+    );
+    describe_counter!(
+        TLS_ORIGINATED,
+        "Outbound mTLS handshakes with peer proxies, by result (ok, failed)"
+    );
+    crate::identity::describe_metrics();
 }
 
 /// Traffic direction, a metric label.
@@ -121,12 +132,25 @@ pub fn detection(direction: Direction, result: &'static str) {
     counter!(names::DETECTIONS, "direction" => direction.as_str(), "result" => result).increment(1);
 }
 
+/// Counts an inbound connection refused for mTLS reasons (plaintext on a strict port, a failed
+/// handshake, a handshake for another identity, no certificate yet).
+pub fn tls_refused(reason: &'static str) {
+    counter!(names::TLS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Counts an outbound mTLS connection attempt to a peer proxy, by result (`ok`, `failed`).
+pub fn tls_originated(result: &'static str) {
+    counter!(names::TLS_ORIGINATED, "result" => result).increment(1);
+}
+
 /// Pre-registered handles for the requests of one (direction, service, route).
 #[derive(Debug)]
 pub struct RequestMetrics {
     direction: &'static str,
     service: Arc<str>,
     route: Arc<str>,
+    /// Inbound only: whether the requests arrived over mesh mTLS.
+    tls: Option<&'static str>,
     /// Latency histograms per status class 1xx..5xx (index = class - 1).
     latency: [Histogram; 5],
     /// Counters per (status, reason), created on first use; a handful per target.
@@ -136,11 +160,33 @@ pub struct RequestMetrics {
 impl RequestMetrics {
     /// Registers the handles for one target.
     pub fn new(direction: Direction, service: &str, route: &str) -> Arc<Self> {
+        Self::with_tls(direction, service, route, None)
+    }
+
+    /// Handles for inbound requests, labelled by whether they arrived over mesh mTLS
+    /// (`tls="true"`) or in plain text (`tls="false"`, a permissive port).
+    pub fn inbound(service: &str, mtls: bool) -> Arc<Self> {
+        let tls = if mtls { "true" } else { "false" };
+        Self::with_tls(Direction::Inbound, service, "default", Some(tls))
+    }
+
+    fn with_tls(
+        direction: Direction,
+        service: &str,
+        route: &str,
+        tls: Option<&'static str>,
+    ) -> Arc<Self> {
         let (service, route): (Arc<str>, Arc<str>) = (service.into(), route.into());
         let dir = direction.as_str();
         let class = |c: &'static str| {
-            histogram!(names::REQUEST_DURATION, "direction" => dir, "service" => service.to_string(),
-                "route" => route.to_string(), "status_class" => c)
+            let mut labels = vec![
+                Label::new("direction", dir),
+                Label::new("service", service.to_string()),
+                Label::new("route", route.to_string()),
+                Label::new("status_class", c),
+            ];
+            labels.extend(tls.map(|t| Label::new("tls", t)));
+            histogram!(names::REQUEST_DURATION, labels)
         };
         Arc::new(Self {
             direction: dir,
@@ -153,6 +199,7 @@ impl RequestMetrics {
             ],
             service,
             route,
+            tls,
             counts: Mutex::new(Vec::new()),
         })
     }
@@ -168,12 +215,15 @@ impl RequestMetrics {
         match counts.iter().find(|(c, r, _)| *c == code && *r == reason) {
             Some((_, _, counter)) => counter.increment(1),
             None => {
-                let counter = counter!(names::REQUESTS,
-                    "direction" => self.direction,
-                    "service" => self.service.to_string(),
-                    "route" => self.route.to_string(),
-                    "status_code" => code.to_string(),
-                    "reason" => reason.map_or("", Reason::as_str));
+                let mut labels = vec![
+                    Label::new("direction", self.direction),
+                    Label::new("service", self.service.to_string()),
+                    Label::new("route", self.route.to_string()),
+                    Label::new("status_code", code.to_string()),
+                    Label::new("reason", reason.map_or("", Reason::as_str)),
+                ];
+                labels.extend(self.tls.map(|t| Label::new("tls", t)));
+                let counter = counter!(names::REQUESTS, labels);
                 counter.increment(1);
                 counts.push((code, reason, counter));
             }

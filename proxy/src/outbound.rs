@@ -8,6 +8,9 @@ use crate::app::Shared;
 use crate::config::Mode;
 use crate::listen::Accepted;
 use crate::metrics::Direction;
+use crate::state::Service;
+use crate::tcp::Upstream;
+use crate::tls::{SpiffeId, TlsMode};
 
 /// Serves one outbound connection.
 pub async fn handle(shared: Arc<Shared>, conn: Accepted) {
@@ -27,24 +30,41 @@ pub async fn handle(shared: Arc<Shared>, conn: Accepted) {
 }
 
 /// For opaque traffic to a known service, pick one of its endpoints (asking the control plane
-/// about the address the first time); anything else goes where it was going.
-pub(crate) async fn resolve_opaque(
-    shared: &Shared,
-    dst: std::net::SocketAddr,
-) -> std::net::SocketAddr {
+/// about the address the first time), over mTLS when the endpoint is in the mesh; anything else
+/// goes where it was going, in plain text.
+pub(crate) async fn resolve_opaque(shared: &Shared, dst: std::net::SocketAddr) -> Upstream {
     // HTTP requests are routed per request; this only decides where opaque bytes go.
     let pick = |state: &crate::state::State, bound: Option<&(String, u16)>| {
-        state
-            .by_addr(&dst)
-            .or_else(|| bound.and_then(|(svc, port)| state.by_authority(&format!("{svc}:{port}"))))
-            .and_then(|svc| svc.balancer.pick())
+        let svc = state.by_addr(&dst).or_else(|| {
+            bound.and_then(|(svc, port)| state.by_authority(&format!("{svc}:{port}")))
+        })?;
+        let (addr, id) = svc.balancer.pick_target()?;
+        Some(Upstream {
+            addr,
+            tls: mesh_identity(shared, svc, id),
+        })
     };
-    if let Some(addr) = pick(&shared.store.snapshot(), None) {
-        return addr;
+    if let Some(upstream) = pick(&shared.store.snapshot(), None) {
+        return upstream;
     }
     let Some(d) = &shared.discovery else {
-        return dst;
+        return Upstream::plain(dst);
     };
     let bound = d.ensure_address(dst).await;
-    pick(&shared.store.snapshot(), bound.as_ref()).unwrap_or(dst)
+    pick(&shared.store.snapshot(), bound.as_ref()).unwrap_or_else(|| Upstream::plain(dst))
+}
+
+/// The identity to demand from an endpoint of `service` over mTLS, or `None` for plain text:
+/// the endpoint must be in the mesh (have an identity), the service port must not disable mTLS,
+/// and this proxy must have an identity configured (without one, mesh traffic stays plain; a
+/// configured identity that has no certificate yet fails the request with `no-identity`).
+pub(crate) fn mesh_identity(
+    shared: &Shared,
+    service: &Service,
+    endpoint_id: Option<&SpiffeId>,
+) -> Option<SpiffeId> {
+    if service.tls_mode == Some(TlsMode::Disabled) || shared.identity.is_none() {
+        return None;
+    }
+    endpoint_id.cloned()
 }

@@ -1,4 +1,5 @@
-//! Per connection: detect the protocol, then hand the connection to HTTP or opaque TCP.
+//! Per connection: detect the protocol, let the inbound side terminate mesh mTLS, then hand the
+//! connection to HTTP or opaque TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,9 +7,10 @@ use std::sync::Arc;
 use crate::app::Shared;
 use crate::detect::{self, Detected, OpaqueReason};
 use crate::http::{self, Downstream};
-use crate::io::ProxyIo;
+use crate::io::{ProxyIo, Transport};
 use crate::listen::Accepted;
 use crate::metrics::{self, Direction};
+use crate::tls::SpiffeId;
 
 /// Serves one accepted connection whose destination is `dst` (`None`: explicit outbound, where
 /// HTTP requests name their own destination).
@@ -42,17 +44,70 @@ pub async fn serve(
         }
     };
     metrics::detection(direction, detected.label());
-    let protocol = match detected {
-        Detected::Http1 => "http1",
-        Detected::Http2 => "http2",
-        Detected::Tls { .. } => "tls",
-        Detected::Opaque(_) => "opaque",
+    if direction == Direction::Inbound {
+        match crate::inbound::admit(&shared, &detected, dst) {
+            crate::inbound::Admit::Plain => {}
+            crate::inbound::Admit::Mesh(creds) => {
+                // Boxed: the TLS session is large, and most connections never have one.
+                return Box::pin(crate::inbound::serve_mesh(shared, conn, prefix, dst, creds))
+                    .await;
+            }
+            crate::inbound::Admit::Refuse => {
+                conn.metrics.closed("unknown", 0, 0);
+                return;
+            }
+        }
+    }
+    let (carried, protocol) = match detected {
+        Detected::Http1 => (Carried::Http(Downstream::Http1), "http1"),
+        Detected::Http2 => (Carried::Http(Downstream::Http2), "http2"),
+        Detected::Tls { .. } => (Carried::Opaque, "tls"),
+        Detected::Opaque(_) => (Carried::Opaque, "opaque"),
     };
-    let io = ProxyIo::new(conn.stream, prefix.freeze(), protocol, conn.metrics.clone());
-    let version = match detected {
-        Detected::Http1 => Downstream::Http1,
-        Detected::Http2 => Downstream::Http2,
-        Detected::Tls { .. } | Detected::Opaque(_) => {
+    let io = ProxyIo::new(
+        Transport::Plain(conn.stream),
+        prefix.freeze(),
+        protocol,
+        conn.metrics.clone(),
+    );
+    let conn = Served {
+        peer: conn.peer,
+        permit: conn.permit,
+        drain: conn.drain,
+    };
+    carry(shared, io, conn, direction, dst, carried, None).await;
+}
+
+/// What a connection carries, once detection (and mesh TLS) said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carried {
+    /// HTTP of this version.
+    Http(Downstream),
+    /// Opaque bytes.
+    Opaque,
+}
+
+/// What outlives the socket of an accepted connection.
+pub(crate) struct Served {
+    pub(crate) peer: SocketAddr,
+    pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+    pub(crate) drain: crate::drain::Watch,
+}
+
+/// Serves `io` as HTTP or opaque TCP. `client_id` is the caller's mesh identity when the
+/// connection arrived over mTLS.
+pub(crate) async fn carry(
+    shared: Arc<Shared>,
+    io: ProxyIo,
+    conn: Served,
+    direction: Direction,
+    dst: Option<SocketAddr>,
+    carried: Carried,
+    client_id: Option<SpiffeId>,
+) {
+    let version = match carried {
+        Carried::Http(v) => v,
+        Carried::Opaque => {
             let Some(dst) = dst.or_else(|| shared.explicit_target()) else {
                 tracing::warn!(peer = %conn.peer, "opaque outbound connection with no destination: set SHOAL_OUTBOUND_TARGET or use transparent mode");
                 return;
@@ -61,15 +116,16 @@ pub async fn serve(
                 tracing::warn!(peer = %conn.peer, destination = %dst, "opaque connection to the proxy itself: refusing to loop");
                 return;
             };
-            let dst = match direction {
+            let upstream = match direction {
                 Direction::Outbound => crate::outbound::resolve_opaque(&shared, dst).await,
-                Direction::Inbound => dst,
+                Direction::Inbound => crate::tcp::Upstream::plain(dst),
             };
-            let http = &cfg.http;
+            let http = &shared.config.http;
             // Boxed for the same reason as HTTP/2: keep every connection's task small.
             Box::pin(crate::tcp::forward(
                 io,
-                dst,
+                upstream,
+                shared.identity.as_deref(),
                 direction,
                 http.connect_timeout,
                 http.idle_timeout,
@@ -85,6 +141,7 @@ pub async fn serve(
         client: conn.peer,
         dst,
         version,
+        client_id,
     });
     http::serve(c, io, conn.drain).await;
     drop(conn.permit);

@@ -9,38 +9,73 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::errors::{Reason, connect_reason};
+use crate::endpoint::{UpstreamIo, connect_tcp, originate};
+use crate::identity::Identity;
 use crate::io::ProxyIo;
 use crate::metrics::{self, Direction};
+use crate::tls::{Alpn, MaybeTls, SpiffeId};
 
-/// Forwards `client` to `dst` byte for byte until both sides have closed. Each side's EOF is
-/// passed on as a half-close (shutdown of the write side), so request/response protocols that
-/// signal the end of a request by closing their write half keep working.
+/// Where opaque bytes go: an address, and for a mesh endpoint the identity its proxy must
+/// prove (the bytes then ride mTLS, and the peer proxy delivers them to the same port).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The destination.
+    pub addr: SocketAddr,
+    /// Mesh mTLS to the destination's proxy.
+    pub tls: Option<SpiffeId>,
+}
+
+impl Upstream {
+    /// A plain-text destination.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self { addr, tls: None }
+    }
+}
+
+/// Connects to `upstream`, over mTLS when it is in the mesh; failures are logged and counted.
+async fn connect(
+    upstream: &Upstream,
+    identity: Option<&Identity>,
+    direction: Direction,
+    connect_timeout: Duration,
+) -> Option<UpstreamIo> {
+    let dst = upstream.addr;
+    let result = match connect_tcp(dst, connect_timeout).await {
+        Ok(tcp) => match &upstream.tls {
+            None => Ok(MaybeTls::Plain(tcp)),
+            Some(id) => originate(identity, tcp, dst, id, Alpn::Tcp)
+                .await
+                .map(|s| MaybeTls::Tls(Box::new(s))),
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(io) => Some(io),
+        Err(e) => {
+            metrics::proxy_error(direction, e.kind);
+            tracing::warn!(direction = direction.as_str(), destination = %dst, reason = e.kind.as_str(), error = %e.detail, "opaque connection: cannot connect upstream");
+            None
+        }
+    }
+}
+
+/// Forwards `client` to `upstream` byte for byte until both sides have closed. Each side's EOF
+/// is passed on as a half-close (shutdown of the write side), so request/response protocols
+/// that signal the end of a request by closing their write half keep working.
 pub async fn forward(
     mut client: ProxyIo,
-    dst: SocketAddr,
+    upstream: Upstream,
+    identity: Option<&Identity>,
     direction: Direction,
     connect_timeout: Duration,
     idle: Duration,
 ) {
-    let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = connect_reason(&e);
-            metrics::proxy_error(direction, reason);
-            tracing::warn!(direction = direction.as_str(), destination = %dst, reason = reason.as_str(), error = %e, "opaque connection: cannot connect upstream; check that it is listening");
-            return;
-        }
-        Err(_) => {
-            metrics::proxy_error(direction, Reason::UpstreamConnectTimeout);
-            tracing::warn!(direction = direction.as_str(), destination = %dst, "opaque connection: connect timed out (SHOAL_CONNECT_TIMEOUT)");
-            return;
-        }
+    let dst = upstream.addr;
+    let Some(upstream) = connect(&upstream, identity, direction, connect_timeout).await else {
+        return;
     };
-    let _ = upstream.set_nodelay(true);
     let activity = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let mut a = Active::new(&mut client, &activity, epoch);

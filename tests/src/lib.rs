@@ -27,6 +27,7 @@ pub mod backend;
 pub mod client;
 pub mod control_plane;
 pub mod grpc;
+pub mod pki;
 pub mod process;
 pub mod prom;
 pub mod proxy;

@@ -6,6 +6,7 @@
 //! [`Config::from_source`] turns them into typed settings, failing with an error that names the
 //! setting, the value and what was expected. docs/configuration.md documents every setting.
 
+mod identity;
 mod parse;
 
 use std::collections::HashMap;
@@ -52,6 +53,15 @@ pub mod env {
     pub const PROXY_ID: &str = "SHOAL_PROXY_ID";
     pub const NAMESPACE: &str = "SHOAL_NAMESPACE";
     pub const SERVICE_ACCOUNT: &str = "SHOAL_SERVICE_ACCOUNT";
+    pub const IDENTITY_ADDR: &str = "SHOAL_IDENTITY_ADDR";
+    pub const IDENTITY_TOKEN: &str = "SHOAL_IDENTITY_TOKEN";
+    pub const IDENTITY_TOKEN_FILE: &str = "SHOAL_IDENTITY_TOKEN_FILE";
+    pub const IDENTITY_TOKEN_KIND: &str = "SHOAL_IDENTITY_TOKEN_KIND";
+    pub const IDENTITY_CERT_FILE: &str = "SHOAL_IDENTITY_CERT_FILE";
+    pub const IDENTITY_KEY_FILE: &str = "SHOAL_IDENTITY_KEY_FILE";
+    pub const IDENTITY_TRUST_BUNDLE_FILE: &str = "SHOAL_IDENTITY_TRUST_BUNDLE_FILE";
+    pub const TLS_MIN_VERSION: &str = "SHOAL_TLS_MIN_VERSION";
+    pub const INBOUND_TLS_MODE: &str = "SHOAL_INBOUND_TLS_MODE";
 
     /// Every setting the proxy reads (an unknown `SHOAL_` key in the config file is an error).
     pub const ALL: &[&str] = &[
@@ -85,6 +95,15 @@ pub mod env {
         PROXY_ID,
         NAMESPACE,
         SERVICE_ACCOUNT,
+        IDENTITY_ADDR,
+        IDENTITY_TOKEN,
+        IDENTITY_TOKEN_FILE,
+        IDENTITY_TOKEN_KIND,
+        IDENTITY_CERT_FILE,
+        IDENTITY_KEY_FILE,
+        IDENTITY_TRUST_BUNDLE_FILE,
+        TLS_MIN_VERSION,
+        INBOUND_TLS_MODE,
     ];
 }
 
@@ -280,6 +299,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The control-plane client; `None` without `SHOAL_DISCOVERY_ADDR`.
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
+    /// The workload certificate's source (`None`: no mesh identity, plain text only).
+    pub identity: Option<crate::identity::IdentityConfig>,
+    /// The inbound mTLS mode for ports the state sets none for.
+    pub inbound_tls_mode: crate::tls::TlsMode,
+    /// The workload's namespace (`SHOAL_NAMESPACE`).
+    pub namespace: String,
+    /// The workload's service account (`SHOAL_SERVICE_ACCOUNT`).
+    pub service_account: String,
 }
 
 /// Serialises a duration in humantime form (for `/config`).
@@ -332,7 +359,7 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(r.invalid(env::LOG_FORMAT, other, "`plain` or `json`")),
         };
-        let config = Config {
+        let mut config = Config {
             outbound,
             inbound,
             admin_addr: r.addr(env::ADMIN_ADDR, "0.0.0.0:15021")?,
@@ -351,8 +378,22 @@ impl Config {
             log_format,
             access_log: r.bool(env::ACCESS_LOG, false)?,
             shutdown_grace: r.duration_min(env::SHUTDOWN_GRACE, "25s", 0)?,
-            discovery: discovery(&r)?,
+            discovery: None,
+            identity: None,
+            inbound_tls_mode: identity::inbound_tls_mode(&r)?,
+            namespace: String::new(),
+            service_account: String::new(),
         };
+        let (namespace, service_account) = workload(&r)?;
+        config.discovery = discovery(&r, &namespace, &service_account)?;
+        config.identity = identity::identity(
+            &r,
+            config.discovery.as_ref().map(|d| d.addr.as_str()),
+            &namespace,
+            &service_account,
+        )?;
+        config.namespace = namespace;
+        config.service_account = service_account;
         config.check_conflicts(&r)?;
         Ok(config)
     }
@@ -402,12 +443,10 @@ impl Config {
     }
 }
 
-fn discovery(r: &Reader<'_>) -> Result<Option<crate::discovery::DiscoveryConfig>, ConfigError> {
-    let Some(raw) = r.opt_string(env::DISCOVERY_ADDR) else {
-        return Ok(None);
-    };
+/// `HOST:PORT` or `http://HOST:PORT` of a control-plane endpoint, as a URL.
+fn control_plane_url(r: &Reader<'_>, setting: &str, raw: &str) -> Result<String, ConfigError> {
     let addr = if raw.contains("://") {
-        raw.clone()
+        raw.to_string()
     } else {
         format!("http://{raw}")
     };
@@ -416,13 +455,16 @@ fn discovery(r: &Reader<'_>) -> Result<Option<crate::discovery::DiscoveryConfig>
     });
     if valid.is_none() {
         return Err(r.invalid(
-            env::DISCOVERY_ADDR,
-            &raw,
-            "HOST:PORT or http://HOST:PORT of the control plane's discovery endpoint",
+            setting,
+            raw,
+            "HOST:PORT or http://HOST:PORT of the control plane",
         ));
     }
-    let hostname =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "proxy".into());
+    Ok(addr)
+}
+
+/// The workload's namespace and service account (its mesh identity).
+fn workload(r: &Reader<'_>) -> Result<(String, String), ConfigError> {
     let namespace = r.string(env::NAMESPACE, "default");
     let service_account = r.string(env::SERVICE_ACCOUNT, "default");
     for (name, value) in [
@@ -437,14 +479,28 @@ fn discovery(r: &Reader<'_>) -> Result<Option<crate::discovery::DiscoveryConfig>
             return Err(r.invalid(name, value, "a DNS label (a-z, 0-9, '-')"));
         }
     }
+    Ok((namespace, service_account))
+}
+
+fn discovery(
+    r: &Reader<'_>,
+    namespace: &str,
+    service_account: &str,
+) -> Result<Option<crate::discovery::DiscoveryConfig>, ConfigError> {
+    let Some(raw) = r.opt_string(env::DISCOVERY_ADDR) else {
+        return Ok(None);
+    };
+    let addr = control_plane_url(r, env::DISCOVERY_ADDR, &raw)?;
+    let hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "proxy".into());
     Ok(Some(crate::discovery::DiscoveryConfig {
         addr,
         proxy_id: r.string(
             env::PROXY_ID,
             &format!("{}.{}", hostname.trim(), std::process::id()),
         ),
-        namespace,
-        service_account,
+        namespace: namespace.to_string(),
+        service_account: service_account.to_string(),
         service_name: r.opt_string(env::SERVICE_NAME).unwrap_or_default(),
         lookup_timeout: r.duration_min(env::DISCOVERY_TIMEOUT, "1s", 1)?,
     }))

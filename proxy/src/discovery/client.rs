@@ -156,6 +156,7 @@ impl Client {
         let outcome = self.resources.apply(response).and_then(|(next, answered)| {
             let (spec, missing) = next.to_spec()?;
             let state = spec::build(spec)?;
+            self.apply_trust_bundles(response)?;
             Ok((next, answered, state, missing))
         });
         match outcome {
@@ -200,6 +201,21 @@ impl Client {
                 }))
             }
         }
+    }
+
+    /// Hands trust bundles in `response` to the identity (a bad one rejects the update).
+    fn apply_trust_bundles(&self, response: &v1::DiscoveryResponse) -> Result<(), String> {
+        let Some(identity) = &self.d.identity else {
+            return Ok(());
+        };
+        for r in &response.resources {
+            if let Some(Payload::TrustBundle(b)) = &r.payload {
+                identity
+                    .set_trust_bundle(&b.roots_pem)
+                    .map_err(|e| format!("trust bundle {}: {e}", b.trust_domain))?;
+            }
+        }
+        Ok(())
     }
 
     fn record_bindings(&self, answered: &[Key]) {

@@ -19,6 +19,7 @@ use serde::Serialize;
 use shoal_proto::v1::{self, ResourceType};
 use tokio::sync::{mpsc, watch};
 
+use crate::identity::Identity;
 use crate::state::Store;
 pub use resources::Key;
 
@@ -66,6 +67,8 @@ pub struct Discovery {
     /// ADDRESS answers: destination → (service, port); `None` when not in the mesh.
     bindings: Mutex<HashMap<SocketAddr, Option<(String, u16)>>>,
     status: Mutex<DiscoveryStatus>,
+    /// Receives the trust bundle of its trust domain.
+    identity: Option<Arc<Identity>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,16 +88,40 @@ fn service_keys(qualified: &str) -> Vec<Key> {
 }
 
 impl Discovery {
-    /// Starts the client; the store receives every accepted update.
-    pub fn start(cfg: DiscoveryConfig, store: Arc<Store>) -> Arc<Self> {
+    /// Starts the client; the store receives every accepted update, `identity` the trust
+    /// bundle. The proxy's own service (its inbound mTLS mode) is subscribed at once, the trust
+    /// bundle once the first certificate names the trust domain.
+    pub fn start(
+        cfg: DiscoveryConfig,
+        store: Arc<Store>,
+        identity: Option<Arc<Identity>>,
+    ) -> Arc<Self> {
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
+        let own = (!cfg.service_name.is_empty())
+            .then(|| format!("{}.{}", cfg.service_name, cfg.namespace));
         let d = Arc::new(Self {
             cfg,
             subscribe_tx,
             answers: Mutex::default(),
             bindings: Mutex::default(),
             status: Mutex::default(),
+            identity: identity.clone(),
         });
+        if let Some(own) = own {
+            d.subscribe(service_keys(&own));
+        }
+        if let Some(identity) = identity {
+            let d = d.clone();
+            let mut domain = identity.trust_domain();
+            tokio::spawn(async move {
+                while domain.changed().await.is_ok() {
+                    let td = domain.borrow_and_update().clone();
+                    if let Some(td) = td {
+                        d.subscribe(vec![(ResourceType::TrustBundle as i32, td)]);
+                    }
+                }
+            });
+        }
         tokio::spawn(client::run(d.clone(), store, subscribe_rx));
         d
     }

@@ -11,6 +11,7 @@ use crate::state::Protocol;
 use crate::state::spec::{
     BackendSpec, EndpointSpec, FileSpec, MatchSpec, RouteSpec, RuleSpec, ServiceSpec,
 };
+use crate::tls::TlsMode;
 
 /// A resource key: type and name.
 pub type Key = (i32, String);
@@ -162,6 +163,7 @@ impl Resources {
                     address: SocketAddr::new(ip, ep_port),
                     weight: e.weight.max(1),
                     ready: e.ready,
+                    identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
                 });
             }
             specs.push(ServiceSpec {
@@ -176,10 +178,22 @@ impl Resources {
                     v1::Protocol::Opaque => Protocol::Tcp,
                     v1::Protocol::Unspecified => Protocol::Auto,
                 },
+                target_port: u16::try_from(p.target_port).ok().filter(|p| *p > 0),
+                tls_mode: tls_mode(p.tls_mode).or(tls_mode(s.tls_mode)),
                 endpoints: eps,
             });
         }
         Ok(specs)
+    }
+}
+
+/// A wire TLS mode; unspecified (or unknown to this build) inherits.
+fn tls_mode(wire: i32) -> Option<TlsMode> {
+    match v1::TlsMode::try_from(wire).unwrap_or_default() {
+        v1::TlsMode::Strict => Some(TlsMode::Strict),
+        v1::TlsMode::Permissive => Some(TlsMode::Permissive),
+        v1::TlsMode::Disabled => Some(TlsMode::Disabled),
+        v1::TlsMode::Unspecified => None,
     }
 }
 

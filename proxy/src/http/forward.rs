@@ -13,18 +13,28 @@ use tokio::time::Instant;
 use super::body::ResponseBody;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::{Conn, Downstream, respond};
-use crate::endpoint::Version;
+use crate::endpoint::{Peer, Version};
 use crate::errors::{ProxyError, Reason};
 use crate::metrics::{Direction, RequestMetrics};
 use crate::state::{Protocol, Service, State};
 use crate::trace_context::{self, TraceIds};
 
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+/// Between proxies: the request was HTTP/1.1 before it rode the mesh's HTTP/2 connection, and
+/// the inbound proxy restores that version for the app.
+static ORIG_PROTO: http::HeaderName = http::HeaderName::from_static("shoal-orig-proto");
+/// Inbound, added for the app: the caller's mesh identity (removed from what callers send, so
+/// it cannot be forged).
+static CLIENT_ID: http::HeaderName = http::HeaderName::from_static("shoal-client-id");
 
 /// Where one request goes.
 struct Target {
-    addr: SocketAddr,
+    /// The endpoint, and the identity its proxy must prove when it is in the mesh.
+    peer: Peer,
+    /// The HTTP version on the wire to `peer`.
     version: Version,
+    /// The request rides the mesh's HTTP/2 connection but is HTTP/1.1 for the app.
+    orig_http1: bool,
     /// The matched route rule's timeout, which wins over the default.
     route_timeout: Option<Duration>,
     metrics: Arc<RequestMetrics>,
@@ -56,7 +66,7 @@ pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Respons
         &ids,
         start,
         &target.metrics,
-        Some(target.addr),
+        Some(target.peer.0),
         access,
     )
 }
@@ -64,8 +74,16 @@ pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Respons
 /// Where a request that never reached a destination is counted.
 fn unrouted_metrics(conn: &Conn) -> &RequestMetrics {
     match conn.direction {
-        Direction::Inbound => &conn.shared.inbound_metrics,
+        Direction::Inbound => inbound_metrics(conn),
         Direction::Outbound => &conn.shared.passthrough_metrics,
+    }
+}
+
+/// Inbound request metrics, by whether the connection is mesh mTLS.
+fn inbound_metrics(conn: &Conn) -> &Arc<RequestMetrics> {
+    match conn.client_id {
+        Some(_) => &conn.shared.inbound_mtls_metrics,
+        None => &conn.shared.inbound_metrics,
     }
 }
 
@@ -103,13 +121,14 @@ async fn forward(
     let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    mesh_headers(conn, &mut req, target);
     shape_for(&mut req, target.version)?;
-    let send = conn.shared.clients.send(target.addr, target.version, req);
+    let send = conn.shared.clients.send(&target.peer, target.version, req);
     let mut resp = match timeout {
         Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| {
             ProxyError::new(
                 Reason::ResponseTimeout,
-                format!("no response head from {} within {limit:?} (SHOAL_RESPONSE_TIMEOUT or the route's timeout)", target.addr),
+                format!("no response head from {} within {limit:?} (SHOAL_RESPONSE_TIMEOUT or the route's timeout)", target.peer.0),
             )
         })??,
         None => send.await?,
@@ -126,6 +145,27 @@ async fn forward(
         Downstream::Http2 => HttpVersion::HTTP_2,
     };
     Ok(resp)
+}
+
+/// The headers proxies use between themselves: the caller's identity for the app (inbound), and
+/// the original HTTP version when HTTP/1.1 rides the mesh's HTTP/2 (outbound).
+fn mesh_headers(conn: &Conn, req: &mut Request<Incoming>, target: &Target) {
+    let headers = req.headers_mut();
+    headers.remove(&ORIG_PROTO);
+    match conn.direction {
+        Direction::Inbound => {
+            headers.remove(&CLIENT_ID);
+            if let Some(id) = &conn.client_id
+                && let Ok(v) = HeaderValue::from_str(id.as_str())
+            {
+                headers.insert(CLIENT_ID.clone(), v);
+            }
+        }
+        Direction::Outbound if target.orig_http1 => {
+            headers.insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
+        }
+        Direction::Outbound => {}
+    }
 }
 
 fn finish(
@@ -166,11 +206,22 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
                 "inbound connection without a destination",
             )
         })?;
+        // Over the mesh, HTTP/1.1 requests arrive on HTTP/2 and go back to HTTP/1.1 for the app.
+        let orig_http1 = conn.client_id.is_some()
+            && req
+                .headers()
+                .get(&ORIG_PROTO)
+                .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
         return Ok(Target {
-            addr,
-            version: same_version,
+            peer: (addr, None),
+            version: if orig_http1 {
+                Version::Http1
+            } else {
+                same_version
+            },
+            orig_http1: false,
             route_timeout: None,
-            metrics: shared.inbound_metrics.clone(),
+            metrics: inbound_metrics(conn).clone(),
         });
     }
     let mut state = shared.store.snapshot();
@@ -213,7 +264,7 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
     if let Some(service) = service {
         let rule = state.route(&service, req.method(), req.uri().path(), req.headers());
         let backend = rule.map_or(&service, |r| r.pick_backend());
-        let addr = backend.balancer.pick().ok_or_else(|| {
+        let (addr, endpoint_id) = backend.balancer.pick_target().ok_or_else(|| {
             ProxyError::new(
                 Reason::NoEndpoints,
                 format!(
@@ -222,15 +273,25 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
                 ),
             )
         })?;
-        let version = match backend.protocol {
+        let app_version = match backend.protocol {
             Protocol::Http1 => Version::Http1,
             Protocol::Http2 => Version::Http2,
             Protocol::Auto | Protocol::Tcp => same_version,
         };
         let addr = shared.check_loop(addr)?;
+        let tls = crate::outbound::mesh_identity(shared, backend, endpoint_id);
+        // Between proxies every request rides one multiplexed HTTP/2 connection, except
+        // upgrades (WebSocket), which HTTP/2 cannot carry here: they get their own HTTP/1.1 one.
+        let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
+        let (version, orig_http1) = match &tls {
+            None => (app_version, false),
+            Some(_) if upgrade => (Version::Http1, false),
+            Some(_) => (Version::Http2, app_version == Version::Http1),
+        };
         return Ok(Target {
-            addr,
+            peer: (addr, tls),
             version,
+            orig_http1,
             route_timeout: rule.and_then(|r| r.timeout),
             metrics: rule.map_or_else(|| service.metrics.clone(), |r| r.metrics.clone()),
         });
@@ -241,8 +302,9 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
         None => passthrough_addr(conn, authority).await?,
     };
     Ok(Target {
-        addr: shared.check_loop(addr)?,
+        peer: (shared.check_loop(addr)?, None),
         version: same_version,
+        orig_http1: false,
         route_timeout: None,
         metrics: shared.passthrough_metrics.clone(),
     })

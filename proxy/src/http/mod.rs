@@ -49,6 +49,8 @@ pub struct Conn {
     pub dst: Option<SocketAddr>,
     /// The downstream HTTP version.
     pub version: Downstream,
+    /// Inbound over mesh mTLS: the caller's identity.
+    pub client_id: Option<crate::tls::SpiffeId>,
 }
 
 /// Serves HTTP on `io` until the client is done or draining asks the connection to close.

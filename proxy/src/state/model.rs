@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::balance::Balancer;
 use crate::metrics::{Direction, RequestMetrics};
+use crate::tls::{SpiffeId, TlsMode};
 
 /// How the proxy speaks HTTP to a service's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
@@ -37,6 +38,20 @@ pub struct Endpoint {
     pub weight: u32,
     /// Not-ready endpoints get no traffic.
     pub ready: bool,
+    /// The SPIFFE id the endpoint's proxy presents; `None` for an endpoint outside the mesh
+    /// (plain text).
+    #[serde(serialize_with = "serialize_identity")]
+    pub identity: Option<SpiffeId>,
+}
+
+fn serialize_identity<S: serde::Serializer>(
+    id: &Option<SpiffeId>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => ser.serialize_str(id.as_str()),
+        None => ser.serialize_none(),
+    }
 }
 
 /// A logical destination with its endpoints.
@@ -51,6 +66,11 @@ pub struct Service {
     pub namespace: String,
     /// The port apps call.
     pub port: u16,
+    /// The port the endpoints listen on (the inbound side's view of this service port).
+    pub target_port: u16,
+    /// Mutual TLS for this port; `None` leaves it to the proxy's default
+    /// (`SHOAL_INBOUND_TLS_MODE` inbound; mTLS to meshed endpoints outbound).
+    pub tls_mode: Option<TlsMode>,
     /// Upstream protocol.
     pub protocol: Protocol,
     /// Every `host:port` authority that names this service.

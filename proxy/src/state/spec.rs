@@ -15,6 +15,7 @@ use super::model::{
 };
 use crate::balance::Balancer;
 use crate::metrics::{Direction, RequestMetrics};
+use crate::tls::{SpiffeId, TlsMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +39,12 @@ pub(crate) struct ServiceSpec {
     pub(crate) addresses: Vec<IpAddr>,
     #[serde(default)]
     pub(crate) protocol: Protocol,
+    /// The port the endpoints listen on; defaults to `port`.
+    #[serde(default)]
+    pub(crate) target_port: Option<u16>,
+    /// Mutual TLS for the port (`strict`, `permissive`, `disabled`).
+    #[serde(default)]
+    pub(crate) tls_mode: Option<TlsMode>,
     #[serde(default)]
     pub(crate) endpoints: Vec<EndpointSpec>,
 }
@@ -54,6 +61,10 @@ pub(crate) struct EndpointSpec {
     pub(crate) weight: u32,
     #[serde(default = "yes")]
     pub(crate) ready: bool,
+    /// SPIFFE id the endpoint's proxy presents (`spiffe://<td>/ns/<ns>/sa/<sa>`); absent for
+    /// endpoints outside the mesh.
+    #[serde(default)]
+    pub(crate) identity: Option<String>,
 }
 
 pub(crate) fn one() -> u32 {
@@ -332,6 +343,7 @@ fn build_service(
             s.port
         ));
     }
+    let mut identities = Vec::with_capacity(s.endpoints.len());
     for (j, e) in s.endpoints.iter().enumerate() {
         if e.weight == 0 || e.weight > 1_000_000 {
             return Err(format!(
@@ -339,6 +351,16 @@ fn build_service(
                 e.weight
             ));
         }
+        let identity = e
+            .identity
+            .as_deref()
+            .map(SpiffeId::parse)
+            .transpose()
+            .map_err(|err| format!("{at}.endpoints[{j}].identity: {err}"))?;
+        identities.push(identity);
+    }
+    if s.target_port == Some(0) {
+        return Err(format!("{at}.target_port: must be 1-65535"));
     }
     let mut authorities: Vec<String> = [
         s.name.clone(),
@@ -370,10 +392,12 @@ fn build_service(
     let endpoints: Vec<Endpoint> = s
         .endpoints
         .iter()
-        .map(|e| Endpoint {
+        .zip(identities)
+        .map(|(e, identity)| Endpoint {
             addr: e.address,
             weight: e.weight,
             ready: e.ready,
+            identity,
         })
         .collect();
     Ok(Service {
@@ -383,6 +407,8 @@ fn build_service(
         name: s.name,
         namespace: s.namespace,
         port: s.port,
+        target_port: s.target_port.unwrap_or(s.port),
+        tls_mode: s.tls_mode,
         protocol: s.protocol,
         authorities,
         addresses: s.addresses,

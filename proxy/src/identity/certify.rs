@@ -1,0 +1,102 @@
+//! Certificates from the control plane's CA (`shoal.v1.Identity/Certify`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use shoal_proto::v1;
+use v1::certify_request::{Credential, Csr};
+
+use super::{Identity, Material, Source, Token, parse_cert, parse_certs, renew_after};
+
+/// First retry delay after a failed request; doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Deadline of one Certify call (connect included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Obtains and renews the certificate for the life of the process.
+pub(super) async fn run(identity: Arc<Identity>) {
+    let Source::ControlPlane { addr, token } = identity.cfg.source.clone() else {
+        return;
+    };
+    let mut retry = RETRY_MIN;
+    loop {
+        let attempt = tokio::time::timeout(CALL_TIMEOUT, request(&identity, &addr, &token))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer from {addr} within {CALL_TIMEOUT:?}")));
+        let result =
+            attempt.and_then(|(material, lifetime)| identity.install(material).map(|()| lifetime));
+        match result {
+            Ok(lifetime) => {
+                retry = RETRY_MIN;
+                let wait = renew_after(lifetime);
+                let id = identity.status().spiffe_id.unwrap_or_default();
+                tracing::info!(identity = %id, valid_for = ?lifetime, renew_in = ?wait, "workload certificate issued");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                identity.failed(&e);
+                let left = identity.current().map(|c| c.remaining());
+                let wait = retry.mul_f64(0.5 + fastrand::f64());
+                tracing::warn!(addr = %addr, error = %e, current_certificate_valid_for = ?left, retry_in = ?wait, "cannot obtain a workload certificate; check SHOAL_IDENTITY_TOKEN and the control plane");
+                tokio::time::sleep(wait).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// One Certify call with a fresh key pair; returns the material and the certificate's lifetime.
+async fn request(
+    identity: &Identity,
+    addr: &str,
+    token: &Token,
+) -> Result<(Material, Duration), String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate a key pair: {e}"))?;
+    // The CA sets subject and SANs from the verified identity; the CSR only carries the key.
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(|e| format!("cannot build the CSR: {e}"))?;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read the token file {}: {e}", p.display()))
+    };
+    let credential = match token {
+        Token::Join(t) => Credential::JoinToken(t.clone()),
+        Token::JoinFile(p) => Credential::JoinToken(read(p)?),
+        Token::KubernetesFile(p) => Credential::KubernetesServiceAccountToken(read(p)?),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("invalid identity address {addr}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let resp = v1::identity_client::IdentityClient::new(channel)
+        .certify(v1::CertifyRequest {
+            csr: Some(Csr::CsrDer(csr.der().to_vec())),
+            credential: Some(credential),
+            namespace: identity.cfg.namespace.clone(),
+            service_account: identity.cfg.service_account.clone(),
+        })
+        .await
+        .map_err(|s| format!("Certify refused ({:?}): {}", s.code(), s.message()))?
+        .into_inner();
+    let chain = resp
+        .certificate_chain_pem
+        .iter()
+        .map(|pem| parse_cert(pem.as_bytes(), "issued certificate"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let roots = parse_certs(resp.trust_bundle_pem.join("\n").as_bytes(), "trust bundle")?;
+    let leaf = chain
+        .first()
+        .ok_or("the control plane returned no certificate")?;
+    let lifetime = crate::tls::not_after(leaf)?
+        .duration_since(SystemTime::now())
+        .map_err(|_| "the control plane returned an expired certificate".to_string())?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok((Material { chain, key, roots }, lifetime))
+}

@@ -1,0 +1,72 @@
+//! Two proxies with file-based identities: HTTP/1.1 from the app rides mTLS (HTTP/2 between the
+//! proxies) and reaches the app as HTTP/1.1 with the caller's identity; a strict port refuses
+//! plain text.
+
+use std::time::Duration;
+
+use shoal_tests::pki::TestCa;
+use shoal_tests::process::TempDir;
+use shoal_tests::{H1Client, HttpBackend, ProxyBuilder};
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+#[tokio::test]
+async fn http1_rides_mtls_and_the_app_learns_the_caller() {
+    let dir = TempDir::new("mtls-smoke").unwrap();
+    let ca = TestCa::new("mesh");
+    let app = HttpBackend::echo().await;
+
+    let mut server = ProxyBuilder::new()
+        .inbound_explicit(app.addr())
+        .env("SHOAL_INBOUND_TLS_MODE", "strict");
+    for (k, v) in ca
+        .workload(WEB_ID)
+        .write(dir.path(), "web", &[ca.root_pem()])
+        .env()
+    {
+        server = server.env(k, v);
+    }
+    let server = server.start().await;
+
+    let state = format!(
+        "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{}\"\n        identity: {WEB_ID}\n",
+        server.inbound()
+    );
+    let mut client = ProxyBuilder::new().outbound_explicit().state(&state);
+    for (k, v) in ca
+        .workload(CLIENT_ID)
+        .write(dir.path(), "client", &[ca.root_pem()])
+        .env()
+    {
+        client = client.env(k, v);
+    }
+    let client = client.start().await;
+
+    let mut c = H1Client::connect(client.outbound()).await.unwrap();
+    let resp = c.get("web", "/hello").await.unwrap();
+    assert_eq!(
+        resp.status,
+        200,
+        "{resp:?}\n{}\n{}",
+        client.logs(),
+        server.logs()
+    );
+    let seen = app.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.uri.path(), "/hello");
+    assert_eq!(seen.header("shoal-client-id"), Some(CLIENT_ID));
+    assert_eq!(seen.header("shoal-orig-proto"), None);
+
+    // Plain text straight to the strict inbound port: closed, nothing reaches the app.
+    let before = app.count();
+    let plain = async {
+        let mut c = H1Client::connect(server.inbound()).await?;
+        c.get("web", "/plain").await
+    };
+    let result = tokio::time::timeout(Duration::from_secs(5), plain)
+        .await
+        .unwrap();
+    assert!(result.is_err(), "plain text was answered: {result:?}");
+    assert_eq!(app.count(), before);
+}
