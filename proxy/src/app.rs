@@ -47,6 +47,8 @@ pub struct Shared {
     pub discovery: Option<Arc<Discovery>>,
     /// The workload identity, when one is configured (`SHOAL_IDENTITY_*`).
     pub identity: Option<Arc<Identity>>,
+    /// `name.namespace` of the service this proxy fronts (its inbound policies' key).
+    pub own_service: String,
     /// The proxy's own listener addresses (forwarding to one would loop).
     own_addrs: Vec<SocketAddr>,
 }
@@ -144,6 +146,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         outbound_target,
         discovery,
         identity,
+        own_service: format!("{}.{}", config.service_name, config.namespace),
         own_addrs: own_addrs.clone(),
         store,
         config: config.clone(),

@@ -85,6 +85,8 @@ reasons! {
     HeadersTooLarge => ("headers-too-large", REQUEST_HEADER_FIELDS_TOO_LARGE, Downstream, false),
     /// The request target exceeded the HTTP library's URI limit.
     UriTooLong => ("uri-too-long", URI_TOO_LONG, Downstream, false),
+    /// The service's authorization policy does not allow this caller (identity, port, path, method).
+    Unauthorized => ("unauthorized", FORBIDDEN, Downstream, false),
     /// The request names no destination the proxy can reach (no authority, no original destination).
     NoDestination => ("no-destination", BAD_REQUEST, Downstream, false),
     /// The destination resolves to the proxy's own listener: forwarding would loop.

@@ -28,6 +28,7 @@ pub mod names {
     pub const PROXY_ERRORS: &str = "shoal_proxy_errors_total";
     pub const STATE_UPDATES: &str = "shoal_state_updates_total";
     pub const STATE_VERSION: &str = "shoal_state_version";
+    pub const AUTHZ: &str = "shoal_authz_decisions_total";
     pub const TLS_REFUSED: &str = "shoal_inbound_tls_refused_total";
     pub const TLS_ORIGINATED: &str = "shoal_outbound_tls_connections_total";
 }
@@ -98,6 +99,10 @@ fn describe() {
         TLS_ORIGINATED,
         "Outbound mTLS handshakes with peer proxies, by result (ok, failed)"
     );
+    describe_counter!(
+        AUTHZ,
+        "Inbound authorization decisions, by policy (the protected service), deciding rule (or default) and decision"
+    );
     crate::identity::describe_metrics();
 }
 
@@ -136,6 +141,13 @@ pub fn detection(direction: Direction, result: &'static str) {
 /// handshake, a handshake for another identity, no certificate yet).
 pub fn tls_refused(reason: &'static str) {
     counter!(names::TLS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Counts an authorization decision of the inbound policy `policy` (bounded: its rules).
+pub fn authz_decision(policy: &str, rule: &str, allowed: bool) {
+    let decision = if allowed { "allow" } else { "deny" };
+    counter!(names::AUTHZ, "policy" => policy.to_string(), "rule" => rule.to_string(), "decision" => decision)
+        .increment(1);
 }
 
 /// Counts an outbound mTLS connection attempt to a peer proxy, by result (`ok`, `failed`).

@@ -108,6 +108,12 @@ pub(crate) async fn carry(
     let version = match carried {
         Carried::Http(v) => v,
         Carried::Opaque => {
+            if direction == Direction::Inbound {
+                let port = dst.map_or(0, |d| d.port());
+                if !crate::inbound::authorize_tcp(&shared, client_id.as_ref(), port) {
+                    return; // Denied: closing the connection is the answer (logged, counted).
+                }
+            }
             let Some(dst) = dst.or_else(|| shared.explicit_target()) else {
                 tracing::warn!(peer = %conn.peer, "opaque outbound connection with no destination: set SHOAL_OUTBOUND_TARGET or use transparent mode");
                 return;

@@ -108,7 +108,9 @@ impl Discovery {
             identity: identity.clone(),
         });
         if let Some(own) = own {
-            d.subscribe(service_keys(&own));
+            let mut keys = service_keys(&own);
+            keys.push((ResourceType::AuthorizationPolicy as i32, own));
+            d.subscribe(keys);
         }
         if let Some(identity) = identity {
             let d = d.clone();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 
+use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::state::Protocol;
 use crate::state::spec::{
     BackendSpec, EndpointSpec, FileSpec, MatchSpec, RouteSpec, RuleSpec, ServiceSpec,
@@ -115,7 +116,22 @@ impl Resources {
             }
             routes.push(route_spec(name, r)?);
         }
-        Ok((FileSpec { services, routes }, missing))
+        let authorization = self
+            .map
+            .values()
+            .filter_map(|(_, payload)| match payload {
+                Payload::AuthorizationPolicy(p) => Some(authorization_spec(p)),
+                _ => None,
+            })
+            .collect();
+        Ok((
+            FileSpec {
+                services,
+                routes,
+                authorization,
+            },
+            missing,
+        ))
     }
 
     fn service_specs(&self, qualified: &str, s: &v1::Service) -> Result<Vec<ServiceSpec>, String> {
@@ -184,6 +200,54 @@ impl Resources {
             });
         }
         Ok(specs)
+    }
+}
+
+/// The state description of an `AuthorizationPolicy` (validated by the state builder).
+fn authorization_spec(p: &v1::AuthorizationPolicy) -> PolicySpec {
+    let action = |wire: i32| match v1::AuthorizationAction::try_from(wire).unwrap_or_default() {
+        v1::AuthorizationAction::Allow => Action::Allow,
+        // Unspecified (or unknown) fails closed.
+        v1::AuthorizationAction::Deny | v1::AuthorizationAction::Unspecified => Action::Deny,
+    };
+    let rules = p
+        .rules
+        .iter()
+        .map(|r| authz::RuleSpec {
+            name: (!r.name.is_empty()).then(|| r.name.clone()),
+            action: action(r.action),
+            from: r
+                .from
+                .iter()
+                .map(|m| {
+                    let mut spec = IdentityMatchSpec::default();
+                    match &m.kind {
+                        Some(v1::identity_match::Kind::Exact(s)) => spec.exact = Some(s.clone()),
+                        Some(v1::identity_match::Kind::Namespace(s)) => {
+                            spec.namespace = Some(s.clone())
+                        }
+                        Some(v1::identity_match::Kind::TrustDomain(s)) => {
+                            spec.trust_domain = Some(s.clone())
+                        }
+                        None => {} // Rejected by the builder, naming the field.
+                    }
+                    spec
+                })
+                .collect(),
+            // Out-of-range ports become 0, which the builder rejects with the field name.
+            to_ports: r
+                .to_ports
+                .iter()
+                .map(|p| u16::try_from(*p).unwrap_or(0))
+                .collect(),
+            path_prefixes: r.path_prefixes.clone(),
+            methods: r.methods.clone(),
+        })
+        .collect();
+    PolicySpec {
+        service: p.target_service.clone(),
+        default_action: action(p.default_action),
+        rules,
     }
 }
 

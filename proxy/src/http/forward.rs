@@ -45,6 +45,12 @@ pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Respons
     let start = Instant::now();
     let ids = trace_context::propagate(req.headers_mut());
     let access = conn.shared.config.access_log.then(|| AccessLine::new(&req));
+    if conn.direction == Direction::Inbound
+        && let Err(e) = crate::inbound::authorize_http(conn, &req)
+    {
+        let metrics = unrouted_metrics(conn);
+        return finish(conn, Err(e), &ids, start, metrics, None, access);
+    }
     let target = match resolve(conn, &req).await {
         Ok(t) => t,
         Err(e) => {

@@ -247,6 +247,8 @@ pub struct State {
     pub services: Vec<Arc<Service>>,
     /// Route rules per service (indexed by [`Service::id`]), in match order.
     pub routes: Vec<Vec<RouteRule>>,
+    /// Inbound authorization policies by protected service (`name.namespace`).
+    pub authorization: HashMap<String, Arc<crate::inbound::authz::Policy>>,
     #[serde(skip)]
     by_authority: HashMap<String, Arc<Service>>,
     #[serde(skip)]
@@ -269,6 +271,7 @@ impl State {
         Self {
             services,
             routes,
+            authorization: HashMap::new(),
             by_authority,
             by_addr,
         }

@@ -24,6 +24,9 @@ pub(crate) struct FileSpec {
     pub(crate) services: Vec<ServiceSpec>,
     #[serde(default)]
     pub(crate) routes: Vec<RouteSpec>,
+    /// Inbound authorization policies, one per protected service.
+    #[serde(default)]
+    pub(crate) authorization: Vec<crate::inbound::authz::PolicySpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +244,18 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
             .get(name)
             .or_else(|| by_name.get(&format!("{name}.default")))
     };
+    let mut authorization = HashMap::new();
+    for (i, p) in spec.authorization.into_iter().enumerate() {
+        let at = format!("authorization[{i}]");
+        let policy = crate::inbound::authz::build(p, &at, "default")?;
+        if authorization.contains_key(&policy.service) {
+            return Err(format!(
+                "{at}.service: {} already has a policy (one per service)",
+                policy.service
+            ));
+        }
+        authorization.insert(policy.service.clone(), Arc::new(policy));
+    }
     let mut routes: Vec<Vec<RouteRule>> = services.iter().map(|_| Vec::new()).collect();
     let mut route_names = HashSet::new();
     for (i, r) in spec.routes.into_iter().enumerate() {
@@ -308,7 +323,9 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
             }
         }
     }
-    Ok(State::new(services, routes))
+    let mut state = State::new(services, routes);
+    state.authorization = authorization;
+    Ok(state)
 }
 
 fn build_service(

@@ -4,7 +4,9 @@
 //! Mesh mTLS is decided here, per connection, from the mTLS mode of the port: a handshake
 //! meant for this proxy's identity is terminated (the caller's identity is then known), the
 //! application's own TLS passes through, and plain text is refused in strict mode.
-//! Authorization and rate limits slot in here, before forwarding.
+//! [`authz`] decides which callers may reach the app; rate limits slot in next to it.
+
+pub mod authz;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use bytes::BytesMut;
 use crate::app::Shared;
 use crate::config::Mode;
 use crate::detect::Detected;
+use crate::errors::{ProxyError, Reason};
 use crate::http::Downstream;
 use crate::io::{ProxyIo, Transport};
 use crate::listen::Accepted;
@@ -145,4 +148,70 @@ pub(crate) async fn serve_mesh(
         Some(terminated.peer),
     )
     .await;
+}
+
+/// Applies the service's authorization policy to one inbound call; `None` when the service has
+/// no policy (every caller is accepted). Decisions are counted.
+fn authorize(shared: &Shared, call: &authz::Call<'_>) -> Option<authz::Decision> {
+    let state = shared.store.snapshot();
+    if state.authorization.is_empty() {
+        return None;
+    }
+    let policy = state.authorization.get(&shared.own_service)?;
+    let creds = shared.identity.as_ref().and_then(|i| i.current());
+    let call = authz::Call {
+        local_trust_domain: creds.as_ref().map(|c| c.id.trust_domain()),
+        ..*call
+    };
+    let decision = policy.decide(&call);
+    let allowed = decision.action == authz::Action::Allow;
+    metrics::authz_decision(&policy.service, &decision.rule, allowed);
+    Some(decision)
+}
+
+/// Authorizes an inbound HTTP request: `Err` (403 `unauthorized`, naming the policy, the rule
+/// and the caller; logged once where every proxy error is) when the policy denies it.
+pub(crate) fn authorize_http(
+    conn: &crate::http::Conn,
+    req: &http::Request<hyper::body::Incoming>,
+) -> Result<(), ProxyError> {
+    let call = authz::Call {
+        client: conn.client_id.as_ref(),
+        local_trust_domain: None,
+        port: conn.dst.map_or(0, |d| d.port()),
+        http: Some((req.method(), req.uri().path())),
+    };
+    match authorize(&conn.shared, &call) {
+        Some(d) if d.action == authz::Action::Deny => Err(ProxyError::new(
+            Reason::Unauthorized,
+            format!(
+                "policy {} ({}) does not allow {} to call this service; check the service's AuthorizationPolicy",
+                conn.shared.own_service,
+                d.rule,
+                conn.client_id
+                    .as_ref()
+                    .map_or_else(|| "a plain-text caller".to_string(), ToString::to_string),
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Authorizes an inbound opaque TCP connection; `false` means close it.
+pub(crate) fn authorize_tcp(shared: &Shared, client: Option<&SpiffeId>, port: u16) -> bool {
+    let call = authz::Call {
+        client,
+        local_trust_domain: None,
+        port,
+        http: None,
+    };
+    match authorize(shared, &call) {
+        Some(d) if d.action == authz::Action::Deny => {
+            let client =
+                client.map_or_else(|| "a plain-text caller".to_string(), ToString::to_string);
+            tracing::warn!(policy = %shared.own_service, rule = %d.rule, %client, port, "authorization denied an opaque TCP connection; closing it");
+            false
+        }
+        _ => true,
+    }
 }
