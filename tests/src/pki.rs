@@ -80,6 +80,26 @@ impl TestCa {
         &self.cert_pem
     }
 
+    /// Signs a CSR (DER) for `spiffe_id`, valid for `lifetime` from now, as a control plane's CA
+    /// would (only the CSR's public key is used). Returns the certificate PEM.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &str,
+        lifetime: std::time::Duration,
+    ) -> String {
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .expect("a valid CSR");
+        let mut params = leaf_params(spiffe_id, Validity::Current);
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(60)).into();
+        params.not_after = (now + lifetime).into();
+        params
+            .signed_by(&csr.public_key, &self.issuer)
+            .expect("signed leaf")
+            .pem()
+    }
+
     /// A workload certificate for `spiffe_id`, valid now.
     pub fn workload(&self, spiffe_id: &str) -> Leaf {
         self.issue(spiffe_id, Validity::Current)

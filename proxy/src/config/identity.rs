@@ -15,6 +15,8 @@ pub(super) fn identity(
     namespace: &str,
     service_account: &str,
 ) -> Result<Option<IdentityConfig>, ConfigError> {
+    // Validated even without an identity, so a typo is caught before it matters.
+    let min_version = min_version(r)?;
     let files = [
         env::IDENTITY_CERT_FILE,
         env::IDENTITY_KEY_FILE,
@@ -123,7 +125,7 @@ pub(super) fn identity(
         source,
         namespace: namespace.to_string(),
         service_account: service_account.to_string(),
-        min_version: min_version(r)?,
+        min_version,
     }))
 }
 

@@ -113,3 +113,76 @@ fn yaml_errors_name_the_file_and_key() {
     let err = Config::from_source(&source).unwrap_err().to_string();
     assert!(err.contains("from proxy.yaml"), "{err}");
 }
+
+#[test]
+fn identity_settings_are_validated() {
+    use crate::identity::{Source, Token};
+    // No identity: plain text.
+    let c = cfg(&[]).unwrap();
+    assert!(c.identity.is_none());
+    assert_eq!(c.inbound_tls_mode, crate::tls::TlsMode::Permissive);
+
+    // A token redeemed at the discovery address by default.
+    let c = cfg(&[
+        ("SHOAL_DISCOVERY_ADDR", "127.0.0.1:15010"),
+        ("SHOAL_IDENTITY_TOKEN", "secret"),
+        ("SHOAL_NAMESPACE", "shop"),
+    ])
+    .unwrap();
+    let id = c.identity.unwrap();
+    assert_eq!(id.namespace, "shop");
+    assert_eq!(id.min_version, crate::tls::MinVersion::Tls13);
+    match id.source {
+        Source::ControlPlane {
+            addr,
+            token: Token::Join(t),
+        } => {
+            assert_eq!(addr, "http://127.0.0.1:15010");
+            assert_eq!(t, "secret");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    for (pairs, setting, expected) in [
+        (
+            vec![("SHOAL_IDENTITY_TOKEN", "t")],
+            "SHOAL_IDENTITY_ADDR",
+            "the control plane's address",
+        ),
+        (
+            vec![
+                ("SHOAL_IDENTITY_TOKEN", "t"),
+                ("SHOAL_IDENTITY_TOKEN_FILE", "/f"),
+            ],
+            "SHOAL_IDENTITY_TOKEN_FILE",
+            "not both",
+        ),
+        (
+            vec![("SHOAL_IDENTITY_CERT_FILE", "/c")],
+            "SHOAL_IDENTITY_CERT_FILE",
+            "SHOAL_IDENTITY_KEY_FILE too",
+        ),
+        (
+            vec![
+                ("SHOAL_IDENTITY_TOKEN_FILE", "/t"),
+                ("SHOAL_IDENTITY_TOKEN_KIND", "aws"),
+                ("SHOAL_IDENTITY_ADDR", "cp:15010"),
+            ],
+            "SHOAL_IDENTITY_TOKEN_KIND",
+            "`join` or `kubernetes`",
+        ),
+        (
+            vec![("SHOAL_TLS_MIN_VERSION", "1.1")],
+            "SHOAL_TLS_MIN_VERSION",
+            "older versions are not supported",
+        ),
+        (
+            vec![("SHOAL_INBOUND_TLS_MODE", "mutual")],
+            "SHOAL_INBOUND_TLS_MODE",
+            "`strict`, `permissive` or `disabled`",
+        ),
+    ] {
+        let err = cfg(&pairs).unwrap_err().to_string();
+        assert!(err.contains(setting) && err.contains(expected), "{err}");
+    }
+}
