@@ -66,5 +66,15 @@ pub(crate) fn mesh_identity(
     if service.tls_mode == Some(TlsMode::Disabled) || shared.identity.is_none() {
         return None;
     }
+    // A server-speaks-first port is not detected by a permissive inbound proxy (plain clients
+    // must not stall), so it could not see the handshake: mTLS there only when the port is strict.
+    let server_first = shared
+        .config
+        .server_first_ports
+        .binary_search(&service.port)
+        .is_ok();
+    if server_first && service.tls_mode != Some(TlsMode::Strict) {
+        return None;
+    }
     endpoint_id.cloned()
 }

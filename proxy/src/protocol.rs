@@ -28,6 +28,12 @@ pub async fn serve(
                 .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
         })
         .is_some_and(|d| cfg.server_first_ports.binary_search(&d.port()).is_ok());
+    // A strict inbound port only takes mesh mTLS, whose client speaks first: detect even there.
+    let skip = skip
+        && !(direction == Direction::Inbound
+            && dst.is_some_and(|d| {
+                crate::inbound::tls_mode(&shared, d.port()) == crate::tls::TlsMode::Strict
+            }));
     let (detected, prefix) = if skip {
         (
             Detected::Opaque(OpaqueReason::Skipped),
