@@ -129,6 +129,14 @@ impl ProxyBuilder {
     }
 
     /// Removes a variable the builder set by default.
+    /// A file-based mesh identity (`SHOAL_IDENTITY_CERT_FILE` and friends).
+    pub fn identity(mut self, files: &crate::pki::IdentityFiles) -> Self {
+        for (k, v) in files.env() {
+            self = self.env(k, v);
+        }
+        self
+    }
+
     pub fn unset(mut self, key: &str) -> Self {
         self.env.remove(key);
         self

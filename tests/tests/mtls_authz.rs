@@ -38,14 +38,10 @@ async fn client_proxy(ca: &TestCa, dir: &TempDir, id: &str, name: &str, server: 
         "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{}\"\n        identity: {WEB}\n",
         server.inbound()
     );
-    let mut b = ProxyBuilder::new().outbound_explicit().state(&state);
-    for (k, v) in ca
-        .workload(id)
-        .write(dir.path(), name, &[ca.root_pem()])
-        .env()
-    {
-        b = b.env(k, v);
-    }
+    let b = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&state)
+        .identity(&ca.workload(id).write(dir.path(), name, &[ca.root_pem()]));
     b.start().await
 }
 
@@ -62,17 +58,11 @@ async fn allow_deny_and_default_by_identity_path_and_method() {
     let dir = TempDir::new("mtls-authz").unwrap();
     let ca = TestCa::new("mesh");
     let app = HttpBackend::echo().await;
-    let mut server = ProxyBuilder::new()
+    let server = ProxyBuilder::new()
         .inbound_explicit(app.addr())
         .env("SHOAL_SERVICE_NAME", "web")
-        .state(&server_state(app.addr().port()));
-    for (k, v) in ca
-        .workload(WEB)
-        .write(dir.path(), "web", &[ca.root_pem()])
-        .env()
-    {
-        server = server.env(k, v);
-    }
+        .state(&server_state(app.addr().port()))
+        .identity(&ca.workload(WEB).write(dir.path(), "web", &[ca.root_pem()]));
     let server = server.start().await;
     let frontend = client_proxy(&ca, &dir, FRONTEND, "frontend", &server).await;
     let stranger = client_proxy(&ca, &dir, STRANGER, "stranger", &server).await;

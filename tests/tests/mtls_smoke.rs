@@ -17,30 +17,26 @@ async fn http1_rides_mtls_and_the_app_learns_the_caller() {
     let ca = TestCa::new("mesh");
     let app = HttpBackend::echo().await;
 
-    let mut server = ProxyBuilder::new()
+    let server = ProxyBuilder::new()
         .inbound_explicit(app.addr())
-        .env("SHOAL_INBOUND_TLS_MODE", "strict");
-    for (k, v) in ca
-        .workload(WEB_ID)
-        .write(dir.path(), "web", &[ca.root_pem()])
-        .env()
-    {
-        server = server.env(k, v);
-    }
+        .env("SHOAL_INBOUND_TLS_MODE", "strict")
+        .identity(
+            &ca.workload(WEB_ID)
+                .write(dir.path(), "web", &[ca.root_pem()]),
+        );
     let server = server.start().await;
 
     let state = format!(
         "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{}\"\n        identity: {WEB_ID}\n",
         server.inbound()
     );
-    let mut client = ProxyBuilder::new().outbound_explicit().state(&state);
-    for (k, v) in ca
-        .workload(CLIENT_ID)
-        .write(dir.path(), "client", &[ca.root_pem()])
-        .env()
-    {
-        client = client.env(k, v);
-    }
+    let client = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&state)
+        .identity(
+            &ca.workload(CLIENT_ID)
+                .write(dir.path(), "client", &[ca.root_pem()]),
+        );
     let client = client.start().await;
 
     let mut c = H1Client::connect(client.outbound()).await.unwrap();

@@ -143,15 +143,6 @@ mod humantime_opt {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn regex(pattern: &str, field: &str) -> Result<regex::Regex, String> {
     // Anchored: the whole path or value must match, as the wire contract says.
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
@@ -335,13 +326,13 @@ fn build_service(
     by_name: &HashMap<String, Vec<Arc<Service>>>,
 ) -> Result<Service, String> {
     let at = format!("services[{id}]");
-    if !is_dns_label(&s.name) {
+    if !crate::tls::spiffe::is_label(&s.name) {
         return Err(format!(
             "{at}.name: `{}` is not a DNS label (a-z, 0-9, '-', at most 63)",
             s.name
         ));
     }
-    if !is_dns_label(&s.namespace) {
+    if !crate::tls::spiffe::is_label(&s.namespace) {
         return Err(format!(
             "{at}.namespace: `{}` is not a DNS label",
             s.namespace

@@ -107,7 +107,8 @@ impl fmt::Display for SpiffeId {
     }
 }
 
-fn is_label(s: &str) -> bool {
+/// A DNS label: a-z, 0-9 and '-', not at either end, at most 63 bytes.
+pub(crate) fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
