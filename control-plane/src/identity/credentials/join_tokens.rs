@@ -246,7 +246,7 @@ impl JoinTokens {
         }
         let now = self.clock.unix_seconds();
         let key = format!("{PREFIX}{id}");
-        let outcome = self.store.secret_update(&key, |current| {
+        self.store.secret_update(&key, |current| {
             let record = current.map(|bytes| decode(&key, bytes)).transpose();
             let record = record.map_err(|e| Refusal::Unavailable(e.to_string()))?;
             let Some(mut record) = record else {
@@ -284,8 +284,7 @@ impl JoinTokens {
             }
             record.uses += 1;
             Ok((SecretWrite::Put(record.encode_to_vec()), granted))
-        });
-        outcome
+        })
     }
 }
 
