@@ -68,7 +68,11 @@ impl Authority {
         now: SystemTime,
     ) -> Result<Self, CaError> {
         let (root_der, root_pem) = first_certificate(root_pem, "root certificate")?;
-        let (root_validity, root_key_raw, is_ca) = inspect(&root_der, "root certificate")?;
+        let Inspected {
+            validity: root_validity,
+            public_key: root_key_raw,
+            is_ca,
+        } = inspect(&root_der, "root certificate")?;
         if !is_ca {
             return Err(CaError::Invalid(
                 "root certificate is not a CA certificate (basicConstraints CA:TRUE is missing)"
@@ -118,14 +122,14 @@ impl Authority {
     /// Parses a stored authority.
     pub fn from_record(record: AuthorityRecord) -> Result<Self, CaError> {
         let (root_der, _) = first_certificate(&record.root_pem, "stored root certificate")?;
-        let (root_validity, _, _) = inspect(&root_der, "stored root certificate")?;
+        let root_validity = inspect(&root_der, "stored root certificate")?.validity;
         let signer_pem = if record.intermediate_pem.is_empty() {
             &record.root_pem
         } else {
             &record.intermediate_pem
         };
         let (signer_der, _) = first_certificate(signer_pem, "stored signing certificate")?;
-        let ((_, signer_not_after), _, _) = inspect(&signer_der, "stored signing certificate")?;
+        let (_, signer_not_after) = inspect(&signer_der, "stored signing certificate")?.validity;
         let key = KeyPair::from_pem(&record.signing_key_pem)
             .map_err(|e| CaError::Corrupt(format!("stored signing key: {e}")))?;
         let issuer = Issuer::from_ca_cert_pem(signer_pem, key)
@@ -224,17 +228,27 @@ pub(super) fn first_certificate(text: &str, what: &str) -> Result<(Vec<u8>, Stri
     Ok((pem.contents, format!("{}\n", &text[begin..end])))
 }
 
-/// Validity (Unix seconds), subject public key bytes and whether it is a CA, of a DER certificate.
-fn inspect(der: &[u8], what: &str) -> Result<((u64, u64), Vec<u8>, bool), CaError> {
+/// What the CA needs to know of a certificate.
+struct Inspected {
+    /// `notBefore`, `notAfter`, Unix seconds.
+    validity: (u64, u64),
+    /// The subject public key, as a key pair's `public_key_raw` gives it.
+    public_key: Vec<u8>,
+    /// basicConstraints CA:TRUE.
+    is_ca: bool,
+}
+
+/// Validity, subject public key and CA flag of a DER certificate.
+fn inspect(der: &[u8], what: &str) -> Result<Inspected, CaError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| CaError::Invalid(format!("{what}: not an X.509 certificate: {e}")))?;
     let validity = cert.validity();
     let secs = |t: ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0);
     let is_ca = cert.is_ca();
     let key = cert.public_key().subject_public_key.data.to_vec();
-    Ok((
-        (secs(validity.not_before), secs(validity.not_after)),
-        key,
+    Ok(Inspected {
+        validity: (secs(validity.not_before), secs(validity.not_after)),
+        public_key: key,
         is_ca,
-    ))
+    })
 }

@@ -200,12 +200,16 @@ fn an_operator_root_gets_an_intermediate_that_signs_workloads() {
     assert_eq!(ca.status().roots[0].fingerprint_sha256, fingerprint);
     let issued = ca.issue(&Csr::from_pem(&csr()).unwrap(), &web()).unwrap();
     assert_eq!(issued.chain_pem.len(), 2, "leaf and intermediate");
-    verify(&issued.chain_pem, &[root.cert_pem.clone()], f.clock.now())
-        .expect("chains to the operator's root");
+    verify(
+        &issued.chain_pem,
+        std::slice::from_ref(&root.cert_pem),
+        f.clock.now(),
+    )
+    .expect("chains to the operator's root");
     assert!(
         verify(
             &issued.chain_pem[..1],
-            &[root.cert_pem.clone()],
+            std::slice::from_ref(&root.cert_pem),
             f.clock.now()
         )
         .is_err()
