@@ -20,8 +20,9 @@
 //! - [`sources`] — endpoint sources behind one trait: a watched static file and DNS names
 //!   (registrations come through the store); Kubernetes EndpointSlices plug in later.
 //!
-//! Still to come (see ARCHITECTURE.md): `identity` (the CA; its keys and join tokens get their own table in
-//! the store).
+//! - [`identity`] — the mesh CA: `shoal.v1.Identity.Certify` (CSR + credential in, short-lived SPIFFE
+//!   certificate out), join tokens, and root rotation with the trust bundle pushed through discovery. Its keys
+//!   and token hashes live in the store's separate identity table.
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod cli;
 pub mod convert;
 pub mod discovery;
+pub mod identity;
 pub mod model;
 pub mod server;
 // Endpoint sources (static file, DNS; Kubernetes later) feeding discovery's hub.

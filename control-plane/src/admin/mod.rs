@@ -2,9 +2,10 @@
 //! concurrency, `Watch`, registration heartbeats and proxy sync status.
 //!
 //! Every error becomes a gRPC status in [`errors`] (the codes `admin.proto` documents); every call is counted
-//! in [`metrics`]. Join tokens and CA rotation answer `UNIMPLEMENTED` until the identity issue lands.
+//! in [`metrics`]. Join tokens and the CA (`identity`) are served over [`crate::identity::Identity`].
 
 mod errors;
+mod identity;
 pub mod metrics;
 mod registrations;
 mod request;
@@ -52,6 +53,8 @@ struct Inner {
     registrations: Arc<Registrations>,
     /// Turns true on [`AdminService::close`]; ends `Watch` streams and the expiry task.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The CA and join tokens; `None` for an embedded control plane without identity (and older tests).
+    identity: Option<crate::identity::Identity>,
 }
 
 impl AdminService {
@@ -60,6 +63,16 @@ impl AdminService {
     /// Spawns the registration expiry task, so call it inside a Tokio runtime. The task ends with
     /// [`Self::close`], or when the last clone of the service is dropped.
     pub fn new(store: Store, status: Arc<dyn StatusSource>) -> Self {
+        Self::with_identity(store, status, None)
+    }
+
+    /// Like [`Self::new`], also serving join tokens and the CA from `identity` (without it those calls
+    /// answer `FAILED_PRECONDITION`).
+    pub fn with_identity(
+        store: Store,
+        status: Arc<dyn StatusSource>,
+        identity: Option<crate::identity::Identity>,
+    ) -> Self {
         let (closing, closed) = tokio::sync::watch::channel(false);
         let registrations = Arc::new(Registrations::default());
         let expiry = registrations::expire(
@@ -74,6 +87,7 @@ impl AdminService {
             status,
             registrations,
             closing,
+            identity,
         };
         Self {
             inner: Arc::new(inner),
@@ -132,13 +146,6 @@ impl AdminService {
         proxies.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
         v1::StatusResponse { proxies }
     }
-}
-
-/// Join tokens and the CA are served by the identity issue's code.
-fn identity_pending(method: &str) -> Status {
-    Status::unimplemented(format!(
-        "{method} arrives with the identity issue: this control plane has no CA yet"
-    ))
 }
 
 #[tonic::async_trait]
@@ -214,36 +221,41 @@ impl Admin for AdminService {
 
     async fn create_join_token(
         &self,
-        _: Request<v1::CreateJoinTokenRequest>,
+        req: Request<v1::CreateJoinTokenRequest>,
     ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
-        metrics::request("CreateJoinToken", Err(identity_pending("CreateJoinToken")))
+        let result = self.create_token(req.into_inner()).await;
+        metrics::request("CreateJoinToken", result).map(Response::new)
     }
 
     async fn list_join_tokens(
         &self,
-        _: Request<v1::ListJoinTokensRequest>,
+        req: Request<v1::ListJoinTokensRequest>,
     ) -> Result<Response<v1::ListJoinTokensResponse>, Status> {
-        metrics::request("ListJoinTokens", Err(identity_pending("ListJoinTokens")))
+        let result = self.list_tokens(req.into_inner()).await;
+        metrics::request("ListJoinTokens", result).map(Response::new)
     }
 
     async fn revoke_join_token(
         &self,
-        _: Request<v1::RevokeJoinTokenRequest>,
+        req: Request<v1::RevokeJoinTokenRequest>,
     ) -> Result<Response<v1::RevokeJoinTokenResponse>, Status> {
-        metrics::request("RevokeJoinToken", Err(identity_pending("RevokeJoinToken")))
+        let result = self.revoke_token(req.into_inner()).await;
+        metrics::request("RevokeJoinToken", result).map(Response::new)
     }
 
     async fn rotate_ca(
         &self,
-        _: Request<v1::RotateCaRequest>,
+        req: Request<v1::RotateCaRequest>,
     ) -> Result<Response<v1::RotateCaResponse>, Status> {
-        metrics::request("RotateCa", Err(identity_pending("RotateCa")))
+        let result = self.rotate(req.into_inner()).await;
+        metrics::request("RotateCa", result).map(Response::new)
     }
 
     async fn ca_status(
         &self,
         _: Request<v1::CaStatusRequest>,
     ) -> Result<Response<v1::CaStatusResponse>, Status> {
-        metrics::request("CaStatus", Err(identity_pending("CaStatus")))
+        let result = self.ca_state();
+        metrics::request("CaStatus", result).map(Response::new)
     }
 }

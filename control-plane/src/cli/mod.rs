@@ -1,9 +1,11 @@
-//! `shoalctl`, the operator's command line: `apply`, `get`, `delete` and `status` over the Admin API.
+//! `shoalctl`, the operator's command line: `apply`, `get`, `delete`, `status`, `token` (join tokens) and `ca`
+//! (the mesh CA) over the Admin API.
 //!
 //! Exit codes (docs/shoalctl.md): 0 done; 1 the server rejected a request or a resource was not found;
 //! 2 bad usage or input (clap's own code for usage errors); 3 the control plane cannot be reached.
 
 mod apply;
+mod ca;
 mod client;
 mod error;
 mod get;
@@ -11,7 +13,10 @@ pub mod kinds;
 mod status;
 mod summary;
 mod table;
+mod token;
 pub mod yaml;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -74,6 +79,72 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },
+    /// Join tokens: the credential a workload outside Kubernetes uses to get its first certificate.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The mesh certificate authority: its roots, and root rotation.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `shoalctl token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token granting one identity; prints the token alone on stdout (details on stderr).
+    Create {
+        /// Namespace of the identity the token grants.
+        #[arg(short = 'n', long)]
+        namespace: String,
+        /// Service account of the identity the token grants.
+        #[arg(short = 's', long)]
+        service_account: String,
+        /// Lifetime, such as 30m or 2h (1 minute to 30 days; default 1h).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many certificates it may obtain; 0 (the default) is unlimited until it expires.
+        #[arg(long, default_value_t = 0)]
+        uses: u32,
+        /// `yaml` or `json`: the token and its details as one document on stdout.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+    /// List tokens that have not expired (never their secrets).
+    List {
+        /// Only tokens for this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// `yaml` or `json` instead of a table.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Revoke a token by its id (the part before the `.`); certificates issued with it stay valid.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+/// `shoalctl ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Show the roots in the trust bundle and any rotation in progress.
+    Status {
+        /// `yaml` or `json` instead of a table.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Rotate to a new root (generated, or --cert/--key); the old one stays trusted until its certificates expire.
+    Rotate {
+        /// The new root certificate (PEM); the control plane signs workloads with its own intermediate under it.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// The new root's private key (PKCS#8 PEM).
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
+        /// `yaml` or `json` instead of a table.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+    },
 }
 
 /// Output formats.
@@ -105,6 +176,31 @@ pub async fn run(cli: Cli) -> u8 {
         } => get::delete(server, &kind, &name, namespace.as_deref()).await,
         Command::Status { namespace, output } => {
             status::run(server, namespace.as_deref(), output).await
+        }
+        Command::Token(TokenCommand::Create {
+            namespace,
+            service_account,
+            ttl,
+            uses,
+            output,
+        }) => {
+            token::create(
+                server,
+                &namespace,
+                &service_account,
+                ttl.as_deref(),
+                uses,
+                output,
+            )
+            .await
+        }
+        Command::Token(TokenCommand::List { namespace, output }) => {
+            token::list(server, namespace.as_deref(), output).await
+        }
+        Command::Token(TokenCommand::Revoke { id }) => token::revoke(server, &id).await,
+        Command::Ca(CaCommand::Status { output }) => ca::status(server, output).await,
+        Command::Ca(CaCommand::Rotate { cert, key, output }) => {
+            ca::rotate(server, cert.as_deref(), key.as_deref(), output).await
         }
     };
     match result {

@@ -8,6 +8,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::identity::spiffe::TrustDomain;
+
+/// Shortest and longest workload certificate lifetimes accepted in [`env::CERT_TTL`].
+pub const CERT_TTL_BOUNDS: (Duration, Duration) = (
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 24 * 3600),
+);
 
 /// Names of every environment variable, in one place.
 pub mod env {
@@ -25,6 +34,14 @@ pub mod env {
     pub const LOG_FORMAT: &str = "SHOAL_LOG_FORMAT";
     /// Endpoints file: static endpoints and DNS names (endpoint sources); unset means none.
     pub const ENDPOINTS_FILE: &str = "SHOAL_CP_ENDPOINTS_FILE";
+    /// Trust domain of the SPIFFE ids the CA issues.
+    pub const TRUST_DOMAIN: &str = "SHOAL_CP_TRUST_DOMAIN";
+    /// Lifetime of workload certificates.
+    pub const CERT_TTL: &str = "SHOAL_CP_CERT_TTL";
+    /// The operator's root certificate (PEM); with [`CA_KEY_FILE`], the CA runs an intermediate under it.
+    pub const CA_CERT_FILE: &str = "SHOAL_CP_CA_CERT_FILE";
+    /// The private key (PKCS#8 PEM, mode 0600) of [`CA_CERT_FILE`].
+    pub const CA_KEY_FILE: &str = "SHOAL_CP_CA_KEY_FILE";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -38,6 +55,10 @@ pub mod env {
         LOG,
         LOG_FORMAT,
         ENDPOINTS_FILE,
+        TRUST_DOMAIN,
+        CERT_TTL,
+        CA_CERT_FILE,
+        CA_KEY_FILE,
     ];
 }
 
@@ -129,6 +150,12 @@ pub struct Config {
     /// The endpoints file of the `file` and `dns` endpoint sources (see `crate::sources`); `None` (the
     /// default) runs no endpoint source.
     pub endpoints_file: Option<PathBuf>,
+    /// Trust domain of issued SPIFFE ids. Default `cluster.local`.
+    pub trust_domain: TrustDomain,
+    /// Lifetime of workload certificates, 5 minutes to 30 days. Default 24 hours.
+    pub cert_ttl: Duration,
+    /// The operator's root certificate and key files; `None` (the default): a self-generated root.
+    pub ca_root: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -158,6 +185,57 @@ impl Config {
                 });
             }
         };
+        let trust_domain = match settings.get(env::TRUST_DOMAIN) {
+            None => TrustDomain::default(),
+            Some(raw) => TrustDomain::parse(raw).map_err(|expected| ConfigError::Invalid {
+                setting: env::TRUST_DOMAIN,
+                value: raw.to_owned(),
+                expected,
+            })?,
+        };
+        let cert_ttl = match settings.get(env::CERT_TTL) {
+            None => Duration::from_secs(24 * 3600),
+            Some(raw) => {
+                let (min, max) = CERT_TTL_BOUNDS;
+                let invalid = || ConfigError::Invalid {
+                    setting: env::CERT_TTL,
+                    value: raw.to_owned(),
+                    expected: "a duration from 5m to 30d, such as 24h".to_owned(),
+                };
+                let ttl = humantime::parse_duration(raw).map_err(|_| invalid())?;
+                if ttl < min || ttl > max {
+                    return Err(invalid());
+                }
+                ttl
+            }
+        };
+        let ca_root = match (
+            settings.get(env::CA_CERT_FILE),
+            settings.get(env::CA_KEY_FILE),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+            (Some(cert), None) => {
+                return Err(ConfigError::Invalid {
+                    setting: env::CA_KEY_FILE,
+                    value: String::new(),
+                    expected: format!(
+                        "the root's private key file, required with {}={cert}",
+                        env::CA_CERT_FILE
+                    ),
+                });
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError::Invalid {
+                    setting: env::CA_CERT_FILE,
+                    value: String::new(),
+                    expected: format!(
+                        "the root certificate file, required with {}={key}",
+                        env::CA_KEY_FILE
+                    ),
+                });
+            }
+        };
         let config = Self {
             admin_addr: addr(env::ADMIN_ADDR, "127.0.0.1:15011")?,
             discovery_addr: addr(env::DISCOVERY_ADDR, "0.0.0.0:15010")?,
@@ -166,6 +244,9 @@ impl Config {
             log: settings.get(env::LOG).unwrap_or("info").to_owned(),
             log_format,
             endpoints_file: settings.get(env::ENDPOINTS_FILE).map(PathBuf::from),
+            trust_domain,
+            cert_ttl,
+            ca_root,
         };
         config.check_distinct()?;
         Ok(config)
@@ -256,5 +337,31 @@ mod tests {
             config(&[("SHOAL_OUTBOUND_ADDR", "x")]).is_ok(),
             "proxy settings are ignored"
         );
+    }
+
+    #[test]
+    fn identity_settings_are_checked() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.trust_domain.as_str(), "cluster.local");
+        assert_eq!(defaults.cert_ttl, Duration::from_secs(86400));
+        assert!(defaults.ca_root.is_none());
+        let set = config(&[(env::TRUST_DOMAIN, "mesh.example"), (env::CERT_TTL, "1h")]).unwrap();
+        assert_eq!(set.trust_domain.as_str(), "mesh.example");
+        assert_eq!(set.cert_ttl, Duration::from_secs(3600));
+        for (setting, value) in [
+            (env::TRUST_DOMAIN, "Mesh_Example"),
+            (env::CERT_TTL, "1m"),
+            (env::CERT_TTL, "90d"),
+            (env::CERT_TTL, "soon"),
+            (env::CA_CERT_FILE, "/etc/shoal/root.pem"),
+        ] {
+            let error = config(&[(setting, value)]).unwrap_err().to_string();
+            let named = if setting == env::CA_CERT_FILE {
+                env::CA_KEY_FILE
+            } else {
+                setting
+            };
+            assert!(error.contains(named), "{error}");
+        }
     }
 }

@@ -38,5 +38,6 @@ fn install() -> PrometheusHandle {
     }
     crate::admin::metrics::describe();
     crate::discovery::describe_metrics();
+    crate::identity::metrics::describe();
     handle
 }

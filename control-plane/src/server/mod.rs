@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   SHOAL_CP_ADMIN_ADDR     127.0.0.1:15011  gRPC  Admin      (operators, shoalctl)
-//!   SHOAL_CP_DISCOVERY_ADDR 0.0.0.0:15010    gRPC  Discovery  (proxies)
+//!   SHOAL_CP_DISCOVERY_ADDR 0.0.0.0:15010    gRPC  Discovery + Identity (proxies)
 //!   SHOAL_CP_METRICS_ADDR   0.0.0.0:15014    HTTP  /metrics /ready /live
 //!   SHOAL_CP_DATA_DIR       ./shoal-data     the store's data file, store.redb
 //!   SHOAL_CP_ENDPOINTS_FILE (unset)          static endpoints and DNS names (crate::sources)
@@ -30,6 +30,7 @@ use tonic::transport::server::TcpIncoming;
 pub use config::{Config, ConfigError, LogFormat, Settings};
 
 use crate::admin::{AdminService, StatusSource};
+use crate::identity::{CaSettings, Identity, RootFiles, SystemClock, bundle};
 use crate::store::{self, Store};
 
 /// How long shutdown waits for in-flight calls and streams before the process exits anyway.
@@ -64,6 +65,9 @@ pub enum ServerError {
     /// The endpoints file (`SHOAL_CP_ENDPOINTS_FILE`) is missing or invalid at start-up.
     #[error("{0} ({setting})", setting = config::env::ENDPOINTS_FILE)]
     Sources(#[from] crate::sources::FileError),
+    /// The CA cannot be loaded or created (SHOAL_CP_CA_CERT_FILE / SHOAL_CP_CA_KEY_FILE, or the store).
+    #[error("cannot start the CA: {0}")]
+    Ca(#[from] crate::identity::CaError),
     /// A gRPC listener stopped with an error.
     #[error("the {listener} listener failed: {source}")]
     Serve {
@@ -77,7 +81,7 @@ pub enum ServerError {
 
 /// What the discovery listener serves, and where `Admin.Status` learns about proxies.
 pub struct DiscoveryParts {
-    /// The gRPC services of the discovery listener (Discovery; Identity later).
+    /// The gRPC services of the discovery listener (Discovery and Identity).
     pub routes: Routes,
     /// Connected proxies and their sync state.
     pub status: Arc<dyn StatusSource>,
@@ -92,10 +96,22 @@ pub struct DiscoveryParts {
 fn discovery(
     store: &Store,
     sources: Option<crate::sources::Sources>,
+    identity: &Identity,
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
     let hub = crate::discovery::Hub::new();
     tokio::spawn(hub.clone().follow(store.clone()));
+    // The trust bundle is a discovery resource; the upkeep task retires rotated-out roots on time.
+    tokio::spawn(bundle::publish(
+        identity.clone(),
+        hub.clone(),
+        closing.clone(),
+    ));
+    tokio::spawn(bundle::upkeep(
+        identity.clone(),
+        bundle::UPKEEP_INTERVAL,
+        closing.clone(),
+    ));
     // Endpoint sources (SHOAL_CP_ENDPOINTS_FILE) publish into the same hub as the store.
     if let Some(sources) = sources {
         sources.start(&hub, closing.clone());
@@ -105,8 +121,10 @@ fn discovery(
         let _ = closing.wait_for(|closed| *closed).await;
         on_close.shutdown();
     });
+    let routes = Routes::new(crate::discovery::DiscoveryService::new(hub.clone()).into_server())
+        .add_service(identity.certify_service().into_server());
     DiscoveryParts {
-        routes: Routes::new(crate::discovery::DiscoveryService::new(hub.clone()).into_server()),
+        routes,
         status: hub,
     }
 }
@@ -119,6 +137,8 @@ pub struct ControlPlane {
     metrics: TcpListener,
     /// The endpoint sources, loaded in `bind` so that an invalid endpoints file stops start-up.
     sources: Option<crate::sources::Sources>,
+    /// The CA and join tokens, loaded (or created) in `bind`.
+    identity: Identity,
 }
 
 impl ControlPlane {
@@ -136,6 +156,7 @@ impl ControlPlane {
             path: config.data_dir.clone(),
             source: std::io::Error::other(e),
         })??;
+        let identity = open_identity(config, store.clone()).await?;
         let sources = match &config.endpoints_file {
             Some(path) => Some(crate::sources::Sources::load(path).await?),
             None => None,
@@ -143,6 +164,7 @@ impl ControlPlane {
         Ok(Self {
             store,
             sources,
+            identity,
             admin: bind(config::env::ADMIN_ADDR, config.admin_addr).await?,
             discovery: bind(config::env::DISCOVERY_ADDR, config.discovery_addr).await?,
             metrics: bind(config::env::METRICS_ADDR, config.metrics_addr).await?,
@@ -169,6 +191,11 @@ impl ControlPlane {
         &self.store
     }
 
+    /// The CA and join tokens.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, ends `Watch` and discovery streams, and
     /// waits up to [`SHUTDOWN_GRACE`] for in-flight calls.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -179,8 +206,12 @@ impl ControlPlane {
         );
         let prometheus = metrics::recorder();
         let (close, closing) = watch::channel(false);
-        let parts = discovery(&self.store, self.sources, closing.clone());
-        let admin = AdminService::new(self.store.clone(), parts.status);
+        let parts = discovery(&self.store, self.sources, &self.identity, closing.clone());
+        let admin = AdminService::with_identity(
+            self.store.clone(),
+            parts.status,
+            Some(self.identity.clone()),
+        );
         let ready = Arc::new(AtomicBool::new(false));
 
         tokio::spawn(http::serve(
@@ -230,6 +261,33 @@ impl ControlPlane {
         tracing::info!("control plane stopped");
         Ok(())
     }
+}
+
+/// Loads the CA (and reads the operator's root files, if configured) on a blocking thread.
+async fn open_identity(config: &Config, store: Store) -> Result<Identity, ServerError> {
+    let (trust_domain, cert_ttl, files) = (
+        config.trust_domain.clone(),
+        config.cert_ttl,
+        config.ca_root.clone(),
+    );
+    let opened = tokio::task::spawn_blocking(move || {
+        let root = match files {
+            Some((cert, key)) => Some(RootFiles::read(&cert, &key)?),
+            None => None,
+        };
+        let settings = CaSettings {
+            trust_domain,
+            cert_ttl,
+            root,
+        };
+        Identity::open(store, settings, Arc::new(SystemClock))
+    });
+    let identity = opened.await.map_err(|e| {
+        ServerError::Ca(crate::identity::CaError::Generate(format!(
+            "CA start-up task failed: {e}"
+        )))
+    })??;
+    Ok(identity)
 }
 
 /// Opens everything and serves until `shutdown` completes.

@@ -7,7 +7,8 @@
 //!   `compacted_through` (the newest pruned tombstone's version: the change feed starts after it).
 //! - `resources` (`"<kind>/<namespace>/<name>"` → [`Record`]): every live resource and every tombstone. Names
 //!   and namespaces are DNS labels, so `/` cannot be part of them.
-//! - `identity`: reserved for the identity issue (CA key material, join tokens); not used yet.
+//! - `identity` (`&str` → bytes): CA key material (`ca/state`) and join-token hashes (`token/<id>`), written
+//!   and read by `crate::identity` through `Store::secret_*` (see `secrets.rs`).
 //!
 //! Records are prost-encoded `shoal.v1.Resource` messages (wrapped with the versions the store keeps). The wire
 //! contract already only evolves compatibly (new fields get new numbers), so the file stays readable across
@@ -28,7 +29,7 @@ use crate::model::{Resource, ResourceKey};
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 
-/// Reserved for the identity issue: CA private keys and certificates, join-token hashes. Kept apart from
+/// CA private keys and certificates, join-token hashes (`crate::identity`). Kept apart from
 /// `resources` so that listing, watching and discovery can never expose a secret, and so these records can
 /// have their own format. (This is also why the data file is created readable by its owner only.)
 pub(crate) const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");

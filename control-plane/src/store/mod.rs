@@ -23,6 +23,7 @@ mod error;
 #[cfg(test)]
 mod feed_tests;
 mod index;
+mod secrets;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 
 pub use change::{Change, Changes, Listing, StoredResource, Tombstone};
 pub use error::{Error, Result};
+pub use secrets::SecretWrite;
 
 use crate::model::{Resource, ResourceKey, ResourceKind};
 use index::Index;

@@ -17,12 +17,20 @@ pub struct ControlPlane {
     pub admin: String,
     /// The metrics listener's address.
     pub metrics: String,
+    /// `http://` + the discovery (and identity) listener's address.
+    pub discovery: String,
 }
 
 impl ControlPlane {
     /// Starts it on `data_dir`, and waits (20 s at most) until it is ready.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like [`Self::start`], with extra `SHOAL_*` settings.
+    pub fn start_with(data_dir: &Path, settings: &[(&str, &str)]) -> Self {
         let child = Command::new(CONTROL_PLANE)
+            .envs(settings.iter().copied())
             .env("SHOAL_CP_ADMIN_ADDR", "127.0.0.1:0")
             .env("SHOAL_CP_DISCOVERY_ADDR", "127.0.0.1:0")
             .env("SHOAL_CP_METRICS_ADDR", "127.0.0.1:0")
@@ -37,6 +45,7 @@ impl ControlPlane {
             child,
             admin: String::new(),
             metrics: String::new(),
+            discovery: String::new(),
         };
         let stdout = cp.child.stdout.take().expect("piped stdout");
         let (lines, ready) = mpsc::channel();
@@ -58,6 +67,10 @@ impl ControlPlane {
             if log["message"] == "control plane ready" {
                 let admin = log["admin_addr"].as_str().expect("admin_addr field");
                 cp.admin = format!("http://{admin}");
+                let discovery = log["discovery_addr"]
+                    .as_str()
+                    .expect("discovery_addr field");
+                cp.discovery = format!("http://{discovery}");
                 cp.metrics = log["metrics_addr"]
                     .as_str()
                     .expect("metrics_addr field")

@@ -5,8 +5,11 @@
 //! - `round_trip`: apply every kind, `get -o yaml` applies again unchanged, tables, JSON, delete.
 //! - `errors`: every bad input gets a clear message and the documented exit code.
 //! - `restart`: resources and versions survive a restart on the same data directory.
+//! - `identity`: `token` and `ca` commands, a certificate from the real binary's Identity service, the CA
+//!   (and a rotation in progress) surviving a restart, and CA settings that stop start-up.
 
 mod errors;
 mod harness;
+mod identity;
 mod restart;
 mod round_trip;

@@ -1,0 +1,80 @@
+//! The trust bundle in discovery, and the upkeep that keeps it honest: every root change (rotation,
+//! retirement) becomes a new `TrustBundle` resource named after the trust domain, pushed to subscribed
+//! proxies like any other resource change; retiring roots leave it at their `retire_at`.
+
+use std::time::Duration;
+
+use shoal_proto::v1::{self, discovery_resource::Payload};
+use tokio::sync::watch;
+
+use super::{Identity, metrics};
+use crate::discovery::Hub;
+use crate::discovery::catalog::{Contribution, key};
+
+/// The discovery catalog source the trust bundle is published under.
+pub const SOURCE: &str = "identity/trust-bundle";
+/// How often the upkeep task checks for due retirements (cheap: an in-memory comparison).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired join-token records are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Publishes the CA's trust bundle into `hub` now and on every change, until `closing` turns true.
+pub async fn publish(
+    identity: Identity,
+    hub: std::sync::Arc<Hub>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut roots = identity.ca.bundle();
+    let trust_domain = identity.ca.trust_domain().to_string();
+    loop {
+        let current = roots.borrow_and_update().clone();
+        metrics::roots(current.len());
+        let bundle = v1::TrustBundle {
+            trust_domain: trust_domain.clone(),
+            roots_pem: current,
+        };
+        let entry = (
+            key(v1::ResourceType::TrustBundle, trust_domain.clone()),
+            Contribution::Whole(Payload::TrustBundle(bundle)),
+        );
+        hub.set_source(SOURCE, vec![entry]);
+        tokio::select! {
+            changed = roots.changed() => if changed.is_err() { return },
+            _ = closing.wait_for(|c| *c) => return,
+        }
+    }
+}
+
+/// Retires roots when due (checking every `interval`) and prunes expired join tokens, until `closing`
+/// turns true.
+pub async fn upkeep(identity: Identity, interval: Duration, mut closing: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+        let now = identity.clock.unix_seconds();
+        if identity.ca.next_retirement().is_some_and(|at| at <= now) {
+            let ca = identity.ca.clone();
+            match tokio::task::spawn_blocking(move || ca.retire_due()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot retire the old CA root; retrying"),
+                Err(error) => tracing::warn!(%error, "CA retirement task failed; retrying"),
+            }
+        }
+        if last_prune.elapsed() >= PRUNE_INTERVAL {
+            last_prune = tokio::time::Instant::now();
+            let tokens = identity.join_tokens.clone();
+            match tokio::task::spawn_blocking(move || tokens.prune_expired()).await {
+                Ok(Ok(pruned)) if pruned > 0 => {
+                    tracing::info!(pruned, "expired join tokens removed")
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "cannot prune expired join tokens"),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `shoal.v1.Identity.Certify`: a proxy's CSR and credential in, a workload certificate out. Checks run
+//! cheapest first and the credential last, so a garbage request never consumes a token use.
+
+use std::sync::Arc;
+
+use shoal_proto::v1;
+use shoal_proto::v1::identity_server::{Identity as IdentityRpc, IdentityServer};
+use tonic::{Request, Response, Status};
+
+use super::ca::{Ca, Csr};
+use super::credentials::{CredentialVerifier, Refusal};
+use super::metrics;
+use super::spiffe::WorkloadId;
+
+/// The Identity service: the CA plus the verifier of each credential kind.
+#[derive(Clone)]
+pub struct CertifyService {
+    ca: Arc<Ca>,
+    join_tokens: Arc<dyn CredentialVerifier>,
+    /// `None` in standalone mode: Kubernetes tokens are refused with a message saying so.
+    kubernetes: Option<Arc<dyn CredentialVerifier>>,
+}
+
+impl CertifyService {
+    /// The service over `ca`, verifying join tokens with `join_tokens` and Kubernetes tokens with
+    /// `kubernetes` (when configured).
+    pub fn new(
+        ca: Arc<Ca>,
+        join_tokens: Arc<dyn CredentialVerifier>,
+        kubernetes: Option<Arc<dyn CredentialVerifier>>,
+    ) -> Self {
+        Self {
+            ca,
+            join_tokens,
+            kubernetes,
+        }
+    }
+
+    /// The generated server wrapper, ready to add to a tonic router.
+    pub fn into_server(self) -> IdentityServer<Self> {
+        IdentityServer::new(self)
+    }
+
+    async fn certify(&self, req: v1::CertifyRequest) -> Result<v1::CertifyResponse, Refused> {
+        let requested = WorkloadId::new(&req.namespace, &req.service_account)
+            .map_err(|e| Refused::invalid("invalid_request", e))?;
+        let csr = match &req.csr {
+            Some(v1::certify_request::Csr::CsrPem(pem)) => Csr::from_pem(pem),
+            Some(v1::certify_request::Csr::CsrDer(der)) => Csr::from_der(der),
+            None => Err("csr: required: a PKCS#10 CSR in csr_pem or csr_der".to_owned()),
+        };
+        let csr = csr.map_err(|e| Refused::invalid("invalid_csr", e))?;
+        let (verifier, credential) = match &req.credential {
+            Some(v1::certify_request::Credential::JoinToken(token)) => {
+                (self.join_tokens.clone(), token.as_str())
+            }
+            Some(v1::certify_request::Credential::KubernetesServiceAccountToken(token)) => {
+                let Some(kubernetes) = &self.kubernetes else {
+                    return Err(Refused::unauthenticated(
+                        "invalid_credential",
+                        "kubernetes_service_account_token: this control plane does not verify Kubernetes tokens (standalone mode); use a join token",
+                    ));
+                };
+                (kubernetes.clone(), token.as_str())
+            }
+            None => {
+                return Err(Refused::unauthenticated(
+                    "missing_credential",
+                    "credential: required: a join_token or a kubernetes_service_account_token",
+                ));
+            }
+        };
+        let granted =
+            (verifier.verify(credential, &requested).await).map_err(|refusal| Refused {
+                reason: refusal.reason(),
+                status: refusal.status(self.ca.trust_domain()),
+            })?;
+        let (ca, csr_id) = (self.ca.clone(), granted.clone());
+        // Signing is a few hundred microseconds of ECDSA: off the async workers with the rest of the CA.
+        let issued = tokio::task::spawn_blocking(move || ca.issue(&csr, &csr_id))
+            .await
+            .map_err(|e| Refused::unavailable(format!("signing failed: {e}")))?
+            .map_err(|e| Refused::unavailable(format!("signing failed: {e}")))?;
+        tracing::info!(
+            spiffe_id = %issued.spiffe_id,
+            not_after = issued.not_after,
+            root = %issued.root_fingerprint,
+            "workload certificate issued"
+        );
+        Ok(v1::CertifyResponse {
+            certificate_chain_pem: issued.chain_pem,
+            trust_bundle_pem: issued.trust_bundle_pem,
+            not_after_unix_seconds: issued.not_after,
+            spiffe_id: issued.spiffe_id,
+        })
+    }
+}
+
+/// A refused `Certify`: the gRPC answer and the metric's reason.
+struct Refused {
+    reason: &'static str,
+    status: Status,
+}
+
+impl Refused {
+    fn invalid(reason: &'static str, message: String) -> Self {
+        Self {
+            reason,
+            status: Status::invalid_argument(message),
+        }
+    }
+
+    fn unauthenticated(reason: &'static str, message: &str) -> Self {
+        Self {
+            reason,
+            status: Status::unauthenticated(message),
+        }
+    }
+
+    fn unavailable(message: String) -> Self {
+        Self {
+            reason: Refusal::Unavailable(String::new()).reason(),
+            status: Status::unavailable(message),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityRpc for CertifyService {
+    async fn certify(
+        &self,
+        request: Request<v1::CertifyRequest>,
+    ) -> Result<Response<v1::CertifyResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let req = request.into_inner();
+        // Logged as requested, never the credential.
+        let (namespace, service_account) = (req.namespace.clone(), req.service_account.clone());
+        match self.certify(req).await {
+            Ok(response) => {
+                metrics::issued();
+                Ok(Response::new(response))
+            }
+            Err(refused) => {
+                metrics::refused(refused.reason);
+                tracing::warn!(
+                    %peer,
+                    namespace,
+                    service_account,
+                    reason = refused.reason,
+                    error = refused.status.message(),
+                    "workload certificate refused"
+                );
+                Err(refused.status)
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Kubernetes projected service-account tokens, verified through the TokenReview API. The HTTP client that
+//! calls the API server belongs to the Kubernetes integration; here is the verifier over a [`TokenReview`]
+//! trait object, so it is tested with a fake.
+
+use std::sync::Arc;
+
+use super::{CredentialVerifier, Refusal};
+use crate::identity::spiffe::WorkloadId;
+
+/// What the API server answered to a TokenReview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenReviewResult {
+    /// `status.authenticated`.
+    pub authenticated: bool,
+    /// `status.user.username`, e.g. `system:serviceaccount:shop:web`.
+    pub username: String,
+    /// `status.audiences` the token was accepted for.
+    pub audiences: Vec<String>,
+    /// `status.error`, when not authenticated.
+    pub error: String,
+}
+
+/// Calls the Kubernetes TokenReview API (`authentication.k8s.io/v1`).
+#[tonic::async_trait]
+pub trait TokenReview: Send + Sync {
+    /// Reviews `token` for `audiences`; `Err` when the API cannot be reached (the message says why).
+    async fn review(&self, token: &str, audiences: &[String]) -> Result<TokenReviewResult, String>;
+}
+
+/// Verifies Kubernetes service-account tokens: authenticated, for our audience, and naming the requested
+/// service account.
+#[derive(Clone)]
+pub struct KubernetesTokens {
+    review: Arc<dyn TokenReview>,
+    audiences: Vec<String>,
+}
+
+impl KubernetesTokens {
+    /// A verifier asking `review`, requiring one of `audiences` (e.g. `shoal`) in the accepted token.
+    pub fn new(review: Arc<dyn TokenReview>, audiences: Vec<String>) -> Self {
+        Self { review, audiences }
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialVerifier for KubernetesTokens {
+    async fn verify(
+        &self,
+        credential: &str,
+        requested: &WorkloadId,
+    ) -> Result<WorkloadId, Refusal> {
+        if credential.trim().is_empty() {
+            return Err(Refusal::Malformed(
+                "kubernetes_service_account_token is empty".into(),
+            ));
+        }
+        let result = (self.review.review(credential, &self.audiences).await)
+            .map_err(|e| Refusal::Unavailable(format!("Kubernetes TokenReview failed: {e}")))?;
+        if !result.authenticated {
+            let why = if result.error.is_empty() {
+                "not authenticated"
+            } else {
+                &result.error
+            };
+            // The API server says "expired" in its error for expired tokens; keep that distinction.
+            return Err(if why.contains("expired") {
+                Refusal::Expired(format!("Kubernetes service-account token rejected: {why}"))
+            } else {
+                Refusal::Unknown(format!("Kubernetes service-account token rejected: {why}"))
+            });
+        }
+        if !self.audiences.is_empty()
+            && !result.audiences.iter().any(|a| self.audiences.contains(a))
+        {
+            return Err(Refusal::Malformed(format!(
+                "Kubernetes service-account token is for audiences {:?}, expected one of {:?}",
+                result.audiences, self.audiences
+            )));
+        }
+        let parts: Vec<&str> = result.username.split(':').collect();
+        let granted = match parts.as_slice() {
+            ["system", "serviceaccount", ns, sa] => WorkloadId::new(ns, sa).ok(),
+            _ => None,
+        };
+        let Some(granted) = granted else {
+            return Err(Refusal::Malformed(format!(
+                "Kubernetes token authenticates {:?}, not a service account (system:serviceaccount:<ns>:<sa>)",
+                result.username
+            )));
+        };
+        if granted != *requested {
+            return Err(Refusal::NotGranted {
+                what: "Kubernetes service-account token".into(),
+                granted,
+                requested: requested.clone(),
+            });
+        }
+        Ok(granted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(Result<TokenReviewResult, String>);
+
+    #[tonic::async_trait]
+    impl TokenReview for Fake {
+        async fn review(
+            &self,
+            token: &str,
+            audiences: &[String],
+        ) -> Result<TokenReviewResult, String> {
+            assert_eq!(token, "jwt");
+            assert_eq!(audiences, ["shoal"]);
+            self.0.clone()
+        }
+    }
+
+    fn verifier(result: Result<TokenReviewResult, String>) -> KubernetesTokens {
+        KubernetesTokens::new(Arc::new(Fake(result)), vec!["shoal".into()])
+    }
+
+    fn ok(username: &str) -> Result<TokenReviewResult, String> {
+        Ok(TokenReviewResult {
+            authenticated: true,
+            username: username.into(),
+            audiences: vec!["shoal".into()],
+            error: String::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn service_account_tokens_grant_their_service_account_only() {
+        let web = WorkloadId::new("shop", "web").unwrap();
+        let admin = WorkloadId::new("shop", "admin").unwrap();
+        let granted = verifier(ok("system:serviceaccount:shop:web"))
+            .verify("jwt", &web)
+            .await;
+        assert_eq!(granted, Ok(web.clone()));
+        let refused = verifier(ok("system:serviceaccount:shop:web"))
+            .verify("jwt", &admin)
+            .await;
+        assert_eq!(refused.unwrap_err().reason(), "identity_not_granted");
+        let user = verifier(ok("alice")).verify("jwt", &web).await.unwrap_err();
+        assert!(user.to_string().contains("not a service account"), "{user}");
+
+        let mut wrong_audience = ok("system:serviceaccount:shop:web").unwrap();
+        wrong_audience.audiences = vec!["https://kubernetes.default.svc".into()];
+        let refused = verifier(Ok(wrong_audience))
+            .verify("jwt", &web)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("audiences"), "{refused}");
+
+        let expired = TokenReviewResult {
+            authenticated: false,
+            error: "token has expired".into(),
+            ..ok("").unwrap()
+        };
+        let refused = verifier(Ok(expired)).verify("jwt", &web).await.unwrap_err();
+        assert_eq!(refused.reason(), "expired_credential");
+        let down = verifier(Err("connection refused".into()))
+            .verify("jwt", &web)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            down.status(&Default::default()).code(),
+            tonic::Code::Unavailable
+        );
+    }
+}
