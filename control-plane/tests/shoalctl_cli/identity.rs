@@ -5,7 +5,7 @@ use std::process::Command;
 
 use shoal_proto::v1;
 
-use super::harness::{CONTROL_PLANE, ControlPlane, expect, shoalctl, text};
+use super::harness::{CONTROL_PLANE, ControlPlane, expect, http_get, shoalctl, text};
 
 fn ca_status(server: &str) -> serde_json::Value {
     let out = expect(
@@ -77,6 +77,16 @@ fn tokens_from_shoalctl_get_certificates_from_the_discovery_listener() {
     assert_eq!(issued.spiffe_id, "spiffe://cluster.local/ns/shop/sa/web");
     let again = certify(&cp.discovery, token, "shop", "web").expect_err("single use");
     assert_eq!(again.code(), tonic::Code::Unauthenticated);
+    let metrics = http_get(&cp.metrics, "/metrics");
+    assert!(
+        metrics.contains("shoal_cp_certificates_issued_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shoal_cp_certificates_refused_total{reason=\"exhausted_credential\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shoal_cp_ca_roots 1"), "{metrics}");
 
     let table = expect(
         &shoalctl(&cp.admin, &["token", "list"], ""),
