@@ -41,12 +41,18 @@ fn ensure_proxy_binary() {
 
 /// `GET /` with `host` and `extra` header lines: status and body.
 fn get(addr: &str, host: &str, extra: &str) -> Option<(u16, String)> {
+    get_path(addr, host, "/", extra)
+}
+
+/// `GET path` with `host` and `extra` header lines: status and body.
+fn get_path(addr: &str, host: &str, path: &str, extra: &str) -> Option<(u16, String)> {
     let addr: SocketAddr = addr.parse().ok()?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\n{extra}connection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
@@ -193,6 +199,29 @@ fn shoal_up_runs_a_mesh_shifts_traffic_and_stops_cleanly() {
     }
     let status = shoalctl(&server, &["status"], "");
     assert!(status.contains("frontend"), "{status}");
+    // Sidecar to sidecar is mTLS: each sidecar holds its workload's SPIFFE id, and the backend's
+    // strict inbound side refuses a plain-text caller.
+    let backend = workload("backend-v1");
+    let (_, identity) = get_path(
+        backend["admin"].as_str().expect("admin"),
+        "x",
+        "/config",
+        "",
+    )
+    .expect("backend-v1's /config");
+    assert!(
+        identity.contains("spiffe://cluster.local/ns/default/sa/backend-v1"),
+        "{identity}"
+    );
+    let plain = get(
+        backend["inbound"].as_str().expect("inbound"),
+        "backend-v1",
+        "",
+    );
+    assert!(
+        plain.is_none(),
+        "plain text reached a strict sidecar: {plain:?}"
+    );
 
     // SIGTERM: exit 0 within the deadline, every child gone, every port closed, the temp dir removed.
     let pid = up.0.id().to_string();

@@ -39,7 +39,7 @@ impl Summary<'_> {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nshoal up: a local mesh is running. Ctrl-C stops it.\n"
+            "\nshoal up: a local mesh is running. Ctrl-C stops it.\n\n  Every sidecar holds a SPIFFE certificate from the control plane's CA; calls between sidecars ride\n  mTLS, and backend and greeter accept nothing else (strict). The frontend is permissive, for curl.\n"
         );
         let _ = writeln!(
             out,
@@ -78,8 +78,11 @@ Try:
   # shift 20% of backend's traffic to v2 (then 0 and 100), and run the loop again:
   {shoalctl} apply -f - <<EOF
 {route}EOF
-  # a sidecar's view: its routes and endpoints, and its sync state with the control plane
+  # a sidecar's view: its routes and endpoints, its sync state and its identity (SPIFFE id, expiry)
   curl http://{admin}/config
+  # the mesh CA, and a CA rotation with no failed request (the new root reaches every sidecar first)
+  {shoalctl} ca status
+  {shoalctl} ca rotate
 
 Resources applied: {mesh}   logs: {logs}
 ",

@@ -22,6 +22,8 @@ pub struct Running {
     pub metrics: SocketAddr,
     /// The store, for applying the demo's resources without a round trip.
     pub store: Store,
+    /// The CA and join tokens, for the sidecars' credentials.
+    pub identity: crate::identity::Identity,
     stop: Option<oneshot::Sender<()>>,
     /// The serving task; it ends only on `stop` or when a listener fails.
     pub task: JoinHandle<Result<(), ServerError>>,
@@ -45,6 +47,7 @@ pub async fn start(data_dir: &Path, ports: [u16; 3]) -> Result<Running, String> 
         .map_err(|e| format!("the control plane cannot start: {e}"))?;
     let (admin, discovery, metrics) = (cp.admin_addr(), cp.discovery_addr(), cp.metrics_addr());
     let store = cp.store().clone();
+    let identity = cp.identity().clone();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(cp.serve(async {
         let _ = stopped.await;
@@ -54,6 +57,7 @@ pub async fn start(data_dir: &Path, ports: [u16; 3]) -> Result<Running, String> 
         discovery,
         metrics,
         store,
+        identity,
         stop: Some(stop),
         task,
     })
@@ -90,6 +94,16 @@ pub fn apply(store: &Store, yaml: &str) -> Result<usize, String> {
     Ok(count)
 }
 
+/// A single-use join token for a demo workload's sidecar (service account = the workload's name).
+/// Blocking (the token is stored before it is returned): call from `spawn_blocking`.
+pub fn join_token(identity: &crate::identity::Identity, workload: &str) -> Result<String, String> {
+    identity
+        .join_tokens
+        .create("default", workload, None, 1)
+        .map(|t| t.token)
+        .map_err(|e| format!("cannot create a join token for {workload}: {e}"))
+}
+
 /// Where the control plane keeps its store inside the mesh's data directory.
 pub fn store_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("control-plane")
@@ -103,7 +117,7 @@ mod tests {
     fn the_demo_mesh_and_the_printed_routes_are_accepted() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path().join("store.redb")).expect("store");
-        let mesh = super::super::topology::mesh_yaml(|_| 15106);
+        let mesh = super::super::topology::mesh_yaml(|_| 15106, "cluster.local");
         assert_eq!(apply(&store, &mesh).expect("mesh applies"), 12);
         for percent in [0, 80, 100] {
             let route = super::super::topology::split_route(percent);

@@ -143,7 +143,8 @@ async fn start(
         let found = planned.iter().find(|(w, _)| w.name == name);
         found.map_or(0, |(_, a)| a.inbound.port())
     };
-    let mesh = topology::mesh_yaml(inbound);
+    let trust_domain = cp.identity.ca.trust_domain().to_string();
+    let mesh = topology::mesh_yaml(inbound, &trust_domain);
     let path = data_dir.join("mesh.yaml");
     std::fs::write(&path, &mesh).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let store = cp.store.clone();
@@ -162,7 +163,11 @@ async fn start(
         let log = logs.join(format!("{}.log", w.name));
         children.push(Process::spawn(format!("{} app", w.name), app, log)?);
         let app_pid = children.last().map_or(0, |p| p.pid);
-        let proxy = sidecar(proxy_bin, w, &a, cp.discovery);
+        let identity = cp.identity.clone();
+        let token = tokio::task::spawn_blocking(move || control::join_token(&identity, w.name))
+            .await
+            .map_err(|e| e.to_string())??;
+        let proxy = sidecar(proxy_bin, w, &a, cp.discovery, &token);
         let log = logs.join(format!("{}-sidecar.log", w.name));
         children.push(Process::spawn(format!("{} sidecar", w.name), proxy, log)?);
         let proxy_pid = children.last().map_or(0, |p| p.pid);
@@ -192,12 +197,14 @@ async fn start(
     Ok(started)
 }
 
-/// The sidecar of workload `w`: explicit mode on both sides, state from the control plane.
+/// The sidecar of workload `w`: explicit mode on both sides, state from the control plane, its
+/// certificate from the control plane's CA (redeeming `token`).
 fn sidecar(
     bin: &Path,
     w: &Workload,
     a: &Addrs,
     discovery: std::net::SocketAddr,
+    token: &str,
 ) -> tokio::process::Command {
     let mut cmd = process::command(bin);
     cmd.envs([
@@ -209,6 +216,8 @@ fn sidecar(
         ("SHOAL_ADMIN_ADDR", a.admin.to_string()),
         ("SHOAL_DISCOVERY_ADDR", discovery.to_string()),
         ("SHOAL_SERVICE_NAME", w.name.to_owned()),
+        ("SHOAL_SERVICE_ACCOUNT", w.name.to_owned()),
+        ("SHOAL_IDENTITY_TOKEN", token.to_owned()),
         ("SHOAL_PROXY_ID", w.name.to_owned()),
         ("SHOAL_ACCESS_LOG", "true".to_owned()),
         // Short: a demo should stop in a moment, and its requests are quick.

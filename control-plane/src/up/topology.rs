@@ -90,22 +90,24 @@ impl Workload {
 
 /// The resources `shoal up` applies: services, registrations at the sidecars' inbound listeners, and a
 /// Route sending `backend` to v1 (v2 for requests with `x-canary: 1`). `inbound(name)` is a workload's
-/// inbound port.
-pub fn mesh_yaml(inbound: impl Fn(&str) -> u16) -> String {
+/// inbound port. Every workload runs as the service account of its name, so its registration carries
+/// that SPIFFE id (in `trust_domain`) and callers' sidecars demand it over mTLS. Services only the mesh
+/// calls are `strict`; the frontend stays `permissive` so a plain `curl` from outside still reaches it.
+pub fn mesh_yaml(inbound: impl Fn(&str) -> u16, trust_domain: &str) -> String {
     let mut yaml = String::from(
         "# The demo mesh `shoal up` applied. Edit and `shoalctl apply -f` this file to change it.\n",
     );
     let services = [
-        ("frontend", "http1"),
-        ("backend", "http1"),
-        ("backend-v1", "http1"),
-        ("backend-v2", "http1"),
-        ("greeter", "grpc"),
+        ("frontend", "http1", "permissive"),
+        ("backend", "http1", "strict"),
+        ("backend-v1", "http1", "strict"),
+        ("backend-v2", "http1", "strict"),
+        ("greeter", "grpc", "strict"),
     ];
     // Port 80: a `Host: backend` without a port means port 80.
-    for (name, protocol) in services {
+    for (name, protocol, tls) in services {
         yaml += &format!(
-            "---\nkind: Service\nmetadata: {{name: {name}, labels: {{app: shoal-up}}}}\nspec:\n  ports: [{{name: http, port: 80, protocol: {protocol}}}]\n"
+            "---\nkind: Service\nmetadata: {{name: {name}, labels: {{app: shoal-up}}}}\nspec:\n  tls_mode: {tls}\n  ports: [{{name: http, port: 80, protocol: {protocol}}}]\n"
         );
     }
     let registrations = [
@@ -118,8 +120,9 @@ pub fn mesh_yaml(inbound: impl Fn(&str) -> u16) -> String {
     ];
     for (name, service, workload) in registrations {
         yaml += &format!(
-            "---\nkind: EndpointRegistration\nmetadata: {{name: {name}}}\nspec: {{service: {service}, address: 127.0.0.1, port: {}}}\n",
-            inbound(workload)
+            "---\nkind: EndpointRegistration\nmetadata: {{name: {name}}}\nspec: {{service: {service}, address: 127.0.0.1, port: {}, identity: \"{}\"}}\n",
+            inbound(workload),
+            spiffe_id(trust_domain, workload)
         );
     }
     yaml += "---\nkind: Route\nmetadata: {name: backend}\nspec:\n  parent_service: backend\n  rules:\n  \
@@ -127,6 +130,11 @@ pub fn mesh_yaml(inbound: impl Fn(&str) -> u16) -> String {
              backends: [{service: backend-v2}]\n  \
              - name: stable\n    backends: [{service: backend-v1, weight: 100}]\n";
     yaml
+}
+
+/// The identity of a demo workload: the service account of its name, in `default`.
+pub fn spiffe_id(trust_domain: &str, workload: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/default/sa/{workload}")
 }
 
 /// The Route that sends `v1_percent`% of `backend`'s traffic to v1 and the rest to v2.

@@ -49,17 +49,27 @@ pub(crate) enum Admit {
 }
 
 /// The mTLS mode of the app port `port`: the mode the state gives this proxy's own service
-/// port, else `SHOAL_INBOUND_TLS_MODE`.
+/// port, else `SHOAL_INBOUND_TLS_MODE`. When no port of the service matches (explicit inbound
+/// mode fronts one app port whatever the service's ports are called) but all its ports agree,
+/// that mode applies.
 pub fn tls_mode(shared: &Shared, port: u16) -> TlsMode {
     let cfg = &shared.config;
     let state = shared.store.snapshot();
-    state
+    let mut own = state
         .services
         .iter()
-        .filter(|s| s.name == cfg.service_name && s.namespace == cfg.namespace)
+        .filter(|s| s.name == cfg.service_name && s.namespace == cfg.namespace);
+    let mode = match own
+        .clone()
         .find(|s| s.target_port == port || s.port == port)
-        .and_then(|s| s.tls_mode)
-        .unwrap_or(cfg.inbound_tls_mode)
+    {
+        Some(s) => s.tls_mode,
+        None => {
+            let first = own.next().and_then(|s| s.tls_mode);
+            own.all(|s| s.tls_mode == first).then_some(first).flatten()
+        }
+    };
+    mode.unwrap_or(cfg.inbound_tls_mode)
 }
 
 /// Decides how to serve an inbound connection from what detection saw.
