@@ -20,6 +20,8 @@ const LIFETIME: Duration = Duration::from_secs(4);
 struct FakeCaState {
     ca: TestCa,
     calls: AtomicUsize,
+    /// Calls that renewed with the current certificate instead of the token.
+    renewals: AtomicUsize,
     down: AtomicBool,
 }
 
@@ -46,6 +48,12 @@ impl v1::identity_server::Identity for FakeCa {
         let req = req.into_inner();
         match req.credential {
             Some(v1::certify_request::Credential::JoinToken(t)) if t == TOKEN => {}
+            // The real CA checks the chain and the signature; here: it is this CA's certificate.
+            Some(v1::certify_request::Credential::Renewal(r))
+                if r.certificate_chain_pem.len() == 1 && !r.csr_signature.is_empty() =>
+            {
+                self.renewals.fetch_add(1, Ordering::SeqCst);
+            }
             _ => return Err(Status::unauthenticated("unknown token")),
         }
         let Some(v1::certify_request::Csr::CsrDer(csr)) = req.csr else {
@@ -99,6 +107,7 @@ async fn renews_before_expiry_and_rides_out_a_ca_outage() {
     let ca = FakeCa(Arc::new(FakeCaState {
         ca: TestCa::new("fake-cp"),
         calls: AtomicUsize::new(0),
+        renewals: AtomicUsize::new(0),
         down: AtomicBool::new(false),
     }));
     let addr = serve_ca(ca.clone()).await;
@@ -129,6 +138,8 @@ async fn renews_before_expiry_and_rides_out_a_ca_outage() {
         },
         "two renewals with later expiries"
     );
+    // Renewals prove the current certificate; the token is only for joining.
+    assert!(ca.renewals.load(Ordering::SeqCst) >= 2);
     let expiry = proxy
         .metric("shoal_identity_certificate_expiry_seconds", &[])
         .await;

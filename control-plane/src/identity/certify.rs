@@ -50,6 +50,18 @@ impl CertifyService {
             None => Err("csr: required: a PKCS#10 CSR in csr_pem or csr_der".to_owned()),
         };
         let csr = csr.map_err(|e| Refused::invalid("invalid_csr", e))?;
+        if let Some(v1::certify_request::Credential::Renewal(renewal)) = &req.credential {
+            let der = csr_der(&req).map_err(|e| Refused::invalid("invalid_csr", e))?;
+            let roots = self.ca.roots_pem();
+            let td = self.ca.trust_domain();
+            let granted = super::renewal::verify(renewal, &der, &requested, &roots, td).map_err(
+                |refusal| Refused {
+                    reason: refusal.reason(),
+                    status: refusal.status(td),
+                },
+            )?;
+            return self.issue(csr, granted).await;
+        }
         let (verifier, credential) = match &req.credential {
             Some(v1::certify_request::Credential::JoinToken(token)) => {
                 (self.join_tokens.clone(), token.as_str())
@@ -63,10 +75,11 @@ impl CertifyService {
                 };
                 (kubernetes.clone(), token.as_str())
             }
+            Some(v1::certify_request::Credential::Renewal(_)) => unreachable!("handled above"),
             None => {
                 return Err(Refused::unauthenticated(
                     "missing_credential",
-                    "credential: required: a join_token or a kubernetes_service_account_token",
+                    "credential: required: a join_token, a kubernetes_service_account_token or a renewal",
                 ));
             }
         };
@@ -75,6 +88,11 @@ impl CertifyService {
                 reason: refusal.reason(),
                 status: refusal.status(self.ca.trust_domain()),
             })?;
+        self.issue(csr, granted).await
+    }
+
+    /// Signs `csr` for `granted`.
+    async fn issue(&self, csr: Csr, granted: WorkloadId) -> Result<v1::CertifyResponse, Refused> {
         let (ca, csr_id) = (self.ca.clone(), granted.clone());
         // Signing is a few hundred microseconds of ECDSA: off the async workers with the rest of the CA.
         let issued = tokio::task::spawn_blocking(move || ca.issue(&csr, &csr_id))
@@ -93,6 +111,21 @@ impl CertifyService {
             not_after_unix_seconds: issued.not_after,
             spiffe_id: issued.spiffe_id,
         })
+    }
+}
+
+/// The DER bytes of the request's CSR (what a renewal signs).
+fn csr_der(req: &v1::CertifyRequest) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use rustls_pki_types::pem::PemObject;
+    match &req.csr {
+        Some(v1::certify_request::Csr::CsrDer(der)) => Ok(der.clone()),
+        Some(v1::certify_request::Csr::CsrPem(pem)) => {
+            CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+                .map(|d| d.as_ref().to_vec())
+                .map_err(|e| format!("csr_pem: {e}"))
+        }
+        None => Err("csr: required".into()),
     }
 }
 

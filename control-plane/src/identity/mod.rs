@@ -6,7 +6,8 @@
 //!   (its self-signature must verify), then the credential.
 //! - [`credentials`] — the [`CredentialVerifier`](credentials::CredentialVerifier) trait and its two
 //!   implementations: [`JoinTokens`](credentials::JoinTokens) (standalone; hashed in the store, expiring,
-//!   limited uses) and [`KubernetesTokens`](credentials::KubernetesTokens) (TokenReview).
+//!   limited uses) and [`KubernetesTokens`](credentials::KubernetesTokens) (TokenReview); and
+//!   [`renewal`]: a running proxy's current certificate plus proof of its key.
 //! - [`ca`] — signs the certificate: one SPIFFE URI SAN ([`spiffe`]), short-lived; and owns the roots,
 //!   their persistence and rotation.
 //! - [`bundle`] — pushes the trust bundle to proxies as the discovery `TrustBundle` resource, and the upkeep
@@ -20,6 +21,7 @@ pub mod certify;
 pub mod clock;
 pub mod credentials;
 pub mod metrics;
+pub mod renewal;
 pub mod spiffe;
 
 use std::sync::Arc;

@@ -59,6 +59,16 @@ async fn request(
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .map_err(|e| format!("cannot build the CSR: {e}"))?;
+    // A running proxy renews with what it is (its current certificate, and proof it holds the key);
+    // the token is for joining, and may be single-use or expired by now.
+    if let Some(renewal) = renewal(identity, csr.der()) {
+        match call(identity, addr, &csr, Credential::Renewal(renewal)).await {
+            Ok(resp) => return material(resp, key),
+            Err(e) => {
+                tracing::info!(error = %e, "renewal with the current certificate refused; trying the token")
+            }
+        }
+    }
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p)
             .map(|t| t.trim().to_string())
@@ -69,13 +79,45 @@ async fn request(
         Token::JoinFile(p) => Credential::JoinToken(read(p)?),
         Token::KubernetesFile(p) => Credential::KubernetesServiceAccountToken(read(p)?),
     };
+    let resp = call(identity, addr, &csr, credential).await?;
+    material(resp, key)
+}
+
+/// The renewal credential: the current chain, and the current key's signature over the new CSR;
+/// `None` without a current, unexpired certificate.
+fn renewal(identity: &Identity, csr_der: &[u8]) -> Option<v1::Renewal> {
+    let current = identity.current()?;
+    if current.remaining().is_zero() {
+        return None;
+    }
+    let guard = super::lock(&identity.material);
+    let m = guard.as_ref()?;
+    let key = rustls::crypto::ring::sign::any_ecdsa_type(&m.key).ok()?;
+    let signer = key.choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])?;
+    let csr_signature = signer.sign(csr_der).ok()?;
+    if m.chain_pem.is_empty() {
+        return None;
+    }
+    Some(v1::Renewal {
+        certificate_chain_pem: m.chain_pem.clone(),
+        csr_signature,
+    })
+}
+
+/// One `Certify` call.
+async fn call(
+    identity: &Identity,
+    addr: &str,
+    csr: &rcgen::CertificateSigningRequest,
+    credential: Credential,
+) -> Result<v1::CertifyResponse, String> {
     let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| format!("invalid identity address {addr}: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let resp = v1::identity_client::IdentityClient::new(channel)
+    v1::identity_client::IdentityClient::new(channel)
         .certify(v1::CertifyRequest {
             csr: Some(Csr::CsrDer(csr.der().to_vec())),
             credential: Some(credential),
@@ -83,8 +125,15 @@ async fn request(
             service_account: identity.cfg.service_account.clone(),
         })
         .await
-        .map_err(|s| format!("Certify refused ({:?}): {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(|s| format!("Certify refused ({:?}): {}", s.code(), s.message()))
+        .map(tonic::Response::into_inner)
+}
+
+/// The material of an issued certificate with its `key`, and the certificate's lifetime.
+fn material(
+    resp: v1::CertifyResponse,
+    key: rcgen::KeyPair,
+) -> Result<(Material, Duration), String> {
     let chain = resp
         .certificate_chain_pem
         .iter()
@@ -98,5 +147,11 @@ async fn request(
         .duration_since(SystemTime::now())
         .map_err(|_| "the control plane returned an expired certificate".to_string())?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    Ok((Material { chain, key, roots }, lifetime))
+    let material = Material {
+        chain,
+        chain_pem: resp.certificate_chain_pem,
+        key,
+        roots,
+    };
+    Ok((material, lifetime))
 }

@@ -19,7 +19,12 @@ pub(super) fn read(cert: &Path, key: &Path, bundle: &Path) -> Result<Material, S
     let key = PrivateKeyDer::from_pem_slice(&load(key)?)
         .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
     let roots = parse_certs(&load(bundle)?, &bundle.display().to_string())?;
-    Ok(Material { chain, key, roots })
+    Ok(Material {
+        chain,
+        chain_pem: Vec::new(),
+        key,
+        roots,
+    })
 }
 
 fn modified(paths: [&Path; 3]) -> Vec<Option<SystemTime>> {

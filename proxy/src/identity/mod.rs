@@ -103,6 +103,8 @@ pub struct IdentityStatus {
 /// bundle changes. Deliberately not `Debug`: it holds the private key.
 struct Material {
     chain: Vec<CertificateDer<'static>>,
+    /// The chain as the control plane sent it (PEM), for renewals; empty for file identities.
+    chain_pem: Vec<String>,
     key: PrivateKeyDer<'static>,
     roots: Vec<CertificateDer<'static>>,
 }
@@ -247,6 +249,7 @@ impl Identity {
         }
         let material = Material {
             chain: m.chain.clone(),
+            chain_pem: m.chain_pem.clone(),
             key: m.key.clone_key(),
             roots,
         };
