@@ -131,16 +131,11 @@ fn assert_handshake(run: &Run, version: &str, what: &str) {
     );
 }
 
-/// A handshake openssl could not complete.
+/// A handshake openssl could not complete: it exits with an error and reports no cipher.
 fn assert_refused(run: &Run, what: &str) {
     assert!(
-        !run.ok || run.output.contains("Cipher is (NONE)"),
+        !run.ok && run.output.contains("Cipher is (NONE)"),
         "{what}: openssl completed a handshake:\n{}",
-        run.output
-    );
-    assert!(
-        !run.output.contains("Verify return code: 0 (ok)") || run.output.contains("(NONE)"),
-        "{what}: a certificate was verified:\n{}",
         run.output
     );
 }

@@ -84,7 +84,7 @@ impl Traffic {
             let mut i = 0usize;
             while !s.load(Ordering::SeqCst) {
                 i += 1;
-                let result = if i % 4 == 0 {
+                let result = if i.is_multiple_of(4) {
                     websocket_once(entry, i).await
                 } else {
                     request_once(entry, i).await
@@ -284,10 +284,15 @@ async fn leaf_and_root_rotation_under_traffic_fail_no_request() {
         .wait_more(20, "after the old root was dropped")
         .await;
 
-    let handshakes_during = client
+    let (done, failures) = traffic.stop().await;
+    let handshakes = client
         .metric("shoal_outbound_tls_connections_total", &[("result", "ok")])
         .await;
-    let (done, failures) = traffic.stop().await;
+    eprintln!(
+        "rotation: {done} exchanges ({} WebSocket sessions), {handshakes} mTLS handshakes, {} failed",
+        done / 4,
+        failures.len()
+    );
     assert!(
         failures.is_empty(),
         "{} of {done} exchanges failed: {failures:#?}",
@@ -305,8 +310,8 @@ async fn leaf_and_root_rotation_under_traffic_fail_no_request() {
     );
     // Every WebSocket session needed its own handshake: the new material was really used.
     assert!(
-        handshakes_during >= (done / 4) as f64 - 1.0,
-        "{handshakes_during} mTLS handshakes for {} WebSocket sessions",
+        handshakes >= (done / 4) as f64 - 1.0,
+        "{handshakes} mTLS handshakes for {} WebSocket sessions",
         done / 4
     );
 
