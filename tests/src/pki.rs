@@ -6,12 +6,25 @@
 //! let web = ca.workload("spiffe://cluster.local/ns/default/sa/web");
 //! let files = web.write(&dir, &ca); // SHOAL_IDENTITY_* paths
 //! ```
+//!
+//! For tests that speak mesh TLS themselves (a raw client, a fake peer proxy): [`identity_sni`],
+//! [`client_config`] and [`server_config`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedProtocolVersion,
 };
 
 /// A certificate authority.
@@ -58,6 +71,9 @@ pub enum Validity {
     Current,
     /// Expired in 2021.
     Expired,
+    /// Valid now, until January 1st of the given year (distinct expiries tell renewed
+    /// certificates apart, e.g. in `/config`).
+    Until(i32),
 }
 
 impl TestCa {
@@ -117,19 +133,48 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A certificate signed by this CA that carries no SPIFFE id: its only SAN is the DNS name
+    /// `dns` (an ordinary web certificate from a trusted issuer).
+    pub fn issue_without_spiffe(&self, dns: &str) -> Leaf {
+        let key = KeyPair::generate().expect("key pair");
+        let mut params = leaf_params("", Validity::Current);
+        params.distinguished_name.push(DnType::CommonName, dns);
+        params.subject_alt_names = vec![SanType::DnsName(dns.try_into().expect("DNS SAN"))];
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 fn leaf_params(spiffe_id: &str, validity: Validity) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params
-        .subject_alt_names
-        .push(SanType::URI(spiffe_id.try_into().expect("URI SAN")));
+    // The subject names the identity so `openssl s_client` output shows whose leaf it is.
+    if !spiffe_id.is_empty() {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, spiffe_id);
+        params
+            .subject_alt_names
+            .push(SanType::URI(spiffe_id.try_into().expect("URI SAN")));
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    if let Validity::Expired = validity {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    match validity {
+        Validity::Current => {}
+        Validity::Expired => {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        Validity::Until(year) => {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        }
     }
     params
 }
@@ -147,6 +192,24 @@ impl Leaf {
         }
     }
 
+    /// The certificate chain, DER (leaf first).
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("PEM certificate chain")
+    }
+
+    /// The private key, DER.
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("PEM private key")
+    }
+
+    /// Writes only the certificate and key files of `files` (a renewal: the bundle stays).
+    pub fn overwrite(&self, files: &IdentityFiles) {
+        write_atomically(&files.key, &self.key_pem);
+        write_atomically(&files.cert, &self.cert_pem);
+    }
+
     /// Writes the certificate, key and `bundle` (root PEMs) into `dir` under `name`.
     pub fn write(&self, dir: &Path, name: &str, bundle: &[&str]) -> IdentityFiles {
         let files = IdentityFiles {
@@ -158,5 +221,162 @@ impl Leaf {
         std::fs::write(&files.key, &self.key_pem).expect("write key");
         std::fs::write(&files.trust_bundle, bundle.concat()).expect("write bundle");
         files
+    }
+}
+
+/// Replaces `path` with `text` in one rename, so a reader never sees a half-written file.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// The TLS server name that asks an inbound proxy for `spiffe_id`
+/// (`spiffe://td/ns/N/sa/S` → `S.N.serviceaccount.identity.shoal.td`, as the proxy's
+/// `tls::spiffe` names it).
+pub fn identity_sni(spiffe_id: &str) -> String {
+    let rest = spiffe_id.strip_prefix("spiffe://").expect("a spiffe:// id");
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [td, "ns", ns, "sa", sa] = parts.as_slice() else {
+        panic!("{spiffe_id} is not spiffe://<td>/ns/<ns>/sa/<sa>")
+    };
+    format!("{sa}.{ns}.serviceaccount.identity.shoal.{td}")
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn root_store(roots_pem: &[&str]) -> Arc<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    for pem in roots_pem {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            store.add(cert.expect("PEM root")).expect("usable root");
+        }
+    }
+    Arc::new(store)
+}
+
+/// TLS 1.3 only, or TLS 1.2 only.
+fn versions(tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
+    static TLS12: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
+    static TLS13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    if tls12 { &TLS12 } else { &TLS13 }
+}
+
+/// A TLS client configuration for speaking mesh TLS to a proxy by hand: it offers ALPN `alpn`,
+/// presents `client` (or no certificate), and accepts the server only if its chain leads to
+/// one of `roots_pem` and its leaf is exactly `server`'s (a name check would not do: mesh
+/// certificates carry a SPIFFE URI, not a DNS name). TLS 1.3 unless `tls12`.
+pub fn client_config(
+    client: Option<&Leaf>,
+    roots_pem: &[&str],
+    server: &Leaf,
+    alpn: &[u8],
+    tls12: bool,
+) -> Arc<ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(ExactServer {
+        roots: root_store(roots_pem),
+        leaf: server.chain_der().remove(0),
+        provider: provider.clone(),
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(tls12))
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client {
+        Some(leaf) => builder
+            .with_client_auth_cert(leaf.chain_der(), leaf.key_der())
+            .expect("client certificate and key"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS server configuration for a fake peer proxy: presents `leaf`, requires a client
+/// certificate chaining to one of `roots_pem`, and offers the mesh ALPN protocols.
+pub fn server_config(leaf: &Leaf, roots_pem: &[&str]) -> Arc<ServerConfig> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(roots_pem), provider.clone())
+            .build()
+            .expect("client verifier");
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("protocol versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(leaf.chain_der(), leaf.key_der())
+        .expect("server certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"shoal.tcp".to_vec()];
+    Arc::new(config)
+}
+
+/// Accepts exactly one server certificate, and only if it chains to the roots.
+#[derive(Debug)]
+struct ExactServer {
+    roots: Arc<RootCertStore>,
+    leaf: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ExactServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &ParsedCertificate::try_from(end_entity)?,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        if end_entity.as_ref() != self.leaf.as_ref() {
+            return Err(rustls::Error::General(
+                "the server presented another certificate than the expected one".into(),
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
