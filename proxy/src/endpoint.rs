@@ -137,6 +137,8 @@ impl Clients {
         let (tx, conn) = http1::Builder::new()
             .max_headers(self.cfg.max_headers)
             .max_buf_size(self.cfg.max_header_bytes.max(8192) + 8192)
+            // One flattened `write` per request rather than `writev` (A/B measured, BENCHMARKS.md).
+            .writev(false)
             .handshake(io)
             .await
             .map_err(|e| {
@@ -178,7 +180,9 @@ impl Clients {
             Some(tx) => tx,
             None => {
                 reused = false;
-                self.connect_h1(addr).await?
+                // Boxed here and below: connecting is the cold path, and inline it would make
+                // every request's future (moved around by hyper and the runtime) larger.
+                Box::pin(self.connect_h1(addr)).await?
             }
         };
         let upgrade = crate::http::headers::is_upgrade(req.headers());
@@ -190,7 +194,7 @@ impl Clients {
                     Some(r) if reused => {
                         req = r;
                         reused = false;
-                        tx = self.connect_h1(addr).await?;
+                        tx = Box::pin(self.connect_h1(addr)).await?;
                     }
                     _ => {
                         let err = e.into_error();
@@ -230,6 +234,16 @@ impl Clients {
         if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());
         }
+        // Cold path, boxed so the per-request future stays small.
+        Box::pin(self.connect_h2(addr, &slot)).await
+    }
+
+    /// Connects the HTTP/2 connection of `slot` (one attempt at a time).
+    async fn connect_h2(
+        &self,
+        addr: SocketAddr,
+        slot: &H2Slot,
+    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
         let _connecting = slot.connecting.lock().await;
         if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());
