@@ -39,12 +39,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BACKEND_BIN = REPO / "target" / "release" / "bench-backend"
 SHOAL_BIN = REPO / "target" / "release" / "shoal-proxy"
+SHOAL_BASE_BIN: Path | None = None  # --shoal-base: a second shoal-proxy binary, target "shoal-base"
+SHOAL_EXTRA_ENV: dict[str, dict[str, str]] = {}  # --shoal-env / --shoal-base-env, per target
 
 LOADGEN_CPU = 0  # wrk, h2load, the paced client and this script
 SERVER_CPU = 1  # backend and proxy under test
 
 HOST = "127.0.0.1"  # every byte of traffic stays on loopback
-ALL_TARGETS = ("direct", "shoal", "haproxy", "nginx")
+ALL_TARGETS = ("direct", "shoal", "haproxy", "nginx", "shoal-base")
 ALL_SCENARIOS = ("h1", "h2c", "h1-rate", "h2c-rate")
 SCENARIO_TITLES = {
     "h1": "HTTP/1.1 closed loop (wrk)",
@@ -339,9 +341,12 @@ def start_target(ctx: Ctx, name: str, backend_port: int) -> Server:
         return Server("direct", None, backend_port, backend_port)
     lf = ctx.logfile(name)
     h1, h2 = free_port(), free_port()
-    if name == "shoal":
-        if not SHOAL_BIN.exists():
-            raise Skip("target/release/shoal-proxy not built (cargo build --release -p shoal-proxy)")
+    if name in ("shoal", "shoal-base"):
+        bin_path = SHOAL_BIN if name == "shoal" else SHOAL_BASE_BIN
+        if name == "shoal-base" and bin_path is None:
+            raise Skip("no --shoal-base binary given")
+        if not bin_path.exists():
+            raise Skip(f"{bin_path} not built (cargo build --release -p shoal-proxy)")
         admin = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
         env.update(
@@ -354,8 +359,9 @@ def start_target(ctx: Ctx, name: str, backend_port: int) -> Server:
             SHOAL_HEADER_READ_TIMEOUT="300s",
             SHOAL_MAX_CONNECTIONS=str(max(20000, ctx.maxconn)),
         )
+        env.update(SHOAL_EXTRA_ENV.get(name, {}))
         with open(lf, "wb") as f:
-            p = spawn([SHOAL_BIN], SERVER_CPU, env=env, stdout=f, stderr=f)
+            p = spawn([bin_path], SERVER_CPU, env=env, stdout=f, stderr=f)
         s = Server(name, p, h1, h1, lf)
         try:
             wait_ready(admin, p, "shoal-proxy", lf)
@@ -926,8 +932,9 @@ def build() -> None:
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS),
-                    help="comma-separated subset of %(default)s (direct is the baseline for ratios)")
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS[:4]),
+                    help="comma-separated subset of %(default)s (direct is the baseline for ratios), plus "
+                         "shoal-base with --shoal-base")
     ap.add_argument("--scenarios", default=None,
                     help=f"comma-separated subset of {','.join(ALL_SCENARIOS)}, or 'none' "
                          "(default: all, or none with --idle-conns)")
@@ -950,6 +957,15 @@ def parse_args():
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 s per measurement")
     ap.add_argument("--json", metavar="FILE", help="write machine-readable results here")
     ap.add_argument("--build", action="store_true", help="cargo build --release -p shoal-bench -p shoal-proxy first")
+    ap.add_argument("--shoal-bin", metavar="PATH",
+                    help="the shoal-proxy binary of target shoal (default target/release/shoal-proxy)")
+    ap.add_argument("--shoal-base", metavar="PATH",
+                    help="a second shoal-proxy binary (e.g. a copy of the previous build), measured as target "
+                         "'shoal-base' for A/B comparisons in the same run")
+    ap.add_argument("--shoal-env", metavar="K=V,...", default="",
+                    help="extra environment for target shoal (e.g. settings under test)")
+    ap.add_argument("--shoal-base-env", metavar="K=V,...", default="",
+                    help="extra environment for target shoal-base")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--_paced", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -963,7 +979,7 @@ def parse_args():
 
 
 def main() -> int:
-    global BACKEND_BIN, SHOAL_BIN
+    global BACKEND_BIN, SHOAL_BIN, SHOAL_BASE_BIN, SHOAL_EXTRA_ENV
     args = parse_args()
     if args._paced:
         proto, port, rate, seconds = args._paced
@@ -1013,8 +1029,25 @@ def main() -> int:
     ctx = Ctx(tmp, nofile)
     # Snapshot the binaries: a concurrent `cargo build --release` must not swap them mid-run.
     BACKEND_BIN = Path(shutil.copy2(BACKEND_BIN, tmp / "bench-backend"))
+    if args.shoal_bin:
+        SHOAL_BIN = Path(args.shoal_bin)
+        if not SHOAL_BIN.is_file():
+            log(f"--shoal-bin {SHOAL_BIN}: no such file")
+            return 2
     if SHOAL_BIN.exists():
         SHOAL_BIN = Path(shutil.copy2(SHOAL_BIN, tmp / "shoal-proxy"))
+    for target, spec in (("shoal", args.shoal_env), ("shoal-base", args.shoal_base_env)):
+        pairs = [p for p in spec.split(",") if p]
+        if any("=" not in p for p in pairs):
+            log(f"--{target}-env: expected K=V,..., got {spec!r}")
+            return 2
+        SHOAL_EXTRA_ENV[target] = dict(p.split("=", 1) for p in pairs)
+    if args.shoal_base:
+        base = Path(args.shoal_base)
+        if not base.is_file():
+            log(f"--shoal-base {base}: no such file")
+            return 2
+        SHOAL_BASE_BIN = Path(shutil.copy2(base, tmp / "shoal-proxy-base"))
     meta = machine_info()
     meta.update(command="python3 bench/run.py " + " ".join(sys.argv[1:]), targets=targets, scenarios=scenarios,
                 rounds=args.rounds, duration_s=args.duration, warmup_s=args.warmup, rate=args.rate,

@@ -137,6 +137,8 @@ impl Clients {
         let (tx, conn) = http1::Builder::new()
             .max_headers(self.cfg.max_headers)
             .max_buf_size(self.cfg.max_header_bytes.max(8192) + 8192)
+            // One flattened `write` per request rather than `writev` (A/B measured, BENCHMARKS.md).
+            .writev(false)
             .handshake(io)
             .await
             .map_err(|e| {
@@ -179,7 +181,9 @@ impl Clients {
             Some(tx) => tx,
             None => {
                 reused = false;
-                self.connect_h1(peer).await?
+                // Boxed here and below: connecting is the cold path, and inline it would make
+                // every request's future (moved around by hyper and the runtime) larger.
+                Box::pin(self.connect_h1(peer)).await?
             }
         };
         let upgrade = crate::http::headers::is_upgrade(req.headers());
@@ -191,7 +195,7 @@ impl Clients {
                     Some(r) if reused => {
                         req = r;
                         reused = false;
-                        tx = self.connect_h1(peer).await?;
+                        tx = Box::pin(self.connect_h1(peer)).await?;
                     }
                     _ => {
                         let err = e.into_error();
@@ -224,7 +228,6 @@ impl Clients {
     }
 
     async fn h2_sender(&self, peer: &Peer) -> Result<http2::SendRequest<Incoming>, ProxyError> {
-        let addr = peer.0;
         let slot = {
             let mut slots = lock(&self.h2);
             match slots.get(peer) {
@@ -235,6 +238,17 @@ impl Clients {
         if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());
         }
+        // Cold path, boxed so the per-request future stays small.
+        Box::pin(self.connect_h2(peer, &slot)).await
+    }
+
+    /// Connects the HTTP/2 connection of `slot` (one attempt at a time).
+    async fn connect_h2(
+        &self,
+        peer: &Peer,
+        slot: &H2Slot,
+    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        let addr = peer.0;
         let _connecting = slot.connecting.lock().await;
         if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use crate::errors::{ERROR_HEADER, Reason};
 use crate::metrics::ConnMetrics;
@@ -91,8 +92,17 @@ impl FramingScan {
 /// What the HTTP/1 server loop needs to know to park an idle keep-alive connection: whether
 /// the connection moved bytes lately, is waiting to read, has unflushed writes, or is serving a
 /// request. Written only by the connection's own task, so plain loads and stores suffice.
-#[derive(Debug, Default)]
+///
+/// It also times the request head being read, so the server loop enforces
+/// `SHOAL_HEADER_READ_TIMEOUT` with the one timer it already has, instead of hyper arming (and
+/// allocating) a timer of its own for every request.
+#[derive(Debug)]
 pub struct Activity {
+    /// Time base of `head_since_us`.
+    epoch: Instant,
+    /// When the first byte of the request head being read arrived (µs since `epoch`); valid
+    /// while `head_started` is set.
+    head_since_us: AtomicU64,
     ops: AtomicU64,
     read_pending: AtomicBool,
     unflushed: AtomicBool,
@@ -107,7 +117,45 @@ pub struct Activity {
     rejected: std::sync::OnceLock<(Reason, String)>,
 }
 
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            head_since_us: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            read_pending: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            head_started: AtomicBool::new(false),
+            owed: AtomicUsize::new(0),
+            ambiguous_framing: AtomicBool::new(false),
+            rejected: std::sync::OnceLock::new(),
+        }
+    }
+}
+
 impl Activity {
+    /// Bytes of a request head arrived while no request is being served: the head's clock
+    /// starts with the first of them.
+    fn head_bytes(&self) {
+        if !self.head_started.load(Ordering::Relaxed) {
+            let us = Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_micros() as u64;
+            self.head_since_us.store(us, Ordering::Relaxed);
+            self.head_started.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// When the request head being read started arriving, if one is being read.
+    pub fn head_since(&self) -> Option<Instant> {
+        (self.head_started.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| {
+                self.epoch
+                    + std::time::Duration::from_micros(self.head_since_us.load(Ordering::Relaxed))
+            })
+    }
+
     fn touch(&self) {
         self.ops.store(
             self.ops.load(Ordering::Relaxed).wrapping_add(1),
@@ -283,7 +331,7 @@ impl AsyncRead for ProxyIo {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             if this.activity.in_flight.load(Ordering::Relaxed) == 0 {
-                this.activity.head_started.store(true, Ordering::Relaxed);
+                this.activity.head_bytes();
                 this.scan_head(n);
             }
             this.prefix.advance(n);
@@ -301,7 +349,7 @@ impl AsyncRead for ProxyIo {
         if !pending {
             this.activity.touch();
             if buf.filled().len() > before && this.activity.in_flight.load(Ordering::Relaxed) == 0 {
-                this.activity.head_started.store(true, Ordering::Relaxed);
+                this.activity.head_bytes();
                 if this.label_errors && this.scan.feed(&buf.filled()[before..]) {
                     this.activity
                         .ambiguous_framing

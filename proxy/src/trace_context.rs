@@ -19,7 +19,7 @@ static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspani
 #[derive(Debug, Clone)]
 pub struct TraceIds {
     /// `x-request-id` (as received, or generated).
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     /// The trace id, from W3C or B3.
     pub trace_id: TraceId,
 }
@@ -61,6 +61,66 @@ impl std::fmt::Debug for TraceId {
     }
 }
 
+/// A request's `x-request-id`, kept for logs and the proxy's own error responses.
+///
+/// A generated id is kept inline: keeping a second reference to the header value put in the
+/// request would cost an allocation per request (a `Bytes` made from a `Vec` allocates its
+/// shared header on first clone).
+#[derive(Clone)]
+pub enum RequestId {
+    /// Generated here (a UUID v4 in text form).
+    Generated([u8; 36]),
+    /// As received from the client.
+    Received(HeaderValue),
+}
+
+impl RequestId {
+    /// The id as text (`-` when a received id is not visible ASCII).
+    pub fn as_str(&self) -> &str {
+        match self {
+            RequestId::Generated(b) => std::str::from_utf8(b).unwrap_or("-"),
+            RequestId::Received(v) => v.to_str().unwrap_or("-"),
+        }
+    }
+
+    /// The id as a header value.
+    pub fn to_header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Generated(b) => {
+                HeaderValue::from_bytes(b).unwrap_or(HeaderValue::from_static("-"))
+            }
+            RequestId::Received(v) => v.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for RequestId {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            RequestId::Generated(b) => b.as_slice() == other.as_bytes(),
+            RequestId::Received(v) => v == other,
+        }
+    }
+}
+
+impl PartialEq<&str> for RequestId {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
+}
+
+impl PartialEq<String> for RequestId {
+    fn eq(&self, other: &String) -> bool {
+        self == other.as_str()
+    }
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -95,32 +155,56 @@ fn hex_span(id: [u8; 8]) -> Vec<u8> {
     v
 }
 
+/// A header value the proxy generated: unique per request, so it is marked "never indexed" for
+/// HPACK — entering it in an HTTP/2 connection's header table would only evict entries that do
+/// repeat (and cost a table probe and insertion per request; A/B measured, BENCHMARKS.md).
 fn value(bytes: Vec<u8>) -> HeaderValue {
     // Only hex digits and '-' are ever written here.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
-        .unwrap_or(HeaderValue::from_static("0"))
+    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
+        .unwrap_or(HeaderValue::from_static("0"));
+    v.set_sensitive(true);
+    v
 }
 
 /// Rewrites the trace headers of a request crossing this hop; returns the ids for logging.
 pub fn propagate(headers: &mut HeaderMap) -> TraceIds {
+    // One pass over the names first: most requests carry few of these headers, and comparing
+    // names is cheaper than a hash lookup for each.
+    let (mut w3c_in, mut b3_in, mut b3_multi_in, mut request_id_in) = (false, false, false, false);
+    for name in headers.keys() {
+        if *name == TRACEPARENT {
+            w3c_in = true;
+        } else if *name == B3 {
+            b3_in = true;
+        } else if *name == B3_TRACE_ID {
+            b3_multi_in = true;
+        } else if *name == REQUEST_ID {
+            request_id_in = true;
+        }
+    }
     let span = new_span_id();
-    let mut trace_id = w3c(headers, span);
-    if let Some(t) = b3_single(headers, span) {
+    let mut trace_id = if w3c_in { w3c(headers, span) } else { None };
+    if b3_in && let Some(t) = b3_single(headers, span) {
         trace_id.get_or_insert(t);
     }
-    if let Some(t) = b3_multi(headers, span) {
+    if b3_multi_in && let Some(t) = b3_multi(headers, span) {
         trace_id.get_or_insert(t);
     }
     let trace_id = match trace_id {
         Some(t) => t,
         None => start_trace(headers, span),
     };
-    let request_id = match headers.get(&REQUEST_ID) {
-        Some(v) => v.clone(),
+    let received = if request_id_in {
+        headers.get(&REQUEST_ID)
+    } else {
+        None
+    };
+    let request_id = match received {
+        Some(v) => RequestId::Received(v.clone()),
         None => {
-            let v = new_request_id();
-            headers.insert(REQUEST_ID.clone(), v.clone());
-            v
+            let id = uuid_v4();
+            headers.insert(REQUEST_ID.clone(), value(id.to_vec()));
+            RequestId::Generated(id)
         }
     };
     TraceIds {
@@ -221,20 +305,24 @@ fn start_trace(headers: &mut HeaderMap, span: [u8; 8]) -> TraceId {
 
 /// A random UUID v4 in its canonical text form.
 pub fn new_request_id() -> HeaderValue {
+    value(uuid_v4().to_vec())
+}
+
+fn uuid_v4() -> [u8; 36] {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = Vec::with_capacity(36);
-    for (i, chunk) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]]
-        .iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b'-');
+    let mut out = [b'-'; 36];
+    let mut i = 0;
+    for (n, byte) in b.iter().enumerate() {
+        if matches!(n, 4 | 6 | 8 | 10) {
+            i += 1; // the '-' already there
         }
-        hex_into(&mut out, chunk);
+        out[i] = HEX[usize::from(byte >> 4)];
+        out[i + 1] = HEX[usize::from(byte & 0xf)];
+        i += 2;
     }
-    value(out)
+    out
 }
 
 #[cfg(test)]

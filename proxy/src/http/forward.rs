@@ -244,24 +244,28 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
         && let Some(d) = &shared.discovery
     {
         // First request to this destination: ask the control plane (bounded wait), look again.
-        let bound = match conn.dst {
-            Some(dst) => d.ensure_address(dst).await,
-            None => match authority.map(split_authority) {
-                Some((host, port)) => match host.parse::<std::net::IpAddr>() {
-                    Ok(ip) => {
-                        d.ensure_address(SocketAddr::new(ip, port.unwrap_or(80)))
-                            .await
-                    }
-                    Err(_) => {
-                        if let Some(q) = d.service_for_host(host) {
-                            d.ensure_service(&q).await;
+        // Boxed: a cold path that would otherwise size every request's future.
+        let bound = Box::pin(async {
+            match conn.dst {
+                Some(dst) => d.ensure_address(dst).await,
+                None => match authority.map(split_authority) {
+                    Some((host, port)) => match host.parse::<std::net::IpAddr>() {
+                        Ok(ip) => {
+                            d.ensure_address(SocketAddr::new(ip, port.unwrap_or(80)))
+                                .await
                         }
-                        None
-                    }
+                        Err(_) => {
+                            if let Some(q) = d.service_for_host(host) {
+                                d.ensure_service(&q).await;
+                            }
+                            None
+                        }
+                    },
+                    None => None,
                 },
-                None => None,
-            },
-        };
+            }
+        })
+        .await;
         state = shared.store.snapshot();
         service = lookup(&state).or_else(|| {
             bound.and_then(|(svc, port)| state.by_authority(&format!("{svc}:{port}")).cloned())
@@ -305,7 +309,7 @@ async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyEr
     // Not a known service: pass through to where the app was going.
     let addr = match conn.dst {
         Some(dst) => dst,
-        None => passthrough_addr(conn, authority).await?,
+        None => Box::pin(passthrough_addr(conn, authority)).await?,
     };
     Ok(Target {
         peer: (shared.check_loop(addr)?, None),
@@ -493,7 +497,7 @@ impl AccessLine {
             upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
             reason = reason.map_or("-", Reason::as_str),
             duration_us = respond::micros(elapsed),
-            request_id = ids.request_id.to_str().unwrap_or("-"),
+            request_id = ids.request_id.as_str(),
             trace_id = %ids.trace_id,
         );
     }

@@ -9,6 +9,19 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Proxy-Connection`, `Transfer-Encoding` (re-framed by this hop), `TE` other than `trailers`
 /// (which gRPC needs end to end), and `Upgrade` unless the request is an upgrade we carry.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // The common case has none of them: one pass over the (few) names is cheaper than a hash
+    // lookup per hop-by-hop field, on every request and every response.
+    let any = headers.keys().any(|k| {
+        k == header::CONNECTION
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+            || k == header::TRANSFER_ENCODING
+            || k == header::TE
+            || k == header::UPGRADE
+    });
+    if !any && !keep_upgrade {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Fields named by Connection (on any of its lines) are hop-by-hop too.
         let named: Vec<HeaderName> = headers
@@ -101,5 +114,21 @@ mod tests {
         assert_eq!(kept["connection"], "upgrade");
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("upgrade").is_none());
+    }
+
+    #[test]
+    fn upgrade_without_connection_is_stripped_and_end_to_end_fields_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-a", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("upgrade").is_none());
+        assert_eq!(h["x-a"], "1");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
     }
 }

@@ -21,7 +21,7 @@ pub fn error(
     tracing::warn!(
         direction = direction.as_str(),
         reason = err.kind.as_str(),
-        request_id = ids.request_id.to_str().unwrap_or("-"),
+        request_id = ids.request_id.as_str(),
         trace_id = %ids.trace_id,
         destination,
         "{}",
@@ -36,7 +36,7 @@ pub fn error(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert("x-request-id", ids.request_id.clone());
+    h.insert("x-request-id", ids.request_id.to_header_value());
     if matches!(
         err.kind,
         Reason::MalformedRequest | Reason::UpstreamMalformedResponse

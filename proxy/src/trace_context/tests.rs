@@ -89,3 +89,23 @@ fn request_id_added_when_missing_and_kept_otherwise() {
     h.insert("x-request-id", "abc".parse().unwrap());
     assert_eq!(propagate(&mut h).request_id, "abc");
 }
+
+#[test]
+fn generated_values_are_never_indexed_and_ids_match_the_headers() {
+    let mut h = HeaderMap::new();
+    let ids = propagate(&mut h);
+    // Unique per request: HPACK must not put them in the connection's header table.
+    assert!(h["traceparent"].is_sensitive());
+    assert!(h["x-request-id"].is_sensitive());
+    assert_eq!(ids.request_id, get(&h, "x-request-id"));
+    assert_eq!(ids.request_id.to_header_value(), h["x-request-id"]);
+    let tp = get(&h, "traceparent");
+    assert_eq!(ids.trace_id.as_str(), &tp[3..35]);
+
+    // A received id is kept as is, and not marked.
+    let mut h = HeaderMap::new();
+    h.insert("x-request-id", "req-1".parse().unwrap());
+    let ids = propagate(&mut h);
+    assert_eq!(ids.request_id, "req-1");
+    assert!(!h["x-request-id"].is_sensitive());
+}
