@@ -145,22 +145,24 @@ async fn renews_before_expiry_and_rides_out_a_ca_outage() {
         .await;
     assert!(expiry > 0.0 && expiry <= LIFETIME.as_secs_f64(), "{expiry}");
 
-    // CA away: the proxy retries (more calls) and keeps its certificate meanwhile.
+    // CA away: the proxy retries (more calls: a renewal, then the token, per attempt), reports the
+    // error, and keeps its certificate meanwhile.
     ca.down.store(true, Ordering::SeqCst);
     let calls = ca.calls.load(Ordering::SeqCst);
     assert_eventually!(
         Duration::from_secs(8),
-        ca.calls.load(Ordering::SeqCst) >= calls + 2,
-        "retries while the CA is down"
-    );
-    let during = identity(&proxy).await;
-    assert!(
-        during["last_error"]
+        identity(&proxy).await["last_error"]
             .as_str()
             .unwrap_or_default()
             .contains("CA down"),
-        "{during}"
+        "the CA's error reported in /config"
     );
+    assert_eventually!(
+        Duration::from_secs(8),
+        ca.calls.load(Ordering::SeqCst) >= calls + 3,
+        "retries while the CA is down"
+    );
+    let during = identity(&proxy).await;
     assert!(during["spiffe_id"].is_string());
     let errors = proxy
         .metric("shoal_identity_certificates_total", &[("result", "error")])
