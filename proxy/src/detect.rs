@@ -28,6 +28,9 @@ pub enum Detected {
         sni: Option<String>,
         /// Offered ALPN protocols.
         alpn: Vec<String>,
+        /// A handshake record rustls refused to take as a ClientHello it could serve (TLS 1.1 or
+        /// older, a malformed hello): the alert rustls would answer with. Never mesh mTLS.
+        refused: Option<Vec<u8>>,
     },
     /// Anything else, or nothing before the deadline.
     Opaque(OpaqueReason),
@@ -175,14 +178,25 @@ fn client_hello(buf: &[u8]) -> Result<Option<Detected>, ()> {
                             .collect()
                     })
                     .unwrap_or_default(),
+                refused: None,
             }))
         }
         // A ClientHello spanning several records: good enough to call it TLS.
         Ok(None) => Ok(Some(Detected::Tls {
             sni: None,
             alpn: Vec::new(),
+            refused: None,
         })),
-        Err(_) => Err(()),
+        // A well-framed handshake record whose hello rustls will not serve (TLS 1.1 and older).
+        Err((_, mut alert)) => {
+            let mut bytes = Vec::new();
+            let _ = alert.write(&mut bytes);
+            Ok(Some(Detected::Tls {
+                sni: None,
+                alpn: Vec::new(),
+                refused: Some(bytes),
+            }))
+        }
     }
 }
 

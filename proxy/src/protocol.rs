@@ -62,6 +62,12 @@ pub async fn serve(
                 conn.metrics.closed("unknown", 0, 0);
                 return;
             }
+            crate::inbound::Admit::Alert(alert) => {
+                use tokio::io::AsyncWriteExt;
+                let _ = conn.stream.write_all(&alert).await;
+                conn.metrics.closed("unknown", 0, alert.len() as u64);
+                return;
+            }
         }
     }
     let (carried, protocol) = match detected {

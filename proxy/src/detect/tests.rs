@@ -47,7 +47,8 @@ fn tls_client_hello_gives_sni_and_alpn() {
         classify(&hello, false),
         Some(Detected::Tls {
             sni: Some("backend.example".into()),
-            alpn: vec!["h2".into(), "http/1.1".into()]
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            refused: None,
         })
     );
     // 0x16 followed by garbage is not TLS.

@@ -46,6 +46,8 @@ pub(crate) enum Admit {
     Mesh(Arc<Credentials>),
     /// Close it (already logged and counted).
     Refuse,
+    /// Send these bytes (a TLS alert), then close (already logged and counted).
+    Alert(Vec<u8>),
 }
 
 /// The mTLS mode of the app port `port`: the mode the state gives this proxy's own service
@@ -88,6 +90,18 @@ pub(crate) fn admit(shared: &Shared, detected: &Detected, dst: Option<SocketAddr
         tracing::warn!(port, mode = ?mode, reason, "inbound connection refused: {why}");
         Admit::Refuse
     };
+    if let Detected::Tls {
+        refused: Some(alert),
+        ..
+    } = detected
+    {
+        // Its SNI cannot even be read; whoever it is for, mesh ports do not take TLS below 1.2.
+        refuse(
+            "a TLS handshake older than TLS 1.2 (or a malformed ClientHello); mTLS ports accept TLS 1.2+ only",
+            "handshake",
+        );
+        return Admit::Alert(alert.clone());
+    }
     match wanted {
         Some(wanted) => match shared.identity.as_ref().and_then(|i| i.current()) {
             Some(creds) if creds.id == wanted => Admit::Mesh(creds),
