@@ -128,9 +128,11 @@ struct Proxy {
 }
 
 impl Fleet {
-    /// Starts `n` proxies against `addr`, each subscribing to the services `plan` gives it; at most
-    /// `connect_concurrency` initial connections are opened at once.
+    /// Starts `n` proxies against `addr` on the runtime `on`, each subscribing to the services `plan`
+    /// gives it; at most `connect_concurrency` initial connections are opened at once.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
+        on: &tokio::runtime::Handle,
         n: usize,
         m: usize,
         services: usize,
@@ -159,7 +161,7 @@ impl Fleet {
                 sync_at: sync_at.clone(),
             };
             let gate = gate.clone();
-            tasks.spawn(proxy.run(gate));
+            tasks.spawn_on(proxy.run(gate), on);
         }
         Self {
             counters,

@@ -147,11 +147,32 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(bench(args, cpus, cp_cpu, proxies_cpu))
+    // The simulated proxies get a runtime (and thread) of their own, on the same CPU: the Admin
+    // writes and measurements then do not queue behind a thousand proxy tasks, and the kernel
+    // shares the core between the two threads.
+    let fleet_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the proxies' runtime")?;
+    let fleet = fleet_runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let fleet_thread = std::thread::Builder::new()
+        .name("proxies".into())
+        .spawn(move || {
+            fleet_runtime.block_on(async {
+                let _ = stopped.await;
+            })
+        })
+        .context("cannot start the proxies' thread")?;
+    let result = runtime.block_on(bench(args, &fleet, cpus, cp_cpu, proxies_cpu));
+    let _ = stop.send(());
+    let _ = fleet_thread.join();
+    result
 }
 
 async fn bench(
     args: Args,
+    fleet_runtime: &tokio::runtime::Handle,
     cpus: Vec<usize>,
     cp_cpu: Option<usize>,
     proxies_cpu: Option<usize>,
@@ -193,6 +214,7 @@ async fn bench(
 
     let settle = Duration::from_secs_f64(args.settle_seconds);
     let (fleet, connect) = phases::connect(
+        fleet_runtime,
         &cp,
         args.proxies,
         args.subscriptions,

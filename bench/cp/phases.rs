@@ -64,6 +64,7 @@ async fn wait_synced(fleet: &Fleet, n: usize, sessions: u64, deadline: Duration)
 
 /// Connects the fleet and measures memory and CPU per proxy.
 pub async fn connect(
+    on: &tokio::runtime::Handle,
     cp: &ControlPlane,
     n: usize,
     m: usize,
@@ -73,7 +74,7 @@ pub async fn connect(
 ) -> Result<(Fleet, Connect)> {
     let before = cp.sample()?;
     let started = Instant::now();
-    let fleet = Fleet::start(n, m, services, cp.addrs.discovery, tracker, 100);
+    let fleet = Fleet::start(on, n, m, services, cp.addrs.discovery, tracker, 100);
     wait_synced(&fleet, n, 1, Duration::from_secs(300)).await?;
     let seconds = started.elapsed().as_secs_f64();
     let connected = cp.sample()?;
@@ -107,6 +108,8 @@ pub async fn push(
     let key = (ResourceType::Route as i32, qualified(0));
     let mut latencies = Vec::with_capacity(k);
     let mut writes = Vec::with_capacity(k);
+    let histogram = "shoal_cp_push_ack_seconds";
+    let buckets_before = crate::control_plane::buckets(&cp.metrics().await?, histogram);
     let before = cp.sample()?;
     for generation in 1..=k as u64 {
         let sent = Instant::now();
@@ -129,21 +132,16 @@ pub async fn push(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = cp.sample()?;
-    let metrics = cp.metrics().await?;
-    let quantiles = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("shoal_cp_push_ack_seconds{quantile=\""))
-        .filter_map(|rest| {
-            let (q, value) = rest.split_once("\"} ")?;
-            Some((q.to_owned(), value.trim().parse::<f64>().ok()? * 1e3))
-        })
-        .collect();
+    let buckets_after = crate::control_plane::buckets(&cp.metrics().await?, histogram);
+    let cp_quantile =
+        |q| crate::control_plane::bucket_quantile_ms(&buckets_before, &buckets_after, q);
     Ok(Push {
         changes: k,
         latency: Latency::of(&latencies),
         write: Latency::of(&writes),
         cores: after.cores_since(&before),
-        cp_push_ack_quantiles_ms: quantiles,
+        cp_push_ack_p50_le_ms: cp_quantile(0.5),
+        cp_push_ack_p99_le_ms: cp_quantile(0.99),
     })
 }
 

@@ -86,8 +86,11 @@ pub struct Push {
     pub write: Latency,
     /// Control-plane cores during the phase.
     pub cores: f64,
-    /// The control plane's own `shoal_cp_push_ack_seconds` quantiles (all pushes since start), ms.
-    pub cp_push_ack_quantiles_ms: Vec<(String, f64)>,
+    /// The control plane's own `shoal_cp_push_ack_seconds` (send → ACK per proxy) over the phase: the
+    /// histogram bucket bound (ms) under which half of the pushes fall.
+    pub cp_push_ack_p50_le_ms: Option<f64>,
+    /// The same for 99 %.
+    pub cp_push_ack_p99_le_ms: Option<f64>,
 }
 
 /// Endpoint churn.

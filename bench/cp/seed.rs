@@ -146,12 +146,23 @@ pub async fn seed(
     per_service: usize,
 ) -> Result<Seeded> {
     let started = Instant::now();
-    let mut all: Vec<v1::Resource> = (0..services).map(service).collect();
-    all.push(route(0, 0));
+    // Registrations and routes name their service: services first.
+    let services_first: Vec<v1::Resource> = (0..services).map(service).collect();
+    let mut rest = vec![route(0, 0)];
     for i in 0..services {
-        all.extend((0..per_service).map(|j| registration(i, j, 1)));
+        rest.extend((0..per_service).map(|j| registration(i, j, 1)));
     }
-    let writes = all.len();
+    let writes = services_first.len() + rest.len();
+    apply_all(client, services_first).await?;
+    apply_all(client, rest).await?;
+    Ok(Seeded {
+        writes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Applies every resource, `SEED_CONCURRENCY` in flight; stops at the first error.
+async fn apply_all(client: &AdminClient<Channel>, all: Vec<v1::Resource>) -> Result<()> {
     let permits = Arc::new(Semaphore::new(SEED_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for r in all {
@@ -170,10 +181,7 @@ pub async fn seed(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    Ok(Seeded {
-        writes,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
 
 /// Polls `check` every 20 ms until it returns true, at most `deadline`; the error says what was
