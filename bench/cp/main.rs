@@ -89,7 +89,7 @@ impl Args {
                 self.services
             );
         }
-        if self.endpoints < self.services || self.endpoints % self.services != 0 {
+        if self.endpoints < self.services || !self.endpoints.is_multiple_of(self.services) {
             bail!(
                 "--endpoints ({}) must be a multiple of --services ({}): every service gets the same number",
                 self.endpoints,
@@ -178,7 +178,12 @@ async fn bench(
     proxies_cpu: Option<usize>,
 ) -> Result<()> {
     let load_start = os::load_average();
-    let tmp = tempfile::Builder::new().prefix("cp-bench-").tempdir()?;
+    let mut tmp = tempfile::Builder::new().prefix("cp-bench-").tempdir()?;
+    if args.keep_tmp {
+        // Kept on failure too: the control plane's log is what explains one.
+        tmp.disable_cleanup(true);
+        eprintln!("cp-bench: keeping {}", tmp.path().display());
+    }
     let mut cp = ControlPlane::start(&args.cp_binary(), tmp.path(), cp_cpu).await?;
     let startup = cp.startup;
     let per_service = args.endpoints / args.services;
@@ -280,10 +285,6 @@ async fn bench(
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if args.keep_tmp {
-        let kept = tmp.keep();
-        eprintln!("cp-bench: kept {}", kept.display());
     }
     Ok(())
 }

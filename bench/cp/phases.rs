@@ -255,6 +255,9 @@ pub async fn resync(cp: &mut ControlPlane, fleet: &Fleet, n: usize) -> Result<Re
     if sessions != 0 {
         bail!("{sessions} proxies reconnected before the restart (streams broke during the run)");
     }
+    // Start from a quiet fleet: after heavy churn the proxies may still be working through a backlog,
+    // and a restart then would measure that backlog, not the resync.
+    quiesce(fleet, Duration::from_millis(500), Duration::from_secs(120)).await?;
     let resources_before = fleet.counters.resources.load(Ordering::Relaxed);
     let removed_before = fleet.counters.removed.load(Ordering::Relaxed);
     let responses_before = fleet.counters.responses.load(Ordering::Relaxed);
@@ -284,4 +287,23 @@ pub async fn resync(cp: &mut ControlPlane, fleet: &Fleet, n: usize) -> Result<Re
         cpu_seconds: sample.cpu_seconds,
         rss_kib: sample.rss_kib,
     })
+}
+
+/// Waits until the proxies received no response for `quiet`, at most `deadline`.
+async fn quiesce(fleet: &Fleet, quiet: Duration, deadline: Duration) -> Result<()> {
+    let started = Instant::now();
+    let mut last = fleet.counters.responses.load(Ordering::Relaxed);
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        if started.elapsed() > deadline {
+            bail!("the proxies were still receiving updates {deadline:?} after the churn phase");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = fleet.counters.responses.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    Ok(())
 }
