@@ -99,11 +99,8 @@ pub(super) async fn run(
                 }
             }
             batch = changes.recv() => {
-                let keys: Vec<Key> = match batch {
-                    Ok(keys) => keys.iter().filter(|k| s.subscribed.contains(*k)).cloned().collect(),
-                    // Fell behind: compare everything it subscribes to.
-                    Err(broadcast::error::RecvError::Lagged(_)) => s.subscribed.iter().cloned().collect(),
-                    Err(broadcast::error::RecvError::Closed) => break,
+                let Some(keys) = changed_keys(&s, batch, &mut changes) else {
+                    break;
                 };
                 if !keys.is_empty() && push(&hub, &entry, &mut s, &keys, &out).await.is_err() {
                     break;
@@ -113,6 +110,40 @@ pub(super) async fn run(
     }
     tracing::info!(proxy = %entry.proxy_id(), %address, "proxy disconnected");
     drop(registration);
+}
+
+/// The subscribed keys among `first` and every batch already queued behind it (`None`: the hub
+/// closed). Batches queue while this stream waits for a slow proxy to read; taking them all at once
+/// sends one response with the latest versions instead of one response per batch, so a proxy that
+/// falls behind under churn catches up instead of falling further behind.
+fn changed_keys(
+    s: &Session,
+    first: Result<Arc<Vec<Key>>, broadcast::error::RecvError>,
+    changes: &mut broadcast::Receiver<Arc<Vec<Key>>>,
+) -> Option<Vec<Key>> {
+    use broadcast::error::{RecvError, TryRecvError};
+    let mut keys: HashSet<Key> = HashSet::new();
+    let mut everything = false;
+    let mut add = |batch: &[Key]| {
+        keys.extend(batch.iter().filter(|k| s.subscribed.contains(*k)).cloned());
+    };
+    match first {
+        Ok(batch) => add(&batch),
+        // Fell behind: compare everything it subscribes to.
+        Err(RecvError::Lagged(_)) => everything = true,
+        Err(RecvError::Closed) => return None,
+    }
+    loop {
+        match changes.try_recv() {
+            Ok(batch) => add(&batch),
+            Err(TryRecvError::Lagged(_)) => everything = true,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    if everything {
+        return Some(s.subscribed.iter().cloned().collect());
+    }
+    Some(keys.into_iter().collect())
 }
 
 async fn handle(

@@ -1,0 +1,71 @@
+//! `cp-bench` runs end to end at tiny scale (3 proxies × 2 services) against the real control
+//! plane, and its JSON holds the figures of every phase.
+
+use std::process::Command;
+
+#[test]
+fn cp_bench_runs_end_to_end_at_tiny_scale() {
+    let cp = shoal_tests::control_plane::control_plane_binary().expect("control-plane binary");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("out.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_cp-bench"))
+        .args([
+            "--proxies",
+            "3",
+            "--subscriptions",
+            "2",
+            "--services",
+            "4",
+            "--endpoints",
+            "8",
+            "--pushes",
+            "3",
+            "--churn-rate",
+            "40",
+            "--churn-seconds",
+            "1",
+            "--settle-seconds",
+            "0.2",
+            "--no-pin",
+        ])
+        .arg("--cp-bin")
+        .arg(&cp)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run cp-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cp-bench failed:\n{stderr}\n{stdout}"
+    );
+    assert!(
+        stdout.contains("| policy push → last ACK |"),
+        "no table:\n{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+            .expect("valid JSON");
+    let num = |path: &str| -> f64 {
+        report
+            .pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{path} missing in {report:#}"))
+    };
+    // 4 services + 1 route + 8 registrations.
+    assert_eq!(num("/seed/writes"), 13.0);
+    assert_eq!(num("/connect/proxies"), 3.0);
+    assert_eq!(num("/connect/cp_connected_gauge"), 3.0);
+    // Service 0 and one other: 2 services × 3 keys.
+    assert_eq!(num("/connect/keys_per_proxy"), 6.0);
+    assert_eq!(num("/push/latency/count"), 3.0);
+    assert!(num("/push/latency/max_ms") > 0.0);
+    assert_eq!(num("/churn/issued"), 40.0);
+    assert_eq!(num("/churn/completed"), 40.0);
+    assert_eq!(num("/churn/not_acked"), 0.0);
+    assert_eq!(num("/churn/lag/count"), 40.0);
+    assert_eq!(num("/resync/proxies_synced"), 3.0);
+    // Nothing changed across the restart: nothing is sent again.
+    assert_eq!(num("/resync/resources_resent"), 0.0);
+}
