@@ -714,6 +714,9 @@ def verdict(summary: dict, hs: dict, idle: dict, scenarios) -> list[str]:
                 lines.append(f"- {sc} {what}: shoal's paced client fell behind (× direct {s['ratio_vs_direct']:.2f}): "
                              "no verdict")
                 continue
+            if key == "added_p50_us" and h is None and v is not None:
+                lines.append(f"- {sc} {what}: no HAProxy window kept the pace: no verdict")
+                continue
             if h is None or v is None:
                 continue
             ok = v <= h
