@@ -949,14 +949,7 @@ def main() -> int:
         print()
         print(load_table(summary, targets, scenarios))
         print()
-        for sc in scenarios:
-            print(f"- {sc}: {rb.SCENARIO_TITLES[sc]}", end="")
-            if sc == "h1":
-                print(f", -t1 -c{args.h1_conns}")
-            elif sc == "h2c":
-                print(f", -t1 -c{args.h2_conns} -m{args.h2_streams}")
-            else:
-                print(f", {args.rate} req/s (run.py's paced client)")
+        rb.print_scenario_notes(args, scenarios, "run.py's paced client")
     if hs:
         print(f"\nNew mTLS connections against the server side ({args.handshake_threads} client threads, full "
               f"handshakes with a client certificate, SNI {SERVER_SNI}, ALPN h2, until the server's HTTP/2 "

@@ -978,6 +978,18 @@ def parse_args():
     return args
 
 
+def print_scenario_notes(args, scenarios, paced: str) -> None:
+    """One line per scenario: what it is and the load generator's settings."""
+    for sc in scenarios:
+        print(f"- {sc}: {SCENARIO_TITLES[sc]}", end="")
+        if sc == "h1":
+            print(f", -t1 -c{args.h1_conns}")
+        elif sc == "h2c":
+            print(f", -t1 -c{args.h2_conns} -m{args.h2_streams}")
+        else:
+            print(f", {args.rate} req/s ({paced})")
+
+
 def main() -> int:
     global BACKEND_BIN, SHOAL_BIN, SHOAL_BASE_BIN, SHOAL_EXTRA_ENV
     args = parse_args()
@@ -1123,14 +1135,7 @@ def main() -> int:
         out["summary"] = summary
         print(print_table(summary, targets, scenarios))
         print()
-        for sc in scenarios:
-            print(f"- {sc}: {SCENARIO_TITLES[sc]}", end="")
-            if sc == "h1":
-                print(f", -t1 -c{args.h1_conns}")
-            elif sc == "h2c":
-                print(f", -t1 -c{args.h2_conns} -m{args.h2_streams}")
-            else:
-                print(f", {args.rate} req/s (paced Python client)")
+        print_scenario_notes(args, scenarios, "paced Python client")
         foreign = [r.get("foreign_cpu1_pct") for rd in rounds for sc in rd.values() for r in sc.values()
                    if "skipped" not in r]
         if foreign:
