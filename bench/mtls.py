@@ -18,7 +18,6 @@ import argparse
 import atexit
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -562,11 +561,8 @@ def measure_idle(ctx: rb.Ctx, args, pki: Pki, target: str, n: int) -> dict:
         open_s = time.monotonic() - t0
         time.sleep(rb.IDLE_SETTLE_S)
         rss1, fds1 = rb.status_kib(pid, "VmRSS"), rb.fd_count(pid)
-        poller = select.poll()
-        for s in conns:
-            poller.register(s, select.POLLIN | select.POLLHUP | select.POLLRDHUP)
         # Readable: the server closed it, or sent something (a PING, GOAWAY) an idle peer would see.
-        readable = len(poller.poll(0))
+        readable = rb.count_readable(conns)
         if not server.alive():
             raise Skip(f"{target} died while holding idle connections")
         return {

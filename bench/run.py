@@ -726,6 +726,14 @@ def measure_idle(ctx: Ctx, target: str, n: int) -> dict:
         ctx.maxconn = Ctx.LOAD_MAXCONN
 
 
+def count_readable(conns) -> int:
+    """How many of the sockets `conns` are readable now (closed by the server, or sent something)."""
+    poller = select.poll()
+    for s in conns:
+        poller.register(s, select.POLLIN | select.POLLHUP | select.POLLRDHUP)
+    return len(poller.poll(0))
+
+
 def _measure_idle(ctx: Ctx, target: str, n: int) -> dict:
     backend = start_backend(ctx)
     srv = None
@@ -766,10 +774,7 @@ def _measure_idle(ctx: Ctx, target: str, n: int) -> dict:
         rss1 = sum(status_kib(p, "VmRSS") for p in pids)
         fds1 = sum(fd_count(p) for p in pids)
         # Which client connections has the server closed meanwhile (readable = EOF)?
-        poller = select.poll()
-        for s in conns:
-            poller.register(s, select.POLLIN | select.POLLHUP | select.POLLRDHUP)
-        closed = len(poller.poll(0))
+        closed = count_readable(conns)
         if not srv.alive():
             raise Skip(f"{target} died while holding idle connections")
         return {

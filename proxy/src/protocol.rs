@@ -159,6 +159,9 @@ pub(crate) async fn carry(
         client: conn.peer,
         dst,
         version,
+        client_id_header: client_id
+            .as_ref()
+            .and_then(|id| ::http::HeaderValue::from_str(id.as_str()).ok()),
         client_id,
     });
     http::serve(c, io, conn.drain).await;

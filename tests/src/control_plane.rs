@@ -458,13 +458,7 @@ impl ControlPlane {
         what: &str,
         pred: impl Fn(&str) -> bool,
     ) -> String {
-        crate::wait::eventually(timeout, what, || async {
-            self.log_lines()
-                .into_iter()
-                .find(|l| pred(l))
-                .ok_or("no such line yet")
-        })
-        .await
+        crate::process::wait_for_line(|| self.log_lines(), timeout, what, pred).await
     }
 
     /// `GET path` on the metrics listener.

@@ -277,3 +277,18 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Waits until one of the lines `lines()` returns satisfies `pred` (polled with a deadline);
+/// returns that line. Shared by the proxy's and the control plane's `wait_for_log`.
+pub async fn wait_for_line(
+    lines: impl Fn() -> Vec<String>,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    crate::wait::eventually(timeout, what, || {
+        let found = lines().into_iter().find(|l| pred(l));
+        async move { found.ok_or("no such line yet") }
+    })
+    .await
+}

@@ -51,6 +51,9 @@ pub struct Conn {
     pub version: Downstream,
     /// Inbound over mesh mTLS: the caller's identity.
     pub client_id: Option<crate::tls::SpiffeId>,
+    /// [`Self::client_id`] as the `shoal-client-id` value the app receives (built once per
+    /// connection; cloning it per request shares its bytes).
+    pub client_id_header: Option<http::HeaderValue>,
 }
 
 /// Serves HTTP on `io` until the client is done or draining asks the connection to close.

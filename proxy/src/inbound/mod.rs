@@ -56,7 +56,7 @@ pub(crate) enum Admit {
 /// that mode applies.
 pub fn tls_mode(shared: &Shared, port: u16) -> TlsMode {
     let cfg = &shared.config;
-    let state = shared.store.snapshot();
+    let state = shared.store.peek();
     let mut own = state
         .services
         .iter()
@@ -177,7 +177,7 @@ pub(crate) async fn serve_mesh(
 /// Applies the service's authorization policy to one inbound call; `None` when the service has
 /// no policy (every caller is accepted). Decisions are counted.
 fn authorize(shared: &Shared, call: &authz::Call<'_>) -> Option<authz::Decision> {
-    let state = shared.store.snapshot();
+    let state = shared.store.peek();
     if state.authorization.is_empty() {
         return None;
     }

@@ -57,6 +57,12 @@ impl Store {
         self.current.load_full()
     }
 
+    /// A short look at the state without taking a reference count (arc-swap's guard): for
+    /// per-request checks that read a field and are done, never held across an `.await`.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<State>> {
+        self.current.load()
+    }
+
     /// Replaces the whole state (the only mutator); returns the new version.
     pub fn replace(&self, state: State) -> u64 {
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
