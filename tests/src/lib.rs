@@ -27,6 +27,7 @@ pub mod backend;
 pub mod client;
 pub mod control_plane;
 pub mod grpc;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod prom;
