@@ -2,6 +2,7 @@
 
 pub mod body;
 mod forward;
+pub mod h2body;
 pub mod headers;
 mod respond;
 
