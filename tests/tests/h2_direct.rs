@@ -26,6 +26,8 @@ enum Behaviour {
     Reset(h2::Reason),
     /// Never answer; record how the stream ended (the client's RST_STREAM reason).
     Hold,
+    /// A 200 head and part of the body, then RST_STREAM with this reason.
+    ResetMidBody(h2::Reason),
 }
 
 #[derive(Default)]
@@ -90,6 +92,18 @@ async fn serve(sock: tokio::net::TcpStream, behaviour: Behaviour, seen: Arc<Mute
             Behaviour::Reset(reason) => {
                 let mut respond = respond;
                 respond.send_reset(reason);
+            }
+            Behaviour::ResetMidBody(reason) => {
+                let mut respond = respond;
+                let resp = Response::builder().status(200).body(()).unwrap();
+                if let Ok(mut tx) = respond.send_response(resp, false) {
+                    let _ = tx.send_data(Bytes::from_static(b"partial"), false);
+                    // Let the data leave before the reset.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tx.send_reset(reason);
+                    });
+                }
             }
             Behaviour::Hold => {
                 let seen = seen.clone();
@@ -227,4 +241,32 @@ async fn downstream_h1_disconnect_resets_the_upstream_h2_stream() {
         upstream.seen(|s| s.resets.clone()) == vec![h2::Reason::CANCEL],
         "RST_STREAM CANCEL at the upstream after the HTTP/1 client closed its connection"
     );
+}
+
+#[tokio::test]
+async fn upstream_rst_mid_body_reaches_the_h2_client_with_its_reason() {
+    let upstream = H2Upstream::start(Behaviour::ResetMidBody(h2::Reason::ENHANCE_YOUR_CALM)).await;
+    let proxy = ProxyBuilder::new()
+        .inbound_explicit(upstream.addr)
+        .start()
+        .await;
+    let client = H2Client::connect(proxy.inbound()).await.unwrap();
+    let resp = client
+        .send_streaming(get(proxy.inbound(), "/partial"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let err = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect_err("the body must fail: the upstream reset the stream mid-body");
+    // The client sees the upstream's RST_STREAM reason, passed on by the proxy.
+    let mut reason = None;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = cur {
+        if let Some(h2e) = e.downcast_ref::<h2::Error>() {
+            reason = h2e.reason();
+        }
+        cur = e.source();
+    }
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
 }

@@ -14,8 +14,44 @@ use super::h2body::{BodyError, Pipe, PipeEnd, RecvBody};
 use crate::endpoint::Release;
 use crate::io::InFlight;
 
-/// A request body on its way upstream.
-pub type RequestBody = Incoming;
+/// A request body on its way upstream: from hyper's HTTP/1 server or from the proxy's HTTP/2
+/// server. One request path serves both.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// From hyper's HTTP/1 server.
+    Http1(Incoming),
+    /// From an HTTP/2 stream of [`super::h2_server`].
+    H2(RecvBody),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Http1(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Http1(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A response body flowing back to the client.
 #[derive(Debug)]
