@@ -18,6 +18,7 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderValue, Request, header};
 use http_body::Body;
+use std::task::Poll;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
@@ -63,49 +64,86 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
     let mut awaiting_pong = false;
     let mut streams = FuturesUnordered::new();
     let mut accepting = true;
+    let mut signaled = pin!(drain.signaled());
     let mut draining = false;
-    while accepting || !streams.is_empty() {
-        tokio::select! {
-            accepted = poll_fn(|cx| h2conn.poll_accept(cx)), if accepting => match accepted {
-                Some(Ok((req, respond))) => streams.push(serve_stream(&conn, req, respond)),
-                Some(Err(e)) => {
-                    connection_error(&conn, &e);
-                    return;
-                }
-                // The connection is closed (GOAWAY exchanged, or the client left).
-                None => accepting = false,
-            },
-            Some(()) = streams.next(), if !streams.is_empty() => {}
-            _ = drain.signaled(), if !draining => {
-                // GOAWAY: streams in flight finish, no new ones start.
-                draining = true;
-                h2conn.graceful_shutdown();
+    let conn: &Conn = &conn;
+    // One hand-written poll rather than a `select!` loop: every wake-up first runs the streams
+    // that are ready, then polls the connection once, so the frames they queued leave together
+    // in one write (a `select!` iteration per finished stream cost a flush each).
+    let end = poll_fn(|cx| {
+        if !draining && signaled.as_mut().poll(cx).is_ready() {
+            // GOAWAY: streams in flight finish, no new ones start.
+            draining = true;
+            h2conn.graceful_shutdown();
+        }
+        if awaiting_pong
+            && let Some(p) = pinger.as_mut()
+            && let Poll::Ready(pong) = p.poll_pong(cx)
+        {
+            if pong.is_err() {
+                return Poll::Ready(End::PingFailed);
             }
-            _ = timer.as_mut() => {
-                if awaiting_pong {
-                    tracing::debug!(client = %conn.client, "HTTP/2 client did not answer a PING within {PING_TIMEOUT:?}; closing the connection");
-                    return;
-                }
-                match pinger.as_mut().map(|p| p.send_ping(h2::Ping::opaque())) {
-                    Some(Ok(())) => {
-                        awaiting_pong = true;
-                        timer.as_mut().reset(Instant::now() + PING_TIMEOUT);
-                    }
-                    _ => timer.as_mut().reset(Instant::now() + PING_INTERVAL),
-                }
+            awaiting_pong = false;
+            timer.as_mut().reset(Instant::now() + PING_INTERVAL);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if awaiting_pong {
+                return Poll::Ready(End::PingTimeout);
             }
-            pong = poll_fn(|cx| match pinger.as_mut() {
-                Some(p) => p.poll_pong(cx),
-                None => std::task::Poll::Pending,
-            }), if awaiting_pong => {
-                if pong.is_err() {
-                    return;
+            let sent = pinger.as_mut().map(|p| p.send_ping(h2::Ping::opaque()));
+            awaiting_pong = matches!(sent, Some(Ok(())));
+            let next = if awaiting_pong {
+                PING_TIMEOUT
+            } else {
+                PING_INTERVAL
+            };
+            timer.as_mut().reset(Instant::now() + next);
+            if awaiting_pong {
+                // Register for the PONG.
+                if let Some(Poll::Ready(Err(_))) = pinger.as_mut().map(|p| p.poll_pong(cx)) {
+                    return Poll::Ready(End::PingFailed);
                 }
-                awaiting_pong = false;
-                timer.as_mut().reset(Instant::now() + PING_INTERVAL);
             }
         }
+        loop {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if !accepting {
+                return if streams.is_empty() {
+                    Poll::Ready(End::Closed)
+                } else {
+                    Poll::Pending
+                };
+            }
+            match h2conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(serve_stream(conn, req, respond));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(End::Error(e)),
+                // The connection is closed (GOAWAY exchanged, or the client left).
+                Poll::Ready(None) => accepting = false,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    match end {
+        End::Closed => {}
+        End::Error(e) => connection_error(conn, &e),
+        End::PingTimeout => {
+            tracing::debug!(client = %conn.client, "HTTP/2 client did not answer a PING within {PING_TIMEOUT:?}; closed the connection");
+        }
+        End::PingFailed => {
+            tracing::debug!(client = %conn.client, "HTTP/2 keep-alive PING failed; closed the connection");
+        }
     }
+}
+
+/// Why a downstream HTTP/2 connection's loop ended.
+enum End {
+    Closed,
+    Error(h2::Error),
+    PingTimeout,
+    PingFailed,
 }
 
 /// Answers one stream: forwards the request, then sends the response head and pipes its body.
