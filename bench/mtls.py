@@ -45,9 +45,13 @@ CLIENT_SNI = f"client.default.serviceaccount.identity.shoal.{TRUST_DOMAIN}"
 # haproxy-h1: HTTP/1.1 keep-alive over TLS between the pair (http-reuse always);
 # haproxy-h2: one multiplexed HTTP/2 connection (ALPN h2) between them, as shoal does.
 HAPROXY_LINKS = {"haproxy-h1": "alpn http/1.1", "haproxy-h2": "alpn h2"}
-ALL_TARGETS = ("direct", "shoal", *HAPROXY_LINKS)
+ALL_TARGETS = ("direct", "shoal", *HAPROXY_LINKS, "shoal-base")
 ALL_SCENARIOS = rb.ALL_SCENARIOS
-PROXY_TARGETS = ("shoal", *HAPROXY_LINKS)
+PROXY_TARGETS = ("shoal", *HAPROXY_LINKS, "shoal-base")
+# Targets that are a pair of shoal-proxies: "shoal" (--shoal-bin) and "shoal-base" (--shoal-base, a second
+# binary for A/B comparisons in the same run; both sides of its pair run it).
+SHOAL_TARGETS = ("shoal", "shoal-base")
+SHOAL_BASE_BIN: Path | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,12 +142,21 @@ def shoal_env(ctx: rb.Ctx, pki: Pki, name: str, admin: int) -> dict:
     return env
 
 
-def start_shoal(ctx: rb.Ctx, what: str, env: dict, admin: int, port: int) -> rb.Server:
+def shoal_bin(target: str) -> Path:
+    if target == "shoal-base":
+        if SHOAL_BASE_BIN is None:
+            raise Skip("no --shoal-base binary given")
+        return SHOAL_BASE_BIN
     if not rb.SHOAL_BIN.exists():
         raise Skip("target/release/shoal-proxy not built (cargo build --release -p shoal-proxy)")
+    return rb.SHOAL_BIN
+
+
+def start_shoal(ctx: rb.Ctx, what: str, env: dict, admin: int, port: int, target: str = "shoal") -> rb.Server:
+    binary = shoal_bin(target)
     lf = ctx.logfile(what)
     with open(lf, "wb") as f:
-        p = rb.spawn([rb.SHOAL_BIN], SERVER_CPU, env=env, stdout=f, stderr=f)
+        p = rb.spawn([binary], SERVER_CPU, env=env, stdout=f, stderr=f)
     s = rb.Server(what, p, port, port, lf)
     s.admin = admin
     try:
@@ -155,7 +168,7 @@ def start_shoal(ctx: rb.Ctx, what: str, env: dict, admin: int, port: int) -> rb.
     return s
 
 
-def start_shoal_server(ctx: rb.Ctx, pki: Pki, backend_port: int) -> rb.Server:
+def start_shoal_server(ctx: rb.Ctx, pki: Pki, backend_port: int, target: str = "shoal") -> rb.Server:
     port, admin = rb.free_port(), rb.free_port()
     env = shoal_env(ctx, pki, "server", admin)
     env.update(
@@ -165,10 +178,10 @@ def start_shoal_server(ctx: rb.Ctx, pki: Pki, backend_port: int) -> rb.Server:
         SHOAL_OUTBOUND_MODE="off",
         SHOAL_INBOUND_TLS_MODE="strict",
     )
-    return start_shoal(ctx, "shoal-server", env, admin, port)
+    return start_shoal(ctx, "shoal-server", env, admin, port, target)
 
 
-def start_shoal_client(ctx: rb.Ctx, pki: Pki, server_port: int) -> rb.Server:
+def start_shoal_client(ctx: rb.Ctx, pki: Pki, server_port: int, target: str = "shoal") -> rb.Server:
     port, admin = rb.free_port(), rb.free_port()
     # One service answering to the load generators' default Host / :authority (127.0.0.1:<port>),
     # whose one endpoint is the server-side proxy and must prove SERVER_ID over mTLS.
@@ -190,7 +203,7 @@ def start_shoal_client(ctx: rb.Ctx, pki: Pki, server_port: int) -> rb.Server:
         SHOAL_INBOUND_MODE="off",
         SHOAL_STATE_FILE=str(state),
     )
-    return start_shoal(ctx, "shoal-client", env, admin, port)
+    return start_shoal(ctx, "shoal-client", env, admin, port, target)
 
 
 def start_haproxy(ctx: rb.Ctx, what: str, template: str, ports: list[int], **values) -> rb.Server:
@@ -224,8 +237,8 @@ def start_haproxy_client(ctx: rb.Ctx, pki: Pki, target: str, server_port: int) -
 
 
 def start_server_side(ctx: rb.Ctx, pki: Pki, target: str, backend_port: int) -> rb.Server:
-    if target == "shoal":
-        return start_shoal_server(ctx, pki, backend_port)
+    if target in SHOAL_TARGETS:
+        return start_shoal_server(ctx, pki, backend_port, target)
     return start_haproxy_server(ctx, pki, backend_port)
 
 
@@ -234,8 +247,8 @@ def start_pair(ctx: rb.Ctx, pki: Pki, target: str, backend_port: int) -> Pair:
         return Pair("direct", None, None, backend_port, backend_port)
     server = start_server_side(ctx, pki, target, backend_port)
     try:
-        if target == "shoal":
-            client = start_shoal_client(ctx, pki, server.h1_port)
+        if target in SHOAL_TARGETS:
+            client = start_shoal_client(ctx, pki, server.h1_port, target)
             return Pair(target, client, server, client.h1_port, client.h1_port)
         client = start_haproxy_client(ctx, pki, target, server.h1_port)
         return Pair(target, client, server, client.h1_port, client.h2_port)
@@ -274,7 +287,7 @@ def check_path(ctx: rb.Ctx, pki: Pki, target: str) -> dict:
             if status != 200:
                 raise Skip(f"{target}: a {proto} request through the pair got status {status}\n"
                            f"{rb.tail(pair.client.logfile)}\n{rb.tail(pair.server.logfile)}")
-        if target == "shoal":
+        if target in SHOAL_TARGETS:
             ok = prom_value(pair.client.admin, "shoal_outbound_tls_connections_total", {"result": "ok"})
             if ok < 1:
                 raise Skip("shoal: requests went through but shoal_outbound_tls_connections_total{result=\"ok\"} "
@@ -494,7 +507,7 @@ def measure_handshakes(ctx: rb.Ctx, args, pki: Pki, target: str) -> dict:
         cpu_s = (s1 - s0) * tick_us / 1e6
         us_per = (s1 - s0) * tick_us / r["handshakes"]
         refused = None
-        if target == "shoal":
+        if target in SHOAL_TARGETS:
             refused = prom_value(server.admin, "shoal_inbound_tls_refused_total", {})
         return {
             "handshakes": r["handshakes"],
@@ -535,7 +548,7 @@ def measure_idle(ctx: rb.Ctx, args, pki: Pki, target: str, n: int) -> dict:
     conns: list[ssl.SSLSocket] = []
     try:
         server = start_server_side(ctx, pki, target, backend.h1_port)
-        if target != "shoal" and n > ctx.haproxy_maxconn() - 64:
+        if target not in SHOAL_TARGETS and n > ctx.haproxy_maxconn() - 64:
             n = ctx.haproxy_maxconn() - 64
             log(f"note: haproxy can hold only {n:,} connections under RLIMIT_NOFILE {ctx.nofile}; measuring with {n:,}")
         port = server.h1_port
@@ -738,7 +751,7 @@ def verdict(summary: dict, hs: dict, idle: dict, scenarios) -> list[str]:
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS),
+    ap.add_argument("--targets", default=",".join(t for t in ALL_TARGETS if t != "shoal-base"),
                     help="comma-separated subset of %(default)s (direct is the baseline for ratios)")
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
                     help="comma-separated subset of %(default)s, or 'none'")
@@ -749,6 +762,11 @@ def parse_args():
     ap.add_argument("--h1-conns", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--h2-conns", type=int, default=10, help="h2load connections (default 10)")
     ap.add_argument("--h2-streams", type=int, default=10, help="h2load streams per connection (default 10)")
+    ap.add_argument("--shoal-bin", metavar="PATH",
+                    help="the shoal-proxy binary of target shoal (default target/release/shoal-proxy)")
+    ap.add_argument("--shoal-base", metavar="PATH",
+                    help="a second shoal-proxy binary (e.g. a copy of the previous build), measured as target "
+                         "'shoal-base' (both sides of the pair) for A/B comparisons in the same run")
     ap.add_argument("--handshakes", action=argparse.BooleanOptionalAction, default=True,
                     help="measure new mTLS handshakes per second per core on the server side (default on)")
     ap.add_argument("--handshake-threads", type=int, default=4,
@@ -802,6 +820,7 @@ def quiet_measure(args, what: str, fn):
 
 
 def main() -> int:
+    global SHOAL_BASE_BIN
     args = parse_args()
     if args._handshakes:
         port, secs, threads, pki_dir = args._handshakes
@@ -844,8 +863,12 @@ def main() -> int:
     ctx = rb.Ctx(tmp, nofile)
     # Snapshot the binaries: a concurrent `cargo build --release` must not swap them mid-run.
     rb.BACKEND_BIN = Path(shutil.copy2(rb.BACKEND_BIN, tmp / "bench-backend"))
+    if args.shoal_bin:
+        rb.SHOAL_BIN = Path(args.shoal_bin)
     if rb.SHOAL_BIN.exists():
         rb.SHOAL_BIN = Path(shutil.copy2(rb.SHOAL_BIN, tmp / "shoal-proxy"))
+    if args.shoal_base:
+        SHOAL_BASE_BIN = Path(shutil.copy2(args.shoal_base, tmp / "shoal-proxy.base"))
     meta = rb.machine_info()
     meta.update(command="python3 bench/mtls.py " + " ".join(sys.argv[1:]), targets=targets, scenarios=scenarios,
                 rounds=args.rounds, duration_s=args.duration, warmup_s=args.warmup, rate=args.rate,
@@ -891,7 +914,7 @@ def main() -> int:
                         rd["load"][sc][t] = {"skipped": str(e)}
                         log(f"{tag} {sc:8} {t:10} SKIPPED: {e}")
             for t in [t for t in order if t in PROXY_TARGETS]:
-                if args.handshakes and (t == "shoal" or t == "haproxy-h2" or "haproxy-h2" not in targets):
+                if args.handshakes and (t in SHOAL_TARGETS or t == "haproxy-h2" or "haproxy-h2" not in targets):
                     # The HAProxy server side is the same for both link modes: measured once.
                     try:
                         r = quiet_measure(args, f"handshakes/{t}", lambda: measure_handshakes(ctx, args, pki, t))
@@ -903,7 +926,7 @@ def main() -> int:
                     except Skip as e:
                         rd["handshakes"][t] = {"skipped": str(e)}
                         log(f"{tag} handshakes {t:10} SKIPPED: {e}")
-                if args.idle_conns and (t == "shoal" or t == "haproxy-h2" or "haproxy-h2" not in targets):
+                if args.idle_conns and (t in SHOAL_TARGETS or t == "haproxy-h2" or "haproxy-h2" not in targets):
                     try:
                         r = measure_idle(ctx, args, pki, t, args.idle_conns)
                         rd["idle"][t] = r

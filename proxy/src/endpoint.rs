@@ -5,6 +5,8 @@
 //! that identity, and the connection is keyed by it, so a changed identity never reuses a
 //! connection authenticated as someone else.
 //!
+//! HTTP/2 is driven with the `h2` crate directly ([`http2`]); HTTP/1 with hyper's client.
+//!
 //! HTTP/1 connections return to the pool when their response body ends ([`Release`]); a pooled
 //! connection the server closed meanwhile is detected before use, and a request that could not
 //! be written on a reused connection is retried once on a fresh one (it never reached the
@@ -15,16 +17,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod http2;
+
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::HttpConfig;
 use crate::errors::{ProxyError, Reason, connect_reason, upstream_reason};
-use crate::http::body::ResponseBody;
+use crate::http::body::{RequestBody, ResponseBody};
 use crate::identity::Identity;
 use crate::tls::{self, Alpn, ClientStream, MaybeTls, SpiffeId};
 
@@ -52,26 +55,19 @@ pub struct Clients {
     cfg: HttpConfig,
     identity: Option<Arc<Identity>>,
     h1: Mutex<HashMap<Peer, Arc<H1Pool>>>,
-    h2: Mutex<HashMap<Peer, Arc<H2Slot>>>,
+    h2: Mutex<HashMap<Peer, Arc<http2::Slot>>>,
 }
 
 #[derive(Debug, Default)]
 struct H1Pool {
     /// Oldest first: the connection released longest ago is the likeliest to be ready again.
-    idle: Mutex<std::collections::VecDeque<(http1::SendRequest<Incoming>, Instant)>>,
-}
-
-#[derive(Debug, Default)]
-struct H2Slot {
-    current: Mutex<Option<http2::SendRequest<Incoming>>>,
-    /// Single-flight connect: concurrent first requests share one connection attempt.
-    connecting: tokio::sync::Mutex<()>,
+    idle: Mutex<std::collections::VecDeque<(http1::SendRequest<RequestBody>, Instant)>>,
 }
 
 /// Returns an HTTP/1 connection to its pool when the response body is complete.
 #[derive(Debug)]
 pub struct Release {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     pool: Arc<H1Pool>,
 }
 
@@ -105,7 +101,7 @@ impl Clients {
         &self,
         peer: &Peer,
         version: Version,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         match version {
             Version::Http1 => self.send_h1(peer, req).await,
@@ -113,14 +109,14 @@ impl Clients {
         }
     }
 
-    async fn connect(&self, peer: &Peer, alpn: Alpn) -> Result<TokioIo<UpstreamIo>, ProxyError> {
+    async fn connect_io(&self, peer: &Peer, alpn: Alpn) -> Result<UpstreamIo, ProxyError> {
         let (addr, id) = peer;
         let stream = connect_tcp(*addr, self.cfg.connect_timeout).await?;
         let Some(id) = id else {
-            return Ok(TokioIo::new(MaybeTls::Plain(stream)));
+            return Ok(MaybeTls::Plain(stream));
         };
         let stream = originate(self.identity.as_deref(), stream, *addr, id, alpn).await?;
-        Ok(TokioIo::new(MaybeTls::Tls(Box::new(stream))))
+        Ok(MaybeTls::Tls(Box::new(stream)))
     }
 
     fn h1_pool(&self, peer: &Peer) -> Arc<H1Pool> {
@@ -131,9 +127,9 @@ impl Clients {
         }
     }
 
-    async fn connect_h1(&self, peer: &Peer) -> Result<http1::SendRequest<Incoming>, ProxyError> {
+    async fn connect_h1(&self, peer: &Peer) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
         let addr = peer.0;
-        let io = self.connect(peer, Alpn::Http1).await?;
+        let io = TokioIo::new(self.connect_io(peer, Alpn::Http1).await?);
         let (tx, conn) = http1::Builder::new()
             .max_headers(self.cfg.max_headers)
             .max_buf_size(self.cfg.max_header_bytes.max(8192) + 8192)
@@ -156,7 +152,7 @@ impl Clients {
     }
 
     /// A ready pooled connection, or `None`.
-    async fn checkout_h1(&self, pool: &H1Pool) -> Option<http1::SendRequest<Incoming>> {
+    async fn checkout_h1(&self, pool: &H1Pool) -> Option<http1::SendRequest<RequestBody>> {
         loop {
             let (mut tx, since) = lock(&pool.idle).pop_front()?;
             if tx.is_closed() || since.elapsed() > self.cfg.upstream_idle_timeout {
@@ -172,7 +168,7 @@ impl Clients {
     async fn send_h1(
         &self,
         peer: &Peer,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
         let pool = self.h1_pool(peer);
@@ -227,77 +223,6 @@ impl Clients {
         ))
     }
 
-    async fn h2_sender(&self, peer: &Peer) -> Result<http2::SendRequest<Incoming>, ProxyError> {
-        let slot = {
-            let mut slots = lock(&self.h2);
-            match slots.get(peer) {
-                Some(slot) => slot.clone(),
-                None => slots.entry(peer.clone()).or_default().clone(),
-            }
-        };
-        if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
-            return Ok(tx.clone());
-        }
-        // Cold path, boxed so the per-request future stays small.
-        Box::pin(self.connect_h2(peer, &slot)).await
-    }
-
-    /// Connects the HTTP/2 connection of `slot` (one attempt at a time).
-    async fn connect_h2(
-        &self,
-        peer: &Peer,
-        slot: &H2Slot,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
-        let addr = peer.0;
-        let _connecting = slot.connecting.lock().await;
-        if let Some(tx) = lock(&slot.current).as_ref().filter(|tx| !tx.is_closed()) {
-            return Ok(tx.clone());
-        }
-        let io = self.connect(peer, Alpn::H2).await?;
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.cfg.max_header_bytes as u32)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(io)
-            .await
-            .map_err(|e| {
-                ProxyError::new(
-                    Reason::UpstreamConnectError,
-                    format!("HTTP/2 handshake with {addr}: {e}; is the endpoint speaking h2c?"),
-                )
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        *lock(&slot.current) = Some(tx.clone());
-        Ok(tx)
-    }
-
-    async fn send_h2(
-        &self,
-        peer: &Peer,
-        req: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        let addr = peer.0;
-        let mut tx = self.h2_sender(peer).await?;
-        tx.ready().await.map_err(|e| {
-            ProxyError::new(
-                Reason::UpstreamReset,
-                format!("HTTP/2 connection to {addr}: {e}"),
-            )
-        })?;
-        let resp = tx.send_request(req).await.map_err(|e| {
-            ProxyError::new(
-                upstream_reason(&e),
-                format!("HTTP/2 exchange with {addr}: {e}"),
-            )
-        })?;
-        Ok(resp.map(|body| ResponseBody::upstream(body, None)))
-    }
-
     /// Drops idle connections past `SHOAL_UPSTREAM_IDLE_TIMEOUT` and forgets unused endpoints.
     pub fn sweep(&self) {
         let limit = self.cfg.upstream_idle_timeout;
@@ -306,13 +231,7 @@ impl Clients {
             idle.retain(|(tx, since)| !tx.is_closed() && since.elapsed() <= limit);
             !idle.is_empty() || Arc::strong_count(pool) > 1
         });
-        lock(&self.h2).retain(|_, slot| {
-            let mut cur = lock(&slot.current);
-            if cur.as_ref().is_some_and(|tx| tx.is_closed()) {
-                *cur = None;
-            }
-            cur.is_some() || Arc::strong_count(slot) > 1
-        });
+        lock(&self.h2).retain(|_, slot| slot.sweep() || Arc::strong_count(slot) > 1);
     }
 }
 

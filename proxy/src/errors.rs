@@ -141,10 +141,11 @@ pub fn connect_reason(err: &std::io::Error) -> Reason {
 /// Classifies a hyper client error (after the connection was established) into a reason.
 pub fn upstream_reason(err: &hyper::Error) -> Reason {
     // A failure of the request body we were streaming is the client's (a malformed chunk, or the
-    // client going away mid-body), not the upstream's.
+    // client going away mid-body, on HTTP/1 or HTTP/2), not the upstream's.
     if err.is_user()
-        && std::error::Error::source(err)
-            .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some())
+        && std::error::Error::source(err).is_some_and(|s| {
+            s.downcast_ref::<hyper::Error>().is_some() || s.downcast_ref::<h2::Error>().is_some()
+        })
     {
         return Reason::MalformedRequest;
     }

@@ -1,4 +1,5 @@
-//! The response body type: an upstream's streamed body, or a small body the proxy made.
+//! The body types: the response body (an upstream's streamed body, HTTP/1 or HTTP/2, or a small
+//! body the proxy made) and the request body (whatever the downstream server produced).
 //!
 //! A struct over an enum rather than a boxed trait object, so no allocation per response.
 
@@ -9,8 +10,48 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::h2body::{BodyError, Pipe, PipeEnd, RecvBody};
 use crate::endpoint::Release;
 use crate::io::InFlight;
+
+/// A request body on its way upstream: from hyper's HTTP/1 server or from the proxy's HTTP/2
+/// server. One request path serves both.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// From hyper's HTTP/1 server.
+    Http1(Incoming),
+    /// From an HTTP/2 stream of [`super::h2_server`].
+    H2(RecvBody),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Http1(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Http1(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A response body flowing back to the client.
 #[derive(Debug)]
@@ -27,6 +68,12 @@ enum Kind {
         body: Incoming,
         release: Option<Release>,
     },
+    /// Streamed from an upstream HTTP/2 stream; `request` pipes the rest of the request body
+    /// upstream while the response streams (boxed: only requests with a body have one).
+    H2 {
+        body: RecvBody,
+        request: Option<Box<Pipe<RequestBody>>>,
+    },
     /// A body the proxy made (error explanations).
     Local(Option<Bytes>),
 }
@@ -36,6 +83,14 @@ impl ResponseBody {
     pub fn upstream(body: Incoming, release: Option<Release>) -> Self {
         Self {
             kind: Kind::Upstream { body, release },
+            in_flight: None,
+        }
+    }
+
+    /// An upstream HTTP/2 body; `request` is the request body still being sent, if any.
+    pub fn h2(body: RecvBody, request: Option<Box<Pipe<RequestBody>>>) -> Self {
+        Self {
+            kind: Kind::H2 { body, request },
             in_flight: None,
         }
     }
@@ -69,12 +124,12 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             Kind::Upstream { body, release } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
@@ -86,7 +141,20 @@ impl Body for ResponseBody {
                 if done && let Some(r) = release.take() {
                     r.release();
                 }
-                polled
+                polled.map_err(BodyError::from)
+            }
+            Kind::H2 { body, request } => {
+                // The request body (a client stream, bidirectional gRPC) moves whenever the
+                // response is polled: no task of its own.
+                if let Some(pipe) = request
+                    && let Poll::Ready(end) = pipe.poll_pipe(cx)
+                {
+                    if let PipeEnd::BodyFailed(e) = &end {
+                        tracing::debug!(error = %e, "request body failed while the response streamed; upstream stream reset");
+                    }
+                    *request = None;
+                }
+                Pin::new(body).poll_frame(cx).map_err(BodyError::from)
             }
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
@@ -95,6 +163,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::H2 { body, .. } => body.is_end_stream(),
             Kind::Local(data) => data.is_none(),
         }
     }
@@ -102,6 +171,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::H2 { body, .. } => body.size_hint(),
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

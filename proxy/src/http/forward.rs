@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version as HttpVersion, header};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::ResponseBody;
+use super::body::{RequestBody, ResponseBody};
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::{Conn, Downstream, respond};
 use crate::endpoint::{Peer, Version};
@@ -41,7 +40,7 @@ struct Target {
 }
 
 /// Handles one request; never fails (every error becomes a response).
-pub async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<ResponseBody> {
     let start = Instant::now();
     let ids = trace_context::propagate(req.headers_mut());
     let access = conn.shared.config.access_log.then(|| AccessLine::new(&req));
@@ -95,7 +94,10 @@ fn inbound_metrics(conn: &Conn) -> &Arc<RequestMetrics> {
 
 /// A request whose head carried both Content-Length and Transfer-Encoding: refused, never
 /// forwarded, and the connection closed (its framing cannot be trusted).
-pub fn reject_ambiguous_framing(conn: &Conn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+pub fn reject_ambiguous_framing(
+    conn: &Conn,
+    mut req: Request<RequestBody>,
+) -> Response<ResponseBody> {
     let ids = trace_context::propagate(req.headers_mut());
     let err = ProxyError::new(
         Reason::MalformedRequest,
@@ -114,7 +116,7 @@ pub fn reject_ambiguous_framing(conn: &Conn, mut req: Request<Incoming>) -> Resp
 
 async fn forward(
     conn: &Conn,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     target: &Target,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // A gRPC call carries its own deadline (grpc-timeout), which the server and client enforce;
@@ -156,7 +158,7 @@ async fn forward(
 /// The headers proxies use between themselves: the caller's identity for the app (inbound), and
 /// the original HTTP version when HTTP/1.1 rides the mesh's HTTP/2 (outbound). What a caller sent
 /// under those names is dropped, so neither can be forged.
-fn mesh_headers(conn: &Conn, req: &mut Request<Incoming>, target: &Target) {
+fn mesh_headers(conn: &Conn, req: &mut Request<RequestBody>, target: &Target) {
     let headers = req.headers_mut();
     // Callers almost never send them: one pass over the names beats a hash lookup per name, as
     // in `strip_hop_by_hop`.
@@ -197,7 +199,7 @@ fn finish(
 }
 
 /// Finds the destination of a request.
-async fn resolve(conn: &Conn, req: &Request<Incoming>) -> Result<Target, ProxyError> {
+async fn resolve(conn: &Conn, req: &Request<RequestBody>) -> Result<Target, ProxyError> {
     let shared = &conn.shared;
     let same_version = match conn.version {
         Downstream::Http1 => Version::Http1,
@@ -358,7 +360,7 @@ async fn passthrough_addr(conn: &Conn, authority: Option<&str>) -> Result<Socket
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
-fn authority_of(req: &Request<Incoming>) -> Option<&str> {
+fn authority_of(req: &Request<RequestBody>) -> Option<&str> {
     req.uri().authority().map(Authority::as_str).or_else(|| {
         req.headers()
             .get(header::HOST)
@@ -399,7 +401,7 @@ fn lookup_authority<'s>(
 }
 
 /// Rewrites the request line for the upstream's HTTP version.
-fn shape_for(req: &mut Request<Incoming>, version: Version) -> Result<(), ProxyError> {
+fn shape_for(req: &mut Request<RequestBody>, version: Version) -> Result<(), ProxyError> {
     match version {
         Version::Http1 => {
             // Origin-form request target, authority in Host.
@@ -467,7 +469,7 @@ struct AccessLine {
 }
 
 impl AccessLine {
-    fn new(req: &Request<Incoming>) -> Self {
+    fn new(req: &Request<RequestBody>) -> Self {
         Self {
             method: req.method().clone(),
             path: req.uri().path().to_string(),

@@ -2,6 +2,8 @@
 
 pub mod body;
 mod forward;
+mod h2_server;
+pub mod h2body;
 pub mod headers;
 mod respond;
 
@@ -10,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::app::Shared;
@@ -60,17 +62,17 @@ pub struct Conn {
 pub async fn serve(conn: Arc<Conn>, io: ProxyIo, drain: drain::Watch) {
     match conn.version {
         Downstream::Http1 => serve_h1(conn, io, drain).await,
-        // Boxed: hyper's HTTP/2 connection state is large, and keeping it inline would size every
+        // Boxed: the HTTP/2 connection state is large, and keeping it inline would size every
         // connection's task — including parked HTTP/1 ones — for it.
-        Downstream::Http2 => Box::pin(serve_h2(conn, io, drain)).await,
+        Downstream::Http2 => Box::pin(h2_server::serve(conn, io, drain)).await,
     }
 }
 
-/// The per-connection service: forwards each request, marking it in flight until its response
-/// body is done (so an HTTP/1 connection is never parked mid-response).
+/// The HTTP/1 connection's service: forwards each request, marking it in flight until its
+/// response body is done (so the connection is never parked mid-response).
 fn service(
     conn: Arc<Conn>,
-    activity: Option<Arc<Activity>>,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<body::ResponseBody>,
@@ -79,19 +81,16 @@ fn service(
 > + Clone {
     hyper::service::service_fn(move |req| {
         let conn = conn.clone();
-        let ambiguous = activity
-            .as_ref()
-            .is_some_and(|a| a.take_ambiguous_framing());
-        let guard = activity.as_ref().map(|a| a.begin());
+        let ambiguous = activity.take_ambiguous_framing();
+        let guard = activity.begin();
+        let req = req.map(body::RequestBody::Http1);
         async move {
             let mut resp = if ambiguous {
                 forward::reject_ambiguous_framing(&conn, req)
             } else {
                 forward::handle(&conn, req).await
             };
-            if let Some(g) = guard {
-                resp.body_mut().set_in_flight(g);
-            }
+            resp.body_mut().set_in_flight(guard);
             Ok::<_, Infallible>(resp)
         }
     })
@@ -130,7 +129,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
     let mut head_deadline: Option<Instant> = None;
     loop {
         // Active: hyper serves requests until the client is done or the connection idles.
-        let svc = service(conn.clone(), Some(activity.clone()));
+        let svc = service(conn.clone(), activity.clone());
         // Boxed so a parked connection's task does not keep room for hyper's state.
         let mut hconn = Box::pin(
             h1_builder(cfg)
@@ -204,30 +203,5 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
             _ = timer.as_mut() => return,
             _ = drain.signaled() => return,
         }
-    }
-}
-
-async fn serve_h2(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
-    let cfg = &conn.shared.config.http;
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-        .max_header_list_size(cfg.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let (client, direction) = (conn.client, conn.direction);
-    let hconn = builder.serve_connection(TokioIo::new(io), service(conn.clone(), None));
-    tokio::pin!(hconn);
-    let result = tokio::select! {
-        res = hconn.as_mut() => res,
-        _ = drain.signaled() => {
-            // GOAWAY: streams in flight finish, no new ones start.
-            hconn.as_mut().graceful_shutdown();
-            hconn.await
-        }
-    };
-    if let Err(e) = result {
-        respond::connection_error(&e, client, direction, None);
     }
 }

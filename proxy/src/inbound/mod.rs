@@ -195,9 +195,9 @@ fn authorize(shared: &Shared, call: &authz::Call<'_>) -> Option<authz::Decision>
 
 /// Authorizes an inbound HTTP request: `Err` (403 `unauthorized`, naming the policy, the rule
 /// and the caller; logged once where every proxy error is) when the policy denies it.
-pub(crate) fn authorize_http(
+pub(crate) fn authorize_http<B>(
     conn: &crate::http::Conn,
-    req: &http::Request<hyper::body::Incoming>,
+    req: &http::Request<B>,
 ) -> Result<(), ProxyError> {
     let call = authz::Call {
         client: conn.client_id.as_ref(),

@@ -1,0 +1,295 @@
+//! The upstream HTTP/2 client: one multiplexed connection per endpoint, driven by the `h2` crate
+//! directly.
+//!
+//! Each request opens its stream from its own future (`SendRequest::ready` + `send_request`) and
+//! waits for the response head there: no dispatch channel and no task per request (hyper's client
+//! had both). One task per connection drives it and sends keep-alive pings. A request body that
+//! is still streaming when the response head arrives moves into the response body, which pipes
+//! it whenever it is polled ([`crate::http::body::ResponseBody::h2`]). Dropping either side
+//! before the end resets the upstream stream (RST_STREAM CANCEL), so a downstream cancel reaches
+//! the upstream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use h2::client::{Connection, SendRequest};
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body::Body;
+use tokio::time::Instant;
+
+use super::{Clients, Peer, UpstreamIo, lock};
+use crate::errors::{ProxyError, Reason};
+use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::h2body::{Pipe, PipeEnd, RecvBody};
+use crate::tls::Alpn;
+
+/// Keep-alive: a PING this often (as hyper's client was configured) ...
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ... and the connection is given up when its PONG takes longer than this.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+// hyper's HTTP/2 client defaults, kept: large windows so one stream is never throttled by the
+// spec's 64 KiB, and a bounded send buffer per stream.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_SEND_BUF: usize = 1024 * 1024;
+
+/// One endpoint's HTTP/2 connection.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    current: std::sync::Mutex<Option<Handle>>,
+    /// Single-flight connect: concurrent first requests share one connection attempt.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    /// Forgets a connection that has ended; whether a live one remains.
+    pub(super) fn sweep(&self) -> bool {
+        let mut cur = lock(&self.current);
+        if cur.as_ref().is_some_and(Handle::is_closed) {
+            *cur = None;
+        }
+        cur.is_some()
+    }
+
+    fn live(&self) -> Option<Handle> {
+        lock(&self.current)
+            .as_ref()
+            .filter(|h| !h.is_closed())
+            .cloned()
+    }
+
+    /// Marks `handle`'s connection unusable (it failed or is going away), if it is current.
+    fn retire(&self, handle: &Handle) {
+        handle.closed.store(true, Ordering::Relaxed);
+        let mut cur = lock(&self.current);
+        if cur
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(&h.closed, &handle.closed))
+        {
+            *cur = None;
+        }
+    }
+}
+
+/// A connection's request handle and whether its driver task has ended.
+#[derive(Debug, Clone)]
+struct Handle {
+    tx: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Handle {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+impl Clients {
+    fn h2_slot(&self, peer: &Peer) -> Arc<Slot> {
+        let mut slots = lock(&self.h2);
+        match slots.get(peer) {
+            Some(slot) => slot.clone(),
+            None => slots.entry(peer.clone()).or_default().clone(),
+        }
+    }
+
+    /// Connects the HTTP/2 connection of `slot` (one attempt at a time).
+    async fn connect_h2(&self, peer: &Peer, slot: &Slot) -> Result<Handle, ProxyError> {
+        let addr = peer.0;
+        let _connecting = slot.connecting.lock().await;
+        if let Some(h) = slot.live() {
+            return Ok(h);
+        }
+        let io = self.connect_io(peer, Alpn::H2).await?;
+        let (tx, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .max_send_buffer_size(MAX_SEND_BUF)
+            .max_header_list_size(self.cfg.max_header_bytes as u32)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| {
+                ProxyError::new(
+                    Reason::UpstreamConnectError,
+                    format!("HTTP/2 handshake with {addr}: {e}; is the endpoint speaking h2c?"),
+                )
+            })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(drive(conn, closed.clone(), addr));
+        let handle = Handle { tx, closed };
+        *lock(&slot.current) = Some(handle.clone());
+        Ok(handle)
+    }
+
+    /// Sends `req` on the endpoint's HTTP/2 connection, returning the response head.
+    pub(super) async fn send_h2(
+        &self,
+        peer: &Peer,
+        req: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let addr = peer.0;
+        let slot = self.h2_slot(peer);
+        let (mut parts, body) = req.into_parts();
+        if let Some(len) = body.size_hint().exact()
+            && (len != 0 || has_payload_semantics(&parts.method))
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        let eos = body.is_end_stream();
+        // A second connection attempt only where the request provably never left: the
+        // connection had failed before its stream was opened.
+        let mut retried = false;
+        let (handle, mut tx) = loop {
+            let handle = match slot.live() {
+                Some(h) => h,
+                // Cold path, boxed so the per-request future stays small.
+                None => Box::pin(self.connect_h2(peer, &slot)).await?,
+            };
+            match handle.tx.clone().ready().await {
+                Ok(tx) => break (handle, tx),
+                Err(e) if !retried => {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection unusable; reconnecting");
+                    slot.retire(&handle);
+                    retried = true;
+                }
+                Err(e) => return Err(exchange_error(addr, &e)),
+            }
+        };
+        let (mut response, stream) = match tx.send_request(Request::from_parts(parts, ()), eos) {
+            Ok(sent) => sent,
+            Err(e) => {
+                if !e.is_reset() {
+                    slot.retire(&handle);
+                }
+                return Err(exchange_error(addr, &e));
+            }
+        };
+        drop(tx);
+        let mut pipe = (!eos).then(|| Box::new(Pipe::new(body, stream)));
+        let mut body_failed = None;
+        let polled = std::future::poll_fn(|cx| {
+            if let Some(p) = &mut pipe
+                && let Poll::Ready(end) = p.poll_pipe(cx)
+            {
+                if let PipeEnd::BodyFailed(e) = end {
+                    body_failed = Some(e);
+                }
+                pipe = None;
+            }
+            response.poll_unpin(cx)
+        })
+        .await;
+        let resp = match polled {
+            Ok(resp) => resp,
+            Err(e) => {
+                if let Some(b) = body_failed {
+                    return Err(ProxyError::new(
+                        Reason::MalformedRequest,
+                        format!("reading the request body from the client failed: {b}"),
+                    ));
+                }
+                if e.is_go_away() || e.is_io() {
+                    // Going away or gone: new requests go to a new connection.
+                    slot.retire(&handle);
+                }
+                return Err(exchange_error(addr, &e));
+            }
+        };
+        let (parts, recv) = resp.into_parts();
+        let body = RecvBody::new(recv, &parts.headers);
+        Ok(Response::from_parts(parts, ResponseBody::h2(body, pipe)))
+    }
+}
+
+/// Methods whose requests carry a body by definition: an empty one gets `content-length: 0`
+/// (as hyper's client did).
+fn has_payload_semantics(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::CONNECT
+            | Method::OPTIONS
+            | Method::TRACE
+    )
+}
+
+/// Maps an HTTP/2 failure before the response head to the proxy's reasons.
+fn exchange_error(addr: SocketAddr, err: &h2::Error) -> ProxyError {
+    let (reason, what) = if err.is_go_away() {
+        (
+            Reason::UpstreamReset,
+            "closed the HTTP/2 connection (GOAWAY) before answering",
+        )
+    } else if err.is_reset() && err.is_remote() {
+        (
+            Reason::UpstreamReset,
+            "reset the stream before sending a response head",
+        )
+    } else if err.is_reset() && err.is_library() {
+        // The h2 crate reset the stream because the response broke the protocol (malformed or
+        // oversized head, content-length mismatch).
+        (
+            Reason::UpstreamMalformedResponse,
+            "sent a response that breaks HTTP/2 rules",
+        )
+    } else if err.is_io() {
+        (Reason::UpstreamReset, "connection failed")
+    } else {
+        (Reason::UpstreamReset, "HTTP/2 exchange failed")
+    };
+    ProxyError::new(reason, format!("{addr} {what}: {err}"))
+}
+
+/// Drives one upstream connection until it ends, pinging it every [`PING_INTERVAL`]; marks it
+/// closed for the next request.
+async fn drive(mut conn: Connection<UpstreamIo, Bytes>, closed: Arc<AtomicBool>, addr: SocketAddr) {
+    let mut pinger = conn.ping_pong();
+    let timer = tokio::time::sleep(PING_INTERVAL);
+    tokio::pin!(timer);
+    let mut awaiting_pong = false;
+    loop {
+        tokio::select! {
+            res = &mut conn => {
+                if let Err(e) = res {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                }
+                break;
+            }
+            _ = timer.as_mut() => {
+                if awaiting_pong {
+                    tracing::debug!(%addr, "upstream HTTP/2 connection did not answer a PING within {PING_TIMEOUT:?}; closing it");
+                    break;
+                }
+                let Some(p) = pinger.as_mut() else { break };
+                if p.send_ping(h2::Ping::opaque()).is_err() {
+                    break;
+                }
+                awaiting_pong = true;
+                timer.as_mut().reset(Instant::now() + PING_TIMEOUT);
+            }
+            pong = std::future::poll_fn(|cx| match pinger.as_mut() {
+                Some(p) => p.poll_pong(cx),
+                None => Poll::Pending,
+            }), if awaiting_pong => {
+                if pong.is_err() {
+                    break;
+                }
+                awaiting_pong = false;
+                timer.as_mut().reset(Instant::now() + PING_INTERVAL);
+            }
+        }
+    }
+    closed.store(true, Ordering::Relaxed);
+}

@@ -1,0 +1,202 @@
+//! The downstream HTTP/2 server, on the `h2` crate directly.
+//!
+//! Every stream's request runs inside the connection's own task (a `FuturesUnordered` polled
+//! alongside `accept`), not in a task of its own as with hyper's server: one task per connection,
+//! whatever the number of streams. Each stream answers with [`forward::handle`]'s response: the
+//! head, then the body piped with flow control and trailers (gRPC's `grpc-status`). A client's
+//! RST_STREAM drops the stream's future, which resets the upstream stream in turn. Draining sends
+//! GOAWAY and lets streams in flight finish.
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderValue, Request, header};
+use http_body::Body;
+use std::task::Poll;
+use tokio::time::Instant;
+
+use super::body::RequestBody;
+use super::h2body::{Pipe, PipeEnd, RecvBody};
+use super::{Conn, forward};
+use crate::drain;
+use crate::io::ProxyIo;
+
+/// Keep-alive: a PING this often ...
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ... and the connection is closed when its PONG takes longer than this.
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+// hyper's HTTP/2 server defaults, kept.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONN_WINDOW: u32 = 1024 * 1024;
+const MAX_SEND_BUF: usize = 400 * 1024;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Serves HTTP/2 on `io` until the client is done, or draining has finished the streams in flight.
+pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
+    let cfg = &conn.shared.config.http;
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_send_buffer_size(MAX_SEND_BUF)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .handshake::<_, Bytes>(io);
+    let mut h2conn = tokio::select! {
+        res = handshake => match res {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(client = %conn.client, error = %e, "HTTP/2 handshake with the client failed");
+                return;
+            }
+        },
+        _ = drain.signaled() => return,
+    };
+    let mut pinger = h2conn.ping_pong();
+    let mut timer = pin!(tokio::time::sleep(PING_INTERVAL));
+    let mut awaiting_pong = false;
+    let mut streams = FuturesUnordered::new();
+    let mut accepting = true;
+    let mut signaled = pin!(drain.signaled());
+    let mut draining = false;
+    let conn: &Conn = &conn;
+    // One hand-written poll rather than a `select!` loop: every wake-up first runs the streams
+    // that are ready, then polls the connection once, so the frames they queued leave together
+    // in one write (a `select!` iteration per finished stream cost a flush each).
+    let end = poll_fn(|cx| {
+        if !draining && signaled.as_mut().poll(cx).is_ready() {
+            // GOAWAY: streams in flight finish, no new ones start.
+            draining = true;
+            h2conn.graceful_shutdown();
+        }
+        if awaiting_pong
+            && let Some(p) = pinger.as_mut()
+            && let Poll::Ready(pong) = p.poll_pong(cx)
+        {
+            if pong.is_err() {
+                return Poll::Ready(End::PingFailed);
+            }
+            awaiting_pong = false;
+            timer.as_mut().reset(Instant::now() + PING_INTERVAL);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if awaiting_pong {
+                return Poll::Ready(End::PingTimeout);
+            }
+            let sent = pinger.as_mut().map(|p| p.send_ping(h2::Ping::opaque()));
+            awaiting_pong = matches!(sent, Some(Ok(())));
+            let next = if awaiting_pong {
+                PING_TIMEOUT
+            } else {
+                PING_INTERVAL
+            };
+            timer.as_mut().reset(Instant::now() + next);
+            if awaiting_pong {
+                // Register for the PONG.
+                if let Some(Poll::Ready(Err(_))) = pinger.as_mut().map(|p| p.poll_pong(cx)) {
+                    return Poll::Ready(End::PingFailed);
+                }
+            }
+        }
+        loop {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if !accepting {
+                return if streams.is_empty() {
+                    Poll::Ready(End::Closed)
+                } else {
+                    Poll::Pending
+                };
+            }
+            match h2conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(serve_stream(conn, req, respond));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(End::Error(e)),
+                // The connection is closed (GOAWAY exchanged, or the client left).
+                Poll::Ready(None) => accepting = false,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    match end {
+        End::Closed => {}
+        End::Error(e) => connection_error(conn, &e),
+        End::PingTimeout => {
+            tracing::debug!(client = %conn.client, "HTTP/2 client did not answer a PING within {PING_TIMEOUT:?}; closed the connection");
+        }
+        End::PingFailed => {
+            tracing::debug!(client = %conn.client, "HTTP/2 keep-alive PING failed; closed the connection");
+        }
+    }
+}
+
+/// Why a downstream HTTP/2 connection's loop ended.
+enum End {
+    Closed,
+    Error(h2::Error),
+    PingTimeout,
+    PingFailed,
+}
+
+/// Answers one stream: forwards the request, then sends the response head and pipes its body.
+async fn serve_stream(conn: &Conn, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let (parts, recv) = req.into_parts();
+    let body = RequestBody::H2(RecvBody::new(recv, &parts.headers));
+    let req = Request::from_parts(parts, body);
+    let resp = {
+        let handle = pin!(forward::handle(conn, req));
+        // A client RST_STREAM ends the exchange: dropping `handle` resets the upstream stream.
+        let reset = poll_fn(|cx| respond.poll_reset(cx));
+        match futures_util::future::select(handle, pin!(reset)).await {
+            futures_util::future::Either::Left((resp, _)) => resp,
+            futures_util::future::Either::Right(_) => return,
+        }
+    };
+    let (mut parts, body) = resp.into_parts();
+    // Connection-specific fields cannot be sent on HTTP/2 (the h2 crate refuses the head):
+    // forward::handle strips hop-by-hop fields, but proxy-made responses may carry `connection`.
+    parts.headers.remove(header::CONNECTION);
+    let eos = body.is_end_stream();
+    // A body of known length announces it (as hyper's server did), e.g. for an HTTP/1 upstream's
+    // chunked-free response read to its end.
+    if !eos
+        && let Some(len) = body.size_hint().exact()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    let tx = match respond.send_response(http::Response::from_parts(parts, ()), eos) {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::debug!(client = %conn.client, error = %e, "could not send a response head to the HTTP/2 client");
+            return;
+        }
+    };
+    if eos {
+        return;
+    }
+    let mut pipe = Pipe::new(body, tx);
+    if let PipeEnd::BodyFailed(e) = poll_fn(|cx| pipe.poll_pipe(cx)).await {
+        tracing::debug!(client = %conn.client, error = %e, "response body failed mid-stream; the client's stream was reset");
+    }
+}
+
+/// Logs a downstream HTTP/2 connection that ended with an error (a protocol violation by the
+/// client, a reset, an I/O error).
+fn connection_error(conn: &Conn, err: &h2::Error) {
+    if err.is_io() || err.is_go_away() && err.is_remote() {
+        tracing::debug!(client = %conn.client, error = %err, "HTTP/2 client connection ended");
+    } else {
+        tracing::info!(client = %conn.client, direction = conn.direction.as_str(), error = %err, "HTTP/2 client connection closed on a protocol error");
+    }
+}
