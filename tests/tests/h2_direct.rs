@@ -151,6 +151,12 @@ async fn upstream_goaway_moves_later_requests_to_a_new_connection() {
             (200, "ok".to_string()),
             "request {i}"
         );
+        // The upstream sends no Date; the proxy adds one (RFC 9110 §6.6.1).
+        let date = resp.header("date").unwrap_or_default();
+        assert!(
+            date.ends_with(" GMT") && date.len() == 29,
+            "request {i}: date {date:?}"
+        );
     }
     let (conns, streams) = upstream.seen(|s| (s.connections, s.streams));
     assert_eq!(streams, 6);

@@ -164,6 +164,10 @@ async fn serve_stream(conn: &Conn, req: Request<RecvStream>, mut respond: SendRe
     // Connection-specific fields cannot be sent on HTTP/2 (the h2 crate refuses the head):
     // forward::handle strips hop-by-hop fields, but proxy-made responses may carry `connection`.
     parts.headers.remove(header::CONNECTION);
+    // A forwarded response without a Date gets one (RFC 9110 §6.6.1), as hyper's servers do.
+    if !parts.headers.contains_key(header::DATE) {
+        parts.headers.insert(header::DATE, date_now());
+    }
     let eos = body.is_end_stream();
     // A body of known length announces it (as hyper's server did), e.g. for an HTTP/1 upstream's
     // chunked-free response read to its end.
@@ -189,6 +193,27 @@ async fn serve_stream(conn: &Conn, req: Request<RecvStream>, mut respond: SendRe
     if let PipeEnd::BodyFailed(e) = poll_fn(|cx| pipe.poll_pipe(cx)).await {
         tracing::debug!(client = %conn.client, error = %e, "response body failed mid-stream; the client's stream was reset");
     }
+}
+
+/// The current time as a `date` value, formatted at most once a second (per thread: the
+/// runtime is single-threaded by default).
+fn date_now() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with_borrow_mut(|cache| match cache {
+        Some((at, value)) if *at == secs => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            *cache = Some((secs, value.clone()));
+            value
+        }
+    })
 }
 
 /// Logs a downstream HTTP/2 connection that ended with an error (a protocol violation by the
