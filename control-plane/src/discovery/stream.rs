@@ -64,16 +64,52 @@ pub(super) fn outbox() -> (mpsc::Sender<Result<Response, Status>>, Outbox) {
 /// from it directly (see [`next_response`]).
 #[derive(Debug, Default)]
 pub(super) struct Mailbox {
-    changed: Mutex<KeySet>,
+    changed: Mutex<KeyQueue>,
     notify: Notify,
 }
 
 impl Mailbox {
     /// Records that `k` changed and wakes the stream.
     pub(super) fn post(&self, k: &Key) {
-        let fresh = lock(&self.changed).insert(k.clone());
-        if fresh {
+        if lock(&self.changed).push(k) {
             self.notify.notify_one();
+        }
+    }
+}
+
+/// Keys in the order they first changed since they were last sent, each once. Sent oldest first,
+/// so a key that keeps changing cannot starve the others when a response cannot carry them all.
+#[derive(Debug, Default)]
+struct KeyQueue {
+    order: VecDeque<Key>,
+    queued: KeySet,
+}
+
+impl KeyQueue {
+    /// Queues `k` unless it is queued already; true when it was not.
+    fn push(&mut self, k: &Key) -> bool {
+        let fresh = self.queued.insert(k.clone());
+        if fresh {
+            self.order.push_back(k.clone());
+        }
+        fresh
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Offers queued keys to `f`, oldest first, until it is full.
+    fn drain_into(&mut self, f: &mut Filling, catalog: &Catalog, sync: &mut KeyStates) {
+        while let Some(k) = self.order.pop_front() {
+            if let Taken::Full = f.offer(catalog, sync, &k) {
+                self.order.push_front(k);
+                break;
+            }
+            self.queued.remove(&k);
+        }
+        if self.order.is_empty() && self.order.capacity() > SPARE_KEYS {
+            *self = Self::default();
         }
     }
 }
@@ -93,7 +129,7 @@ struct Pending {
 struct Session {
     /// Keys of `Hello` and `Subscribe` not answered yet: sent as soon as the proxy has room, before
     /// changes and regardless of the push interval.
-    answer: KeySet,
+    answer: KeyQueue,
     /// Whether the mailbox's changes may be sent now (the push interval allows it).
     changes_open: bool,
     /// When changes were last opened, and when they may be opened next.
@@ -157,7 +193,7 @@ pub(super) async fn run(
     tracing::info!(proxy = %entry.proxy_id(), %address, held = held.len(), "proxy connected");
     let mailbox = Arc::new(Mailbox::default());
     let mut s = Session {
-        answer: KeySet::default(),
+        answer: KeyQueue::default(),
         changes_open: false,
         opened: None,
         open_at: None,
@@ -182,7 +218,9 @@ pub(super) async fn run(
     }
     // Watched before the catalog is read: a change from now on reaches the mailbox.
     hub.watch(&keys, &mailbox);
-    s.answer.extend(keys);
+    for k in &keys {
+        s.answer.push(k);
+    }
     let closed = hub.closed();
     tokio::pin!(closed);
     loop {
@@ -264,15 +302,17 @@ async fn handle(
             };
             metrics::counter!("shoal_cp_subscriptions_total").increment(keys.len() as u64);
             hub.watch(&keys, mailbox);
-            s.answer.extend(keys);
+            for k in &keys {
+                s.answer.push(k);
+            }
         }
         Req::Unsubscribe(unsub) => {
             let keys: Vec<Key> = unsub.resources.iter().map(|k| hub.intern(k)).collect();
             {
                 let mut sync = entry.sync();
+                // A queued key that is no longer subscribed is skipped when its turn comes.
                 for k in &keys {
                     sync.forget(k);
-                    s.answer.remove(k);
                 }
             }
             hub.unwatch(&keys, mailbox);
@@ -345,14 +385,6 @@ enum Taken {
     Full,
 }
 
-/// Keeps what `offer` could not take; frees a set's spare room once it is empty.
-fn fill(f: &mut Filling, catalog: &Catalog, sync: &mut KeyStates, keys: &mut KeySet) {
-    keys.retain(|k| matches!(f.offer(catalog, sync, k), Taken::Full));
-    if keys.is_empty() && keys.capacity() > SPARE_KEYS {
-        *keys = KeySet::default();
-    }
-}
-
 /// Builds the next response: unanswered `Hello`/`Subscribe` keys first, then (when open) the
 /// mailbox's changed keys, each only if its current version differs from what the proxy was last
 /// sent, up to [`RESPONSE_BYTES`]; the rest wait for the next response. `None` when nothing
@@ -367,10 +399,10 @@ fn next_response(
     {
         let catalog = hub.catalog();
         let mut sync = entry.sync();
-        fill(&mut f, &catalog, &mut sync, &mut s.answer);
+        s.answer.drain_into(&mut f, &catalog, &mut sync);
         if s.changes_open && f.bytes < RESPONSE_BYTES {
             let mut changed = lock(&mailbox.changed);
-            fill(&mut f, &catalog, &mut sync, &mut changed);
+            changed.drain_into(&mut f, &catalog, &mut sync);
             // Closed until the next change: it reopens them (now, or after the push interval).
             s.changes_open = !changed.is_empty();
         }
@@ -390,4 +422,35 @@ fn next_response(
     });
     s.pushes.increment(1);
     Some(f.response)
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::v1::ResourceType;
+
+    use super::*;
+    use crate::discovery::catalog::key;
+
+    #[test]
+    fn changed_keys_queue_once_in_first_change_order() {
+        let mut q = KeyQueue::default();
+        let (a, b) = (
+            key(ResourceType::Endpoints, "a.default"),
+            key(ResourceType::Endpoints, "b.default"),
+        );
+        assert!(q.push(&a));
+        assert!(q.push(&b));
+        // `a` changing again keeps its place: it cannot overtake `b`.
+        assert!(!q.push(&a));
+        assert_eq!(q.order, [a.clone(), b.clone()]);
+        let catalog = Catalog::default();
+        let mut states = KeyStates::default();
+        states.subscribe(a.clone());
+        states.subscribe(b.clone());
+        let mut f = Filling::default();
+        q.drain_into(&mut f, &catalog, &mut states);
+        assert!(q.is_empty());
+        // Neither exists: both are sent as removed, oldest first.
+        assert_eq!(f.response.removed, [a, b]);
+    }
 }
