@@ -128,8 +128,10 @@ struct Pending {
 /// What this stream is about to tell its proxy.
 struct Session {
     /// Keys of `Hello` and `Subscribe` not answered yet: sent as soon as the proxy has room, before
-    /// changes and regardless of the push interval.
-    answer: KeyQueue,
+    /// changes and regardless of the push interval. Already unique (only newly subscribed keys are
+    /// queued), so a plain queue: a first answer's keys are a transient allocation of every
+    /// connecting stream, and memory per proxy is measured after the connects.
+    answer: VecDeque<Key>,
     /// Whether the mailbox's changes may be sent now (the push interval allows it).
     changes_open: bool,
     /// When changes were last opened, and when they may be opened next.
@@ -193,7 +195,7 @@ pub(super) async fn run(
     tracing::info!(proxy = %entry.proxy_id(), %address, held = held.len(), "proxy connected");
     let mailbox = Arc::new(Mailbox::default());
     let mut s = Session {
-        answer: KeyQueue::default(),
+        answer: VecDeque::new(),
         changes_open: false,
         opened: None,
         open_at: None,
@@ -218,9 +220,7 @@ pub(super) async fn run(
     }
     // Watched before the catalog is read: a change from now on reaches the mailbox.
     hub.watch(&keys, &mailbox);
-    for k in &keys {
-        s.answer.push(k);
-    }
+    s.answer.extend(keys);
     let closed = hub.closed();
     tokio::pin!(closed);
     loop {
@@ -302,9 +302,7 @@ async fn handle(
             };
             metrics::counter!("shoal_cp_subscriptions_total").increment(keys.len() as u64);
             hub.watch(&keys, mailbox);
-            for k in &keys {
-                s.answer.push(k);
-            }
+            s.answer.extend(keys);
         }
         Req::Unsubscribe(unsub) => {
             let keys: Vec<Key> = unsub.resources.iter().map(|k| hub.intern(k)).collect();
@@ -399,7 +397,15 @@ fn next_response(
     {
         let catalog = hub.catalog();
         let mut sync = entry.sync();
-        s.answer.drain_into(&mut f, &catalog, &mut sync);
+        while let Some(k) = s.answer.pop_front() {
+            if let Taken::Full = f.offer(&catalog, &mut sync, &k) {
+                s.answer.push_front(k);
+                break;
+            }
+        }
+        if s.answer.is_empty() && s.answer.capacity() > SPARE_KEYS {
+            s.answer = VecDeque::new();
+        }
         if s.changes_open && f.bytes < RESPONSE_BYTES {
             let mut changed = lock(&mailbox.changed);
             changed.drain_into(&mut f, &catalog, &mut sync);
