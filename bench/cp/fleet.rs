@@ -19,15 +19,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use shoal_proto::v1::{
-    self, ResourceType, discovery_client::DiscoveryClient, discovery_request::Request as Req,
-    discovery_resource::Payload,
-};
+use shoal_proto::v1::{self, ResourceType, discovery_request::Request as Req};
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::Stream;
 
 use crate::seed::ROUTE_MARKER_BASE;
 use crate::tracker::{Key, Tracker};
+use crate::wire;
+
+/// The gRPC path of `shoal.v1.Discovery/Stream`.
+const STREAM_PATH: &str = "/shoal.v1.Discovery/Stream";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -84,21 +85,21 @@ pub fn service_keys(qualified: &str) -> [Key; 3] {
     .map(|t| (t as i32, qualified.to_owned()))
 }
 
-/// The marker a payload carries (see `seed`): the route's timeout, the highest endpoint weight.
-fn marker(payload: Option<&Payload>) -> u64 {
-    match payload {
-        Some(Payload::Route(r)) => r
+/// The marker a resource carries (see `seed`): the route's timeout, the highest endpoint weight.
+fn marker(r: &wire::Resource) -> u64 {
+    if let Some(route) = &r.route {
+        return route
             .rules
             .first()
-            .map_or(0, |rule| rule.timeout_ms.saturating_sub(ROUTE_MARKER_BASE)),
-        Some(Payload::Endpoints(e)) => e
-            .endpoints
+            .map_or(0, |rule| rule.timeout_ms.saturating_sub(ROUTE_MARKER_BASE));
+    }
+    r.endpoints.as_ref().map_or(0, |e| {
+        e.endpoints
             .iter()
             .map(|e| u64::from(e.weight))
             .max()
-            .unwrap_or(0),
-        _ => 0,
-    }
+            .unwrap_or(0)
+    })
 }
 
 struct Outgoing(mpsc::Receiver<v1::DiscoveryRequest>);
@@ -247,7 +248,8 @@ impl Proxy {
             }
             text
         })?;
-        let mut client = DiscoveryClient::new(channel);
+        // The generated client's call, with the light response type (see `wire`).
+        let mut client = tonic::client::Grpc::new(channel);
         let (tx, rx) = mpsc::channel(64);
         let held: Vec<v1::HeldResource> = self
             .held
@@ -293,8 +295,14 @@ impl Proxy {
                 .await
                 .map_err(|_| closed())?;
         }
+        client
+            .ready()
+            .await
+            .map_err(|e| format!("discovery channel not ready: {e}"))?;
+        let codec = tonic_prost::ProstCodec::<v1::DiscoveryRequest, wire::Response>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(STREAM_PATH);
         let mut inbound = client
-            .stream(Outgoing(rx))
+            .streaming(tonic::Request::new(Outgoing(rx)), path, codec)
             .await
             .map_err(|e| format!("discovery stream refused: {}", e.message()))?
             .into_inner();
@@ -327,7 +335,7 @@ impl Proxy {
     /// Applies one response, ACKs it, then reports the markers it moved; returns the keys it answered.
     async fn apply(
         &mut self,
-        response: &v1::DiscoveryResponse,
+        response: &wire::Response,
         tx: &mpsc::Sender<v1::DiscoveryRequest>,
     ) -> Result<Vec<Key>, String> {
         let mut moved = Vec::new();
@@ -335,7 +343,7 @@ impl Proxy {
         for r in &response.resources {
             let Some(k) = &r.key else { continue };
             let key = (k.r#type, k.name.clone());
-            let new = marker(r.payload.as_ref());
+            let new = marker(r);
             let old = self
                 .held
                 .insert(key.clone(), (r.version.clone(), new))

@@ -10,6 +10,7 @@
 //! - [`seed`]: the resources written through the Admin API and the markers they carry.
 //! - [`fleet`]: the simulated proxies (subscribe, apply, ACK, reconnect and resync).
 //! - [`tracker`]: which proxies ACKed which marker, and when the last one did.
+//! - [`wire`]: the part of a discovery response the simulated proxies decode.
 //! - [`phases`]: the measurements; [`report`]: the JSON and the table.
 
 mod control_plane;
@@ -20,6 +21,7 @@ mod report;
 mod seed;
 mod stats;
 mod tracker;
+mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -78,6 +78,10 @@ impl Drop for TempDir {
 }
 
 async fn start() -> Harness {
+    start_with(Hub::new()).await
+}
+
+async fn start_with(hub: Arc<Hub>) -> Harness {
     let dir = std::env::temp_dir().join(format!(
         "shoal-disc-{}-{}",
         std::process::id(),
@@ -85,7 +89,6 @@ async fn start() -> Harness {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(dir.join("store.redb")).unwrap();
-    let hub = Hub::new();
     tokio::spawn(hub.clone().follow(store.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -326,4 +329,147 @@ async fn first_message_must_be_hello() {
     let err = stream.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("Hello"));
+}
+
+fn ack(r: &v1::DiscoveryResponse) -> Req {
+    Req::Ack(v1::Ack {
+        nonce: r.nonce.clone(),
+    })
+}
+
+fn endpoint_count(r: &v1::DiscoveryResponse) -> usize {
+    match &r.resources[..] {
+        [
+            v1::DiscoveryResource {
+                payload: Some(Payload::Endpoints(eps)),
+                ..
+            },
+        ] => eps.endpoints.len(),
+        _ => panic!("expected one Endpoints resource: {r:?}"),
+    }
+}
+
+/// A proxy that does not ACK holds at most two responses; changes meanwhile wait and go out as one
+/// response with the latest version once it ACKs.
+#[tokio::test]
+async fn unacked_responses_hold_back_changes_which_then_go_out_coalesced() {
+    let h = start().await;
+    h.store.apply(service("web", 80), None).unwrap();
+    let mut p = Proxy::connect(&h.addr, "p3", vec![]).await;
+    p.send(sub(vec![key(ResourceType::Endpoints, "web.default")]))
+        .await;
+    let first = p.next().await; // removed: no endpoints yet (1 unACKed)
+    assert_eq!(first.removed.len(), 1, "{first:?}");
+    h.store
+        .apply(registration("web-1", "web.default", "10.0.0.1", 8080), None)
+        .unwrap();
+    let second = p.next().await; // 2 unACKed: the window is full
+    assert_eq!(endpoint_count(&second), 1);
+    for (i, ip) in ["10.0.0.2", "10.0.0.3", "10.0.0.4"].iter().enumerate() {
+        h.store
+            .apply(
+                registration(&format!("web-{}", i + 2), "web.default", ip, 8080),
+                None,
+            )
+            .unwrap();
+    }
+    p.expect_silence().await;
+    p.send(ack(&first)).await;
+    let third = p.next().await;
+    assert_eq!(
+        endpoint_count(&third),
+        4,
+        "one response with the latest endpoints, not one per change"
+    );
+    p.send(ack(&second)).await;
+    p.send(ack(&third)).await;
+    p.expect_silence().await;
+}
+
+/// A large answer is split into bounded responses that together answer every key.
+#[tokio::test]
+async fn large_answers_are_split_into_bounded_responses() {
+    let h = start().await;
+    let names: Vec<String> = (0..40).map(|i| format!("svc-{i}")).collect();
+    for n in &names {
+        h.store.apply(service(n, 80), None).unwrap();
+        for j in 0..10 {
+            let ip = format!("10.1.{}.{j}", names.iter().position(|x| x == n).unwrap());
+            h.store
+                .apply(
+                    registration(&format!("{n}-{j}"), &format!("{n}.default"), &ip, 8080),
+                    None,
+                )
+                .unwrap();
+        }
+    }
+    let mut p = Proxy::connect(&h.addr, "p4", vec![]).await;
+    let wanted: Vec<v1::ResourceKey> = names
+        .iter()
+        .flat_map(|n| {
+            let q = format!("{n}.default");
+            [
+                key(ResourceType::Service, &q),
+                key(ResourceType::Endpoints, &q),
+                key(ResourceType::Route, &q),
+            ]
+        })
+        .collect();
+    p.send(sub(wanted.clone())).await;
+    let mut answered = std::collections::HashSet::new();
+    let mut responses = 0;
+    while answered.len() < wanted.len() {
+        let r = p.next().await;
+        responses += 1;
+        let size = prost::Message::encoded_len(&r);
+        assert!(size < 16 * 1024, "response of {size} bytes");
+        for k in r
+            .resources
+            .iter()
+            .filter_map(|x| x.key.clone())
+            .chain(r.removed.iter().cloned())
+        {
+            assert!(answered.insert((k.r#type, k.name)), "answered twice");
+        }
+        p.send(ack(&r)).await;
+    }
+    assert!(responses > 1, "{responses} response(s)");
+    p.expect_silence().await;
+}
+
+/// With a push interval, a change after a quiet period goes out at once; changes within the
+/// interval wait for its end and go out together.
+#[tokio::test]
+async fn push_interval_sends_the_first_change_at_once_and_batches_the_rest() {
+    let interval = Duration::from_millis(600);
+    let h = start_with(Hub::with_push_interval(interval)).await;
+    h.store.apply(service("web", 80), None).unwrap();
+    let mut p = Proxy::connect(&h.addr, "p5", vec![]).await;
+    p.send(sub(vec![key(ResourceType::Endpoints, "web.default")]))
+        .await;
+    let r = p.next().await;
+    p.send(ack(&r)).await;
+
+    let started = tokio::time::Instant::now();
+    h.store
+        .apply(registration("web-1", "web.default", "10.0.0.1", 8080), None)
+        .unwrap();
+    let r = p.next().await;
+    let first = started.elapsed();
+    assert!(first < interval / 2, "the first change waited {first:?}");
+    assert_eq!(endpoint_count(&r), 1);
+    p.send(ack(&r)).await;
+    h.store
+        .apply(registration("web-2", "web.default", "10.0.0.2", 8080), None)
+        .unwrap();
+    h.store
+        .apply(registration("web-3", "web.default", "10.0.0.3", 8080), None)
+        .unwrap();
+    let r = p.next().await;
+    let second = started.elapsed();
+    assert!(
+        second >= interval - Duration::from_millis(50),
+        "the second push came {second:?} after the first change"
+    );
+    assert_eq!(endpoint_count(&r), 3, "both changes in one push");
 }

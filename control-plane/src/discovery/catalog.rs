@@ -9,23 +9,73 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use prost::Message;
 use shoal_proto::v1::{self, discovery_resource::Payload};
 
 /// A discovery key: resource type and name (e.g. `ROUTE backend.default`).
-pub type Key = (i32, String);
+///
+/// The name is an `Arc<str>`: every stream that subscribes to a key the catalog holds shares the
+/// catalog's copy of the name ([`Catalog::intern`]), so 1,000 proxies subscribed to the same 150
+/// keys keep one copy of each name, not 1,000.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// The resource type (`v1::ResourceType` as on the wire).
+    pub ty: i32,
+    /// The resource name.
+    pub name: Arc<str>,
+}
 
 /// Builds a [`Key`].
-pub fn key(ty: v1::ResourceType, name: impl Into<String>) -> Key {
-    (ty as i32, name.into())
+pub fn key(ty: v1::ResourceType, name: impl Into<Arc<str>>) -> Key {
+    Key {
+        ty: ty as i32,
+        name: name.into(),
+    }
 }
 
 /// The wire form of a [`Key`].
 pub fn wire_key(k: &Key) -> v1::ResourceKey {
     v1::ResourceKey {
-        r#type: k.0,
-        name: k.1.clone(),
+        r#type: k.ty,
+        name: k.name.to_string(),
+    }
+}
+
+/// A map keyed by [`Key`]. foldhash, seeded per process, instead of SipHash: keys are hashed a few
+/// times per change and subscriber on the push path.
+pub type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+/// A set of [`Key`]s (see [`KeyMap`]).
+pub type KeySet = HashSet<Key, foldhash::fast::RandomState>;
+
+/// A resource version: a content hash, compared as a number and sent as 16 hex digits.
+///
+/// Two values are reserved (a content hash never takes them): [`NONE`] (nothing sent or held yet)
+/// and [`REMOVED`] (sent as removed).
+pub type Version = u64;
+
+/// No version: nothing sent yet, or a held version this control plane cannot parse.
+pub const NONE: Version = 0;
+/// The resource was sent as removed (it does not exist).
+pub const REMOVED: Version = 1;
+
+/// The wire form of a version (`""` for [`NONE`] and [`REMOVED`]).
+pub fn wire_version(v: Version) -> String {
+    if v <= REMOVED {
+        String::new()
+    } else {
+        format!("{v:016x}")
+    }
+}
+
+/// A version as a proxy quotes it back in `Hello.held`; anything this control plane did not
+/// produce is [`NONE`] (never equal to a current version, so the resource is sent again).
+pub fn parse_version(s: &str) -> Version {
+    match u64::from_str_radix(s, 16) {
+        Ok(v) if s.len() == 16 && v > REMOVED => v,
+        _ => NONE,
     }
 }
 
@@ -41,10 +91,13 @@ pub enum Contribution {
 /// A merged entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// Content hash of the payload, in hex.
-    pub version: String,
+    /// Content hash of the payload.
+    pub version: Version,
     /// What proxies receive.
     pub payload: Payload,
+    /// The whole `DiscoveryResource` (key, version, payload), encoded once when the entry changes
+    /// and shared by every stream that sends it (see `stream::Response`).
+    pub encoded: Bytes,
 }
 
 /// The table of entries and the contributions they were merged from.
@@ -53,13 +106,22 @@ pub struct Catalog {
     /// Per key, per source: what the source says (several endpoints of one service from one source).
     contributions: HashMap<Key, BTreeMap<String, Vec<Contribution>>>,
     by_source: HashMap<String, Vec<Key>>,
-    entries: HashMap<Key, Entry>,
+    entries: KeyMap<Entry>,
 }
 
 impl Catalog {
     /// The current entry for `k`.
     pub fn get(&self, k: &Key) -> Option<&Entry> {
         self.entries.get(k)
+    }
+
+    /// `k` with the catalog's own copy of its name when the catalog has an entry for it (see
+    /// [`Key`]); `k` itself otherwise.
+    pub fn intern(&self, k: Key) -> Key {
+        match self.entries.get_key_value(&k) {
+            Some((shared, _)) => shared.clone(),
+            None => k,
+        }
     }
 
     /// Number of entries.
@@ -128,8 +190,8 @@ impl Catalog {
             }
             match merged {
                 Some(payload) => {
-                    let version = content_version(&payload);
-                    self.entries.insert(k.clone(), Entry { version, payload });
+                    let entry = encode(&k, payload);
+                    self.entries.insert(k.clone(), entry);
                 }
                 None => {
                     self.entries.remove(&k);
@@ -142,7 +204,7 @@ impl Catalog {
 }
 
 fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option<Payload> {
-    if k.0 == v1::ResourceType::Endpoints as i32 {
+    if k.ty == v1::ResourceType::Endpoints as i32 {
         let mut endpoints: Vec<v1::Endpoint> = contributions
             .values()
             .flatten()
@@ -159,7 +221,7 @@ fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option
             a.address == b.address && a.port == b.port && a.service_port == b.service_port
         });
         return Some(Payload::Endpoints(v1::Endpoints {
-            service: k.1.clone(),
+            service: k.name.to_string(),
             endpoints,
         }));
     }
@@ -170,17 +232,35 @@ fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option
     })
 }
 
-/// A stable hash of the payload's encoding.
-fn content_version(payload: &Payload) -> String {
-    let resource = v1::DiscoveryResource {
-        key: None,
-        version: String::new(),
-        payload: Some(payload.clone()),
-    };
-    // DefaultHasher::new() has fixed keys: the same content gives the same version in every run.
+/// Encodes `payload` once: its version is a stable hash of the encoding, and the encoded
+/// `DiscoveryResource` is kept for every stream that sends it.
+///
+/// prost writes a message's fields in field-number order, and a message's encoding is the
+/// concatenation of its fields' encodings: `key` (1) and `version` (2) then the `payload` oneof
+/// (10–19) is exactly the encoding of the whole `DiscoveryResource`, so the payload is encoded
+/// once, for the hash and for the wire.
+fn encode(k: &Key, payload: Payload) -> Entry {
+    // The same bytes as a `DiscoveryResource` with only its payload set.
+    let mut body = Vec::with_capacity(payload.encoded_len());
+    payload.encode(&mut body);
+    // DefaultHasher::new() has fixed keys: the same content gives the same version in every run
+    // (the same value as before versions were numbers, so proxies keep their held versions).
     let mut h = std::hash::DefaultHasher::new();
-    resource.encode_to_vec().hash(&mut h);
-    format!("{:016x}", h.finish())
+    body.hash(&mut h);
+    let version = h.finish().max(REMOVED + 1);
+    let head = v1::DiscoveryResource {
+        key: Some(wire_key(k)),
+        version: wire_version(version),
+        payload: None,
+    };
+    let mut encoded = Vec::with_capacity(head.encoded_len() + body.len());
+    head.encode_raw(&mut encoded);
+    encoded.extend_from_slice(&body);
+    Entry {
+        version,
+        payload,
+        encoded: Bytes::from(encoded),
+    }
 }
 
 #[cfg(test)]
@@ -205,7 +285,7 @@ mod tests {
             c.set_source("reg/a", vec![(k.clone(), ep("10.0.0.1", 80))]),
             vec![k.clone()]
         );
-        let v1 = c.get(&k).unwrap().version.clone();
+        let v1 = c.get(&k).unwrap().version;
         assert_eq!(
             c.set_source("reg/b", vec![(k.clone(), ep("10.0.0.2", 80))]),
             vec![k.clone()]
@@ -235,5 +315,32 @@ mod tests {
         assert_eq!(c.get(&k).unwrap().version, v1);
         assert_eq!(c.set_source("reg/a", vec![]), vec![k.clone()]);
         assert!(c.get(&k).is_none());
+    }
+
+    #[test]
+    fn encoded_entry_is_the_whole_resource() {
+        let mut c = Catalog::default();
+        let k = key(v1::ResourceType::Endpoints, "web.default");
+        c.set_source("reg/a", vec![(k.clone(), ep("10.0.0.1", 80))]);
+        let e = c.get(&k).unwrap();
+        let decoded = v1::DiscoveryResource::decode(e.encoded.clone()).unwrap();
+        assert_eq!(
+            decoded,
+            v1::DiscoveryResource {
+                key: Some(wire_key(&k)),
+                version: wire_version(e.version),
+                payload: Some(e.payload.clone()),
+            }
+        );
+        assert_eq!(decoded.version.len(), 16);
+        assert_eq!(parse_version(&decoded.version), e.version);
+        assert_eq!(parse_version(""), NONE);
+        assert_eq!(parse_version("not-a-version"), NONE);
+        // The catalog's copy of the name is shared.
+        let interned = c.intern(key(v1::ResourceType::Endpoints, "web.default"));
+        assert!(Arc::ptr_eq(
+            &interned.name,
+            &c.entries.get_key_value(&k).unwrap().0.name
+        ));
     }
 }

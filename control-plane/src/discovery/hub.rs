@@ -1,25 +1,36 @@
-//! The hub: follows the store, keeps the [`Catalog`] current, and tells every open stream which
-//! keys changed.
+//! The hub: follows the store, keeps the [`Catalog`] current, and tells the streams subscribed to
+//! a key that it changed.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use shoal_proto::v1::{self, discovery_resource::Payload};
 use tokio::sync::broadcast;
 
-use super::catalog::{Catalog, Contribution, Entry, Key, key};
+use super::catalog::{Catalog, Contribution, Entry, Key, KeyMap, key};
 use super::registry::Registry;
+use super::stream::Mailbox;
 use crate::model::{Resource, Spec};
 use crate::store::{Change, Store};
 
-/// Changed-key batches kept for slow streams; one that falls further behind resyncs in full.
+/// Changed-key batches kept for [`Hub::changes`] observers.
 const CHANGE_BACKLOG: usize = 1024;
+
+/// The default of [`Hub::with_push_interval`].
+pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_millis(0);
 
 /// Shared by the discovery service and the tasks that feed it.
 #[derive(Debug)]
 pub struct Hub {
     catalog: RwLock<Catalog>,
     changes: broadcast::Sender<Arc<Vec<Key>>>,
+    /// Per key, the mailboxes of the streams subscribed to it: a change wakes only those streams
+    /// (with 1,000 proxies each subscribed to a quarter of the services, a broadcast would wake
+    /// four streams for every one with something to send).
+    subscribers: Mutex<KeyMap<Vec<Arc<Mailbox>>>>,
+    /// Shortest time between two change-driven pushes on one stream.
+    push_interval: Duration,
     /// Connected proxies and their sync state.
     pub registry: Registry,
     /// Turns true when the control plane shuts down: every stream ends.
@@ -35,9 +46,17 @@ impl crate::admin::StatusSource for Hub {
 impl Hub {
     /// An empty hub.
     pub fn new() -> Arc<Self> {
+        Self::with_push_interval(DEFAULT_PUSH_INTERVAL)
+    }
+
+    /// An empty hub whose streams push changes at most once per `push_interval` each (a change
+    /// after a quieter period is pushed at once; see `stream`).
+    pub fn with_push_interval(push_interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             catalog: RwLock::default(),
             changes: broadcast::channel(CHANGE_BACKLOG).0,
+            subscribers: Mutex::default(),
+            push_interval,
             registry: Registry::default(),
             closing: tokio::sync::watch::channel(false).0,
         })
@@ -62,9 +81,56 @@ impl Hub {
             .cloned()
     }
 
-    /// Change notifications (batches of keys).
+    /// Change notifications (batches of keys), for observers; streams use [`Self::watch`].
     pub fn changes(&self) -> broadcast::Receiver<Arc<Vec<Key>>> {
         self.changes.subscribe()
+    }
+
+    /// The catalog, for reading several entries at once.
+    pub(super) fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key of a wire key, sharing the catalog's copy of the name when it has one.
+    pub(super) fn intern(&self, k: &v1::ResourceKey) -> Key {
+        self.catalog().intern(Key {
+            ty: k.r#type,
+            name: k.name.as_str().into(),
+        })
+    }
+
+    /// Shortest time between two change-driven pushes on one stream.
+    pub(super) fn push_interval(&self) -> Duration {
+        self.push_interval
+    }
+
+    /// Posts future changes of `keys` to `mailbox`.
+    pub(super) fn watch(&self, keys: &[Key], mailbox: &Arc<Mailbox>) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            subscribers
+                .entry(k.clone())
+                .or_default()
+                .push(mailbox.clone());
+        }
+    }
+
+    /// Stops posting changes of `keys` to `mailbox`.
+    pub(super) fn unwatch(&self, keys: &[Key], mailbox: &Arc<Mailbox>) {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            if let Some(list) = subscribers.get_mut(k) {
+                if let Some(i) = list.iter().position(|m| Arc::ptr_eq(m, mailbox)) {
+                    list.swap_remove(i);
+                }
+                if list.is_empty() {
+                    subscribers.remove(k);
+                }
+            }
+        }
     }
 
     /// Replaces what `source` contributes (endpoint sources use this) and notifies streams.
@@ -80,6 +146,14 @@ impl Hub {
     fn publish(&self, changed: Vec<Key>) {
         if !changed.is_empty() {
             metrics::counter!("shoal_cp_catalog_changes_total").increment(changed.len() as u64);
+            {
+                let subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+                for k in &changed {
+                    for mailbox in subscribers.get(k).into_iter().flatten() {
+                        mailbox.post(k);
+                    }
+                }
+            }
             // No receivers is fine: no proxy is connected.
             let _ = self.changes.send(Arc::new(changed));
         }

@@ -6,17 +6,22 @@
 //! - [`stream`]: one proxy's session: `Hello` (with held versions for resync), on-demand
 //!   subscriptions, incremental pushes, ACK/NACK bookkeeping.
 //! - [`registry`]: connected proxies and their per-resource sync state (Admin `Status`).
+//! - [`response`]: responses assembled from resources encoded once and shared by every stream,
+//!   and the tonic codec that writes them.
 
 pub mod catalog;
 pub mod hub;
 pub mod registry;
+mod response;
 mod stream;
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use shoal_proto::v1;
-use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
+use tonic::{Request, Status, Streaming};
 
 pub use hub::Hub;
 pub use stream::Outbox;
@@ -51,10 +56,10 @@ pub fn describe_metrics() {
     );
 }
 
-/// Responses queued per stream before the stream task waits for the proxy to read.
-const OUTBOX: usize = 16;
+/// The gRPC path of `shoal.v1.Discovery/Stream`.
+const STREAM_PATH: &str = "/shoal.v1.Discovery/Stream";
 
-/// The tonic service.
+/// The discovery service.
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
     hub: Arc<Hub>,
@@ -66,30 +71,87 @@ impl DiscoveryService {
         Self { hub }
     }
 
-    /// The generated server wrapper, ready to add to a tonic router.
-    pub fn into_server(self) -> v1::discovery_server::DiscoveryServer<Self> {
-        v1::discovery_server::DiscoveryServer::new(self)
+    /// The server, ready to add to a tonic router.
+    pub fn into_server(self) -> DiscoveryServer {
+        DiscoveryServer { hub: self.hub }
     }
 }
 
-#[tonic::async_trait]
-impl v1::discovery_server::Discovery for DiscoveryService {
-    type StreamStream = Outbox;
+/// `shoal.v1.Discovery` served with [`response::DiscoveryCodec`] instead of the generated server
+/// (whose codec would encode every response from a `DiscoveryResponse` message). The wire format is
+/// the generated one: proxies use the generated client.
+#[derive(Debug, Clone)]
+pub struct DiscoveryServer {
+    hub: Arc<Hub>,
+}
 
-    async fn stream(
-        &self,
-        request: Request<Streaming<v1::DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+impl NamedService for DiscoveryServer {
+    const NAME: &'static str = "shoal.v1.Discovery";
+}
+
+/// The `Stream` method, as tonic's server machinery calls it.
+struct StreamMethod(Arc<Hub>);
+
+impl Service<Request<Streaming<shoal_proto::v1::DiscoveryRequest>>> for StreamMethod {
+    type Response = tonic::Response<Outbox>;
+    type Error = Status;
+    type Future = BoxFuture<Self::Response, Status>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(
+        &mut self,
+        request: Request<Streaming<shoal_proto::v1::DiscoveryRequest>>,
+    ) -> Self::Future {
         let address = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-        let (tx, rx) = mpsc::channel(OUTBOX);
+        let (tx, outbox) = stream::outbox();
         tokio::spawn(stream::run(
-            self.hub.clone(),
+            self.0.clone(),
             address,
             request.into_inner(),
             tx,
         ));
-        Ok(Response::new(Outbox(rx)))
+        Box::pin(async move { Ok(tonic::Response::new(outbox)) })
+    }
+}
+
+impl<B> Service<http::Request<B>> for DiscoveryServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != STREAM_PATH {
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(
+                    Status::GRPC_STATUS,
+                    (tonic::Code::Unimplemented as i32).into(),
+                );
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            });
+        }
+        let method = StreamMethod(self.hub.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(response::DiscoveryCodec);
+            Ok(grpc.streaming(method, req).await)
+        })
     }
 }

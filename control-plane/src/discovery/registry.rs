@@ -1,12 +1,16 @@
 //! Connected proxies and where each stands on each resource it subscribes to (Admin `Status`).
+//!
+//! A proxy's [`ProxyEntry`] holds the *only* per-key state of its stream: the stream task reads and
+//! updates it (what was sent, what was ACKed) and `Status` reports it. One map per proxy, with
+//! shared key names and numeric versions, is what keeps a subscribed key at a few dozen bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use shoal_proto::v1::{self, SyncState};
 
-use super::catalog::{Key, wire_key};
+use super::catalog::{Key, KeyMap, NONE, Version, wire_key, wire_version};
 
 /// Every connected proxy.
 #[derive(Debug, Default)]
@@ -18,34 +22,90 @@ pub struct Registry {
 /// One connected proxy (one discovery stream).
 #[derive(Debug)]
 pub struct ProxyEntry {
+    /// The proxy's `Hello`, without its `held` list (that is in `sync`).
     hello: v1::Hello,
     address: String,
     since_unix: u64,
     sync: Mutex<Sync>,
 }
 
+/// The per-key state of one proxy.
 #[derive(Debug, Default)]
-struct Sync {
-    keys: BTreeMap<Key, KeySync>,
+pub(super) struct Sync {
+    /// Every subscribed key: what was last sent and what the proxy ACKed.
+    pub(super) keys: KeyMap<KeySync>,
+    /// Keys whose current version the proxy rejected: the version and the error (rare, so kept
+    /// apart from `keys`).
+    nacked: KeyMap<(Version, String)>,
     last_nack: Option<String>,
 }
 
-#[derive(Debug, Default)]
-struct KeySync {
-    /// The version last sent ("" when the resource does not exist).
-    current: String,
-    acked: Option<String>,
-    /// The version the proxy rejected, with its error.
-    nacked: Option<(String, String)>,
+/// One subscribed key.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct KeySync {
+    /// The version last sent ([`NONE`]: nothing sent yet; `REMOVED`: sent as removed).
+    pub(super) sent: Version,
+    /// The version last ACKed (or held at connect time).
+    acked: Version,
 }
 
-impl KeySync {
-    fn state(&self) -> SyncState {
-        match (&self.nacked, &self.acked) {
-            (Some((v, _)), _) if *v == self.current => SyncState::Nacked,
-            (_, Some(a)) if *a == self.current => SyncState::Synced,
+impl Sync {
+    fn state(&self, k: &Key, s: &KeySync) -> SyncState {
+        match self.nacked.get(k) {
+            Some((v, _)) if *v == s.sent => SyncState::Nacked,
+            _ if s.acked != NONE && s.acked == s.sent => SyncState::Synced,
             _ => SyncState::Stale,
         }
+    }
+
+    /// Subscribes to `k`; false when it was already subscribed.
+    pub(super) fn subscribe(&mut self, k: Key) -> bool {
+        let mut added = false;
+        self.keys.entry(k).or_insert_with(|| {
+            added = true;
+            KeySync::default()
+        });
+        added
+    }
+
+    /// Records versions the proxy holds already (from `Hello`): they count as sent and ACKed.
+    pub(super) fn held(&mut self, k: Key, v: Version) {
+        self.keys.insert(k, KeySync { sent: v, acked: v });
+    }
+
+    /// Forgets an unsubscribed key.
+    pub(super) fn forget(&mut self, k: &Key) {
+        self.keys.remove(k);
+        if !self.nacked.is_empty() {
+            self.nacked.remove(k);
+        }
+    }
+
+    /// Records an ACK of the given versions.
+    pub(super) fn acked(&mut self, versions: &[(Key, Version)]) {
+        for (k, v) in versions {
+            if let Some(s) = self.keys.get_mut(k) {
+                s.acked = *v;
+            }
+        }
+        if !self.nacked.is_empty() {
+            for (k, _) in versions {
+                self.nacked.remove(k);
+            }
+        }
+        if self.nacked.is_empty() {
+            self.last_nack = None;
+        }
+    }
+
+    /// Records a NACK of the given versions.
+    pub(super) fn nacked(&mut self, versions: &[(Key, Version)], error: &str) {
+        for (k, v) in versions {
+            if self.keys.contains_key(k) {
+                self.nacked.insert(k.clone(), (*v, error.to_string()));
+            }
+        }
+        self.last_nack = Some(error.to_string());
     }
 }
 
@@ -75,8 +135,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Registry {
-    /// Records a newly connected proxy.
-    pub fn register(&self, hello: v1::Hello, address: String) -> Registration<'_> {
+    /// Records a newly connected proxy (its `Hello.held` is not kept: the stream records it with
+    /// [`Sync::held`]).
+    pub fn register(&self, mut hello: v1::Hello, address: String) -> Registration<'_> {
+        hello.held = Vec::new();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let since_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -133,70 +195,26 @@ impl ProxyEntry {
         &self.hello.proxy_id
     }
 
-    /// Records versions sent for keys.
-    pub fn sent(&self, versions: &[(Key, String)]) {
-        let mut sync = lock(&self.sync);
-        for (k, v) in versions {
-            sync.keys.entry(k.clone()).or_default().current = v.clone();
-        }
-    }
-
-    /// Records versions the proxy holds already (from `Hello`): they count as acknowledged.
-    pub fn held(&self, versions: &[(Key, String)]) {
-        let mut sync = lock(&self.sync);
-        for (k, v) in versions {
-            let s = sync.keys.entry(k.clone()).or_default();
-            s.current = v.clone();
-            s.acked = Some(v.clone());
-        }
-    }
-
-    /// Records an ACK of the given versions.
-    pub fn acked(&self, versions: &[(Key, String)]) {
-        let mut sync = lock(&self.sync);
-        for (k, v) in versions {
-            if let Some(s) = sync.keys.get_mut(k) {
-                s.acked = Some(v.clone());
-                s.nacked = None;
-            }
-        }
-        if sync.keys.values().all(|s| s.nacked.is_none()) {
-            sync.last_nack = None;
-        }
-    }
-
-    /// Records a NACK of the given versions.
-    pub fn nacked(&self, versions: &[(Key, String)], error: &str) {
-        let mut sync = lock(&self.sync);
-        for (k, v) in versions {
-            if let Some(s) = sync.keys.get_mut(k) {
-                s.nacked = Some((v.clone(), error.to_string()));
-            }
-        }
-        sync.last_nack = Some(error.to_string());
-    }
-
-    /// Forgets unsubscribed keys.
-    pub fn forget(&self, keys: &[Key]) {
-        let mut sync = lock(&self.sync);
-        for k in keys {
-            sync.keys.remove(k);
-        }
+    /// The per-key state, for the stream task (uncontended except while `Status` reads it).
+    pub(super) fn sync(&self) -> std::sync::MutexGuard<'_, Sync> {
+        lock(&self.sync)
     }
 
     fn status(&self) -> v1::ProxyStatus {
         let sync = lock(&self.sync);
-        let resources: Vec<v1::ResourceSyncStatus> = sync
-            .keys
-            .iter()
+        let mut keys: Vec<(&Key, &KeySync)> =
+            sync.keys.iter().filter(|(_, s)| s.sent != NONE).collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let resources: Vec<v1::ResourceSyncStatus> = keys
+            .into_iter()
             .map(|(k, s)| v1::ResourceSyncStatus {
                 key: Some(wire_key(k)),
-                current_version: s.current.clone(),
-                acked_version: s.acked.clone().unwrap_or_default(),
-                state: s.state() as i32,
-                last_nack_error: s
+                current_version: wire_version(s.sent),
+                acked_version: wire_version(s.acked),
+                state: sync.state(k, s) as i32,
+                last_nack_error: sync
                     .nacked
-                    .as_ref()
+                    .get(k)
                     .map(|(_, e)| e.clone())
                     .unwrap_or_default(),
             })

@@ -42,6 +42,8 @@ pub mod env {
     pub const CA_CERT_FILE: &str = "SHOAL_CP_CA_CERT_FILE";
     /// The private key (PKCS#8 PEM, mode 0600) of [`CA_CERT_FILE`].
     pub const CA_KEY_FILE: &str = "SHOAL_CP_CA_KEY_FILE";
+    /// Shortest time between two change-driven discovery pushes to one proxy.
+    pub const PUSH_INTERVAL: &str = "SHOAL_CP_PUSH_INTERVAL";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -59,6 +61,7 @@ pub mod env {
         CERT_TTL,
         CA_CERT_FILE,
         CA_KEY_FILE,
+        PUSH_INTERVAL,
     ];
 }
 
@@ -156,6 +159,10 @@ pub struct Config {
     pub cert_ttl: Duration,
     /// The operator's root certificate and key files; `None` (the default): a self-generated root.
     pub ca_root: Option<(PathBuf, PathBuf)>,
+    /// Shortest time between two change-driven discovery pushes to one proxy, 0 to 10 s. A change
+    /// after a quieter period is pushed at once; changes within the interval are coalesced into
+    /// the next push. Default: `crate::discovery::hub::DEFAULT_PUSH_INTERVAL`.
+    pub push_interval: Duration,
 }
 
 impl Config {
@@ -236,6 +243,21 @@ impl Config {
                 });
             }
         };
+        let push_interval = match settings.get(env::PUSH_INTERVAL) {
+            None => crate::discovery::hub::DEFAULT_PUSH_INTERVAL,
+            Some(raw) => {
+                let invalid = || ConfigError::Invalid {
+                    setting: env::PUSH_INTERVAL,
+                    value: raw.to_owned(),
+                    expected: "a duration from 0ms to 10s, such as 50ms".to_owned(),
+                };
+                let interval = humantime::parse_duration(raw).map_err(|_| invalid())?;
+                if interval > Duration::from_secs(10) {
+                    return Err(invalid());
+                }
+                interval
+            }
+        };
         let config = Self {
             admin_addr: addr(env::ADMIN_ADDR, "127.0.0.1:15011")?,
             discovery_addr: addr(env::DISCOVERY_ADDR, "0.0.0.0:15010")?,
@@ -247,6 +269,7 @@ impl Config {
             trust_domain,
             cert_ttl,
             ca_root,
+            push_interval,
         };
         config.check_distinct()?;
         Ok(config)

@@ -94,12 +94,13 @@ pub struct DiscoveryParts {
 /// state as `status` (it implements [`StatusSource`]). Streams must end once `closing` turns true, or
 /// shutdown waits [`SHUTDOWN_GRACE`] for them.
 fn discovery(
+    push_interval: Duration,
     store: &Store,
     sources: Option<crate::sources::Sources>,
     identity: &Identity,
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
-    let hub = crate::discovery::Hub::new();
+    let hub = crate::discovery::Hub::with_push_interval(push_interval);
     tokio::spawn(hub.clone().follow(store.clone()));
     // The trust bundle is a discovery resource; the upkeep task retires rotated-out roots on time.
     tokio::spawn(bundle::publish(
@@ -139,6 +140,8 @@ pub struct ControlPlane {
     sources: Option<crate::sources::Sources>,
     /// The CA and join tokens, loaded (or created) in `bind`.
     identity: Identity,
+    /// See [`Config::push_interval`].
+    push_interval: Duration,
 }
 
 impl ControlPlane {
@@ -165,6 +168,7 @@ impl ControlPlane {
             store,
             sources,
             identity,
+            push_interval: config.push_interval,
             admin: bind(config::env::ADMIN_ADDR, config.admin_addr).await?,
             discovery: bind(config::env::DISCOVERY_ADDR, config.discovery_addr).await?,
             metrics: bind(config::env::METRICS_ADDR, config.metrics_addr).await?,
@@ -206,7 +210,13 @@ impl ControlPlane {
         );
         let prometheus = metrics::recorder();
         let (close, closing) = watch::channel(false);
-        let parts = discovery(&self.store, self.sources, &self.identity, closing.clone());
+        let parts = discovery(
+            self.push_interval,
+            &self.store,
+            self.sources,
+            &self.identity,
+            closing.clone(),
+        );
         let admin = AdminService::with_identity(
             self.store.clone(),
             parts.status,
