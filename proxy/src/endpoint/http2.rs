@@ -64,14 +64,12 @@ impl Slot {
             .cloned()
     }
 
-    /// Marks `handle`'s connection unusable (it failed or is going away), if it is current.
-    fn retire(&self, handle: &Handle) {
-        handle.closed.store(true, Ordering::Relaxed);
+    /// Marks the connection whose flag is `closed` unusable (it failed or is going away), and
+    /// forgets it if it is current.
+    fn retire(&self, closed: &Arc<AtomicBool>) {
+        closed.store(true, Ordering::Relaxed);
         let mut cur = lock(&self.current);
-        if cur
-            .as_ref()
-            .is_some_and(|h| Arc::ptr_eq(&h.closed, &handle.closed))
-        {
+        if cur.as_ref().is_some_and(|h| Arc::ptr_eq(&h.closed, closed)) {
             *cur = None;
         }
     }
@@ -149,17 +147,19 @@ impl Clients {
         // A second connection attempt only where the request provably never left: the
         // connection had failed before its stream was opened.
         let mut retried = false;
-        let (handle, mut tx) = loop {
-            let handle = match slot.live() {
+        // One clone of the connection's `SendRequest` per request: each clone and drop takes the
+        // h2 connection's lock.
+        let (closed, mut tx) = loop {
+            let Handle { tx, closed } = match slot.live() {
                 Some(h) => h,
                 // Cold path, boxed so the per-request future stays small.
                 None => Box::pin(self.connect_h2(peer, &slot)).await?,
             };
-            match handle.tx.clone().ready().await {
-                Ok(tx) => break (handle, tx),
+            match tx.ready().await {
+                Ok(tx) => break (closed, tx),
                 Err(e) if !retried => {
                     tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection unusable; reconnecting");
-                    slot.retire(&handle);
+                    slot.retire(&closed);
                     retried = true;
                 }
                 Err(e) => return Err(exchange_error(addr, &e)),
@@ -169,7 +169,7 @@ impl Clients {
             Ok(sent) => sent,
             Err(e) => {
                 if !e.is_reset() {
-                    slot.retire(&handle);
+                    slot.retire(&closed);
                 }
                 return Err(exchange_error(addr, &e));
             }
@@ -200,7 +200,7 @@ impl Clients {
                 }
                 if e.is_go_away() || e.is_io() {
                     // Going away or gone: new requests go to a new connection.
-                    slot.retire(&handle);
+                    slot.retire(&closed);
                 }
                 return Err(exchange_error(addr, &e));
             }
