@@ -338,17 +338,8 @@ def measure(ctx: rb.Ctx, args, pki: Pki, target: str, scenario: str) -> dict:
     pair = None
     try:
         pair = start_pair(ctx, pki, target, backend.h1_port)
-        d, warm = args.duration, args.warmup
         h1, h2 = pair.h1_port, pair.h2_port
-        if scenario == "h1":
-            rb.wrk(h1, args.h1_conns, max(1, round(warm)))
-        elif scenario == "h2c":
-            rb.h2load(h2, ["-c", str(args.h2_conns), "-m", str(args.h2_streams), "-D", f"{int(warm * 1000)}ms"],
-                      warm + 30, None)
-        else:
-            extra = ["--h1"] if scenario == "h1-rate" else []
-            rb.h2load(h1 if scenario == "h1-rate" else h2, [*extra, "-c1", "-n", "500"], 30, None)
-        time.sleep(0.2)
+        rb.warm_up(args, scenario, h1, h2)
 
         sides = {"client": pair.client, "server": pair.server}
         prof = Profiler(args, f"{scenario}-{target}", {k: s.proc.pid for k, s in sides.items() if s})
@@ -356,15 +347,7 @@ def measure(ctx: rb.Ctx, args, pki: Pki, target: str, scenario: str) -> dict:
         b0 = rb.cpu_ticks(backend.proc.pid)
         c0 = rb.cpu_busy_ticks(SERVER_CPU)
         w0 = time.monotonic()
-        if scenario == "h1":
-            r = rb.wrk(h1, args.h1_conns, d)
-        elif scenario == "h2c":
-            r = rb.h2load(h2, ["-c", str(args.h2_conns), "-m", str(args.h2_streams), "-D", str(d)],
-                          d + 60, ctx.tmp / "h2load.log")
-        elif scenario == "h1-rate":
-            r = rb.paced(h1, "h1", args.rate, d)
-        else:
-            r = rb.paced(h2, "h2", args.rate, d)
+        r = rb.run_load(ctx, args, scenario, h1, h2)
         wall = time.monotonic() - w0
         t1 = {k: rb.cpu_ticks(s.proc.pid) for k, s in sides.items() if s}
         b1 = rb.cpu_ticks(backend.proc.pid)

@@ -654,39 +654,47 @@ def paced_main(proto: str, port: int, rate: int, seconds: float) -> None:
 # One measurement: fresh backend + fresh target, warm-up, measured window
 
 
+def warm_up(args, scenario: str, h1: int, h2: int) -> None:
+    """Unmeasured warm-up for `scenario` on the h1 / h2c ports: connections, pools, allocator."""
+    warm = args.warmup
+    if scenario == "h1":
+        wrk(h1, args.h1_conns, max(1, round(warm)))
+    elif scenario == "h2c":
+        h2load(h2, ["-c", str(args.h2_conns), "-m", str(args.h2_streams), "-D", f"{int(warm * 1000)}ms"],
+               warm + 30, None)
+    else:
+        extra = ["--h1"] if scenario == "h1-rate" else []
+        h2load(h1 if scenario == "h1-rate" else h2, [*extra, "-c1", "-n", "500"], 30, None)
+    time.sleep(0.2)
+
+
+def run_load(ctx: Ctx, args, scenario: str, h1: int, h2: int) -> dict:
+    """The measured load of `scenario` for `args.duration` seconds; the load generator's result."""
+    d = args.duration
+    if scenario == "h1":
+        return wrk(h1, args.h1_conns, d)
+    if scenario == "h2c":
+        return h2load(h2, ["-c", str(args.h2_conns), "-m", str(args.h2_streams), "-D", str(d)],
+                      d + 60, ctx.tmp / "h2load.log")
+    if scenario == "h1-rate":
+        return paced(h1, "h1", args.rate, d)
+    return paced(h2, "h2", args.rate, d)
+
+
 def measure(ctx: Ctx, args, target: str, scenario: str) -> dict:
     backend = start_backend(ctx)
     srv = None
     try:
         srv = start_target(ctx, target, backend.h1_port)
-        d = args.duration
-        warm = args.warmup
         h1, h2 = srv.h1_port, srv.h2_port
-        # Warm-up: connections, pools, allocator; not measured.
-        if scenario == "h1":
-            wrk(h1, args.h1_conns, max(1, round(warm)))
-        elif scenario == "h2c":
-            h2load(h2, ["-c", str(args.h2_conns), "-m", str(args.h2_streams), "-D", f"{int(warm * 1000)}ms"],
-                   warm + 30, None)
-        else:
-            extra = ["--h1"] if scenario == "h1-rate" else []
-            h2load(h1 if scenario == "h1-rate" else h2, [*extra, "-c1", "-n", "500"], 30, None)
-        time.sleep(0.2)
+        warm_up(args, scenario, h1, h2)
 
         proxy_pids, backend_pid = srv.pids(), backend.proc.pid
         p0 = sum(cpu_ticks(p) for p in proxy_pids)
         b0 = cpu_ticks(backend_pid)
         c0 = cpu_busy_ticks(SERVER_CPU)
         w0 = time.monotonic()
-        if scenario == "h1":
-            r = wrk(h1, args.h1_conns, d)
-        elif scenario == "h2c":
-            r = h2load(h2, ["-c", str(args.h2_conns), "-m", str(args.h2_streams), "-D", str(d)],
-                       d + 60, ctx.tmp / "h2load.log")
-        elif scenario == "h1-rate":
-            r = paced(h1, "h1", args.rate, d)
-        else:
-            r = paced(h2, "h2", args.rate, d)
+        r = run_load(ctx, args, scenario, h1, h2)
         wall = time.monotonic() - w0
         p1 = sum(cpu_ticks(p) for p in proxy_pids)
         b1 = cpu_ticks(backend_pid)
