@@ -94,15 +94,36 @@ fn inbound_metrics(conn: &Conn) -> &Arc<RequestMetrics> {
 
 /// A request whose head carried both Content-Length and Transfer-Encoding: refused, never
 /// forwarded, and the connection closed (its framing cannot be trusted).
-pub fn reject_ambiguous_framing(
-    conn: &Conn,
-    mut req: Request<RequestBody>,
-) -> Response<ResponseBody> {
-    let ids = trace_context::propagate(req.headers_mut());
+pub fn reject_ambiguous_framing(conn: &Conn, req: Request<RequestBody>) -> Response<ResponseBody> {
     let err = ProxyError::new(
         Reason::MalformedRequest,
         "the request has both Content-Length and Transfer-Encoding (a request-smuggling pattern); send one framing header",
     );
+    reject(conn, req, err)
+}
+
+/// An HTTP/2 request with more header fields than `SHOAL_MAX_HEADERS`: answered 431 on its stream
+/// (the connection's other streams go on), never forwarded. (hyper enforces the limit for
+/// HTTP/1.1 while parsing; the `h2` crate only bounds the header block's bytes.)
+pub fn reject_too_many_headers(
+    conn: &Conn,
+    req: Request<RequestBody>,
+    max: usize,
+) -> Response<ResponseBody> {
+    let err = ProxyError::new(
+        Reason::HeadersTooLarge,
+        format!(
+            "the request has {} header fields, more than SHOAL_MAX_HEADERS ({max})",
+            req.headers().len()
+        ),
+    );
+    reject(conn, req, err)
+}
+
+/// Answers a request refused before routing with `err` (status, `shoal-proxy-error`), counted and
+/// logged like every proxy error.
+fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Response<ResponseBody> {
+    let ids = trace_context::propagate(req.headers_mut());
     finish(
         conn,
         Err(err),

@@ -151,7 +151,10 @@ async fn serve_stream(conn: &Conn, req: Request<RecvStream>, mut respond: SendRe
     let (parts, recv) = req.into_parts();
     let body = RequestBody::H2(RecvBody::new(recv, &parts.headers));
     let req = Request::from_parts(parts, body);
-    let resp = {
+    let max_headers = conn.shared.config.http.max_headers;
+    let resp = if req.headers().len() > max_headers {
+        forward::reject_too_many_headers(conn, req, max_headers)
+    } else {
         let handle = pin!(forward::handle(conn, req));
         // A client RST_STREAM ends the exchange: dropping `handle` resets the upstream stream.
         let reset = poll_fn(|cx| respond.poll_reset(cx));

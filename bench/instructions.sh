@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# User-space instructions per request of shoal-proxy, counted by valgrind's callgrind.
+#
+# Wall-clock CPU figures (bench/run.py) need a quiet machine; instruction counts do not: they are
+# the same within ~0.3 % from run to run whatever else the machine is doing, so two builds can be
+# compared (A/B) while other work runs. They leave out the kernel (≈60 % of an HTTP/1.1 request's
+# CPU, the same syscalls for every build) and cache effects, so a change that moves memory around
+# rather than instructions still needs run.py on a quiet machine.
+#
+# usage: bench/instructions.sh [--scenario h1|h2c] [--requests N] [--keep DIR] BINARY [BINARY...]
+#   Each binary runs in front of bench-backend (explicit inbound, as in run.py) under callgrind;
+#   after 1,000 warm-up requests the counters are zeroed, N requests (default 10,000) run with
+#   h2load (h1: --h1 -c10; h2c: -c10 -m10), and the total is divided by N.
+#   Extra proxy settings: SHOAL_* variables in the environment are passed on.
+#   --keep DIR keeps each callgrind file (DIR/<n>.callgrind) for callgrind_annotate.
+set -euo pipefail
+
+scenario=h1
+requests=10000
+keep=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --scenario) scenario=$2; shift 2 ;;
+        --requests) requests=$2; shift 2 ;;
+        --keep) keep=$2; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --*) echo "instructions.sh: unknown option $1" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+[[ $# -ge 1 ]] || { echo "instructions.sh: give at least one shoal-proxy binary" >&2; exit 2; }
+case "$scenario" in
+    h1) load=(h2load --h1 -c10 -m1) ;;
+    h2c) load=(h2load -c10 -m10) ;;
+    *) echo "instructions.sh: --scenario must be h1 or h2c, not '$scenario'" >&2; exit 2 ;;
+esac
+for tool in valgrind callgrind_control h2load curl; do
+    command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is not installed (apt-get install valgrind nghttp2-client curl)" >&2; exit 2; }
+done
+repo=$(cd "$(dirname "$0")/.." && pwd)
+backend_bin=$repo/target/release/bench-backend
+[[ -x $backend_bin ]] || { echo "instructions.sh: build it first: cargo build --release -p shoal-bench" >&2; exit 2; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+n=0
+for bin in "$@"; do
+    n=$((n + 1))
+    [[ -x $bin ]] || { echo "instructions.sh: $bin is not an executable" >&2; exit 2; }
+    bport=$(free_port); pport=$(free_port); aport=$(free_port)
+    "$backend_bin" "127.0.0.1:$bport" 2>/dev/null &
+    bpid=$!; pids+=("$bpid")
+    env SHOAL_INBOUND_MODE=explicit SHOAL_INBOUND_ADDR="127.0.0.1:$pport" \
+        SHOAL_INBOUND_APP_ADDR="127.0.0.1:$bport" SHOAL_OUTBOUND_MODE=off \
+        SHOAL_ADMIN_ADDR="127.0.0.1:$aport" \
+        valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$bin" >"$work/log.$n" 2>&1 &
+    vpid=$!; pids+=("$vpid")
+    ready=""
+    for _ in $(seq 150); do
+        if curl -sf -o /dev/null "http://127.0.0.1:$aport/ready"; then ready=1; break; fi
+        sleep 0.2
+    done
+    [[ -n $ready ]] || { echo "instructions.sh: $bin did not become ready; its log:" >&2; tail -20 "$work/log.$n" >&2; exit 1; }
+    "${load[@]}" -n 1000 "http://127.0.0.1:$pport/" >/dev/null
+    callgrind_control -z "$vpid" >/dev/null 2>&1
+    out=$("${load[@]}" -n "$requests" "http://127.0.0.1:$pport/")
+    grep -q "$requests succeeded" <<<"$out" || { echo "instructions.sh: not every request succeeded:" >&2; grep requests: <<<"$out" >&2; exit 1; }
+    callgrind_control -d "$vpid" >/dev/null 2>&1
+    kill "$vpid" "$bpid"; wait "$vpid" 2>/dev/null || true
+    dump=$(ls -t "$work"/cg."$n".* | head -1)
+    total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    printf '%s\t%s\t%d instructions/request\n' "$scenario" "$bin" $((total / requests))
+    if [[ -n $keep ]]; then mkdir -p "$keep"; cp "$dump" "$keep/$n.callgrind"; fi
+done
