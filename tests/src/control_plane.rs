@@ -429,6 +429,22 @@ impl ControlPlane {
         }
     }
 
+    /// `shoalctl ca status -o json`, parsed; panics unless it succeeds.
+    pub async fn ca_status(&self) -> serde_json::Value {
+        let out = self
+            .ctl(&["ca", "status", "-o", "json"], None)
+            .await
+            .success();
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("ca status -o json: {e}: {}", out.stdout))
+    }
+
+    /// The `state` of every root in `shoalctl ca status`, in its order (`ACTIVE`, `PENDING`,
+    /// `RETIRING`).
+    pub async fn ca_states(&self) -> Vec<String> {
+        root_states(&self.ca_status().await)
+    }
+
     /// `shoalctl apply -f -` with `yaml`; panics unless it succeeds.
     pub async fn apply(&self, yaml: &str) -> CtlOutput {
         self.ctl(&["apply", "-f", "-"], Some(yaml)).await.success()
@@ -622,6 +638,19 @@ impl ControlPlane {
         )
         .await
     }
+}
+
+/// The `state` of every root of a `shoalctl ca status|rotate -o json` document, in its order.
+pub fn root_states(status: &serde_json::Value) -> Vec<String> {
+    status["roots"]
+        .as_array()
+        .map(|roots| {
+            roots
+                .iter()
+                .map(|r| r["state"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// YAML for a `Service` `name` on `port` plus one `EndpointRegistration` (`<name>-<i>`) per

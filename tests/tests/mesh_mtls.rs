@@ -1,8 +1,8 @@
 //! The whole identity path with real processes: `shoalctl token create` → proxies redeem their
 //! join tokens at the control plane's CA → HTTP between them rides mTLS (the app learns the
 //! caller's SPIFFE id) → `shoalctl ca rotate` under steady traffic: the new root reaches every
-//! proxy through discovery, a proxy certified by the new root and one by the old talk to each
-//! other, and not one request fails.
+//! proxy through discovery (PENDING), then signs (ACTIVE), a proxy certified by the new root and
+//! one by the old talk to each other, and not one request fails.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -106,6 +106,13 @@ async fn certified_proxies_speak_mtls_and_survive_a_ca_rotation() {
         Duration::from_secs(5),
         trust_roots(&server).await == 2 && trust_roots(&old).await == 2,
         "both proxies trusting the old and the new root"
+    );
+    // Both proxies have ACKed the bundle with the new root: it starts signing (PENDING → ACTIVE)
+    // on the control plane's next upkeep tick, well before the 60 s propagation timeout.
+    assert_eventually!(
+        Duration::from_secs(5),
+        cp.ca_states().await == ["ACTIVE", "RETIRING"],
+        "the new root active once both proxies have it"
     );
     // A proxy certified now gets a certificate from the new root; it reaches the old-root
     // server, and the old-root client keeps reaching it too.

@@ -95,7 +95,9 @@ impl AdminService {
                 ));
             }
         };
-        let status = blocking(move || identity.ca.rotate(root))
+        let activate_after = (req.activate_after_seconds > 0)
+            .then(|| Duration::from_secs(req.activate_after_seconds));
+        let status = blocking(move || identity.ca.rotate(root, activate_after))
             .await?
             .map_err(|e| ca_status(&e))?;
         Ok(v1::RotateCaResponse {

@@ -1,4 +1,5 @@
-//! `shoalctl ca status|rotate`: the mesh CA's roots, and starting a root rotation.
+//! `shoalctl ca status|rotate`: the mesh CA's roots and their states (ACTIVE, PENDING, RETIRING), and
+//! starting a root rotation.
 
 use std::path::Path;
 
@@ -19,22 +20,24 @@ pub(super) async fn status(server: &str, output: Option<Output>) -> Result<(), C
     print_status(&status, output)
 }
 
-/// `ca rotate`: a generated root, or the operator's (`--cert` + `--key`).
+/// `ca rotate`: a generated root, or the operator's (`--cert` + `--key`), `PENDING` until proxies have it
+/// (at most `--activate-after`).
 pub(super) async fn rotate(
     server: &str,
-    cert: Option<&Path>,
-    key: Option<&Path>,
+    (cert, key): (Option<&Path>, Option<&Path>),
+    activate_after: Option<&str>,
     output: Option<Output>,
 ) -> Result<(), CliError> {
     let read = |flag: &str, path: &Path| {
         std::fs::read_to_string(path)
             .map_err(|e| CliError::Input(format!("{flag} {}: {e}", path.display())))
     };
-    let request = match (cert, key) {
+    let mut request = match (cert, key) {
         (None, None) => v1::RotateCaRequest::default(),
         (Some(cert), Some(key)) => v1::RotateCaRequest {
             root_certificate_pem: read("--cert", cert)?,
             root_private_key_pem: read("--key", key)?,
+            ..Default::default()
         },
         _ => {
             return Err(CliError::Input(
@@ -42,16 +45,22 @@ pub(super) async fn rotate(
             ));
         }
     };
+    if let Some(text) = activate_after {
+        request.activate_after_seconds = activate_after_seconds(text)?;
+    }
     let mut client = client::connect(server).await?;
     let response = (client.rotate_ca(request).await)
         .map_err(|status| CliError::from_status(server, &status))?
         .into_inner();
     let status = response.status.unwrap_or_default();
-    if let Some(retiring) = status
-        .roots
-        .iter()
-        .find(|r| r.state == v1::CaRootState::Retiring as i32)
-    {
+    let find = |state: v1::CaRootState| status.roots.iter().find(|r| r.state == state as i32);
+    if let Some(pending) = find(v1::CaRootState::Pending) {
+        eprintln!(
+            "CA rotation started: the new root {} is PENDING: pushed to every proxy and trusted, while the current root keeps signing; it signs once every connected proxy has acknowledged it (at the latest {}), then the old root retires after one certificate lifetime",
+            short(&pending.fingerprint_sha256),
+            time(pending.activate_by_unix_seconds)
+        );
+    } else if let Some(retiring) = find(v1::CaRootState::Retiring) {
         eprintln!(
             "CA rotation started: new certificates are signed by the new root; the old root {} stays trusted until {}",
             short(&retiring.fingerprint_sha256),
@@ -59,6 +68,21 @@ pub(super) async fn rotate(
         );
     }
     print_status(&status, output)
+}
+
+/// `--activate-after` in whole seconds (rounded up), 1 s to 24 h.
+fn activate_after_seconds(text: &str) -> Result<u64, CliError> {
+    let invalid = |why: String| {
+        CliError::Input(format!(
+            "--activate-after {text:?}: expected a duration from 1s to 24h, such as 5m{why}"
+        ))
+    };
+    let duration = humantime::parse_duration(text).map_err(|e| invalid(format!(" ({e})")))?;
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    if !(1..=86_400).contains(&seconds) {
+        return Err(invalid(String::new()));
+    }
+    Ok(seconds)
 }
 
 fn print_status(status: &v1::CaStatusResponse, output: Option<Output>) -> Result<(), CliError> {
@@ -73,6 +97,8 @@ fn print_status(status: &v1::CaStatusResponse, output: Option<Output>) -> Result
                     "notBefore": time(r.not_before_unix_seconds),
                     "notAfter": time(r.not_after_unix_seconds),
                     "retireAt": (r.retire_at_unix_seconds > 0).then(|| time(r.retire_at_unix_seconds)),
+                    "pendingSince": (r.pending_since_unix_seconds > 0).then(|| time(r.pending_since_unix_seconds)),
+                    "activateBy": (r.activate_by_unix_seconds > 0).then(|| time(r.activate_by_unix_seconds)),
                     "certificatePem": r.certificate_pem,
                 })
             })
@@ -91,18 +117,21 @@ fn print_status(status: &v1::CaStatusResponse, output: Option<Output>) -> Result
             status.workload_certificate_ttl_seconds
         ))
     );
-    let mut table = Table::new(&["ROOT (SHA-256)", "STATE", "NOT AFTER", "RETIRES AT"]);
+    let mut table = Table::new(&[
+        "ROOT (SHA-256)",
+        "STATE",
+        "NOT AFTER",
+        "ACTIVATES BY",
+        "RETIRES AT",
+    ]);
+    let when = |unix: u64| if unix > 0 { time(unix) } else { "-".to_owned() };
     for root in &status.roots {
-        let retire = if root.retire_at_unix_seconds > 0 {
-            time(root.retire_at_unix_seconds)
-        } else {
-            "-".to_owned()
-        };
         table.row(vec![
             root.fingerprint_sha256.clone(),
             state(root.state).to_owned(),
             time(root.not_after_unix_seconds),
-            retire,
+            when(root.activate_by_unix_seconds),
+            when(root.retire_at_unix_seconds),
         ]);
     }
     print!("{}", table.render());
@@ -113,10 +142,27 @@ fn state(state: i32) -> &'static str {
     match v1::CaRootState::try_from(state) {
         Ok(v1::CaRootState::Active) => "ACTIVE",
         Ok(v1::CaRootState::Retiring) => "RETIRING",
+        Ok(v1::CaRootState::Pending) => "PENDING",
         _ => "?",
     }
 }
 
 fn short(fingerprint: &str) -> &str {
     fingerprint.get(..16).unwrap_or(fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activate_after_is_a_bounded_duration_in_seconds() {
+        assert_eq!(activate_after_seconds("5m").unwrap(), 300);
+        assert_eq!(activate_after_seconds("1500ms").unwrap(), 2, "rounded up");
+        for bad in ["0s", "25h", "soon"] {
+            let error = activate_after_seconds(bad).unwrap_err().to_string();
+            assert!(error.contains("--activate-after"), "{error}");
+            assert!(error.contains("1s to 24h"), "{error}");
+        }
+    }
 }

@@ -133,7 +133,8 @@ pub enum CaCommand {
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },
-    /// Rotate to a new root (generated, or --cert/--key); the old one stays trusted until its certificates expire.
+    /// Rotate to a new root (generated, or --cert/--key): it is trusted everywhere first (PENDING), signs once
+    /// every connected proxy has it; the old one stays trusted until its certificates expire.
     Rotate {
         /// The new root certificate (PEM); the control plane signs workloads with its own intermediate under it.
         #[arg(long, value_name = "FILE", requires = "key")]
@@ -141,6 +142,10 @@ pub enum CaCommand {
         /// The new root's private key (PKCS#8 PEM).
         #[arg(long, value_name = "FILE", requires = "cert")]
         key: Option<PathBuf>,
+        /// The longest the new root stays PENDING while connected proxies have not acknowledged it (1s to 24h,
+        /// such as 5m); default: the control plane's SHOAL_CP_CA_PROPAGATION_TIMEOUT.
+        #[arg(long, value_name = "DURATION")]
+        activate_after: Option<String>,
         /// `yaml` or `json` instead of a table.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
@@ -199,8 +204,14 @@ pub async fn run(cli: Cli) -> u8 {
         }
         Command::Token(TokenCommand::Revoke { id }) => token::revoke(server, &id).await,
         Command::Ca(CaCommand::Status { output }) => ca::status(server, output).await,
-        Command::Ca(CaCommand::Rotate { cert, key, output }) => {
-            ca::rotate(server, cert.as_deref(), key.as_deref(), output).await
+        Command::Ca(CaCommand::Rotate {
+            cert,
+            key,
+            activate_after,
+            output,
+        }) => {
+            let files = (cert.as_deref(), key.as_deref());
+            ca::rotate(server, files, activate_after.as_deref(), output).await
         }
     };
     match result {

@@ -109,6 +109,17 @@ impl Sync {
     }
 }
 
+/// Where one connected proxy stands on one key ([`Registry::acks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAck {
+    /// The proxy's id, from its `Hello`.
+    pub proxy_id: String,
+    /// The peer address of its stream.
+    pub address: String,
+    /// Whether it has ACKed the version asked about (or held it when it connected).
+    pub acked: bool,
+}
+
 /// Removes the proxy from the registry when its stream ends.
 #[derive(Debug)]
 pub struct Registration<'a> {
@@ -167,6 +178,26 @@ impl Registry {
     /// Whether no proxy is connected.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every connected proxy subscribed to `k`, and whether it has ACKed version `v` of it: for decisions
+    /// that wait until proxies have something (a CA rotation waits for the new trust bundle). Holds the
+    /// registry's lock only to copy its list, then each proxy's lock for one lookup, like `Status`.
+    pub fn acks(&self, k: &Key, v: Version) -> Vec<KeyAck> {
+        let proxies: Vec<Arc<ProxyEntry>> = lock(&self.proxies).values().cloned().collect();
+        let mut out: Vec<KeyAck> = proxies
+            .iter()
+            .filter_map(|p| {
+                let acked = lock(&p.sync).keys.get(k)?.acked == v;
+                Some(KeyAck {
+                    proxy_id: p.hello.proxy_id.clone(),
+                    address: p.address.clone(),
+                    acked,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
+        out
     }
 
     /// Status of every connected proxy matching the filters (empty filter: all).
@@ -244,5 +275,74 @@ impl ProxyEntry {
             },
             resources,
         }
+    }
+}
+
+#[cfg(test)]
+impl ProxyEntry {
+    /// Test helper (for code that reads [`Registry::acks`]): the proxy is subscribed to `k`, was sent
+    /// version `sent` and has ACKed `acked`.
+    pub(crate) fn set_key_state(&self, k: Key, sent: Version, acked: Version) {
+        self.sync().keys.insert(k, KeySync { sent, acked });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::v1::ResourceType;
+
+    use super::*;
+    use crate::discovery::catalog::key;
+
+    fn hello(id: &str) -> v1::Hello {
+        v1::Hello {
+            proxy_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn acks_lists_subscribed_proxies_and_whether_they_acked_a_version() {
+        let registry = Registry::default();
+        let bundle = key(ResourceType::TrustBundle, "cluster.local");
+        let other = key(ResourceType::Service, "web.default");
+        let (a, b, c, d) = (
+            registry.register(hello("a"), "10.0.0.1:1".into()),
+            registry.register(hello("b"), "10.0.0.2:1".into()),
+            registry.register(hello("c"), "10.0.0.3:1".into()),
+            registry.register(hello("d"), "10.0.0.4:1".into()),
+        );
+        // a: sent and ACKed v7. b: sent v7, still ACKing v5. c: held v7 when it connected. d: not subscribed.
+        a.entry.sync().subscribe(bundle.clone());
+        a.entry.sync().keys.get_mut(&bundle).unwrap().sent = 7;
+        a.entry.sync().acked(&[(bundle.clone(), 7)]);
+        b.entry.sync().held(bundle.clone(), 5);
+        b.entry.sync().keys.get_mut(&bundle).unwrap().sent = 7;
+        c.entry.sync().held(bundle.clone(), 7);
+        d.entry.sync().subscribe(other.clone());
+
+        let acks = registry.acks(&bundle, 7);
+        let summary: Vec<(&str, bool)> = acks
+            .iter()
+            .map(|k| (k.proxy_id.as_str(), k.acked))
+            .collect();
+        assert_eq!(summary, [("a", true), ("b", false), ("c", true)]);
+        assert_eq!(acks[1].address, "10.0.0.2:1");
+        // A NACK of v7 leaves b unACKed; an ACK of a later version is not an ACK of v7.
+        b.entry.sync().nacked(&[(bundle.clone(), 7)], "bad bundle");
+        assert!(!registry.acks(&bundle, 7)[1].acked);
+        a.entry.sync().acked(&[(bundle.clone(), 9)]);
+        assert!(!registry.acks(&bundle, 7)[0].acked);
+
+        // A disconnected proxy no longer counts.
+        drop(b);
+        let ids: Vec<String> = registry
+            .acks(&bundle, 7)
+            .into_iter()
+            .map(|k| k.proxy_id)
+            .collect();
+        assert_eq!(ids, ["a", "c"]);
+        drop((a, c, d));
+        assert!(registry.acks(&bundle, 7).is_empty());
     }
 }

@@ -1,19 +1,21 @@
 //! The trust bundle in discovery, and the upkeep that keeps it honest: every root change (rotation,
-//! retirement) becomes a new `TrustBundle` resource named after the trust domain, pushed to subscribed
-//! proxies like any other resource change; retiring roots leave it at their `retire_at`.
+//! activation, retirement) becomes a new `TrustBundle` resource named after the trust domain, pushed to
+//! subscribed proxies like any other resource change; a pending root starts signing once proxies have it
+//! ([`propagation`](super::propagation)); retiring roots leave it at their `retire_at`.
 
 use std::time::Duration;
 
 use shoal_proto::v1::{self, discovery_resource::Payload};
 use tokio::sync::watch;
 
-use super::{Identity, metrics};
+use super::{Identity, metrics, propagation};
 use crate::discovery::Hub;
 use crate::discovery::catalog::{Contribution, key};
 
 /// The discovery catalog source the trust bundle is published under.
 pub const SOURCE: &str = "identity/trust-bundle";
-/// How often the upkeep task checks for due retirements (cheap: an in-memory comparison).
+/// How often the upkeep task checks for a pending root to activate and due retirements (cheap: in-memory
+/// comparisons, and one look at the connected proxies while a root is pending).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired join-token records are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -29,6 +31,7 @@ pub async fn publish(
     loop {
         let current = roots.borrow_and_update().clone();
         metrics::roots(current.len());
+        metrics::phase(identity.ca.phase());
         let bundle = v1::TrustBundle {
             trust_domain: trust_domain.clone(),
             roots_pem: current,
@@ -45,9 +48,16 @@ pub async fn publish(
     }
 }
 
-/// Retires roots when due (checking every `interval`) and prunes expired join tokens, until `closing`
-/// turns true.
-pub async fn upkeep(identity: Identity, interval: Duration, mut closing: watch::Receiver<bool>) {
+/// Activates a pending root once the proxies connected to `hub` have it (or at the propagation timeout),
+/// retires roots when due (checking every `interval`) and prunes expired join tokens, until `closing` turns
+/// true.
+pub async fn upkeep(
+    identity: Identity,
+    hub: std::sync::Arc<Hub>,
+    interval: Duration,
+    mut closing: watch::Receiver<bool>,
+) {
+    let started = identity.clock.unix_seconds();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
@@ -56,6 +66,7 @@ pub async fn upkeep(identity: Identity, interval: Duration, mut closing: watch::
             _ = tick.tick() => {}
             _ = closing.wait_for(|c| *c) => return,
         }
+        propagation::advance(&identity, &hub, started).await;
         let now = identity.clock.unix_seconds();
         if identity.ca.next_retirement().is_some_and(|at| at <= now) {
             let ca = identity.ca.clone();

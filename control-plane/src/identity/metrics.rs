@@ -1,4 +1,5 @@
-//! The identity metrics: certificates issued and refused (by a bounded `reason`).
+//! The identity metrics: certificates issued and refused (by a bounded `reason`), and the CA rotation's
+//! progress (bounded `phase` and `reason` labels).
 
 /// Describes the identity metrics (call once the recorder is installed).
 pub fn describe() {
@@ -13,7 +14,19 @@ pub fn describe() {
     );
     describe_gauge!(
         "shoal_cp_ca_roots",
-        "Roots in the trust bundle (2 while a CA rotation retires the old one)"
+        "Roots in the trust bundle (2 during a CA rotation)"
+    );
+    describe_gauge!(
+        "shoal_cp_ca_rotation_phase",
+        "1 for the CA rotation phase in effect, 0 for the others: idle, pending (new root trusted, not signing), retiring (old root trusted, not signing)"
+    );
+    describe_gauge!(
+        "shoal_cp_ca_pending_proxies",
+        "Connected proxies that have not yet acknowledged the trust bundle with a pending CA root (0 when none is pending)"
+    );
+    describe_counter!(
+        "shoal_cp_ca_activations_total",
+        "Pending CA roots made active, by reason: propagated (every connected proxy had it), timeout (SHOAL_CP_CA_PROPAGATION_TIMEOUT passed first)"
     );
 }
 
@@ -27,4 +40,19 @@ pub(super) fn refused(reason: &'static str) {
 
 pub(super) fn roots(count: usize) {
     metrics::gauge!("shoal_cp_ca_roots").set(count as f64);
+}
+
+pub(super) fn phase(current: super::ca::Phase) {
+    for phase in super::ca::Phase::ALL {
+        let value = if phase == current { 1.0 } else { 0.0 };
+        metrics::gauge!("shoal_cp_ca_rotation_phase", "phase" => phase.as_str()).set(value);
+    }
+}
+
+pub(super) fn pending_proxies(count: usize) {
+    metrics::gauge!("shoal_cp_ca_pending_proxies").set(count as f64);
+}
+
+pub(super) fn activated(reason: &'static str) {
+    metrics::counter!("shoal_cp_ca_activations_total", "reason" => reason).increment(1);
 }

@@ -11,7 +11,8 @@
 //! - [`ca`] — signs the certificate: one SPIFFE URI SAN ([`spiffe`]), short-lived; and owns the roots,
 //!   their persistence and rotation.
 //! - [`bundle`] — pushes the trust bundle to proxies as the discovery `TrustBundle` resource, and the upkeep
-//!   task that retires old roots on time.
+//!   task that activates a rotation's pending root once proxies have it ([`propagation`]) and retires old
+//!   roots on time.
 //!
 //! Everything secret lives in the store's identity table, never in resources, logs or `Debug` output.
 
@@ -21,6 +22,7 @@ pub mod certify;
 pub mod clock;
 pub mod credentials;
 pub mod metrics;
+pub mod propagation;
 pub mod renewal;
 pub mod spiffe;
 

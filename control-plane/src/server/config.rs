@@ -18,6 +18,10 @@ pub const CERT_TTL_BOUNDS: (Duration, Duration) = (
     Duration::from_secs(30 * 24 * 3600),
 );
 
+/// The default of [`env::CA_PROPAGATION_TIMEOUT`]: proxies ACK a pushed bundle within milliseconds, so this
+/// only bounds the wait for one that is connected but not answering.
+pub const DEFAULT_CA_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Names of every environment variable, in one place.
 pub mod env {
     /// gRPC Admin API listener (operators, `shoalctl`).
@@ -44,6 +48,9 @@ pub mod env {
     pub const CA_KEY_FILE: &str = "SHOAL_CP_CA_KEY_FILE";
     /// Shortest time between two change-driven discovery pushes to one proxy.
     pub const PUSH_INTERVAL: &str = "SHOAL_CP_PUSH_INTERVAL";
+    /// The longest a rotated-in CA root stays pending (trusted, not signing) while connected proxies have
+    /// not acknowledged it.
+    pub const CA_PROPAGATION_TIMEOUT: &str = "SHOAL_CP_CA_PROPAGATION_TIMEOUT";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -62,6 +69,7 @@ pub mod env {
         CA_CERT_FILE,
         CA_KEY_FILE,
         PUSH_INTERVAL,
+        CA_PROPAGATION_TIMEOUT,
     ];
 }
 
@@ -159,6 +167,10 @@ pub struct Config {
     pub cert_ttl: Duration,
     /// The operator's root certificate and key files; `None` (the default): a self-generated root.
     pub ca_root: Option<(PathBuf, PathBuf)>,
+    /// The longest a CA rotation's new root stays pending (in every trust bundle, not signing yet) while
+    /// proxies connected to discovery have not acknowledged it, 1 s to 24 h; it activates as soon as they all
+    /// have. Default 60 s.
+    pub ca_propagation_timeout: Duration,
     /// Shortest time between two change-driven discovery pushes to one proxy, 0 to 10 s. A change
     /// after a quieter period is pushed at once; changes within the interval are coalesced into
     /// the next push. Default: `crate::discovery::hub::DEFAULT_PUSH_INTERVAL`.
@@ -243,6 +255,22 @@ impl Config {
                 });
             }
         };
+        let ca_propagation_timeout = match settings.get(env::CA_PROPAGATION_TIMEOUT) {
+            None => DEFAULT_CA_PROPAGATION_TIMEOUT,
+            Some(raw) => {
+                let (min, max) = crate::identity::ca::PROPAGATION_TIMEOUT_BOUNDS;
+                let invalid = || ConfigError::Invalid {
+                    setting: env::CA_PROPAGATION_TIMEOUT,
+                    value: raw.to_owned(),
+                    expected: "a duration from 1s to 24h, such as 60s".to_owned(),
+                };
+                let timeout = humantime::parse_duration(raw).map_err(|_| invalid())?;
+                if timeout < min || timeout > max {
+                    return Err(invalid());
+                }
+                timeout
+            }
+        };
         let push_interval = match settings.get(env::PUSH_INTERVAL) {
             None => crate::discovery::hub::DEFAULT_PUSH_INTERVAL,
             Some(raw) => {
@@ -269,6 +297,7 @@ impl Config {
             trust_domain,
             cert_ttl,
             ca_root,
+            ca_propagation_timeout,
             push_interval,
         };
         config.check_distinct()?;
@@ -368,10 +397,21 @@ mod tests {
         assert_eq!(defaults.trust_domain.as_str(), "cluster.local");
         assert_eq!(defaults.cert_ttl, Duration::from_secs(86400));
         assert!(defaults.ca_root.is_none());
-        let set = config(&[(env::TRUST_DOMAIN, "mesh.example"), (env::CERT_TTL, "1h")]).unwrap();
+        assert_eq!(defaults.ca_propagation_timeout, Duration::from_secs(60));
+        let set = config(&[
+            (env::TRUST_DOMAIN, "mesh.example"),
+            (env::CERT_TTL, "1h"),
+            (env::CA_PROPAGATION_TIMEOUT, "5m"),
+        ])
+        .unwrap();
         assert_eq!(set.trust_domain.as_str(), "mesh.example");
         assert_eq!(set.cert_ttl, Duration::from_secs(3600));
+        assert_eq!(set.ca_propagation_timeout, Duration::from_secs(300));
         for (setting, value) in [
+            (env::CA_PROPAGATION_TIMEOUT, "0s"),
+            (env::CA_PROPAGATION_TIMEOUT, "500ms"),
+            (env::CA_PROPAGATION_TIMEOUT, "2d"),
+            (env::CA_PROPAGATION_TIMEOUT, "later"),
             (env::TRUST_DOMAIN, "Mesh_Example"),
             (env::CERT_TTL, "1m"),
             (env::CERT_TTL, "90d"),

@@ -102,7 +102,8 @@ fn discovery(
 ) -> DiscoveryParts {
     let hub = crate::discovery::Hub::with_push_interval(push_interval);
     tokio::spawn(hub.clone().follow(store.clone()));
-    // The trust bundle is a discovery resource; the upkeep task retires rotated-out roots on time.
+    // The trust bundle is a discovery resource; the upkeep task activates a rotation's new root once the
+    // proxies connected here have it, and retires rotated-out roots on time.
     tokio::spawn(bundle::publish(
         identity.clone(),
         hub.clone(),
@@ -110,6 +111,7 @@ fn discovery(
     ));
     tokio::spawn(bundle::upkeep(
         identity.clone(),
+        hub.clone(),
         bundle::UPKEEP_INTERVAL,
         closing.clone(),
     ));
@@ -275,10 +277,11 @@ impl ControlPlane {
 
 /// Loads the CA (and reads the operator's root files, if configured) on a blocking thread.
 async fn open_identity(config: &Config, store: Store) -> Result<Identity, ServerError> {
-    let (trust_domain, cert_ttl, files) = (
+    let (trust_domain, cert_ttl, files, propagation_timeout) = (
         config.trust_domain.clone(),
         config.cert_ttl,
         config.ca_root.clone(),
+        config.ca_propagation_timeout,
     );
     let opened = tokio::task::spawn_blocking(move || {
         let root = match files {
@@ -289,6 +292,7 @@ async fn open_identity(config: &Config, store: Store) -> Result<Identity, Server
             trust_domain,
             cert_ttl,
             root,
+            propagation_timeout,
         };
         Identity::open(store, settings, Arc::new(SystemClock))
     });

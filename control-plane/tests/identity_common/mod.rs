@@ -25,6 +25,8 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint, Server, server::TcpIncoming};
 
 pub const TTL: Duration = Duration::from_secs(3600);
+/// The CA's propagation timeout (the manual clock has to pass it).
+pub const PROPAGATION: Duration = Duration::from_secs(60);
 
 pub struct Mesh {
     pub admin: AdminClient<Channel>,
@@ -54,6 +56,7 @@ pub async fn start_in(dir: tempfile::TempDir) -> Mesh {
         trust_domain: TrustDomain::parse("cluster.local").unwrap(),
         cert_ttl: TTL,
         root: None,
+        propagation_timeout: PROPAGATION,
     };
     let identity = Identity::open(store.clone(), settings, clock.clone() as Arc<dyn Clock>)
         .expect("CA starts");
@@ -65,9 +68,11 @@ pub async fn start_in(dir: tempfile::TempDir) -> Mesh {
         hub.clone(),
         closing.clone(),
     ));
-    // A short upkeep interval: retirement is driven by the manual clock, not by waiting.
+    // A short upkeep interval: activation follows ACKs at once, and timeouts and retirement are driven by
+    // the manual clock, not by waiting.
     tokio::spawn(bundle::upkeep(
         identity.clone(),
+        hub.clone(),
         Duration::from_millis(20),
         closing.clone(),
     ));
@@ -197,11 +202,15 @@ impl Stream for Outgoing {
 
 impl Proxy {
     pub async fn connect(addr: &str) -> Proxy {
+        Self::connect_as(addr, "proxy-1").await
+    }
+
+    pub async fn connect_as(addr: &str, proxy_id: &str) -> Proxy {
         use v1::discovery_request::Request;
         let mut client = v1::discovery_client::DiscoveryClient::new(channel(addr).await);
         let (tx, rx) = mpsc::channel(16);
         let hello = v1::Hello {
-            proxy_id: "proxy-1".into(),
+            proxy_id: proxy_id.into(),
             ..Default::default()
         };
         tx.send(v1::DiscoveryRequest {
@@ -232,12 +241,24 @@ impl Proxy {
 
     /// The next push's trust bundle (within 5 s), ACKed.
     pub async fn next_bundle(&mut self) -> v1::TrustBundle {
+        self.bundle(true).await
+    }
+
+    /// The next push's trust bundle (within 5 s), not ACKed: a proxy that never answers.
+    pub async fn next_bundle_unacked(&mut self) -> v1::TrustBundle {
+        self.bundle(false).await
+    }
+
+    async fn bundle(&mut self, ack: bool) -> v1::TrustBundle {
         use v1::discovery_request::Request;
         let response = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
             .await
             .expect("a push within 5 s")
             .expect("stream open")
             .expect("a response");
+        if !ack {
+            return payload(response);
+        }
         let ack = v1::Ack {
             nonce: response.nonce.clone(),
         };
@@ -247,10 +268,48 @@ impl Proxy {
             })
             .await
             .unwrap();
-        assert_eq!(response.resources.len(), 1, "{response:?}");
-        match response.resources[0].payload.clone() {
-            Some(v1::discovery_resource::Payload::TrustBundle(bundle)) => bundle,
-            other => panic!("expected a TrustBundle, got {other:?}"),
+        payload(response)
+    }
+}
+
+fn payload(response: v1::DiscoveryResponse) -> v1::TrustBundle {
+    assert_eq!(response.resources.len(), 1, "{response:?}");
+    match response.resources[0].payload.clone() {
+        Some(v1::discovery_resource::Payload::TrustBundle(bundle)) => bundle,
+        other => panic!("expected a TrustBundle, got {other:?}"),
+    }
+}
+
+impl Mesh {
+    pub async fn ca_status(&mut self) -> v1::CaStatusResponse {
+        self.admin
+            .ca_status(v1::CaStatusRequest {})
+            .await
+            .expect("CaStatus")
+            .into_inner()
+    }
+
+    /// The root states, in the order `CaStatus` lists them.
+    pub async fn states(&mut self) -> Vec<v1::CaRootState> {
+        (self.ca_status().await.roots.iter())
+            .map(|r| v1::CaRootState::try_from(r.state).expect("known state"))
+            .collect()
+    }
+
+    /// Polls `CaStatus` (every 10 ms, 5 s at most) until the roots are in `states`.
+    pub async fn wait_states(&mut self, states: &[v1::CaRootState]) -> v1::CaStatusResponse {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = self.ca_status().await;
+            let now: Vec<i32> = status.roots.iter().map(|r| r.state).collect();
+            if now == states.iter().map(|s| *s as i32).collect::<Vec<_>>() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "roots still {now:?}, expected {states:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

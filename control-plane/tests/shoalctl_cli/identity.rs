@@ -214,20 +214,51 @@ fn the_ca_and_a_rotation_in_progress_survive_restarts() {
         fingerprint.as_str(),
         "same root after a restart"
     );
-    expect(
-        &shoalctl(&cp.admin, &["ca", "rotate"], ""),
+    let rotated = expect(
+        &shoalctl(&cp.admin, &["ca", "rotate", "-o", "json"], ""),
         0,
-        &["CA rotation started", "RETIRING"],
+        &["CA rotation started", "is PENDING"],
     );
-    let rotating = ca_status(&cp.admin);
+    let rotated: serde_json::Value = serde_json::from_str(&rotated).expect("json");
+    assert_eq!(
+        rotated["roots"][0]["fingerprintSha256"],
+        fingerprint.as_str()
+    );
+    assert_eq!(rotated["roots"][1]["state"], "PENDING");
+    assert!(rotated["roots"][1]["activateBy"].is_string(), "{rotated}");
+    // No proxy is connected: nothing to wait for, the new root signs at the next upkeep tick (1 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let rotating = loop {
+        let status = ca_status(&cp.admin);
+        if status["roots"][1]["state"] == "RETIRING" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(
         rotating["roots"][1]["fingerprintSha256"],
         fingerprint.as_str()
     );
+    assert_eq!(rotating["roots"][0]["state"], "ACTIVE");
+    expect(
+        &shoalctl(&cp.admin, &["ca", "status"], ""),
+        0,
+        &["RETIRING", "ACTIVATES BY", "RETIRES AT"],
+    );
     expect(
         &shoalctl(&cp.admin, &["ca", "rotate"], ""),
         1,
-        &["FAILED_PRECONDITION", "rotation is in progress"],
+        &[
+            "FAILED_PRECONDITION",
+            "rotation is in progress",
+            "is RETIRING",
+        ],
+    );
+    expect(
+        &shoalctl(&cp.admin, &["ca", "rotate", "--activate-after", "2d"], ""),
+        2,
+        &["--activate-after", "1s to 24h"],
     );
     expect(
         &shoalctl(&cp.admin, &["ca", "rotate", "--cert", "root.pem"], ""),

@@ -53,8 +53,7 @@ impl Authority {
             root_pem: root.pem(),
             intermediate_pem: String::new(),
             signing_key_pem: key.serialize_pem(),
-            retiring: false,
-            retire_at: 0,
+            ..AuthorityRecord::default()
         })
     }
 
@@ -114,8 +113,7 @@ impl Authority {
             root_pem,
             intermediate_pem: intermediate.pem(),
             signing_key_pem: key.serialize_pem(),
-            retiring: false,
-            retire_at: 0,
+            ..AuthorityRecord::default()
         })
     }
 

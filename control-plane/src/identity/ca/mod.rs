@@ -4,8 +4,9 @@
 //! - **Operator root** (SHOAL_CP_CA_CERT_FILE + SHOAL_CP_CA_KEY_FILE): the control plane generates its own
 //!   intermediate signed by that root and signs workloads with it; the root's key is used only to sign the
 //!   intermediate and is not stored (see docs/identity.md).
-//! - **Rotation:** a new authority becomes active; the old root stays in the trust bundle, `RETIRING`, until
-//!   every certificate it signed has expired, then [`Ca::retire_due`] drops it.
+//! - **Rotation** ([`rotation`]): a new authority joins the trust bundle `PENDING` (trusted, not signing);
+//!   [`Ca::activate`] makes it `ACTIVE` once proxies have it, and the old root stays in the bundle, `RETIRING`,
+//!   until every certificate it signed has expired, then [`Ca::retire_due`] drops it.
 //!
 //! The whole CA is one record in the store's identity table, written (fsynced) before any change is used.
 
@@ -13,9 +14,10 @@ mod authority;
 mod files;
 mod issue;
 mod record;
+mod rotation;
 
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use prost::Message;
@@ -25,12 +27,13 @@ use tokio::sync::watch;
 pub use authority::BACKDATE;
 pub use files::RootFiles;
 pub use issue::{Csr, Issued};
+pub use rotation::{PROPAGATION_TIMEOUT_BOUNDS, PendingRoot, Phase};
 
 use super::clock::Clock;
 use super::spiffe::TrustDomain;
-use crate::store::{self, SecretWrite, Store};
+use crate::store::{self, Store};
 use authority::Authority;
-use record::{AuthorityRecord, CaRecord};
+use record::CaRecord;
 
 /// Why the CA cannot start, rotate or sign.
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +49,16 @@ pub enum CaError {
         /// Why.
         reason: String,
     },
-    /// A rotation is still retiring its old root.
-    #[error(
-        "a CA rotation is in progress: root {fingerprint} retires at {retire_at} (Unix seconds); rotate again after that"
-    )]
+    /// A rotation is still in progress: its new root is pending, or its old root is retiring.
+    #[error("a CA rotation is in progress: {}", rotation::describe_in_progress(.phase, .fingerprint, .until))]
     RotationInProgress {
-        /// The retiring root.
+        /// [`Phase::Pending`] or [`Phase::Retiring`].
+        phase: Phase,
+        /// The pending or retiring root.
         fingerprint: String,
-        /// When it retires.
-        retire_at: u64,
+        /// When that phase ends at the latest, Unix seconds: the pending root's activation deadline, or the
+        /// retiring root's `retire_at`.
+        until: u64,
     },
     /// The operator root in the settings is not the one the stored CA uses.
     #[error(
@@ -92,17 +96,28 @@ pub struct CaSettings {
     pub cert_ttl: Duration,
     /// The operator's root, if any; `None` generates one.
     pub root: Option<RootFiles>,
+    /// The longest a rotation's new root stays pending (trusted, not signing) while proxies that have not
+    /// acknowledged it are connected.
+    pub propagation_timeout: Duration,
 }
 
-/// The authorities in effect: the active one first, then any retiring one.
+/// The authorities in effect: the active one first, then any pending or retiring one.
 struct Authorities {
     list: Vec<Authority>,
 }
 
 impl Authorities {
     fn active(&self) -> &Authority {
-        // Never empty: load_or_create and rotate always leave an active authority first.
+        // Never empty: load_or_create and every rotation step leave an active authority first.
         &self.list[0]
+    }
+
+    fn pending(&self) -> Option<&Authority> {
+        self.list.iter().find(|a| a.record.pending)
+    }
+
+    fn retiring(&self) -> Option<&Authority> {
+        self.list.iter().find(|a| a.record.retiring)
     }
 
     fn record(&self) -> CaRecord {
@@ -125,7 +140,10 @@ pub struct Ca {
     clock: Arc<dyn Clock>,
     settings: CaSettings,
     authorities: RwLock<Arc<Authorities>>,
-    /// The roots of the trust bundle (PEM, active first); changes on rotation and retirement.
+    /// Held (on a blocking thread) by each rotation step from reading the authorities to installing the next
+    /// ones: a rotation, an activation and a retirement never interleave.
+    steps: Mutex<()>,
+    /// The roots of the trust bundle (PEM, active first); changes on every rotation step.
     bundle: watch::Sender<Vec<String>>,
 }
 
@@ -153,8 +171,13 @@ impl Ca {
                 let list = (record.authorities.into_iter())
                     .map(Authority::from_record)
                     .collect::<Result<Vec<_>, _>>()?;
-                if list.is_empty() {
-                    return Err(CaError::Corrupt("no authority in the stored CA".into()));
+                if list
+                    .first()
+                    .is_none_or(|a| a.record.pending || a.record.retiring)
+                {
+                    return Err(CaError::Corrupt(
+                        "the stored CA has no active authority first".into(),
+                    ));
                 }
                 let authorities = Authorities { list };
                 if let Some(root) = &settings.root {
@@ -170,6 +193,9 @@ impl Ca {
                     }
                 }
                 tracing::info!(root = %authorities.active().fingerprint, roots = authorities.list.len(), "CA loaded from the store");
+                if let Some(pending) = authorities.pending() {
+                    tracing::info!(root = %pending.fingerprint, since = pending.record.pending_since, "CA rotation resumed: the new root is pending until proxies have it");
+                }
                 authorities
             }
             None => {
@@ -202,6 +228,7 @@ impl Ca {
             clock,
             settings,
             authorities: RwLock::new(Arc::new(authorities)),
+            steps: Mutex::new(()),
             bundle,
         })
     }
@@ -221,7 +248,8 @@ impl Ca {
         self.snapshot().roots_pem()
     }
 
-    /// Follows the trust bundle: the current roots, and a change on every rotation and retirement.
+    /// Follows the trust bundle: the current roots, and a change on every rotation step (rotation,
+    /// activation, retirement).
     pub fn bundle(&self) -> watch::Receiver<Vec<String>> {
         self.bundle.subscribe()
     }
@@ -234,107 +262,26 @@ impl Ca {
             fingerprint_sha256: a.fingerprint.clone(),
             not_before_unix_seconds: a.root_validity.0,
             not_after_unix_seconds: a.root_validity.1,
-            state: if a.record.retiring {
+            state: if a.record.pending {
+                v1::CaRootState::Pending
+            } else if a.record.retiring {
                 v1::CaRootState::Retiring
             } else {
                 v1::CaRootState::Active
             } as i32,
             retire_at_unix_seconds: a.record.retire_at,
+            pending_since_unix_seconds: a.record.pending_since,
+            activate_by_unix_seconds: if a.record.pending {
+                self.activate_by(a)
+            } else {
+                0
+            },
         });
         v1::CaStatusResponse {
             trust_domain: self.settings.trust_domain.to_string(),
             roots: roots.collect(),
             workload_certificate_ttl_seconds: self.settings.cert_ttl.as_secs(),
         }
-    }
-
-    /// Starts a rotation: a new authority (generated, or under `root`) becomes active and the current one
-    /// retires once every certificate it may have signed has expired. Stored before it takes effect. Blocks
-    /// on the store.
-    pub fn rotate(&self, root: Option<RootFiles>) -> Result<v1::CaStatusResponse, CaError> {
-        let now = self.clock.now();
-        let current = self.snapshot();
-        if let Some(retiring) = current.list.iter().find(|a| a.record.retiring) {
-            return Err(CaError::RotationInProgress {
-                fingerprint: retiring.fingerprint.clone(),
-                retire_at: retiring.record.retire_at,
-            });
-        }
-        let td = &self.settings.trust_domain;
-        let new = match &root {
-            Some(root) => Authority::under_root(&root.cert_pem, &root.key_pem, td, now)?,
-            None => Authority::generate_root(td, now)?,
-        };
-        if current
-            .list
-            .iter()
-            .any(|a| a.fingerprint == new.fingerprint)
-        {
-            return Err(CaError::Invalid(format!(
-                "root {} is already in the trust bundle; rotate to a different root",
-                new.fingerprint
-            )));
-        }
-        let old = current.active();
-        // The longest a certificate signed by the old authority can still be valid: issued just now, with
-        // today's lifetime (never past its signer's expiry).
-        let now_secs = super::clock::unix_seconds(now);
-        let retire_at = (now_secs + self.settings.cert_ttl.as_secs()).min(old.signer_not_after);
-        let retiring = Authority::from_record(AuthorityRecord {
-            retiring: true,
-            retire_at,
-            ..old.record.clone()
-        })?;
-        let next = Authorities {
-            list: vec![new, retiring],
-        };
-        self.store
-            .secret_put(record::KEY, next.record().encode_to_vec())?;
-        tracing::info!(new_root = %next.list[0].fingerprint, retiring_root = %next.list[1].fingerprint, retire_at, "CA rotation started");
-        self.install(next);
-        Ok(self.status())
-    }
-
-    /// Drops retiring roots whose time has come (stored first); returns whether the bundle changed. Blocks on
-    /// the store when it does.
-    pub fn retire_due(&self) -> Result<bool, CaError> {
-        let now = self.clock.unix_seconds();
-        let current = self.snapshot();
-        let due = |a: &Authority| a.record.retiring && a.record.retire_at <= now;
-        if !current.list.iter().any(due) {
-            return Ok(false);
-        }
-        let kept = (current.list.iter())
-            .filter(|a| !due(a))
-            .map(|a| Authority::from_record(a.record.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = Authorities { list: kept };
-        self.store.secret_update(record::KEY, |_| {
-            Ok::<_, CaError>((SecretWrite::Put(next.record().encode_to_vec()), ()))
-        })?;
-        for retired in current.list.iter().filter(|a| due(a)) {
-            tracing::info!(root = %retired.fingerprint, "retired CA root removed from the trust bundle");
-        }
-        self.install(next);
-        Ok(true)
-    }
-
-    /// When the next retiring root is due, Unix seconds.
-    pub fn next_retirement(&self) -> Option<u64> {
-        let current = self.snapshot();
-        (current.list.iter())
-            .filter(|a| a.record.retiring)
-            .map(|a| a.record.retire_at)
-            .min()
-    }
-
-    fn install(&self, next: Authorities) {
-        let roots = next.roots_pem();
-        *self
-            .authorities
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        self.bundle.send_replace(roots);
     }
 
     fn snapshot(&self) -> Arc<Authorities> {

@@ -1,12 +1,15 @@
 //! The CA as stored in the identity table (`ca/state`): every root in the trust bundle and the key that signs
 //! under it. Prost-encoded like the rest of the store; `Debug` is written by hand so a key never reaches a log.
+//!
+//! Fields are only ever added, with new tags and defaults that mean what older records meant (a record written
+//! before the pending phase existed decodes with `pending: false`: nothing pending).
 
 use prost::Message;
 
 /// Key of the CA record in the identity table.
 pub(super) const KEY: &str = "ca/state";
 
-/// The whole CA: the active authority first, then any retiring one.
+/// The whole CA: the active authority first, then any pending or retiring one.
 #[derive(Clone, PartialEq, Message)]
 #[prost(skip_debug)]
 pub(super) struct CaRecord {
@@ -33,6 +36,17 @@ pub(super) struct AuthorityRecord {
     /// When a retiring root leaves the bundle, Unix seconds.
     #[prost(uint64, tag = "5")]
     pub retire_at: u64,
+    /// Whether this root is pending (trusted, not signing yet: a rotation's first phase).
+    #[prost(bool, tag = "6")]
+    pub pending: bool,
+    /// When the rotation that added this pending root started, Unix seconds: its propagation timeout runs from
+    /// here, across restarts.
+    #[prost(uint64, tag = "7")]
+    pub pending_since: u64,
+    /// This rotation's own propagation timeout, seconds (`shoalctl ca rotate --activate-after`); 0: the
+    /// control plane's setting.
+    #[prost(uint64, tag = "8")]
+    pub activate_after: u64,
 }
 
 impl std::fmt::Debug for CaRecord {
@@ -51,6 +65,9 @@ impl std::fmt::Debug for AuthorityRecord {
             .field("signing_key_pem", &"[secret]")
             .field("retiring", &self.retiring)
             .field("retire_at", &self.retire_at)
+            .field("pending", &self.pending)
+            .field("pending_since", &self.pending_since)
+            .field("activate_after", &self.activate_after)
             .finish()
     }
 }

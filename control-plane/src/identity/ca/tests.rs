@@ -11,6 +11,7 @@ use crate::identity::clock::ManualClock;
 use crate::identity::spiffe::WorkloadId;
 
 const TTL: Duration = Duration::from_secs(3600);
+const PROPAGATION: Duration = Duration::from_secs(60);
 
 struct Fixture {
     store: Store,
@@ -33,6 +34,7 @@ fn settings(root: Option<RootFiles>) -> CaSettings {
         trust_domain: TrustDomain::parse("cluster.local").unwrap(),
         cert_ttl: TTL,
         root,
+        propagation_timeout: PROPAGATION,
     }
 }
 
@@ -268,53 +270,430 @@ fn unusable_operator_roots_are_refused_with_the_reason() {
     );
 }
 
+fn issue(ca: &Ca) -> Issued {
+    ca.issue(&Csr::from_pem(&csr()).unwrap(), &web()).unwrap()
+}
+
+fn state(status: &v1::CaStatusResponse) -> Vec<v1::CaRootState> {
+    (status.roots.iter())
+        .map(|r| v1::CaRootState::try_from(r.state).unwrap())
+        .collect()
+}
+
+/// Rotates, and makes the pending root active as the upkeep task would; returns the pending root.
+fn rotate_and_activate(ca: &Ca) -> PendingRoot {
+    ca.rotate(None, None).unwrap();
+    let pending = ca.pending().expect("a pending root");
+    assert!(ca.activate(&pending.fingerprint).unwrap());
+    pending
+}
+
 #[test]
-fn rotation_keeps_both_roots_until_the_old_certificates_expire() {
+fn a_rotated_in_root_is_trusted_but_the_old_root_keeps_signing_until_activation() {
+    use v1::CaRootState::{Active, Pending, Retiring};
     let f = fixture();
     let ca = ca(&f, None);
-    let before = ca.issue(&Csr::from_pem(&csr()).unwrap(), &web()).unwrap();
+    let before = issue(&ca);
     let old_root = ca.roots_pem();
     let mut bundle = ca.bundle();
     bundle.borrow_and_update();
+    assert_eq!(ca.phase(), Phase::Idle);
 
-    let status = ca.rotate(None).unwrap();
+    let status = ca.rotate(None, None).unwrap();
     assert!(
         bundle.has_changed().unwrap(),
         "rotation notifies the bundle"
     );
-    assert_eq!(status.roots.len(), 2);
-    assert_eq!(status.roots[0].state, v1::CaRootState::Active as i32);
-    assert_eq!(status.roots[1].state, v1::CaRootState::Retiring as i32);
+    assert_eq!(ca.phase(), Phase::Pending);
+    assert_eq!(state(&status), [Active, Pending]);
+    assert_eq!(status.roots[0].certificate_pem, old_root[0]);
     let now = f.clock.unix_seconds();
-    assert_eq!(status.roots[1].retire_at_unix_seconds, now + TTL.as_secs());
-    assert_eq!(status.roots[1].certificate_pem, old_root[0]);
-
-    let after = ca.issue(&Csr::from_pem(&csr()).unwrap(), &web()).unwrap();
-    assert_eq!(after.trust_bundle_pem.len(), 2);
-    let new_root = vec![status.roots[0].certificate_pem.clone()];
-    verify(&after.chain_pem, &new_root, f.clock.now())
-        .expect("new certificates chain to the new root");
-    assert!(verify(&after.chain_pem, &old_root, f.clock.now()).is_err());
-    // Both generations validate against the bundle every proxy now has: no failed handshake mid-rotation.
-    verify(&before.chain_pem, &after.trust_bundle_pem, f.clock.now()).unwrap();
-    verify(&after.chain_pem, &after.trust_bundle_pem, f.clock.now()).unwrap();
-
-    let error = ca.rotate(None).unwrap_err();
-    assert!(
-        matches!(error, CaError::RotationInProgress { .. }),
-        "{error}"
+    assert_eq!(status.roots[1].pending_since_unix_seconds, now);
+    assert_eq!(
+        status.roots[1].activate_by_unix_seconds,
+        now + PROPAGATION.as_secs()
     );
+    assert_eq!(status.roots[1].retire_at_unix_seconds, 0);
+    let new_root = vec![status.roots[1].certificate_pem.clone()];
+    let pending = ca.pending().unwrap();
+    assert_eq!(pending.root_pem, new_root[0]);
+    assert_eq!(pending.fingerprint, status.roots[1].fingerprint_sha256);
 
-    // A restart mid-rotation keeps both roots and the schedule.
+    // PENDING: both roots in the bundle (Certify returns it), but the old root still signs.
+    assert_eq!(ca.roots_pem(), [old_root[0].clone(), new_root[0].clone()]);
+    let during = issue(&ca);
+    assert_eq!(during.trust_bundle_pem, ca.roots_pem());
+    verify(&during.chain_pem, &old_root, f.clock.now()).expect("issued by the old root");
+    assert!(verify(&during.chain_pem, &new_root, f.clock.now()).is_err());
+    assert_eq!(during.root_fingerprint, status.roots[0].fingerprint_sha256);
+
+    // Activation, 30 s later: the new root signs, the old one retires one lifetime after *activation*.
+    f.clock.advance(Duration::from_secs(30));
+    bundle.borrow_and_update();
+    assert!(!ca.activate("not-the-pending-root").unwrap());
+    assert_eq!(ca.phase(), Phase::Pending);
+    assert!(ca.activate(&pending.fingerprint).unwrap());
+    assert!(
+        bundle.has_changed().unwrap(),
+        "activation notifies the bundle"
+    );
+    assert!(!ca.activate(&pending.fingerprint).unwrap(), "only once");
+    assert_eq!(ca.phase(), Phase::Retiring);
+    assert_eq!(ca.pending(), None);
+    let status = ca.status();
+    assert_eq!(state(&status), [Active, Retiring]);
+    assert_eq!(status.roots[0].certificate_pem, new_root[0]);
+    assert_eq!(status.roots[0].activate_by_unix_seconds, 0);
+    assert_eq!(status.roots[0].pending_since_unix_seconds, 0);
+    let activated = f.clock.unix_seconds();
+    assert_eq!(
+        status.roots[1].retire_at_unix_seconds,
+        activated + TTL.as_secs()
+    );
+    let after = issue(&ca);
+    verify(&after.chain_pem, &new_root, f.clock.now()).expect("issued by the new root");
+    // Every generation validates against the bundle every proxy has: no failed handshake.
+    for chain in [&before.chain_pem, &during.chain_pem, &after.chain_pem] {
+        verify(chain, &after.trust_bundle_pem, f.clock.now()).unwrap();
+    }
     let reloaded = Ca::load_or_create(f.store.clone(), settings(None), f.clock.clone()).unwrap();
-    assert_eq!(reloaded.status(), ca.status());
+    assert_eq!(reloaded.status(), ca.status(), "activation is stored");
 
     assert!(!ca.retire_due().unwrap(), "not yet");
     f.clock.advance(TTL);
     assert!(ca.retire_due().unwrap());
     assert_eq!(ca.roots_pem(), new_root);
     assert_eq!(ca.next_retirement(), None);
+    assert_eq!(ca.phase(), Phase::Idle);
     let reloaded = Ca::load_or_create(f.store.clone(), settings(None), f.clock.clone()).unwrap();
     assert_eq!(reloaded.roots_pem(), new_root, "retirement is stored");
-    assert!(ca.rotate(None).is_ok(), "the next rotation may start");
+    assert!(ca.rotate(None, None).is_ok(), "the next rotation may start");
+}
+
+#[test]
+fn a_second_rotation_is_refused_in_each_phase_naming_it() {
+    let f = fixture();
+    let ca = ca(&f, None);
+    let status = ca.rotate(None, None).unwrap();
+    let pending = ca.pending().unwrap();
+    let error = ca.rotate(None, None).unwrap_err();
+    assert!(
+        matches!(&error, CaError::RotationInProgress { phase: Phase::Pending, fingerprint, until }
+            if *fingerprint == pending.fingerprint && *until == pending.activate_by),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("is PENDING"), "{message}");
+    assert!(message.contains(&pending.fingerprint), "{message}");
+    assert!(
+        message.contains(&pending.activate_by.to_string()),
+        "{message}"
+    );
+    assert_eq!(ca.status(), status, "nothing changed");
+
+    assert!(ca.activate(&pending.fingerprint).unwrap());
+    let old = ca.status().roots[1].clone();
+    let error = ca.rotate(None, None).unwrap_err();
+    assert!(
+        matches!(&error, CaError::RotationInProgress { phase: Phase::Retiring, fingerprint, until }
+            if *fingerprint == old.fingerprint_sha256 && *until == old.retire_at_unix_seconds),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("is RETIRING"), "{error}");
+
+    // Out-of-range --activate-after is refused naming the field, before anything else.
+    f.clock.advance(TTL);
+    ca.retire_due().unwrap();
+    for after in [Duration::ZERO, Duration::from_secs(86_401)] {
+        let error = ca.rotate(None, Some(after)).unwrap_err();
+        assert!(matches!(error, CaError::Invalid(_)), "{error:?}");
+        assert!(
+            error.to_string().starts_with("activate_after_seconds"),
+            "{error}"
+        );
+    }
+    assert_eq!(ca.phase(), Phase::Idle);
+}
+
+#[test]
+fn a_restart_during_pending_resumes_it_with_the_stored_start() {
+    let f = fixture();
+    let ca = ca(&f, None);
+    let status = ca.rotate(None, Some(Duration::from_secs(300))).unwrap();
+    let pending = ca.pending().unwrap();
+    assert_eq!(
+        pending.activate_by,
+        pending.since + 300,
+        "the rotation's own timeout"
+    );
+    f.clock.advance(Duration::from_secs(100));
+
+    let reloaded = Ca::load_or_create(f.store.clone(), settings(None), f.clock.clone()).unwrap();
+    assert_eq!(reloaded.status(), status);
+    assert_eq!(
+        reloaded.pending(),
+        Some(pending.clone()),
+        "the timeout runs from the stored start"
+    );
+    assert_eq!(reloaded.phase(), Phase::Pending);
+    let old_root = vec![status.roots[0].certificate_pem.clone()];
+    verify(&issue(&reloaded).chain_pem, &old_root, f.clock.now())
+        .expect("the old root still signs");
+
+    // Without an override, a restart with another setting moves the deadline (still from the stored start).
+    let f = fixture();
+    let second = Ca::load_or_create(f.store.clone(), settings(None), f.clock.clone()).unwrap();
+    second.rotate(None, None).unwrap();
+    let since = second.pending().unwrap().since;
+    let longer = CaSettings {
+        propagation_timeout: Duration::from_millis(120_500),
+        ..settings(None)
+    };
+    let reloaded = Ca::load_or_create(f.store.clone(), longer, f.clock.clone()).unwrap();
+    assert_eq!(
+        reloaded.pending().unwrap().activate_by,
+        since + 121,
+        "whole seconds, rounded up"
+    );
+}
+
+#[test]
+fn a_record_stored_before_the_pending_phase_existed_still_loads() {
+    /// The CA record as the previous release wrote it (tags 1 to 5, no pending fields).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OldCaRecord {
+        #[prost(message, repeated, tag = "1")]
+        authorities: Vec<OldAuthorityRecord>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OldAuthorityRecord {
+        #[prost(string, tag = "1")]
+        root_pem: String,
+        #[prost(string, tag = "2")]
+        intermediate_pem: String,
+        #[prost(string, tag = "3")]
+        signing_key_pem: String,
+        #[prost(bool, tag = "4")]
+        retiring: bool,
+        #[prost(uint64, tag = "5")]
+        retire_at: u64,
+    }
+    // Two authorities from this release, written the old way: a rotation in its retiring phase.
+    let f = fixture();
+    let ca = ca(&f, None);
+    rotate_and_activate(&ca);
+    let stored = f.store.secret_get(record::KEY).unwrap().unwrap();
+    let current = record::CaRecord::decode(stored.as_slice()).unwrap();
+    let old = OldCaRecord {
+        authorities: (current.authorities.iter())
+            .map(|a| OldAuthorityRecord {
+                root_pem: a.root_pem.clone(),
+                intermediate_pem: a.intermediate_pem.clone(),
+                signing_key_pem: a.signing_key_pem.clone(),
+                retiring: a.retiring,
+                retire_at: a.retire_at,
+            })
+            .collect(),
+    };
+    f.store
+        .secret_put(record::KEY, old.encode_to_vec())
+        .unwrap();
+    let loaded = Ca::load_or_create(f.store.clone(), settings(None), f.clock.clone()).unwrap();
+    assert_eq!(loaded.status(), ca.status());
+    assert_eq!(loaded.phase(), Phase::Retiring);
+    assert_eq!(loaded.pending(), None);
+}
+
+/// The upkeep's decision against a real discovery hub: a CA, its trust bundle published into the hub,
+/// and proxies registered with the hub whose ACK state the test sets.
+mod propagation {
+    use std::sync::Arc;
+
+    use shoal_proto::v1::ResourceType;
+
+    use super::*;
+    use crate::discovery::Hub;
+    use crate::discovery::catalog::{Key, key};
+    use crate::identity::Identity;
+    use crate::identity::propagation::{Decision, RECONNECT_GRACE_SECONDS, advance, decide};
+
+    struct Mesh {
+        f: Fixture,
+        identity: Identity,
+        hub: Arc<Hub>,
+        bundle: Key,
+        _close: tokio::sync::watch::Sender<bool>,
+    }
+
+    fn mesh() -> Mesh {
+        let f = fixture();
+        let identity = Identity::open(f.store.clone(), settings(None), f.clock.clone()).unwrap();
+        let hub = Hub::new();
+        let (close, closing) = tokio::sync::watch::channel(false);
+        tokio::spawn(crate::identity::bundle::publish(
+            identity.clone(),
+            hub.clone(),
+            closing,
+        ));
+        Mesh {
+            f,
+            identity,
+            hub,
+            bundle: key(ResourceType::TrustBundle, "cluster.local"),
+            _close: close,
+        }
+    }
+
+    impl Mesh {
+        /// Rotates and waits (5 s at most) until the hub carries the bundle with the pending root; returns
+        /// its version.
+        async fn rotate(&self) -> u64 {
+            self.identity.ca.rotate(None, None).unwrap();
+            let root = self.identity.ca.pending().unwrap().root_pem;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(entry) = self.hub.entry(&self.bundle)
+                    && matches!(&entry.payload, v1::discovery_resource::Payload::TrustBundle(b) if b.roots_pem.contains(&root))
+                {
+                    return entry.version;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the bundle was not published"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        async fn advance(&self) -> Option<Decision> {
+            advance(&self.identity, &self.hub, 0).await
+        }
+
+        fn new_root_signs(&self) -> bool {
+            let status = self.identity.ca.status();
+            let issued = issue(&self.identity.ca);
+            verify(
+                &issued.chain_pem,
+                &[status.roots[0].certificate_pem.clone()],
+                self.f.clock.now(),
+            )
+            .is_ok()
+                && self.identity.ca.phase() == Phase::Retiring
+        }
+    }
+
+    fn hello(id: &str) -> v1::Hello {
+        v1::Hello {
+            proxy_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn activation_waits_until_every_connected_subscribed_proxy_acked_the_bundle() {
+        let m = mesh();
+        let old_version = m.hub.entry(&m.bundle).map_or(0, |e| e.version);
+        let a = m.hub.registry.register(hello("a"), "10.0.0.1:5000".into());
+        let b = m.hub.registry.register(hello("b"), "10.0.0.2:5000".into());
+        let unsubscribed = m.hub.registry.register(hello("c"), "10.0.0.3:5000".into());
+        a.entry
+            .set_key_state(m.bundle.clone(), old_version, old_version);
+        b.entry
+            .set_key_state(m.bundle.clone(), old_version, old_version);
+        let version = m.rotate().await;
+        assert_ne!(version, old_version);
+
+        assert_eq!(m.advance().await, Some(Decision::Wait { waiting: 2 }));
+        a.entry.set_key_state(m.bundle.clone(), version, version);
+        // b was sent the new bundle but has not ACKed it yet.
+        b.entry
+            .set_key_state(m.bundle.clone(), version, old_version);
+        assert_eq!(m.advance().await, Some(Decision::Wait { waiting: 1 }));
+        assert_eq!(m.identity.ca.phase(), Phase::Pending);
+        assert!(!m.new_root_signs());
+
+        b.entry.set_key_state(m.bundle.clone(), version, version);
+        assert_eq!(m.advance().await, Some(Decision::Propagated { proxies: 2 }));
+        assert!(m.new_root_signs(), "{:?}", m.identity.ca.status());
+        assert_eq!(m.advance().await, None, "nothing pending any more");
+        drop((a, b, unsubscribed));
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_never_acks_holds_activation_until_the_timeout_and_is_named() {
+        let m = mesh();
+        let silent = m
+            .hub
+            .registry
+            .register(hello("silent"), "10.0.0.9:5000".into());
+        silent.entry.set_key_state(m.bundle.clone(), 0, 0);
+        m.rotate().await;
+        let activate_by = m.identity.ca.pending().unwrap().activate_by;
+        m.f.clock.advance(PROPAGATION - Duration::from_secs(1));
+        assert_eq!(m.advance().await, Some(Decision::Wait { waiting: 1 }));
+        assert_eq!(m.identity.ca.phase(), Phase::Pending);
+        m.f.clock.advance(Duration::from_secs(1));
+        assert_eq!(m.f.clock.unix_seconds(), activate_by);
+        assert_eq!(
+            m.advance().await,
+            Some(Decision::TimedOut {
+                missing: vec!["silent (10.0.0.9:5000)".into()]
+            })
+        );
+        assert!(m.new_root_signs());
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn with_no_proxy_connected_activation_is_immediate() {
+        let m = mesh();
+        m.rotate().await;
+        assert_eq!(m.advance().await, Some(Decision::Propagated { proxies: 0 }));
+        assert!(m.new_root_signs());
+    }
+
+    #[test]
+    fn a_resumed_rotation_counts_acks_only_after_the_reconnect_grace() {
+        let pending = PendingRoot {
+            fingerprint: "f".into(),
+            root_pem: "pem".into(),
+            since: 1_000,
+            activate_by: 1_060,
+        };
+        let acked = |acked| crate::discovery::registry::KeyAck {
+            proxy_id: "p".into(),
+            address: "a".into(),
+            acked,
+        };
+        let counts_from = 1_010 + RECONNECT_GRACE_SECONDS;
+        let all = [acked(true)];
+        assert_eq!(
+            decide(&pending, 1_012, Some(&all), counts_from),
+            Decision::Wait { waiting: 0 }
+        );
+        assert_eq!(
+            decide(&pending, counts_from, Some(&all), counts_from),
+            Decision::Propagated { proxies: 1 }
+        );
+        // Not published yet: wait, then the timeout decides.
+        assert_eq!(
+            decide(&pending, 1_059, None, 0),
+            Decision::Wait { waiting: 0 }
+        );
+        assert_eq!(
+            decide(&pending, 1_060, None, 0),
+            Decision::TimedOut { missing: vec![] }
+        );
+        let some = [acked(true), acked(false)];
+        assert_eq!(
+            decide(&pending, 1_001, Some(&some), 0),
+            Decision::Wait { waiting: 1 }
+        );
+        assert_eq!(
+            decide(&pending, 1_060, Some(&some), 0),
+            Decision::TimedOut {
+                missing: vec!["p (a)".into()]
+            }
+        );
+    }
 }
