@@ -37,6 +37,10 @@ pub type UpstreamIo = MaybeTls<ClientStream>;
 /// Where a connection goes: the address, and the identity its peer must prove (mesh mTLS).
 pub type Peer = (SocketAddr, Option<SpiffeId>);
 
+/// Per-endpoint state, looked up on every request: foldhash rather than the default SipHash, whose
+/// DoS resistance buys nothing for keys that come from discovery, not from clients.
+type PeerMap<V> = HashMap<Peer, V, foldhash::fast::RandomState>;
+
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
@@ -54,8 +58,8 @@ pub enum Version {
 pub struct Clients {
     cfg: HttpConfig,
     identity: Option<Arc<Identity>>,
-    h1: Mutex<HashMap<Peer, Arc<H1Pool>>>,
-    h2: Mutex<HashMap<Peer, Arc<http2::Slot>>>,
+    h1: Mutex<PeerMap<Arc<H1Pool>>>,
+    h2: Mutex<PeerMap<Arc<http2::Slot>>>,
 }
 
 #[derive(Debug, Default)]
