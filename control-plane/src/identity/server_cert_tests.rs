@@ -35,8 +35,13 @@ fn fixture() -> Fixture {
     }
 }
 
-/// The leaf's DER and whether the chain verifies, as a TLS client would, against `roots_pem`.
-fn check(cert: &ServerCert, roots_pem: &[String]) -> (Vec<u8>, Result<(), rustls::Error>) {
+/// The leaf's DER and whether the chain verifies, as a TLS client would, against `roots_pem` at the
+/// CA's (manual) time.
+fn check(
+    f: &Fixture,
+    cert: &ServerCert,
+    roots_pem: &[String],
+) -> (Vec<u8>, Result<(), rustls::Error>) {
     let key = cert.certified_key();
     let mut roots = rustls::RootCertStore::empty();
     for pem in roots_pem {
@@ -50,7 +55,7 @@ fn check(cert: &ServerCert, roots_pem: &[String]) -> (Vec<u8>, Result<(), rustls
         &parsed,
         &roots,
         &key.cert[1..],
-        UnixTime::now(),
+        UnixTime::since_unix_epoch(Duration::from_secs(f.identity.clock.unix_seconds())),
         provider.signature_verification_algorithms.all,
     );
     (key.cert[0].to_vec(), verified)
@@ -74,7 +79,7 @@ fn issues_the_control_plane_identity_and_renews_at_seventy_percent() {
         cert.spiffe_id(),
         "spiffe://mesh.test/ns/shoal-system/sa/shoal-control-plane"
     );
-    let (leaf, verified) = check(&cert, &f.identity.ca.roots_pem());
+    let (leaf, verified) = check(&f, &cert, &f.identity.ca.roots_pem());
     verified.expect("the certificate chains to the CA's root");
     assert_eq!(spiffe_uri(&leaf), cert.spiffe_id());
     // Issued now for the CA's certificate lifetime: due after 70 % of it.
@@ -87,7 +92,7 @@ fn issues_the_control_plane_identity_and_renews_at_seventy_percent() {
     assert_eq!(cert.renew_in(), Duration::ZERO, "overdue renews at once");
 
     cert.renew().unwrap();
-    let (renewed, verified) = check(&cert, &f.identity.ca.roots_pem());
+    let (renewed, verified) = check(&f, &cert, &f.identity.ca.roots_pem());
     verified.unwrap();
     assert_ne!(renewed, leaf, "renewal swaps in a new certificate");
     let due = cert.renew_in().as_secs();
@@ -118,7 +123,7 @@ async fn a_rotation_swaps_in_a_certificate_from_the_new_signer() {
     let new_root = f.identity.ca.roots_pem()[0].clone();
     assert_ne!(new_root, old_roots[0]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while check(&cert, std::slice::from_ref(&new_root)).1.is_err() {
+    while check(&f, &cert, std::slice::from_ref(&new_root)).1.is_err() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the certificate was not reissued by the new signer within 5 s"
@@ -127,7 +132,7 @@ async fn a_rotation_swaps_in_a_certificate_from_the_new_signer() {
     }
     assert!(!cert.signer_changed());
     assert!(
-        check(&cert, &old_roots).1.is_err(),
+        check(&f, &cert, &old_roots).1.is_err(),
         "the new certificate no longer chains to the old root"
     );
 }
