@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use hyper_util::rt::TokioIo;
 use rustls::client::ResolvesClientCert;
@@ -101,10 +102,53 @@ struct ClientCert(Arc<Trust>);
 
 impl ResolvesClientCert for ClientCert {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        self.0.client_cert.load_full()
+        let current = self.0.client_cert.load_full()?;
+        (current.not_after > SystemTime::now()).then(|| current.key.clone())
     }
 
     fn has_certs(&self) -> bool {
         self.0.client_cert.load().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+    use crate::control_plane::{ControlPlane, DEFAULT_IDENTITY, TlsSettings};
+    use crate::tls::SpiffeId;
+
+    #[test]
+    fn presents_the_current_certificate_until_it_expires() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        let certified = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
+        let cp = ControlPlane::new(Some(TlsSettings {
+            anchors_file: "anchors.pem".into(),
+            anchors: Vec::new(),
+            identity: SpiffeId::parse(DEFAULT_IDENTITY).unwrap(),
+        }));
+        let resolver = ClientCert(cp.tls.clone().unwrap());
+        assert!(
+            resolver.resolve(&[], &[]).is_none(),
+            "none before the first"
+        );
+
+        let hour = Duration::from_secs(3600);
+        cp.set_client_certificate(Some((certified.clone(), SystemTime::now() + hour)));
+        let presented = resolver.resolve(&[], &[]).expect("the current certificate");
+        assert!(Arc::ptr_eq(&presented, &certified));
+
+        // Expired (the control plane was away too long): the handshake goes without one, so the
+        // join token can still get a new certificate.
+        cp.set_client_certificate(Some((certified, SystemTime::now() - hour)));
+        assert!(resolver.resolve(&[], &[]).is_none());
     }
 }

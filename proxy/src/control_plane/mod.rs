@@ -13,6 +13,7 @@ mod connect;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::pki_types::CertificateDer;
@@ -52,7 +53,14 @@ struct Trust {
     pushed: ArcSwap<Vec<CertificateDer<'static>>>,
     identity: SpiffeId,
     /// The proxy's workload certificate, once it has one.
-    client_cert: ArcSwapOption<CertifiedKey>,
+    client_cert: ArcSwapOption<ClientCertificate>,
+}
+
+/// A client certificate and its expiry.
+#[derive(Debug)]
+struct ClientCertificate {
+    key: Arc<CertifiedKey>,
+    not_after: SystemTime,
 }
 
 /// Opens channels to the control plane.
@@ -90,10 +98,13 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Presents `cert` as the client certificate from the next handshake on.
-    pub fn set_client_certificate(&self, cert: Option<Arc<CertifiedKey>>) {
+    /// Presents `cert` (a certificate the control plane issued, valid until the given time) as the
+    /// client certificate from the next handshake on. An expired one is not presented: the control
+    /// plane would refuse the handshake, and the proxy could not even redeem its join token.
+    pub fn set_client_certificate(&self, cert: Option<(Arc<CertifiedKey>, SystemTime)>) {
         if let Some(tls) = &self.tls {
-            tls.client_cert.store(cert);
+            tls.client_cert
+                .store(cert.map(|(key, not_after)| Arc::new(ClientCertificate { key, not_after })));
         }
     }
 

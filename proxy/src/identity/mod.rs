@@ -224,14 +224,20 @@ impl Identity {
             s.certificates += 1;
             s.last_error = None;
         }
+        let not_after = creds.not_after;
         self.current.store(Some(Arc::new(creds)));
-        // The same certificate is the proxy's client certificate towards the control plane.
-        match rustls::crypto::ring::sign::any_supported_type(&material.key) {
-            Ok(key) => self.control_plane.set_client_certificate(Some(Arc::new(
-                rustls::sign::CertifiedKey::new(material.chain.clone(), key),
-            ))),
-            Err(error) => {
-                tracing::warn!(%error, "the workload key cannot sign for the control-plane channel")
+        // A certificate the control plane issued is also the proxy's client certificate towards it.
+        // One from files may come from another CA, which the control plane would refuse at the
+        // handshake, cutting the proxy off from discovery: those are not presented.
+        if matches!(self.cfg.source, Source::ControlPlane { .. }) {
+            match rustls::crypto::ring::sign::any_supported_type(&material.key) {
+                Ok(key) => self.control_plane.set_client_certificate(Some((
+                    Arc::new(rustls::sign::CertifiedKey::new(material.chain.clone(), key)),
+                    not_after,
+                ))),
+                Err(error) => {
+                    tracing::warn!(%error, "the workload key cannot sign for the control-plane channel")
+                }
             }
         }
         *lock(&self.material) = Some(material);
