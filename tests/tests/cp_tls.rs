@@ -232,6 +232,14 @@ async fn plaintext_is_closed_unless_the_control_plane_opted_in() {
         .collect::<Vec<_>>();
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert!(refusals[0].contains("SHOAL_CP_DISCOVERY_PLAINTEXT=true"));
+    // …but every refusal is counted (the two raw connections and the proxy's attempts).
+    let refused = cp
+        .metric(
+            "shoal_cp_discovery_connections_total",
+            &[("transport", "plaintext"), ("result", "refused")],
+        )
+        .await;
+    assert!(refused >= 3.0, "{refused} refusals counted");
 
     // With the opt-in the same plaintext proxy works.
     let cp = ControlPlaneBuilder::new()

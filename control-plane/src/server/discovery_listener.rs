@@ -28,6 +28,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refused plaintext peers remembered for log-once; the set is cleared when it grows past this.
 const REFUSED_PEERS_MAX: usize = 4096;
 
+/// Describes the listener's metric (call once the recorder is installed).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shoal_cp_discovery_connections_total",
+        "Connections to the discovery listener, by transport (tls, plaintext) and result (accepted, refused: plaintext without SHOAL_CP_DISCOVERY_PLAINTEXT, handshake_failed)"
+    );
+}
+
 /// Who is on the other end of a discovery-listener connection.
 #[derive(Debug, Clone, Default)]
 pub struct PeerInfo {
