@@ -48,6 +48,8 @@ fn config(dir: &Path, file: &Path) -> Config {
         ("SHOAL_CP_METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("SHOAL_CP_DATA_DIR", dir.join("data").display().to_string()),
         ("SHOAL_CP_ENDPOINTS_FILE", file.display().to_string()),
+        // These tests' proxies are plain h2c gRPC clients.
+        ("SHOAL_CP_DISCOVERY_PLAINTEXT", "true".to_string()),
     ])
     .unwrap();
     Config::from_settings(&settings).unwrap()

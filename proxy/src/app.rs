@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Config, Mode, env};
+use crate::control_plane::ControlPlane;
 use crate::discovery::Discovery;
 use crate::drain;
 use crate::endpoint::Clients;
@@ -107,14 +108,19 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         state::file::load_into(&store, path).map_err(|e| format!("{}: {e}", env::STATE_FILE))?;
     }
     let outbound_target = resolve_target(&config)?;
+    // One connector for discovery and Certify: both verify the control plane the same way.
+    let control_plane = ControlPlane::new(config.control_plane_tls.clone());
     let identity = match &config.identity {
-        Some(cfg) => Some(Identity::start(cfg.clone()).map_err(|e| format!("identity: {e}"))?),
+        Some(cfg) => Some(
+            Identity::start(cfg.clone(), control_plane.clone())
+                .map_err(|e| format!("identity: {e}"))?,
+        ),
         None => None,
     };
     let discovery = config
         .discovery
         .clone()
-        .map(|d| Discovery::start(d, store.clone(), identity.clone()));
+        .map(|d| Discovery::start(d, store.clone(), identity.clone(), control_plane.clone()));
 
     let bind = |mode: Mode, addr: SocketAddr, setting: &str| match mode {
         Mode::Off => Ok(None),

@@ -15,7 +15,8 @@
 //! responses is `http::respond`), [`admin`], [`state`] (the store discovery feeds), [`config`],
 //! [`drain`] (graceful shutdown), [`discovery`] (the control-plane client feeding `state`),
 //! [`init`] (iptables for transparent capture), [`identity`] (the workload certificate and its
-//! renewal).
+//! renewal), [`control_plane`] (the TLS channel discovery and identity use to reach the control
+//! plane).
 
 pub mod balance;
 pub mod detect;
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod config;
+pub mod control_plane;
 pub mod discovery;
 pub mod drain;
 pub mod errors;

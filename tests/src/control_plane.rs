@@ -6,6 +6,7 @@
 //! let proxy = ProxyBuilder::new()
 //!     .outbound_explicit()
 //!     .env("SHOAL_DISCOVERY_ADDR", cp.discovery_url())
+//!     .env("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE", cp.anchors_file())
 //!     .start()
 //!     .await;
 //! ```
@@ -18,6 +19,11 @@
 //! starts a new process on the same data directory and the same three addresses, so proxies
 //! pointed at the discovery address reconnect to it. The output of every run is kept in memory
 //! and printed when the [`ControlPlane`] is dropped (test runners show it for failing tests).
+//!
+//! Proxies reach discovery over TLS ([`ControlPlane::discovery_url`] is `https://`), verifying the
+//! control plane with the trust anchors it writes to its data directory ([`ControlPlane::anchors_file`]);
+//! [`ControlPlane::proxy_builder`] sets both. A test that wants plaintext starts the control plane with
+//! `SHOAL_CP_DISCOVERY_PLAINTEXT=true` and uses [`ControlPlane::discovery_url_plaintext`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -389,9 +395,21 @@ impl ControlPlane {
         self.addrs().discovery
     }
 
-    /// The Discovery address as a URL, for the proxy's `SHOAL_DISCOVERY_ADDR`.
+    /// The Discovery address as a TLS URL, for the proxy's `SHOAL_DISCOVERY_ADDR` (with
+    /// [`Self::anchors_file`] as `SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE`).
     pub fn discovery_url(&self) -> String {
+        format!("https://{}", self.discovery_addr())
+    }
+
+    /// The Discovery address as a plaintext h2c URL: only served with `SHOAL_CP_DISCOVERY_PLAINTEXT=true`.
+    pub fn discovery_url_plaintext(&self) -> String {
         format!("http://{}", self.discovery_addr())
+    }
+
+    /// The public trust anchors file the control plane writes (`trust-anchors.pem` in its data
+    /// directory): the roots of its trust bundle, which its discovery certificate chains to.
+    pub fn anchors_file(&self) -> PathBuf {
+        self.data_dir.join("trust-anchors.pem")
     }
 
     /// The metrics listener's address (`/metrics`, `/ready`, `/live`).
@@ -603,11 +621,16 @@ pub fn parse_status_row(stdout: &str, proxy_id: &str) -> Option<ProxyRow> {
 
 impl ControlPlane {
     /// A proxy builder with an explicit outbound listener fed by this control plane's discovery
-    /// (`SHOAL_DISCOVERY_ADDR`), identified as `proxy_id` in `shoalctl status`.
+    /// over TLS (`SHOAL_DISCOVERY_ADDR`, `SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE`), identified as
+    /// `proxy_id` in `shoalctl status`.
     pub fn proxy_builder(&self, proxy_id: &str) -> crate::ProxyBuilder {
         crate::ProxyBuilder::new()
             .outbound_explicit()
             .env("SHOAL_DISCOVERY_ADDR", self.discovery_url())
+            .env(
+                "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE",
+                self.anchors_file().display(),
+            )
             .env("SHOAL_PROXY_ID", proxy_id)
     }
 

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! For tests that speak mesh TLS themselves (a raw client, a fake peer proxy): [`identity_sni`],
-//! [`client_config`] and [`server_config`].
+//! [`client_config`] and [`server_config`]; [`presented_chain`] and [`chains_to`] to see which root
+//! a server's certificate (the control plane's discovery listener) chains to.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -343,6 +344,108 @@ impl ServerCertVerifier for ExactServer {
                 "the server presented another certificate than the expected one".into(),
             ));
         }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The certificate chain a TLS server at `addr` presents for the server name `sni` (nothing is
+/// verified: the caller checks the chain with [`chains_to`]). The handshake offers ALPN `h2`.
+pub async fn presented_chain(
+    addr: std::net::SocketAddr,
+    sni: &str,
+) -> std::io::Result<Vec<CertificateDer<'static>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let provider = provider();
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Capture {
+            seen: seen.clone(),
+            provider,
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).expect("a DNS server name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let chain = seen.lock().expect("capture lock").clone();
+    Ok(chain)
+}
+
+/// Whether `chain` (leaf first) leads to one of `roots_pem`, as a TLS client would check it.
+pub fn chains_to(chain: &[CertificateDer<'static>], roots_pem: &[&str]) -> bool {
+    let Some(leaf) = chain.first() else {
+        return false;
+    };
+    let Ok(parsed) = ParsedCertificate::try_from(leaf) else {
+        return false;
+    };
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &root_store(roots_pem),
+        &chain[1..],
+        UnixTime::now(),
+        provider().signature_verification_algorithms.all,
+    )
+    .is_ok()
+}
+
+/// Records the server's chain and accepts it (the caller verifies it afterwards).
+#[derive(Debug)]
+struct Capture {
+    seen: Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.clone().into_owned()];
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        *self.seen.lock().expect("capture lock") = chain;
         Ok(ServerCertVerified::assertion())
     }
 

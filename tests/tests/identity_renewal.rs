@@ -115,7 +115,7 @@ async fn renews_before_expiry_and_rides_out_a_ca_outage() {
     let proxy = ProxyBuilder::new()
         .inbound_explicit(app.addr())
         .env("SHOAL_IDENTITY_TOKEN", TOKEN)
-        .env("SHOAL_IDENTITY_ADDR", addr)
+        .env("SHOAL_IDENTITY_ADDR", format!("http://{addr}")) // the fake CA speaks h2c
         .env("SHOAL_NAMESPACE", "shop")
         .env("SHOAL_SERVICE_ACCOUNT", "web")
         .start()

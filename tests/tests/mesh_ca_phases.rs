@@ -155,7 +155,9 @@ struct SilentProxy {
 impl SilentProxy {
     async fn connect(cp: &ControlPlane, proxy_id: &str) -> Self {
         use v1::discovery_request::Request;
-        let channel = tonic::transport::Endpoint::from_shared(cp.discovery_url())
+        // Plaintext (the control plane opts in below): a raw tonic client, no TLS set-up needed to
+        // play a proxy that never ACKs.
+        let channel = tonic::transport::Endpoint::from_shared(cp.discovery_url_plaintext())
             .expect("discovery URL")
             .connect()
             .await
@@ -205,6 +207,7 @@ impl SilentProxy {
 async fn a_connected_proxy_that_never_acks_holds_activation_until_the_timeout() {
     let cp = ControlPlaneBuilder::new()
         .env("SHOAL_CP_CA_PROPAGATION_TIMEOUT", "3s")
+        .env("SHOAL_CP_DISCOVERY_PLAINTEXT", "true")
         .start()
         .await;
     let mut silent = SilentProxy::connect(&cp, "silent-proxy").await;

@@ -52,6 +52,10 @@ async fn certified_proxies_speak_mtls_and_survive_a_ca_rotation() {
     let server = shoal_tests::ProxyBuilder::new()
         .inbound_explicit(app.addr())
         .env("SHOAL_DISCOVERY_ADDR", cp.discovery_url())
+        .env(
+            "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE",
+            cp.anchors_file().display(),
+        )
         .env("SHOAL_PROXY_ID", "web")
         .env("SHOAL_SERVICE_NAME", "web")
         .env("SHOAL_SERVICE_ACCOUNT", "web")

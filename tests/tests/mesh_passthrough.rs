@@ -88,7 +88,11 @@ async fn control_plane_unreachable_first_request_waits_at_most_the_timeout() {
     let timeout = Duration::from_millis(300);
     let proxy = ProxyBuilder::new()
         .outbound_explicit()
-        .env("SHOAL_DISCOVERY_ADDR", closed_port_addr())
+        .env(
+            "SHOAL_DISCOVERY_ADDR",
+            // Plaintext: nothing listens, so there are no anchors to verify with.
+            format!("http://{}", closed_port_addr()),
+        )
         .env("SHOAL_PROXY_ID", "unreachable-proxy")
         .env("SHOAL_DISCOVERY_TIMEOUT", "300ms")
         .start()

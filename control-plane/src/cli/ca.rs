@@ -1,5 +1,5 @@
-//! `shoalctl ca status|rotate`: the mesh CA's roots and their states (ACTIVE, PENDING, RETIRING), and
-//! starting a root rotation.
+//! `shoalctl ca status|anchors|rotate`: the mesh CA's roots and their states (ACTIVE, PENDING, RETIRING),
+//! the PEM trust anchors proxies verify the control plane with, and starting a root rotation.
 
 use std::path::Path;
 
@@ -18,6 +18,18 @@ pub(super) async fn status(server: &str, output: Option<Output>) -> Result<(), C
         .map_err(|status| CliError::from_status(server, &status))?
         .into_inner();
     print_status(&status, output)
+}
+
+/// `ca anchors`: the roots as one PEM bundle on stdout, ready for `SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE`.
+pub(super) async fn anchors(server: &str) -> Result<(), CliError> {
+    let mut client = client::connect(server).await?;
+    let status = (client.ca_status(v1::CaStatusRequest {}).await)
+        .map_err(|status| CliError::from_status(server, &status))?
+        .into_inner();
+    for root in &status.roots {
+        println!("{}", root.certificate_pem.trim_end());
+    }
+    Ok(())
 }
 
 /// `ca rotate`: a generated root, or the operator's (`--cert` + `--key`), `PENDING` until proxies have it

@@ -133,6 +133,9 @@ pub enum CaCommand {
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },
+    /// Print the trust bundle's roots as PEM (active first): the trust anchors proxies verify the control
+    /// plane with (SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE).
+    Anchors,
     /// Rotate to a new root (generated, or --cert/--key): it is trusted everywhere first (PENDING), signs once
     /// every connected proxy has it; the old one stays trusted until its certificates expire.
     Rotate {
@@ -204,6 +207,7 @@ pub async fn run(cli: Cli) -> u8 {
         }
         Command::Token(TokenCommand::Revoke { id }) => token::revoke(server, &id).await,
         Command::Ca(CaCommand::Status { output }) => ca::status(server, output).await,
+        Command::Ca(CaCommand::Anchors) => ca::anchors(server).await,
         Command::Ca(CaCommand::Rotate {
             cert,
             key,

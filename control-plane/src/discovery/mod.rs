@@ -105,16 +105,9 @@ impl Service<Request<Streaming<shoal_proto::v1::DiscoveryRequest>>> for StreamMe
         &mut self,
         request: Request<Streaming<shoal_proto::v1::DiscoveryRequest>>,
     ) -> Self::Future {
-        let address = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let peer = crate::server::PeerInfo::of(&request);
         let (tx, outbox) = stream::outbox();
-        tokio::spawn(stream::run(
-            self.0.clone(),
-            address,
-            request.into_inner(),
-            tx,
-        ));
+        tokio::spawn(stream::run(self.0.clone(), peer, request.into_inner(), tx));
         Box::pin(async move { Ok(tonic::Response::new(outbox)) })
     }
 }

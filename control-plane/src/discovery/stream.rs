@@ -171,7 +171,7 @@ impl Session {
 /// Serves one stream until the proxy goes away.
 pub(super) async fn run(
     hub: Arc<Hub>,
-    address: String,
+    peer: crate::server::PeerInfo,
     mut inbound: Streaming<v1::DiscoveryRequest>,
     out: mpsc::Sender<Result<Response, Status>>,
 ) {
@@ -190,9 +190,12 @@ pub(super) async fn run(
         _ => return,
     };
     let held = std::mem::take(&mut hello.held);
+    let address = peer.address();
     let registration = hub.registry.register(hello, address.clone());
     let entry = registration.entry.clone();
-    tracing::info!(proxy = %entry.proxy_id(), %address, held = held.len(), "proxy connected");
+    // The verified client certificate's identity (TLS with a workload certificate), else `none`.
+    let client_identity = peer.identity.as_deref().unwrap_or("none");
+    tracing::info!(proxy = %entry.proxy_id(), %address, tls = peer.tls, client_identity, held = held.len(), "proxy connected");
     let mailbox = Arc::new(Mailbox::default());
     let mut s = Session {
         answer: VecDeque::new(),

@@ -164,9 +164,7 @@ impl IdentityRpc for CertifyService {
         &self,
         request: Request<v1::CertifyRequest>,
     ) -> Result<Response<v1::CertifyResponse>, Status> {
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let peer = crate::server::PeerInfo::of(&request).address();
         let req = request.into_inner();
         // Logged as requested, never the credential.
         let (namespace, service_account) = (req.namespace.clone(), req.service_account.clone());

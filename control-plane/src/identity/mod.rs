@@ -13,9 +13,12 @@
 //! - [`bundle`] — pushes the trust bundle to proxies as the discovery `TrustBundle` resource, and the upkeep
 //!   task that activates a rotation's pending root once proxies have it ([`propagation`]) and retires old
 //!   roots on time.
+//! - [`server_cert`] — the control plane's own certificate for the TLS of its discovery listener, and
+//!   [`anchors`] — the public trust anchors file proxies verify that listener with at bootstrap.
 //!
 //! Everything secret lives in the store's identity table, never in resources, logs or `Debug` output.
 
+pub mod anchors;
 pub mod bundle;
 pub mod ca;
 pub mod certify;
@@ -24,6 +27,7 @@ pub mod credentials;
 pub mod metrics;
 pub mod propagation;
 pub mod renewal;
+pub mod server_cert;
 pub mod spiffe;
 
 use std::sync::Arc;

@@ -51,6 +51,10 @@ pub mod env {
     /// The longest a rotated-in CA root stays pending (trusted, not signing) while connected proxies have
     /// not acknowledged it.
     pub const CA_PROPAGATION_TIMEOUT: &str = "SHOAL_CP_CA_PROPAGATION_TIMEOUT";
+    /// The control plane's namespace: its own SPIFFE id is `spiffe://<td>/ns/<this>/sa/shoal-control-plane`.
+    pub const NAMESPACE: &str = "SHOAL_CP_NAMESPACE";
+    /// `true` also serves plaintext h2c on the discovery listener (benchmarks, trusted networks).
+    pub const DISCOVERY_PLAINTEXT: &str = "SHOAL_CP_DISCOVERY_PLAINTEXT";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -70,6 +74,8 @@ pub mod env {
         CA_KEY_FILE,
         PUSH_INTERVAL,
         CA_PROPAGATION_TIMEOUT,
+        NAMESPACE,
+        DISCOVERY_PLAINTEXT,
     ];
 }
 
@@ -175,6 +181,10 @@ pub struct Config {
     /// after a quieter period is pushed at once; changes within the interval are coalesced into
     /// the next push. Default: `crate::discovery::hub::DEFAULT_PUSH_INTERVAL`.
     pub push_interval: Duration,
+    /// The control plane's namespace (a DNS label), in its own SPIFFE id. Default `shoal-system`.
+    pub namespace: String,
+    /// Whether the discovery listener also serves plaintext h2c. Default `false`: TLS only.
+    pub discovery_plaintext: bool,
 }
 
 impl Config {
@@ -286,6 +296,23 @@ impl Config {
                 interval
             }
         };
+        let namespace = settings.get(env::NAMESPACE).unwrap_or("shoal-system");
+        crate::model::dns_label(namespace).map_err(|reason| ConfigError::Invalid {
+            setting: env::NAMESPACE,
+            value: namespace.to_owned(),
+            expected: format!("a DNS label such as shoal-system ({reason})"),
+        })?;
+        let discovery_plaintext = match settings.get(env::DISCOVERY_PLAINTEXT) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    setting: env::DISCOVERY_PLAINTEXT,
+                    value: other.to_owned(),
+                    expected: "`true` or `false`".to_owned(),
+                });
+            }
+        };
         let config = Self {
             admin_addr: addr(env::ADMIN_ADDR, "127.0.0.1:15011")?,
             discovery_addr: addr(env::DISCOVERY_ADDR, "0.0.0.0:15010")?,
@@ -299,6 +326,8 @@ impl Config {
             ca_root,
             ca_propagation_timeout,
             push_interval,
+            namespace: namespace.to_owned(),
+            discovery_plaintext,
         };
         config.check_distinct()?;
         Ok(config)
@@ -398,6 +427,13 @@ mod tests {
         assert_eq!(defaults.cert_ttl, Duration::from_secs(86400));
         assert!(defaults.ca_root.is_none());
         assert_eq!(defaults.ca_propagation_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.namespace, "shoal-system");
+        assert!(!defaults.discovery_plaintext, "TLS only unless opted in");
+        assert!(
+            config(&[(env::DISCOVERY_PLAINTEXT, "true")])
+                .unwrap()
+                .discovery_plaintext
+        );
         let set = config(&[
             (env::TRUST_DOMAIN, "mesh.example"),
             (env::CERT_TTL, "1h"),
@@ -417,6 +453,8 @@ mod tests {
             (env::CERT_TTL, "90d"),
             (env::CERT_TTL, "soon"),
             (env::CA_CERT_FILE, "/etc/shoal/root.pem"),
+            (env::NAMESPACE, "Shoal_System"),
+            (env::DISCOVERY_PLAINTEXT, "yes"),
         ] {
             let error = config(&[(setting, value)]).unwrap_err().to_string();
             let named = if setting == env::CA_CERT_FILE {

@@ -39,5 +39,6 @@ fn install() -> PrometheusHandle {
     crate::admin::metrics::describe();
     crate::discovery::describe_metrics();
     crate::identity::metrics::describe();
+    super::discovery_listener::describe_metrics();
     handle
 }

@@ -3,13 +3,15 @@
 //!
 //! ```text
 //!   SHOAL_CP_ADMIN_ADDR     127.0.0.1:15011  gRPC  Admin      (operators, shoalctl)
-//!   SHOAL_CP_DISCOVERY_ADDR 0.0.0.0:15010    gRPC  Discovery + Identity (proxies)
+//!   SHOAL_CP_DISCOVERY_ADDR 0.0.0.0:15010    gRPC  Discovery + Identity (proxies), TLS (discovery_tls)
 //!   SHOAL_CP_METRICS_ADDR   0.0.0.0:15014    HTTP  /metrics /ready /live
 //!   SHOAL_CP_DATA_DIR       ./shoal-data     the store's data file, store.redb
 //!   SHOAL_CP_ENDPOINTS_FILE (unset)          static endpoints and DNS names (crate::sources)
 //! ```
 
 pub mod config;
+pub mod discovery_listener;
+pub mod discovery_tls;
 mod http;
 pub mod logging;
 pub mod metrics;
@@ -28,9 +30,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{Config, ConfigError, LogFormat, Settings};
+pub use discovery_listener::PeerInfo;
 
 use crate::admin::{AdminService, StatusSource};
-use crate::identity::{CaSettings, Identity, RootFiles, SystemClock, bundle};
+use crate::identity::server_cert::ServerCert;
+use crate::identity::{CaSettings, Identity, RootFiles, SystemClock, anchors, bundle};
 use crate::store::{self, Store};
 
 /// How long shutdown waits for in-flight calls and streams before the process exits anyway.
@@ -68,6 +72,9 @@ pub enum ServerError {
     /// The CA cannot be loaded or created (SHOAL_CP_CA_CERT_FILE / SHOAL_CP_CA_KEY_FILE, or the store).
     #[error("cannot start the CA: {0}")]
     Ca(#[from] crate::identity::CaError),
+    /// The discovery listener's TLS cannot be set up (its certificate, or the trust anchors file).
+    #[error("cannot set up TLS on the discovery listener: {0}")]
+    Tls(String),
     /// A gRPC listener stopped with an error.
     #[error("the {listener} listener failed: {source}")]
     Serve {
@@ -144,6 +151,12 @@ pub struct ControlPlane {
     identity: Identity,
     /// See [`Config::push_interval`].
     push_interval: Duration,
+    /// The discovery listener's certificate, issued in `bind` by the CA.
+    server_cert: Arc<ServerCert>,
+    /// See [`Config::discovery_plaintext`].
+    discovery_plaintext: bool,
+    /// `trust-anchors.pem` in the data directory.
+    anchors_file: PathBuf,
 }
 
 impl ControlPlane {
@@ -166,10 +179,22 @@ impl ControlPlane {
             Some(path) => Some(crate::sources::Sources::load(path).await?),
             None => None,
         };
+        let server_cert = ServerCert::new(&identity, &config.namespace)?;
+        // Written before the listeners are ready, so whoever waits for readiness finds it.
+        let anchors_file = anchors::path(&config.data_dir);
+        anchors::write(&anchors_file, &identity.ca.roots_pem()).map_err(|e| {
+            ServerError::Tls(format!(
+                "cannot write the trust anchors file {}: {e}",
+                anchors_file.display()
+            ))
+        })?;
         Ok(Self {
             store,
             sources,
             identity,
+            server_cert,
+            discovery_plaintext: config.discovery_plaintext,
+            anchors_file,
             push_interval: config.push_interval,
             admin: bind(config::env::ADMIN_ADDR, config.admin_addr).await?,
             discovery: bind(config::env::DISCOVERY_ADDR, config.discovery_addr).await?,
@@ -202,6 +227,17 @@ impl ControlPlane {
         &self.identity
     }
 
+    /// The public trust anchors file (`trust-anchors.pem` in the data directory): the roots proxies
+    /// verify the discovery listener with.
+    pub fn anchors_file(&self) -> &std::path::Path {
+        &self.anchors_file
+    }
+
+    /// The discovery listener's certificate.
+    pub fn server_cert(&self) -> &Arc<ServerCert> {
+        &self.server_cert
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, ends `Watch` and discovery streams, and
     /// waits up to [`SHUTDOWN_GRACE`] for in-flight calls.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -225,6 +261,21 @@ impl ControlPlane {
             Some(self.identity.clone()),
         );
         let ready = Arc::new(AtomicBool::new(false));
+        let clients = discovery_tls::BundleClientVerifier::new(
+            Arc::new(rustls::crypto::ring::default_provider()),
+            &self.identity.ca.roots_pem(),
+        )
+        .map_err(ServerError::Tls)?;
+        let clients = Arc::new(clients);
+        let tls = discovery_tls::server_config(self.server_cert.clone(), clients.clone())
+            .map_err(ServerError::Tls)?;
+        tokio::spawn(clients.follow(self.identity.clone(), closing.clone()));
+        tokio::spawn(self.server_cert.clone().maintain(closing.clone()));
+        tokio::spawn(anchors::follow(
+            self.identity.clone(),
+            self.anchors_file.clone(),
+            closing.clone(),
+        ));
 
         tokio::spawn(http::serve(
             self.metrics,
@@ -238,14 +289,20 @@ impl ControlPlane {
             .serve_with_incoming_shutdown(TcpIncoming::from(self.admin), closed(closing.clone()));
         let discovery_server = Server::builder()
             .add_routes(parts.routes)
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.discovery), closed(closing));
+            .serve_with_incoming_shutdown(
+                discovery_listener::incoming(self.discovery, tls, self.discovery_plaintext),
+                closed(closing),
+            );
         let mut admin_task = tokio::spawn(admin_server);
         let mut discovery_task = tokio::spawn(discovery_server);
 
         ready.store(true, Ordering::Release);
         let data_file = self.store.path().display().to_string();
         let revision = self.store.revision();
-        tracing::info!(%admin_addr, %discovery_addr, %metrics_addr, data_file, revision, "control plane ready");
+        let discovery_identity = self.server_cert.spiffe_id();
+        let discovery_plaintext = self.discovery_plaintext;
+        let anchors_file = self.anchors_file.display().to_string();
+        tracing::info!(%admin_addr, %discovery_addr, %metrics_addr, data_file, revision, discovery_identity, discovery_plaintext, anchors_file, "control plane ready");
 
         let failed = tokio::select! {
             () = shutdown => None,

@@ -16,8 +16,10 @@ use crate::store::Store;
 pub struct Running {
     /// The Admin API (what `shoalctl` calls).
     pub admin: SocketAddr,
-    /// Discovery (what the sidecars connect to).
+    /// Discovery (what the sidecars connect to, over TLS).
     pub discovery: SocketAddr,
+    /// The trust anchors the sidecars verify discovery with (`trust-anchors.pem` in the store's directory).
+    pub anchors_file: PathBuf,
     /// `/metrics`, `/ready`, `/live`.
     pub metrics: SocketAddr,
     /// The store, for applying the demo's resources without a round trip.
@@ -48,6 +50,7 @@ pub async fn start(data_dir: &Path, ports: [u16; 3]) -> Result<Running, String> 
     let (admin, discovery, metrics) = (cp.admin_addr(), cp.discovery_addr(), cp.metrics_addr());
     let store = cp.store().clone();
     let identity = cp.identity().clone();
+    let anchors_file = cp.anchors_file().to_path_buf();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(cp.serve(async {
         let _ = stopped.await;
@@ -55,6 +58,7 @@ pub async fn start(data_dir: &Path, ports: [u16; 3]) -> Result<Running, String> 
     Ok(Running {
         admin,
         discovery,
+        anchors_file,
         metrics,
         store,
         identity,

@@ -167,7 +167,7 @@ async fn start(
         let token = tokio::task::spawn_blocking(move || control::join_token(&identity, w.name))
             .await
             .map_err(|e| e.to_string())??;
-        let proxy = sidecar(proxy_bin, w, &a, cp.discovery, &token);
+        let proxy = sidecar(proxy_bin, w, &a, cp, &token);
         let log = logs.join(format!("{}-sidecar.log", w.name));
         children.push(Process::spawn(format!("{} sidecar", w.name), proxy, log)?);
         let proxy_pid = children.last().map_or(0, |p| p.pid);
@@ -197,13 +197,14 @@ async fn start(
     Ok(started)
 }
 
-/// The sidecar of workload `w`: explicit mode on both sides, state from the control plane, its
-/// certificate from the control plane's CA (redeeming `token`).
+/// The sidecar of workload `w`: explicit mode on both sides, state from the control plane (over TLS,
+/// verified with the control plane's trust anchors file), its certificate from the control plane's CA
+/// (redeeming `token`).
 fn sidecar(
     bin: &Path,
     w: &Workload,
     a: &Addrs,
-    discovery: std::net::SocketAddr,
+    cp: &control::Running,
     token: &str,
 ) -> tokio::process::Command {
     let mut cmd = process::command(bin);
@@ -214,7 +215,11 @@ fn sidecar(
         ("SHOAL_OUTBOUND_MODE", "explicit".to_owned()),
         ("SHOAL_OUTBOUND_ADDR", a.outbound.to_string()),
         ("SHOAL_ADMIN_ADDR", a.admin.to_string()),
-        ("SHOAL_DISCOVERY_ADDR", discovery.to_string()),
+        ("SHOAL_DISCOVERY_ADDR", format!("https://{}", cp.discovery)),
+        (
+            "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE",
+            cp.anchors_file.display().to_string(),
+        ),
         ("SHOAL_SERVICE_NAME", w.name.to_owned()),
         ("SHOAL_SERVICE_ACCOUNT", w.name.to_owned()),
         ("SHOAL_IDENTITY_TOKEN", token.to_owned()),

@@ -30,6 +30,8 @@ impl ControlPlane {
     /// Like [`Self::start`], with extra `SHOAL_*` settings.
     pub fn start_with(data_dir: &Path, settings: &[(&str, &str)]) -> Self {
         let child = Command::new(CONTROL_PLANE)
+            // The Certify calls of these tests are plain h2c gRPC clients (TLS: tests/tests/cp_tls.rs).
+            .env("SHOAL_CP_DISCOVERY_PLAINTEXT", "true")
             .envs(settings.iter().copied())
             .env("SHOAL_CP_ADMIN_ADDR", "127.0.0.1:0")
             .env("SHOAL_CP_DISCOVERY_ADDR", "127.0.0.1:0")

@@ -6,6 +6,7 @@
 //! [`Config::from_source`] turns them into typed settings, failing with an error that names the
 //! setting, the value and what was expected. docs/configuration.md documents every setting.
 
+mod control_plane;
 mod identity;
 mod parse;
 
@@ -62,6 +63,8 @@ pub mod env {
     pub const IDENTITY_TRUST_BUNDLE_FILE: &str = "SHOAL_IDENTITY_TRUST_BUNDLE_FILE";
     pub const TLS_MIN_VERSION: &str = "SHOAL_TLS_MIN_VERSION";
     pub const INBOUND_TLS_MODE: &str = "SHOAL_INBOUND_TLS_MODE";
+    pub const CONTROL_PLANE_TRUST_ANCHORS_FILE: &str = "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE";
+    pub const CONTROL_PLANE_IDENTITY: &str = "SHOAL_CONTROL_PLANE_IDENTITY";
 
     /// Every setting the proxy reads (an unknown `SHOAL_` key in the config file is an error).
     pub const ALL: &[&str] = &[
@@ -104,6 +107,8 @@ pub mod env {
         IDENTITY_TRUST_BUNDLE_FILE,
         TLS_MIN_VERSION,
         INBOUND_TLS_MODE,
+        CONTROL_PLANE_TRUST_ANCHORS_FILE,
+        CONTROL_PLANE_IDENTITY,
     ];
 }
 
@@ -301,6 +306,8 @@ pub struct Config {
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
     /// The workload certificate's source (`None`: no mesh identity, plain text only).
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// How the control plane is verified (`None` without a TLS control-plane address or anchors file).
+    pub control_plane_tls: Option<crate::control_plane::TlsSettings>,
     /// The inbound mTLS mode for ports the state sets none for.
     pub inbound_tls_mode: crate::tls::TlsMode,
     /// The workload's namespace (`SHOAL_NAMESPACE`).
@@ -380,6 +387,7 @@ impl Config {
             shutdown_grace: r.duration_min(env::SHUTDOWN_GRACE, "25s", 0)?,
             discovery: None,
             identity: None,
+            control_plane_tls: None,
             inbound_tls_mode: identity::inbound_tls_mode(&r)?,
             namespace: String::new(),
             service_account: String::new(),
@@ -392,6 +400,18 @@ impl Config {
             &namespace,
             &service_account,
         )?;
+        let mut addrs = Vec::new();
+        if let Some(d) = &config.discovery {
+            addrs.push((env::DISCOVERY_ADDR, d.addr.as_str()));
+        }
+        if let Some(crate::identity::IdentityConfig {
+            source: crate::identity::Source::ControlPlane { addr, .. },
+            ..
+        }) = &config.identity
+        {
+            addrs.push((env::IDENTITY_ADDR, addr.as_str()));
+        }
+        config.control_plane_tls = control_plane::tls(&r, &addrs)?;
         config.namespace = namespace;
         config.service_account = service_account;
         config.check_conflicts(&r)?;
@@ -443,24 +463,9 @@ impl Config {
     }
 }
 
-/// `HOST:PORT` or `http://HOST:PORT` of a control-plane endpoint, as a URL.
+/// A control-plane address as a URL (see [`control_plane::url`]).
 fn control_plane_url(r: &Reader<'_>, setting: &str, raw: &str) -> Result<String, ConfigError> {
-    let addr = if raw.contains("://") {
-        raw.to_string()
-    } else {
-        format!("http://{raw}")
-    };
-    let valid = addr.parse::<http::Uri>().ok().filter(|u| {
-        u.scheme_str() == Some("http") && u.authority().is_some_and(|a| a.port_u16().is_some())
-    });
-    if valid.is_none() {
-        return Err(r.invalid(
-            setting,
-            raw,
-            "HOST:PORT or http://HOST:PORT of the control plane",
-        ));
-    }
-    Ok(addr)
+    control_plane::url(r, setting, raw)
 }
 
 /// The workload's namespace and service account (its mesh identity).

@@ -124,7 +124,7 @@ fn identity_settings_are_validated() {
 
     // A token redeemed at the discovery address by default.
     let c = cfg(&[
-        ("SHOAL_DISCOVERY_ADDR", "127.0.0.1:15010"),
+        ("SHOAL_DISCOVERY_ADDR", "http://127.0.0.1:15010"),
         ("SHOAL_IDENTITY_TOKEN", "secret"),
         ("SHOAL_NAMESPACE", "shop"),
     ])
@@ -185,4 +185,127 @@ fn identity_settings_are_validated() {
         let err = cfg(&pairs).unwrap_err().to_string();
         assert!(err.contains(setting) && err.contains(expected), "{err}");
     }
+}
+
+/// A PEM file in the temporary directory, removed on drop.
+struct TempPem(std::path::PathBuf);
+
+impl TempPem {
+    fn new(name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "shoal-config-test-{}-{name}.pem",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempPem {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn control_plane_tls_settings_are_validated() {
+    // Bare HOST:PORT and https:// are TLS; http:// is plaintext and needs no anchors.
+    let c = cfg(&[("SHOAL_DISCOVERY_ADDR", "http://cp:15010")]).unwrap();
+    assert_eq!(c.discovery.unwrap().addr, "http://cp:15010");
+    assert!(c.control_plane_tls.is_none());
+    for addr in ["cp:15010", "https://cp:15010"] {
+        let err = cfg(&[("SHOAL_DISCOVERY_ADDR", addr)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE")
+                && err.contains("SHOAL_DISCOVERY_ADDR=https://cp:15010 uses TLS"),
+            "{err}"
+        );
+    }
+    let err = cfg(&[
+        ("SHOAL_IDENTITY_ADDR", "cp:15010"),
+        ("SHOAL_IDENTITY_TOKEN", "t"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE")
+            && err.contains("SHOAL_IDENTITY_ADDR"),
+        "{err}"
+    );
+    let err = cfg(&[("SHOAL_DISCOVERY_ADDR", "ftp://cp:15010")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SHOAL_DISCOVERY_ADDR") && err.contains("https://HOST:PORT"),
+        "{err}"
+    );
+
+    // The anchors file: missing, not PEM, no certificate, or not a CA are all named.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let root = params.self_signed(&key).unwrap();
+    let good = TempPem::new("good", &root.pem());
+    let empty = TempPem::new("empty", "just text\n");
+    let broken = TempPem::new(
+        "broken",
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    );
+    for (file, expected) in [
+        ("/nonexistent/anchors.pem", "cannot read"),
+        (empty.path(), "no PEM certificate"),
+        (broken.path(), "not PEM"),
+    ] {
+        let err = cfg(&[
+            ("SHOAL_DISCOVERY_ADDR", "cp:15010"),
+            ("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE", file),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE") && err.contains(expected),
+            "{file}: {err}"
+        );
+    }
+
+    let c = cfg(&[
+        ("SHOAL_DISCOVERY_ADDR", "cp:15010"),
+        ("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE", good.path()),
+    ])
+    .unwrap();
+    assert_eq!(c.discovery.unwrap().addr, "https://cp:15010");
+    let tls = c.control_plane_tls.unwrap();
+    assert_eq!(tls.anchors.len(), 1);
+    assert_eq!(
+        tls.identity.as_str(),
+        crate::control_plane::DEFAULT_IDENTITY
+    );
+
+    let c = cfg(&[
+        ("SHOAL_DISCOVERY_ADDR", "cp:15010"),
+        ("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE", good.path()),
+        (
+            "SHOAL_CONTROL_PLANE_IDENTITY",
+            "spiffe://mesh.example/ns/infra/sa/shoal-control-plane",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.control_plane_tls.unwrap().identity.trust_domain(),
+        "mesh.example"
+    );
+    let err = cfg(&[
+        ("SHOAL_DISCOVERY_ADDR", "cp:15010"),
+        ("SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE", good.path()),
+        ("SHOAL_CONTROL_PLANE_IDENTITY", "shoal-control-plane"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("SHOAL_CONTROL_PLANE_IDENTITY"), "{err}");
 }

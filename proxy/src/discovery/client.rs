@@ -96,10 +96,7 @@ impl Client {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let channel = self.d.control_plane.connect(endpoint).await?;
         let mut client = v1::discovery_client::DiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
         let send = |tx: &mpsc::Sender<v1::DiscoveryRequest>, r| {
@@ -203,16 +200,20 @@ impl Client {
         }
     }
 
-    /// Hands trust bundles in `response` to the identity (a bad one rejects the update).
+    /// Hands trust bundles in `response` to the identity and to the control-plane channel, which
+    /// verifies the control plane against anchors ∪ this bundle from its next connection on (so a CA
+    /// rotation does not cut the proxy off). A bad bundle rejects the update.
     fn apply_trust_bundles(&self, response: &v1::DiscoveryResponse) -> Result<(), String> {
-        let Some(identity) = &self.d.identity else {
-            return Ok(());
-        };
         for r in &response.resources {
             if let Some(Payload::TrustBundle(b)) = &r.payload {
-                identity
+                let named = |e: String| format!("trust bundle {}: {e}", b.trust_domain);
+                if let Some(identity) = &self.d.identity {
+                    identity.set_trust_bundle(&b.roots_pem).map_err(named)?;
+                }
+                self.d
+                    .control_plane
                     .set_trust_bundle(&b.roots_pem)
-                    .map_err(|e| format!("trust bundle {}: {e}", b.trust_domain))?;
+                    .map_err(named)?;
             }
         }
         Ok(())

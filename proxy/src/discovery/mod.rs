@@ -19,6 +19,7 @@ use serde::Serialize;
 use shoal_proto::v1::{self, ResourceType};
 use tokio::sync::{mpsc, watch};
 
+use crate::control_plane::ControlPlane;
 use crate::identity::Identity;
 use crate::state::Store;
 pub use resources::Key;
@@ -26,7 +27,7 @@ pub use resources::Key;
 /// Settings of the discovery client.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiscoveryConfig {
-    /// The control plane's discovery endpoint (`http://host:port`).
+    /// The control plane's discovery endpoint (`https://host:port`, or `http://host:port` for plaintext).
     pub addr: String,
     /// This proxy's id (shown by `shoalctl status`).
     pub proxy_id: String,
@@ -69,6 +70,8 @@ pub struct Discovery {
     status: Mutex<DiscoveryStatus>,
     /// Receives the trust bundle of its trust domain.
     identity: Option<Arc<Identity>>,
+    /// Opens the stream; also trusts the pushed bundle for the next connection.
+    control_plane: Arc<ControlPlane>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,6 +98,7 @@ impl Discovery {
         cfg: DiscoveryConfig,
         store: Arc<Store>,
         identity: Option<Arc<Identity>>,
+        control_plane: Arc<ControlPlane>,
     ) -> Arc<Self> {
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
         let own = (!cfg.service_name.is_empty())
@@ -106,6 +110,7 @@ impl Discovery {
             bindings: Mutex::default(),
             status: Mutex::default(),
             identity: identity.clone(),
+            control_plane,
         });
         if let Some(own) = own {
             let mut keys = service_keys(&own);

@@ -111,13 +111,11 @@ async fn call(
     csr: &rcgen::CertificateSigningRequest,
     credential: Credential,
 ) -> Result<v1::CertifyResponse, String> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| format!("invalid identity address {addr}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    v1::identity_client::IdentityClient::new(channel)
+        .connect_timeout(Duration::from_secs(2));
+    let channel = identity.control_plane.connect(endpoint).await?;
+    let response = v1::identity_client::IdentityClient::new(channel)
         .certify(v1::CertifyRequest {
             csr: Some(Csr::CsrDer(csr.der().to_vec())),
             credential: Some(credential),
@@ -126,7 +124,12 @@ async fn call(
         })
         .await
         .map_err(|s| format!("Certify refused ({:?}): {}", s.code(), s.message()))
-        .map(tonic::Response::into_inner)
+        .map(tonic::Response::into_inner)?;
+    // Roots that came from the verified control plane: it may present a certificate from any of them.
+    if let Err(error) = (identity.control_plane).set_trust_bundle(&response.trust_bundle_pem) {
+        tracing::warn!(%error, "the trust bundle Certify returned is unusable for the control-plane channel");
+    }
+    Ok(response)
 }
 
 /// The material of an issued certificate with its `key`, and the certificate's lifetime.

@@ -24,6 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
+use crate::control_plane::ControlPlane;
 use crate::tls::{Credentials, MinVersion};
 
 /// Where the proxy's certificate comes from.
@@ -41,7 +42,7 @@ pub enum Source {
     },
     /// The control plane's `Identity.Certify`.
     ControlPlane {
-        /// `http://host:port` of the control plane's identity service.
+        /// `https://host:port` (TLS) or `http://host:port` (plaintext) of the control plane's identity service.
         addr: String,
         /// The credential.
         token: Token,
@@ -112,6 +113,8 @@ struct Material {
 /// The proxy's identity, shared by every connection.
 pub struct Identity {
     cfg: IdentityConfig,
+    /// The channel to the control plane (Certify), which also presents the current certificate.
+    control_plane: Arc<ControlPlane>,
     current: ArcSwapOption<Credentials>,
     material: Mutex<Option<Material>>,
     status: Mutex<IdentityStatus>,
@@ -149,9 +152,14 @@ pub fn describe_metrics() {
 impl Identity {
     /// Loads file-based credentials now (an error stops start-up), or starts obtaining a
     /// certificate from the control plane in the background.
-    pub fn start(cfg: IdentityConfig) -> Result<Arc<Self>, String> {
+    /// `control_plane` reaches `Certify` and, from the first certificate on, presents it.
+    pub fn start(
+        cfg: IdentityConfig,
+        control_plane: Arc<ControlPlane>,
+    ) -> Result<Arc<Self>, String> {
         let identity = Arc::new(Self {
             cfg: cfg.clone(),
+            control_plane,
             current: ArcSwapOption::empty(),
             material: Mutex::new(None),
             status: Mutex::default(),
@@ -216,7 +224,22 @@ impl Identity {
             s.certificates += 1;
             s.last_error = None;
         }
+        let not_after = creds.not_after;
         self.current.store(Some(Arc::new(creds)));
+        // A certificate the control plane issued is also the proxy's client certificate towards it.
+        // One from files may come from another CA, which the control plane would refuse at the
+        // handshake, cutting the proxy off from discovery: those are not presented.
+        if matches!(self.cfg.source, Source::ControlPlane { .. }) {
+            match rustls::crypto::ring::sign::any_supported_type(&material.key) {
+                Ok(key) => self.control_plane.set_client_certificate(Some((
+                    Arc::new(rustls::sign::CertifiedKey::new(material.chain.clone(), key)),
+                    not_after,
+                ))),
+                Err(error) => {
+                    tracing::warn!(%error, "the workload key cannot sign for the control-plane channel")
+                }
+            }
+        }
         *lock(&self.material) = Some(material);
         self.trust_domain.send_if_modified(|cur| {
             let changed = cur.as_deref() != Some(td.as_str());
