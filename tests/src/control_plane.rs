@@ -447,6 +447,24 @@ impl ControlPlane {
         }
     }
 
+    /// A join token for `default/<service_account>` (`shoalctl token create`), usable `uses` times
+    /// (`"0"`: unlimited; `None`: the command's default, once); panics unless it succeeds.
+    pub async fn join_token(&self, service_account: &str, uses: Option<&str>) -> String {
+        let mut args = vec![
+            "token",
+            "create",
+            "--namespace",
+            "default",
+            "--service-account",
+            service_account,
+        ];
+        if let Some(uses) = uses {
+            args.extend(["--uses", uses]);
+        }
+        let out = self.ctl(&args, None).await.success();
+        out.stdout.trim().to_string()
+    }
+
     /// `shoalctl ca status -o json`, parsed; panics unless it succeeds.
     pub async fn ca_status(&self) -> serde_json::Value {
         let out = self

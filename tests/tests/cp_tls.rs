@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient, service_yaml};
+use shoal_tests::control_plane::{ControlPlaneBuilder, MeshClient, service_yaml};
 use shoal_tests::pki::{self, TestCa};
 use shoal_tests::process::TempDir;
 use shoal_tests::{HttpBackend, Proxy, backend::text_response, eventually};
@@ -15,25 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const ANCHORS: &str = "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE";
 const CP_ID: &str = "spiffe://cluster.local/ns/shoal-system/sa/shoal-control-plane";
 const FRONTEND_ID: &str = "spiffe://cluster.local/ns/default/sa/frontend";
-
-async fn token(cp: &ControlPlane, service_account: &str, uses: &str) -> String {
-    let args = [
-        "token",
-        "create",
-        "--namespace",
-        "default",
-        "--service-account",
-        service_account,
-        "--uses",
-        uses,
-    ];
-    cp.ctl(&args, None)
-        .await
-        .success()
-        .stdout
-        .trim()
-        .to_string()
-}
 
 async fn named(body: &'static str) -> HttpBackend {
     HttpBackend::respond(move |_| text_response(200, body)).await
@@ -96,7 +77,10 @@ async fn discovery_and_certify_run_over_tls_verified_with_the_anchors_file() {
     // pushed endpoints.
     let proxy = cp
         .proxy_builder("tls-frontend")
-        .env("SHOAL_IDENTITY_TOKEN", token(&cp, "frontend", "0").await)
+        .env(
+            "SHOAL_IDENTITY_TOKEN",
+            cp.join_token("frontend", Some("0")).await,
+        )
         .env("SHOAL_SERVICE_ACCOUNT", "frontend")
         .start()
         .await;
@@ -158,7 +142,7 @@ async fn another_cas_anchors_never_connect_and_the_error_says_why() {
 async fn certify_refuses_a_control_plane_with_another_identity_and_keeps_the_token() {
     let cp = ControlPlaneBuilder::new().start().await;
     // Single use: if the refused attempts had redeemed it, the second proxy could not.
-    let token = token(&cp, "frontend", "1").await;
+    let token = cp.join_token("frontend", Some("1")).await;
     let impostor_check = cp
         .proxy_builder("expects-another-cp")
         .env(
@@ -276,7 +260,10 @@ async fn after_a_ca_rotation_the_proxy_trusts_the_new_signer_through_the_pushed_
     let proxy = cp
         .proxy_builder("rotation")
         .env(ANCHORS, anchors.display())
-        .env("SHOAL_IDENTITY_TOKEN", token(&cp, "frontend", "0").await)
+        .env(
+            "SHOAL_IDENTITY_TOKEN",
+            cp.join_token("frontend", Some("0")).await,
+        )
         .env("SHOAL_SERVICE_ACCOUNT", "frontend")
         .start()
         .await;

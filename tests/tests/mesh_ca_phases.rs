@@ -16,23 +16,7 @@ const PENDING: [&str; 2] = ["ACTIVE", "PENDING"];
 const ACTIVATED: [&str; 2] = ["ACTIVE", "RETIRING"];
 
 async fn certified_proxy(cp: &ControlPlane, id: &str) -> Proxy {
-    let token = cp
-        .ctl(
-            &[
-                "token",
-                "create",
-                "--namespace",
-                "default",
-                "--service-account",
-                id,
-            ],
-            None,
-        )
-        .await
-        .success()
-        .stdout
-        .trim()
-        .to_string();
+    let token = cp.join_token(id, None).await;
     cp.proxy_builder(id)
         .env("SHOAL_IDENTITY_TOKEN", token)
         .env("SHOAL_SERVICE_ACCOUNT", id)

@@ -13,27 +13,9 @@ use shoal_tests::{HttpBackend, Proxy, assert_eventually};
 
 const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 
-async fn token(cp: &ControlPlane, service_account: &str) -> String {
-    let out = cp
-        .ctl(
-            &[
-                "token",
-                "create",
-                "--namespace",
-                "default",
-                "--service-account",
-                service_account,
-            ],
-            None,
-        )
-        .await
-        .success();
-    out.stdout.trim().to_string()
-}
-
 async fn client(cp: &ControlPlane, id: &str) -> Proxy {
     cp.proxy_builder(id)
-        .env("SHOAL_IDENTITY_TOKEN", token(cp, id).await)
+        .env("SHOAL_IDENTITY_TOKEN", cp.join_token(id, None).await)
         .env("SHOAL_SERVICE_ACCOUNT", id)
         .start()
         .await
@@ -59,7 +41,7 @@ async fn certified_proxies_speak_mtls_and_survive_a_ca_rotation() {
         .env("SHOAL_PROXY_ID", "web")
         .env("SHOAL_SERVICE_NAME", "web")
         .env("SHOAL_SERVICE_ACCOUNT", "web")
-        .env("SHOAL_IDENTITY_TOKEN", token(&cp, "web").await)
+        .env("SHOAL_IDENTITY_TOKEN", cp.join_token("web", None).await)
         .env("SHOAL_INBOUND_TLS_MODE", "strict")
         .start()
         .await;
