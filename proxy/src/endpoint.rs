@@ -41,6 +41,16 @@ pub type Peer = (SocketAddr, Option<SpiffeId>);
 /// DoS resistance buys nothing for keys that come from discovery, not from clients.
 type PeerMap<V> = HashMap<Peer, V, foldhash::fast::RandomState>;
 
+/// `peer`'s state in `map`, created on first use (without cloning the key when it exists: this
+/// runs per request).
+fn entry<V: Default>(map: &Mutex<PeerMap<Arc<V>>>, peer: &Peer) -> Arc<V> {
+    let mut map = lock(map);
+    match map.get(peer) {
+        Some(v) => v.clone(),
+        None => map.entry(peer.clone()).or_default().clone(),
+    }
+}
+
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
@@ -124,11 +134,7 @@ impl Clients {
     }
 
     fn h1_pool(&self, peer: &Peer) -> Arc<H1Pool> {
-        let mut pools = lock(&self.h1);
-        match pools.get(peer) {
-            Some(pool) => pool.clone(),
-            None => pools.entry(peer.clone()).or_default().clone(),
-        }
+        entry(&self.h1, peer)
     }
 
     async fn connect_h1(&self, peer: &Peer) -> Result<http1::SendRequest<RequestBody>, ProxyError> {

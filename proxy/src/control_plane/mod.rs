@@ -17,11 +17,11 @@ use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::identity::{parse_cert, parse_certs};
 use crate::tls::SpiffeId;
 
 /// The default identity the control plane must prove: `shoal-control-plane` in `shoal-system`, in the
@@ -91,9 +91,8 @@ impl ControlPlane {
         };
         let roots = roots_pem
             .iter()
-            .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("trust bundle root: not a PEM certificate: {e}"))?;
+            .map(|pem| parse_cert(pem.as_bytes(), "trust bundle root"))
+            .collect::<Result<Vec<_>, _>>()?;
         tls.pushed.store(Arc::new(roots));
         Ok(())
     }
@@ -146,15 +145,7 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 /// Reads the trust anchors file: at least one PEM certificate, each usable as a root.
 pub fn read_anchors(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
-    }
+    let certs = parse_certs(&pem, &path.display().to_string())?;
     let mut store = rustls::RootCertStore::empty();
     for cert in &certs {
         store.add(cert.clone()).map_err(|e| {

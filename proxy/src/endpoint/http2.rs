@@ -89,14 +89,6 @@ impl Handle {
 }
 
 impl Clients {
-    fn h2_slot(&self, peer: &Peer) -> Arc<Slot> {
-        let mut slots = lock(&self.h2);
-        match slots.get(peer) {
-            Some(slot) => slot.clone(),
-            None => slots.entry(peer.clone()).or_default().clone(),
-        }
-    }
-
     /// Connects the HTTP/2 connection of `slot` (one attempt at a time).
     async fn connect_h2(&self, peer: &Peer, slot: &Slot) -> Result<Handle, ProxyError> {
         let addr = peer.0;
@@ -133,7 +125,7 @@ impl Clients {
         req: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
-        let slot = self.h2_slot(peer);
+        let slot = super::entry(&self.h2, peer);
         let (mut parts, body) = req.into_parts();
         if let Some(len) = body.size_hint().exact()
             && (len != 0 || has_payload_semantics(&parts.method))

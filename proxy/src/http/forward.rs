@@ -208,7 +208,10 @@ fn finish(
         Ok(resp) => (resp, None),
         Err(e) => {
             let dest = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
-            (respond::error(conn.direction, &e, ids, &dest), Some(e.kind))
+            (
+                respond::error(conn.direction, conn.version, &e, ids, &dest),
+                Some(e.kind),
+            )
         }
     };
     let elapsed = start.elapsed();

@@ -163,10 +163,9 @@ async fn serve_stream(conn: &Conn, req: Request<RecvStream>, mut respond: SendRe
             futures_util::future::Either::Right(_) => return,
         }
     };
+    // No connection-specific fields here (the h2 crate would refuse the head): forward::handle
+    // strips them from forwarded responses, and respond::error adds none for HTTP/2 clients.
     let (mut parts, body) = resp.into_parts();
-    // Connection-specific fields cannot be sent on HTTP/2 (the h2 crate refuses the head):
-    // forward::handle strips hop-by-hop fields, but proxy-made responses may carry `connection`.
-    parts.headers.remove(header::CONNECTION);
     // A forwarded response without a Date gets one (RFC 9110 §6.6.1), as hyper's servers do.
     if !parts.headers.contains_key(header::DATE) {
         parts.headers.insert(header::DATE, date_now());

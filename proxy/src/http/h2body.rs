@@ -190,16 +190,11 @@ where
             }
         }
     }
-
-    /// Resets the stream (the other direction failed or was abandoned).
-    pub fn reset(&mut self, reason: h2::Reason) {
-        self.tx.send_reset(reason);
-    }
 }
 
 /// The RST_STREAM code for a failed body: the HTTP/2 reason it carries (a client's CANCEL is
 /// passed on as CANCEL), else INTERNAL_ERROR.
-pub fn reset_reason(err: &(dyn StdError + 'static)) -> h2::Reason {
+fn reset_reason(err: &(dyn StdError + 'static)) -> h2::Reason {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(r) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {

@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, header};
 
+use super::Downstream;
 use super::body::ResponseBody;
 use crate::errors::{ERROR_HEADER, ProxyError, Reason};
 use crate::metrics::{self, Direction};
 use crate::trace_context::TraceIds;
 
-/// Turns `err` into a response with its status and stable reason, logged once.
+/// Turns `err` into a response with its status and stable reason, logged once; `downstream` is the
+/// client's HTTP version (only HTTP/1.1 has a `Connection` field to close with).
 pub fn error(
     direction: Direction,
+    downstream: Downstream,
     err: &ProxyError,
     ids: &TraceIds,
     destination: &str,
@@ -37,11 +40,14 @@ pub fn error(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert("x-request-id", ids.request_id.to_header_value());
-    if matches!(
-        err.kind,
-        Reason::MalformedRequest | Reason::UpstreamMalformedResponse
-    ) {
-        // Nothing more can be trusted on a connection whose framing went wrong.
+    if downstream == Downstream::Http1
+        && matches!(
+            err.kind,
+            Reason::MalformedRequest | Reason::UpstreamMalformedResponse
+        )
+    {
+        // Nothing more can be trusted on a connection whose framing went wrong. (On HTTP/2 the
+        // field does not exist: the h2 crate refuses a head carrying it.)
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

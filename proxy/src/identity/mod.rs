@@ -289,12 +289,12 @@ impl Identity {
 }
 
 /// One PEM certificate.
-fn parse_cert(pem: &[u8], what: &str) -> Result<CertificateDer<'static>, String> {
+pub(crate) fn parse_cert(pem: &[u8], what: &str) -> Result<CertificateDer<'static>, String> {
     CertificateDer::from_pem_slice(pem).map_err(|e| format!("{what}: not a PEM certificate: {e}"))
 }
 
 /// Every PEM certificate in `pem` (at least one).
-fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{what}: not PEM certificates: {e}"))?;
