@@ -652,6 +652,20 @@ impl ControlPlane {
             .env("SHOAL_PROXY_ID", proxy_id)
     }
 
+    /// [`Self::proxy_builder`] for a proxy that joins the mesh as `default/<service_account>` with a
+    /// fresh join token ([`Self::join_token`], `uses` as there).
+    pub async fn joining_proxy(
+        &self,
+        proxy_id: &str,
+        service_account: &str,
+        uses: Option<&str>,
+    ) -> crate::ProxyBuilder {
+        let token = self.join_token(service_account, uses).await;
+        self.proxy_builder(proxy_id)
+            .env("SHOAL_IDENTITY_TOKEN", token)
+            .env("SHOAL_SERVICE_ACCOUNT", service_account)
+    }
+
     /// `proxy_id`'s row of `shoalctl status` (`None` if it is not connected).
     pub async fn proxy_row(&self, proxy_id: &str) -> Option<ProxyRow> {
         let out = self.ctl(&["status"], None).await.success();

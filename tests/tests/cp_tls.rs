@@ -75,13 +75,9 @@ async fn discovery_and_certify_run_over_tls_verified_with_the_anchors_file() {
 
     // Certify (join token) and discovery both over TLS: the proxy is certified and routes with
     // pushed endpoints.
-    let proxy = cp
-        .proxy_builder("tls-frontend")
-        .env(
-            "SHOAL_IDENTITY_TOKEN",
-            cp.join_token("frontend", Some("0")).await,
-        )
-        .env("SHOAL_SERVICE_ACCOUNT", "frontend")
+    let proxy = (cp
+        .joining_proxy("tls-frontend", "frontend", Some("0"))
+        .await)
         .start()
         .await;
     let config = proxy.config().await;
@@ -257,14 +253,8 @@ async fn after_a_ca_rotation_the_proxy_trusts_the_new_signer_through_the_pushed_
     let anchors = dir.path().join("anchors.pem");
     let old_root = std::fs::read_to_string(cp.anchors_file()).unwrap();
     std::fs::write(&anchors, &old_root).unwrap();
-    let proxy = cp
-        .proxy_builder("rotation")
+    let proxy = (cp.joining_proxy("rotation", "frontend", Some("0")).await)
         .env(ANCHORS, anchors.display())
-        .env(
-            "SHOAL_IDENTITY_TOKEN",
-            cp.join_token("frontend", Some("0")).await,
-        )
-        .env("SHOAL_SERVICE_ACCOUNT", "frontend")
         .start()
         .await;
     wait_body(&proxy, "v1").await;

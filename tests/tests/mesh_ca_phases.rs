@@ -8,21 +8,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use shoal_proto::v1;
+use shoal_tests::assert_eventually;
 use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, root_states};
-use shoal_tests::{Proxy, assert_eventually};
 use tokio::sync::mpsc;
 
 const PENDING: [&str; 2] = ["ACTIVE", "PENDING"];
 const ACTIVATED: [&str; 2] = ["ACTIVE", "RETIRING"];
-
-async fn certified_proxy(cp: &ControlPlane, id: &str) -> Proxy {
-    let token = cp.join_token(id, None).await;
-    cp.proxy_builder(id)
-        .env("SHOAL_IDENTITY_TOKEN", token)
-        .env("SHOAL_SERVICE_ACCOUNT", id)
-        .start()
-        .await
-}
 
 /// Waits until `proxy_id` is connected and subscribed to the trust bundle (its row in
 /// `shoalctl status -o wide`).
@@ -76,7 +67,11 @@ async fn the_new_root_signs_as_soon_as_the_connected_proxy_has_it() {
         .env("SHOAL_CP_CA_PROPAGATION_TIMEOUT", "30s")
         .start()
         .await;
-    let proxy = certified_proxy(&cp, "frontend").await;
+    let proxy = cp
+        .joining_proxy("frontend", "frontend", None)
+        .await
+        .start()
+        .await;
     wait_subscribed(&cp, "frontend").await;
     let old = cp.ca_status().await["roots"][0]["fingerprintSha256"].clone();
 

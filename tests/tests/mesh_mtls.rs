@@ -8,18 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient};
+use shoal_tests::control_plane::{ControlPlaneBuilder, MeshClient};
 use shoal_tests::{HttpBackend, Proxy, assert_eventually};
 
 const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
-
-async fn client(cp: &ControlPlane, id: &str) -> Proxy {
-    cp.proxy_builder(id)
-        .env("SHOAL_IDENTITY_TOKEN", cp.join_token(id, None).await)
-        .env("SHOAL_SERVICE_ACCOUNT", id)
-        .start()
-        .await
-}
 
 async fn trust_roots(proxy: &Proxy) -> u64 {
     proxy.config().await["identity"]["trust_roots"]
@@ -52,7 +44,11 @@ async fn certified_proxies_speak_mtls_and_survive_a_ca_rotation() {
         inbound.port()
     ))
     .await;
-    let old = client(&cp, "frontend").await;
+    let old = cp
+        .joining_proxy("frontend", "frontend", None)
+        .await
+        .start()
+        .await;
     let mut c = MeshClient::new(old.outbound());
     assert_eq!(
         c.get("web", "/").await.unwrap().status,
@@ -102,7 +98,11 @@ async fn certified_proxies_speak_mtls_and_survive_a_ca_rotation() {
     );
     // A proxy certified now gets a certificate from the new root; it reaches the old-root
     // server, and the old-root client keeps reaching it too.
-    let new = client(&cp, "checkout").await;
+    let new = cp
+        .joining_proxy("checkout", "checkout", None)
+        .await
+        .start()
+        .await;
     let mut c = MeshClient::new(new.outbound());
     for _ in 0..20 {
         assert_eq!(c.body("web").await.ok().map(|_| ()), Some(()));

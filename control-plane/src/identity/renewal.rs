@@ -10,10 +10,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use shoal_proto::v1;
-use x509_parser::extensions::GeneralName;
 
 use super::credentials::Refusal;
-use super::spiffe::{TrustDomain, WorkloadId};
+use super::spiffe::{TrustDomain, WorkloadId, spiffe_id_of};
 
 /// Checks `renewal` for a CSR whose DER is `csr_der`: the chain leads to one of `roots_pem` and is
 /// unexpired, its leaf carries exactly `requested`, and `csr_signature` is the leaf key's signature
@@ -61,17 +60,8 @@ pub fn verify(
         })?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| malformed(format!("cannot parse the certificate: {e}")))?;
-    let uri = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .and_then(|san| {
-            san.value.general_names.iter().find_map(|n| match n {
-                GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
-                _ => None,
-            })
-        })
-        .ok_or_else(|| malformed("the certificate carries no SPIFFE id".into()))?;
+    let uri = spiffe_id_of(leaf.as_ref())
+        .ok_or_else(|| malformed("the certificate carries no single SPIFFE id".into()))?;
     if uri != requested.spiffe_id(trust_domain) {
         let granted = granted_identity(&uri).ok_or_else(|| {
             malformed(format!(

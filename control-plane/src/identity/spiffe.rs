@@ -81,6 +81,22 @@ impl fmt::Display for TrustDomain {
     }
 }
 
+/// The SPIFFE id in a certificate (DER): its `spiffe://` URI SAN, if it has exactly one (every
+/// certificate this CA issues has exactly one).
+pub fn spiffe_id_of(cert_der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+        _ => None,
+    });
+    match (uris.next(), uris.next()) {
+        (Some(uri), None) => Some(uri.to_owned()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

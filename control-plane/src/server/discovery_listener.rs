@@ -222,7 +222,7 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>) {
         info.tls = true;
         info.identity = (stream.get_ref().1.peer_certificates())
             .and_then(|certs| certs.first())
-            .and_then(super::discovery_tls::spiffe_id_of);
+            .and_then(|cert| crate::identity::spiffe::spiffe_id_of(cert));
         metrics::counter!("shoal_cp_discovery_connections_total", "transport" => "tls", "result" => "accepted").increment(1);
         DiscoveryIo::Tls(Box::new(stream), info)
     } else if shared.plaintext_allowed {

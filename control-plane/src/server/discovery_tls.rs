@@ -149,18 +149,3 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
-
-/// The SPIFFE id in a client certificate (its `spiffe://` URI SAN), if it has exactly one.
-pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
-        _ => None,
-    });
-    match (uris.next(), uris.next()) {
-        (Some(uri), None) => Some(uri.to_owned()),
-        _ => None,
-    }
-}
