@@ -127,7 +127,7 @@ impl Clients {
         let (addr, id) = peer;
         let stream = connect_tcp(*addr, self.cfg.connect_timeout).await?;
         let Some(id) = id else {
-            return Ok(MaybeTls::Plain(stream));
+            return Ok(MaybeTls::Plain(stream.into()));
         };
         let stream = originate(self.identity.as_deref(), stream, *addr, id, alpn).await?;
         Ok(MaybeTls::Tls(Box::new(stream)))

@@ -17,6 +17,9 @@ use crate::errors::{ERROR_HEADER, Reason};
 use crate::metrics::ConnMetrics;
 use crate::tls::{MaybeTls, ServerStream};
 
+mod gated;
+pub use gated::{Gated, GatedTcp, WakeGate};
+
 /// A downstream connection's transport: plain TCP, or mesh mTLS the proxy terminated.
 pub type Transport = MaybeTls<ServerStream>;
 
@@ -71,10 +74,14 @@ impl FramingScan {
                 let starts = |name: &[u8]| {
                     rest.len() >= name.len() && rest[..name.len()].eq_ignore_ascii_case(name)
                 };
-                self.content_length |= starts(b"content-length:");
-                self.transfer_encoding |= starts(b"transfer-encoding:");
+                // Most lines start with neither letter: one byte decides.
+                match rest[0].to_ascii_lowercase() {
+                    b'c' => self.content_length |= starts(b"content-length:"),
+                    b't' => self.transfer_encoding |= starts(b"transfer-encoding:"),
+                    _ => {}
+                }
             }
-            match bytes[i..].iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', &bytes[i..]) {
                 Some(nl) => {
                     i += nl + 1;
                     self.at_line_start = true;
@@ -308,7 +315,7 @@ impl ProxyIo {
     /// session may hold decrypted bytes the socket no longer shows, so it never waits.
     pub async fn readable(&self) -> io::Result<()> {
         match &self.inner {
-            MaybeTls::Plain(s) => s.readable().await,
+            MaybeTls::Plain(s) => s.get_ref().readable().await,
             MaybeTls::Tls(_) => Ok(()),
         }
     }

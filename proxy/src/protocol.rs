@@ -77,7 +77,7 @@ pub async fn serve(
         Detected::Opaque(_) => (Carried::Opaque, "opaque"),
     };
     let io = ProxyIo::new(
-        Transport::Plain(conn.stream),
+        Transport::Plain(conn.stream.into()),
         prefix.freeze(),
         protocol,
         conn.metrics.clone(),

@@ -44,7 +44,7 @@ async fn connect(
     let dst = upstream.addr;
     let result = match connect_tcp(dst, connect_timeout).await {
         Ok(tcp) => match &upstream.tls {
-            None => Ok(MaybeTls::Plain(tcp)),
+            None => Ok(MaybeTls::Plain(tcp.into())),
             Some(id) => originate(identity, tcp, dst, id, Alpn::Tcp)
                 .await
                 .map(|s| MaybeTls::Tls(Box::new(s))),

@@ -123,10 +123,11 @@ impl PartialEq<String> for RequestId {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
+/// Writes `bytes` in hex into `out` (twice as long).
+fn hex_to(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -149,18 +150,18 @@ fn new_span_id() -> [u8; 8] {
     }
 }
 
-fn hex_span(id: [u8; 8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
-    hex_into(&mut v, &id);
-    v
+fn hex_span(id: [u8; 8]) -> [u8; 16] {
+    let mut hex = [0; 16];
+    hex_to(&mut hex, &id);
+    hex
 }
 
 /// A header value the proxy generated: unique per request, so it is marked "never indexed" for
 /// HPACK — entering it in an HTTP/2 connection's header table would only evict entries that do
 /// repeat (and cost a table probe and insertion per request; A/B measured, BENCHMARKS.md).
-fn value(bytes: Vec<u8>) -> HeaderValue {
+fn value(bytes: &[u8]) -> HeaderValue {
     // Only hex digits and '-' are ever written here.
-    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
+    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(bytes))
         .unwrap_or(HeaderValue::from_static("0"));
     v.set_sensitive(true);
     v
@@ -203,7 +204,7 @@ pub fn propagate(headers: &mut HeaderMap) -> TraceIds {
         Some(v) => RequestId::Received(v.clone()),
         None => {
             let id = uuid_v4();
-            headers.insert(REQUEST_ID.clone(), value(id.to_vec()));
+            headers.insert(REQUEST_ID.clone(), value(&id));
             RequestId::Generated(id)
         }
     };
@@ -235,14 +236,12 @@ fn w3c(headers: &mut HeaderMap, span: [u8; 8]) -> Option<TraceId> {
         return None;
     }
     let trace = TraceId::from_hex(&tp[3..35]);
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    out.extend_from_slice(&tp[3..35]);
-    out.push(b'-');
-    hex_into(&mut out, &span);
-    out.push(b'-');
-    out.extend_from_slice(&tp[53..55]);
-    headers.insert(TRACEPARENT.clone(), value(out));
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    out[3..35].copy_from_slice(&tp[3..35]);
+    hex_to(&mut out[36..52], &span);
+    out[53..].copy_from_slice(&tp[53..55]);
+    headers.insert(TRACEPARENT.clone(), value(&out));
     Some(trace)
 }
 
@@ -270,7 +269,7 @@ fn b3_single(headers: &mut HeaderMap, span: [u8; 8]) -> Option<TraceId> {
     out.push(b'-');
     out.extend_from_slice(parent);
     let trace = TraceId::from_hex(trace);
-    headers.insert(B3.clone(), value(out));
+    headers.insert(B3.clone(), value(&out));
     Some(trace)
 }
 
@@ -286,26 +285,25 @@ fn b3_multi(headers: &mut HeaderMap, span: [u8; 8]) -> Option<TraceId> {
         .filter(|v| is_hex(v.as_bytes(), 16))
         .cloned()?;
     headers.insert(B3_PARENT_SPAN_ID.clone(), parent);
-    headers.insert(B3_SPAN_ID.clone(), value(hex_span(span)));
+    headers.insert(B3_SPAN_ID.clone(), value(&hex_span(span)));
     Some(trace)
 }
 
 fn start_trace(headers: &mut HeaderMap, span: [u8; 8]) -> TraceId {
     let trace = fastrand::u128(1..).to_be_bytes();
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    hex_into(&mut out, &trace);
-    let trace_hex = TraceId::from_hex(&out[3..35]);
-    out.push(b'-');
-    hex_into(&mut out, &span);
-    out.extend_from_slice(b"-00");
-    headers.insert(TRACEPARENT.clone(), value(out));
-    trace_hex
+    // `00-<trace id>-<span id>-00`
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    hex_to(&mut out[3..35], &trace);
+    hex_to(&mut out[36..52], &span);
+    out[53..].copy_from_slice(b"00");
+    headers.insert(TRACEPARENT.clone(), value(&out));
+    TraceId::from_hex(&out[3..35])
 }
 
 /// A random UUID v4 in its canonical text form.
 pub fn new_request_id() -> HeaderValue {
-    value(uuid_v4().to_vec())
+    value(&uuid_v4())
 }
 
 fn uuid_v4() -> [u8; 36] {

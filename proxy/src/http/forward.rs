@@ -64,7 +64,7 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
             );
         }
     };
-    let result = forward(conn, req, &target).await;
+    let result = forward(conn, req, &target, start).await;
     finish(
         conn,
         result,
@@ -135,10 +135,13 @@ fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Respon
     )
 }
 
+/// Sends `req` to `target`; the response timeout runs from `start` (the request's arrival, read
+/// once for the latency metric too).
 async fn forward(
     conn: &Conn,
     mut req: Request<RequestBody>,
     target: &Target,
+    start: Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // A gRPC call carries its own deadline (grpc-timeout), which the server and client enforce;
     // the proxy's default must not cut a long call short. A route's explicit timeout still holds.
@@ -154,7 +157,7 @@ async fn forward(
     shape_for(&mut req, target.version)?;
     let send = conn.shared.clients.send(&target.peer, target.version, req);
     let mut resp = match timeout {
-        Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| {
+        Some(limit) => tokio::time::timeout_at(start + limit, send).await.map_err(|_| {
             ProxyError::new(
                 Reason::ResponseTimeout,
                 format!("no response head from {} within {limit:?} (SHOAL_RESPONSE_TIMEOUT or the route's timeout)", target.peer.0),

@@ -25,7 +25,7 @@ use super::body::RequestBody;
 use super::h2body::{Pipe, PipeEnd, RecvBody};
 use super::{Conn, forward};
 use crate::drain;
-use crate::io::ProxyIo;
+use crate::io::{Gated, ProxyIo, WakeGate};
 
 /// Keep-alive: a PING this often ...
 const PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -64,7 +64,9 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
     let mut awaiting_pong = false;
     let mut streams = FuturesUnordered::new();
     let mut accepting = true;
-    let mut signaled = pin!(drain.signaled());
+    // Gated: the connection wakes this task for every frame, these rarely (io::gated).
+    let mut signaled = pin!(Gated::new(drain.signaled()));
+    let mut ping_gate = WakeGate::default();
     let mut draining = false;
     let conn: &Conn = &conn;
     // One hand-written poll rather than a `select!` loop: every wake-up first runs the streams
@@ -86,7 +88,7 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
             awaiting_pong = false;
             timer.as_mut().reset(Instant::now() + PING_INTERVAL);
         }
-        while timer.as_mut().poll(cx).is_ready() {
+        while ping_gate.poll(cx, |cx| timer.as_mut().poll(cx)).is_ready() {
             if awaiting_pong {
                 return Poll::Ready(End::PingTimeout);
             }

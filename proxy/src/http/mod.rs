@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::app::Shared;
 use crate::drain;
-use crate::io::{Activity, ProxyIo};
+use crate::io::{Activity, Gated, ProxyIo};
 use crate::metrics::Direction;
 
 /// An HTTP/1 connection idle this long is parked: its HTTP state and buffers are freed and it
@@ -142,19 +142,22 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
         // the keep-alive limit while parked (a parked task keeps a pointer, not a timer entry).
         timer.as_mut().reset(Instant::now() + tick);
         let parked = loop {
+            // Biased, and the rare branches gated: the connection wakes this task for every
+            // request, and only it needs polling then (io::gated).
             tokio::select! {
+                biased;
                 res = hconn.as_mut() => {
                     if let Err(e) = res {
                         respond::connection_error(&e, conn.client, conn.direction, activity.rejected());
                     }
                     return;
                 }
-                _ = drain.signaled(), if !draining => {
+                _ = Gated::new(drain.signaled()), if !draining => {
                     // Finish the in-flight request, then close (Connection: close).
                     draining = true;
                     hconn.as_mut().graceful_shutdown();
                 }
-                _ = timer.as_mut() => {
+                _ = Gated::new(timer.as_mut()) => {
                     let now = Instant::now();
                     // The head being read, if any, must be complete by its deadline.
                     let deadline = match (activity.head_since(), head_deadline) {

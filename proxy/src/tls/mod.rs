@@ -33,7 +33,7 @@ pub use stream::{MaybeTls, Rewind};
 /// The server side of a terminated mesh connection.
 pub type ServerStream = tokio_rustls::server::TlsStream<Rewind>;
 /// The client side of an originated mesh connection.
-pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub type ClientStream = tokio_rustls::client::TlsStream<crate::io::GatedTcp>;
 
 /// The one crypto provider of the workspace.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -256,7 +256,7 @@ pub async fn originate(
 ) -> Result<ClientStream, String> {
     let connector = tokio_rustls::TlsConnector::from(creds.clients[alpn.index()].clone());
     let stream = connector
-        .connect(peer.server_name(), tcp)
+        .connect(peer.server_name(), tcp.into())
         .await
         .map_err(|e| format!("mTLS handshake with {peer} failed: {e}"))?;
     let negotiated = stream.get_ref().1.alpn_protocol();

@@ -4,15 +4,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::io::GatedTcp;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// A plain TCP stream, or a TLS stream over one.
 #[derive(Debug)]
 pub enum MaybeTls<T> {
     /// Plain text.
-    Plain(TcpStream),
+    Plain(GatedTcp),
     /// TLS (boxed: a TLS session is several KiB, and most connections are plain).
     Tls(Box<T>),
 }
@@ -87,13 +87,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
 #[derive(Debug)]
 pub struct Rewind {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: GatedTcp,
 }
 
 impl Rewind {
     /// `prefix` is read back before `inner`.
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
-        Self { prefix, inner }
+    pub fn new(prefix: Bytes, inner: tokio::net::TcpStream) -> Self {
+        Self {
+            prefix,
+            inner: inner.into(),
+        }
     }
 }
 
