@@ -96,13 +96,14 @@ impl Body for RecvBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        // The announced length first: asking the stream takes the connection's lock.
+        if let Some(n) = self.remaining {
+            return SizeHint::with_exact(n);
+        }
         if self.recv.is_end_stream() {
             return SizeHint::with_exact(0);
         }
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
+        SizeHint::default()
     }
 }
 
@@ -137,6 +138,19 @@ where
 
     /// Moves what is ready; `Ready` once the body is done or the stream cannot take more.
     pub fn poll_pipe(&mut self, cx: &mut Context<'_>) -> Poll<PipeEnd> {
+        // A small body of announced length (most responses) whose bytes are already here goes
+        // out without reserving the peer's window first: that costs the connection's lock four
+        // times, and the stream buffers at most SMALL_BODY bytes beyond the window meanwhile.
+        if self
+            .body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= SMALL_BODY)
+            && let Poll::Ready(polled) = Pin::new(&mut self.body).poll_frame(cx)
+            && let Some(end) = self.send(polled)
+        {
+            return Poll::Ready(end);
+        }
         loop {
             // Ask for one byte: data already handed over counts against the window, so this is
             // "is there room beyond what is buffered" (the same idiom as hyper's pipe).
@@ -152,45 +166,51 @@ where
             } else if self.tx.poll_reset(cx).is_ready() {
                 return Poll::Ready(PipeEnd::Closed);
             }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => {
-                    let e: BodyError = e.into();
-                    self.tx.send_reset(reset_reason(&*e));
-                    return Poll::Ready(PipeEnd::BodyFailed(e));
+            let polled = ready!(Pin::new(&mut self.body).poll_frame(cx));
+            if let Some(end) = self.send(polled) {
+                self.tx.reserve_capacity(0);
+                return Poll::Ready(end);
+            }
+        }
+    }
+
+    /// Hands one polled frame of the body to the stream; how the pipe ended, if it did.
+    fn send(&mut self, polled: Option<Result<Frame<Bytes>, B::Error>>) -> Option<PipeEnd> {
+        let frame = match polled {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                let e: BodyError = e.into();
+                self.tx.send_reset(reset_reason(&*e));
+                return Some(PipeEnd::BodyFailed(e));
+            }
+            None => {
+                return Some(match self.tx.send_data(Bytes::new(), true) {
+                    Ok(()) => PipeEnd::Done,
+                    Err(_) => PipeEnd::Closed,
+                });
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let eos = self.body.is_end_stream();
+                if self.tx.send_data(data, eos).is_err() {
+                    return Some(PipeEnd::Closed);
                 }
-                None => {
-                    self.tx.reserve_capacity(0);
-                    return Poll::Ready(match self.tx.send_data(Bytes::new(), true) {
-                        Ok(()) => PipeEnd::Done,
-                        Err(_) => PipeEnd::Closed,
-                    });
-                }
-            };
-            match frame.into_data() {
-                Ok(data) => {
-                    let eos = self.body.is_end_stream();
-                    if self.tx.send_data(data, eos).is_err() {
-                        return Poll::Ready(PipeEnd::Closed);
-                    }
-                    if eos {
-                        self.tx.reserve_capacity(0);
-                        return Poll::Ready(PipeEnd::Done);
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        self.tx.reserve_capacity(0);
-                        return Poll::Ready(match self.tx.send_trailers(trailers) {
-                            Ok(()) => PipeEnd::Done,
-                            Err(_) => PipeEnd::Closed,
-                        });
-                    }
-                }
+                eos.then_some(PipeEnd::Done)
+            }
+            Err(frame) => {
+                let trailers = frame.into_trailers().ok()?;
+                Some(match self.tx.send_trailers(trailers) {
+                    Ok(()) => PipeEnd::Done,
+                    Err(_) => PipeEnd::Closed,
+                })
             }
         }
     }
 }
+
+/// The largest body [`Pipe`] sends without reserving window first (one default-sized frame).
+const SMALL_BODY: u64 = 16 * 1024;
 
 /// The RST_STREAM code for a failed body: the HTTP/2 reason it carries (a client's CANCEL is
 /// passed on as CANCEL), else INTERNAL_ERROR.
