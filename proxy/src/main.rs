@@ -29,7 +29,7 @@ enum Command {
 /// mimalloc: per-request allocations (header maps, channels) cost a third of glibc's.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: shoal_proxy::alloc::MiMalloc = shoal_proxy::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
