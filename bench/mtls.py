@@ -352,7 +352,8 @@ class Profiler:
 
 
 # ----------------------------------------------------------------------------------------------
-# Load scenarios: like run.py's measure(), with CPU and peak RSS of both proxies
+# Load scenarios: closed loop like run.py's measure(), fixed rate through run.py's measure_interleaved()
+# (measure_rate below, every pair in one window), with CPU and peak RSS of both proxies
 
 
 def measure(ctx: rb.Ctx, args, pki: Pki, target: str, scenario: str) -> dict:

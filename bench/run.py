@@ -702,7 +702,8 @@ def paced_main(proto: str, rate: int, seconds: float, targets: list[tuple[str, i
 
 
 # ----------------------------------------------------------------------------------------------
-# One measurement: fresh backend + fresh target, warm-up, measured window
+# One measurement: fresh backend + fresh target, warm-up, measured window (closed loop: measure(); fixed
+# rate: measure_interleaved(), every target in the same window)
 
 
 def warm_up(args, scenario: str, h1: int, h2: int) -> None:
@@ -736,6 +737,8 @@ def run_load(ctx: Ctx, args, scenario: str, h1: int, h2: int) -> dict:
 
 
 def measure(ctx: Ctx, args, target: str, scenario: str) -> dict:
+    """One target alone in a window of `scenario` (the closed-loop scenarios): fresh backend and target,
+    warm-up, measured window; the load generator's result plus CPU, peak RSS and foreign load."""
     backend = start_backend(ctx)
     srv = None
     try:
@@ -852,8 +855,8 @@ def measure_interleaved(ctx: Ctx, args, scenario: str, order: list[str], start, 
         for t, srv in live.items():
             r = out.get(t) or {"failed": "no result from the paced client"}
             if not srv.alive():
-                results[t] = {"skipped": f"{t} died during the measurement ({r.get('failed', 'after the last request')})"
-                                         f"\n{srv.logs()}"}
+                why = r.get("failed", "after its last request")
+                results[t] = {"skipped": f"{t} died during the measurement ({why})\n{srv.logs()}"}
                 continue
             if "failed" in r:
                 results[t] = {"skipped": f"{r['failed']}\n{srv.logs()}"}
