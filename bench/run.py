@@ -1003,7 +1003,7 @@ def summarize(rounds: list, targets, scenarios) -> dict:
                 continue
             row = {"rounds": len(ok)}
             for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "backend_cpu_us_per_req", "peak_rss_kib",
-                      "peak_rss_all_kib", "errors", "foreign_cpu1_pct"):
+                      "peak_rss_all_kib", "errors", "foreign_cpu1_pct", "late"):
                 row[k] = med([r.get(k) for _, r in ok])
             ratios, add50, add99 = [], [], []
             for i, r in ok:
