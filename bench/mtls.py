@@ -765,7 +765,8 @@ def parse_args():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured warm-up (default 1)")
-    ap.add_argument("--rate", type=int, default=1000, help="req/s of the fixed-rate scenarios (default 1000)")
+    ap.add_argument("--rate", type=int, default=1000,
+                    help="req/s per target of the fixed-rate scenarios (default 1000)")
     ap.add_argument("--h1-conns", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--h2-conns", type=int, default=10, help="h2load connections (default 10)")
     ap.add_argument("--h2-streams", type=int, default=10, help="h2load streams per connection (default 10)")
