@@ -295,6 +295,24 @@ class Server:
     def stop(self):
         stop(self.proc)
 
+    def sides(self) -> dict[str, list[int]]:
+        """The processes whose CPU time is this target's (measure_interleaved): none for direct."""
+        return {"proxy": self.pids()} if self.proc is not None else {}
+
+    def window_figures(self, side_ticks: dict[str, int], reqs: int) -> dict:
+        """This target's CPU and memory figures over an interleaved window (measure_interleaved), with
+        the keys measure() gives them."""
+        if self.proc is None:
+            return {"cpu_us_per_req": None, "peak_rss_kib": None, "peak_rss_all_kib": None}
+        return {
+            "cpu_us_per_req": side_ticks["proxy"] * 1e6 / CLK_TCK / reqs,
+            "peak_rss_kib": sum(status_kib(p, "VmHWM") for p in self.worker_pids()),
+            "peak_rss_all_kib": sum(status_kib(p, "VmHWM") for p in self.pids()),
+        }
+
+    def logs(self) -> str:
+        return tail(self.logfile) if self.logfile else ""
+
 
 class Ctx:
     # Connection limits (HAProxy's maxconn, nginx's worker_connections, a floor for shoal's
@@ -484,19 +502,26 @@ def h2load(port: int, args: list, timeout: float, logfile: Path | None) -> dict:
     return res
 
 
-def paced(port: int, proto: str, rate: int, seconds: float) -> dict:
-    argv = [sys.executable, Path(__file__).resolve(), "--_paced", proto, str(port), str(rate), str(seconds)]
-    rc, out, err = run_loadgen(argv, seconds + 30)
+def paced(targets: list[tuple[str, int]], proto: str, rate: int, seconds: float) -> dict[str, dict]:
+    """Run the paced client against `targets` ((name, port) pairs, in interleave order), each at `rate`
+    req/s on its own connection; its per-target result, keyed by name (a target whose connection failed:
+    {"failed": reason})."""
+    argv = [sys.executable, Path(__file__).resolve(), "--_paced", proto, str(rate), str(seconds),
+            *(f"{name}={port}" for name, port in targets)]
+    # Each failing target can cost one 5 s socket timeout on top of the window.
+    rc, out, err = run_loadgen(argv, seconds + 30 + 5 * len(targets))
     if rc != 0:
         raise Skip(f"paced client failed (rc {rc}): {err.strip()[-500:]}")
     return json.loads(out)
 
 
 # ----------------------------------------------------------------------------------------------
-# The paced client: one keep-alive connection, one request every 1/rate s on an absolute
-# schedule (no bursts, no pipelining), latency = send of the request to the end of the response.
-# Its own overhead (tens of µs of Python) is in every target's figures, direct included, so it
-# cancels out of the "added latency" columns.
+# The paced client: one keep-alive connection per target, each target at `rate` req/s on an absolute
+# schedule, the targets interleaved request by request (target j of k at start + i/rate + j/(k·rate)); one
+# request in flight at a time (no bursts, no pipelining), latency = send of the request to the end of the
+# response. Its own overhead (tens of µs of Python) is in every target's figures, direct included, so it
+# cancels out of the "added latency" columns; and since every target is measured in the same milliseconds,
+# so does the drift of the machine's state from one window to the next.
 
 
 class H1Conn:
@@ -608,50 +633,77 @@ class H2Conn:
                     return status
 
 
-def paced_main(proto: str, port: int, rate: int, seconds: float) -> None:
+def paced_main(proto: str, rate: int, seconds: float, targets: list[tuple[str, int]]) -> None:
+    """The paced client (run as `run.py --_paced PROTO RATE SECONDS NAME=PORT...`, on the load generator's
+    CPU): interleaves requests across the targets' connections as described above and prints one JSON
+    object, name -> {requests, rps, p50_us, p99_us, errors, late} or {"failed": reason, "requests": n}. A
+    target whose connection fails is dropped from the interleave; the others keep their schedule."""
     gc.disable()
-    conn = H1Conn(port) if proto == "h1" else H2Conn(port)
-    conn.sock.settimeout(5.0)  # a lost response becomes an error, not a hang
-    conn.request()  # connection set-up: not measured
+    names, conns, out = [], [], {}
+    for name, port in targets:
+        try:
+            conn = H1Conn(port) if proto == "h1" else H2Conn(port)
+            conn.sock.settimeout(5.0)  # a lost response becomes an error, not a hang
+            conn.request()  # connection set-up: not measured
+        except (OSError, ConnectionError) as e:
+            out[name] = {"failed": f"paced {proto} client: {name} (port {port}): first request failed: "
+                                   f"{e or type(e).__name__}", "requests": 0}
+            continue
+        names.append(name)
+        conns.append(conn)
+    k = len(conns)
     n = int(rate * seconds)
-    interval = 1_000_000_000 // rate
-    lat = array.array("q")
-    errors = late = 0
+    interval = 1_000_000_000 // rate  # per target
+    offsets = [j * interval // max(1, k) for j in range(k)]  # target j's slot within each interval
+    lat = [array.array("q") for _ in range(k)]
+    errors, late, failed = [0] * k, [0] * k, [None] * k
     clock = time.perf_counter_ns
     start = clock() + 5_000_000
     for i in range(n):
-        due = start + i * interval
-        now = clock()
-        if due > now:
-            time.sleep((due - now) / 1e9)
-        elif now - due > interval:
-            late += 1
-        t0 = clock()
-        try:
-            status = conn.request()
-        except (OSError, ConnectionError) as e:
-            print(f"paced {proto} client: request {i + 1}/{n} failed after {(clock() - t0) / 1e9:.1f} s: "
-                  f"{e or type(e).__name__} ({len(lat)} responses before it)", file=sys.stderr)
-            sys.exit(1)
-        t1 = clock()
-        if status == 200:
-            lat.append(t1 - t0)
-        else:
-            errors += 1
+        base = start + i * interval
+        for j in range(k):
+            if failed[j] is not None:
+                continue
+            due = base + offsets[j]
+            now = clock()
+            if due > now:
+                time.sleep((due - now) / 1e9)
+            elif now - due > interval:
+                late[j] += 1
+            t0 = clock()
+            try:
+                status = conns[j].request()
+            except (OSError, ConnectionError) as e:
+                failed[j] = (f"paced {proto} client: {names[j]}: request {i + 1}/{n} failed after "
+                             f"{(clock() - t0) / 1e9:.1f} s: {e or type(e).__name__} "
+                             f"({len(lat[j])} responses before it)")
+                conns[j].sock.close()
+                continue
+            t1 = clock()
+            if status == 200:
+                lat[j].append(t1 - t0)
+            else:
+                errors[j] += 1
     elapsed = (clock() - start) / 1e9
-    s = sorted(lat)
-    json.dump({
-        "requests": len(s),
-        "rps": len(s) / elapsed,
-        "p50_us": percentile(s, 50) / 1000.0,
-        "p99_us": percentile(s, 99) / 1000.0,
-        "errors": errors,
-        "late": late,
-    }, sys.stdout)
+    for j, name in enumerate(names):
+        if failed[j] is not None:
+            out[name] = {"failed": failed[j], "requests": len(lat[j]) + errors[j]}
+            continue
+        s = sorted(lat[j])
+        out[name] = {
+            "requests": len(s),
+            "rps": len(s) / elapsed,
+            "p50_us": percentile(s, 50) / 1000.0,
+            "p99_us": percentile(s, 99) / 1000.0,
+            "errors": errors[j],
+            "late": late[j],
+        }
+    json.dump(out, sys.stdout)
 
 
 # ----------------------------------------------------------------------------------------------
-# One measurement: fresh backend + fresh target, warm-up, measured window
+# One measurement: fresh backend + fresh target, warm-up, measured window (closed loop: measure(); fixed
+# rate: measure_interleaved(), every target in the same window)
 
 
 def warm_up(args, scenario: str, h1: int, h2: int) -> None:
@@ -676,12 +728,17 @@ def run_load(ctx: Ctx, args, scenario: str, h1: int, h2: int) -> dict:
     if scenario == "h2c":
         return h2load(h2, ["-c", str(args.h2_conns), "-m", str(args.h2_streams), "-D", str(d)],
                       d + 60, ctx.tmp / "h2load.log")
-    if scenario == "h1-rate":
-        return paced(h1, "h1", args.rate, d)
-    return paced(h2, "h2", args.rate, d)
+    # A fixed-rate scenario on one target alone (main() measures them interleaved: measure_interleaved).
+    proto, port = ("h1", h1) if scenario == "h1-rate" else ("h2", h2)
+    r = paced([("target", port)], proto, args.rate, d)["target"]
+    if "failed" in r:
+        raise Skip(r["failed"])
+    return r
 
 
 def measure(ctx: Ctx, args, target: str, scenario: str) -> dict:
+    """One target alone in a window of `scenario` (the closed-loop scenarios): fresh backend and target,
+    warm-up, measured window; the load generator's result plus CPU, peak RSS and foreign load."""
     backend = start_backend(ctx)
     srv = None
     try:
@@ -724,6 +781,126 @@ def measure(ctx: Ctx, args, target: str, scenario: str) -> dict:
         if srv is not None:
             srv.stop()
         backend.stop()
+
+
+RATE_SCENARIOS = ("h1-rate", "h2c-rate")
+
+
+def ticks_of(pids) -> int:
+    """utime + stime summed over `pids`; a process already gone counts 0 (its target is reported dead)."""
+    total = 0
+    for p in pids:
+        try:
+            total += cpu_ticks(p)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def measure_interleaved(ctx: Ctx, args, scenario: str, order: list[str], start, profile=None) -> dict[str, dict]:
+    """One window of a fixed-rate scenario with every target of `order` at once: one fresh backend,
+    every target started against it (`start(ctx, name, backend_port)`: an object with h1_port, h2_port,
+    alive(), stop(), sides(), window_figures() and logs(), like Server; direct = the backend itself) and
+    warmed up as in measure(), then one paced client interleaving requests across the targets in `order`,
+    each at --rate req/s on its own connection. Returns name -> result (measure()'s keys) or {"skipped":
+    reason}: a target that fails to start, to warm up, to answer or that dies is skipped alone.
+    `profile(started)`, if given, is started before the window and its stop() called after it."""
+    results: dict[str, dict] = {}
+    try:
+        backend = start_backend(ctx)
+    except Skip as e:
+        return {t: {"skipped": f"backend: {e}"} for t in order}
+    started: dict = {}
+    try:
+        for t in order:
+            try:
+                started[t] = start(ctx, t, backend.h1_port)
+            except Skip as e:
+                results[t] = {"skipped": str(e)}
+        live: dict = {}
+        for t, srv in started.items():
+            try:
+                warm_up(args, scenario, srv.h1_port, srv.h2_port)
+                live[t] = srv
+            except Skip as e:
+                results[t] = {"skipped": f"warm-up: {e}"}
+        if not live:
+            return {t: results[t] for t in order}
+        proto = "h1" if scenario == "h1-rate" else "h2"
+        ports = [(t, srv.h1_port if proto == "h1" else srv.h2_port) for t, srv in live.items()]
+        sides = {t: srv.sides() for t, srv in live.items()}
+        backend_pid = backend.proc.pid
+        prof = profile(live) if profile else None
+        t0 = {t: {k: ticks_of(pids) for k, pids in sd.items()} for t, sd in sides.items()}
+        b0 = ticks_of([backend_pid])
+        c0 = cpu_busy_ticks(SERVER_CPU)
+        w0 = time.monotonic()
+        try:
+            out = paced(ports, proto, args.rate, args.duration)
+        except Skip as e:
+            return {t: results.get(t) or {"skipped": str(e)} for t in order}
+        wall = time.monotonic() - w0
+        t1 = {t: {k: ticks_of(pids) for k, pids in sd.items()} for t, sd in sides.items()}
+        b1 = ticks_of([backend_pid])
+        c1 = cpu_busy_ticks(SERVER_CPU)
+        if prof is not None:
+            prof.stop()
+
+        tick_us = 1e6 / CLK_TCK
+        ours = (b1 - b0) + sum(t1[t][k] - t0[t][k] for t in t0 for k in t0[t])
+        # CPU 1 time used by anything but the backend and every target's processes: a noise indicator.
+        foreign = 100.0 * ((c1 - c0) - ours) * tick_us / 1e6 / wall
+        # The backend serves every target's requests: its CPU is per request of all of them.
+        backend_reqs = max(1, sum(r.get("requests") or 0 for r in out.values()))
+        for t, srv in live.items():
+            r = out.get(t) or {"failed": "no result from the paced client"}
+            if not srv.alive():
+                why = r.get("failed", "after its last request")
+                results[t] = {"skipped": f"{t} died during the measurement ({why})\n{srv.logs()}"}
+                continue
+            if "failed" in r:
+                results[t] = {"skipped": f"{r['failed']}\n{srv.logs()}"}
+                continue
+            r.update(
+                wall_s=wall,
+                **srv.window_figures({k: t1[t][k] - t0[t][k] for k in t0[t]}, max(1, r["requests"])),
+                backend_cpu_us_per_req=(b1 - b0) * tick_us / backend_reqs,
+                backend_peak_rss_kib=status_kib(backend_pid, "VmHWM"),
+                foreign_cpu1_pct=foreign,
+                loadavg=os.getloadavg()[0],
+                interleave=[name for name, _ in ports],
+            )
+            results[t] = r
+        return {t: results[t] for t in order}
+    finally:
+        for srv in started.values():
+            srv.stop()
+        backend.stop()
+
+
+def window_foreign(results: dict[str, dict]) -> float:
+    """The foreign load of an interleaved window (every measured target carries the same figure); 0 when
+    nothing was measured, so such a window is not measured again."""
+    return max((r["foreign_cpu1_pct"] for r in results.values() if "skipped" not in r), default=0.0)
+
+
+def measure_quietly(args, what: str, fn, foreign=lambda r: r["foreign_cpu1_pct"]):
+    """Run fn() (a measurement) after waiting for a quiet machine (--quiet-wait); re-measure a window with
+    more than --max-foreign % foreign load up to --retries times and keep the quietest."""
+    r = None
+    for attempt in range(1 + args.retries):
+        if args.quiet_wait > 0:
+            busy = wait_quiet(args.max_foreign, args.quiet_wait)
+            if busy > args.max_foreign:
+                log(f"note: machine still {busy:.0f}% busy after waiting {args.quiet_wait:.0f}s")
+        a = fn()
+        if r is None or foreign(a) < foreign(r):
+            r = a
+        if foreign(a) <= args.max_foreign:
+            break
+        if attempt < args.retries:
+            log(f"note: {foreign(a):.0f}% foreign load on CPU {SERVER_CPU} during {what}: measuring again")
+    return r
 
 
 def measure_idle(ctx: Ctx, target: str, n: int) -> dict:
@@ -826,7 +1003,7 @@ def summarize(rounds: list, targets, scenarios) -> dict:
                 continue
             row = {"rounds": len(ok)}
             for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "backend_cpu_us_per_req", "peak_rss_kib",
-                      "peak_rss_all_kib", "errors", "foreign_cpu1_pct"):
+                      "peak_rss_all_kib", "errors", "foreign_cpu1_pct", "late"):
                 row[k] = med([r.get(k) for _, r in ok])
             ratios, add50, add99 = [], [], []
             for i, r in ok:
@@ -954,7 +1131,8 @@ def parse_args():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured warm-up (default 1)")
-    ap.add_argument("--rate", type=int, default=1000, help="req/s of the fixed-rate scenarios (default 1000)")
+    ap.add_argument("--rate", type=int, default=1000,
+                    help="req/s per target of the fixed-rate scenarios (default 1000)")
     ap.add_argument("--h1-conns", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--h2-conns", type=int, default=10, help="h2load connections (default 10)")
     ap.add_argument("--h2-streams", type=int, default=10, help="h2load streams per connection (default 10)")
@@ -980,7 +1158,7 @@ def parse_args():
     ap.add_argument("--shoal-base-env", metavar="K=V,...", default="",
                     help="extra environment for target shoal-base")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
-    ap.add_argument("--_paced", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--_paced", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2, 0.5
@@ -989,6 +1167,20 @@ def parse_args():
     if args.retries is None:
         args.retries = 0 if args.quick else 1
     return args
+
+
+def log_result(tag: str, sc: str, t: str, r: dict) -> None:
+    """One progress line for a measured (or skipped) target."""
+    if "skipped" in r:
+        log(f"{tag} {sc:8} {t:8} SKIPPED: {r['skipped']}")
+        return
+    cpu = "" if r["cpu_us_per_req"] is None else f", proxy {r['cpu_us_per_req']:.1f} µs/req"
+    rss = "" if r["peak_rss_kib"] is None else f", peak RSS {r['peak_rss_kib'] / 1024:.1f} MiB"
+    late = f", late {r['late']}" if r.get("late") else ""
+    log(f"{tag} {sc:8} {t:8} {r['rps']:>10,.0f} req/s  "
+        f"p50 {r['p50_us']:,.0f} µs  p99 {r['p99_us']:,.0f} µs{cpu}{rss}"
+        f"{', errors ' + str(r['errors']) if r['errors'] else ''}{late}"
+        f"  (foreign load on CPU {SERVER_CPU}: {r['foreign_cpu1_pct']:.0f}%)")
 
 
 def print_scenario_notes(args, scenarios, paced: str) -> None:
@@ -1000,15 +1192,15 @@ def print_scenario_notes(args, scenarios, paced: str) -> None:
         elif sc == "h2c":
             print(f", -t1 -c{args.h2_conns} -m{args.h2_streams}")
         else:
-            print(f", {args.rate} req/s ({paced})")
+            print(f", {args.rate} req/s per target ({paced}; all targets in one window, requests interleaved)")
 
 
 def main() -> int:
     global BACKEND_BIN, SHOAL_BIN, SHOAL_BASE_BIN, SHOAL_EXTRA_ENV
     args = parse_args()
     if args._paced:
-        proto, port, rate, seconds = args._paced
-        paced_main(proto, int(port), int(rate), float(seconds))
+        proto, rate, seconds, *targets = args._paced
+        paced_main(proto, int(rate), float(seconds), [(t.split("=")[0], int(t.split("=")[1])) for t in targets])
         return 0
 
     # Explicitly, because a shell starts background jobs with SIGINT ignored, which Python keeps.
@@ -1089,6 +1281,15 @@ def main() -> int:
             rd: dict = {}
             for sc in scenarios:
                 rd[sc] = {}
+                if sc in RATE_SCENARIOS:
+                    # Every target in one window, requests interleaved, the interleave order rotating too.
+                    res = measure_quietly(args, f"{sc} (all targets)",
+                                          lambda: measure_interleaved(ctx, args, sc, order, start_target),
+                                          window_foreign)
+                    for t in order:
+                        rd[sc][t] = res[t]
+                        log_result(f"[round {rnd + 1}/{args.rounds}]", sc, t, res[t])
+                    continue
                 for t in order:
                     try:
                         r = None
@@ -1106,15 +1307,9 @@ def main() -> int:
                                 log(f"note: {a['foreign_cpu1_pct']:.0f}% foreign load on CPU {SERVER_CPU} during "
                                     f"{sc}/{t}: measuring again")
                         rd[sc][t] = r
-                        cpu = "" if r["cpu_us_per_req"] is None else f", proxy {r['cpu_us_per_req']:.1f} µs/req"
-                        rss = "" if r["peak_rss_kib"] is None else f", peak RSS {r['peak_rss_kib'] / 1024:.1f} MiB"
-                        log(f"[round {rnd + 1}/{args.rounds}] {sc:8} {t:8} {r['rps']:>10,.0f} req/s  "
-                            f"p50 {r['p50_us']:,.0f} µs  p99 {r['p99_us']:,.0f} µs{cpu}{rss}"
-                            f"{', errors ' + str(r['errors']) if r['errors'] else ''}"
-                            f"  (foreign load on CPU {SERVER_CPU}: {r['foreign_cpu1_pct']:.0f}%)")
                     except Skip as e:
                         rd[sc][t] = {"skipped": str(e)}
-                        log(f"[round {rnd + 1}/{args.rounds}] {sc:8} {t:8} SKIPPED: {e}")
+                    log_result(f"[round {rnd + 1}/{args.rounds}]", sc, t, rd[sc][t])
             if args.idle_conns:
                 ir: dict = {}
                 for t in order:
@@ -1149,8 +1344,11 @@ def main() -> int:
         print(print_table(summary, targets, scenarios))
         print()
         print_scenario_notes(args, scenarios, "paced Python client")
-        foreign = [r.get("foreign_cpu1_pct") for rd in rounds for sc in rd.values() for r in sc.values()
-                   if "skipped" not in r]
+        foreign = [r.get("foreign_cpu1_pct") for rd in rounds for sc, res in rd.items() if sc not in RATE_SCENARIOS
+                   for r in res.values() if "skipped" not in r]
+        # An interleaved window counts once, not once per target.
+        foreign += [window_foreign(rd[sc]) for rd in rounds for sc in RATE_SCENARIOS
+                    if sc in rd and any("skipped" not in r for r in rd[sc].values())]
         if foreign:
             print(f"- other load on CPU {SERVER_CPU} during measured windows: median {med(foreign):.0f}%, "
                   f"max {max(foreign):.0f}% of one CPU")
