@@ -155,15 +155,22 @@ async fn forward(
     strip_hop_by_hop(req.headers_mut(), upgrade);
     mesh_headers(conn, &mut req, target);
     shape_for(&mut req, target.version)?;
-    let send = conn.shared.clients.send(&target.peer, target.version, req);
+    // The exchange's future is made inside each arm: made before the match, the request's
+    // future would keep room for it twice.
+    let clients = &conn.shared.clients;
     let mut resp = match timeout {
-        Some(limit) => tokio::time::timeout_at(start + limit, send).await.map_err(|_| {
+        Some(limit) => tokio::time::timeout_at(
+            start + limit,
+            clients.send(&target.peer, target.version, req),
+        )
+        .await
+        .map_err(|_| {
             ProxyError::new(
                 Reason::ResponseTimeout,
                 format!("no response head from {} within {limit:?} (SHOAL_RESPONSE_TIMEOUT or the route's timeout)", target.peer.0),
             )
         })??,
-        None => send.await?,
+        None => clients.send(&target.peer, target.version, req).await?,
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(downstream)) = (switching, on_upgrade) {
