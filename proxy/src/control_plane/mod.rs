@@ -7,7 +7,9 @@
 //! bundle discovery pushed last, so a CA rotation never cuts the proxy off. The check is the one mesh
 //! connections use ([`crate::tls::verify::PeerServerVerifier`], the identity named by the SNI). Once the
 //! proxy holds a workload certificate it presents it as its client certificate; the resolver reads the
-//! current one at every handshake, so renewals apply.
+//! current one at every handshake, so renewals apply. [`ControlPlane::client_certificate`] tells a stream
+//! opened before the first certificate (discovery starts while `Certify` runs) that it can reconnect to
+//! prove the workload's identity.
 
 mod connect;
 
@@ -19,6 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::{parse_cert, parse_certs};
@@ -67,6 +70,8 @@ struct ClientCertificate {
 #[derive(Debug)]
 pub struct ControlPlane {
     tls: Option<Arc<Trust>>,
+    /// Whether a client certificate is set (always false without TLS).
+    presenting: watch::Sender<bool>,
 }
 
 impl ControlPlane {
@@ -80,7 +85,10 @@ impl ControlPlane {
                 client_cert: ArcSwapOption::empty(),
             })
         });
-        Arc::new(Self { tls })
+        Arc::new(Self {
+            tls,
+            presenting: watch::Sender::new(false),
+        })
     }
 
     /// Trusts `roots_pem` (a trust bundle from the control plane) besides the anchors, replacing the
@@ -102,9 +110,18 @@ impl ControlPlane {
     /// plane would refuse the handshake, and the proxy could not even redeem its join token.
     pub fn set_client_certificate(&self, cert: Option<(Arc<CertifiedKey>, SystemTime)>) {
         if let Some(tls) = &self.tls {
+            let presenting = cert.is_some();
             tls.client_cert
                 .store(cert.map(|(key, not_after)| Arc::new(ClientCertificate { key, not_after })));
+            self.presenting
+                .send_if_modified(|p| std::mem::replace(p, presenting) != presenting);
         }
+    }
+
+    /// Follows whether the next TLS handshake presents a client certificate (a workload certificate is
+    /// set): a connection opened while this was false proved no identity to the control plane.
+    pub fn client_certificate(&self) -> watch::Receiver<bool> {
+        self.presenting.subscribe()
     }
 
     /// Connects `endpoint`: TLS for `https://`, plaintext h2c for `http://`. The error says what failed
