@@ -7,9 +7,9 @@
 //! bundle discovery pushed last, so a CA rotation never cuts the proxy off. The check is the one mesh
 //! connections use ([`crate::tls::verify::PeerServerVerifier`], the identity named by the SNI). Once the
 //! proxy holds a workload certificate it presents it as its client certificate; the resolver reads the
-//! current one at every handshake, so renewals apply. [`ControlPlane::client_certificate`] tells a stream
-//! opened before the first certificate (discovery starts while `Certify` runs) that it can reconnect to
-//! prove the workload's identity.
+//! current one at every handshake, so renewals apply. [`ControlPlane::client_certificates`] tells a stream
+//! opened without one (discovery starts while `Certify` runs; or the certificate had expired) that it can
+//! reconnect to prove the workload's identity.
 
 mod connect;
 
@@ -70,8 +70,8 @@ struct ClientCertificate {
 #[derive(Debug)]
 pub struct ControlPlane {
     tls: Option<Arc<Trust>>,
-    /// Whether a client certificate is set (always false without TLS).
-    presenting: watch::Sender<bool>,
+    /// Counts the client certificates set (renewals included).
+    certificates: watch::Sender<u64>,
 }
 
 impl ControlPlane {
@@ -87,7 +87,7 @@ impl ControlPlane {
         });
         Arc::new(Self {
             tls,
-            presenting: watch::Sender::new(false),
+            certificates: watch::Sender::new(0),
         })
     }
 
@@ -110,18 +110,26 @@ impl ControlPlane {
     /// plane would refuse the handshake, and the proxy could not even redeem its join token.
     pub fn set_client_certificate(&self, cert: Option<(Arc<CertifiedKey>, SystemTime)>) {
         if let Some(tls) = &self.tls {
-            let presenting = cert.is_some();
+            let new = cert.is_some();
             tls.client_cert
                 .store(cert.map(|(key, not_after)| Arc::new(ClientCertificate { key, not_after })));
-            self.presenting
-                .send_if_modified(|p| std::mem::replace(p, presenting) != presenting);
+            if new {
+                self.certificates.send_modify(|n| *n += 1);
+            }
         }
     }
 
-    /// Follows whether the next TLS handshake presents a client certificate (a workload certificate is
-    /// set): a connection opened while this was false proved no identity to the control plane.
-    pub fn client_certificate(&self) -> watch::Receiver<bool> {
-        self.presenting.subscribe()
+    /// Whether the next TLS handshake presents a client certificate: one is set and unexpired.
+    pub fn presents_client_certificate(&self) -> bool {
+        let current = self.tls.as_ref().and_then(|t| t.client_cert.load_full());
+        current.is_some_and(|c| c.not_after > SystemTime::now())
+    }
+
+    /// Changes whenever a client certificate is set (renewals too): a connection opened while
+    /// [`Self::presents_client_certificate`] was false proved no identity to the control plane, and can
+    /// reconnect to prove it.
+    pub fn client_certificates(&self) -> watch::Receiver<u64> {
+        self.certificates.subscribe()
     }
 
     /// Connects `endpoint`: TLS for `https://`, plaintext h2c for `http://`. The error says what failed

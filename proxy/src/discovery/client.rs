@@ -35,8 +35,9 @@ impl Stream for Outgoing {
 enum Ended {
     /// The control plane closed it.
     ByServer,
-    /// It was opened before the proxy's first workload certificate, which is here now: reconnect at once
-    /// (resyncing with the held versions) so the control plane sees the identity it proves.
+    /// It was opened without a client certificate (before the proxy's first workload certificate, or
+    /// with an expired one) and one is here now: reconnect at once (resyncing with the held versions) so
+    /// the control plane sees the identity it proves.
     ToPresentCertificate,
 }
 
@@ -100,9 +101,12 @@ impl Client {
         backoff: &mut Duration,
     ) -> Result<Ended, String> {
         let addr = &self.d.cfg.addr;
-        // Read before connecting: the handshake presents the certificate if this says there is one.
-        let mut certificate = self.d.control_plane.client_certificate();
-        let presented = *certificate.borrow_and_update();
+        // Read before connecting: the handshake presents a certificate if this says there is one. Over
+        // plaintext (`http://`) none is ever presented.
+        let mut certificates = self.d.control_plane.client_certificates();
+        certificates.borrow_and_update();
+        let presented =
+            addr.starts_with("http://") || self.d.control_plane.presents_client_certificate();
         let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
             .map_err(|e| format!("invalid discovery address {addr}: {e}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -157,8 +161,8 @@ impl Client {
                 Some(keys) = subscribe_rx.recv() => {
                     send(&tx, request(Req::Subscribe(v1::Subscribe { resources: wire(keys) }))).await?;
                 }
-                Ok(()) = certificate.changed(), if !presented => {
-                    if *certificate.borrow_and_update() {
+                Ok(()) = certificates.changed(), if !presented => {
+                    if self.d.control_plane.presents_client_certificate() {
                         tracing::info!(addr = %self.d.cfg.addr, "workload certificate obtained: reopening the discovery stream to present it");
                         return Ok(Ended::ToPresentCertificate);
                     }
