@@ -612,6 +612,9 @@ pub struct ProxyRow {
     pub resources: String,
     /// The `LAST NACK` column (empty unless NACKED).
     pub last_nack: String,
+    /// The `IDENTITY` column: the SPIFFE id the proxy proved on its discovery stream, `none`,
+    /// `none (plaintext)` (`None` if the table has no such column).
+    pub identity: Option<String>,
     /// The whole line.
     pub line: String,
 }
@@ -621,6 +624,15 @@ pub fn parse_status_row(stdout: &str, proxy_id: &str) -> Option<ProxyRow> {
     let line = stdout
         .lines()
         .find(|l| l.split_whitespace().next() == Some(proxy_id))?;
+    // Cells with spaces (`none (plaintext)`) are cut at the header's column starts: the table pads
+    // every column to its widest cell.
+    let header = stdout.lines().next().unwrap_or_default();
+    let identity = match (header.find(" IDENTITY "), header.find(" NODE ")) {
+        (Some(start), Some(end)) if start < end => line
+            .get(start + 1..end + 1)
+            .map(|cell| cell.trim().to_string()),
+        _ => None,
+    };
     let tokens: Vec<&str> = line.split_whitespace().collect();
     let state = tokens
         .iter()
@@ -633,6 +645,7 @@ pub fn parse_status_row(stdout: &str, proxy_id: &str) -> Option<ProxyRow> {
         state,
         resources: line[count_start..synced_at + " synced".len()].to_string(),
         last_nack: line[synced_at + " synced".len()..].trim().to_string(),
+        identity,
         line: line.to_string(),
     })
 }
@@ -670,6 +683,39 @@ impl ControlPlane {
     pub async fn proxy_row(&self, proxy_id: &str) -> Option<ProxyRow> {
         let out = self.ctl(&["status"], None).await.success();
         parse_status_row(&out.stdout, proxy_id)
+    }
+
+    /// Polls `shoalctl status` until `proxy_id` is connected and its `IDENTITY` column reads
+    /// `identity`; returns its row.
+    pub async fn wait_proxy_identity(
+        &self,
+        proxy_id: &str,
+        identity: &str,
+        timeout: Duration,
+    ) -> ProxyRow {
+        crate::wait::eventually(
+            timeout,
+            &format!("proxy {proxy_id} with IDENTITY {identity} in `shoalctl status`"),
+            || async {
+                let out = self.ctl(&["status"], None).await.success();
+                match parse_status_row(&out.stdout, proxy_id) {
+                    Some(row) if row.identity.as_deref() == Some(identity) => Ok(row),
+                    _ => Err(format!("stdout:\n{}stderr:\n{}", out.stdout, out.stderr)),
+                }
+            },
+        )
+        .await
+    }
+
+    /// `proxy_id`'s document in `shoalctl status -o json` (`None` if it is not connected).
+    pub async fn proxy_status_json(&self, proxy_id: &str) -> Option<serde_json::Value> {
+        let out = self.ctl(&["status", "-o", "json"], None).await.success();
+        let all: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status -o json: {e}: {}", out.stdout));
+        all.as_array()?
+            .iter()
+            .find(|p| p["proxyId"] == proxy_id)
+            .cloned()
     }
 
     /// Polls `shoalctl status` until `proxy_id` is connected and in `state` (`SYNCED`, `STALE`,

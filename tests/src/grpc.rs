@@ -358,21 +358,29 @@ pub async fn client_without_local_deadline(addr: SocketAddr) -> EchoClient<H2Tra
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connecting");
+    EchoClient::with_origin(
+        h2_transport(stream).await,
+        format!("http://{addr}").parse().expect("origin URI"),
+    )
+}
+
+/// An HTTP/2 connection over `io` (TCP, or a TLS stream a test set up itself), for any tonic
+/// client's `with_origin`.
+pub async fn h2_transport<IO>(io: IO) -> H2Transport
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .expect("HTTP/2 handshake");
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let transport = H2Transport {
+    H2Transport {
         sender,
         _conn: Arc::new(AbortOnDrop(task)),
-    };
-    EchoClient::with_origin(
-        transport,
-        format!("http://{addr}").parse().expect("origin URI"),
-    )
+    }
 }
 
 /// A tower service sending tonic requests on one hyper HTTP/2 connection.

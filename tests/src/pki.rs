@@ -32,6 +32,7 @@ use rustls::{
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    key_pem: String,
 }
 
 /// A certificate and its private key, PEM.
@@ -88,6 +89,7 @@ impl TestCa {
         let cert = params.self_signed(&key).expect("self-signed root");
         Self {
             cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -95,6 +97,12 @@ impl TestCa {
     /// The root certificate, PEM.
     pub fn root_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The root's private key, PKCS#8 PEM (for a control plane run under this root:
+    /// `SHOAL_CP_CA_KEY_FILE`).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// Signs a CSR (DER) for `spiffe_id`, valid for `lifetime` from now, as a control plane's CA
@@ -279,7 +287,7 @@ pub fn client_config(
     let provider = provider();
     let verifier = Arc::new(ExactServer {
         roots: root_store(roots_pem),
-        leaf: server.chain_der().remove(0),
+        leaf: Some(server.chain_der().remove(0)),
         provider: provider.clone(),
     });
     let builder = ClientConfig::builder_with_provider(provider)
@@ -315,11 +323,40 @@ pub fn server_config(leaf: &Leaf, roots_pem: &[&str]) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
-/// Accepts exactly one server certificate, and only if it chains to the roots.
+/// A TLS connection to `addr` (ALPN `h2`) presenting `client`, accepting a server whose chain leads
+/// to one of `roots_pem` whatever its name: a raw client of the control plane's discovery listener.
+pub async fn connect_presenting(
+    addr: std::net::SocketAddr,
+    client: &Leaf,
+    roots_pem: &[&str],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let provider = provider();
+    let verifier = Arc::new(ExactServer {
+        roots: root_store(roots_pem),
+        leaf: None,
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(client.chain_der(), client.key_der())
+        .expect("client certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("control-plane.test").expect("a DNS server name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// Accepts a server certificate only if it chains to the roots, and (when `leaf` is set) only
+/// that one.
 #[derive(Debug)]
 struct ExactServer {
     roots: Arc<RootCertStore>,
-    leaf: CertificateDer<'static>,
+    leaf: Option<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -339,7 +376,11 @@ impl ServerCertVerifier for ExactServer {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        if end_entity.as_ref() != self.leaf.as_ref() {
+        if self
+            .leaf
+            .as_ref()
+            .is_some_and(|leaf| end_entity.as_ref() != leaf.as_ref())
+        {
             return Err(rustls::Error::General(
                 "the server presented another certificate than the expected one".into(),
             ));

@@ -75,7 +75,8 @@ pub enum Command {
         /// Only proxies whose workload is in this namespace.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
-        /// `wide`: one row per resource each proxy subscribes to.
+        /// `wide`: one row per resource each proxy subscribes to; `yaml` or `json`: every field, the
+        /// transport and verified identity included.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
     },

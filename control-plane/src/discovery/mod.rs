@@ -6,11 +6,14 @@
 //! - [`stream`]: one proxy's session: `Hello` (with held versions for resync), on-demand
 //!   subscriptions, incremental pushes, ACK/NACK bookkeeping.
 //! - [`registry`]: connected proxies and their per-resource sync state (Admin `Status`).
+//! - [`peer`]: the transport and verified identity of each proxy's stream, checked against the
+//!   workload it registered as.
 //! - [`response`]: responses assembled from resources encoded once and shared by every stream,
 //!   and the tonic codec that writes them.
 
 pub mod catalog;
 pub mod hub;
+pub mod peer;
 pub mod registry;
 mod response;
 mod stream;

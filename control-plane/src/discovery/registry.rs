@@ -10,13 +10,17 @@ use std::sync::{Arc, Mutex};
 
 use shoal_proto::v1::{self, SyncState};
 
+use crate::server::PeerInfo;
+
 use super::catalog::{Key, KeyMap, NONE, Version, wire_key, wire_version};
+use super::peer::{MismatchLog, StreamIdentity};
 
 /// Every connected proxy.
 #[derive(Debug, Default)]
 pub struct Registry {
     next: AtomicU64,
     proxies: Mutex<HashMap<u64, Arc<ProxyEntry>>>,
+    mismatches: MismatchLog,
 }
 
 /// One connected proxy (one discovery stream).
@@ -25,6 +29,8 @@ pub struct ProxyEntry {
     /// The proxy's `Hello`, without its `held` list (that is in `sync`).
     hello: v1::Hello,
     address: String,
+    /// How its stream connected and the identity it proved.
+    identity: StreamIdentity,
     since_unix: u64,
     sync: Mutex<Sync>,
 }
@@ -146,9 +152,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Registry {
-    /// Records a newly connected proxy (its `Hello.held` is not kept: the stream records it with
-    /// [`Sync::held`]).
-    pub fn register(&self, mut hello: v1::Hello, address: String) -> Registration<'_> {
+    /// Records a newly connected proxy, nothing known about its connection but the address (its
+    /// `Hello.held` is not kept: the stream records it with [`Sync::held`]).
+    pub fn register(&self, hello: v1::Hello, address: String) -> Registration<'_> {
+        self.register_as(hello, address, StreamIdentity::default())
+    }
+
+    /// Records a proxy connected through `peer`, with the identity its client certificate proved; a
+    /// mismatch with its `Hello`'s workload is logged (once per proxy id and identity) and flagged in
+    /// `Status`.
+    pub fn register_peer(&self, hello: v1::Hello, peer: &PeerInfo) -> Registration<'_> {
+        let identity = StreamIdentity::of(peer, hello.workload.as_ref());
+        self.mismatches.warn_once(&hello, &identity);
+        self.register_as(hello, peer.address(), identity)
+    }
+
+    fn register_as(
+        &self,
+        mut hello: v1::Hello,
+        address: String,
+        identity: StreamIdentity,
+    ) -> Registration<'_> {
         hello.held = Vec::new();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let since_unix = std::time::SystemTime::now()
@@ -157,6 +181,7 @@ impl Registry {
         let entry = Arc::new(ProxyEntry {
             hello,
             address,
+            identity,
             since_unix,
             sync: Mutex::default(),
         });
@@ -274,6 +299,9 @@ impl ProxyEntry {
                 String::new()
             },
             resources,
+            transport: self.identity.transport as i32,
+            verified_identity: self.identity.verified.clone(),
+            identity_mismatch: self.identity.mismatch,
         }
     }
 }
@@ -344,5 +372,58 @@ mod tests {
         assert_eq!(ids, ["a", "c"]);
         drop((a, c, d));
         assert!(registry.acks(&bundle, 7).is_empty());
+    }
+
+    #[test]
+    fn status_reports_the_transport_and_the_verified_identity_of_each_stream() {
+        let registry = Registry::default();
+        let hello = |id: &str, service_account: &str| v1::Hello {
+            proxy_id: id.into(),
+            workload: Some(v1::WorkloadIdentity {
+                namespace: "default".into(),
+                service_account: service_account.into(),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        };
+        let peer = |tls: bool, identity: Option<&str>| PeerInfo {
+            remote_addr: Some(([10, 0, 0, 1], 40000).into()),
+            tls,
+            client_certificate: identity.is_some(),
+            identity: identity.map(str::to_owned),
+        };
+        let frontend = "spiffe://cluster.local/ns/default/sa/frontend";
+        let _streams = (
+            registry.register_peer(hello("mtls", "frontend"), &peer(true, Some(frontend))),
+            registry.register_peer(hello("impostor", "backend"), &peer(true, Some(frontend))),
+            registry.register_peer(hello("tls", "frontend"), &peer(true, None)),
+            registry.register_peer(hello("plain", "frontend"), &peer(false, None)),
+            registry.register(hello("unknown", "frontend"), "10.0.0.2:1".into()),
+        );
+        let rows: Vec<(String, v1::DiscoveryTransport, String, bool)> = registry
+            .statuses("", "")
+            .into_iter()
+            .map(|p| {
+                let transport = p.transport();
+                (
+                    p.proxy_id,
+                    transport,
+                    p.verified_identity,
+                    p.identity_mismatch,
+                )
+            })
+            .collect();
+        use v1::DiscoveryTransport as T;
+        assert_eq!(
+            rows,
+            [
+                ("impostor".into(), T::Mtls, frontend.into(), true),
+                ("mtls".into(), T::Mtls, frontend.into(), false),
+                ("plain".into(), T::Plaintext, String::new(), false),
+                ("tls".into(), T::Tls, String::new(), false),
+                ("unknown".into(), T::Unspecified, String::new(), false),
+            ]
+        );
+        assert_eq!(registry.statuses("", "plain")[0].address, "10.0.0.1:40000");
     }
 }

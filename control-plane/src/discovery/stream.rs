@@ -191,7 +191,7 @@ pub(super) async fn run(
     };
     let held = std::mem::take(&mut hello.held);
     let address = peer.address();
-    let registration = hub.registry.register(hello, address.clone());
+    let registration = hub.registry.register_peer(hello, &peer);
     let entry = registration.entry.clone();
     // The verified client certificate's identity (TLS with a workload certificate), else `none`.
     let client_identity = peer.identity.as_deref().unwrap_or("none");

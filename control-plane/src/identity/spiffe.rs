@@ -27,6 +27,16 @@ impl WorkloadId {
         })
     }
 
+    /// The workload a SPIFFE id names (`spiffe://<any trust domain>/ns/<namespace>/sa/<service-account>`);
+    /// `None` for any other shape.
+    pub fn from_spiffe_id(id: &str) -> Option<Self> {
+        let (_trust_domain, path) = id.strip_prefix("spiffe://")?.split_once('/')?;
+        match path.split('/').collect::<Vec<_>>()[..] {
+            ["ns", namespace, "sa", service_account] => Self::new(namespace, service_account).ok(),
+            _ => None,
+        }
+    }
+
     /// The SPIFFE id of this workload in `trust_domain`.
     pub fn spiffe_id(&self, trust_domain: &TrustDomain) -> String {
         format!(
@@ -119,5 +129,22 @@ mod tests {
                 .unwrap_err()
                 .starts_with("namespace")
         );
+    }
+
+    #[test]
+    fn workloads_read_back_from_spiffe_ids() {
+        let id = WorkloadId::new("shop", "web").unwrap();
+        let td = TrustDomain::parse("mesh.example.com").unwrap();
+        assert_eq!(WorkloadId::from_spiffe_id(&id.spiffe_id(&td)), Some(id));
+        for other in [
+            "spiffe://cluster.local/ns/shop/sa/web/extra",
+            "spiffe://cluster.local/sa/web/ns/shop",
+            "spiffe://cluster.local/ns/shop",
+            "spiffe://cluster.local",
+            "https://cluster.local/ns/shop/sa/web",
+            "spiffe://cluster.local/ns/Shop/sa/web",
+        ] {
+            assert_eq!(WorkloadId::from_spiffe_id(other), None, "{other}");
+        }
     }
 }

@@ -43,7 +43,11 @@ pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     /// Whether the connection is TLS (false: plaintext h2c, allowed by the opt-in).
     pub tls: bool,
-    /// The SPIFFE id of the client certificate, verified against the trust bundle; `None` without one.
+    /// Whether the client presented a certificate (TLS only; it chains to the trust bundle, or the
+    /// handshake would have failed).
+    pub client_certificate: bool,
+    /// The SPIFFE id of the client certificate, verified against the trust bundle; `None` without one
+    /// (or when the certificate carries no single SPIFFE id).
     pub identity: Option<String>,
 }
 
@@ -57,6 +61,17 @@ impl PeerInfo {
                 remote_addr: request.remote_addr(),
                 ..PeerInfo::default()
             },
+        }
+    }
+
+    /// How the connection reached the control plane: mutual TLS, TLS without a client certificate, or
+    /// plaintext (h2c through the opt-in, or a plain tonic server embedding the services).
+    pub fn transport(&self) -> shoal_proto::v1::DiscoveryTransport {
+        use shoal_proto::v1::DiscoveryTransport as T;
+        match (self.tls, self.client_certificate) {
+            (true, true) => T::Mtls,
+            (true, false) => T::Tls,
+            (false, _) => T::Plaintext,
         }
     }
 
@@ -220,7 +235,9 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>) {
             }
         };
         info.tls = true;
-        info.identity = (stream.get_ref().1.peer_certificates())
+        let client_certs = stream.get_ref().1.peer_certificates();
+        info.client_certificate = client_certs.is_some_and(|certs| !certs.is_empty());
+        info.identity = client_certs
             .and_then(|certs| certs.first())
             .and_then(|cert| crate::identity::spiffe::spiffe_id_of(cert));
         metrics::counter!("shoal_cp_discovery_connections_total", "transport" => "tls", "result" => "accepted").increment(1);

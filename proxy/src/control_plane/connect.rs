@@ -141,14 +141,24 @@ mod tests {
             "none before the first"
         );
 
+        let mut certificates = cp.client_certificates();
+        assert!(!cp.presents_client_certificate());
+
         let hour = Duration::from_secs(3600);
         cp.set_client_certificate(Some((certified.clone(), SystemTime::now() + hour)));
         let presented = resolver.resolve(&[], &[]).expect("the current certificate");
         assert!(Arc::ptr_eq(&presented, &certified));
+        // Streams opened without one learn that they can reconnect to present it.
+        assert!(certificates.has_changed().unwrap() && cp.presents_client_certificate());
+        certificates.borrow_and_update();
 
         // Expired (the control plane was away too long): the handshake goes without one, so the
         // join token can still get a new certificate.
-        cp.set_client_certificate(Some((certified, SystemTime::now() - hour)));
+        cp.set_client_certificate(Some((certified.clone(), SystemTime::now() - hour)));
         assert!(resolver.resolve(&[], &[]).is_none());
+        assert!(!cp.presents_client_certificate());
+        // A stream opened now (without one) hears of the next certificate.
+        cp.set_client_certificate(Some((certified, SystemTime::now() + hour)));
+        assert!(certificates.has_changed().unwrap() && cp.presents_client_certificate());
     }
 }

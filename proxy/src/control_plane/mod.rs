@@ -7,7 +7,9 @@
 //! bundle discovery pushed last, so a CA rotation never cuts the proxy off. The check is the one mesh
 //! connections use ([`crate::tls::verify::PeerServerVerifier`], the identity named by the SNI). Once the
 //! proxy holds a workload certificate it presents it as its client certificate; the resolver reads the
-//! current one at every handshake, so renewals apply.
+//! current one at every handshake, so renewals apply. [`ControlPlane::client_certificates`] tells a stream
+//! opened without one (discovery starts while `Certify` runs; or the certificate had expired) that it can
+//! reconnect to prove the workload's identity.
 
 mod connect;
 
@@ -19,6 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::{parse_cert, parse_certs};
@@ -67,6 +70,8 @@ struct ClientCertificate {
 #[derive(Debug)]
 pub struct ControlPlane {
     tls: Option<Arc<Trust>>,
+    /// Counts the client certificates set (renewals included).
+    certificates: watch::Sender<u64>,
 }
 
 impl ControlPlane {
@@ -80,7 +85,10 @@ impl ControlPlane {
                 client_cert: ArcSwapOption::empty(),
             })
         });
-        Arc::new(Self { tls })
+        Arc::new(Self {
+            tls,
+            certificates: watch::Sender::new(0),
+        })
     }
 
     /// Trusts `roots_pem` (a trust bundle from the control plane) besides the anchors, replacing the
@@ -102,9 +110,26 @@ impl ControlPlane {
     /// plane would refuse the handshake, and the proxy could not even redeem its join token.
     pub fn set_client_certificate(&self, cert: Option<(Arc<CertifiedKey>, SystemTime)>) {
         if let Some(tls) = &self.tls {
+            let new = cert.is_some();
             tls.client_cert
                 .store(cert.map(|(key, not_after)| Arc::new(ClientCertificate { key, not_after })));
+            if new {
+                self.certificates.send_modify(|n| *n += 1);
+            }
         }
+    }
+
+    /// Whether the next TLS handshake presents a client certificate: one is set and unexpired.
+    pub fn presents_client_certificate(&self) -> bool {
+        let current = self.tls.as_ref().and_then(|t| t.client_cert.load_full());
+        current.is_some_and(|c| c.not_after > SystemTime::now())
+    }
+
+    /// Changes whenever a client certificate is set (renewals too): a connection opened while
+    /// [`Self::presents_client_certificate`] was false proved no identity to the control plane, and can
+    /// reconnect to prove it.
+    pub fn client_certificates(&self) -> watch::Receiver<u64> {
+        self.certificates.subscribe()
     }
 
     /// Connects `endpoint`: TLS for `https://`, plaintext h2c for `http://`. The error says what failed

@@ -31,6 +31,16 @@ impl Stream for Outgoing {
     }
 }
 
+/// Why a stream ended without an error.
+enum Ended {
+    /// The control plane closed it.
+    ByServer,
+    /// It was opened without a client certificate (before the proxy's first workload certificate, or
+    /// with an expired one) and one is here now: reconnect at once (resyncing with the held versions) so
+    /// the control plane sees the identity it proves.
+    ToPresentCertificate,
+}
+
 /// What the client keeps across reconnects.
 struct Client {
     d: Arc<Discovery>,
@@ -55,11 +65,12 @@ pub(super) async fn run(
     let mut backoff = BACKOFF_MIN;
     loop {
         let result = c.session(&mut subscribe_rx, &mut backoff).await;
-        metrics::gauge!("shoal_discovery_connected").set(0.0);
         let error = match result {
-            Ok(()) => "the control plane closed the stream".to_string(),
+            Ok(Ended::ToPresentCertificate) => continue,
+            Ok(Ended::ByServer) => "the control plane closed the stream".to_string(),
             Err(e) => e,
         };
+        metrics::gauge!("shoal_discovery_connected").set(0.0);
         {
             let mut s = lock(&c.d.status);
             s.connected = false;
@@ -88,8 +99,14 @@ impl Client {
         &mut self,
         subscribe_rx: &mut mpsc::UnboundedReceiver<Vec<Key>>,
         backoff: &mut Duration,
-    ) -> Result<(), String> {
+    ) -> Result<Ended, String> {
         let addr = &self.d.cfg.addr;
+        // Read before connecting: the handshake presents a certificate if this says there is one. Over
+        // plaintext (`http://`) none is ever presented.
+        let mut certificates = self.d.control_plane.client_certificates();
+        certificates.borrow_and_update();
+        let presented =
+            addr.starts_with("http://") || self.d.control_plane.presents_client_certificate();
         let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
             .map_err(|e| format!("invalid discovery address {addr}: {e}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -136,13 +153,19 @@ impl Client {
             tokio::select! {
                 msg = inbound.message() => {
                     let Some(response) = msg.map_err(|e| format!("discovery stream failed: {}", e.message()))? else {
-                        return Ok(());
+                        return Ok(Ended::ByServer);
                     };
                     let reply = self.apply(&response);
                     send(&tx, reply).await?;
                 }
                 Some(keys) = subscribe_rx.recv() => {
                     send(&tx, request(Req::Subscribe(v1::Subscribe { resources: wire(keys) }))).await?;
+                }
+                Ok(()) = certificates.changed(), if !presented => {
+                    if self.d.control_plane.presents_client_certificate() {
+                        tracing::info!(addr = %self.d.cfg.addr, "workload certificate obtained: reopening the discovery stream to present it");
+                        return Ok(Ended::ToPresentCertificate);
+                    }
                 }
             }
         }
