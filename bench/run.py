@@ -1292,21 +1292,7 @@ def main() -> int:
                     continue
                 for t in order:
                     try:
-                        r = None
-                        for attempt in range(1 + args.retries):
-                            if args.quiet_wait > 0:
-                                busy = wait_quiet(args.max_foreign, args.quiet_wait)
-                                if busy > args.max_foreign:
-                                    log(f"note: machine still {busy:.0f}% busy after waiting {args.quiet_wait:.0f}s")
-                            a = measure(ctx, args, t, sc)
-                            if r is None or a["foreign_cpu1_pct"] < r["foreign_cpu1_pct"]:
-                                r = a
-                            if a["foreign_cpu1_pct"] <= args.max_foreign:
-                                break
-                            if attempt < args.retries:
-                                log(f"note: {a['foreign_cpu1_pct']:.0f}% foreign load on CPU {SERVER_CPU} during "
-                                    f"{sc}/{t}: measuring again")
-                        rd[sc][t] = r
+                        rd[sc][t] = measure_quietly(args, f"{sc}/{t}", lambda: measure(ctx, args, t, sc))
                     except Skip as e:
                         rd[sc][t] = {"skipped": str(e)}
                     log_result(f"[round {rnd + 1}/{args.rounds}]", sc, t, rd[sc][t])

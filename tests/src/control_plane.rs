@@ -840,3 +840,33 @@ impl MeshClient {
         Ok(resp.text())
     }
 }
+
+/// The request side of a discovery stream driven by hand, as a proxy opens it: `hello`, then a
+/// subscription to the trust bundle (so the control plane has something to send). Nothing is
+/// ever ACKed. Keep the sender alive as long as the stream should stay open.
+pub async fn hello_then_bundle_subscription(
+    hello: shoal_proto::v1::Hello,
+) -> (
+    tokio::sync::mpsc::Sender<shoal_proto::v1::DiscoveryRequest>,
+    impl futures_util::Stream<Item = shoal_proto::v1::DiscoveryRequest>,
+) {
+    use shoal_proto::v1::{self, discovery_request::Request};
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let subscribe = v1::Subscribe {
+        resources: vec![v1::ResourceKey {
+            r#type: v1::ResourceType::TrustBundle as i32,
+            name: "cluster.local".into(),
+        }],
+    };
+    for request in [Request::Hello(hello), Request::Subscribe(subscribe)] {
+        let message = v1::DiscoveryRequest {
+            request: Some(request),
+        };
+        tx.send(message)
+            .await
+            .expect("the stream's receiver is here");
+    }
+    let outgoing =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    (tx, outgoing)
+}

@@ -9,7 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use shoal_proto::v1;
-use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder};
+use shoal_tests::control_plane::{
+    ControlPlane, ControlPlaneBuilder, hello_then_bundle_subscription,
+};
 use shoal_tests::pki::{self, Leaf, TestCa};
 use shoal_tests::process::TempDir;
 use shoal_tests::{eventually, grpc};
@@ -115,7 +117,6 @@ impl RawProxy {
         proxy_id: &str,
         service_account: &str,
     ) -> Self {
-        use v1::discovery_request::Request;
         let tls = pki::connect_presenting(cp.discovery_addr(), cert, &[ca.root_pem()])
             .await
             .expect("a TLS connection to the discovery listener, presenting the certificate");
@@ -124,7 +125,6 @@ impl RawProxy {
             grpc::h2_transport(tls).await,
             origin,
         );
-        let (tx, rx) = mpsc::channel(4);
         let hello = v1::Hello {
             proxy_id: proxy_id.into(),
             workload: Some(v1::WorkloadIdentity {
@@ -134,24 +134,7 @@ impl RawProxy {
             }),
             ..Default::default()
         };
-        // Like a proxy: `Hello`, then the trust bundle (so the control plane has something to send).
-        let subscribe = v1::Subscribe {
-            resources: vec![v1::ResourceKey {
-                r#type: v1::ResourceType::TrustBundle as i32,
-                name: "cluster.local".into(),
-            }],
-        };
-        for request in [Request::Hello(hello), Request::Subscribe(subscribe)] {
-            let message = v1::DiscoveryRequest {
-                request: Some(request),
-            };
-            tx.send(message).await.unwrap();
-        }
-        let outgoing =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
-            );
+        let (tx, outgoing) = hello_then_bundle_subscription(hello).await;
         let responses = tokio::time::timeout(WAIT, client.stream(outgoing))
             .await
             .expect("the stream answered within the deadline")

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use shoal_proto::v1;
 use shoal_tests::assert_eventually;
-use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, root_states};
+use shoal_tests::control_plane::{
+    ControlPlane, ControlPlaneBuilder, hello_then_bundle_subscription, root_states,
+};
 use tokio::sync::mpsc;
 
 const PENDING: [&str; 2] = ["ACTIVE", "PENDING"];
@@ -133,7 +135,6 @@ struct SilentProxy {
 
 impl SilentProxy {
     async fn connect(cp: &ControlPlane, proxy_id: &str) -> Self {
-        use v1::discovery_request::Request;
         // Plaintext (the control plane opts in below): a raw tonic client, no TLS set-up needed to
         // play a proxy that never ACKs.
         let channel = tonic::transport::Endpoint::from_shared(cp.discovery_url_plaintext())
@@ -142,28 +143,11 @@ impl SilentProxy {
             .await
             .expect("discovery listener");
         let mut client = v1::discovery_client::DiscoveryClient::new(channel);
-        let (tx, rx) = mpsc::channel(4);
         let hello = v1::Hello {
             proxy_id: proxy_id.into(),
             ..Default::default()
         };
-        let subscribe = v1::Subscribe {
-            resources: vec![v1::ResourceKey {
-                r#type: v1::ResourceType::TrustBundle as i32,
-                name: "cluster.local".into(),
-            }],
-        };
-        for request in [Request::Hello(hello), Request::Subscribe(subscribe)] {
-            let message = v1::DiscoveryRequest {
-                request: Some(request),
-            };
-            tx.send(message).await.unwrap();
-        }
-        let outgoing =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
-            );
+        let (tx, outgoing) = hello_then_bundle_subscription(hello).await;
         let responses = client.stream(outgoing).await.expect("stream").into_inner();
         Self { _tx: tx, responses }
     }
