@@ -12,7 +12,6 @@
 //! be written on a reused connection is retried once on a fresh one (it never reached the
 //! server, so this is safe for any method).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,9 +38,8 @@ pub type UpstreamIo = MaybeTls<ClientStream>;
 /// Where a connection goes: the address, and the identity its peer must prove (mesh mTLS).
 pub type Peer = (SocketAddr, Option<SpiffeId>);
 
-/// Per-endpoint state, looked up on every request: foldhash rather than the default SipHash, whose
-/// DoS resistance buys nothing for keys that come from discovery, not from clients.
-type PeerMap<V> = HashMap<Peer, V, foldhash::fast::RandomState>;
+/// Per-endpoint state, looked up on every request (keys come from discovery, not from clients).
+type PeerMap<V> = crate::state::FastMap<Peer, V>;
 
 /// `peer`'s state in `map`, created on first use (without cloning the key when it exists: this
 /// runs per request).

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use model::{
-    Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
+    Backend, Endpoint, FastMap, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
     ValueMatch,
 };
 

@@ -240,6 +240,10 @@ impl RouteRule {
     }
 }
 
+/// A map looked up on every request: foldhash rather than the default SipHash, whose DoS
+/// resistance buys nothing for keys that come from configuration and discovery, not from clients.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Everything the proxy routes by; immutable once built.
 #[derive(Debug, Default, Serialize)]
 pub struct State {
@@ -248,18 +252,18 @@ pub struct State {
     /// Route rules per service (indexed by [`Service::id`]), in match order.
     pub routes: Vec<Vec<RouteRule>>,
     /// Inbound authorization policies by protected service (`name.namespace`).
-    pub authorization: HashMap<String, Arc<crate::inbound::authz::Policy>>,
+    pub authorization: FastMap<String, Arc<crate::inbound::authz::Policy>>,
     #[serde(skip)]
-    by_authority: HashMap<String, Arc<Service>>,
+    by_authority: FastMap<String, Arc<Service>>,
     #[serde(skip)]
-    by_addr: HashMap<SocketAddr, Arc<Service>>,
+    by_addr: FastMap<SocketAddr, Arc<Service>>,
 }
 
 impl State {
     /// Builds the lookup indexes over `services` and `routes`.
     pub fn new(services: Vec<Arc<Service>>, routes: Vec<Vec<RouteRule>>) -> Self {
-        let mut by_authority = HashMap::new();
-        let mut by_addr = HashMap::new();
+        let mut by_authority = FastMap::default();
+        let mut by_addr = FastMap::default();
         for s in &services {
             for a in &s.authorities {
                 by_authority.insert(a.clone(), s.clone());
@@ -271,7 +275,7 @@ impl State {
         Self {
             services,
             routes,
-            authorization: HashMap::new(),
+            authorization: FastMap::default(),
             by_authority,
             by_addr,
         }

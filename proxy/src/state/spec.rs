@@ -235,7 +235,7 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
             .get(name)
             .or_else(|| by_name.get(&format!("{name}.default")))
     };
-    let mut authorization = HashMap::new();
+    let mut authorization = super::model::FastMap::default();
     for (i, p) in spec.authorization.into_iter().enumerate() {
         let at = format!("authorization[{i}]");
         let policy = crate::inbound::authz::build(p, &at, "default")?;
