@@ -163,6 +163,7 @@ pub(crate) async fn carry(
             .as_ref()
             .and_then(|id| ::http::HeaderValue::from_str(id.as_str()).ok()),
         client_id,
+        response_deadline: (version == http::Downstream::Http1).then(Default::default),
     });
     http::serve(c, io, conn.drain).await;
     drop(conn.permit);

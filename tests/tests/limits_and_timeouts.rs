@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_tests::backend::text_response;
-use shoal_tests::client::{H1Client, H2Client, RawConn, http1_get};
+use shoal_tests::client::{H1Client, H2Client, RawConn, empty, http1_get, request};
 use shoal_tests::{HttpBackend, ProxyBuilder, closed_port_addr, eventually};
 use tokio::io::AsyncWriteExt;
 
@@ -222,6 +222,44 @@ async fn slow_upstream_gets_504_response_timeout() {
     assert!(
         elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(2500),
         "504 after {elapsed:?}, expected about 500 ms"
+    );
+}
+
+/// A timeout of at least two of the HTTP/1 connection loop's ticks (1 s) is kept by that loop's
+/// timer rather than one per request (proxy/src/http/deadline.rs): still on time, and the
+/// connection serves the next request (whose deadline starts afresh).
+#[tokio::test]
+async fn a_long_response_timeout_on_http1_fires_on_time_from_the_connection_timer() {
+    let backend = HttpBackend::start(|req| async move {
+        if req.uri.path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        text_response(200, "ok")
+    })
+    .await;
+    let proxy = ProxyBuilder::new()
+        .inbound_explicit(backend.addr())
+        .env("SHOAL_RESPONSE_TIMEOUT", "2500ms")
+        .start()
+        .await;
+    let mut client = H1Client::connect(proxy.inbound()).await.unwrap();
+    // A quick request first: its deadline must not linger and cut the next one short.
+    let resp = client
+        .send(request("GET", "/fast", Some("app")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let started = Instant::now();
+    let resp = client
+        .send(request("GET", "/slow", Some("app")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status, 504, "{resp:?}");
+    assert_eq!(resp.header("shoal-proxy-error"), Some("response-timeout"));
+    assert!(
+        elapsed >= Duration::from_millis(2450) && elapsed < Duration::from_millis(2900),
+        "504 after {elapsed:?}, expected about 2.5 s"
     );
 }
 

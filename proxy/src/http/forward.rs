@@ -2,9 +2,11 @@
 //! and hand back the response — or the proxy's own explanation of what failed.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version as HttpVersion, header};
 use tokio::time::Instant;
@@ -158,18 +160,36 @@ async fn forward(
     // The exchange's future is made inside each arm: made before the match, the request's
     // future would keep room for it twice.
     let clients = &conn.shared.clients;
+    let timed_out = |limit: Duration| {
+        ProxyError::new(
+            Reason::ResponseTimeout,
+            format!(
+                "no response head from {} within {limit:?} (SHOAL_RESPONSE_TIMEOUT or the route's timeout)",
+                target.peer.0
+            ),
+        )
+    };
     let mut resp = match timeout {
+        // HTTP/1: the connection loop's timer enforces the deadline (http::deadline), when its
+        // tick is short enough to meet it on time.
+        Some(limit)
+            if let Some(cell) = &conn.response_deadline
+                && limit >= 2 * super::loop_tick(&conn.shared.config.http) =>
+        {
+            let armed = cell.arm(start + limit);
+            let send = pin!(clients.send(&target.peer, target.version, req));
+            let expired = pin!(std::future::poll_fn(|cx| armed.poll_expired(cx)));
+            match futures_util::future::select(send, expired).await {
+                Either::Left((resp, _)) => resp?,
+                Either::Right(_) => return Err(timed_out(limit)),
+            }
+        }
         Some(limit) => tokio::time::timeout_at(
             start + limit,
             clients.send(&target.peer, target.version, req),
         )
         .await
-        .map_err(|_| {
-            ProxyError::new(
-                Reason::ResponseTimeout,
-                format!("no response head from {} within {limit:?} (SHOAL_RESPONSE_TIMEOUT or the route's timeout)", target.peer.0),
-            )
-        })??,
+        .map_err(|_| timed_out(limit))??,
         None => clients.send(&target.peer, target.version, req).await?,
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;

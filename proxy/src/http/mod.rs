@@ -1,6 +1,7 @@
 //! HTTP: serving a downstream connection (HTTP/1.1 or HTTP/2) and forwarding each request.
 
 pub mod body;
+pub mod deadline;
 mod forward;
 mod h2_server;
 pub mod h2body;
@@ -56,6 +57,8 @@ pub struct Conn {
     /// [`Self::client_id`] as the `shoal-client-id` value the app receives (built once per
     /// connection; cloning it per request shares its bytes).
     pub client_id_header: Option<http::HeaderValue>,
+    /// HTTP/1: the request's response deadline, enforced by the connection loop's timer.
+    pub response_deadline: Option<deadline::ResponseDeadline>,
 }
 
 /// Serves HTTP on `io` until the client is done or draining asks the connection to close.
@@ -96,6 +99,12 @@ fn service(
     })
 }
 
+/// How often an active HTTP/1 connection's loop looks at itself (idleness, the request-head and
+/// response deadlines).
+pub(crate) fn loop_tick(cfg: &crate::config::HttpConfig) -> Duration {
+    PARK_AFTER.min(cfg.header_read_timeout)
+}
+
 /// hyper's HTTP/1 server settings for one active phase of a connection.
 ///
 /// hyper's own header read timeout is off: it would allocate and arm a timer for every request;
@@ -122,7 +131,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
     let activity = io.activity();
     // How often the active connection looks at itself: for idleness (parking), and for a request
     // head that is taking too long.
-    let tick = PARK_AFTER.min(cfg.header_read_timeout);
+    let tick = loop_tick(cfg);
     let mut timer = Box::pin(tokio::time::sleep(tick));
     io.label_error_responses();
     // A request head left half-read when the connection parked keeps its original deadline.
@@ -174,6 +183,8 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
                     if activity.head_since().is_none() {
                         head_deadline = None;
                     }
+                    // A request past its response deadline is answered 504 by `forward`.
+                    let response = conn.response_deadline.as_ref().and_then(|d| d.check(now));
                     let ops = activity.ops();
                     if !draining && ops == seen && activity.is_idle() {
                         match std::pin::Pin::into_inner(hconn).into_parts() {
@@ -182,8 +193,8 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
                         }
                     }
                     seen = ops;
-                    let next = now + tick;
-                    timer.as_mut().reset(deadline.map_or(next, |d| d.min(next)));
+                    let next = [deadline, response].into_iter().flatten().fold(now + tick, Instant::min);
+                    timer.as_mut().reset(next);
                 }
             }
         };
