@@ -110,7 +110,8 @@ impl Clients {
         })
     }
 
-    /// Sends `req` to `peer`, returning the response head (its body streams).
+    /// Sends `req` to `peer`, returning the response head (its body streams). `upgrade`: the
+    /// request asks to switch protocols (HTTP/1: its connection is not pooled again).
     ///
     /// Not an `async fn`: the chosen exchange's own future is returned, so a request's future
     /// does not hold a second copy of the request and is not copied once more (≈1.8 KiB).
@@ -119,9 +120,10 @@ impl Clients {
         peer: &'a Peer,
         version: Version,
         req: Request<RequestBody>,
+        upgrade: bool,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
         match version {
-            Version::Http1 => Either::Left(self.send_h1(peer, req)),
+            Version::Http1 => Either::Left(self.send_h1(peer, req, upgrade)),
             Version::Http2 => Either::Right(self.send_h2(peer, req)),
         }
     }
@@ -182,6 +184,7 @@ impl Clients {
         &self,
         peer: &Peer,
         mut req: Request<RequestBody>,
+        upgrade: bool,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
         let pool = self.h1_pool(peer);
@@ -195,7 +198,6 @@ impl Clients {
                 Box::pin(self.connect_h1(peer)).await?
             }
         };
-        let upgrade = crate::http::headers::is_upgrade(req.headers());
         let resp = loop {
             match tx.try_send_request(req).await {
                 Ok(resp) => break resp,

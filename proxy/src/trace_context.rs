@@ -310,16 +310,15 @@ fn uuid_v4() -> [u8; 36] {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
+    let mut hex = [0; 32];
+    hex_to(&mut hex, &b);
+    // 8-4-4-4-12
     let mut out = [b'-'; 36];
-    let mut i = 0;
-    for (n, byte) in b.iter().enumerate() {
-        if matches!(n, 4 | 6 | 8 | 10) {
-            i += 1; // the '-' already there
-        }
-        out[i] = HEX[usize::from(byte >> 4)];
-        out[i + 1] = HEX[usize::from(byte & 0xf)];
-        i += 2;
-    }
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
     out
 }
 

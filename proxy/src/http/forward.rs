@@ -177,7 +177,7 @@ async fn forward(
                 && limit >= 2 * super::loop_tick(&conn.shared.config.http) =>
         {
             let armed = cell.arm(start + limit);
-            let send = pin!(clients.send(&target.peer, target.version, req));
+            let send = pin!(clients.send(&target.peer, target.version, req, upgrade));
             let expired = pin!(std::future::poll_fn(|cx| armed.poll_expired(cx)));
             match futures_util::future::select(send, expired).await {
                 Either::Left((resp, _)) => resp?,
@@ -186,11 +186,15 @@ async fn forward(
         }
         Some(limit) => tokio::time::timeout_at(
             start + limit,
-            clients.send(&target.peer, target.version, req),
+            clients.send(&target.peer, target.version, req, upgrade),
         )
         .await
         .map_err(|_| timed_out(limit))??,
-        None => clients.send(&target.peer, target.version, req).await?,
+        None => {
+            clients
+                .send(&target.peer, target.version, req, upgrade)
+                .await?
+        }
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(downstream)) = (switching, on_upgrade) {
