@@ -33,9 +33,10 @@ pub struct MiMalloc;
 #[cfg(feature = "mimalloc")]
 const MALLOC_ALIGN: usize = 16;
 
+/// Whether a block of `size` bytes aligned to `align` needs no more than `mi_malloc` gives.
 #[cfg(feature = "mimalloc")]
-fn plain(layout: std::alloc::Layout) -> bool {
-    layout.align() <= MALLOC_ALIGN && layout.align() <= layout.size()
+fn plain(align: usize, size: usize) -> bool {
+    align <= MALLOC_ALIGN && align <= size
 }
 
 #[cfg(feature = "mimalloc")]
@@ -48,7 +49,7 @@ unsafe impl std::alloc::GlobalAlloc for MiMalloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         use libmimalloc_sys as mi;
         unsafe {
-            if plain(layout) {
+            if plain(layout.align(), layout.size()) {
                 mi::mi_malloc(layout.size()).cast()
             } else {
                 mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
@@ -60,7 +61,7 @@ unsafe impl std::alloc::GlobalAlloc for MiMalloc {
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         use libmimalloc_sys as mi;
         unsafe {
-            if plain(layout) {
+            if plain(layout.align(), layout.size()) {
                 mi::mi_zalloc(layout.size()).cast()
             } else {
                 mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
@@ -77,7 +78,7 @@ unsafe impl std::alloc::GlobalAlloc for MiMalloc {
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         use libmimalloc_sys as mi;
         unsafe {
-            if layout.align() <= MALLOC_ALIGN && layout.align() <= new_size {
+            if plain(layout.align(), new_size) {
                 mi::mi_realloc(ptr.cast(), new_size).cast()
             } else {
                 mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()

@@ -285,9 +285,10 @@ pub fn client_config(
     tls12: bool,
 ) -> Arc<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(ExactServer {
-        roots: root_store(roots_pem),
+    let verifier = Arc::new(ServerCheck {
+        roots: Some(root_store(roots_pem)),
         leaf: Some(server.chain_der().remove(0)),
+        seen: None,
         provider: provider.clone(),
     });
     let builder = ClientConfig::builder_with_provider(provider)
@@ -331,9 +332,10 @@ pub async fn connect_presenting(
     roots_pem: &[&str],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let provider = provider();
-    let verifier = Arc::new(ExactServer {
-        roots: root_store(roots_pem),
+    let verifier = Arc::new(ServerCheck {
+        roots: Some(root_store(roots_pem)),
         leaf: None,
+        seen: None,
         provider: provider.clone(),
     });
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -351,16 +353,18 @@ pub async fn connect_presenting(
         .await
 }
 
-/// Accepts a server certificate only if it chains to the roots, and (when `leaf` is set) only
-/// that one.
+/// A test client's check of the server certificate: it must chain to `roots` and (when `leaf` is
+/// set) be exactly that one; with no `roots` anything is accepted. `seen`, when set, records the
+/// presented chain (leaf first).
 #[derive(Debug)]
-struct ExactServer {
-    roots: Arc<RootCertStore>,
+struct ServerCheck {
+    roots: Option<Arc<RootCertStore>>,
     leaf: Option<CertificateDer<'static>>,
+    seen: Option<Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ExactServer {
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -369,13 +373,20 @@ impl ServerCertVerifier for ExactServer {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &ParsedCertificate::try_from(end_entity)?,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(seen) = &self.seen {
+            let mut chain = vec![end_entity.clone().into_owned()];
+            chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+            *seen.lock().expect("capture lock") = chain;
+        }
+        if let Some(roots) = &self.roots {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &ParsedCertificate::try_from(end_entity)?,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         if self
             .leaf
             .as_ref()
@@ -435,8 +446,10 @@ pub async fn presented_chain(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Capture {
-            seen: seen.clone(),
+        .with_custom_certificate_verifier(Arc::new(ServerCheck {
+            roots: None,
+            leaf: None,
+            seen: Some(seen.clone()),
             provider,
         }))
         .with_no_client_auth();
@@ -466,61 +479,4 @@ pub fn chains_to(chain: &[CertificateDer<'static>], roots_pem: &[&str]) -> bool 
         provider().signature_verification_algorithms.all,
     )
     .is_ok()
-}
-
-/// Records the server's chain and accepts it (the caller verifies it afterwards).
-#[derive(Debug)]
-struct Capture {
-    seen: Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Capture {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.clone().into_owned()];
-        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-        *self.seen.lock().expect("capture lock") = chain;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

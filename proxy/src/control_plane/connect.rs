@@ -6,7 +6,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use hyper_util::rt::TokioIo;
 use rustls::client::ResolvesClientCert;
@@ -102,8 +101,7 @@ struct ClientCert(Arc<Trust>);
 
 impl ResolvesClientCert for ClientCert {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        let current = self.0.client_cert.load_full()?;
-        (current.not_after > SystemTime::now()).then(|| current.key.clone())
+        self.0.presentable()
     }
 
     fn has_certs(&self) -> bool {
@@ -113,7 +111,7 @@ impl ResolvesClientCert for ClientCert {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 

@@ -66,6 +66,14 @@ struct ClientCertificate {
     not_after: SystemTime,
 }
 
+impl Trust {
+    /// The client certificate a handshake presents now: the current one, if it has not expired.
+    fn presentable(&self) -> Option<Arc<CertifiedKey>> {
+        let current = self.client_cert.load_full()?;
+        (current.not_after > SystemTime::now()).then(|| current.key.clone())
+    }
+}
+
 /// Opens channels to the control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -121,8 +129,7 @@ impl ControlPlane {
 
     /// Whether the next TLS handshake presents a client certificate: one is set and unexpired.
     pub fn presents_client_certificate(&self) -> bool {
-        let current = self.tls.as_ref().and_then(|t| t.client_cert.load_full());
-        current.is_some_and(|c| c.not_after > SystemTime::now())
+        self.tls.as_ref().and_then(|t| t.presentable()).is_some()
     }
 
     /// Changes whenever a client certificate is set (renewals too): a connection opened while

@@ -120,10 +120,16 @@ pub enum PipeEnd {
 
 /// Pipes a body into an HTTP/2 stream: one chunk at a time, waiting until the peer's window has
 /// room before reading more (so a slow peer slows the body's sender instead of filling memory).
+///
+/// A small body of announced length (most responses) goes out without reserving the peer's window
+/// first: reserving costs the connection's lock four times per chunk, and the stream buffers at
+/// most [`SMALL_BODY`] bytes beyond the window meanwhile.
 #[derive(Debug)]
 pub struct Pipe<B> {
     body: B,
     tx: SendStream<Bytes>,
+    /// The whole body is at most [`SMALL_BODY`] bytes: no window reservation.
+    small: bool,
 }
 
 impl<B> Pipe<B>
@@ -133,42 +139,41 @@ where
 {
     /// A pipe from `body` into `tx`.
     pub fn new(body: B, tx: SendStream<Bytes>) -> Self {
-        Self { body, tx }
+        let small = body.size_hint().upper().is_some_and(|n| n <= SMALL_BODY);
+        Self { body, tx, small }
     }
 
     /// Moves what is ready; `Ready` once the body is done or the stream cannot take more.
     pub fn poll_pipe(&mut self, cx: &mut Context<'_>) -> Poll<PipeEnd> {
-        // A small body of announced length (most responses) whose bytes are already here goes
-        // out without reserving the peer's window first: that costs the connection's lock four
-        // times, and the stream buffers at most SMALL_BODY bytes beyond the window meanwhile.
-        if self
-            .body
-            .size_hint()
-            .upper()
-            .is_some_and(|n| n <= SMALL_BODY)
-            && let Poll::Ready(polled) = Pin::new(&mut self.body).poll_frame(cx)
-            && let Some(end) = self.send(polled)
-        {
-            return Poll::Ready(end);
-        }
         loop {
-            // Ask for one byte: data already handed over counts against the window, so this is
-            // "is there room beyond what is buffered" (the same idiom as hyper's pipe).
-            self.tx.reserve_capacity(1);
-            if self.tx.capacity() == 0 {
-                loop {
-                    match ready!(self.tx.poll_capacity(cx)) {
-                        Some(Ok(0)) => {}
-                        Some(Ok(_)) => break,
-                        Some(Err(_)) | None => return Poll::Ready(PipeEnd::Closed),
+            if !self.small {
+                // Ask for one byte: data already handed over counts against the window, so this
+                // is "is there room beyond what is buffered" (the same idiom as hyper's pipe).
+                self.tx.reserve_capacity(1);
+                if self.tx.capacity() == 0 {
+                    loop {
+                        match ready!(self.tx.poll_capacity(cx)) {
+                            Some(Ok(0)) => {}
+                            Some(Ok(_)) => break,
+                            Some(Err(_)) | None => return Poll::Ready(PipeEnd::Closed),
+                        }
                     }
+                } else if self.tx.poll_reset(cx).is_ready() {
+                    return Poll::Ready(PipeEnd::Closed);
                 }
-            } else if self.tx.poll_reset(cx).is_ready() {
-                return Poll::Ready(PipeEnd::Closed);
             }
-            let polled = ready!(Pin::new(&mut self.body).poll_frame(cx));
+            let Poll::Ready(polled) = Pin::new(&mut self.body).poll_frame(cx) else {
+                // Waiting on the body: a small one still hears of a reset (the reservation
+                // above registered for it otherwise).
+                if self.small && self.tx.poll_reset(cx).is_ready() {
+                    return Poll::Ready(PipeEnd::Closed);
+                }
+                return Poll::Pending;
+            };
             if let Some(end) = self.send(polled) {
-                self.tx.reserve_capacity(0);
+                if !self.small {
+                    self.tx.reserve_capacity(0);
+                }
                 return Poll::Ready(end);
             }
         }

@@ -111,3 +111,44 @@ async fn the_peer_closing_wakes_a_parked_read_with_end_of_stream() {
     until("the wake-up", || count.0.load(Ordering::SeqCst) > 0).await;
     assert_eq!(read(&mut gated, &task, &mut buf), Poll::Ready(0));
 }
+
+/// What a gated poll reaches: counts the polls and keeps the waker each was given.
+fn probe<'a>(
+    polls: &'a std::cell::Cell<u32>,
+    given: &'a std::cell::RefCell<Option<Waker>>,
+) -> impl FnOnce(&mut Context<'_>) -> Poll<()> + 'a {
+    move |cx| {
+        polls.set(polls.get() + 1);
+        *given.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[test]
+fn repeated_polls_reach_the_thing_only_after_its_waker_was_called() {
+    let mut gate = super::WakeGate::default();
+    let (task, count) = counting();
+    let mut cx = Context::from_waker(&task);
+    let polls = std::cell::Cell::new(0);
+    let given = std::cell::RefCell::new(None);
+    // The first poll goes through (and sets the gate up), the second hands over the gate's waker.
+    assert!(gate.poll(&mut cx, probe(&polls, &given)).is_pending());
+    assert!(gate.poll(&mut cx, probe(&polls, &given)).is_pending());
+    assert_eq!(polls.get(), 2);
+    // Nothing woke it: answered by the gate, the thing is not polled.
+    assert!(gate.poll(&mut cx, probe(&polls, &given)).is_pending());
+    assert!(gate.poll(&mut cx, probe(&polls, &given)).is_pending());
+    assert_eq!(polls.get(), 2);
+    // The thing calls the waker it holds: the task is woken, and the next poll reaches the thing.
+    given.borrow_mut().take().expect("a waker").wake();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert!(gate.poll(&mut cx, probe(&polls, &given)).is_pending());
+    assert_eq!(polls.get(), 3);
+    // Polled by another task: reaches the thing at once.
+    let (other, _) = counting();
+    assert!(
+        gate.poll(&mut Context::from_waker(&other), probe(&polls, &given))
+            .is_pending()
+    );
+    assert_eq!(polls.get(), 4);
+}
