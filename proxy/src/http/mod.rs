@@ -61,8 +61,15 @@ pub struct Conn {
     pub response_deadline: Option<deadline::ResponseDeadline>,
 }
 
-/// Serves HTTP on `io` until the client is done or draining asks the connection to close.
-pub async fn serve(conn: Arc<Conn>, io: ProxyIo, drain: drain::Watch) {
+/// Serves HTTP on `io` until the client is done or draining asks the connection to close;
+/// `permit` (the connection's slot under the listener's limit) is held until then.
+pub async fn serve(
+    conn: Arc<Conn>,
+    io: ProxyIo,
+    drain: drain::Watch,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _permit = permit;
     match conn.version {
         Downstream::Http1 => serve_h1(conn, io, drain).await,
         // Boxed: the HTTP/2 connection state is large, and keeping it inline would size every
