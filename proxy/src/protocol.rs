@@ -168,7 +168,7 @@ pub(crate) async fn carry(
     // From here the connection is served by a task of its own, and this one ends. An async fn
     // keeps its arguments for its whole life, so each layer that led here (accept, detection,
     // mesh TLS, this function) would otherwise stay in the connection's task as long as the
-    // connection lives: about 1.2 KB of an idle keep-alive connection's memory (BENCHMARKS.md,
+    // connection lives: about 1.5 KB of an idle keep-alive connection's memory (BENCHMARKS.md,
     // session 6). Once per connection, not per request.
     tokio::spawn(http::serve(c, io, conn.drain, conn.permit));
 }

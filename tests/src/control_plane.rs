@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::{H1Client, empty, request};
 use crate::process::{ChildProcess, Stream, TempDir};
@@ -866,7 +867,5 @@ pub async fn hello_then_bundle_subscription(
             .await
             .expect("the stream's receiver is here");
     }
-    let outgoing =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    (tx, outgoing)
+    (tx, ReceiverStream::new(rx))
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tonic::codegen::Service;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::client::AbortOnDrop;
@@ -415,9 +416,7 @@ pub fn request_stream() -> (
     impl Stream<Item = EchoRequest> + Send + 'static,
 ) {
     let (tx, rx) = mpsc::channel(16);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    (tx, stream)
+    (tx, ReceiverStream::new(rx))
 }
 
 /// An [`EchoRequest`] carrying `message`.

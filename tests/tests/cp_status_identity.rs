@@ -21,6 +21,20 @@ const ANCHORS: &str = "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE";
 const FRONTEND_ID: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 const WAIT: Duration = Duration::from_secs(15);
 
+/// Asserts `proxy_id`'s transport, verified identity and mismatch flag in `shoalctl status -o json`.
+async fn assert_json_identity(
+    cp: &ControlPlane,
+    proxy_id: &str,
+    transport: &str,
+    verified: &str,
+    mismatch: bool,
+) {
+    let doc = cp.proxy_status_json(proxy_id).await.expect("connected");
+    assert_eq!(doc["transport"], transport, "{doc}");
+    assert_eq!(doc["verifiedIdentity"], verified, "{doc}");
+    assert_eq!(doc["identityMismatch"], mismatch, "{doc}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certified_proxy_shows_its_spiffe_id_and_one_without_a_certificate_shows_none() {
     let cp = ControlPlaneBuilder::new().start().await;
@@ -41,19 +55,8 @@ async fn a_certified_proxy_shows_its_spiffe_id_and_one_without_a_certificate_sho
     assert!(!row.line.contains("spiffe://"), "{}", row.line);
 
     // The same in JSON, with the transport.
-    let doc = cp
-        .proxy_status_json("id-frontend")
-        .await
-        .expect("connected");
-    assert_eq!(doc["transport"], "MTLS", "{doc}");
-    assert_eq!(doc["verifiedIdentity"], FRONTEND_ID, "{doc}");
-    assert_eq!(doc["identityMismatch"], false, "{doc}");
-    let doc = cp
-        .proxy_status_json("id-anonymous")
-        .await
-        .expect("connected");
-    assert_eq!(doc["transport"], "TLS", "{doc}");
-    assert_eq!(doc["verifiedIdentity"], "", "{doc}");
+    assert_json_identity(&cp, "id-frontend", "MTLS", FRONTEND_ID, false).await;
+    assert_json_identity(&cp, "id-anonymous", "TLS", "", false).await;
 
     // The certified proxy reopened its stream once to present the certificate: one proxy, one row.
     let out = cp.ctl(&["status"], None).await.success();
@@ -96,10 +99,7 @@ async fn a_proxy_over_the_plaintext_opt_in_shows_none_plaintext() {
         .await;
     cp.wait_proxy_identity("id-plain", "none (plaintext)", WAIT)
         .await;
-    let doc = cp.proxy_status_json("id-plain").await.expect("connected");
-    assert_eq!(doc["transport"], "PLAINTEXT", "{doc}");
-    assert_eq!(doc["verifiedIdentity"], "", "{doc}");
-    assert_eq!(doc["identityMismatch"], false, "{doc}");
+    assert_json_identity(&cp, "id-plain", "PLAINTEXT", "", false).await;
 }
 
 /// A discovery stream opened by hand over TLS, presenting a certificate of the test's own CA (the control
@@ -177,13 +177,7 @@ async fn a_stream_proving_another_workload_is_served_flagged_and_warned_about_on
         let mut impostor = RawProxy::connect(&cp, &ca, &frontend, "raw-impostor", "backend").await;
         let row = cp.wait_proxy_identity("raw-impostor", &flagged, WAIT).await;
         assert!(row.line.contains("default/- (backend)"), "{}", row.line);
-        let doc = cp
-            .proxy_status_json("raw-impostor")
-            .await
-            .expect("connected");
-        assert_eq!(doc["transport"], "MTLS", "{doc}");
-        assert_eq!(doc["verifiedIdentity"], FRONTEND_ID, "{doc}");
-        assert_eq!(doc["identityMismatch"], true, "{doc}");
+        assert_json_identity(&cp, "raw-impostor", "MTLS", FRONTEND_ID, true).await;
         let served = tokio::time::timeout(WAIT, impostor.responses.message())
             .await
             .expect("a response within the deadline")

@@ -5,7 +5,8 @@
 //! HTTP/1.1 request's instructions (BENCHMARKS.md). An HTTP/1 connection serves one request at a
 //! time and its server loop (`serve_h1`) already runs a timer for idleness and the request-head
 //! deadline, so the request only writes its deadline here and the loop's timer enforces it.
-//! Timeouts shorter than the loop's tick, and HTTP/2 streams, keep a timer of their own.
+//! Timeouts shorter than two of the loop's ticks (it could not meet them on time), and HTTP/2
+//! streams, keep a timer of their own.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
