@@ -3,7 +3,7 @@
 //! Handles are resolved once per (direction, service, route) when the state is built, not per
 //! request: the hot path only bumps atomics. Labels are bounded — never paths or ids.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -165,6 +165,9 @@ pub struct RequestMetrics {
     tls: Option<&'static str>,
     /// Latency histograms per status class 1xx..5xx (index = class - 1).
     latency: [Histogram; 5],
+    /// The counter of the first (status, reason) this target saw — nearly always its usual
+    /// one — read without a lock.
+    first: OnceLock<(u16, Option<Reason>, Counter)>,
     /// Counters per (status, reason), created on first use; a handful per target.
     counts: Mutex<Vec<(u16, Option<Reason>, Counter)>>,
 }
@@ -212,6 +215,7 @@ impl RequestMetrics {
             service,
             route,
             tls,
+            first: OnceLock::new(),
             counts: Mutex::new(Vec::new()),
         })
     }
@@ -221,6 +225,14 @@ impl RequestMetrics {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.latency[class].record(elapsed.as_secs_f64());
         let code = status.as_u16();
+        if let Some((c, r, counter)) = self.first.get()
+            && *c == code
+            && *r == reason
+        {
+            // A lock is two atomic operations; this path is a load.
+            counter.increment(1);
+            return;
+        }
         // Never held across an await; uncontended on the single-threaded runtime. Incrementing
         // under the lock avoids cloning the handle (two atomic operations) per request.
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -237,6 +249,11 @@ impl RequestMetrics {
                 labels.extend(self.tls.map(|t| Label::new("tls", t)));
                 let counter = counter!(names::REQUESTS, labels);
                 counter.increment(1);
+                if self.first.get().is_none() {
+                    // Under the lock, so only one (status, reason) ever gets here first.
+                    let _ = self.first.set((code, reason, counter));
+                    return;
+                }
                 counts.push((code, reason, counter));
             }
         }

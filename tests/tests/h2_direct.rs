@@ -2,7 +2,7 @@
 //! tests do not pin, against an upstream written with the `h2` crate so the test controls every
 //! frame — GOAWAY and reconnection, an upstream RST_STREAM mapped to `upstream-reset`, and a
 //! downstream cancel (HTTP/2 RST_STREAM, or an HTTP/1 client closing its connection) reaching the
-//! upstream as RST_STREAM CANCEL.
+//! upstream as RST_STREAM CANCEL, and requests queued behind an upstream's stream limit.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,8 @@ enum Behaviour {
     Hold,
     /// A 200 head and part of the body, then RST_STREAM with this reason.
     ResetMidBody(h2::Reason),
+    /// Allow one stream at a time (SETTINGS_MAX_CONCURRENT_STREAMS 1); answer each after a pause.
+    OneAtATime(Duration),
 }
 
 #[derive(Default)]
@@ -36,6 +38,9 @@ struct Seen {
     streams: usize,
     /// Reasons of the RST_STREAMs received on held streams.
     resets: Vec<h2::Reason>,
+    /// Streams being answered now, and the most at once.
+    open: usize,
+    max_open: usize,
 }
 
 /// An h2c upstream written on the `h2` crate.
@@ -75,7 +80,11 @@ impl H2Upstream {
 }
 
 async fn serve(sock: tokio::net::TcpStream, behaviour: Behaviour, seen: Arc<Mutex<Seen>>) {
-    let Ok(mut conn) = h2::server::handshake(sock).await else {
+    let mut builder = h2::server::Builder::new();
+    if let Behaviour::OneAtATime(_) = behaviour {
+        builder.max_concurrent_streams(1);
+    }
+    let Ok(mut conn) = builder.handshake(sock).await else {
         return;
     };
     let mut answered = 0;
@@ -104,6 +113,19 @@ async fn serve(sock: tokio::net::TcpStream, behaviour: Behaviour, seen: Arc<Mute
                         tx.send_reset(reason);
                     });
                 }
+            }
+            Behaviour::OneAtATime(pause) => {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    {
+                        let mut s = seen.lock().unwrap();
+                        s.open += 1;
+                        s.max_open = s.max_open.max(s.open);
+                    }
+                    tokio::time::sleep(pause).await;
+                    seen.lock().unwrap().open -= 1;
+                    answer(respond, "ok");
+                });
             }
             Behaviour::Hold => {
                 let seen = seen.clone();
@@ -163,6 +185,45 @@ async fn upstream_goaway_moves_later_requests_to_a_new_connection() {
     assert!(
         conns >= 3,
         "6 requests at 2 per connection need 3 upstream connections, saw {conns}"
+    );
+}
+
+#[tokio::test]
+async fn requests_beyond_the_upstream_stream_limit_wait_their_turn() {
+    // The upstream takes one stream at a time; three client connections (three tasks in the
+    // proxy) send eight requests each at once. Every request must be answered: the ones the
+    // upstream cannot take yet wait for a free stream instead of failing or stalling.
+    let upstream = H2Upstream::start(Behaviour::OneAtATime(Duration::from_millis(5))).await;
+    let proxy = ProxyBuilder::new()
+        .inbound_explicit(upstream.addr)
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(H2Client::connect(proxy.inbound()).await.unwrap());
+    }
+    let mut requests = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        for i in 0..8 {
+            let send = client.send(get(proxy.inbound(), &format!("/{c}/{i}")));
+            requests.push(async move { (c, i, tokio::time::timeout(T, send).await) });
+        }
+    }
+    for (c, i, res) in futures_util::future::join_all(requests).await {
+        let resp = res
+            .unwrap_or_else(|_| panic!("request {c}/{i} not answered within {T:?}"))
+            .unwrap();
+        assert_eq!(
+            (resp.status.as_u16(), resp.text()),
+            (200, "ok".to_string()),
+            "request {c}/{i}"
+        );
+    }
+    let (streams, max_open) = upstream.seen(|s| (s.streams, s.max_open));
+    assert_eq!(streams, 24);
+    assert_eq!(
+        max_open, 1,
+        "the upstream's limit of one stream was exceeded"
     );
 }
 

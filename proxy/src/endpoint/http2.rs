@@ -1,9 +1,10 @@
 //! The upstream HTTP/2 client: one multiplexed connection per endpoint, driven by the `h2` crate
 //! directly.
 //!
-//! Each request opens its stream from its own future (`SendRequest::ready` + `send_request`) and
-//! waits for the response head there: no dispatch channel and no task per request (hyper's client
-//! had both). One task per connection drives it and sends keep-alive pings. A request body that
+//! Each request opens its stream from its own future, through the connection's one
+//! `SendRequest` (under the slot's lock, `Slot::try_send`), and waits for the response head there:
+//! no dispatch channel and no task per request (hyper's client had both), and no clone of the
+//! handle per request (each clone and drop takes h2's connection lock). One task per connection drives it and sends keep-alive pings. A request body that
 //! is still streaming when the response head arrives moves into the response body, which pipes
 //! it whenever it is polled ([`crate::http::body::ResponseBody::h2`]). Dropping either side
 //! before the end resets the upstream stream (RST_STREAM CANCEL), so a downstream cancel reaches
@@ -11,13 +12,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use h2::client::{Connection, SendRequest};
+use h2::SendStream;
+use h2::client::{Connection, ResponseFuture, SendRequest};
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body;
 use tokio::time::Instant;
@@ -45,6 +47,21 @@ pub(super) struct Slot {
     current: std::sync::Mutex<Option<Handle>>,
     /// Single-flight connect: concurrent first requests share one connection attempt.
     connecting: tokio::sync::Mutex<()>,
+    /// Numbers this slot's connections, so a request can name the one it used without holding a
+    /// reference to it.
+    generation: AtomicU64,
+}
+
+/// What trying the current connection without waiting gave.
+enum Attempt {
+    /// A stream was opened for the request head (or refused) on connection number `.1`.
+    Sent(Result<(ResponseFuture, SendStream<Bytes>), h2::Error>, u64),
+    /// The connection cannot take a stream now: wait on a handle of its own.
+    Busy(Handle),
+    /// The connection failed before the stream was opened.
+    Unusable(h2::Error, u64),
+    /// No live connection.
+    None,
 }
 
 impl Slot {
@@ -64,12 +81,40 @@ impl Slot {
             .cloned()
     }
 
-    /// Marks the connection whose flag is `closed` unusable (it failed or is going away), and
-    /// forgets it if it is current.
-    fn retire(&self, closed: &Arc<AtomicBool>) {
-        closed.store(true, Ordering::Relaxed);
+    /// Opens a stream for `head` on the live connection if it can take one right now, through the
+    /// slot's own handle: a clone per request would take the h2 connection's lock twice more.
+    /// `head` is taken only when it is sent.
+    fn try_send(&self, cx: &mut Context<'_>, head: &mut Request<()>, eos: bool) -> Attempt {
         let mut cur = lock(&self.current);
-        if cur.as_ref().is_some_and(|h| Arc::ptr_eq(&h.closed, closed)) {
+        let Some(h) = cur.as_mut().filter(|h| !h.is_closed()) else {
+            return Attempt::None;
+        };
+        match h.tx.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                let sent = h.tx.send_request(std::mem::take(head), eos);
+                // A stream h2 cannot open yet (the peer's stream limit is reached, or its
+                // SETTINGS are still to come) stays referenced by the handle that sent it, to
+                // hold back that handle's next request. The slot's handle is every request's, so
+                // it must not keep one (a cancelled request's stream would stay open upstream):
+                // a fresh clone holds none.
+                if sent.is_ok() && h.tx.poll_ready(cx).is_pending() {
+                    h.tx = h.tx.clone();
+                }
+                Attempt::Sent(sent, h.id)
+            }
+            Poll::Ready(Err(e)) => Attempt::Unusable(e, h.id),
+            // Not expected (the slot's handle keeps no waiting stream, above), but should the
+            // handle have to wait, the request waits on a clone of its own.
+            Poll::Pending => Attempt::Busy(h.clone()),
+        }
+    }
+
+    /// Marks connection number `id` unusable (it failed or is going away), and forgets it if it
+    /// is current.
+    fn retire(&self, id: u64) {
+        let mut cur = lock(&self.current);
+        if let Some(h) = cur.as_ref().filter(|h| h.id == id) {
+            h.closed.store(true, Ordering::Relaxed);
             *cur = None;
         }
     }
@@ -80,6 +125,8 @@ impl Slot {
 struct Handle {
     tx: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
+    /// The connection's number in its slot.
+    id: u64,
 }
 
 impl Handle {
@@ -102,6 +149,11 @@ impl Clients {
             .initial_connection_window_size(CONN_WINDOW)
             .max_send_buffer_size(MAX_SEND_BUF)
             .max_header_list_size(self.cfg.max_header_bytes as u32)
+            // Until the peer's SETTINGS arrive (one round trip), open one stream at a time: h2
+            // would otherwise open any number, and a server with a lower stream limit refuses
+            // the excess (REFUSED_STREAM), failing requests that only arrived together with
+            // the connection. The peer's own limit applies from its SETTINGS on.
+            .initial_max_send_streams(1)
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await
@@ -113,7 +165,8 @@ impl Clients {
             })?;
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(drive(conn, closed.clone(), addr));
-        let handle = Handle { tx, closed };
+        let id = slot.generation.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle { tx, closed, id };
         *lock(&slot.current) = Some(handle.clone());
         Ok(handle)
     }
@@ -136,37 +189,49 @@ impl Clients {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         let eos = body.is_end_stream();
+        let mut head = Request::from_parts(parts, ());
         // A second connection attempt only where the request provably never left: the
         // connection had failed before its stream was opened.
         let mut retried = false;
-        // One clone of the connection's `SendRequest` per request: each clone and drop takes the
-        // h2 connection's lock.
-        let (closed, mut tx) = loop {
-            let Handle { tx, closed } = match slot.live() {
-                Some(h) => h,
-                // Cold path, boxed so the per-request future stays small.
-                None => Box::pin(self.connect_h2(peer, &slot)).await?,
-            };
-            match tx.ready().await {
-                Ok(tx) => break (closed, tx),
-                Err(e) if !retried => {
-                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection unusable; reconnecting");
-                    slot.retire(&closed);
-                    retried = true;
+        let mut connected = false;
+        let (id, sent) = loop {
+            let (e, id) = match with_context(|cx| slot.try_send(cx, &mut head, eos)).await {
+                Attempt::Sent(sent, id) => break (id, sent),
+                Attempt::Busy(h) => match h.tx.ready().await {
+                    Ok(mut tx) => break (h.id, tx.send_request(std::mem::take(&mut head), eos)),
+                    Err(e) => (e, h.id),
+                },
+                Attempt::Unusable(e, id) => (e, id),
+                // Cold path, boxed so the per-request future stays small. The new connection
+                // is the slot's: the next attempt uses it (or finds it failed already).
+                Attempt::None if !connected => {
+                    Box::pin(self.connect_h2(peer, &slot)).await?;
+                    connected = true;
+                    continue;
                 }
-                Err(e) => return Err(exchange_error(addr, &e)),
+                Attempt::None => {
+                    return Err(ProxyError::new(
+                        Reason::UpstreamReset,
+                        format!("{addr} closed the new HTTP/2 connection at once"),
+                    ));
+                }
+            };
+            if retried {
+                return Err(exchange_error(addr, &e));
             }
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection unusable; reconnecting");
+            slot.retire(id);
+            retried = true;
         };
-        let (mut response, stream) = match tx.send_request(Request::from_parts(parts, ()), eos) {
+        let (mut response, stream) = match sent {
             Ok(sent) => sent,
             Err(e) => {
                 if !e.is_reset() {
-                    slot.retire(&closed);
+                    slot.retire(id);
                 }
                 return Err(exchange_error(addr, &e));
             }
         };
-        drop(tx);
         let mut pipe = (!eos).then(|| Box::new(Pipe::new(body, stream)));
         let mut body_failed = None;
         let polled = std::future::poll_fn(|cx| {
@@ -192,7 +257,7 @@ impl Clients {
                 }
                 if e.is_go_away() || e.is_io() {
                     // Going away or gone: new requests go to a new connection.
-                    slot.retire(&closed);
+                    slot.retire(id);
                 }
                 return Err(exchange_error(addr, &e));
             }
@@ -201,6 +266,14 @@ impl Clients {
         let body = RecvBody::new(recv, &parts.headers);
         Ok(Response::from_parts(parts, ResponseBody::h2(body, pipe)))
     }
+}
+
+/// Runs `f` with the current task's context (once: the future is ready at its first poll).
+async fn with_context<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+    let mut f = Some(f);
+    std::future::poll_fn(|cx| Poll::Ready(f.take().map(|f| f(cx))))
+        .await
+        .expect("polled once")
 }
 
 /// Methods whose requests carry a body by definition: an empty one gets `content-length: 0`

@@ -168,16 +168,22 @@ async fn serve_stream(conn: &Conn, req: Request<RecvStream>, mut respond: SendRe
     // No connection-specific fields here (the h2 crate would refuse the head): forward::handle
     // strips them from forwarded responses, and respond::error adds none for HTTP/2 clients.
     let (mut parts, body) = resp.into_parts();
+    // One pass over the few fields of a response rather than a hash lookup for each name.
+    let (mut has_date, mut has_length) = (false, false);
+    for name in parts.headers.keys() {
+        has_date |= name == header::DATE;
+        has_length |= name == header::CONTENT_LENGTH;
+    }
     // A forwarded response without a Date gets one (RFC 9110 §6.6.1), as hyper's servers do.
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         parts.headers.insert(header::DATE, date_now());
     }
     let eos = body.is_end_stream();
     // A body of known length announces it (as hyper's server did), e.g. for an HTTP/1 upstream's
     // chunked-free response read to its end.
     if !eos
+        && !has_length
         && let Some(len) = body.size_hint().exact()
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
     {
         parts
             .headers

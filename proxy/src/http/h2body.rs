@@ -45,11 +45,23 @@ impl RecvBody {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        Self {
+        let mut body = Self {
             recv,
             remaining,
             state: RecvState::Data,
+        };
+        // A message that ended with its head (most requests) is known to be empty from here on,
+        // so later questions about its end need not ask the stream, which takes the connection's
+        // lock. A body still owed bytes cannot have ended (the h2 crate checks the length).
+        if !body.owed() && body.recv.is_end_stream() {
+            body.state = RecvState::Done;
         }
+        body
+    }
+
+    /// Bytes of an announced length are still to come.
+    fn owed(&self) -> bool {
+        self.remaining.is_some_and(|n| n > 0)
     }
 }
 
@@ -92,7 +104,11 @@ impl Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == RecvState::Done || self.recv.is_end_stream()
+        match self.state {
+            RecvState::Done => true,
+            // Asking the stream takes the connection's lock: only when the answer is open.
+            _ => !self.owed() && self.recv.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -100,7 +116,7 @@ impl Body for RecvBody {
         if let Some(n) = self.remaining {
             return SizeHint::with_exact(n);
         }
-        if self.recv.is_end_stream() {
+        if self.is_end_stream() {
             return SizeHint::with_exact(0);
         }
         SizeHint::default()
