@@ -164,6 +164,7 @@ pub(crate) async fn carry(
             .and_then(|id| ::http::HeaderValue::from_str(id.as_str()).ok()),
         client_id,
         response_deadline: (version == http::Downstream::Http1).then(Default::default),
+        stream_deadlines: (version == http::Downstream::Http2).then(Default::default),
     });
     // From here the connection is served by a task of its own, and this one ends. An async fn
     // keeps its arguments for its whole life, so each layer that led here (accept, detection,

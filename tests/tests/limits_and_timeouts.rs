@@ -263,6 +263,57 @@ async fn a_long_response_timeout_on_http1_fires_on_time_from_the_connection_time
     );
 }
 
+/// HTTP/2: the streams' deadlines are kept by the connection loop's one timer
+/// (`deadline::StreamDeadlines`). Slow streams started at different times each get their 504 on
+/// time, and a quick stream alongside them is answered.
+#[tokio::test]
+async fn long_response_timeouts_on_h2_streams_fire_on_time_from_the_connection_timer() {
+    let backend = HttpBackend::start(|req| async move {
+        if req.uri.path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        text_response(200, "ok")
+    })
+    .await;
+    let proxy = ProxyBuilder::new()
+        .inbound_explicit(backend.addr())
+        .env("SHOAL_RESPONSE_TIMEOUT", "2500ms")
+        .start()
+        .await;
+    let client = H2Client::connect(proxy.inbound()).await.unwrap();
+    let slow = |delay: u64| {
+        let client = client.clone();
+        let uri = format!("http://{}/slow", proxy.inbound());
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let started = Instant::now();
+            let resp = client
+                .send(request("GET", &uri, None).body(empty()).unwrap())
+                .await
+                .unwrap();
+            (resp, started.elapsed())
+        }
+    };
+    let fast = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let uri = format!("http://{}/fast", proxy.inbound());
+        client
+            .send(request("GET", &uri, None).body(empty()).unwrap())
+            .await
+            .unwrap()
+    };
+    let (first, second, quick) = tokio::join!(slow(0), slow(1200), fast);
+    assert_eq!(quick.status, 200, "{quick:?}");
+    for (resp, elapsed) in [first, second] {
+        assert_eq!(resp.status, 504, "{resp:?}");
+        assert_eq!(resp.header("shoal-proxy-error"), Some("response-timeout"));
+        assert!(
+            elapsed >= Duration::from_millis(2450) && elapsed < Duration::from_millis(2900),
+            "504 after {elapsed:?}, expected about 2.5 s"
+        );
+    }
+}
+
 #[tokio::test]
 async fn refused_upstream_gets_502_connect_refused() {
     let proxy = ProxyBuilder::new()

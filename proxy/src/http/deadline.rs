@@ -5,11 +5,17 @@
 //! HTTP/1.1 request's instructions (BENCHMARKS.md). An HTTP/1 connection serves one request at a
 //! time and its server loop (`serve_h1`) already runs a timer for idleness and the request-head
 //! deadline, so the request only writes its deadline here and the loop's timer enforces it.
-//! Timeouts shorter than two of the loop's ticks (it could not meet them on time), and HTTP/2
-//! streams, keep a timer of their own.
+//! Timeouts shorter than two of the loop's ticks (it could not meet them on time) keep a timer of
+//! their own.
+//!
+//! An HTTP/2 connection serves many requests at once, all inside its own task: their deadlines
+//! are kept in [`StreamDeadlines`], which the connection's loop (`h2_server::serve`) checks with
+//! one timer, firing at the earliest deadline and at least once a tick while any is armed. A
+//! tokio timer per stream cost ~5 % of an h2c request's CPU (BENCHMARKS.md, session 7).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
@@ -95,6 +101,131 @@ impl Drop for Armed<'_> {
     }
 }
 
+/// The response deadlines of one HTTP/2 connection's streams (see the module docs).
+///
+/// A stream registers on its first poll and is woken by [`StreamDeadlines::check`] with the waker
+/// of that poll: it must keep being polled by the same task, as the connection's
+/// `FuturesUnordered` does.
+#[derive(Debug, Default)]
+pub struct StreamDeadlines {
+    slots: Mutex<Slots>,
+    /// Deadlines registered and not yet expired (read by the loop without the lock).
+    armed: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Instant,
+    waker: Waker,
+    expired: bool,
+}
+
+impl StreamDeadlines {
+    /// A stream waits for its response head until `at`; nothing is registered until its first
+    /// poll, and the registration goes when the guard drops.
+    pub fn arm(&self, at: Instant) -> StreamDeadline<'_> {
+        StreamDeadline {
+            deadlines: self,
+            at,
+            slot: None,
+        }
+    }
+
+    /// Whether any deadline waits to be enforced.
+    pub fn any_armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed) > 0
+    }
+
+    /// For the connection's loop: expires (and wakes) the streams whose deadline is not after
+    /// `now`; returns the earliest deadline still armed, if any.
+    pub fn check(&self, now: Instant) -> Option<Instant> {
+        let mut slots = lock(&self.slots);
+        let mut next: Option<Instant> = None;
+        let mut armed = 0;
+        for e in slots.entries.iter_mut().flatten().filter(|e| !e.expired) {
+            if e.at <= now {
+                e.expired = true;
+                e.waker.wake_by_ref();
+            } else {
+                armed += 1;
+                next = Some(next.map_or(e.at, |n| n.min(e.at)));
+            }
+        }
+        self.armed.store(armed, Ordering::Relaxed);
+        next
+    }
+}
+
+fn lock(m: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One stream's armed deadline in [`StreamDeadlines`]; dropping it disarms.
+#[derive(Debug)]
+pub struct StreamDeadline<'a> {
+    deadlines: &'a StreamDeadlines,
+    at: Instant,
+    /// The registration, from the first poll on.
+    slot: Option<usize>,
+}
+
+impl StreamDeadline<'_> {
+    /// Ready once the deadline expired.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slots = lock(&self.deadlines.slots);
+        match self.slot {
+            Some(i) => match &slots.entries[i] {
+                Some(e) if e.expired => Poll::Ready(()),
+                _ => Poll::Pending,
+            },
+            None => {
+                let entry = Some(Entry {
+                    at: self.at,
+                    waker: cx.waker().clone(),
+                    expired: false,
+                });
+                let i = match slots.free.pop() {
+                    Some(i) => {
+                        slots.entries[i] = entry;
+                        i
+                    }
+                    None => {
+                        slots.entries.push(entry);
+                        slots.entries.len() - 1
+                    }
+                };
+                self.slot = Some(i);
+                // Under the lock: `check` recounts under it too.
+                let armed = self.deadlines.armed.load(Ordering::Relaxed);
+                self.deadlines.armed.store(armed + 1, Ordering::Relaxed);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for StreamDeadline<'_> {
+    fn drop(&mut self) {
+        let Some(i) = self.slot else { return };
+        let mut slots = lock(&self.deadlines.slots);
+        if let Some(e) = slots.entries[i].take()
+            && !e.expired
+        {
+            let armed = self.deadlines.armed.load(Ordering::Relaxed);
+            self.deadlines
+                .armed
+                .store(armed.saturating_sub(1), Ordering::Relaxed);
+        }
+        slots.free.push(i);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -136,6 +267,64 @@ mod tests {
         // The next request starts clean.
         let armed = d.arm(at + Duration::from_secs(5));
         assert!(armed.poll_expired(&mut cx).is_pending());
+    }
+
+    #[tokio::test]
+    async fn stream_deadlines_expire_each_stream_at_its_own_time() {
+        let d = StreamDeadlines::default();
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let now = Instant::now();
+        let mut early = d.arm(now + Duration::from_secs(2));
+        let mut late = d.arm(now + Duration::from_secs(5));
+        // Nothing is registered before the first poll.
+        assert!(!d.any_armed());
+        assert_eq!(d.check(now), None);
+        assert!(
+            early
+                .poll_expired(&mut Context::from_waker(&wa))
+                .is_pending()
+        );
+        assert!(
+            late.poll_expired(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        assert!(d.any_armed());
+        // The loop learns the earliest deadline.
+        assert_eq!(
+            d.check(now + Duration::from_secs(1)),
+            Some(now + Duration::from_secs(2))
+        );
+        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        // Past the first: only that stream is expired and woken.
+        let next = d.check(now + Duration::from_secs(3));
+        assert_eq!(next, Some(now + Duration::from_secs(5)));
+        assert_eq!(
+            (a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)),
+            (1, 0)
+        );
+        assert!(early.poll_expired(&mut Context::from_waker(&wa)).is_ready());
+        assert!(
+            late.poll_expired(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        // A stream answered in time disarms on drop; its slot is reused.
+        drop(late);
+        assert!(!d.any_armed());
+        assert_eq!(d.check(now + Duration::from_secs(10)), None);
+        assert_eq!(b.0.load(Ordering::SeqCst), 0);
+        drop(early);
+        let mut again = d.arm(now + Duration::from_secs(20));
+        assert!(
+            again
+                .poll_expired(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        assert_eq!(lock(&d.slots).entries.len(), 2);
+        assert!(d.any_armed());
     }
 
     #[tokio::test]

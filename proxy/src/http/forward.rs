@@ -184,6 +184,19 @@ async fn forward(
                 Either::Right(_) => return Err(timed_out(limit)),
             }
         }
+        // HTTP/2: the connection loop's one timer keeps every stream's deadline (same rule).
+        Some(limit)
+            if let Some(deadlines) = &conn.stream_deadlines
+                && limit >= 2 * super::loop_tick(&conn.shared.config.http) =>
+        {
+            let mut armed = deadlines.arm(start + limit);
+            let send = pin!(clients.send(&target.peer, target.version, req, upgrade));
+            let expired = pin!(std::future::poll_fn(|cx| armed.poll_expired(cx)));
+            match futures_util::future::select(send, expired).await {
+                Either::Left((resp, _)) => resp?,
+                Either::Right(_) => return Err(timed_out(limit)),
+            }
+        }
         Some(limit) => tokio::time::timeout_at(
             start + limit,
             clients.send(&target.peer, target.version, req, upgrade),

@@ -68,6 +68,13 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
     let mut signaled = pin!(Gated::new(drain.signaled()));
     let mut ping_gate = WakeGate::default();
     let mut draining = false;
+    // The streams' response deadlines (`deadline::StreamDeadlines`): one timer, running while any
+    // is armed, at the earliest deadline and at least once a tick.
+    let tick = super::loop_tick(cfg);
+    let mut deadline_timer = pin!(tokio::time::sleep(tick));
+    let mut deadline_gate = WakeGate::default();
+    let mut deadline_running = false;
+    let deadlines = conn.stream_deadlines.as_ref();
     let conn: &Conn = &conn;
     // One hand-written poll rather than a `select!` loop: every wake-up first runs the streams
     // that are ready, then polls the connection once, so the frames they queued leave together
@@ -107,10 +114,26 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
                 }
             }
         }
-        loop {
+        if deadline_running {
+            while deadline_gate
+                .poll(cx, |cx| deadline_timer.as_mut().poll(cx))
+                .is_ready()
+            {
+                // Expired streams are woken, and answered by the stream loop below.
+                let now = Instant::now();
+                match deadlines.and_then(|d| d.check(now)) {
+                    Some(next) => deadline_timer.as_mut().reset(next.min(now + tick)),
+                    None => {
+                        deadline_running = false;
+                        break;
+                    }
+                }
+            }
+        }
+        let polled = loop {
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
             if !accepting {
-                return if streams.is_empty() {
+                break if streams.is_empty() {
                     Poll::Ready(End::Closed)
                 } else {
                     Poll::Pending
@@ -120,12 +143,19 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     streams.push(serve_stream(conn, req, respond));
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(End::Error(e)),
+                Poll::Ready(Some(Err(e))) => break Poll::Ready(End::Error(e)),
                 // The connection is closed (GOAWAY exchanged, or the client left).
                 Poll::Ready(None) => accepting = false,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => break Poll::Pending,
             }
+        };
+        // Streams polled just now may have armed the first deadline.
+        if polled.is_pending() && !deadline_running && deadlines.is_some_and(|d| d.any_armed()) {
+            deadline_running = true;
+            deadline_timer.as_mut().reset(Instant::now() + tick);
+            let _ = deadline_gate.poll(cx, |cx| deadline_timer.as_mut().poll(cx));
         }
+        polled
     })
     .await;
     match end {
