@@ -101,6 +101,25 @@ impl Drop for Armed<'_> {
     }
 }
 
+/// A request's armed response deadline on its connection's timer, whichever HTTP version.
+#[derive(Debug)]
+pub enum ConnDeadline<'a> {
+    /// The HTTP/1 connection's one request.
+    Http1(Armed<'a>),
+    /// One of the HTTP/2 connection's streams.
+    Http2(StreamDeadline<'a>),
+}
+
+impl ConnDeadline<'_> {
+    /// Ready once the deadline expired.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            ConnDeadline::Http1(a) => a.poll_expired(cx),
+            ConnDeadline::Http2(s) => s.poll_expired(cx),
+        }
+    }
+}
+
 /// The response deadlines of one HTTP/2 connection's streams (see the module docs).
 ///
 /// A stream registers on its first poll and is woken by [`StreamDeadlines::check`] with the waker

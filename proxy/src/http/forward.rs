@@ -12,6 +12,7 @@ use http::{HeaderValue, Request, Response, Uri, Version as HttpVersion, header};
 use tokio::time::Instant;
 
 use super::body::{RequestBody, ResponseBody};
+use super::deadline::ConnDeadline;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::{Conn, Downstream, respond};
 use crate::endpoint::{Peer, Version};
@@ -169,14 +170,22 @@ async fn forward(
             ),
         )
     };
-    let mut resp = match timeout {
-        // HTTP/1: the connection loop's timer enforces the deadline (http::deadline), when its
-        // tick is short enough to meet it on time.
-        Some(limit)
-            if let Some(cell) = &conn.response_deadline
-                && limit >= 2 * super::loop_tick(&conn.shared.config.http) =>
-        {
-            let armed = cell.arm(start + limit);
+    // The connection loop's timer enforces the deadline (http::deadline) when its tick is short
+    // enough to meet it on time: HTTP/1's one request, or one of HTTP/2's streams. One arm for
+    // both keeps the request's future (held by every HTTP/1 connection) small.
+    let tick = super::loop_tick(&conn.shared.config.http);
+    let on_loop = timeout
+        .filter(|limit| *limit >= 2 * tick)
+        .and_then(|limit| {
+            let at = start + limit;
+            match (&conn.response_deadline, &conn.stream_deadlines) {
+                (Some(cell), _) => Some(ConnDeadline::Http1(cell.arm(at))),
+                (None, Some(streams)) => Some(ConnDeadline::Http2(streams.arm(at))),
+                (None, None) => None,
+            }
+        });
+    let mut resp = match (timeout, on_loop) {
+        (Some(limit), Some(mut armed)) => {
             let send = pin!(clients.send(&target.peer, target.version, req, upgrade));
             let expired = pin!(std::future::poll_fn(|cx| armed.poll_expired(cx)));
             match futures_util::future::select(send, expired).await {
@@ -184,26 +193,13 @@ async fn forward(
                 Either::Right(_) => return Err(timed_out(limit)),
             }
         }
-        // HTTP/2: the connection loop's one timer keeps every stream's deadline (same rule).
-        Some(limit)
-            if let Some(deadlines) = &conn.stream_deadlines
-                && limit >= 2 * super::loop_tick(&conn.shared.config.http) =>
-        {
-            let mut armed = deadlines.arm(start + limit);
-            let send = pin!(clients.send(&target.peer, target.version, req, upgrade));
-            let expired = pin!(std::future::poll_fn(|cx| armed.poll_expired(cx)));
-            match futures_util::future::select(send, expired).await {
-                Either::Left((resp, _)) => resp?,
-                Either::Right(_) => return Err(timed_out(limit)),
-            }
-        }
-        Some(limit) => tokio::time::timeout_at(
+        (Some(limit), None) => tokio::time::timeout_at(
             start + limit,
             clients.send(&target.peer, target.version, req, upgrade),
         )
         .await
         .map_err(|_| timed_out(limit))??,
-        None => {
+        (None, _) => {
             clients
                 .send(&target.peer, target.version, req, upgrade)
                 .await?

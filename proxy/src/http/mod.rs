@@ -59,8 +59,9 @@ pub struct Conn {
     pub client_id_header: Option<http::HeaderValue>,
     /// HTTP/1: the request's response deadline, enforced by the connection loop's timer.
     pub response_deadline: Option<deadline::ResponseDeadline>,
-    /// HTTP/2: the streams' response deadlines, enforced by the connection loop's timer.
-    pub stream_deadlines: Option<deadline::StreamDeadlines>,
+    /// HTTP/2: the streams' response deadlines, enforced by the connection loop's timer (boxed:
+    /// every HTTP/1 connection carries the field).
+    pub stream_deadlines: Option<Box<deadline::StreamDeadlines>>,
 }
 
 /// Serves HTTP on `io` until the client is done or draining asks the connection to close;
