@@ -225,11 +225,9 @@ async fn slow_upstream_gets_504_response_timeout() {
     );
 }
 
-/// A timeout of at least two of the HTTP/1 connection loop's ticks (1 s) is kept by that loop's
-/// timer rather than one per request (proxy/src/http/deadline.rs): still on time, and the
-/// connection serves the next request (whose deadline starts afresh).
-#[tokio::test]
-async fn a_long_response_timeout_on_http1_fires_on_time_from_the_connection_timer() {
+/// A backend that answers `/slow` after 6 s (everything else at once), behind a proxy whose
+/// response timeout is 2.5 s: more than two of the connection loop's 1 s ticks.
+async fn slow_path_behind_proxy_with_2500ms_timeout() -> (HttpBackend, shoal_tests::Proxy) {
     let backend = HttpBackend::start(|req| async move {
         if req.uri.path() == "/slow" {
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -242,6 +240,15 @@ async fn a_long_response_timeout_on_http1_fires_on_time_from_the_connection_time
         .env("SHOAL_RESPONSE_TIMEOUT", "2500ms")
         .start()
         .await;
+    (backend, proxy)
+}
+
+/// A timeout of at least two of the HTTP/1 connection loop's ticks (1 s) is kept by that loop's
+/// timer rather than one per request (proxy/src/http/deadline.rs): still on time, and the
+/// connection serves the next request (whose deadline starts afresh).
+#[tokio::test]
+async fn a_long_response_timeout_on_http1_fires_on_time_from_the_connection_timer() {
+    let (_backend, proxy) = slow_path_behind_proxy_with_2500ms_timeout().await;
     let mut client = H1Client::connect(proxy.inbound()).await.unwrap();
     // A quick request first: its deadline must not linger and cut the next one short.
     let resp = client
@@ -268,18 +275,7 @@ async fn a_long_response_timeout_on_http1_fires_on_time_from_the_connection_time
 /// time, and a quick stream alongside them is answered.
 #[tokio::test]
 async fn long_response_timeouts_on_h2_streams_fire_on_time_from_the_connection_timer() {
-    let backend = HttpBackend::start(|req| async move {
-        if req.uri.path() == "/slow" {
-            tokio::time::sleep(Duration::from_secs(6)).await;
-        }
-        text_response(200, "ok")
-    })
-    .await;
-    let proxy = ProxyBuilder::new()
-        .inbound_explicit(backend.addr())
-        .env("SHOAL_RESPONSE_TIMEOUT", "2500ms")
-        .start()
-        .await;
+    let (_backend, proxy) = slow_path_behind_proxy_with_2500ms_timeout().await;
     let client = H2Client::connect(proxy.inbound()).await.unwrap();
     let slow = |delay: u64| {
         let client = client.clone();
