@@ -4,9 +4,9 @@
 //! Each request opens its stream from its own future, through the connection's one
 //! `SendRequest` (under the slot's lock, `Slot::try_send`), and waits for the response head there:
 //! no dispatch channel and no task per request (hyper's client had both), and no clone of the
-//! handle per request (each clone and drop takes h2's connection lock). One task per connection drives it and sends keep-alive pings. A request body that
-//! is still streaming when the response head arrives moves into the response body, which pipes
-//! it whenever it is polled ([`crate::http::body::ResponseBody::h2`]). Dropping either side
+//! handle per request (each clone and drop takes h2's connection lock). One task per connection
+//! drives it and sends keep-alive pings. A request body that is still streaming when the response
+//! head arrives moves into the response body, which pipes it whenever it is polled ([`crate::http::body::ResponseBody::h2`]). Dropping either side
 //! before the end resets the upstream stream (RST_STREAM CANCEL), so a downstream cancel reaches
 //! the upstream.
 
@@ -52,12 +52,10 @@ pub(super) struct Slot {
     generation: AtomicU64,
 }
 
-/// What trying the current connection without waiting gave.
+/// What trying the current connection gave.
 enum Attempt {
     /// A stream was opened for the request head (or refused) on connection number `.1`.
     Sent(Result<(ResponseFuture, SendStream<Bytes>), h2::Error>, u64),
-    /// The connection cannot take a stream now: wait on a handle of its own.
-    Busy(Handle),
     /// The connection failed before the stream was opened.
     Unusable(h2::Error, u64),
     /// No live connection.
@@ -74,39 +72,33 @@ impl Slot {
         cur.is_some()
     }
 
-    fn live(&self) -> Option<Handle> {
-        lock(&self.current)
-            .as_ref()
-            .filter(|h| !h.is_closed())
-            .cloned()
+    /// Whether a connection is current and not known to have ended.
+    fn has_live(&self) -> bool {
+        lock(&self.current).as_ref().is_some_and(|h| !h.is_closed())
     }
 
-    /// Opens a stream for `head` on the live connection if it can take one right now, through the
-    /// slot's own handle: a clone per request would take the h2 connection's lock twice more.
-    /// `head` is taken only when it is sent.
+    /// Opens a stream for `head` on the live connection, through the slot's own handle: a clone
+    /// per request would take the h2 connection's lock twice more. `head` is taken only when it
+    /// is sent.
     fn try_send(&self, cx: &mut Context<'_>, head: &mut Request<()>, eos: bool) -> Attempt {
         let mut cur = lock(&self.current);
         let Some(h) = cur.as_mut().filter(|h| !h.is_closed()) else {
             return Attempt::None;
         };
-        match h.tx.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                let sent = h.tx.send_request(std::mem::take(head), eos);
-                // A stream h2 cannot open yet (the peer's stream limit is reached, or its
-                // SETTINGS are still to come) stays referenced by the handle that sent it, to
-                // hold back that handle's next request. The slot's handle is every request's, so
-                // it must not keep one (a cancelled request's stream would stay open upstream):
-                // a fresh clone holds none.
-                if sent.is_ok() && h.tx.poll_ready(cx).is_pending() {
-                    h.tx = h.tx.clone();
-                }
-                Attempt::Sent(sent, h.id)
-            }
-            Poll::Ready(Err(e)) => Attempt::Unusable(e, h.id),
-            // Not expected (the slot's handle keeps no waiting stream, above), but should the
-            // handle have to wait, the request waits on a clone of its own.
-            Poll::Pending => Attempt::Busy(h.clone()),
+        // `poll_ready` waits only while the handle holds a stream h2 could not open yet, and the
+        // slot's handle never keeps one (below): this asks whether the connection failed.
+        if let Poll::Ready(Err(e)) = h.tx.poll_ready(cx) {
+            return Attempt::Unusable(e, h.id);
         }
+        let sent = h.tx.send_request(std::mem::take(head), eos);
+        // A stream h2 cannot open yet (the peer's stream limit is reached, or its SETTINGS are
+        // still to come) stays referenced by the handle that sent it, to hold back that handle's
+        // next request. The slot's handle is every request's, so it must not keep one (a
+        // cancelled request's stream would stay open upstream): a fresh clone holds none.
+        if sent.is_ok() && h.tx.poll_ready(cx).is_pending() {
+            h.tx = h.tx.clone();
+        }
+        Attempt::Sent(sent, h.id)
     }
 
     /// Marks connection number `id` unusable (it failed or is going away), and forgets it if it
@@ -121,7 +113,7 @@ impl Slot {
 }
 
 /// A connection's request handle and whether its driver task has ended.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Handle {
     tx: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
@@ -136,12 +128,13 @@ impl Handle {
 }
 
 impl Clients {
-    /// Connects the HTTP/2 connection of `slot` (one attempt at a time).
-    async fn connect_h2(&self, peer: &Peer, slot: &Slot) -> Result<Handle, ProxyError> {
+    /// Connects the HTTP/2 connection of `slot` (one attempt at a time; none if a concurrent
+    /// request already did).
+    async fn connect_h2(&self, peer: &Peer, slot: &Slot) -> Result<(), ProxyError> {
         let addr = peer.0;
         let _connecting = slot.connecting.lock().await;
-        if let Some(h) = slot.live() {
-            return Ok(h);
+        if slot.has_live() {
+            return Ok(());
         }
         let io = self.connect_io(peer, Alpn::H2).await?;
         let (tx, conn) = h2::client::Builder::new()
@@ -166,9 +159,8 @@ impl Clients {
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(drive(conn, closed.clone(), addr));
         let id = slot.generation.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { tx, closed, id };
-        *lock(&slot.current) = Some(handle.clone());
-        Ok(handle)
+        *lock(&slot.current) = Some(Handle { tx, closed, id });
+        Ok(())
     }
 
     /// Sends `req` on the endpoint's HTTP/2 connection, returning the response head.
@@ -197,10 +189,6 @@ impl Clients {
         let (id, sent) = loop {
             let (e, id) = match with_context(|cx| slot.try_send(cx, &mut head, eos)).await {
                 Attempt::Sent(sent, id) => break (id, sent),
-                Attempt::Busy(h) => match h.tx.ready().await {
-                    Ok(mut tx) => break (h.id, tx.send_request(std::mem::take(&mut head), eos)),
-                    Err(e) => (e, h.id),
-                },
                 Attempt::Unusable(e, id) => (e, id),
                 // Cold path, boxed so the per-request future stays small. The new connection
                 // is the slot's: the next attempt uses it (or finds it failed already).
