@@ -172,3 +172,23 @@ pub enum Error {
     /// Failed to perform HPACK decoding
     Hpack(hpack::DecoderError),
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Frames are moved by value through every send and receive queue; the
+    /// header block is boxed so that these moves stay a few words wide.
+    #[test]
+    fn frames_stay_small() {
+        eprintln!(
+            "Frame {} Headers {} Settings {} Data {} GoAway {}",
+            std::mem::size_of::<Frame>(),
+            std::mem::size_of::<Headers>(),
+            std::mem::size_of::<Settings>(),
+            std::mem::size_of::<Data>(),
+            std::mem::size_of::<GoAway>()
+        );
+        assert!(std::mem::size_of::<Frame>() <= 64);
+    }
+}

@@ -1,7 +1,10 @@
-use super::table::{Index, Table};
-use super::{huffman, Header};
+use super::table::{Found, Index, Table};
+use super::{huffman, FieldRef};
+#[cfg(any(test, fuzzing))]
+use super::Header;
 
 use bytes::{BufMut, BytesMut};
+#[cfg(any(test, fuzzing))]
 use http::header::{HeaderName, HeaderValue};
 
 const DEFAULT_MAX_ALLOWED_SIZE: usize = 4 * 1024;
@@ -98,6 +101,10 @@ impl Encoder {
     }
 
     /// Encode a set of headers into the provide buffer
+    ///
+    /// The owning path, kept for the tests that pin the encoding and for the
+    /// fuzzer; frames encode through `encode_refs`.
+    #[cfg(any(test, fuzzing))]
     pub fn encode<I>(&mut self, headers: I, dst: &mut BytesMut)
     where
         I: IntoIterator<Item = Header<Option<HeaderName>>>,
@@ -131,6 +138,39 @@ impl Encoder {
                         &value,
                         dst,
                     );
+                }
+            }
+        }
+    }
+
+    /// Encodes borrowed fields, the frame's own (`HeaderBlock::into_encoding`).
+    ///
+    /// The same encoding as `encode`, but a field is looked up by reference
+    /// (`Table::find`) and copied only when the table keeps it: encoding by
+    /// value moved every field several times (~80 bytes each) on its way
+    /// through the table. Repeated values of one name are each looked up by
+    /// name rather than written after the previous value's name index.
+    pub fn encode_refs<'a, I>(&mut self, fields: I, dst: &mut BytesMut)
+    where
+        I: IntoIterator<Item = FieldRef<'a>>,
+    {
+        let span = tracing::trace_span!("hpack::encode");
+        let _e = span.enter();
+
+        self.encode_size_updates(dst);
+
+        for field in fields {
+            let name = field.name();
+            let value = field.value_slice();
+            let sensitive = field.is_sensitive();
+
+            match self.table.find(&name, value, sensitive) {
+                Found::Indexed(idx) => encode_int(idx, 7, 0x80, dst),
+                Found::Name(idx) => encode_not_indexed(idx, value, sensitive, dst),
+                Found::NotIndexed => encode_not_indexed2(name.as_slice(), value, sensitive, dst),
+                Found::Insert => {
+                    let index = self.table.index(field.to_owned());
+                    self.encode_header(&index, dst);
                 }
             }
         }
@@ -193,6 +233,7 @@ impl Encoder {
         }
     }
 
+    #[cfg(any(test, fuzzing))]
     fn encode_header_without_name(
         &mut self,
         last: &Index,
@@ -531,8 +572,9 @@ mod test {
         assert_eq!(5, res[2]);
         assert_eq!(b"12345", &res[3..]);
 
-        // Using the name component of a previously indexed header (without
-        // sensitive flag set)
+        // A name already in the dynamic table (from a header without the
+        // sensitive flag) is not looked up for a sensitive field: the field is
+        // written with a literal name, skipping the table probe.
 
         let _ = encode(
             &mut encoder,
@@ -549,9 +591,10 @@ mod test {
         };
         let res = encode(&mut encoder, vec![header]);
 
-        assert_eq!(&[0b11111, 47], &res[..2]);
-        assert_eq!(5, res[2]);
-        assert_eq!(b"12345", &res[3..]);
+        assert_eq!(&[0b10000, 11], &res[..2]);
+        assert_eq!(b"my-password", &res[2..13]);
+        assert_eq!(5, res[13]);
+        assert_eq!(b"12345", &res[14..]);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub fn len(name: &HeaderName, value: &HeaderValue) -> usize {
 }
 
 impl Header<Option<HeaderName>> {
+    #[cfg(any(test, fuzzing))]
     pub fn reify(self) -> Result<Header, HeaderValue> {
         use self::Header::*;
 
@@ -187,24 +188,7 @@ impl Header {
     }
 
     pub fn skip_value_index(&self) -> bool {
-        use http::header;
-
-        match *self {
-            Header::Field { ref name, .. } => matches!(
-                *name,
-                header::AGE
-                    | header::AUTHORIZATION
-                    | header::CONTENT_LENGTH
-                    | header::ETAG
-                    | header::IF_MODIFIED_SINCE
-                    | header::IF_NONE_MATCH
-                    | header::LOCATION
-                    | header::COOKIE
-                    | header::SET_COOKIE
-            ),
-            Header::Path(..) => true,
-            _ => false,
-        }
+        self.name().skip_value_index()
     }
 }
 
@@ -227,6 +211,29 @@ impl From<Header> for Header<Option<HeaderName>> {
 }
 
 impl<'a> Name<'a> {
+    /// Fields whose values are never entered in the table (a borrowed
+    /// `Header::skip_value_index`). This logic is borrowed from nghttp2.
+    pub fn skip_value_index(&self) -> bool {
+        use http::header;
+
+        match *self {
+            Name::Field(name) => matches!(
+                *name,
+                header::AGE
+                    | header::AUTHORIZATION
+                    | header::CONTENT_LENGTH
+                    | header::ETAG
+                    | header::IF_MODIFIED_SINCE
+                    | header::IF_NONE_MATCH
+                    | header::LOCATION
+                    | header::COOKIE
+                    | header::SET_COOKIE
+            ),
+            Name::Path => true,
+            _ => false,
+        }
+    }
+
     pub fn into_entry(self, value: Bytes) -> Result<Header, DecoderError> {
         match self {
             Name::Field(name) => Ok(Header::Field {
@@ -257,6 +264,84 @@ impl<'a> Name<'a> {
             Name::Path => b":path",
             Name::Protocol => b":protocol",
             Name::Status => b":status",
+        }
+    }
+}
+
+/// A header field borrowed from the frame that sends it: encoding looks it up
+/// in the table by reference, and takes an owned copy (`to_owned`) only when
+/// the table keeps it.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldRef<'a> {
+    Field(&'a HeaderName, &'a HeaderValue),
+    Authority(&'a BytesStr),
+    Method(&'a Method),
+    Scheme(&'a BytesStr),
+    Path(&'a BytesStr),
+    Protocol(&'a Protocol),
+    Status(&'a StatusCode),
+}
+
+impl Header {
+    /// The field, borrowed (for checking `Encoder::encode_refs`).
+    #[cfg(test)]
+    pub fn as_field_ref(&self) -> FieldRef<'_> {
+        match self {
+            Header::Field { name, value } => FieldRef::Field(name, value),
+            Header::Authority(v) => FieldRef::Authority(v),
+            Header::Method(v) => FieldRef::Method(v),
+            Header::Scheme(v) => FieldRef::Scheme(v),
+            Header::Path(v) => FieldRef::Path(v),
+            Header::Protocol(v) => FieldRef::Protocol(v),
+            Header::Status(v) => FieldRef::Status(v),
+        }
+    }
+}
+
+impl<'a> FieldRef<'a> {
+    pub fn name(&self) -> Name<'a> {
+        match *self {
+            FieldRef::Field(name, _) => Name::Field(name),
+            FieldRef::Authority(..) => Name::Authority,
+            FieldRef::Method(..) => Name::Method,
+            FieldRef::Scheme(..) => Name::Scheme,
+            FieldRef::Path(..) => Name::Path,
+            FieldRef::Protocol(..) => Name::Protocol,
+            FieldRef::Status(..) => Name::Status,
+        }
+    }
+
+    pub fn value_slice(&self) -> &'a [u8] {
+        match *self {
+            FieldRef::Field(_, value) => value.as_ref(),
+            FieldRef::Authority(v) => v.as_ref(),
+            FieldRef::Method(v) => v.as_str().as_bytes(),
+            FieldRef::Scheme(v) => v.as_ref(),
+            FieldRef::Path(v) => v.as_ref(),
+            FieldRef::Protocol(v) => v.as_ref(),
+            FieldRef::Status(v) => v.as_str().as_bytes(),
+        }
+    }
+
+    pub fn is_sensitive(&self) -> bool {
+        match *self {
+            FieldRef::Field(_, value) => value.is_sensitive(),
+            _ => false,
+        }
+    }
+
+    pub fn to_owned(self) -> Header {
+        match self {
+            FieldRef::Field(name, value) => Header::Field {
+                name: name.clone(),
+                value: value.clone(),
+            },
+            FieldRef::Authority(v) => Header::Authority(v.clone()),
+            FieldRef::Method(v) => Header::Method(v.clone()),
+            FieldRef::Scheme(v) => Header::Scheme(v.clone()),
+            FieldRef::Path(v) => Header::Path(v.clone()),
+            FieldRef::Protocol(v) => Header::Protocol(v.clone()),
+            FieldRef::Status(v) => Header::Status(*v),
         }
     }
 }

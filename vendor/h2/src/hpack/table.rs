@@ -1,8 +1,8 @@
+use super::header::Name;
 use super::Header;
 
 use fnv::FnvHasher;
 use http::header;
-use http::method::Method;
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -36,6 +36,29 @@ pub enum Index {
 
     // The header is not indexed by this table
     NotIndexed(Header),
+}
+
+/// The table's answer for a borrowed field (`Table::find`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Fully indexed, in the static or the dynamic table.
+    Indexed(usize),
+    /// The name is indexed; the value is written as a literal and not entered.
+    Name(usize),
+    /// Name and value are written as literals and not entered.
+    NotIndexed,
+    /// The field would be entered in the table: `index` it, owned.
+    Insert,
+}
+
+impl Found {
+    fn new(statik: Option<(usize, bool)>) -> Found {
+        match statik {
+            None => Found::NotIndexed,
+            Some((n, true)) => Found::Indexed(n),
+            Some((n, false)) => Found::Name(n),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -118,6 +141,7 @@ impl Table {
         }
     }
 
+    #[cfg(any(test, fuzzing))]
     pub fn resolve_idx(&self, index: &Index) -> usize {
         use self::Index::*;
 
@@ -149,12 +173,88 @@ impl Table {
             return Index::Indexed(n, header);
         }
 
+        // A never-indexed field is never inserted, so the dynamic table could at
+        // most lend it a name (a few bytes); skipping the probe saves hashing the
+        // name of every such field (per-request ids, trace context).
+        if header.is_sensitive() {
+            return Index::new(statik, header);
+        }
+
         // Don't index large headers
         if header.len() * 4 > self.max_size * 3 {
             return Index::new(statik, header);
         }
 
         self.index_dynamic(header, statik)
+    }
+
+    /// What `index` would answer for a field, whenever that answer leaves the
+    /// table as it is; otherwise `Found::Insert`. Once a connection's repeated
+    /// fields are in the table this is the usual case, and the encoder then
+    /// needs neither to own nor to move the field.
+    pub fn find(&self, name: &Name<'_>, value: &[u8], sensitive: bool) -> Found {
+        // The same decisions, in the same order, as `index`.
+        let statik = index_static_parts(name, value);
+
+        if name.skip_value_index() {
+            return Found::new(statik);
+        }
+
+        if let Some((n, true)) = statik {
+            return Found::Indexed(n);
+        }
+
+        if sensitive {
+            return Found::new(statik);
+        }
+
+        let len = 32 + name.as_slice().len() + value.len();
+        if len * 4 > self.max_size * 3 {
+            return Found::new(statik);
+        }
+
+        if self.indices.is_empty() {
+            return Found::Insert;
+        }
+
+        let hash = hash_name(name);
+        let mut probe = desired_pos(self.mask, hash);
+        let mut dist = 0;
+
+        // The table never fills `indices` (see `usable_capacity`), so the
+        // probe ends at a vacant position at the latest.
+        probe_loop!(probe < self.indices.len(), {
+            let Some(pos) = self.indices[probe] else {
+                return Found::Insert;
+            };
+
+            if probe_distance(self.mask, pos.hash, probe) < dist {
+                return Found::Insert;
+            }
+
+            let slot_idx = pos.index.wrapping_add(self.inserted);
+
+            if pos.hash == hash && self.slots[slot_idx].header.name() == *name {
+                // Matching name: walk the entries with this name for the value.
+                let mut index = pos.index;
+
+                loop {
+                    let real_idx = index.wrapping_add(self.inserted);
+                    let slot = &self.slots[real_idx];
+
+                    if slot.header.value_slice() == value {
+                        return Found::Indexed(real_idx + DYN_OFFSET);
+                    }
+
+                    match slot.next {
+                        Some(next) => index = next,
+                        None => return Found::Insert,
+                    }
+                }
+            }
+
+            dist += 1;
+        });
     }
 
     fn index_dynamic(&mut self, header: Header, statik: Option<(usize, bool)>) -> Index {
@@ -660,24 +760,30 @@ fn probe_distance(mask: usize, hash: HashValue, current: usize) -> usize {
 }
 
 fn hash_header(header: &Header) -> HashValue {
+    hash_name(&header.name())
+}
+
+fn hash_name(name: &Name<'_>) -> HashValue {
     const MASK: u64 = (MAX_SIZE as u64) - 1;
 
     let mut h = FnvHasher::default();
-    header.name().hash(&mut h);
+    name.hash(&mut h);
     HashValue((h.finish() & MASK) as usize)
 }
 
 /// Checks the static table for the header. If found, returns the index and a
 /// boolean representing if the value matched as well.
 fn index_static(header: &Header) -> Option<(usize, bool)> {
-    match *header {
-        Header::Field {
-            ref name,
-            ref value,
-        } => match *name {
+    index_static_parts(&header.name(), header.value_slice())
+}
+
+/// `index_static` for a name and the bytes of a value.
+fn index_static_parts(name: &Name<'_>, value: &[u8]) -> Option<(usize, bool)> {
+    match *name {
+        Name::Field(name) => match *name {
             header::ACCEPT_CHARSET => Some((15, false)),
             header::ACCEPT_ENCODING => {
-                if value == "gzip, deflate" {
+                if value == b"gzip, deflate" {
                     Some((16, true))
                 } else {
                     Some((16, false))
@@ -730,31 +836,31 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
             header::WWW_AUTHENTICATE => Some((61, false)),
             _ => None,
         },
-        Header::Authority(_) => Some((1, false)),
-        Header::Method(ref v) => match *v {
-            Method::GET => Some((2, true)),
-            Method::POST => Some((3, true)),
+        Name::Authority => Some((1, false)),
+        Name::Method => match value {
+            b"GET" => Some((2, true)),
+            b"POST" => Some((3, true)),
             _ => Some((2, false)),
         },
-        Header::Scheme(ref v) => match &**v {
-            "http" => Some((6, true)),
-            "https" => Some((7, true)),
+        Name::Scheme => match value {
+            b"http" => Some((6, true)),
+            b"https" => Some((7, true)),
             _ => Some((6, false)),
         },
-        Header::Path(ref v) => match &**v {
-            "/" => Some((4, true)),
-            "/index.html" => Some((5, true)),
+        Name::Path => match value {
+            b"/" => Some((4, true)),
+            b"/index.html" => Some((5, true)),
             _ => Some((4, false)),
         },
-        Header::Protocol(..) => None,
-        Header::Status(ref v) => match u16::from(*v) {
-            200 => Some((8, true)),
-            204 => Some((9, true)),
-            206 => Some((10, true)),
-            304 => Some((11, true)),
-            400 => Some((12, true)),
-            404 => Some((13, true)),
-            500 => Some((14, true)),
+        Name::Protocol => None,
+        Name::Status => match value {
+            b"200" => Some((8, true)),
+            b"204" => Some((9, true)),
+            b"206" => Some((10, true)),
+            b"304" => Some((11, true)),
+            b"400" => Some((12, true)),
+            b"404" => Some((13, true)),
+            b"500" => Some((14, true)),
             _ => Some((8, false)),
         },
     }

@@ -131,7 +131,15 @@ impl FuzzHpack {
         let mut encoder = Encoder::default();
         let mut decoder = Decoder::default();
 
+        // `encode_refs` (borrowed fields, as the frames encode) against
+        // `encode` given the same fields with every name present: the two
+        // must write the same bytes, and those bytes must decode to the fields.
+        let mut ref_encoder = Encoder::default();
+        let mut owned_encoder = Encoder::default();
+        let mut ref_decoder = Decoder::default();
+
         for frame in frames {
+            let first_expected = expect.len();
             // build "expected" frames, such that decoding headers always
             // includes a name
             let mut prev_name = None;
@@ -157,12 +165,33 @@ impl FuzzHpack {
 
             if let Some(max) = frame.resizes.iter().max() {
                 decoder.queue_size_update(*max);
+                ref_decoder.queue_size_update(*max);
             }
 
             // Apply resizes
             for resize in &frame.resizes {
                 encoder.update_max_size(*resize);
+                ref_encoder.update_max_size(*resize);
+                owned_encoder.update_max_size(*resize);
             }
+
+            let named: Vec<Header> = expect[first_expected..].to_vec();
+            let mut by_ref = BytesMut::new();
+            ref_encoder.encode_refs(named.iter().map(Header::as_field_ref), &mut by_ref);
+            let mut owned = BytesMut::new();
+            owned_encoder.encode(
+                named.iter().cloned().map(Header::<Option<HeaderName>>::from),
+                &mut owned,
+            );
+            assert_eq!(by_ref, owned, "encode_refs and encode differ");
+            let mut decoded = vec![];
+            ref_decoder
+                .decode(&mut Cursor::new(&mut by_ref), |h| {
+                    decoded.push(h);
+                    ControlFlow::Continue(())
+                })
+                .expect("full decode of encode_refs");
+            assert_eq!(decoded, named);
 
             encoder.encode(frame.headers, &mut buf);
 
