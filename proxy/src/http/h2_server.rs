@@ -141,7 +141,10 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
             }
             match h2conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    streams.push(serve_stream(conn, req, respond));
+                    // Boxed: `FuturesUnordered` keeps a stub task sized for its future type
+                    // for the connection's whole life; unboxed, every HTTP/2 connection, idle or
+                    // not, held ~4 KB for it (BENCHMARKS.md, session 8).
+                    streams.push(Box::pin(serve_stream(conn, req, respond)));
                 }
                 Poll::Ready(Some(Err(e))) => break Poll::Ready(End::Error(e)),
                 // The connection is closed (GOAWAY exchanged, or the client left).
