@@ -30,6 +30,7 @@ use crate::config::HttpConfig;
 use crate::errors::{ProxyError, Reason, connect_reason, upstream_reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::identity::Identity;
+use crate::sync::lock;
 use crate::tls::{self, Alpn, ClientStream, MaybeTls, SpiffeId};
 
 /// An upstream connection's transport: plain TCP, or mTLS to a peer proxy.
@@ -93,10 +94,6 @@ impl Release {
             idle.push_back((self.tx, Instant::now()));
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Clients {

@@ -43,4 +43,5 @@ pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod state;
+mod sync;
 pub mod trace_context;

@@ -18,10 +18,7 @@ pub struct LogHandle {
 impl LogHandle {
     /// The filter in force.
     pub fn get(&self) -> String {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.current).clone()
     }
 
     /// Replaces the filter; an invalid directive is rejected and the old filter stays.
@@ -31,7 +28,7 @@ impl LogHandle {
         self.reload
             .reload(filter)
             .map_err(|e| format!("cannot change the log filter: {e}"))?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = directives.to_string();
+        *crate::sync::lock(&self.current) = directives.to_string();
         Ok(())
     }
 }

@@ -235,7 +235,7 @@ impl RequestMetrics {
         }
         // Never held across an await; uncontended on the single-threaded runtime. Incrementing
         // under the lock avoids cloning the handle (two atomic operations) per request.
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = crate::sync::lock(&self.counts);
         match counts.iter().find(|(c, r, _)| *c == code && *r == reason) {
             Some((_, _, counter)) => counter.increment(1),
             None => {

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::control_plane::ControlPlane;
 use crate::identity::Identity;
 use crate::state::Store;
+use crate::sync::lock;
 pub use resources::Key;
 
 /// Settings of the discovery client.
@@ -72,10 +73,6 @@ pub struct Discovery {
     identity: Option<Arc<Identity>>,
     /// Opens the stream; also trusts the pushed bundle for the next connection.
     control_plane: Arc<ControlPlane>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The keys a proxy subscribes to for one outbound service.

@@ -6,9 +6,9 @@
 //! no dispatch channel and no task per request (hyper's client had both), and no clone of the
 //! handle per request (each clone and drop takes h2's connection lock). One task per connection
 //! drives it and sends keep-alive pings. A request body that is still streaming when the response
-//! head arrives moves into the response body, which pipes it whenever it is polled ([`crate::http::body::ResponseBody::h2`]). Dropping either side
-//! before the end resets the upstream stream (RST_STREAM CANCEL), so a downstream cancel reaches
-//! the upstream.
+//! head arrives moves into the response body, which pipes it whenever it is polled
+//! ([`crate::http::body::ResponseBody::h2`]). Dropping either side before the end resets the
+//! upstream stream (RST_STREAM CANCEL), so a downstream cancel reaches the upstream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -20,6 +20,8 @@ use std::task::{Context, Poll, Waker};
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
+use crate::sync::lock;
+
 /// One connection's response deadline (see the module docs).
 #[derive(Debug)]
 pub struct ResponseDeadline {
@@ -179,10 +181,6 @@ impl StreamDeadlines {
         self.armed.store(armed, Ordering::Relaxed);
         next
     }
-}
-
-fn lock(m: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One stream's armed deadline in [`StreamDeadlines`]; dropping it disarms.

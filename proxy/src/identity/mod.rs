@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
 use crate::control_plane::ControlPlane;
+use crate::sync::lock;
 use crate::tls::{Credentials, MinVersion};
 
 /// Where the proxy's certificate comes from.
@@ -129,10 +130,6 @@ impl std::fmt::Debug for Identity {
             .field("status", &self.status())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Describes the identity metrics (call once the recorder is installed).
