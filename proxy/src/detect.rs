@@ -1,8 +1,13 @@
 //! Protocol detection: read the client's first bytes, with a deadline, and classify them.
 //!
-//! TLS ClientHellos are parsed by rustls (SNI, ALPN), HTTP/1 request lines by httparse; nothing
-//! here parses a protocol by hand. A client that says nothing before the deadline, or says
-//! something unrecognised, is opaque TCP — detection never fails a connection.
+//! TLS ClientHellos are parsed by rustls (SNI, ALPN). Bytes that can be the start of an HTTP/1
+//! request (optional empty lines, then a method token and a space — or any prefix of that) are
+//! HTTP/1 as soon as they are seen, however slowly the rest arrives, and so are bytes that match
+//! the HTTP/2 preface so far: the HTTP layer then waits for the whole head (within
+//! `SHOAL_HEADER_READ_TIMEOUT`) and answers a malformed one itself. Opaque TCP is only what
+//! *cannot* be HTTP, or a client that says nothing before the deadline. So no caller reaches the
+//! app with raw HTTP bytes (a forged `shoal-client-id`, say) by pausing, padding or splitting
+//! its request — detection never downgrades HTTP, and never fails a connection.
 
 use std::time::Duration;
 
@@ -11,8 +16,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Most bytes detection buffers: a request line or a ClientHello fits in far less.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Most bytes detection buffers: a ClientHello fits in far less (HTTP is decided within a few
+/// bytes).
 const MAX_PEEK: usize = 16 * 1024 + 5;
 
 /// What the client speaks.
@@ -83,11 +89,7 @@ pub async fn detect(
             }
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => {
-                let verdict = if buf.is_empty() {
-                    Detected::Opaque(OpaqueReason::Closed)
-                } else {
-                    classify(&buf, true).unwrap_or(Detected::Opaque(OpaqueReason::Unrecognised))
-                };
+                let verdict = classify_closed(&buf);
                 return Ok((verdict, buf));
             }
             Ok(Ok(_)) => {
@@ -103,8 +105,8 @@ pub async fn detect(
 /// unless the buffer is empty.
 pub fn classify(buf: &[u8], final_call: bool) -> Option<Detected> {
     let first = *buf.first()?;
-    let need_more = |d: Detected| if final_call { Some(d) } else { None };
     if first == 0x16 {
+        let need_more = |d: Detected| if final_call { Some(d) } else { None };
         return match client_hello(buf) {
             Ok(Some(d)) => Some(d),
             Ok(None) => need_more(Detected::Opaque(OpaqueReason::Unrecognised)),
@@ -113,42 +115,76 @@ pub fn classify(buf: &[u8], final_call: bool) -> Option<Detected> {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() {
-            Some(Detected::Http2)
-        } else {
-            need_more(Detected::Opaque(OpaqueReason::Unrecognised))
+        return match (n, final_call) {
+            (24, _) => Some(Detected::Http2),
+            // A preface arriving slowly: HTTP/2 reads the rest (within its head's time limit).
+            // Fewer bytes than "PRI " may as well start an HTTP/1 request; either way, HTTP.
+            (4.., true) => Some(Detected::Http2),
+            (_, true) => Some(Detected::Http1),
+            (_, false) => None,
         };
     }
-    http1(buf, final_call)
+    match http1_start(buf) {
+        Start::Yes => Some(Detected::Http1),
+        Start::Maybe if final_call => Some(Detected::Http1),
+        Start::Maybe => None,
+        Start::No => Some(Detected::Opaque(OpaqueReason::Unrecognised)),
+    }
 }
 
-fn http1(buf: &[u8], final_call: bool) -> Option<Detected> {
-    // A method is an upper-case token; anything else cannot start an HTTP/1 request.
-    if !buf[0].is_ascii_uppercase() {
-        return Some(Detected::Opaque(OpaqueReason::Unrecognised));
+/// Classifies everything a client sent before it closed its side. A request line that never
+/// ended cannot be a request, so it is opaque here (unlike at the deadline, where more may come).
+pub fn classify_closed(buf: &[u8]) -> Detected {
+    if buf.is_empty() {
+        return Detected::Opaque(OpaqueReason::Closed);
     }
-    let Some(line_end) = memchr_newline(buf) else {
-        let plausible = buf.iter().all(|b| (0x20..0x7f).contains(b));
-        return if plausible && !final_call {
-            None
-        } else {
-            Some(Detected::Opaque(OpaqueReason::Unrecognised))
-        };
+    if buf[0] != 0x16 && http1_start(buf) == Start::Maybe {
+        return Detected::Opaque(OpaqueReason::Unrecognised);
+    }
+    classify(buf, true).unwrap_or(Detected::Opaque(OpaqueReason::Unrecognised))
+}
+
+/// Whether bytes can be the start of an HTTP/1 request.
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    /// A request line: HTTP/1, whatever its details (the HTTP layer checks them).
+    Yes,
+    /// A prefix of one, so far.
+    Maybe,
+    /// Not HTTP/1.
+    No,
+}
+
+/// Any token is a method (RFC 9110 §9.1) and servers skip empty lines before the request line
+/// (RFC 9112 §2.2): an application's HTTP parser may accept either, so both count here. A whole
+/// first line is a request line when it names an `HTTP/` version after the method (checked
+/// loosely: any case, anywhere), so a text protocol's command (`get key`) stays opaque; a first
+/// line that has not ended yet can still become one.
+fn http1_start(buf: &[u8]) -> Start {
+    let Some(at) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return Start::Maybe;
     };
-    // Parse just the request line (plus the empty line httparse needs to finish a head).
-    let mut line = Vec::with_capacity(line_end + 3);
-    line.extend_from_slice(&buf[..=line_end]);
-    line.extend_from_slice(b"\r\n");
-    let mut headers = [httparse::EMPTY_HEADER; 0];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&line) {
-        Ok(_) if req.version.is_some() => Some(Detected::Http1),
-        _ => Some(Detected::Opaque(OpaqueReason::Unrecognised)),
+    let rest = &buf[at..];
+    let Some(token) = rest.iter().position(|&b| !is_tchar(b)) else {
+        return Start::Maybe;
+    };
+    if token == 0 || rest[token] != b' ' {
+        return Start::No;
+    }
+    match memchr::memchr(b'\n', &rest[token..]) {
+        None => Start::Maybe,
+        Some(nl) if names_http_version(&rest[token..token + nl]) => Start::Yes,
+        Some(_) => Start::No,
     }
 }
 
-fn memchr_newline(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b == b'\n')
+fn names_http_version(line: &[u8]) -> bool {
+    line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"))
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Parses a TLS ClientHello with rustls. `Ok(None)`: incomplete; `Err`: not TLS.

@@ -227,6 +227,17 @@ impl Clients {
                 ),
             ));
         }
+        // hyper bounds the head it buffers only roughly (its read buffer); the limit is exact.
+        let head = response_head_len(&parts);
+        if head > self.cfg.max_header_bytes {
+            return Err(ProxyError::new(
+                Reason::UpstreamMalformedResponse,
+                format!(
+                    "{addr} answered with a {head}-byte response head, over SHOAL_MAX_HEADER_BYTES ({}); fix the upstream or raise the limit",
+                    self.cfg.max_header_bytes
+                ),
+            ));
+        }
         let reusable = !upgrade && parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
         let release = reusable.then(|| Release { tx, pool });
         Ok(Response::from_parts(
@@ -269,6 +280,19 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// The size of a response head on the wire, as HTTP/1.1 frames it: the status line, each field
+/// as `name: value` CRLF, and the empty line.
+fn response_head_len(parts: &http::response::Parts) -> usize {
+    let status_line =
+        "HTTP/1.1 200 \r\n".len() + parts.status.canonical_reason().map_or(0, str::len);
+    parts
+        .headers
+        .iter()
+        .fold(status_line + 2, |n, (name, value)| {
+            n + name.as_str().len() + value.len() + 4
+        })
 }
 
 /// Runs the client side of a mesh mTLS handshake on `stream`: the peer must prove `id`.

@@ -30,6 +30,29 @@ impl ProxyError {
             detail: detail.into(),
         }
     }
+
+    /// The body of the proxy's answer: the reason, then what to check.
+    pub fn body_text(&self) -> String {
+        format!("shoal-proxy: {}: {}\n", self.kind, self.detail)
+    }
+
+    /// The whole HTTP/1.1 answer, for a request refused before any HTTP library saw it (the
+    /// request framing gate, `io::framing`): the same fields as every proxy-made response, and
+    /// the connection closes after it.
+    pub fn http1_response(&self, request_id: &str) -> Vec<u8> {
+        let status = self.kind.status();
+        let body = self.body_text();
+        format!(
+            "HTTP/1.1 {} {}\r\n{ERROR_HEADER}: {}\r\nx-request-id: {request_id}\r\n\
+             content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.kind,
+            body.len(),
+        )
+        .into_bytes()
+    }
 }
 
 /// Who is at fault: this says where an on-call engineer should look first.

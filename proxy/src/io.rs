@@ -9,91 +9,60 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::errors::{ERROR_HEADER, Reason};
+use crate::errors::Reason;
 use crate::metrics::ConnMetrics;
 use crate::tls::{MaybeTls, ServerStream};
 
+mod framing;
 mod gated;
+pub(crate) use framing::RequestFraming;
+use framing::{Rejection, Then};
 pub use gated::{Gated, GatedTcp, WakeGate};
 
 /// A downstream connection's transport: plain TCP, or mesh mTLS the proxy terminated.
 pub type Transport = MaybeTls<ServerStream>;
 
 /// A downstream stream with detection's buffered prefix in front of it.
+///
+/// On an HTTP/1 connection every byte read passes the request framing gate ([`framing`])
+/// first: hyper only sees request heads that passed its checks, and a head that fails is
+/// answered here, by the proxy, with its own reason — hyper's error responses are never relied
+/// on or rewritten.
 #[derive(Debug)]
 pub struct ProxyIo {
-    prefix: Bytes,
+    /// Bytes to read back first that need no checking (detection's prefix on a connection that
+    /// is not gated, or what hyper had buffered when the connection parked).
+    admitted: Bytes,
+    /// HTTP/1: bytes read but not yet through the gate (the start of a head still arriving).
+    stash: BytesMut,
+    /// HTTP/1: the request framing gate.
+    framing: Option<RequestFraming>,
+    /// HTTP/1: a request the gate refused, and how far answering it got.
+    refusal: Option<Refusal>,
     inner: Transport,
     read: u64,
     written: u64,
     protocol: &'static str,
     metrics: ConnMetrics,
     activity: Arc<Activity>,
-    /// HTTP/1 only: label hyper's automatic error responses with the proxy's reason.
-    label_errors: bool,
-    /// Rewritten bytes not yet written.
+    /// The proxy's own error response, not yet written.
     pending: Bytes,
-    /// Framing headers seen in the request head being read (see [`FramingScan`]).
-    scan: FramingScan,
 }
 
-/// Notices a request head that carries both `Content-Length` and `Transfer-Encoding`.
-///
-/// hyper resolves that conflict itself (RFC 9112 §6.1: chunked wins, the length is dropped) and
-/// does not tell the service, but a proxy should refuse such a request outright (a classic
-/// smuggling probe). Only bytes read while no request is being served are looked at, and only up
-/// to the end of the head: a line-start check of two header names, not an HTTP parser.
-#[derive(Debug, Default)]
-struct FramingScan {
-    at_line_start: bool,
-    in_head: bool,
-    content_length: bool,
-    transfer_encoding: bool,
-}
-
-impl FramingScan {
-    fn feed(&mut self, bytes: &[u8]) -> bool {
-        if !self.in_head {
-            *self = FramingScan {
-                in_head: true,
-                ..FramingScan::default()
-            };
-        }
-        let mut i = 0;
-        while i < bytes.len() {
-            if self.at_line_start {
-                let rest = &bytes[i..];
-                if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
-                    self.in_head = false; // end of head
-                    break;
-                }
-                let starts = |name: &[u8]| {
-                    rest.len() >= name.len() && rest[..name.len()].eq_ignore_ascii_case(name)
-                };
-                // Most lines start with neither letter: one byte decides.
-                match rest[0].to_ascii_lowercase() {
-                    b'c' => self.content_length |= starts(b"content-length:"),
-                    b't' => self.transfer_encoding |= starts(b"transfer-encoding:"),
-                    _ => {}
-                }
-            }
-            match memchr::memchr(b'\n', &bytes[i..]) {
-                Some(nl) => {
-                    i += nl + 1;
-                    self.at_line_start = true;
-                }
-                None => {
-                    self.at_line_start = false;
-                    break;
-                }
-            }
-        }
-        self.content_length && self.transfer_encoding
-    }
+/// A request the gate refused.
+#[derive(Debug)]
+enum Refusal {
+    /// A bad head hyper never saw: answered here once the responses before it are written.
+    Head(Rejection),
+    /// A body whose framing broke after hyper got its head: hyper sees the stream end, and the
+    /// request fails as a malformed one where every request error is answered (`http::forward`).
+    Body,
+    /// Answered (or the body cut): the client's stream has ended for hyper.
+    Done,
 }
 
 /// What the HTTP/1 server loop needs to know to park an idle keep-alive connection: whether
@@ -116,12 +85,23 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Bytes of a request head arrived while no request was being served.
     head_started: AtomicBool,
-    /// Responses the service produced whose head has not been written yet.
-    owed: AtomicUsize,
-    /// The request head being read carries both Content-Length and Transfer-Encoding.
-    ambiguous_framing: AtomicBool,
-    /// The request id given to hyper's own error response on this connection, if any.
-    rejected: std::sync::OnceLock<(Reason, String)>,
+    /// A refused request waits for the responses before it: wake the reader when they are done.
+    refusal_waits: AtomicBool,
+    reader: futures_util::task::AtomicWaker,
+    /// The request the gate refused on this connection, if any.
+    rejected: std::sync::OnceLock<Rejected>,
+}
+
+/// A request refused before hyper saw it, for the connection's log line and metrics.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The reason it was answered with.
+    pub reason: Reason,
+    /// What was wrong.
+    pub detail: String,
+    /// The request id of the proxy's answer (`None`: the body broke; the request's own answer
+    /// carries the id).
+    pub request_id: Option<String>,
 }
 
 impl Default for Activity {
@@ -134,8 +114,8 @@ impl Default for Activity {
             unflushed: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             head_started: AtomicBool::new(false),
-            owed: AtomicUsize::new(0),
-            ambiguous_framing: AtomicBool::new(false),
+            refusal_waits: AtomicBool::new(false),
+            reader: futures_util::task::AtomicWaker::new(),
             rejected: std::sync::OnceLock::new(),
         }
     }
@@ -187,20 +167,24 @@ impl Activity {
     /// Marks a request in flight until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.owed.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(false, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
-    /// Whether the request whose head was just read framed its body twice (Content-Length and
-    /// Transfer-Encoding); resets the flag.
-    pub fn take_ambiguous_framing(&self) -> bool {
-        self.ambiguous_framing.swap(false, Ordering::Relaxed)
+    /// The request the gate refused on this connection, if it did.
+    pub fn rejected(&self) -> Option<&Rejected> {
+        self.rejected.get()
     }
 
-    /// The reason and request id of the error response hyper sent by itself, if it did.
-    pub fn rejected(&self) -> Option<&(Reason, String)> {
-        self.rejected.get()
+    /// Every response before a refused request is written: its answer may go out now.
+    fn quiet(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && !self.unflushed.load(Ordering::Relaxed)
+    }
+
+    fn wake_refusal(&self) {
+        if self.refusal_waits.load(Ordering::Relaxed) {
+            self.reader.wake();
+        }
     }
 }
 
@@ -211,6 +195,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.wake_refusal();
     }
 }
 
@@ -224,69 +209,68 @@ impl ProxyIo {
     ) -> Self {
         let read = prefix.len() as u64;
         Self {
-            prefix,
+            admitted: prefix,
+            stash: BytesMut::new(),
+            framing: None,
+            refusal: None,
             inner,
             read,
             written: 0,
             protocol,
             metrics,
             activity: Arc::default(),
-            label_errors: false,
             pending: Bytes::new(),
-            scan: FramingScan::default(),
         }
     }
 
-    /// Gives hyper's automatic HTTP/1 error responses (malformed or oversized request heads,
-    /// sent while no request is in flight) the proxy's `shoal-proxy-error` reason and a request id.
-    pub fn label_error_responses(&mut self) {
-        self.label_errors = true;
+    /// Puts every byte read from now on (detection's prefix included) through the HTTP/1
+    /// request framing gate, with these limits.
+    pub fn gate_http1(&mut self, max_header_bytes: usize, max_headers: usize) {
+        let mut gate = RequestFraming::new(max_header_bytes, max_headers);
+        let prefix = std::mem::take(&mut self.admitted);
+        if !prefix.is_empty() {
+            self.activity.head_bytes();
+        }
+        let verdict = gate.admit(&prefix);
+        self.framing = Some(gate);
+        if verdict.pass < prefix.len() {
+            self.stash = BytesMut::from(&prefix[verdict.pass..]);
+        }
+        self.admitted = prefix.slice(..verdict.pass);
+        self.settle(verdict.then);
     }
 
-    /// If `buf` is hyper's own error response, the labelled version of it. hyper answers by
-    /// itself only when a request head fails to parse: head bytes were read, the service was not
-    /// called for them, and every response the service produced has been written.
-    fn labelled(&self, buf: &[u8]) -> Option<Bytes> {
-        let a = &self.activity;
-        if !self.label_errors
-            || !a.head_started.load(Ordering::Relaxed)
-            || a.in_flight.load(Ordering::Relaxed) != 0
-            || a.owed.load(Ordering::Relaxed) != 0
-        {
-            return None;
-        }
-        let reason = match buf.get(..13)? {
-            b"HTTP/1.1 400 " => Reason::MalformedRequest,
-            b"HTTP/1.1 431 " => Reason::HeadersTooLarge,
-            b"HTTP/1.1 414 " => Reason::UriTooLong,
-            _ => return None,
+    /// Acts on what the gate said follows the bytes it passed.
+    fn settle(&mut self, then: Then) {
+        let refusal = match then {
+            Then::More => return,
+            Then::RejectHead(r) => Refusal::Head(r),
+            Then::RejectBody(r) => {
+                tracing::warn!(
+                    reason = r.reason.as_str(),
+                    "{}; the request fails and the connection closes",
+                    r.detail
+                );
+                let _ = self.activity.rejected.set(Rejected {
+                    reason: r.reason,
+                    detail: r.detail,
+                    request_id: None,
+                });
+                Refusal::Body
+            }
         };
-        let line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
-        let id = crate::trace_context::new_request_id();
-        let id = id.to_str().unwrap_or("-").to_string();
-        let mut out = Vec::with_capacity(buf.len() + 96);
-        out.extend_from_slice(&buf[..line_end]);
-        for (name, value) in [
-            (ERROR_HEADER, reason.as_str()),
-            ("x-request-id", id.as_str()),
-        ] {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(&buf[line_end..]);
-        let _ = self.activity.rejected.set((reason, id));
-        Some(Bytes::from(out))
+        self.stash = BytesMut::new();
+        self.refusal = Some(refusal);
     }
 
-    /// Writes what is left of a rewritten response first.
+    /// Writes what is left of the proxy's own response first.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.written += n as u64;
             self.pending.advance(n);
         }
         Poll::Ready(Ok(()))
@@ -297,18 +281,18 @@ impl ProxyIo {
         self.activity.clone()
     }
 
-    /// Puts bytes read but not yet processed back in front of the stream.
+    /// Puts bytes hyper read but did not process back in front of the stream (they already
+    /// passed the gate).
     pub fn unread(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
-            // Already counted when first read from the socket.
-            debug_assert!(self.prefix.is_empty());
-            self.prefix = bytes;
+            debug_assert!(self.admitted.is_empty());
+            self.admitted = bytes;
         }
     }
 
     /// Whether bytes are waiting to be read again.
     pub fn has_buffered(&self) -> bool {
-        !self.prefix.is_empty()
+        !self.admitted.is_empty() || !self.stash.is_empty()
     }
 
     /// Waits until the socket has bytes (or EOF) to read, holding no buffers meanwhile. A TLS
@@ -318,6 +302,127 @@ impl ProxyIo {
             MaybeTls::Plain(s) => s.get_ref().readable().await,
             MaybeTls::Tls(_) => Ok(()),
         }
+    }
+
+    /// Reads from the socket into `buf`: the number of bytes read (0: end of stream).
+    fn poll_socket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.read += n as u64;
+        let pending = res.is_pending();
+        self.activity.read_pending.store(pending, Ordering::Relaxed);
+        ready!(res)?;
+        self.activity.touch();
+        if n > 0
+            && self.activity.in_flight.load(Ordering::Relaxed) == 0
+            && self.framing.as_ref().is_none_or(RequestFraming::at_head)
+        {
+            self.activity.head_bytes();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// The gated read: hands hyper only what the framing gate passed.
+    fn poll_gated(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.admitted.is_empty() {
+                let n = self.admitted.len().min(buf.remaining());
+                buf.put_slice(&self.admitted[..n]);
+                self.admitted.advance(n);
+                if self.admitted.is_empty() {
+                    // Release the buffer: a long-lived idle connection should not keep it.
+                    self.admitted = Bytes::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.refusal.is_some() {
+                return self.poll_refusal(cx);
+            }
+            let gate = self
+                .framing
+                .as_mut()
+                .expect("a gated connection has a gate");
+            if gate.is_tunnel() && self.stash.is_empty() {
+                // No longer HTTP (or closing after its answer): bytes go as they come.
+                ready!(self.poll_socket(cx, buf))?;
+                return Poll::Ready(Ok(()));
+            }
+            // Read straight into hyper's buffer; only bytes the gate holds back are copied.
+            let before = buf.filled().len();
+            let fresh = self.stash.is_empty();
+            let n = ready!(self.poll_socket(cx, buf))?;
+            if n == 0 {
+                // The client closed; a head it left incomplete is dropped with it.
+                self.stash = BytesMut::new();
+                return Poll::Ready(Ok(()));
+            }
+            let gate = self
+                .framing
+                .as_mut()
+                .expect("a gated connection has a gate");
+            let verdict = if fresh {
+                let verdict = gate.admit(&buf.filled()[before..]);
+                if verdict.pass < n {
+                    self.stash
+                        .extend_from_slice(&buf.filled()[before + verdict.pass..]);
+                    buf.set_filled(before + verdict.pass);
+                }
+                verdict
+            } else {
+                // A head arriving in pieces: it must be whole to be checked.
+                self.stash.extend_from_slice(&buf.filled()[before..]);
+                buf.set_filled(before);
+                let verdict = gate.admit(&self.stash);
+                self.admitted = self.stash.split_to(verdict.pass).freeze();
+                verdict
+            };
+            if self.stash.is_empty() {
+                self.stash = BytesMut::new();
+            }
+            self.settle(verdict.then);
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// A refused request: once every response before it is written, the proxy's own answer
+    /// goes out and hyper sees the client's stream end.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(Refusal::Head(r)) = &self.refusal {
+            if !self.activity.quiet() {
+                self.activity.reader.register(cx.waker());
+                self.activity.refusal_waits.store(true, Ordering::Relaxed);
+                if !self.activity.quiet() {
+                    return Poll::Pending;
+                }
+            }
+            let err = r.to_error();
+            let id = crate::trace_context::new_request_id();
+            let id = id.to_str().unwrap_or("-").to_string();
+            self.pending = Bytes::from(err.http1_response(&id));
+            let _ = self.activity.rejected.set(Rejected {
+                reason: err.kind,
+                detail: err.detail,
+                request_id: Some(id),
+            });
+            self.refusal = Some(Refusal::Done);
+        }
+        ready!(self.poll_pending(cx))?;
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.refusal = Some(Refusal::Done);
+        Poll::Ready(Ok(()))
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+        self.activity.unflushed.store(true, Ordering::Relaxed);
+        self.activity.touch();
     }
 }
 
@@ -334,61 +439,23 @@ impl AsyncRead for ProxyIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
+        if this.framing.is_some() {
+            return this.poll_gated(cx, buf);
+        }
+        if !this.admitted.is_empty() {
+            let n = this.admitted.len().min(buf.remaining());
+            buf.put_slice(&this.admitted[..n]);
             if this.activity.in_flight.load(Ordering::Relaxed) == 0 {
                 this.activity.head_bytes();
-                this.scan_head(n);
             }
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
+            this.admitted.advance(n);
+            if this.admitted.is_empty() {
                 // Release detection's buffer: a long-lived idle connection should not keep it.
-                this.prefix = Bytes::new();
+                this.admitted = Bytes::new();
             }
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.read += (buf.filled().len() - before) as u64;
-        let pending = res.is_pending();
-        this.activity.read_pending.store(pending, Ordering::Relaxed);
-        if !pending {
-            this.activity.touch();
-            if buf.filled().len() > before && this.activity.in_flight.load(Ordering::Relaxed) == 0 {
-                this.activity.head_bytes();
-                if this.label_errors && this.scan.feed(&buf.filled()[before..]) {
-                    this.activity
-                        .ambiguous_framing
-                        .store(true, Ordering::Relaxed);
-                }
-            }
-        }
-        res
-    }
-}
-
-impl ProxyIo {
-    fn scan_head(&mut self, n: usize) {
-        if self.label_errors && self.scan.feed(&self.prefix[..n]) {
-            self.activity
-                .ambiguous_framing
-                .store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// The first write after the service answered carries that response's head.
-    fn settle_owed(&self) {
-        let owed = self.activity.owed.load(Ordering::Relaxed);
-        if owed > 0 {
-            self.activity.owed.store(owed - 1, Ordering::Relaxed);
-        }
-    }
-
-    fn wrote(&mut self, n: usize) {
-        self.written += n as u64;
-        self.activity.unflushed.store(true, Ordering::Relaxed);
-        self.activity.touch();
+        this.poll_socket(cx, buf).map_ok(|_| ())
     }
 }
 
@@ -399,20 +466,9 @@ impl AsyncWrite for ProxyIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_pending(cx))?;
-        let owed = self.label_errors && self.activity.owed.load(Ordering::Relaxed) > 0;
-        if !owed && let Some(labelled) = self.labelled(buf) {
-            // Accept all of hyper's bytes; the labelled copy is written from `pending`.
-            self.pending = labelled;
-            self.wrote(buf.len());
-            let _ = self.poll_pending(cx)?;
-            return Poll::Ready(Ok(buf.len()));
-        }
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
             self.wrote(n);
-            if owed {
-                self.settle_owed();
-            }
         }
         res
     }
@@ -423,24 +479,9 @@ impl AsyncWrite for ProxyIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_pending(cx))?;
-        let owed = self.label_errors && self.activity.owed.load(Ordering::Relaxed) > 0;
-        if !owed
-            && self.label_errors
-            && bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .is_some_and(|b| b.starts_with(b"HTTP/1.1 4"))
-        {
-            // Possibly hyper's own error response (rare): flatten, and let poll_write decide.
-            let flat: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            return self.poll_write(cx, &flat);
-        }
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
             self.wrote(n);
-            if owed {
-                self.settle_owed();
-            }
         }
         res
     }
@@ -454,6 +495,7 @@ impl AsyncWrite for ProxyIo {
         let res = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = res {
             self.activity.unflushed.store(false, Ordering::Relaxed);
+            self.activity.wake_refusal();
         }
         res
     }
@@ -461,34 +503,5 @@ impl AsyncWrite for ProxyIo {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FramingScan;
-
-    #[test]
-    fn framing_scan_finds_both_headers_in_the_head_only() {
-        let mut s = FramingScan::default();
-        assert!(
-            s.feed(b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTRANSFER-ENCODING: chunked\r\n\r\n")
-        );
-
-        // Split across reads, at a line start.
-        let mut s = FramingScan::default();
-        assert!(!s.feed(b"POST / HTTP/1.1\r\ncontent-length: 4\r\n"));
-        assert!(s.feed(b"transfer-encoding: chunked\r\n\r\n"));
-
-        // Either header alone is fine; a body mentioning the other is not the head.
-        let mut s = FramingScan::default();
-        assert!(
-            !s.feed(b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\ntransfer-encoding: chunked\r\n")
-        );
-        // A value mentioning a header name is not a header line.
-        let mut s = FramingScan::default();
-        assert!(!s.feed(
-            b"GET / HTTP/1.1\r\nX-Note: content-length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        ));
     }
 }

@@ -74,7 +74,13 @@ pub async fn serve(
         Detected::Http1 => (Carried::Http(Downstream::Http1), "http1"),
         Detected::Http2 => (Carried::Http(Downstream::Http2), "http2"),
         Detected::Tls { .. } => (Carried::Opaque, "tls"),
-        Detected::Opaque(_) => (Carried::Opaque, "opaque"),
+        Detected::Opaque(_) => match declared_http(&shared, direction, dst) {
+            // A port its service declares HTTP never carries opaque bytes: whatever arrived is
+            // served as the declared HTTP, which refuses what is not.
+            Some(Downstream::Http1) => (Carried::Http(Downstream::Http1), "http1"),
+            Some(Downstream::Http2) => (Carried::Http(Downstream::Http2), "http2"),
+            None => (Carried::Opaque, "opaque"),
+        },
     };
     let io = ProxyIo::new(
         Transport::Plain(conn.stream.into()),
@@ -88,6 +94,26 @@ pub async fn serve(
         drain: conn.drain,
     };
     carry(shared, io, conn, direction, dst, carried, None).await;
+}
+
+/// The HTTP version the service of `dst` declares for its port (HTTP/1.1, or HTTP/2 and gRPC),
+/// if it declares one: this proxy's own service inbound, the destination service outbound.
+fn declared_http(
+    shared: &Shared,
+    direction: Direction,
+    dst: Option<SocketAddr>,
+) -> Option<Downstream> {
+    use crate::state::Protocol;
+    let dst = dst?;
+    let protocol = match direction {
+        Direction::Inbound => crate::inbound::declared_protocol(shared, dst.port())?,
+        Direction::Outbound => shared.store.peek().by_addr(&dst)?.protocol,
+    };
+    match protocol {
+        Protocol::Http1 => Some(Downstream::Http1),
+        Protocol::Http2 => Some(Downstream::Http2),
+        Protocol::Auto | Protocol::Tcp => None,
+    }
 }
 
 /// What a connection carries, once detection (and mesh TLS) said so.

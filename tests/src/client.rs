@@ -352,6 +352,25 @@ impl RawConn {
         Ok(())
     }
 
+    /// Writes `data` in pieces cut at the offsets `cuts` (ascending), pausing `pause` after each
+    /// piece, so each arrives on its own (TCP_NODELAY is on): a client splitting its request
+    /// across reads, or stalling in the middle of it.
+    pub async fn write_in_pieces(
+        &mut self,
+        data: impl AsRef<[u8]>,
+        cuts: &[usize],
+        pause: Duration,
+    ) -> Result<()> {
+        let data = data.as_ref();
+        let mut start = 0;
+        for &cut in cuts.iter().filter(|&&c| c > 0 && c < data.len()) {
+            self.write(&data[start..cut]).await?;
+            tokio::time::sleep(pause).await;
+            start = cut;
+        }
+        self.write(&data[start..]).await
+    }
+
     /// Shuts down the write half (the peer reads end of file).
     pub async fn shutdown_write(&mut self) -> Result<()> {
         self.stream.shutdown().await?;

@@ -10,32 +10,66 @@ fn http1_request_lines() {
         classify(b"POST /x?y=1 HTTP/1.0\r\n", false),
         Some(Detected::Http1)
     );
-    // Incomplete line: wait for more.
+    // Incomplete line: wait for more...
     assert_eq!(classify(b"GET /slow", false), None);
-    // ...unless the deadline passed.
+    // ...and when the deadline passes, it is still HTTP/1, never opaque: the HTTP layer waits
+    // for the rest of the head or refuses it.
+    assert_eq!(classify(b"GET /slow", true), Some(Detected::Http1));
+    assert_eq!(classify(b"G", true), Some(Detected::Http1));
+    assert_eq!(classify(b"\r\n", true), Some(Detected::Http1));
+    // Lenient parsers accept these; so must detection.
     assert_eq!(
-        classify(b"GET /slow", true),
-        Some(Detected::Opaque(OpaqueReason::Unrecognised))
-    );
-    // Not HTTP.
-    assert_eq!(
-        classify(b"GET / SMTP/1.0\r\n", false),
-        Some(Detected::Opaque(OpaqueReason::Unrecognised))
-    );
-    assert_eq!(
-        classify(b"\x00\x01binary", false),
-        Some(Detected::Opaque(OpaqueReason::Unrecognised))
+        classify(b"\r\nGET / HTTP/1.1\r\n", false),
+        Some(Detected::Http1)
     );
     assert_eq!(
-        classify(b"hello world\n", false),
-        Some(Detected::Opaque(OpaqueReason::Unrecognised))
+        classify(b"get / http/1.1\r\n", false),
+        Some(Detected::Http1)
     );
+    assert_eq!(
+        classify(b"FOO /\x80\x01 HTTP/1.1\r\n", false),
+        Some(Detected::Http1)
+    );
+    // A request line longer than detection reads is HTTP/1 too (the HTTP layer answers 414).
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 40_000));
+    assert_eq!(classify(&long, false), None);
+    assert_eq!(classify(&long, true), Some(Detected::Http1));
+    // A client that closed after a line that never ended sent no request.
+    assert_eq!(
+        classify_closed(b"ping-data"),
+        Detected::Opaque(OpaqueReason::Unrecognised)
+    );
+    assert_eq!(
+        classify_closed(b"GET /x"),
+        Detected::Opaque(OpaqueReason::Unrecognised)
+    );
+    assert_eq!(classify_closed(b"GET / HTTP/1.1\r\n"), Detected::Http1);
+    // Not HTTP: a whole first line naming no HTTP version, or bytes no request starts with.
+    for not_http in [
+        &b"GET / SMTP/1.0\r\n"[..],
+        b"get key\r\n",
+        b"PING\r\n",
+        b"*3\r\n$3\r\nSET\r\n",
+        b" GET / HTTP/1.1\r\n",
+        b"\x00\x01binary",
+        b"hello world\n",
+    ] {
+        assert_eq!(
+            classify(not_http, false),
+            Some(Detected::Opaque(OpaqueReason::Unrecognised)),
+            "{not_http:?}"
+        );
+    }
 }
 
 #[test]
 fn h2_preface_needs_all_24_bytes() {
     assert_eq!(classify(b"PRI * HTTP/2.0\r\n", false), None);
     assert_eq!(classify(H2_PREFACE, false), Some(Detected::Http2));
+    // Arriving slowly, it is still HTTP/2, never opaque.
+    assert_eq!(classify(b"PRI * HTTP/2.0\r\n", true), Some(Detected::Http2));
+    assert_eq!(classify(b"PRI", true), Some(Detected::Http1));
 }
 
 #[test]

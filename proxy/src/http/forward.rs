@@ -95,16 +95,6 @@ fn inbound_metrics(conn: &Conn) -> &Arc<RequestMetrics> {
     }
 }
 
-/// A request whose head carried both Content-Length and Transfer-Encoding: refused, never
-/// forwarded, and the connection closed (its framing cannot be trusted).
-pub fn reject_ambiguous_framing(conn: &Conn, req: Request<RequestBody>) -> Response<ResponseBody> {
-    let err = ProxyError::new(
-        Reason::MalformedRequest,
-        "the request has both Content-Length and Transfer-Encoding (a request-smuggling pattern); send one framing header",
-    );
-    reject(conn, req, err)
-}
-
 /// An HTTP/2 request with more header fields than `SHOAL_MAX_HEADERS`: answered 431 on its stream
 /// (the connection's other streams go on), never forwarded. (hyper enforces the limit for
 /// HTTP/1.1 while parsing; the `h2` crate only bounds the header block's bytes.)
@@ -471,17 +461,17 @@ fn lookup_authority<'s>(
 fn shape_for(req: &mut Request<RequestBody>, version: Version) -> Result<(), ProxyError> {
     match version {
         Version::Http1 => {
-            // Origin-form request target, authority in Host.
+            // Origin-form request target, authority in Host. The target's authority wins over
+            // a Host field that disagrees (RFC 9112 §3.2.2; HTTP/2's :authority likewise): it is
+            // what the request was routed by.
             if let Some(authority) = req.uri().authority().cloned() {
-                if !req.headers().contains_key(header::HOST) {
-                    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
-                        ProxyError::new(
-                            Reason::MalformedRequest,
-                            "authority is not a valid Host value",
-                        )
-                    })?;
-                    req.headers_mut().insert(header::HOST, host);
-                }
+                let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                    ProxyError::new(
+                        Reason::MalformedRequest,
+                        "authority is not a valid Host value",
+                    )
+                })?;
+                req.headers_mut().insert(header::HOST, host);
                 let pq = req
                     .uri()
                     .path_and_query()

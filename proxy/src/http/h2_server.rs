@@ -58,6 +58,11 @@ pub async fn serve(conn: Arc<Conn>, io: ProxyIo, mut drain: drain::Watch) {
             }
         },
         _ = drain.signaled() => return,
+        // The preface and SETTINGS are the connection's head: they get the head's time limit.
+        _ = tokio::time::sleep(cfg.header_read_timeout) => {
+            tracing::debug!(client = %conn.client, "closing: the HTTP/2 preface did not arrive within SHOAL_HEADER_READ_TIMEOUT");
+            return;
+        }
     };
     let mut pinger = h2conn.ping_pong();
     let mut timer = pin!(tokio::time::sleep(PING_INTERVAL));

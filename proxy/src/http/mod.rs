@@ -94,15 +94,20 @@ fn service(
 > + Clone {
     hyper::service::service_fn(move |req| {
         let conn = conn.clone();
-        let ambiguous = activity.take_ambiguous_framing();
         let guard = activity.begin();
+        // The framing gate stops reading requests after one that may switch protocols
+        // (io::framing): unless it switched, the connection must close after its answer.
+        let may_switch = req.method() == http::Method::CONNECT
+            || req.headers().contains_key(http::header::UPGRADE);
         let req = req.map(body::RequestBody::Http1);
         async move {
-            let mut resp = if ambiguous {
-                forward::reject_ambiguous_framing(&conn, req)
-            } else {
-                forward::handle(&conn, req).await
-            };
+            let mut resp = forward::handle(&conn, req).await;
+            if may_switch && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             resp.body_mut().set_in_flight(guard);
             Ok::<_, Infallible>(resp)
         }
@@ -143,7 +148,7 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
     // head that is taking too long.
     let tick = loop_tick(cfg);
     let mut timer = Box::pin(tokio::time::sleep(tick));
-    io.label_error_responses();
+    io.gate_http1(cfg.max_header_bytes, cfg.max_headers);
     // A request head left half-read when the connection parked keeps its original deadline.
     let mut head_deadline: Option<Instant> = None;
     loop {
@@ -166,8 +171,10 @@ async fn serve_h1(conn: Arc<Conn>, mut io: ProxyIo, mut drain: drain::Watch) {
             tokio::select! {
                 biased;
                 res = hconn.as_mut() => {
-                    if let Err(e) = res {
-                        respond::connection_error(&e, conn.client, conn.direction, activity.rejected());
+                    match (activity.rejected(), res) {
+                        (Some(rejected), _) => respond::refused(rejected, conn.client, conn.direction),
+                        (None, Err(e)) => respond::connection_error(&e, conn.client, conn.direction),
+                        (None, Ok(())) => {}
                     }
                     return;
                 }

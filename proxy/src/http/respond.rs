@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, header};
 use super::Downstream;
 use super::body::ResponseBody;
 use crate::errors::{ERROR_HEADER, ProxyError, Reason};
+use crate::io::Rejected;
 use crate::metrics::{self, Direction};
 use crate::trace_context::TraceIds;
 
@@ -30,8 +31,7 @@ pub fn error(
         "{}",
         err.detail
     );
-    let body = format!("shoal-proxy: {}: {}\n", err.kind, err.detail);
-    let mut resp = Response::new(ResponseBody::local(body));
+    let mut resp = Response::new(ResponseBody::local(err.body_text()));
     *resp.status_mut() = err.kind.status();
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER, err.kind.header_value());
@@ -53,19 +53,19 @@ pub fn error(
     resp
 }
 
-/// Logs and counts a downstream connection that ended with an error (hyper rejected a
-/// malformed or oversized request head, a client reset, a timeout).
-pub fn connection_error(
-    err: &hyper::Error,
-    client: SocketAddr,
-    direction: Direction,
-    rejected: Option<&(Reason, String)>,
-) {
-    if let Some((reason, request_id)) = rejected {
-        metrics::proxy_error(direction, *reason);
-        tracing::warn!(%client, direction = direction.as_str(), reason = reason.as_str(), request_id = %request_id, error = %err, "rejected a request from the client and closed the connection; nothing was forwarded");
-        return;
+/// Logs and counts a request the framing gate refused before hyper saw it (its head), once the
+/// connection has ended. A body whose framing broke was answered, logged and counted as the
+/// request's own error.
+pub fn refused(rejected: &Rejected, client: SocketAddr, direction: Direction) {
+    if let Some(request_id) = &rejected.request_id {
+        metrics::proxy_error(direction, rejected.reason);
+        tracing::warn!(%client, direction = direction.as_str(), reason = rejected.reason.as_str(), request_id = %request_id, "{}; refused the request and closed the connection; nothing was forwarded", rejected.detail);
     }
+}
+
+/// Logs and counts a downstream connection that ended with an error (a client reset, a
+/// timeout, or a request head hyper refused that the framing gate let through).
+pub fn connection_error(err: &hyper::Error, client: SocketAddr, direction: Direction) {
     let reason = if err.is_parse_too_large() {
         Some(Reason::HeadersTooLarge)
     } else if err.is_parse() {

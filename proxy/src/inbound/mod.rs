@@ -74,6 +74,22 @@ pub fn tls_mode(shared: &Shared, port: u16) -> TlsMode {
     mode.unwrap_or(cfg.inbound_tls_mode)
 }
 
+/// The protocol the state declares for this proxy's own service port `port`, if a port of the
+/// service is `port` (by its target port or its port).
+pub(crate) fn declared_protocol(shared: &Shared, port: u16) -> Option<crate::state::Protocol> {
+    let cfg = &shared.config;
+    let state = shared.store.peek();
+    state
+        .services
+        .iter()
+        .find(|s| {
+            s.name == cfg.service_name
+                && s.namespace == cfg.namespace
+                && (s.target_port == port || s.port == port)
+        })
+        .map(|s| s.protocol)
+}
+
 /// Decides how to serve an inbound connection from what detection saw.
 pub(crate) fn admit(shared: &Shared, detected: &Detected, dst: Option<SocketAddr>) -> Admit {
     let port = dst.map_or(0, |d| d.port());
