@@ -237,4 +237,6 @@ fn client_hello(buf: &[u8]) -> Result<Option<Detected>, ()> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -474,6 +474,43 @@ async fn http2_trickled_a_byte_at_a_time_or_paused_in_its_preface_is_still_http2
     );
 }
 
+#[tokio::test]
+async fn a_port_declared_http_never_carries_opaque_bytes() {
+    // The app listens on its port; the state says this proxy's own service speaks HTTP/1.1 there.
+    let app = TcpBackend::echo().await;
+    let state = format!(
+        "services:\n  - name: web\n    port: 80\n    target_port: {}\n    protocol: http1\n    endpoints:\n      - address: \"{}\"\n",
+        app.addr().port(),
+        app.addr()
+    );
+    let declared = ProxyBuilder::new()
+        .inbound_explicit(app.addr())
+        .env("SHOAL_SERVICE_NAME", "web")
+        .env("SHOAL_DETECT_TIMEOUT", format!("{}ms", DETECT.as_millis()))
+        .state(&state)
+        .start()
+        .await;
+    // Not HTTP at all: refused as HTTP (400), nothing reaches the app.
+    let mut conn = RawConn::connect(declared.inbound()).await.unwrap();
+    conn.write(b"\x00\x01 not http\r\n\r\n").await.unwrap();
+    let resp = conn.read_response_within(false, T).await.unwrap();
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(resp.header("shoal-proxy-error"), Some("malformed-request"));
+    // Silent past the detection timeout, then a request: still HTTP (the echo app would answer
+    // the raw bytes with themselves, not with a response).
+    let mut conn = RawConn::connect(declared.inbound()).await.unwrap();
+    tokio::time::sleep(LONG_PAUSE).await;
+    conn.write("GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = conn.read_response_within(false, T).await;
+    assert!(
+        resp.as_ref().is_ok_and(|r| r.status == 502),
+        "the echo app does not speak HTTP: the proxy's 502, got {resp:?}"
+    );
+    assert_eq!(app.accepted(), 1, "only the HTTP request reached the app");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Through the mesh: the made-up identity is replaced by the one the caller's proxy proved.
 

@@ -479,4 +479,6 @@ fn content_length(value: &[u8]) -> Result<u64, Rejection> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -5,13 +5,13 @@ const MAX_HEADERS: usize = 20;
 
 /// What the gate did with a whole byte stream: the bytes it passed, and how it ended.
 #[derive(Debug, PartialEq, Eq)]
-struct Outcome {
+pub(super) struct Outcome {
     passed: Vec<u8>,
     end: End,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// Everything shown passed or waits for more.
     Open {
         held: usize,
@@ -22,7 +22,7 @@ enum End {
 
 /// Feeds `bytes` to a fresh gate in pieces cut at `cuts`, the way `ProxyIo` does: a piece goes
 /// straight to the gate when nothing is held back, else behind the held bytes.
-fn run(bytes: &[u8], cuts: &[usize]) -> Outcome {
+pub(super) fn run(bytes: &[u8], cuts: &[usize]) -> Outcome {
     let mut gate = RequestFraming::new(MAX_HEAD, MAX_HEADERS);
     let mut held: Vec<u8> = Vec::new();
     let mut passed = Vec::new();
