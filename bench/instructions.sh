@@ -38,7 +38,7 @@ for tool in valgrind callgrind_control h2load curl; do
     command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is not installed (apt-get install valgrind nghttp2-client curl)" >&2; exit 2; }
 done
 repo=$(cd "$(dirname "$0")/.." && pwd)
-backend_bin=$repo/target/release/bench-backend
+backend_bin=${CARGO_TARGET_DIR:-$repo/target}/release/bench-backend
 [[ -x $backend_bin ]] || { echo "instructions.sh: build it first: cargo build --release -p shoal-bench" >&2; exit 2; }
 
 work=$(mktemp -d)

@@ -2,6 +2,8 @@
 //! HTTP/1 connection for byte-exact requests and responses.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -12,7 +14,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -180,13 +182,26 @@ pub struct H2Client {
 impl H2Client {
     /// Connects to `addr` and performs the HTTP/2 handshake (preface and SETTINGS).
     pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        Self::connect_with(addr, false).await
+    }
+
+    /// [`Self::connect`]; with `trickled`, every byte the client sends goes out in small pieces
+    /// with pauses between them ([`Trickle`]): the preface, SETTINGS, HEADERS and DATA frames
+    /// all arrive split across many reads.
+    pub async fn connect_with(addr: SocketAddr, trickled: bool) -> Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         let local = stream.local_addr()?;
+        stream.set_nodelay(true)?;
+        let io: Pin<Box<dyn Io>> = if trickled {
+            Box::pin(Trickle::new(stream))
+        } else {
+            Box::pin(stream)
+        };
         let (sender, mut conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .context("HTTP/2 handshake")?;
         // Drive the connection; answer questions about the server's SETTINGS (only the
@@ -249,6 +264,76 @@ impl H2Client {
     pub async fn send(&self, req: Request<Body>) -> Result<Resp> {
         let resp = self.send_streaming(req).await?;
         Resp::collect(resp).await
+    }
+}
+
+/// A byte stream a client can speak HTTP over.
+pub trait Io: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
+
+/// A client stream whose writes go out in small pieces (1 to 7 bytes for the first 512 writes,
+/// then up to 512), each followed by a 1 ms pause: a client that splits everything it sends
+/// across many reads on the other side.
+pub struct Trickle {
+    inner: TcpStream,
+    writes: usize,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Trickle {
+    /// Wraps `inner` (set TCP_NODELAY on it, so each piece is its own segment).
+    pub fn new(inner: TcpStream) -> Self {
+        Self {
+            inner,
+            writes: 0,
+            pause: None,
+        }
+    }
+}
+
+impl AsyncRead for Trickle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(p) = self.pause.as_mut() {
+            ready!(p.as_mut().poll(cx));
+            self.pause = None;
+        }
+        let piece = if self.writes < 512 {
+            1 + self.writes % 7
+        } else {
+            512
+        };
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[..buf.len().min(piece)]))?;
+        self.writes += 1;
+        self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(1))));
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

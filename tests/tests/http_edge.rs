@@ -12,16 +12,12 @@
 //! Each runs through the inbound and the outbound listener.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use shoal_tests::client::RawConn;
 use shoal_tests::pki::{IdentityFiles, TestCa};
 use shoal_tests::process::TempDir;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, TcpBackend};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(10);
 /// Short, so pauses longer than it stay short too.
@@ -368,76 +364,21 @@ async fn upstream_response_heads_over_the_limit_are_always_a_502() {
     }
 }
 
-/// A stream whose every write sends one byte, then pauses: an HTTP/2 client trickling its
-/// preface, SETTINGS and HEADERS.
-struct Trickle {
-    inner: TcpStream,
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl AsyncRead for Trickle {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Trickle {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if let Some(p) = self.pause.as_mut() {
-            ready!(p.as_mut().poll(cx));
-            self.pause = None;
-        }
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[..buf.len().min(1)]))?;
-        self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(1))));
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test]
 async fn http2_trickled_a_byte_at_a_time_or_paused_in_its_preface_is_still_http2() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let app = HttpBackend::echo().await;
     let proxy = proxy_to(app.addr(), MAX_HEADER_BYTES).await;
     for (name, entry) in entries(&proxy) {
-        // One byte per write.
-        let tcp = TcpStream::connect(entry).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let io = Trickle {
-            inner: tcp,
-            pause: None,
-        };
-        let (mut tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get("http://app/trickle")
-            .header("shoal-client-id", FORGED)
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let resp = tokio::time::timeout(T, tx.send_request(req))
+        // Every byte in small pieces, paused between them.
+        let client = shoal_tests::H2Client::connect_with(entry, true)
             .await
-            .unwrap()
             .unwrap();
-        assert_eq!(resp.status(), 200, "{name}");
-        let _ = resp.into_body().collect().await;
+        let req = shoal_tests::client::request("GET", "http://app/trickle", None)
+            .header("shoal-client-id", FORGED)
+            .body(shoal_tests::client::full(""))
+            .unwrap();
+        let resp = client.send(req).await.unwrap();
+        assert_eq!(resp.status, 200, "{name}");
         assert_eq!(app.last().uri.path(), "/trickle");
         assert_eq!(
             app.last().header("shoal-client-id"),

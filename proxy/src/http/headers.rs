@@ -131,4 +131,82 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 2);
     }
+
+    /// Property test (proptest): whatever fields and `Connection` lists a message carries, no
+    /// hop-by-hop field survives the hop and every end-to-end field does (the header conversion
+    /// every request and response goes through, HTTP/1.1 and HTTP/2 alike).
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const NAMES: &[&str] = &[
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "te",
+            "upgrade",
+            "host",
+            "content-length",
+            "x-a",
+            "x-b",
+            "shoal-client-id",
+        ];
+        const HOP: &[&str] = &[
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ];
+
+        fn fields() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+            let value = prop_oneof![
+                prop::sample::subsequence(NAMES, 0..4).prop_map(|n| n.join(", ")),
+                prop::sample::select(&["trailers", "chunked", "websocket", "Upgrade", "x"][..])
+                    .prop_map(str::to_string),
+            ];
+            prop::collection::vec((prop::sample::select(NAMES), value), 0..10)
+        }
+
+        proptest! {
+            #[test]
+            fn no_hop_by_hop_field_survives_and_end_to_end_fields_do(
+                fields in fields(),
+                keep_upgrade in any::<bool>(),
+            ) {
+                let mut h = HeaderMap::new();
+                for (name, value) in &fields {
+                    h.append(*name, HeaderValue::from_str(value).unwrap());
+                }
+                let listed: Vec<String> = h
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .flat_map(|v| v.to_str().unwrap().split(',').map(|t| t.trim().to_ascii_lowercase()))
+                    .collect();
+                let before = h.clone();
+                strip_hop_by_hop(&mut h, keep_upgrade);
+                for name in h.keys() {
+                    let n = name.as_str();
+                    let upgrade_kept = keep_upgrade && (n == "upgrade" || n == "connection");
+                    prop_assert!(!HOP.contains(&n) || upgrade_kept, "{n} survived: {h:?}");
+                    prop_assert!(
+                        !listed.iter().any(|l| l == n) || n == "te" || upgrade_kept,
+                        "{n} was listed in Connection: {h:?}"
+                    );
+                }
+                if let Some(te) = h.get(header::TE) {
+                    prop_assert_eq!(te, "trailers");
+                }
+                for (name, value) in &before {
+                    let n = name.as_str();
+                    let end_to_end = !HOP.contains(&n) && n != "te" && !listed.iter().any(|l| l == n);
+                    if end_to_end {
+                        prop_assert!(h.get_all(name).iter().any(|v| v == value), "{n} was lost");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -147,3 +147,93 @@ fn rejected_update_keeps_last_good_state() {
     assert!(status.last_error.unwrap().contains("invalid state file"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Property test (proptest): the good document above, mutated line by line (values swapped for
+/// hostile ones, lines dropped, duplicated or re-indented), never panics the parser, and every
+/// refusal says something. Run with more cases in CI (`PROPTEST_CASES`).
+mod props {
+    use proptest::prelude::*;
+
+    use super::{GOOD, parse};
+
+    const VALUES: &[&str] = &[
+        "-1",
+        "0",
+        "65536",
+        "99999999999999999999",
+        "\"\"",
+        "[]",
+        "{}",
+        "~",
+        "::",
+        "1.2.3.4:99999",
+        "[::1]:80",
+        "\"((\"",
+        "é",
+        "1e400",
+        "true",
+        "- x",
+        "&a",
+        "*a",
+        "!!binary AA==",
+        "0s",
+        "-5s",
+        "999999999999h",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Value(usize, usize),
+        Drop(usize),
+        Repeat(usize),
+        Indent(usize, usize),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<usize>(), 0..VALUES.len()).prop_map(|(l, v)| Edit::Value(l, v)),
+            any::<usize>().prop_map(Edit::Drop),
+            any::<usize>().prop_map(Edit::Repeat),
+            (any::<usize>(), 0usize..7).prop_map(|(l, n)| Edit::Indent(l, n)),
+        ]
+    }
+
+    fn mutated(edits: &[Edit]) -> String {
+        let mut lines: Vec<String> = GOOD.lines().map(str::to_string).collect();
+        for e in edits {
+            let n = lines.len().max(1);
+            match *e {
+                Edit::Value(l, v) => {
+                    if let Some(line) = lines.get_mut(l % n)
+                        && let Some((key, _)) = line.split_once(": ")
+                    {
+                        *line = format!("{key}: {}", VALUES[v]);
+                    }
+                }
+                Edit::Drop(l) if !lines.is_empty() => {
+                    lines.remove(l % n);
+                }
+                Edit::Repeat(l) if !lines.is_empty() => {
+                    let line = lines[l % n].clone();
+                    lines.insert(l % n, line);
+                }
+                Edit::Indent(l, by) => {
+                    if let Some(line) = lines.get_mut(l % n) {
+                        *line = format!("{}{}", " ".repeat(by), line.trim_start());
+                    }
+                }
+                _ => {}
+            }
+        }
+        lines.join("\n")
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_state_files_never_panic_and_refusals_explain(edits in prop::collection::vec(edit(), 1..8)) {
+            if let Err(e) = parse(&mutated(&edits)) {
+                prop_assert!(!e.trim().is_empty());
+            }
+        }
+    }
+}
