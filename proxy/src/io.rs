@@ -290,9 +290,10 @@ impl ProxyIo {
         }
     }
 
-    /// Whether bytes are waiting to be read again.
+    /// Whether reading would make progress without the socket: bytes are waiting to be read
+    /// again, or a refused request waits for its answer.
     pub fn has_buffered(&self) -> bool {
-        !self.admitted.is_empty() || !self.stash.is_empty()
+        !self.admitted.is_empty() || !self.stash.is_empty() || self.refusal.is_some()
     }
 
     /// Waits until the socket has bytes (or EOF) to read, holding no buffers meanwhile. A TLS
