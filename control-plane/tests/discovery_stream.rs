@@ -223,7 +223,9 @@ async fn subscribe_push_ack_nack_and_resync() {
     p.send(Req::Nack(v1::Nack {
         nonce: r.nonce.clone(),
         error_message: "bad endpoints".into(),
+        // A proxy older than per-resource NACKs: the whole response.
         rejected: vec![],
+        rejections: vec![],
     }))
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
