@@ -931,4 +931,16 @@ mod tests {
         assert_eq!(rule.pick_backend().name, "web-v2", "weight 0 never picked");
         assert_eq!(u.next.held().len(), 5);
     }
+
+    /// proto/testdata/pushed-resource-checks.txt: a proxy rejects exactly what the control plane
+    /// refuses at `apply`, but for what the control plane refuses as mere hygiene.
+    #[test]
+    fn the_shared_cases_get_the_answers_the_control_plane_gives() {
+        use shoal_proto::checks::{Verdict, cases};
+        for case in cases() {
+            let verdict = check(&key_of(&case.key), Some(&case.payload));
+            let accepted = !matches!(case.verdict, Verdict::Refuse);
+            assert_eq!(verdict.is_ok(), accepted, "{}: {verdict:?}", case.line);
+        }
+    }
 }

@@ -6,10 +6,16 @@
 //! backends, mirror destinations and endpoint registrations must name a known service (and a port it
 //! exposes). The targets of the other policies are not checked, so such a policy may be written before its
 //! service; deleting a service does not delete what refers to it.
+//!
+//! What a proxy checks when a resource is pushed (proxy/src/discovery/resources.rs) is checked here too, so
+//! what a proxy would NACK is refused at `apply`; `proxy_rules` runs the cases both sides share
+//! (proto/testdata/pushed-resource-checks.txt).
 
 mod policy;
 #[cfg(test)]
 mod policy_tests;
+#[cfg(test)]
+mod proxy_rules;
 mod route;
 mod service;
 #[cfg(test)]
