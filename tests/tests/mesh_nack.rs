@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use shoal_tests::HttpBackend;
 use shoal_tests::backend::text_response;
 use shoal_tests::control_plane::{
     ControlPlane, ControlPlaneBuilder, MeshClient, registration_yaml,
 };
+use shoal_tests::{HttpBackend, Proxy};
 
 async fn named(name: &'static str) -> HttpBackend {
     HttpBackend::respond(move |_| text_response(200, name)).await
@@ -23,12 +23,16 @@ fn service(name: &str, host: &str) -> String {
 }
 
 const REJECTION: &str = "is already used by service";
+const WAIT: Duration = Duration::from_secs(10);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_update_is_nacked_visible_and_harmless() {
-    let a = named("alpha").await;
-    let b = named("beta").await;
-    let cp = ControlPlaneBuilder::new().start().await;
+/// Services `alpha` (host `alpha.example`, endpoint `a`) and `beta` (`beta.example`, `b`), and a
+/// proxy `proxy_id` that has called both (so it subscribes to both) and is SYNCED.
+async fn alpha_and_beta(
+    cp: &ControlPlane,
+    proxy_id: &str,
+    a: &HttpBackend,
+    b: &HttpBackend,
+) -> (Proxy, MeshClient) {
     cp.apply(&format!(
         "{}{}---\n{}{}",
         service("alpha", "alpha.example"),
@@ -37,15 +41,21 @@ async fn rejected_update_is_nacked_visible_and_harmless() {
         registration_yaml("beta-0", "beta", b.addr(), None),
     ))
     .await;
-    let proxy = cp.proxy_builder("nack-proxy").start().await;
+    let proxy = cp.proxy_builder(proxy_id).start().await;
     let mut client = MeshClient::new(proxy.outbound());
-    // Subscribe to both services.
     assert_eq!(client.body("alpha").await.unwrap(), "alpha");
     assert_eq!(client.body("beta").await.unwrap(), "beta");
     assert_eq!(client.body("alpha.example").await.unwrap(), "alpha");
     assert_eq!(client.body("beta.example").await.unwrap(), "beta");
-    cp.wait_proxy_state("nack-proxy", "SYNCED", Duration::from_secs(5))
-        .await;
+    cp.wait_proxy_state(proxy_id, "SYNCED", WAIT).await;
+    (proxy, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_update_is_nacked_visible_and_harmless() {
+    let (a, b) = (named("alpha").await, named("beta").await);
+    let cp = ControlPlaneBuilder::new().start().await;
+    let (proxy, mut client) = alpha_and_beta(&cp, "nack-proxy", &a, &b).await;
 
     // `beta` now claims alpha's host: valid on its own (the control plane accepts it), but the
     // proxy cannot build a state where one authority names two services.
@@ -109,7 +119,6 @@ async fn rejected_update_is_nacked_visible_and_harmless() {
 
 /// Pushes are batched so both changes of the test's one apply travel in one response.
 const PUSH_INTERVAL: &str = "2s";
-const WAIT: Duration = Duration::from_secs(10);
 
 /// `shoalctl status -o wide`'s row of `proxy`'s `resource` (`service/beta.default`).
 async fn wide_row(cp: &ControlPlane, proxy: &str, resource: &str) -> String {
@@ -123,27 +132,13 @@ async fn wide_row(cp: &ControlPlane, proxy: &str, resource: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_resource_does_not_hold_back_an_endpoint_update_in_the_same_push() {
-    let a = named("alpha").await;
+    let (a, b) = (named("alpha").await, named("beta").await);
     let a2 = named("alpha-2").await;
-    let b = named("beta").await;
     let cp = ControlPlaneBuilder::new()
         .env("SHOAL_CP_PUSH_INTERVAL", PUSH_INTERVAL)
         .start()
         .await;
-    cp.apply(&format!(
-        "{}{}---\n{}{}",
-        service("alpha", "alpha.example"),
-        registration_yaml("alpha-0", "alpha", a.addr(), None),
-        service("beta", "beta.example"),
-        registration_yaml("beta-0", "beta", b.addr(), None),
-    ))
-    .await;
-    let proxy = cp.proxy_builder("partial-proxy").start().await;
-    let mut client = MeshClient::new(proxy.outbound());
-    // Subscribe to both services (their hosts resolve once they are held).
-    assert_eq!(client.body("alpha").await.unwrap(), "alpha");
-    assert_eq!(client.body("beta").await.unwrap(), "beta");
-    cp.wait_proxy_state("partial-proxy", "SYNCED", WAIT).await;
+    let (proxy, mut client) = alpha_and_beta(&cp, "partial-proxy", &a, &b).await;
 
     // A change to a subscribed key opens the push interval at once; what follows within it goes
     // out together, in one response.

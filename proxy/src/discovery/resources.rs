@@ -633,20 +633,22 @@ mod tests {
         })
     }
 
+    /// Service `web.default`, one endpoint (10.0.0.1:8080) and `route`.
+    fn web_with(route: Payload) -> Vec<v1::DiscoveryResource> {
+        vec![
+            res(ResourceType::Service, "web.default", service("web", 80)),
+            res(
+                ResourceType::Endpoints,
+                "web.default",
+                endpoints("web.default", "10.0.0.1", 8080),
+            ),
+            res(ResourceType::Route, "web.default", route),
+        ]
+    }
+
     /// `web.default` with one endpoint and a valid route, as held before the tests' pushes.
     fn web_held() -> Resources {
-        let u = update(
-            &Resources::default(),
-            vec![
-                res(ResourceType::Service, "web.default", service("web", 80)),
-                res(
-                    ResourceType::Endpoints,
-                    "web.default",
-                    endpoints("web.default", "10.0.0.1", 8080),
-                ),
-                res(ResourceType::Route, "web.default", regex_route("/api/.*")),
-            ],
-        );
+        let u = update(&Resources::default(), web_with(regex_route("/api/.*")));
         assert_eq!(u.rejected, []);
         u.next
     }
@@ -830,14 +832,17 @@ mod tests {
         )
         .next;
         // beta claims alpha's host (valid on its own); alpha's endpoints change in the same push.
+        let beta_claims_a = || {
+            res(
+                ResourceType::Service,
+                "beta.default",
+                hosted("beta", "a.example"),
+            )
+        };
         let u = update(
             &held,
             vec![
-                res(
-                    ResourceType::Service,
-                    "beta.default",
-                    hosted("beta", "a.example"),
-                ),
+                beta_claims_a(),
                 res(
                     ResourceType::Endpoints,
                     "alpha.default",
@@ -865,11 +870,7 @@ mod tests {
         let u = update(
             &held,
             vec![
-                res(
-                    ResourceType::Service,
-                    "beta.default",
-                    hosted("beta", "a.example"),
-                ),
+                beta_claims_a(),
                 res(
                     ResourceType::Service,
                     "alpha.default",
@@ -883,18 +884,7 @@ mod tests {
 
     #[test]
     fn routes_wait_for_their_backends_then_apply() {
-        let u = update(
-            &Resources::default(),
-            vec![
-                res(ResourceType::Service, "web.default", service("web", 80)),
-                res(
-                    ResourceType::Endpoints,
-                    "web.default",
-                    endpoints("web.default", "10.0.0.1", 8080),
-                ),
-                res(ResourceType::Route, "web.default", split_route()),
-            ],
-        );
+        let u = update(&Resources::default(), web_with(split_route()));
         assert_eq!(u.answered.len(), 3);
         assert_eq!(u.missing, vec!["web-v2.default".to_string()]);
         assert!(
