@@ -76,6 +76,17 @@ pub(crate) fn describe(key: &Key) -> String {
     format!("{kind} {}", key.1)
 }
 
+/// A builder error without the builder's own index (`services[3]: `, `routes[0].`): that is a
+/// position in the description built from every resource held, not in the resource.
+fn relative(error: &str) -> &str {
+    for list in ["services[", "routes[", "authorization["] {
+        if let Some((_, after)) = error.strip_prefix(list).and_then(|r| r.split_once(']')) {
+            return after.trim_start_matches([':', '.', ' ']);
+        }
+    }
+    error
+}
+
 /// A change a response makes to one key: the new version and payload, or `None` (removed).
 type Change = (Key, Option<(String, Payload)>);
 
@@ -115,7 +126,7 @@ impl Resources {
         for (k, v) in &changes {
             next.put(k, v.clone());
         }
-        if let Ok((state, missing)) = next.build() {
+        if let Ok((state, missing)) = next.build(None) {
             return Ok(Update {
                 next,
                 state,
@@ -124,7 +135,7 @@ impl Resources {
                 rejected,
             });
         }
-        let (mut next, mut built) = (self.clone(), self.build()?);
+        let (mut next, mut built) = (self.clone(), self.build(None)?);
         // Until a pass applies nothing more: a change may only fit once another has applied
         // (a host freed by one service, claimed by another).
         loop {
@@ -133,14 +144,18 @@ impl Resources {
             for (k, v) in changes {
                 let mut trial = next.clone();
                 trial.put(&k, v.clone());
-                match trial.build() {
+                let service = [ResourceType::Service, ResourceType::Endpoints]
+                    .into_iter()
+                    .any(|t| t as i32 == k.0)
+                    .then_some(k.1.as_str());
+                match trial.build(service) {
                     Ok(b) => (next, built) = (trial, b),
                     Err(e) => failed.push(((k, v), e)),
                 }
             }
             if failed.is_empty() || failed.len() == before {
                 rejected.extend(failed.into_iter().map(|((key, _), e)| Rejection {
-                    error: format!("{}: {e}", describe(&key)),
+                    error: format!("{}: {}", describe(&key), relative(&e)),
                     key,
                 }));
                 break;
@@ -163,9 +178,10 @@ impl Resources {
         };
     }
 
-    /// The state these resources build, and the services routes wait for.
-    fn build(&self) -> Result<(State, Vec<String>), String> {
-        let (spec, missing) = self.to_spec()?;
+    /// The state these resources build, and the services routes wait for; the service named
+    /// `last` is built last (see [`Self::to_spec`]).
+    fn build(&self, last: Option<&str>) -> Result<(State, Vec<String>), String> {
+        let (spec, missing) = self.to_spec(last)?;
         Ok((spec::build(spec)?, missing))
     }
 
@@ -205,20 +221,32 @@ impl Resources {
 
     /// The state description, plus services that routes name but the proxy does not hold yet
     /// (to subscribe to; their routes wait until they arrive).
-    pub fn to_spec(&self) -> Result<(FileSpec, Vec<String>), String> {
+    ///
+    /// Services are in name order, but for `last`, which goes last: the builder blames a conflict
+    /// on the later of two services, so a service being added is the one its error names.
+    fn to_spec(&self, last: Option<&str>) -> Result<(FileSpec, Vec<String>), String> {
+        let mut held: Vec<(&String, &v1::Service)> = (self.map.iter())
+            .filter_map(|((ty, name), (_, payload))| match payload {
+                Payload::Service(s) if *ty == ResourceType::Service as i32 => Some((name, s)),
+                _ => None,
+            })
+            .collect();
+        held.sort_unstable_by_key(|(name, _)| (Some(name.as_str()) == last, *name));
         let mut services = Vec::new();
         let mut known = HashSet::new();
-        for ((ty, name), (_, payload)) in &self.map {
-            if let (true, Payload::Service(s)) = (*ty == ResourceType::Service as i32, payload) {
-                known.insert(name.clone());
-                let endpoints = match self.get(&(ResourceType::Endpoints as i32, name.clone())) {
-                    Some(Payload::Endpoints(e)) => e.endpoints.as_slice(),
-                    _ => &[],
-                };
-                let specs = service_specs(name, s, endpoints)
-                    .map_err(|e| format!("{}: {e}", describe(&(*ty, name.clone()))))?;
-                services.extend(specs);
-            }
+        for (name, s) in held {
+            known.insert(name.clone());
+            let endpoints = match self.get(&(ResourceType::Endpoints as i32, name.clone())) {
+                Some(Payload::Endpoints(e)) => e.endpoints.as_slice(),
+                _ => &[],
+            };
+            let specs = service_specs(name, s, endpoints).map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    describe(&(ResourceType::Service as i32, name.clone()))
+                )
+            })?;
+            services.extend(specs);
         }
         let mut routes = Vec::new();
         let mut missing = Vec::new();
@@ -855,13 +883,9 @@ mod tests {
             u.rejected[0].key,
             key(ResourceType::Service, "beta.default")
         );
-        assert!(
-            u.rejected[0].error.starts_with("service beta.default: ")
-                && u.rejected[0]
-                    .error
-                    .contains("authority a.example:80 is already used by service alpha.default"),
-            "{}",
-            u.rejected[0].error
+        assert_eq!(
+            u.rejected[0].error,
+            "service beta.default: authority a.example:80 is already used by service alpha.default"
         );
         assert_eq!(endpoints_of(&u.state, "a.example"), ["10.0.0.9:8080"]);
         assert_eq!(u.state.by_authority("b.example").unwrap().name, "beta");
