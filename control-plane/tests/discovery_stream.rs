@@ -223,7 +223,9 @@ async fn subscribe_push_ack_nack_and_resync() {
     p.send(Req::Nack(v1::Nack {
         nonce: r.nonce.clone(),
         error_message: "bad endpoints".into(),
+        // A proxy older than per-resource NACKs: the whole response.
         rejected: vec![],
+        rejections: vec![],
     }))
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -472,4 +474,123 @@ async fn push_interval_sends_the_first_change_at_once_and_batches_the_rest() {
         "the second push came {second:?} after the first change"
     );
     assert_eq!(endpoint_count(&r), 3, "both changes in one push");
+}
+
+fn route(service: &str) -> Resource {
+    v1::Resource {
+        kind: v1::ResourceKind::Route as i32,
+        metadata: Some(v1::Metadata {
+            name: service.into(),
+            ..Default::default()
+        }),
+        spec: Some(v1::resource::Spec::Route(v1::Route {
+            parent_service: service.into(),
+            rules: vec![v1::RouteRule {
+                backends: vec![v1::WeightedBackend {
+                    service: service.into(),
+                    port: 0,
+                    weight: 1,
+                }],
+                ..Default::default()
+            }],
+        })),
+    }
+    .try_into()
+    .unwrap()
+}
+
+/// Polls the registry until `proxy_id`'s status satisfies `done`.
+async fn wait_status(h: &Harness, proxy_id: &str, done: impl Fn(&v1::ProxyStatus) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = h.hub.registry.statuses("", proxy_id);
+        if status.len() == 1 && done(&status[0]) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never got there: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each resource's type and sync state, in the status's order.
+fn states(status: &v1::ProxyStatus) -> Vec<(i32, v1::SyncState, String)> {
+    (status.resources.iter())
+        .map(|r| {
+            let k = r.key.clone().unwrap_or_default();
+            (k.r#type, r.state(), r.last_nack_error.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_per_resource_nack_marks_only_that_resource_and_pushes_go_on() {
+    let h = start().await;
+    h.store.apply(service("web", 80), None).unwrap();
+    (h.store)
+        .apply(registration("web-1", "web.default", "10.0.0.1", 8080), None)
+        .unwrap();
+    h.store.apply(route("web"), None).unwrap();
+    let mut p = Proxy::connect(&h.addr, "p1", vec![]).await;
+    p.send(sub(vec![
+        key(ResourceType::Service, "web.default"),
+        key(ResourceType::Endpoints, "web.default"),
+        key(ResourceType::Route, "web.default"),
+    ]))
+    .await;
+    let r = p.next().await;
+    assert_eq!(r.resources.len(), 3, "{r:?}");
+
+    // The proxy applied the service and the endpoints, and rejected the route alone.
+    let error = "route web.default: rules[0].timeout: must be between 1ms and 24h";
+    let route_key = key(ResourceType::Route, "web.default");
+    p.send(Req::Nack(v1::Nack {
+        nonce: r.nonce.clone(),
+        error_message: error.into(),
+        rejected: vec![route_key.clone()],
+        rejections: vec![v1::RejectedResource {
+            key: Some(route_key),
+            error_message: error.into(),
+        }],
+    }))
+    .await;
+    let (s, e, rt) = (
+        ResourceType::Service as i32,
+        ResourceType::Endpoints as i32,
+        ResourceType::Route as i32,
+    );
+    use v1::SyncState::{Nacked, Synced};
+    wait_status(&h, "p1", |status| {
+        states(status)
+            == [
+                (s, Synced, String::new()),
+                (e, Synced, String::new()),
+                (rt, Nacked, error.to_owned()),
+            ]
+    })
+    .await;
+    let status = &h.hub.registry.statuses("", "p1")[0];
+    assert_eq!(
+        (status.state(), status.last_nack_error.as_str()),
+        (Nacked, error)
+    );
+    // The rejected version is not resent.
+    p.expect_silence().await;
+
+    // Good resources keep flowing: an endpoint change is pushed and ACKed; the route stays NACKED.
+    (h.store)
+        .apply(registration("web-2", "web.default", "10.0.0.2", 8080), None)
+        .unwrap();
+    let r = p.next().await;
+    assert_eq!(endpoint_count(&r), 2, "{r:?}");
+    p.send(ack(&r)).await;
+    wait_status(&h, "p1", |status| {
+        let resources = &status.resources;
+        resources.len() == 3
+            && resources[1].acked_version == resources[1].current_version
+            && resources[2].state() == Nacked
+    })
+    .await;
 }

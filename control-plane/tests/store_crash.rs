@@ -190,7 +190,8 @@ fn write_until_killed(path: &Path) {
                         }
                     } else {
                         let stored = store.apply(service(&name, i), None).expect("child: apply");
-                        format!("ack put {name} {} {i}", stored.version())
+                        let seq = &stored.resource.metadata.labels["seq"];
+                        format!("ack put {name} {} {seq}", stored.version())
                     };
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{line}")
@@ -209,7 +210,9 @@ fn service(name: &str, seq: usize) -> Resource {
     let metadata = Metadata {
         name: name.to_owned(),
         namespace: "default".to_owned(),
-        labels: [("seq".to_owned(), seq.to_string())].into(),
+        // The child's pid too: a write identical to the stored resource is not written (`unchanged`, its old
+        // version), and a child's `seq` repeats the previous child's.
+        labels: [("seq".to_owned(), format!("{}-{seq}", std::process::id()))].into(),
         ..Metadata::default()
     };
     let port = ServicePort {

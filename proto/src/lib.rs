@@ -19,6 +19,10 @@ pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
+/// Test cases both sides run: what a proxy rejects when pushed, the control plane refuses at `apply`.
+#[cfg(feature = "test-util")]
+pub mod checks;
+
 #[cfg(test)]
 mod tests {
     use super::v1::{

@@ -15,13 +15,17 @@ impl AdminService {
     ) -> Result<v1::ApplyResponse, Status> {
         let resource = request::resource(req.resource)?;
         let kind = resource.kind();
-        let stored = self
-            .write(kind, "apply", move |store| store.apply(resource, None))
+        let applied = self
+            .write(kind, "apply", move |store| {
+                store.apply_outcome(resource, None)
+            })
             .await?;
-        self.written(&stored);
+        // An identical re-apply still counts as a registration's heartbeat.
+        self.written(&applied.stored);
         Ok(v1::ApplyResponse {
-            created: stored.created(),
-            resource: Some(stored.resource.as_ref().into()),
+            created: !applied.unchanged && applied.stored.created(),
+            resource: Some(applied.stored.resource.as_ref().into()),
+            unchanged: applied.unchanged,
         })
     }
 

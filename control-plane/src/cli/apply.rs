@@ -31,7 +31,9 @@ pub(super) async fn run(server: &str, file: &str) -> Result<(), CliError> {
                 let version = (response.resource.as_ref())
                     .and_then(|r| r.metadata.as_ref())
                     .map_or(0, |m| m.resource_version);
-                let verb = if response.created {
+                let verb = if response.unchanged {
+                    "unchanged"
+                } else if response.created {
                     "created"
                 } else {
                     "configured"

@@ -104,7 +104,23 @@ impl Sync {
         }
     }
 
-    /// Records a NACK of the given versions.
+    /// Records a NACK that names the resources it rejected, each with its error (`rejections`): the
+    /// proxy applied every other version of the response, so those count as ACKed.
+    pub(super) fn rejected(&mut self, versions: &[(Key, Version)], rejections: &[(Key, String)]) {
+        let error_of = |k: &Key| rejections.iter().find(|(r, _)| r == k).map(|(_, e)| e);
+        let (refused, applied): (Vec<_>, Vec<_>) =
+            (versions.iter().cloned()).partition(|(k, _)| error_of(k).is_some());
+        self.acked(&applied);
+        for (k, v) in refused {
+            let Some(error) = error_of(&k) else { continue };
+            if self.keys.contains_key(&k) {
+                self.nacked.insert(k, (v, error.clone()));
+            }
+            self.last_nack = Some(error.clone());
+        }
+    }
+
+    /// Records a NACK of the given versions, all of them (a proxy that rejects whole responses).
     pub(super) fn nacked(&mut self, versions: &[(Key, Version)], error: &str) {
         for (k, v) in versions {
             if self.keys.contains_key(k) {
@@ -372,6 +388,57 @@ mod tests {
         assert_eq!(ids, ["a", "c"]);
         drop((a, c, d));
         assert!(registry.acks(&bundle, 7).is_empty());
+    }
+
+    #[test]
+    fn a_per_resource_nack_marks_only_the_rejected_resources_and_acks_the_rest() {
+        let registry = Registry::default();
+        let p = registry.register(hello("p"), "10.0.0.1:1".into());
+        let (endpoints, route) = (
+            key(ResourceType::Endpoints, "web.default"),
+            key(ResourceType::Route, "web.default"),
+        );
+        let error = "route web.default: rules[0].timeout: must be between 1ms and 24h";
+        {
+            let mut sync = p.entry.sync();
+            for (k, v) in [(&endpoints, 3), (&route, 4)] {
+                sync.subscribe(k.clone());
+                sync.keys.get_mut(k).unwrap().sent = v;
+            }
+            sync.rejected(
+                &[(endpoints.clone(), 3), (route.clone(), 4)],
+                &[(route.clone(), error.to_owned())],
+            );
+        }
+        let status = &registry.statuses("", "p")[0];
+        let rows: Vec<(String, SyncState, &str)> = (status.resources.iter())
+            .map(|r| {
+                let k = r.key.clone().unwrap();
+                (k.name, r.state(), r.last_nack_error.as_str())
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("web.default".into(), SyncState::Synced, ""),
+                ("web.default".into(), SyncState::Nacked, error),
+            ]
+        );
+        assert_eq!(
+            status.resources[1].key.as_ref().unwrap().r#type,
+            ResourceType::Route as i32
+        );
+        assert_eq!(status.state(), SyncState::Nacked);
+        assert_eq!(status.last_nack_error, error);
+        assert!(registry.acks(&endpoints, 3)[0].acked);
+        assert!(!registry.acks(&route, 4)[0].acked);
+
+        // The route's next version is ACKed: SYNCED, no NACK left.
+        p.entry.sync().keys.get_mut(&route).unwrap().sent = 5;
+        p.entry.sync().acked(&[(route.clone(), 5)]);
+        let status = &registry.statuses("", "p")[0];
+        assert_eq!(status.state(), SyncState::Synced);
+        assert_eq!(status.last_nack_error, "");
     }
 
     #[test]

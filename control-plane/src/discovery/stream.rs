@@ -327,9 +327,27 @@ async fn handle(
         Req::Nack(nack) => {
             if let Some(p) = take_pending(s, &nack.nonce) {
                 metrics::counter!("shoal_cp_nacks_total").increment(1);
-                tracing::warn!(proxy = %entry.proxy_id(), error = %nack.error_message, "proxy rejected an update (NACK); it keeps its previous state");
                 // Versions stay recorded as sent: they are not resent until they change.
-                entry.sync().nacked(&p.versions, &nack.error_message);
+                if nack.rejections.is_empty() {
+                    // A proxy older than per-resource NACKs: it rejected the whole response.
+                    tracing::warn!(proxy = %entry.proxy_id(), error = %nack.error_message, "proxy rejected an update (NACK); it keeps its previous state");
+                    entry.sync().nacked(&p.versions, &nack.error_message);
+                } else {
+                    let rejections: Vec<(Key, String)> = (nack.rejections.into_iter())
+                        .filter_map(|r| {
+                            let k = r.key?;
+                            let key = Key {
+                                ty: k.r#type,
+                                name: k.name.into(),
+                            };
+                            Some((key, r.error_message))
+                        })
+                        .collect();
+                    for (k, error) in &rejections {
+                        tracing::warn!(proxy = %entry.proxy_id(), resource_type = k.ty, resource = %k.name, %error, "proxy rejected a resource (NACK); it keeps its previous version and applied the rest");
+                    }
+                    entry.sync().rejected(&p.versions, &rejections);
+                }
             }
         }
     }

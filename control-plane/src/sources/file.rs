@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::model::validate::MAX_WEIGHT;
 use crate::model::{Endpoint, ServiceRef, host_name, spiffe_id};
 
 /// The checked content of the endpoints file.
@@ -124,6 +125,9 @@ impl EndpointsFile {
                 .into_iter()
                 .map(RawEndpoint::into_model)
                 .collect();
+            for (k, e) in endpoints.iter().enumerate() {
+                weight(e.weight).map_err(|e| format!("services[{i}].endpoints[{k}].{e}"))?;
+            }
             distinct(&endpoints).map_err(|e| format!("services[{i}].{e}"))?;
             file.services.insert(name, endpoints);
         }
@@ -135,6 +139,7 @@ impl EndpointsFile {
                 zone: entry.zone,
                 service_port: entry.service_port.map(NonZeroU16::get),
             };
+            weight(target.weight).map_err(|e| format!("dns[{i}].{e}"))?;
             let targets = file.dns.entry(entry.service.0.clone()).or_default();
             if targets
                 .iter()
@@ -149,6 +154,16 @@ impl EndpointsFile {
         }
         Ok(file)
     }
+}
+
+/// Proxies refuse endpoints weighing more than [`MAX_WEIGHT`] (as registrations do).
+fn weight(weight: u32) -> Result<(), String> {
+    if weight > MAX_WEIGHT {
+        return Err(format!(
+            "weight: {weight} is more than the maximum, {MAX_WEIGHT}"
+        ));
+    }
+    Ok(())
 }
 
 /// Proxies tell a service's endpoints apart by address, port and service port: a second one with the same

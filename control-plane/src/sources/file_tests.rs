@@ -92,6 +92,21 @@ fn errors_name_the_field_and_the_line() {
     assert!(e.contains("services[0].endpoints[0].identity"), "{e}");
     assert!(e.contains("spiffe://"), "{e}");
 
+    // Proxies refuse heavier endpoints, so the file may not carry them.
+    let e = error(
+        "services:\n  - service: web.default\n    endpoints:\n      - {address: 10.0.0.1, port: 80, weight: 1000001}\n",
+    );
+    assert_eq!(
+        e,
+        "services[0].endpoints[0].weight: 1000001 is more than the maximum, 1000000"
+    );
+    let e =
+        error("dns:\n  - {service: pay.external, host: pay.example, port: 443, weight: 1000001}\n");
+    assert_eq!(
+        e,
+        "dns[0].weight: 1000001 is more than the maximum, 1000000"
+    );
+
     let e = error("services:\n  - service: web.default\n");
     assert!(
         e.contains("services[0]") && e.contains("missing field `endpoints`"),

@@ -4,6 +4,39 @@ use super::tests::{TempDir, service_key};
 use super::*;
 use crate::model::fixtures::{self, service_resource};
 
+/// Service `name` with a label: a change (re-applying identical content writes nothing).
+fn relabelled(name: &str) -> crate::model::Resource {
+    let mut resource = service_resource(name);
+    (resource.metadata.labels).insert("rev".to_owned(), "2".to_owned());
+    resource
+}
+
+#[test]
+fn re_applying_identical_content_writes_nothing() {
+    let dir = TempDir::new();
+    let store = Store::open(dir.db()).expect("open");
+    let mut feed = store.subscribe();
+    let first = store.apply_outcome(service_resource("a"), None).expect("a");
+    assert!(!first.unchanged && first.stored.created());
+    feed.borrow_and_update();
+    let again = store
+        .apply_outcome(service_resource("a"), None)
+        .expect("again");
+    assert!(again.unchanged);
+    assert_eq!(again.stored.version(), 1);
+    assert_eq!(store.revision(), 1);
+    assert!(!feed.has_changed().unwrap(), "nothing in the feed");
+    // A label is content: written, with a new version.
+    let label = store.apply_outcome(relabelled("a"), None).expect("label");
+    assert!(!label.unchanged && !label.stored.created());
+    assert_eq!(label.stored.version(), 2);
+    // Replace with the expected version always writes.
+    let replaced = store
+        .apply_outcome(relabelled("a"), Some(2))
+        .expect("replace");
+    assert_eq!((replaced.unchanged, replaced.stored.version()), (false, 3));
+}
+
 #[test]
 fn state_and_versions_survive_reopen() {
     let dir = TempDir::new();
@@ -11,7 +44,7 @@ fn state_and_versions_survive_reopen() {
         let store = Store::open(dir.db()).expect("open");
         store.create(service_resource("a")).expect("a");
         store.create(service_resource("b")).expect("b");
-        store.apply(service_resource("a"), None).expect("a again");
+        store.apply(relabelled("a"), None).expect("a again");
         store.delete(&service_key("b"), None).expect("delete b");
     }
     let store = Store::open(dir.db()).expect("reopen");
@@ -50,7 +83,7 @@ fn changes_since_reports_latest_states_and_deletions_in_order() {
     for name in ["a", "b", "c"] {
         store.create(service_resource(name)).expect("create");
     }
-    store.apply(service_resource("a"), None).expect("a again"); // 4
+    store.apply(relabelled("a"), None).expect("a again"); // 4
     store.delete(&service_key("b"), None).expect("delete b"); // 5
 
     let changes = store.changes_since(2).expect("feed");

@@ -58,6 +58,15 @@ impl Default for StoreOptions {
     }
 }
 
+/// What [`Store::apply_outcome`] did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The resource as stored.
+    pub stored: StoredResource,
+    /// It was identical to the stored resource, which was left as it was (same version, nothing pushed).
+    pub unchanged: bool,
+}
+
 /// The durable resource store. Clone it freely: clones share one database and index.
 #[derive(Clone)]
 pub struct Store {
@@ -124,13 +133,26 @@ impl Store {
         resource: Resource,
         expected_version: Option<u64>,
     ) -> Result<StoredResource> {
+        self.apply_outcome(resource, expected_version)
+            .map(|a| a.stored)
+    }
+
+    /// [`Self::apply`], telling whether the resource was left unchanged: without `expected_version`, a
+    /// resource identical to the stored one (spec, name and labels) is not written again, as `kubectl apply`
+    /// does: it keeps its version, and nothing reaches the change feed, so nothing is pushed to proxies.
+    pub fn apply_outcome(
+        &self,
+        resource: Resource,
+        expected_version: Option<u64>,
+    ) -> Result<Applied> {
         let mode = expected_version.map_or(Mode::Upsert, Mode::Replace);
-        self.write(resource, mode)
+        let (stored, unchanged) = self.write(resource, mode)?;
+        Ok(Applied { stored, unchanged })
     }
 
     /// Creates `resource`; fails with [`Error::AlreadyExists`] if it exists.
     pub fn create(&self, resource: Resource) -> Result<StoredResource> {
-        self.write(resource, Mode::Create)
+        self.write(resource, Mode::Create).map(|(stored, _)| stored)
     }
 
     /// Deletes a resource, with `expected_version` only if it is at that version. Returns its tombstone (the

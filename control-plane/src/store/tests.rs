@@ -99,7 +99,9 @@ fn optimistic_concurrency_names_both_versions() {
     let dir = TempDir::new();
     let store = Store::open(dir.db()).expect("open");
     store.create(service_resource("a")).expect("create");
-    store.apply(service_resource("a"), None).expect("overwrite");
+    let mut changed = service_resource("a");
+    (changed.metadata.labels).insert("rev".to_owned(), "2".to_owned());
+    store.apply(changed, None).expect("overwrite");
 
     let error = store
         .apply(service_resource("a"), Some(1))

@@ -20,7 +20,13 @@ pub(super) enum Mode {
 }
 
 impl Store {
-    pub(super) fn write(&self, mut resource: Resource, mode: Mode) -> Result<StoredResource> {
+    /// Writes `resource`; returns it as stored and whether it was left unchanged (an `Upsert` of the
+    /// content already stored writes nothing: no new version, nothing in the feed, nothing pushed).
+    pub(super) fn write(
+        &self,
+        mut resource: Resource,
+        mode: Mode,
+    ) -> Result<(StoredResource, bool)> {
         let db = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
         let key = resource.key();
         let stored = {
@@ -49,6 +55,12 @@ impl Store {
                     service,
                     existing,
                 });
+            }
+            if let (Mode::Upsert, Some(current)) = (mode, current) {
+                resource.metadata.resource_version = current.version();
+                if *current.resource == resource {
+                    return Ok((current.clone(), true));
+                }
             }
             let version = index.revision + 1;
             resource.metadata.resource_version = version;
@@ -80,7 +92,7 @@ impl Store {
         drop(index);
         self.inner.revision.send_replace(version);
         drop(db);
-        Ok(stored)
+        Ok((stored, false))
     }
 
     pub(super) fn remove(&self, key: &ResourceKey, expected: Option<u64>) -> Result<Tombstone> {

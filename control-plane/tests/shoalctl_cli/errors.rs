@@ -50,6 +50,17 @@ fn bad_input_gets_a_clear_error_and_exit_code() {
             "1 of 2 resources were not applied",
         ],
     );
+    // A route of a service that does not exist is refused the same way, naming the field.
+    let orphan = "kind: Route\nmetadata: {name: ghost}\nspec: {parent_service: ghost, rules: [{backends: [{service: a}]}]}\n";
+    expect(
+        &apply(orphan),
+        1,
+        &[
+            "route/ghost.default (document 1)",
+            "INVALID_ARGUMENT",
+            "spec.parent_service: unknown service ghost.default; create it first",
+        ],
+    );
 
     expect(
         &shoalctl(&cp.admin, &["get", "gateways"], ""),

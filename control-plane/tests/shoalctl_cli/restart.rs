@@ -10,15 +10,21 @@ fn restart_keeps_resources_and_versions_keep_growing() {
     let data = dir.path().join("data");
     let cp = ControlPlane::start(&data);
     let svc = "kind: Service\nmetadata: {name: backend}\nspec: {ports: [{port: 80}]}\n";
-    expect(
-        &shoalctl(&cp.admin, &["apply", "-f", "-"], svc),
-        0,
-        &["created (version 1)"],
-    );
-    expect(
-        &shoalctl(&cp.admin, &["apply", "-f", "-"], svc),
-        0,
-        &["configured (version 2)"],
+    let changed = "kind: Service\nmetadata: {name: backend}\nspec: {ports: [{port: 81}]}\n";
+    let apply = |cp: &ControlPlane, yaml: &str, want: &str| {
+        expect(
+            &shoalctl(&cp.admin, &["apply", "-f", "-"], yaml),
+            0,
+            &[want],
+        );
+    };
+    apply(&cp, svc, "service/backend.default created (version 1)");
+    // Identical content: nothing written, the version stays.
+    apply(&cp, svc, "service/backend.default unchanged (version 1)");
+    apply(
+        &cp,
+        changed,
+        "service/backend.default configured (version 2)",
     );
     cp.stop();
 
@@ -30,11 +36,12 @@ fn restart_keeps_resources_and_versions_keep_growing() {
     );
     let json: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(json["metadata"]["resource_version"], 2, "{json}");
-    expect(
-        &shoalctl(&cp.admin, &["apply", "-f", "-"], svc),
-        0,
-        &["configured (version 3)"],
+    apply(
+        &cp,
+        changed,
+        "service/backend.default unchanged (version 2)",
     );
+    apply(&cp, svc, "service/backend.default configured (version 3)");
     cp.stop();
 }
 

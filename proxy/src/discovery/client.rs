@@ -14,9 +14,9 @@ use shoal_proto::v1::{
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::Stream;
 
-use super::resources::{Key, Resources};
+use super::resources::{Key, Resources, Update};
 use super::{Discovery, lock, service_keys};
-use crate::state::{Store, spec};
+use crate::state::Store;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -171,75 +171,118 @@ impl Client {
         }
     }
 
-    /// Applies one update as a whole, or rejects it as a whole; returns the ACK or NACK.
+    /// Applies one update resource by resource ([`Resources::update`]): every valid resource
+    /// applies, each invalid one keeps its held version (or none); returns the ACK, or the NACK
+    /// naming each rejected resource and why.
     fn apply(&mut self, response: &v1::DiscoveryResponse) -> v1::DiscoveryRequest {
-        let outcome = self.resources.apply(response).and_then(|(next, answered)| {
-            let (spec, missing) = next.to_spec()?;
-            let state = spec::build(spec)?;
-            self.apply_trust_bundles(response)?;
-            Ok((next, answered, state, missing))
-        });
-        match outcome {
-            Ok((next, answered, state, missing)) => {
-                self.resources = next;
-                let version = self.store.replace(state);
-                self.answered.extend(answered.iter().cloned());
-                self.record_bindings(&answered);
-                for service in missing {
-                    self.d.subscribe(service_keys(&service));
-                }
-                self.notify();
-                lock(&self.d.status).acked += 1;
-                metrics::counter!("shoal_discovery_updates_total", "result" => "acked")
-                    .increment(1);
-                tracing::debug!(version, nonce = %response.nonce, "discovery update applied");
-                request(Req::Ack(v1::Ack {
-                    nonce: response.nonce.clone(),
-                }))
-            }
-            Err(error) => {
-                let error = format!("update rejected: {error}");
-                tracing::error!(nonce = %response.nonce, %error, "discovery update rejected (NACK); keeping the last good state");
-                self.store.reject(error.clone());
-                // Waiters must not hang on an update that will not apply.
-                self.answered.extend(
-                    response
-                        .resources
-                        .iter()
-                        .filter_map(|r| r.key.as_ref())
-                        .chain(&response.removed)
-                        .map(|k| (k.r#type, k.name.clone())),
-                );
-                self.notify();
-                lock(&self.d.status).nacked += 1;
-                metrics::counter!("shoal_discovery_updates_total", "result" => "nacked")
-                    .increment(1);
-                request(Req::Nack(v1::Nack {
-                    nonce: response.nonce.clone(),
-                    error_message: error,
-                    rejected: Vec::new(),
-                }))
-            }
+        let mut update = match self.resources.update(response) {
+            Ok(update) => update,
+            Err(error) => return self.reject_all(response, error),
+        };
+        self.apply_trust_bundles(response, &mut update);
+        let Update {
+            next,
+            state,
+            missing,
+            answered,
+            rejected,
+        } = update;
+        self.resources = next;
+        let version = self.store.replace(state);
+        // Rejected keys count as answered too: waiters must not hang on an update that will not
+        // apply.
+        self.answered.extend(answered.iter().cloned());
+        self.record_bindings(&answered);
+        for service in missing {
+            self.d.subscribe(service_keys(&service));
         }
+        self.notify();
+        if rejected.is_empty() {
+            lock(&self.d.status).acked += 1;
+            metrics::counter!("shoal_discovery_updates_total", "result" => "acked").increment(1);
+            tracing::debug!(version, nonce = %response.nonce, "discovery update applied");
+            return request(Req::Ack(v1::Ack {
+                nonce: response.nonce.clone(),
+            }));
+        }
+        for r in &rejected {
+            tracing::error!(nonce = %response.nonce, error = %r.error, "discovery resource rejected (NACK); keeping its last good version");
+        }
+        let error = (rejected.iter().map(|r| r.error.as_str()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        // After `replace`: the rest of the update applied, and `/config` shows what did not.
+        self.store
+            .reject(format!("update partly rejected: {error}"));
+        lock(&self.d.status).nacked += 1;
+        metrics::counter!("shoal_discovery_updates_total", "result" => "nacked").increment(1);
+        request(Req::Nack(v1::Nack {
+            nonce: response.nonce.clone(),
+            error_message: error,
+            rejected: wire(rejected.iter().map(|r| r.key.clone())),
+            rejections: rejected
+                .into_iter()
+                .map(|r| v1::RejectedResource {
+                    key: Some(v1::ResourceKey {
+                        r#type: r.key.0,
+                        name: r.key.1,
+                    }),
+                    error_message: r.error,
+                })
+                .collect(),
+        }))
     }
 
-    /// Hands trust bundles in `response` to the identity and to the control-plane channel, which
-    /// verifies the control plane against anchors ∪ this bundle from its next connection on (so a CA
-    /// rotation does not cut the proxy off). A bad bundle rejects the update.
-    fn apply_trust_bundles(&self, response: &v1::DiscoveryResponse) -> Result<(), String> {
+    /// NACKs the whole of `response`: the state held before no longer builds (which the
+    /// per-resource checks should make impossible), so nothing of it applies.
+    fn reject_all(
+        &mut self,
+        response: &v1::DiscoveryResponse,
+        error: String,
+    ) -> v1::DiscoveryRequest {
+        let error = format!("update rejected: {error}");
+        tracing::error!(nonce = %response.nonce, %error, "discovery update rejected (NACK); keeping the last good state");
+        self.store.reject(error.clone());
+        self.answered.extend(
+            (response.resources.iter())
+                .filter_map(|r| r.key.as_ref())
+                .chain(&response.removed)
+                .map(|k| (k.r#type, k.name.clone())),
+        );
+        self.notify();
+        lock(&self.d.status).nacked += 1;
+        metrics::counter!("shoal_discovery_updates_total", "result" => "nacked").increment(1);
+        // No `rejections`: the control plane reads the NACK as covering the whole response.
+        request(Req::Nack(v1::Nack {
+            nonce: response.nonce.clone(),
+            error_message: error,
+            rejected: Vec::new(),
+            rejections: Vec::new(),
+        }))
+    }
+
+    /// Hands the trust bundles `update` accepted to the identity and to the control-plane
+    /// channel, which verifies the control plane against anchors ∪ this bundle from its next
+    /// connection on (so a CA rotation does not cut the proxy off). A bundle they refuse is
+    /// rejected like any invalid resource.
+    fn apply_trust_bundles(&self, response: &v1::DiscoveryResponse, update: &mut Update) {
         for r in &response.resources {
-            if let Some(Payload::TrustBundle(b)) = &r.payload {
-                let named = |e: String| format!("trust bundle {}: {e}", b.trust_domain);
-                if let Some(identity) = &self.d.identity {
-                    identity.set_trust_bundle(&b.roots_pem).map_err(named)?;
-                }
-                self.d
-                    .control_plane
-                    .set_trust_bundle(&b.roots_pem)
-                    .map_err(named)?;
+            let (Some(k), Some(Payload::TrustBundle(b))) = (&r.key, &r.payload) else {
+                continue;
+            };
+            let key = (k.r#type, k.name.clone());
+            if update.rejected.iter().any(|x| x.key == key) {
+                continue;
+            }
+            let applied = match &self.d.identity {
+                Some(identity) => identity.set_trust_bundle(&b.roots_pem),
+                None => Ok(()),
+            }
+            .and_then(|()| self.d.control_plane.set_trust_bundle(&b.roots_pem));
+            if let Err(error) = applied {
+                update.reject(&self.resources, &key, error);
             }
         }
-        Ok(())
     }
 
     fn record_bindings(&self, answered: &[Key]) {

@@ -3,9 +3,11 @@
 //!
 //! - [`client`]: one long-lived stream to the control plane (`shoal.v1.Discovery`): `Hello` with
 //!   the versions held, subscriptions, ACK/NACK, jittered exponential backoff on failure. Updates
-//!   apply atomically through the same builder the static file uses; a rejected update is NACKed
-//!   and the last good state keeps serving; while the control plane is away nothing changes.
-//! - [`resources`]: the resources held and their translation into the state description.
+//!   apply atomically through the same builder the static file uses, resource by resource: the
+//!   valid resources of a response apply, each invalid one is NACKed by name and keeps its last
+//!   good version; while the control plane is away nothing changes.
+//! - [`resources`]: the resources held, the per-resource checks, and their translation into the
+//!   state description.
 
 mod client;
 mod resources;

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 
+use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
-use crate::state::Protocol;
 use crate::state::spec::{
-    BackendSpec, EndpointSpec, FileSpec, MatchSpec, RouteSpec, RuleSpec, ServiceSpec,
+    self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RouteSpec, RuleSpec, ServiceSpec,
 };
+use crate::state::{Protocol, State};
 use crate::tls::TlsMode;
 
 /// A resource key: type and name.
@@ -23,30 +24,165 @@ pub struct Resources {
     map: HashMap<Key, (String, Payload)>,
 }
 
+/// One resource of a response the proxy refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub(crate) key: Key,
+    /// Names the resource and the field: `route web.default: rules[0].timeout: ...`.
+    pub(crate) error: String,
+}
+
+/// A response taken in resource by resource ([`Resources::update`]).
+pub(crate) struct Update {
+    /// The resources now held: the valid ones of the response applied, the rejected ones as they
+    /// were before it.
+    pub(crate) next: Resources,
+    /// The state `next` builds.
+    pub(crate) state: State,
+    /// Services that routes name but the proxy does not hold yet (to subscribe to; their routes
+    /// wait until they arrive).
+    pub(crate) missing: Vec<String>,
+    /// Every key the response answered, rejected ones included: waiters must not hang on them.
+    pub(crate) answered: Vec<Key>,
+    pub(crate) rejected: Vec<Rejection>,
+}
+
+impl Update {
+    /// Rejects `key` after the fact (a trust bundle its consumers refused): `next` goes back to
+    /// what `before` held under it. Only for resources the state is not built from.
+    pub(crate) fn reject(&mut self, before: &Resources, key: &Key, error: String) {
+        self.next.put(key, before.map.get(key).cloned());
+        self.rejected.push(Rejection {
+            key: key.clone(),
+            error: format!("{}: {error}", describe(key)),
+        });
+    }
+}
+
 fn key_of(k: &v1::ResourceKey) -> Key {
     (k.r#type, k.name.clone())
 }
 
+/// `route web.default`: how errors and logs name a resource.
+pub(crate) fn describe(key: &Key) -> String {
+    let kind = ResourceType::try_from(key.0).map_or_else(
+        |_| format!("resource type {}", key.0),
+        |t| {
+            t.as_str_name()
+                .trim_start_matches("RESOURCE_TYPE_")
+                .to_ascii_lowercase()
+        },
+    );
+    format!("{kind} {}", key.1)
+}
+
+/// A builder error without the builder's own index (`services[3]: `, `routes[0].`): that is a
+/// position in the description built from every resource held, not in the resource.
+fn relative(error: &str) -> &str {
+    for list in ["services[", "routes[", "authorization["] {
+        if let Some((_, after)) = error.strip_prefix(list).and_then(|r| r.split_once(']')) {
+            return after.trim_start_matches([':', '.', ' ']);
+        }
+    }
+    error
+}
+
+/// A change a response makes to one key: the new version and payload, or `None` (removed).
+type Change = (Key, Option<(String, Payload)>);
+
 impl Resources {
-    /// A copy with `response` applied (resources replaced, removals dropped); the keys it
-    /// answered are returned too.
-    pub fn apply(&self, response: &v1::DiscoveryResponse) -> Result<(Resources, Vec<Key>), String> {
-        let mut next = self.clone();
+    /// Applies `response` resource by resource: every resource is checked on its own (a bad one
+    /// is rejected, naming its field, and the held version stays), then the whole state is built.
+    /// When that fails (a change conflicts with another resource: two services claiming one
+    /// host), the changes are applied one at a time and those that break the build are rejected
+    /// too. An error only if the state held before no longer builds.
+    pub(crate) fn update(&self, response: &v1::DiscoveryResponse) -> Result<Update, String> {
+        let mut rejected = Vec::new();
         let mut answered = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
         for r in &response.resources {
-            let k = r.key.as_ref().ok_or("a resource without a key")?;
-            let payload = r
-                .payload
-                .clone()
-                .ok_or_else(|| format!("resource {} has no payload", k.name))?;
-            next.map.insert(key_of(k), (r.version.clone(), payload));
-            answered.push(key_of(k));
+            let Some(k) = r.key.as_ref() else {
+                rejected.push(Rejection {
+                    key: (0, String::new()),
+                    error: "a resource without a key".into(),
+                });
+                continue;
+            };
+            let key = key_of(k);
+            answered.push(key.clone());
+            match check(&key, r.payload.as_ref()) {
+                Ok(payload) => changes.push((key, Some((r.version.clone(), payload.clone())))),
+                Err(e) => rejected.push(Rejection {
+                    error: format!("{}: {}", describe(&key), e.trim_start_matches('.')),
+                    key,
+                }),
+            }
         }
         for k in &response.removed {
-            next.map.remove(&key_of(k));
             answered.push(key_of(k));
+            changes.push((key_of(k), None));
         }
-        Ok((next, answered))
+        let mut next = self.clone();
+        for (k, v) in &changes {
+            next.put(k, v.clone());
+        }
+        if let Ok((state, missing)) = next.build(None) {
+            return Ok(Update {
+                next,
+                state,
+                missing,
+                answered,
+                rejected,
+            });
+        }
+        let (mut next, mut built) = (self.clone(), self.build(None)?);
+        // Until a pass applies nothing more: a change may only fit once another has applied
+        // (a host freed by one service, claimed by another).
+        loop {
+            let mut failed = Vec::new();
+            let before = changes.len();
+            for (k, v) in changes {
+                let mut trial = next.clone();
+                trial.put(&k, v.clone());
+                let service = [ResourceType::Service, ResourceType::Endpoints]
+                    .into_iter()
+                    .any(|t| t as i32 == k.0)
+                    .then_some(k.1.as_str());
+                match trial.build(service) {
+                    Ok(b) => (next, built) = (trial, b),
+                    Err(e) => failed.push(((k, v), e)),
+                }
+            }
+            if failed.is_empty() || failed.len() == before {
+                rejected.extend(failed.into_iter().map(|((key, _), e)| Rejection {
+                    error: format!("{}: {}", describe(&key), relative(&e)),
+                    key,
+                }));
+                break;
+            }
+            changes = failed.into_iter().map(|(c, _)| c).collect();
+        }
+        Ok(Update {
+            next,
+            state: built.0,
+            missing: built.1,
+            answered,
+            rejected,
+        })
+    }
+
+    fn put(&mut self, key: &Key, value: Option<(String, Payload)>) {
+        match value {
+            Some(v) => self.map.insert(key.clone(), v),
+            None => self.map.remove(key),
+        };
+    }
+
+    /// The state these resources build, and the services routes wait for; the service named
+    /// `last` is built last (see [`Self::to_spec`]).
+    fn build(&self, last: Option<&str>) -> Result<(State, Vec<String>), String> {
+        let (spec, missing) = self.to_spec(last)?;
+        Ok((spec::build(spec)?, missing))
     }
 
     /// The payload held under `key`.
@@ -85,14 +221,32 @@ impl Resources {
 
     /// The state description, plus services that routes name but the proxy does not hold yet
     /// (to subscribe to; their routes wait until they arrive).
-    pub fn to_spec(&self) -> Result<(FileSpec, Vec<String>), String> {
+    ///
+    /// Services are in name order, but for `last`, which goes last: the builder blames a conflict
+    /// on the later of two services, so a service being added is the one its error names.
+    fn to_spec(&self, last: Option<&str>) -> Result<(FileSpec, Vec<String>), String> {
+        let mut held: Vec<(&String, &v1::Service)> = (self.map.iter())
+            .filter_map(|((ty, name), (_, payload))| match payload {
+                Payload::Service(s) if *ty == ResourceType::Service as i32 => Some((name, s)),
+                _ => None,
+            })
+            .collect();
+        held.sort_unstable_by_key(|(name, _)| (Some(name.as_str()) == last, *name));
         let mut services = Vec::new();
         let mut known = HashSet::new();
-        for ((ty, name), (_, payload)) in &self.map {
-            if let (true, Payload::Service(s)) = (*ty == ResourceType::Service as i32, payload) {
-                known.insert(name.clone());
-                services.extend(self.service_specs(name, s)?);
-            }
+        for (name, s) in held {
+            known.insert(name.clone());
+            let endpoints = match self.get(&(ResourceType::Endpoints as i32, name.clone())) {
+                Some(Payload::Endpoints(e)) => e.endpoints.as_slice(),
+                _ => &[],
+            };
+            let specs = service_specs(name, s, endpoints).map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    describe(&(ResourceType::Service as i32, name.clone()))
+                )
+            })?;
+            services.extend(specs);
         }
         let mut routes = Vec::new();
         let mut missing = Vec::new();
@@ -133,74 +287,149 @@ impl Resources {
             missing,
         ))
     }
+}
 
-    fn service_specs(&self, qualified: &str, s: &v1::Service) -> Result<Vec<ServiceSpec>, String> {
-        let at = format!("service {qualified}");
-        if s.ports.is_empty() {
-            return Err(format!("{at}: no ports"));
-        }
-        let addresses = s
-            .virtual_addresses
-            .iter()
-            .map(|a| {
-                a.parse::<IpAddr>()
-                    .map_err(|_| format!("{at}: virtual address `{a}` is not an IP address"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let endpoints = match self
-            .map
-            .get(&(ResourceType::Endpoints as i32, qualified.to_string()))
-        {
-            Some((_, Payload::Endpoints(e))) => e.endpoints.clone(),
-            _ => Vec::new(),
-        };
-        let mut specs = Vec::new();
-        for p in &s.ports {
-            let port = u16::try_from(p.port)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{at}: port {} out of range", p.port))?;
-            let mut eps = Vec::new();
-            for e in endpoints
-                .iter()
-                .filter(|e| e.service_port == 0 || e.service_port == p.port)
-            {
-                let ip: IpAddr = e
-                    .address
-                    .parse()
-                    .map_err(|_| format!("{at}: endpoint `{}` is not an IP address", e.address))?;
-                let ep_port = u16::try_from(e.port)
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| {
-                        format!("{at}: endpoint {} port {} out of range", e.address, e.port)
-                    })?;
-                eps.push(EndpointSpec {
-                    address: SocketAddr::new(ip, ep_port),
-                    weight: e.weight.max(1),
-                    ready: e.ready,
-                    identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
-                });
-            }
-            specs.push(ServiceSpec {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                port,
-                hosts: s.hosts.clone(),
-                addresses: addresses.clone(),
-                protocol: match v1::Protocol::try_from(p.protocol).unwrap_or_default() {
-                    v1::Protocol::Http1 => Protocol::Http1,
-                    v1::Protocol::Http2 | v1::Protocol::Grpc => Protocol::Http2,
-                    v1::Protocol::Opaque => Protocol::Tcp,
-                    v1::Protocol::Unspecified => Protocol::Auto,
-                },
-                target_port: u16::try_from(p.target_port).ok().filter(|p| *p > 0),
-                tls_mode: tls_mode(p.tls_mode).or(tls_mode(s.tls_mode)),
-                endpoints: eps,
-            });
-        }
-        Ok(specs)
+/// The state description of a `Service` (one entry per port) with its endpoints. Errors name the
+/// field of the resource.
+fn service_specs(
+    qualified: &str,
+    s: &v1::Service,
+    endpoints: &[v1::Endpoint],
+) -> Result<Vec<ServiceSpec>, String> {
+    if format!("{}.{}", s.name, s.namespace) != qualified {
+        return Err(format!(
+            "name, namespace: `{}.{}` is not the resource's name",
+            s.name, s.namespace
+        ));
     }
+    if s.ports.is_empty() {
+        return Err("ports: at least one port is required".into());
+    }
+    let addresses = s
+        .virtual_addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("virtual_addresses[{i}]: `{a}` is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut specs = Vec::new();
+    for (i, p) in s.ports.iter().enumerate() {
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("ports[{i}].port: {} is not a port (1-65535)", p.port))?;
+        let eps = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.service_port == 0 || e.service_port == p.port)
+            .map(|(j, e)| endpoint_spec(e, &format!("endpoints[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        specs.push(ServiceSpec {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            port,
+            hosts: s.hosts.clone(),
+            addresses: addresses.clone(),
+            protocol: match v1::Protocol::try_from(p.protocol).unwrap_or_default() {
+                v1::Protocol::Http1 => Protocol::Http1,
+                v1::Protocol::Http2 | v1::Protocol::Grpc => Protocol::Http2,
+                v1::Protocol::Opaque => Protocol::Tcp,
+                v1::Protocol::Unspecified => Protocol::Auto,
+            },
+            target_port: u16::try_from(p.target_port).ok().filter(|p| *p > 0),
+            tls_mode: tls_mode(p.tls_mode).or(tls_mode(s.tls_mode)),
+            endpoints: eps,
+        });
+    }
+    Ok(specs)
+}
+
+/// The state description of one endpoint; errors under `at`.
+fn endpoint_spec(e: &v1::Endpoint, at: &str) -> Result<EndpointSpec, String> {
+    let ip: IpAddr = e
+        .address
+        .parse()
+        .map_err(|_| format!("{at}.address: `{}` is not an IP address", e.address))?;
+    let port = u16::try_from(e.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{at}.port: {} is not a port (1-65535)", e.port))?;
+    Ok(EndpointSpec {
+        address: SocketAddr::new(ip, port),
+        // The wire's 0 is the default weight.
+        weight: e.weight.max(1),
+        ready: e.ready,
+        identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
+    })
+}
+
+/// The resource type a payload is (a payload must match its key's type).
+fn payload_type(payload: &Payload) -> ResourceType {
+    match payload {
+        Payload::Service(_) => ResourceType::Service,
+        Payload::Endpoints(_) => ResourceType::Endpoints,
+        Payload::Route(_) => ResourceType::Route,
+        Payload::BackendPolicy(_) => ResourceType::BackendPolicy,
+        Payload::AuthorizationPolicy(_) => ResourceType::AuthorizationPolicy,
+        Payload::RateLimit(_) => ResourceType::RateLimit,
+        Payload::FaultInjection(_) => ResourceType::FaultInjection,
+        Payload::Mirror(_) => ResourceType::Mirror,
+        Payload::TrustBundle(_) => ResourceType::TrustBundle,
+        Payload::Address(_) => ResourceType::Address,
+    }
+}
+
+/// Checks one pushed resource on its own, with the state builder's own rules, so a bad one is
+/// rejected alone and its error names the field (relative to the resource: `rules[0].timeout`).
+/// What it may conflict with (another service's host) is found when the state is built. Kinds the
+/// proxy does not use yet only need a payload of their key's type.
+pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a Payload, String> {
+    let payload = payload.ok_or("no payload")?;
+    let ty = payload_type(payload);
+    if ty as i32 != key.0 {
+        return Err(format!(
+            "the payload is a {}, not what the key names",
+            ty.as_str_name()
+        ));
+    }
+    match payload {
+        Payload::Service(s) => {
+            for spec in service_specs(&key.1, s, &[])? {
+                spec::check_service(&spec, "")?;
+            }
+        }
+        Payload::Endpoints(e) => {
+            for (j, endpoint) in e.endpoints.iter().enumerate() {
+                let at = format!("endpoints[{j}]");
+                spec::check_endpoint(&endpoint_spec(endpoint, &at)?, &at)?;
+            }
+        }
+        Payload::Route(r) => {
+            if r.parent_service != key.1 {
+                return Err(format!(
+                    "parent_service: `{}` is not the resource's name",
+                    r.parent_service
+                ));
+            }
+            spec::check_route(&route_spec(&key.1, r)?, "")?;
+        }
+        Payload::AuthorizationPolicy(p) => {
+            authz::build(authorization_spec(p), "", "default")?;
+        }
+        Payload::TrustBundle(b) => {
+            for (i, pem) in b.roots_pem.iter().enumerate() {
+                parse_cert(pem.as_bytes(), &format!("roots_pem[{i}]"))?;
+            }
+        }
+        Payload::BackendPolicy(_)
+        | Payload::RateLimit(_)
+        | Payload::FaultInjection(_)
+        | Payload::Mirror(_)
+        | Payload::Address(_) => {}
+    }
+    Ok(payload)
 }
 
 /// The state description of an `AuthorizationPolicy` (validated by the state builder).
@@ -327,7 +556,6 @@ fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::spec::build;
 
     fn res(t: ResourceType, name: &str, p: Payload) -> v1::DiscoveryResource {
         v1::DiscoveryResource {
@@ -398,102 +626,335 @@ mod tests {
         }
     }
 
+    fn key(t: ResourceType, name: &str) -> Key {
+        (t as i32, name.to_string())
+    }
+
+    /// Applies `resources` on top of `held`; panics if the held state no longer builds.
+    fn update(held: &Resources, resources: Vec<v1::DiscoveryResource>) -> Update {
+        held.update(&response(resources, vec![])).unwrap()
+    }
+
+    /// The endpoint addresses `authority` balances over.
+    fn endpoints_of(state: &State, authority: &str) -> Vec<String> {
+        let service = state.by_authority(authority).unwrap();
+        service
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect()
+    }
+
+    fn regex_route(pattern: &str) -> Payload {
+        Payload::Route(v1::Route {
+            parent_service: "web.default".into(),
+            rules: vec![v1::RouteRule {
+                name: "api".into(),
+                matches: vec![v1::RouteMatch {
+                    path: Some(v1::PathMatch {
+                        kind: Some(v1::path_match::Kind::Regex(pattern.into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    /// Service `web.default`, one endpoint (10.0.0.1:8080) and `route`.
+    fn web_with(route: Payload) -> Vec<v1::DiscoveryResource> {
+        vec![
+            res(ResourceType::Service, "web.default", service("web", 80)),
+            res(
+                ResourceType::Endpoints,
+                "web.default",
+                endpoints("web.default", "10.0.0.1", 8080),
+            ),
+            res(ResourceType::Route, "web.default", route),
+        ]
+    }
+
+    /// `web.default` with one endpoint and a valid route, as held before the tests' pushes.
+    fn web_held() -> Resources {
+        let u = update(&Resources::default(), web_with(regex_route("/api/.*")));
+        assert_eq!(u.rejected, []);
+        u.next
+    }
+
     #[test]
-    fn routes_wait_for_their_backends_then_apply() {
-        let r = Resources::default();
-        let (r, answered) = r
-            .apply(&response(
-                vec![
-                    res(ResourceType::Service, "web.default", service("web", 80)),
-                    res(
-                        ResourceType::Endpoints,
-                        "web.default",
-                        endpoints("web.default", "10.0.0.1", 8080),
-                    ),
-                    res(ResourceType::Route, "web.default", split_route()),
-                ],
-                vec![],
+    fn an_invalid_route_is_rejected_alone_and_the_endpoint_update_in_its_push_applies() {
+        let held = web_held();
+        let mut bad_route = res(ResourceType::Route, "web.default", regex_route("/api/(.*"));
+        bad_route.version = "v2".into();
+        let u = update(
+            &held,
+            vec![
+                res(
+                    ResourceType::Endpoints,
+                    "web.default",
+                    endpoints("web.default", "10.0.0.2", 8080),
+                ),
+                bad_route,
+            ],
+        );
+        assert_eq!(u.rejected.len(), 1, "{:?}", u.rejected);
+        assert_eq!(u.rejected[0].key, key(ResourceType::Route, "web.default"));
+        let error = &u.rejected[0].error;
+        assert!(
+            error.starts_with(
+                "route web.default: rules[0].matches[0].path_regex: invalid regular expression `/api/(.*`"
+            ),
+            "{error}"
+        );
+        // The endpoint update applied; the route stays at the version held before.
+        assert_eq!(endpoints_of(&u.state, "web:80"), ["10.0.0.2:8080"]);
+        let route = key(ResourceType::Route, "web.default");
+        assert_eq!(u.next.map[&route].0, "v1");
+        assert!(matches!(u.next.get(&route), Some(Payload::Route(r)) if r.rules[0].name == "api"));
+        let web = u.state.by_authority("web:80").unwrap();
+        let api = http::HeaderMap::new();
+        let rule = u
+            .state
+            .route(web, &http::Method::GET, "/api/x", &api)
+            .unwrap();
+        assert_eq!(rule.route, "api", "the held route still routes");
+        // Both keys count as answered (nobody waits on the rejected one).
+        assert_eq!(u.answered.len(), 2);
+    }
+
+    #[test]
+    fn a_rejected_resource_never_held_stays_absent_and_removals_still_apply() {
+        let held = web_held();
+        let bad = |name: &str, port| res(ResourceType::Service, name, service("api", port));
+        let u = held
+            .update(&response(
+                vec![bad("api.default", 0)],
+                vec![v1::ResourceKey {
+                    r#type: ResourceType::Route as i32,
+                    name: "web.default".into(),
+                }],
             ))
             .unwrap();
-        assert_eq!(answered.len(), 3);
-        let (spec, missing) = r.to_spec().unwrap();
-        assert_eq!(missing, vec!["web-v2.default".to_string()]);
-        assert!(spec.routes.is_empty(), "route waits for its backend");
-        let state = build(spec).unwrap();
         assert_eq!(
-            state.by_authority("web:80").unwrap().balancer.ready_len(),
+            u.rejected,
+            [Rejection {
+                key: key(ResourceType::Service, "api.default"),
+                error: "service api.default: ports[0].port: 0 is not a port (1-65535)".into(),
+            }]
+        );
+        assert!(
+            u.next
+                .get(&key(ResourceType::Service, "api.default"))
+                .is_none()
+        );
+        assert!(
+            u.next
+                .get(&key(ResourceType::Route, "web.default"))
+                .is_none()
+        );
+        assert!(u.state.by_authority("api:80").is_none());
+    }
+
+    #[test]
+    fn each_kind_of_resource_is_checked_on_its_own_naming_the_field() {
+        let web = |t, p| res(t, "web.default", p);
+        let mut identity = endpoints("web.default", "10.0.0.1", 8080);
+        if let Payload::Endpoints(e) = &mut identity {
+            e.endpoints[0].identity = "not-spiffe".into();
+        }
+        let mut no_payload = web(ResourceType::Service, service("web", 80));
+        no_payload.payload = None;
+        let cases = [
+            (
+                web(
+                    ResourceType::Endpoints,
+                    endpoints("web.default", "10.0.0.x", 8080),
+                ),
+                "endpoints web.default: endpoints[0].address: `10.0.0.x` is not an IP address",
+            ),
+            (
+                web(
+                    ResourceType::Endpoints,
+                    endpoints("web.default", "10.0.0.1", 70000),
+                ),
+                "endpoints web.default: endpoints[0].port: 70000 is not a port (1-65535)",
+            ),
+            (
+                web(ResourceType::Endpoints, identity),
+                "endpoints web.default: endpoints[0].identity:",
+            ),
+            (
+                web(ResourceType::Route, service("web", 80)),
+                "route web.default: the payload is a RESOURCE_TYPE_SERVICE, not what the key names",
+            ),
+            (no_payload, "service web.default: no payload"),
+            (
+                web(ResourceType::Service, service("other", 80)),
+                "service web.default: name, namespace: `other.default` is not the resource's name",
+            ),
+            (
+                res(ResourceType::Route, "api.default", split_route()),
+                "route api.default: parent_service: `web.default` is not the resource's name",
+            ),
+            (
+                web(
+                    ResourceType::AuthorizationPolicy,
+                    Payload::AuthorizationPolicy(v1::AuthorizationPolicy {
+                        target_service: "web.default".into(),
+                        rules: vec![v1::AuthorizationRule {
+                            path_prefixes: vec!["api".into()],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                ),
+                "authorization_policy web.default: rules[0].path_prefixes: `api` must start with '/'",
+            ),
+            (
+                res(
+                    ResourceType::TrustBundle,
+                    "cluster.local",
+                    Payload::TrustBundle(v1::TrustBundle {
+                        trust_domain: "cluster.local".into(),
+                        roots_pem: vec!["not a certificate".into()],
+                    }),
+                ),
+                "trust_bundle cluster.local: roots_pem[0]: not a PEM certificate",
+            ),
+        ];
+        for (resource, want) in cases {
+            let u = update(&Resources::default(), vec![resource]);
+            assert_eq!(u.rejected.len(), 1, "{want}");
+            assert!(
+                u.rejected[0].error.starts_with(want),
+                "{} / {want}",
+                u.rejected[0].error
+            );
+            assert!(u.next.map.is_empty(), "{want}");
+        }
+    }
+
+    #[test]
+    fn a_conflict_found_by_the_build_rejects_only_the_conflicting_resource() {
+        let hosted = |name: &str, host: &str| {
+            let Payload::Service(mut s) = service(name, 80) else {
+                unreachable!()
+            };
+            s.hosts = vec![host.into()];
+            Payload::Service(s)
+        };
+        let held = update(
+            &Resources::default(),
+            vec![
+                res(
+                    ResourceType::Service,
+                    "alpha.default",
+                    hosted("alpha", "a.example"),
+                ),
+                res(
+                    ResourceType::Service,
+                    "beta.default",
+                    hosted("beta", "b.example"),
+                ),
+            ],
+        )
+        .next;
+        // beta claims alpha's host (valid on its own); alpha's endpoints change in the same push.
+        let beta_claims_a = || {
+            res(
+                ResourceType::Service,
+                "beta.default",
+                hosted("beta", "a.example"),
+            )
+        };
+        let u = update(
+            &held,
+            vec![
+                beta_claims_a(),
+                res(
+                    ResourceType::Endpoints,
+                    "alpha.default",
+                    endpoints("alpha.default", "10.0.0.9", 8080),
+                ),
+            ],
+        );
+        assert_eq!(u.rejected.len(), 1, "{:?}", u.rejected);
+        assert_eq!(
+            u.rejected[0].key,
+            key(ResourceType::Service, "beta.default")
+        );
+        assert_eq!(
+            u.rejected[0].error,
+            "service beta.default: authority a.example:80 is already used by service alpha.default"
+        );
+        assert_eq!(endpoints_of(&u.state, "a.example"), ["10.0.0.9:8080"]);
+        assert_eq!(u.state.by_authority("b.example").unwrap().name, "beta");
+
+        // A host freed and claimed in one push applies whatever the order.
+        let u = update(
+            &held,
+            vec![
+                beta_claims_a(),
+                res(
+                    ResourceType::Service,
+                    "alpha.default",
+                    hosted("alpha", "c.example"),
+                ),
+            ],
+        );
+        assert_eq!(u.rejected, []);
+        assert_eq!(u.state.by_authority("a.example").unwrap().name, "beta");
+    }
+
+    #[test]
+    fn routes_wait_for_their_backends_then_apply() {
+        let u = update(&Resources::default(), web_with(split_route()));
+        assert_eq!(u.answered.len(), 3);
+        assert_eq!(u.missing, vec!["web-v2.default".to_string()]);
+        assert!(
+            u.state.routes.iter().all(Vec::is_empty),
+            "route waits for its backend"
+        );
+        assert_eq!(
+            u.state.by_authority("web:80").unwrap().balancer.ready_len(),
             1
         );
 
-        let (r, _) = r
-            .apply(&response(
-                vec![
-                    res(
-                        ResourceType::Service,
-                        "web-v2.default",
-                        service("web-v2", 80),
-                    ),
-                    res(
-                        ResourceType::Endpoints,
-                        "web-v2.default",
-                        endpoints("web-v2.default", "10.0.0.2", 8080),
-                    ),
-                ],
-                vec![],
-            ))
-            .unwrap();
-        let (spec, missing) = r.to_spec().unwrap();
-        assert!(missing.is_empty());
-        let state = build(spec).unwrap();
+        let u = update(
+            &u.next,
+            vec![
+                res(
+                    ResourceType::Service,
+                    "web-v2.default",
+                    service("web-v2", 80),
+                ),
+                res(
+                    ResourceType::Endpoints,
+                    "web-v2.default",
+                    endpoints("web-v2.default", "10.0.0.2", 8080),
+                ),
+            ],
+        );
+        assert!(u.missing.is_empty());
+        let state = u.state;
         let web = state.by_authority("web:80").unwrap();
         let rule = state
             .route(web, &http::Method::GET, "/", &http::HeaderMap::new())
             .unwrap();
         assert_eq!(rule.route, "canary");
         assert_eq!(rule.pick_backend().name, "web-v2", "weight 0 never picked");
-        assert_eq!(r.held().len(), 5);
+        assert_eq!(u.next.held().len(), 5);
     }
 
+    /// proto/testdata/pushed-resource-checks.txt: a proxy rejects exactly what the control plane
+    /// refuses at `apply`, but for what the control plane refuses as mere hygiene.
     #[test]
-    fn removals_drop_resources_and_bad_payloads_are_errors() {
-        let (r, _) = Resources::default()
-            .apply(&response(
-                vec![res(
-                    ResourceType::Service,
-                    "web.default",
-                    service("web", 80),
-                )],
-                vec![],
-            ))
-            .unwrap();
-        let (r, _) = r
-            .apply(&response(
-                vec![],
-                vec![v1::ResourceKey {
-                    r#type: ResourceType::Service as i32,
-                    name: "web.default".into(),
-                }],
-            ))
-            .unwrap();
-        assert!(r.to_spec().unwrap().0.services.is_empty());
-
-        let (bad, _) = Resources::default()
-            .apply(&response(
-                vec![
-                    res(ResourceType::Service, "web.default", service("web", 80)),
-                    res(
-                        ResourceType::Endpoints,
-                        "web.default",
-                        endpoints("web.default", "not-an-ip", 8080),
-                    ),
-                ],
-                vec![],
-            ))
-            .unwrap();
-        let err = bad.to_spec().unwrap_err();
-        assert!(
-            err.contains("service web.default: endpoint `not-an-ip` is not an IP address"),
-            "{err}"
-        );
+    fn the_shared_cases_get_the_answers_the_control_plane_gives() {
+        use shoal_proto::checks::{Verdict, cases};
+        for case in cases() {
+            let verdict = check(&key_of(&case.key), Some(&case.payload));
+            let accepted = !matches!(case.verdict, Verdict::Refuse);
+            assert_eq!(verdict.is_ok(), accepted, "{}: {verdict:?}", case.line);
+        }
     }
 }

@@ -215,6 +215,43 @@ fn build_match(m: MatchSpec, at: &str) -> Result<Match, String> {
     })
 }
 
+/// Checks what a route says on its own (everything but the services it names): rules, timeouts,
+/// matches and backend weights, errors under `at`. Returns each rule's compiled matches. The
+/// discovery client checks a pushed route with it before accepting it, so a bad route is
+/// rejected alone, naming its field.
+pub(crate) fn check_route(r: &RouteSpec, at: &str) -> Result<Vec<Vec<Match>>, String> {
+    if r.rules.is_empty() {
+        return Err(format!("{at}.rules: a route needs at least one rule"));
+    }
+    let mut compiled = Vec::with_capacity(r.rules.len());
+    for (j, rule) in r.rules.iter().enumerate() {
+        let at = format!("{at}.rules[{j}]");
+        if let Some(t) = rule.timeout
+            && (t.is_zero() || t > Duration::from_secs(24 * 3600))
+        {
+            return Err(format!("{at}.timeout: must be between 1ms and 24h"));
+        }
+        let matches = rule
+            .matches
+            .iter()
+            .enumerate()
+            .map(|(k, m)| build_match(m.clone(), &format!("{at}.matches[{k}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (k, b) in rule.backends.iter().enumerate() {
+            if b.weight > 1_000_000 {
+                return Err(format!("{at}.backends[{k}].weight: at most 1000000"));
+            }
+        }
+        if rule.backends.iter().map(|b| b.weight).sum::<u32>() == 0 {
+            return Err(format!(
+                "{at}.backends: weights sum to 0 (or no backends): nothing could be served"
+            ));
+        }
+        compiled.push(matches);
+    }
+    Ok(compiled)
+}
+
 /// Validates `spec` and builds the routing state. A service may appear once per port; routes
 /// apply to every port of their service, and a backend resolves to the entry with the parent's
 /// port when it has one (else its first).
@@ -256,23 +293,10 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
         }
         let parents = lookup(&r.service)
             .ok_or_else(|| format!("{at}.service: unknown service `{}`", r.service))?;
-        if r.rules.is_empty() {
-            return Err(format!("{at}.rules: a route needs at least one rule"));
-        }
-        for (j, rule) in r.rules.iter().enumerate() {
+        let checked = check_route(&r, &at)?;
+        for ((j, rule), matches) in r.rules.iter().enumerate().zip(checked) {
             let at = format!("{at}.rules[{j}]");
-            if let Some(t) = rule.timeout
-                && (t.is_zero() || t > Duration::from_secs(24 * 3600))
-            {
-                return Err(format!("{at}.timeout: must be between 1ms and 24h"));
-            }
             let label = rule.name.as_deref().unwrap_or(&r.name);
-            let matches = rule
-                .matches
-                .iter()
-                .enumerate()
-                .map(|(k, m)| build_match(m.clone(), &format!("{at}.matches[{k}]")))
-                .collect::<Result<Vec<_>, _>>()?;
             for parent in parents {
                 let mut backends = Vec::new();
                 for (k, b) in rule.backends.iter().enumerate() {
@@ -282,9 +306,6 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                             b.service
                         )
                     })?;
-                    if b.weight > 1_000_000 {
-                        return Err(format!("{at}.backends[{k}].weight: at most 1000000"));
-                    }
                     let service = entries
                         .iter()
                         .find(|e| e.port == parent.port)
@@ -294,11 +315,6 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                         service,
                         weight: b.weight,
                     });
-                }
-                if backends.iter().map(|b| b.weight).sum::<u32>() == 0 {
-                    return Err(format!(
-                        "{at}.backends: weights sum to 0 (or no backends): nothing could be served"
-                    ));
                 }
                 routes[parent.id].push(RouteRule {
                     metrics: RequestMetrics::new(
@@ -326,21 +342,7 @@ fn build_service(
     by_name: &HashMap<String, Vec<Arc<Service>>>,
 ) -> Result<Service, String> {
     let at = format!("services[{id}]");
-    if !crate::tls::spiffe::is_label(&s.name) {
-        return Err(format!(
-            "{at}.name: `{}` is not a DNS label (a-z, 0-9, '-', at most 63)",
-            s.name
-        ));
-    }
-    if !crate::tls::spiffe::is_label(&s.namespace) {
-        return Err(format!(
-            "{at}.namespace: `{}` is not a DNS label",
-            s.namespace
-        ));
-    }
-    if s.port == 0 {
-        return Err(format!("{at}.port: must be 1-65535"));
-    }
+    let identities = check_service(&s, &at)?;
     let qualified = format!("{}.{}", s.name, s.namespace);
     if by_name
         .get(&qualified)
@@ -350,25 +352,6 @@ fn build_service(
             "{at}: service {qualified} port {} is defined twice",
             s.port
         ));
-    }
-    let mut identities = Vec::with_capacity(s.endpoints.len());
-    for (j, e) in s.endpoints.iter().enumerate() {
-        if e.weight == 0 || e.weight > 1_000_000 {
-            return Err(format!(
-                "{at}.endpoints[{j}].weight: must be 1-1000000, got {}",
-                e.weight
-            ));
-        }
-        let identity = e
-            .identity
-            .as_deref()
-            .map(SpiffeId::parse)
-            .transpose()
-            .map_err(|err| format!("{at}.endpoints[{j}].identity: {err}"))?;
-        identities.push(identity);
-    }
-    if s.target_port == Some(0) {
-        return Err(format!("{at}.target_port: must be 1-65535"));
     }
     let mut authorities: Vec<String> = [
         s.name.clone(),
@@ -422,4 +405,44 @@ fn build_service(
         addresses: s.addresses,
         endpoints,
     })
+}
+
+/// Checks one service port's description on its own (names, ports, endpoint weights and
+/// identities), errors under `at`; returns each endpoint's parsed identity. Conflicts with other
+/// services (authorities, a port defined twice) are the builder's.
+pub(crate) fn check_service(s: &ServiceSpec, at: &str) -> Result<Vec<Option<SpiffeId>>, String> {
+    if !crate::tls::spiffe::is_label(&s.name) {
+        return Err(format!(
+            "{at}.name: `{}` is not a DNS label (a-z, 0-9, '-', at most 63)",
+            s.name
+        ));
+    }
+    if !crate::tls::spiffe::is_label(&s.namespace) {
+        return Err(format!(
+            "{at}.namespace: `{}` is not a DNS label",
+            s.namespace
+        ));
+    }
+    if s.port == 0 {
+        return Err(format!("{at}.port: must be 1-65535"));
+    }
+    let identities = (s.endpoints.iter().enumerate())
+        .map(|(j, e)| check_endpoint(e, &format!("{at}.endpoints[{j}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if s.target_port == Some(0) {
+        return Err(format!("{at}.target_port: must be 1-65535"));
+    }
+    Ok(identities)
+}
+
+/// Checks one endpoint (weight, identity), errors under `at`; returns its parsed identity.
+pub(crate) fn check_endpoint(e: &EndpointSpec, at: &str) -> Result<Option<SpiffeId>, String> {
+    if e.weight == 0 || e.weight > 1_000_000 {
+        return Err(format!("{at}.weight: must be 1-1000000, got {}", e.weight));
+    }
+    e.identity
+        .as_deref()
+        .map(SpiffeId::parse)
+        .transpose()
+        .map_err(|err| format!("{at}.identity: {err}"))
 }

@@ -2,14 +2,20 @@
 //! never stored or pushed. Errors name the field path as operators write it (proto field names under
 //! `metadata.` / `spec.`), and every error of a resource is reported at once.
 //!
-//! Cross-resource checks use a read view of existing services ([`Catalog`]): route backends, mirror
-//! destinations and endpoint registrations must name a known service (and a port it exposes). Policy targets
-//! are not checked, so a policy may be written before its service; deleting a service does not delete what
-//! refers to it.
+//! Cross-resource checks use a read view of existing services ([`Catalog`]): a route's parent service and
+//! backends, mirror destinations and endpoint registrations must name a known service (and a port it
+//! exposes). The targets of the other policies are not checked, so such a policy may be written before its
+//! service; deleting a service does not delete what refers to it.
+//!
+//! What a proxy checks when a resource is pushed (proxy/src/discovery/resources.rs) is checked here too, so
+//! what a proxy would NACK is refused at `apply`; `proxy_rules` runs the cases both sides share
+//! (proto/testdata/pushed-resource-checks.txt).
 
 mod policy;
 #[cfg(test)]
 mod policy_tests;
+#[cfg(test)]
+mod proxy_rules;
 mod route;
 mod service;
 #[cfg(test)]

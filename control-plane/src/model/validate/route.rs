@@ -18,6 +18,9 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 impl Checker<'_> {
     pub(super) fn route(&mut self, route: &Route) {
+        // A proxy only holds a route once it holds its parent service: a route of no service would be
+        // stored and never served, like a route to a missing backend.
+        self.known_service("spec.parent_service", &route.parent, None);
         if route.rules.is_empty() {
             self.error("spec.rules", "at least one rule is required");
         }

@@ -76,6 +76,16 @@ fn metadata_names_must_be_dns_labels() {
 }
 
 #[test]
+fn a_route_of_a_missing_parent_service_is_refused_naming_the_field() {
+    let spec = route_with(|r| r.parent = svc("nope"));
+    assert_rejects(
+        spec,
+        "spec.parent_service",
+        "unknown service nope.default; create it first",
+    );
+}
+
+#[test]
 fn route_errors_name_their_field() {
     let empty_match = route_with(|r| r.rules[0].matches[0] = RouteMatch::default());
     assert_rejects(empty_match, "spec.rules[0].matches[0]", "empty match");
