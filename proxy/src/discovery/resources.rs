@@ -554,6 +554,9 @@ fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
