@@ -17,31 +17,34 @@
 //! [`init`] (iptables for transparent capture), [`identity`] (the workload certificate and its
 //! renewal), [`control_plane`] (the TLS channel discovery and identity use to reach the control
 //! plane).
+//!
+//! The library's API is what the binary (`main.rs`) uses — [`app`], [`config`], [`init`],
+//! [`logging`], [`alloc`]; every other module is crate-private, so code nothing uses is flagged.
 
-pub mod balance;
-pub mod detect;
-pub mod endpoint;
-pub mod http;
-pub mod inbound;
-pub mod listen;
-pub mod outbound;
-pub mod protocol;
-pub mod tcp;
-pub mod tls;
+pub(crate) mod balance;
+pub(crate) mod detect;
+pub(crate) mod endpoint;
+pub(crate) mod http;
+pub(crate) mod inbound;
+pub(crate) mod listen;
+pub(crate) mod outbound;
+pub(crate) mod protocol;
+pub(crate) mod tcp;
+pub(crate) mod tls;
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod alloc;
 pub mod app;
 pub mod config;
-pub mod control_plane;
-pub mod discovery;
-pub mod drain;
-pub mod errors;
-pub mod identity;
+pub(crate) mod control_plane;
+pub(crate) mod discovery;
+pub(crate) mod drain;
+pub(crate) mod errors;
+pub(crate) mod identity;
 pub mod init;
-pub mod io;
+pub(crate) mod io;
 pub mod logging;
-pub mod metrics;
-pub mod state;
+pub(crate) mod metrics;
+pub(crate) mod state;
 mod sync;
-pub mod trace_context;
+pub(crate) mod trace_context;

@@ -17,13 +17,6 @@ pub enum MaybeTls<T> {
     Tls(Box<T>),
 }
 
-impl<T> MaybeTls<T> {
-    /// Whether the stream is TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTls::Tls(_))
-    }
-}
-
 impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(
         self: Pin<&mut Self>,
