@@ -2,20 +2,20 @@
 //!
 //! The modules are listed in the order a connection meets them:
 //!
-//! 1. [`listen`] — bind, accept, connection limits, SO_ORIGINAL_DST.
-//! 2. [`detect`] — read the first bytes with a deadline: TLS, HTTP/2, HTTP/1 or opaque.
-//! 3. [`tls`] — terminate mesh mTLS (the peer's SPIFFE identity), or originate it upstream.
-//! 4. [`protocol`] — hand the connection to HTTP or opaque TCP.
-//! 5. [`inbound`] — connections to the app: forward to the app's address.
-//! 6. [`outbound`] — the app's calls: service lookup → [`http`] route → [`balance`] →
-//!    [`endpoint`] (pooled upstream connections).
-//! 7. [`tcp`] — opaque forwarding with half-close.
+//! 1. `listen` — bind, accept, connection limits, SO_ORIGINAL_DST.
+//! 2. `detect` — read the first bytes with a deadline: TLS, HTTP/2, HTTP/1 or opaque.
+//! 3. `tls` — terminate mesh mTLS (the peer's SPIFFE identity), or originate it upstream.
+//! 4. `protocol` — hand the connection to HTTP or opaque TCP.
+//! 5. `inbound` — connections to the app: forward to the app's address.
+//! 6. `outbound` — the app's calls: service lookup → `http` route → `balance` →
+//!    `endpoint` (pooled upstream connections).
+//! 7. `tcp` — opaque forwarding with half-close.
 //!
-//! Cross-cutting: [`trace_context`], [`metrics`], [`errors`] (the one place errors become
-//! responses is `http::respond`), [`admin`], [`state`] (the store discovery feeds), [`config`],
-//! [`drain`] (graceful shutdown), [`discovery`] (the control-plane client feeding `state`),
-//! [`init`] (iptables for transparent capture), [`identity`] (the workload certificate and its
-//! renewal), [`control_plane`] (the TLS channel discovery and identity use to reach the control
+//! Cross-cutting: `trace_context`, `metrics`, `errors` (the one place errors become
+//! responses is `http::respond`), `admin`, `state` (the store discovery feeds), [`config`],
+//! `drain` (graceful shutdown), `discovery` (the control-plane client feeding `state`),
+//! [`init`] (iptables for transparent capture), `identity` (the workload certificate and its
+//! renewal), `control_plane` (the TLS channel discovery and identity use to reach the control
 //! plane).
 //!
 //! The library's API is what the binary (`main.rs`) uses — [`app`], [`config`], [`init`],
