@@ -7,8 +7,11 @@
 # CPU, the same syscalls for every build) and cache effects, so a change that moves memory around
 # rather than instructions still needs run.py on a quiet machine.
 #
-# usage: bench/instructions.sh [--scenario h1|h2c] [--requests N] [--keep DIR] BINARY [BINARY...]
-#   Each binary runs in front of bench-backend (explicit inbound, as in run.py) under callgrind;
+# usage: bench/instructions.sh [--scenario h1|h2c] [--path inbound|outbound] [--requests N]
+#                              [--keep DIR] BINARY [BINARY...]
+#   Each binary runs in front of bench-backend under callgrind: `inbound` (default) is explicit
+#   inbound, as in run.py; `outbound` is the explicit outbound listener with a state file naming
+#   the backend as service `bench` (requests carry `Host: bench`): route lookup and balancer.
 #   after 1,000 warm-up requests the counters are zeroed, N requests (default 10,000) run with
 #   h2load (h1: --h1 -c10; h2c: -c10 -m10), and the total is divided by N.
 #   Extra proxy settings: SHOAL_* variables in the environment are passed on.
@@ -16,14 +19,16 @@
 set -euo pipefail
 
 scenario=h1
+path=inbound
 requests=10000
 keep=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --scenario) scenario=$2; shift 2 ;;
         --requests) requests=$2; shift 2 ;;
+        --path) path=$2; shift 2 ;;
         --keep) keep=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         --*) echo "instructions.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -38,6 +43,8 @@ for tool in valgrind callgrind_control h2load curl; do
     command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is not installed (apt-get install valgrind nghttp2-client curl)" >&2; exit 2; }
 done
 repo=$(cd "$(dirname "$0")/.." && pwd)
+host=()
+[[ $path == outbound ]] && host=(-H ":authority: bench")
 backend_bin=${CARGO_TARGET_DIR:-$repo/target}/release/bench-backend
 [[ -x $backend_bin ]] || { echo "instructions.sh: build it first: cargo build --release -p shoal-bench" >&2; exit 2; }
 
@@ -55,9 +62,17 @@ for bin in "$@"; do
     bport=$(free_port); pport=$(free_port); aport=$(free_port)
     "$backend_bin" "127.0.0.1:$bport" 2>/dev/null &
     bpid=$!; pids+=("$bpid")
-    env SHOAL_INBOUND_MODE=explicit SHOAL_INBOUND_ADDR="127.0.0.1:$pport" \
-        SHOAL_INBOUND_APP_ADDR="127.0.0.1:$bport" SHOAL_OUTBOUND_MODE=off \
-        SHOAL_ADMIN_ADDR="127.0.0.1:$aport" \
+    case "$path" in
+        inbound) listener=(SHOAL_INBOUND_MODE=explicit SHOAL_INBOUND_ADDR="127.0.0.1:$pport"
+                           SHOAL_INBOUND_APP_ADDR="127.0.0.1:$bport" SHOAL_OUTBOUND_MODE=off) ;;
+        outbound)
+            printf 'services:\n  - name: bench\n    port: 80\n    endpoints:\n      - address: "127.0.0.1:%s"\n' \
+                "$bport" >"$work/state.$n.yaml"
+            listener=(SHOAL_OUTBOUND_MODE=explicit SHOAL_OUTBOUND_ADDR="127.0.0.1:$pport"
+                      SHOAL_INBOUND_MODE=off SHOAL_STATE_FILE="$work/state.$n.yaml") ;;
+        *) echo "instructions.sh: --path must be inbound or outbound, not '$path'" >&2; exit 2 ;;
+    esac
+    env "${listener[@]}" SHOAL_ADMIN_ADDR="127.0.0.1:$aport" \
         valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$bin" >"$work/log.$n" 2>&1 &
     vpid=$!; pids+=("$vpid")
     ready=""
@@ -66,14 +81,14 @@ for bin in "$@"; do
         sleep 0.2
     done
     [[ -n $ready ]] || { echo "instructions.sh: $bin did not become ready; its log:" >&2; tail -20 "$work/log.$n" >&2; exit 1; }
-    "${load[@]}" -n 1000 "http://127.0.0.1:$pport/" >/dev/null
+    "${load[@]}" "${host[@]}" -n 1000 "http://127.0.0.1:$pport/" >/dev/null
     callgrind_control -z "$vpid" >/dev/null 2>&1
-    out=$("${load[@]}" -n "$requests" "http://127.0.0.1:$pport/")
+    out=$("${load[@]}" "${host[@]}" -n "$requests" "http://127.0.0.1:$pport/")
     grep -q "$requests succeeded" <<<"$out" || { echo "instructions.sh: not every request succeeded:" >&2; grep requests: <<<"$out" >&2; exit 1; }
     callgrind_control -d "$vpid" >/dev/null 2>&1
     kill "$vpid" "$bpid"; wait "$vpid" 2>/dev/null || true
     dump=$(ls -t "$work"/cg."$n".* | head -1)
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-    printf '%s\t%s\t%d instructions/request\n' "$scenario" "$bin" $((total / requests))
+    printf '%s\t%s\t%s\t%d instructions/request\n' "$scenario" "$path" "$bin" $((total / requests))
     if [[ -n $keep ]]; then mkdir -p "$keep"; cp "$dump" "$keep/$n.callgrind"; fi
 done

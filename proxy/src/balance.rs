@@ -1,118 +1,265 @@
-//! Endpoint selection for a service: round robin, weighted where weights differ.
+//! Endpoint selection for a service: power of two choices over peak-EWMA latency.
 //!
-//! The resilience issue adds P2C-EWMA, least-request and ring hash behind the same `pick`.
+//! Each request draws two ready endpoints at random and takes the cheaper, where an endpoint's
+//! cost is its latency estimate times its requests in flight plus one, divided by its weight
+//! (Finagle's and linkerd2-proxy's P2C-PeakEWMA). The estimate is a *peak* EWMA of the time to
+//! the response head: a slower answer raises it at once, faster ones bring it down over
+//! [`DECAY`]. So a slow or overloaded endpoint gets little traffic within a few requests, and
+//! gets it back as it recovers — while a round robin would keep sending it its full share.
+//!
+//! The configuration (which endpoints, their weights and identities) is part of the immutable
+//! state snapshot; the runtime load of each endpoint is not: [`Balancer::inherit`] carries it
+//! from the previous snapshot to the next for every endpoint that stays (`state::Store::replace`),
+//! so a discovery update does not reset what the balancer has learnt, and requests in flight
+//! across an update are still counted.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::state::Endpoint;
 use crate::tls::SpiffeId;
 
+/// The latency estimate of an endpoint nothing has been learnt about yet (linkerd2-proxy's
+/// default): high enough that a new endpoint does not take a burst before its first answer.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast an estimate follows answers faster than it: the weight of the old estimate is
+/// e^(−elapsed / DECAY).
+const DECAY: Duration = Duration::from_secs(10);
+
 /// Chooses one ready endpoint per request.
 #[derive(Debug, Default)]
-pub struct Balancer {
-    ready: Vec<SocketAddr>,
-    /// The identity each ready endpoint's proxy must prove (same order as `ready`).
-    identities: Vec<Option<SpiffeId>>,
-    /// Cumulative weights when weights differ; empty means plain round robin.
-    cumulative: Vec<u64>,
-    next: AtomicUsize,
+pub(crate) struct Balancer {
+    ready: Vec<Ready>,
+}
+
+/// A ready endpoint as configured, and its load (created on first use, or inherited).
+#[derive(Debug)]
+struct Ready {
+    addr: SocketAddr,
+    /// The identity its proxy must prove (`None`: not in the mesh).
+    identity: Option<SpiffeId>,
+    weight: f64,
+    load: OnceLock<Arc<Load>>,
+}
+
+impl Ready {
+    fn load(&self) -> &Arc<Load> {
+        self.load.get_or_init(|| Arc::new(Load::new()))
+    }
+}
+
+/// What the balancer knows of one endpoint at run time; outlives state snapshots.
+#[derive(Debug)]
+pub(crate) struct Load {
+    in_flight: AtomicU32,
+    /// The peak-EWMA latency estimate, in nanoseconds (an `f64`'s bits).
+    rtt_ns: AtomicU64,
+    /// When the estimate was last updated (nanoseconds since `epoch`).
+    updated_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Load {
+    fn new() -> Self {
+        Self::with_estimate(DEFAULT_RTT.as_nanos() as f64)
+    }
+
+    /// A load whose latency estimate starts at `rtt_ns`.
+    fn with_estimate(rtt_ns: f64) -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            rtt_ns: AtomicU64::new(rtt_ns.to_bits()),
+            updated_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since `epoch`.
+    fn now_ns(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
+    }
+
+    /// The estimate as of now: it decays towards zero while no answer updates it, so an endpoint
+    /// left alone (a new one, or one that was slow a while ago) is tried again (as
+    /// linkerd2-proxy's and tower's peak EWMA do).
+    fn estimate(&self, now_ns: u64) -> f64 {
+        let rtt = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let idle = now_ns.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
+        rtt * (-idle / DECAY.as_nanos() as f64).exp()
+    }
+
+    fn cost(&self, weight: f64) -> f64 {
+        let in_flight = f64::from(self.in_flight.load(Ordering::Relaxed) + 1);
+        self.estimate(self.now_ns()) * in_flight / weight
+    }
+
+    /// Folds one observed latency into the estimate: a slower one replaces it (peak), a faster
+    /// one pulls it down by how long ago the estimate was last updated. Concurrent updates may
+    /// lose one another's sample; the estimate is a heuristic and stays within the samples.
+    fn observe(&self, rtt: Duration) {
+        let now = self.now_ns();
+        let rtt = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
+        let w = (-elapsed / DECAY.as_nanos() as f64).exp();
+        let next = if rtt > prev * w {
+            rtt
+        } else {
+            prev * w + rtt * (1.0 - w)
+        };
+        self.rtt_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.updated_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// The current latency estimate (for `/config` and tests).
+    pub(crate) fn rtt(&self) -> Duration {
+        Duration::from_nanos(self.estimate(self.now_ns()) as u64)
+    }
+}
+
+/// One request's endpoint: counted in flight until dropped; [`Picked::observe`] reports how
+/// long the response head took.
+#[derive(Debug)]
+pub(crate) struct Picked {
+    /// Where to send the request.
+    pub(crate) addr: SocketAddr,
+    /// The identity the endpoint's proxy must prove.
+    pub(crate) identity: Option<SpiffeId>,
+    load: Arc<Load>,
+}
+
+impl Picked {
+    /// Reports the time from sending the request to its response head (or to its failure).
+    pub(crate) fn observe(&self, rtt: Duration) {
+        self.load.observe(rtt);
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Balancer {
     /// A balancer over the ready endpoints of `endpoints`.
-    pub fn new(endpoints: &[Endpoint]) -> Self {
-        let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
-        let weighted = ready.windows(2).any(|w| w[0].weight != w[1].weight);
-        let cumulative = if weighted {
-            ready
-                .iter()
-                .scan(0u64, |acc, e| {
-                    *acc += u64::from(e.weight);
-                    Some(*acc)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+    pub(crate) fn new(endpoints: &[Endpoint]) -> Self {
         Self {
-            ready: ready.iter().map(|e| e.addr).collect(),
-            identities: ready.iter().map(|e| e.identity.clone()).collect(),
-            cumulative,
-            next: AtomicUsize::new(fastrand::usize(..ready.len().max(1))),
+            ready: endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .map(|e| Ready {
+                    addr: e.addr,
+                    identity: e.identity.clone(),
+                    weight: f64::from(e.weight.max(1)),
+                    load: OnceLock::new(),
+                })
+                .collect(),
         }
     }
 
-    /// The endpoint for the next request, or `None` when no endpoint is ready.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        self.pick_index().map(|i| self.ready[i])
-    }
-
-    /// [`Self::pick`], with the identity the endpoint's proxy must prove (`None`: not meshed).
-    pub fn pick_target(&self) -> Option<(SocketAddr, Option<&SpiffeId>)> {
-        self.pick_index()
-            .map(|i| (self.ready[i], self.identities[i].as_ref()))
-    }
-
-    fn pick_index(&self) -> Option<usize> {
-        match self.ready.len() {
-            0 => None,
-            1 => Some(0),
-            n if self.cumulative.is_empty() => Some(self.next.fetch_add(1, Ordering::Relaxed) % n),
-            n => {
-                let total = *self.cumulative.last()?;
-                let r = fastrand::u64(..total);
-                Some(self.cumulative.partition_point(|&c| c <= r).min(n - 1))
+    /// Takes over the load of every endpoint `previous` also had (same address), so what was
+    /// learnt, and what is in flight, survives a new snapshot; an endpoint that is new starts
+    /// from the mean estimate of the ones that stay (rather than [`DEFAULT_RTT`], which next to
+    /// peers answering in a millisecond would keep it idle until the estimate decays). Called
+    /// before the snapshot serves any request.
+    pub(crate) fn inherit(&self, previous: &Balancer) {
+        let (mut sum, mut n) = (0.0, 0u32);
+        for r in &self.ready {
+            if let Some(old) = previous.ready.iter().find(|o| o.addr == r.addr)
+                && let Some(load) = old.load.get()
+            {
+                sum += load.estimate(load.now_ns());
+                n += 1;
+                let _ = r.load.set(load.clone());
+            }
+        }
+        if n > 0 {
+            let mean = sum / f64::from(n);
+            for r in &self.ready {
+                let _ = r.load.set(Arc::new(Load::with_estimate(mean)));
             }
         }
     }
 
+    /// The endpoint for the next request, or `None` when no endpoint is ready.
+    pub(crate) fn pick(&self) -> Option<Picked> {
+        let i = match self.ready.len() {
+            0 => return None,
+            1 => 0,
+            n => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (ra, rb) = (&self.ready[a], &self.ready[b]);
+                if ra.load().cost(ra.weight) <= rb.load().cost(rb.weight) {
+                    a
+                } else {
+                    b
+                }
+            }
+        };
+        let r = &self.ready[i];
+        let load = r.load().clone();
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Picked {
+            addr: r.addr,
+            identity: r.identity.clone(),
+            load,
+        })
+    }
+
     /// Number of ready endpoints.
-    pub fn ready_len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn ready_len(&self) -> usize {
         self.ready.len()
+    }
+
+    /// Each ready endpoint's address and current latency estimate (`None`: no request yet).
+    #[cfg(test)]
+    pub(crate) fn estimates(&self) -> Vec<(SocketAddr, Option<Duration>)> {
+        self.ready
+            .iter()
+            .map(|r| (r.addr, r.load.get().map(|l| l.rtt())))
+            .collect()
+    }
+}
+
+/// `/config`: the algorithm, and per ready endpoint its requests in flight and latency estimate
+/// (absent until its first request).
+impl serde::Serialize for Balancer {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        #[derive(serde::Serialize)]
+        struct EndpointLoad {
+            address: SocketAddr,
+            in_flight: u32,
+            rtt_estimate_ms: Option<f64>,
+        }
+        let endpoints: Vec<EndpointLoad> = self
+            .ready
+            .iter()
+            .map(|r| {
+                let load = r.load.get();
+                EndpointLoad {
+                    address: r.addr,
+                    in_flight: load.map_or(0, |l| l.in_flight.load(Ordering::Relaxed)),
+                    rtt_estimate_ms: load.map(|l| l.rtt().as_secs_f64() * 1e3),
+                }
+            })
+            .collect();
+        let mut s = ser.serialize_struct("Balancer", 2)?;
+        s.serialize_field("algorithm", "p2c_ewma")?;
+        s.serialize_field("endpoints", &endpoints)?;
+        s.end()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ep(port: u16, weight: u32, ready: bool) -> Endpoint {
-        Endpoint {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            weight,
-            ready,
-            identity: None,
-        }
-    }
-
-    #[test]
-    fn round_robin_visits_every_ready_endpoint_evenly() {
-        let b = Balancer::new(&[ep(1, 1, true), ep(2, 1, false), ep(3, 1, true)]);
-        let mut counts = std::collections::HashMap::new();
-        for _ in 0..100 {
-            *counts.entry(b.pick().unwrap().port()).or_insert(0) += 1;
-        }
-        assert_eq!(counts.get(&1), Some(&50));
-        assert_eq!(counts.get(&3), Some(&50));
-        assert!(!counts.contains_key(&2), "not-ready endpoint picked");
-    }
-
-    #[test]
-    fn weights_shape_the_split() {
-        let b = Balancer::new(&[ep(1, 1, true), ep(2, 9, true)]);
-        let heavy = (0..10_000)
-            .filter(|_| b.pick().unwrap().port() == 2)
-            .count();
-        assert!(
-            (8_500..9_500).contains(&heavy),
-            "heavy endpoint got {heavy}/10000"
-        );
-    }
-
-    #[test]
-    fn no_ready_endpoint_picks_none() {
-        assert_eq!(Balancer::new(&[ep(1, 1, false)]).pick(), None);
-        assert_eq!(Balancer::new(&[]).pick(), None);
-    }
-}
+mod tests;

@@ -38,10 +38,11 @@ pub(crate) async fn resolve_opaque(shared: &Shared, dst: std::net::SocketAddr) -
         let svc = state.by_addr(&dst).or_else(|| {
             bound.and_then(|(svc, port)| state.by_authority(&format!("{svc}:{port}")))
         })?;
-        let (addr, id) = svc.balancer.pick_target()?;
+        // Only the choice: an opaque connection's length says nothing of the endpoint's speed.
+        let mut picked = svc.balancer.pick()?;
         Some(Upstream {
-            addr,
-            tls: mesh_identity(shared, svc, id),
+            addr: picked.addr,
+            tls: mesh_identity(shared, svc, picked.identity.take()),
         })
     };
     if let Some(upstream) = pick(&shared.store.snapshot(), None) {
@@ -61,7 +62,7 @@ pub(crate) async fn resolve_opaque(shared: &Shared, dst: std::net::SocketAddr) -
 pub(crate) fn mesh_identity(
     shared: &Shared,
     service: &Service,
-    endpoint_id: Option<&SpiffeId>,
+    endpoint_id: Option<SpiffeId>,
 ) -> Option<SpiffeId> {
     if service.tls_mode == Some(TlsMode::Disabled) || shared.identity.is_none() {
         return None;
@@ -76,5 +77,5 @@ pub(crate) fn mesh_identity(
     if server_first && service.tls_mode != Some(TlsMode::Strict) {
         return None;
     }
-    endpoint_id.cloned()
+    endpoint_id
 }

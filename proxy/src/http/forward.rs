@@ -15,6 +15,7 @@ use super::body::{RequestBody, ResponseBody};
 use super::deadline::ConnDeadline;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::{Conn, Downstream, respond};
+use crate::balance::Picked;
 use crate::endpoint::{Peer, Version};
 use crate::errors::{ProxyError, Reason};
 use crate::metrics::{Direction, RequestMetrics};
@@ -40,6 +41,34 @@ struct Target {
     /// The matched route rule's timeout, which wins over the default.
     route_timeout: Option<Duration>,
     metrics: Arc<RequestMetrics>,
+    /// The balancer's choice (a known service): in flight until the target is dropped, told
+    /// how long the response head took.
+    picked: Option<Picked>,
+}
+
+/// Reports an exchange's latency to the balancer when dropped: the time to the response head,
+/// or — when no head came (an error, a timeout, the client gone) — at least [`FAILED_RTT`], so
+/// an endpoint that fails fast does not look fast and draw more traffic.
+struct Timing<'a> {
+    picked: Option<&'a Picked>,
+    sent: Instant,
+    answered: bool,
+}
+
+/// The latency a failed exchange counts as.
+const FAILED_RTT: Duration = Duration::from_secs(1);
+
+impl Drop for Timing<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.picked {
+            let rtt = self.sent.elapsed();
+            p.observe(if self.answered {
+                rtt
+            } else {
+                rtt.max(FAILED_RTT)
+            });
+        }
+    }
 }
 
 /// Handles one request; never fails (every error becomes a response).
@@ -174,6 +203,11 @@ async fn forward(
                 (None, None) => None,
             }
         });
+    let mut timing = Timing {
+        picked: target.picked.as_ref(),
+        sent: Instant::now(),
+        answered: false,
+    };
     let mut resp = match (timeout, on_loop) {
         (Some(limit), Some(mut armed)) => {
             let send = pin!(clients.send(&target.peer, target.version, req, upgrade));
@@ -195,6 +229,8 @@ async fn forward(
                 .await?
         }
     };
+    timing.answered = true;
+    drop(timing);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(downstream)) = (switching, on_upgrade) {
         let upstream = hyper::upgrade::on(&mut resp);
@@ -285,6 +321,7 @@ async fn resolve(conn: &Conn, req: &Request<RequestBody>) -> Result<Target, Prox
             orig_http1: false,
             route_timeout: None,
             metrics: inbound_metrics(conn).clone(),
+            picked: None,
         });
     }
     let mut state = shared.store.snapshot();
@@ -331,7 +368,7 @@ async fn resolve(conn: &Conn, req: &Request<RequestBody>) -> Result<Target, Prox
     if let Some(service) = service {
         let rule = state.route(&service, req.method(), req.uri().path(), req.headers());
         let backend = rule.map_or(&service, |r| r.pick_backend());
-        let (addr, endpoint_id) = backend.balancer.pick_target().ok_or_else(|| {
+        let mut picked = backend.balancer.pick().ok_or_else(|| {
             ProxyError::new(
                 Reason::NoEndpoints,
                 format!(
@@ -345,8 +382,8 @@ async fn resolve(conn: &Conn, req: &Request<RequestBody>) -> Result<Target, Prox
             Protocol::Http2 => Version::Http2,
             Protocol::Auto | Protocol::Tcp => same_version,
         };
-        let addr = shared.check_loop(addr)?;
-        let tls = crate::outbound::mesh_identity(shared, backend, endpoint_id);
+        let addr = shared.check_loop(picked.addr)?;
+        let tls = crate::outbound::mesh_identity(shared, backend, picked.identity.take());
         // Between proxies every request rides one multiplexed HTTP/2 connection, except
         // upgrades (WebSocket), which HTTP/2 cannot carry here: they get their own HTTP/1.1 one.
         let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
@@ -361,6 +398,7 @@ async fn resolve(conn: &Conn, req: &Request<RequestBody>) -> Result<Target, Prox
             orig_http1,
             route_timeout: rule.and_then(|r| r.timeout),
             metrics: rule.map_or_else(|| service.metrics.clone(), |r| r.metrics.clone()),
+            picked: Some(picked),
         });
     }
     // Not a known service: pass through to where the app was going.
@@ -374,6 +412,7 @@ async fn resolve(conn: &Conn, req: &Request<RequestBody>) -> Result<Target, Prox
         orig_http1: false,
         route_timeout: None,
         metrics: shared.passthrough_metrics.clone(),
+        picked: None,
     })
 }
 

@@ -60,9 +60,12 @@ impl Store {
         self.current.load()
     }
 
-    /// Replaces the whole state (the only mutator); returns the new version.
+    /// Replaces the whole state (the only mutator); returns the new version. Each service's
+    /// balancer first takes over what the previous state's balancer of the same service and port
+    /// learnt about the endpoints that stay (`balance`).
     pub fn replace(&self, state: State) -> u64 {
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        state.inherit_runtime(&self.current.load());
         self.current.store(Arc::new(state));
         let mut status = (**self.status.load()).clone();
         status.version = version;

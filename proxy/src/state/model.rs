@@ -79,9 +79,9 @@ pub struct Service {
     pub addresses: Vec<std::net::IpAddr>,
     /// All endpoints (ready or not), for `/config`.
     pub endpoints: Vec<Endpoint>,
-    /// Chooses among the ready endpoints.
-    #[serde(skip)]
-    pub balancer: Balancer,
+    /// Chooses among the ready endpoints; `/config` shows its algorithm and what it learnt.
+    #[serde(rename = "load_balancer")]
+    pub(crate) balancer: Balancer,
     /// Request metrics for traffic that matched no route rule.
     #[serde(skip)]
     pub metrics: Arc<RequestMetrics>,
@@ -278,6 +278,24 @@ impl State {
             authorization: FastMap::default(),
             by_authority,
             by_addr,
+        }
+    }
+
+    /// Carries each service's runtime load over from `previous` (same name, namespace and
+    /// port): an update that does not touch a service leaves what its balancer learnt alone.
+    pub fn inherit_runtime(&self, previous: &State) {
+        if previous.services.is_empty() {
+            return;
+        }
+        let old: FastMap<(&str, &str, u16), &Service> = previous
+            .services
+            .iter()
+            .map(|s| ((s.name.as_str(), s.namespace.as_str(), s.port), &**s))
+            .collect();
+        for s in &self.services {
+            if let Some(o) = old.get(&(s.name.as_str(), s.namespace.as_str(), s.port)) {
+                s.balancer.inherit(&o.balancer);
+            }
         }
     }
 
