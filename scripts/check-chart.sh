@@ -78,6 +78,23 @@ for entry in "${variants[@]}"; do
   echo "   ${#files[@]} files valid"
 done
 
+echo "-- every SHOAL_ setting the chart renders is one the binaries read"
+# The control plane stops on an unknown SHOAL_CP_ variable; a proxy setting that is not documented would be a
+# knob that does nothing. Names from every variant's rendering.
+mapfile -t settings < <(grep -rhoE '\bSHOAL_[A-Z0-9_]+' "$work"/*/ | sort -u)
+((${#settings[@]})) || fail "no SHOAL_ setting rendered"
+for setting in "${settings[@]}"; do
+  case $setting in
+    SHOAL_CP_* | SHOAL_LOG | SHOAL_LOG_FORMAT)
+      grep -q "\"$setting\"" control-plane/src/server/config.rs || fail "$setting is not a control-plane setting (control-plane/src/server/config.rs)" ;;
+    SHOAL_INIT_*)
+      grep -q "\`$setting\`" docs/init.md || fail "$setting is not a shoal-proxy init setting (docs/init.md)" ;;
+    *)
+      grep -q "\`$setting\`" docs/configuration.md || fail "$setting is not a shoal-proxy setting (docs/configuration.md)" ;;
+  esac
+done
+echo "   ${#settings[@]} settings known: ${settings[*]}"
+
 echo "-- combinations the chart refuses"
 refuse() {
   local why=$1
