@@ -1,0 +1,50 @@
+{{/*
+Names are fixed, not derived from the release name: the control plane's SPIFFE id names its service account
+(spiffe://<trust domain>/ns/<namespace>/sa/shoal-control-plane), and proxies expect exactly that id
+(SHOAL_CONTROL_PLANE_IDENTITY's default). One release per namespace.
+*/}}
+{{- define "shoal.name" -}}shoal-control-plane{{- end }}
+
+{{- define "shoal.labels" -}}
+app.kubernetes.io/name: shoal
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{- define "shoal.selectorLabels" -}}
+app.kubernetes.io/name: shoal
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: control-plane
+{{- end }}
+
+{{- define "shoal.cpImage" -}}
+{{ .Values.controlPlane.image.repository }}:{{ .Values.controlPlane.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "shoal.proxyImage" -}}
+{{ .Values.injector.proxy.image.repository }}:{{ .Values.injector.proxy.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "shoal.webhookSecret" -}}shoal-webhook-tls{{- end }}
+
+{{/* Refuse combinations that would install something that cannot work, saying why. */}}
+{{- define "shoal.checks" -}}
+{{- $cp := .Values.controlPlane -}}
+{{- if and (gt (int $cp.replicas) 1) $cp.persistence.enabled -}}
+{{- fail "controlPlane.replicas > 1 needs controlPlane.persistence.enabled=false: the replicas of a Deployment would share one volume claim, and only one process can open the store (see values-ha.yaml)" -}}
+{{- end -}}
+{{- if and (gt (int $cp.replicas) 1) (not .Values.ca.existingSecret) -}}
+{{- fail "controlPlane.replicas > 1 needs ca.existingSecret: each replica has its own store, so with generated roots each would run a different CA and proxies served by one replica would not trust workloads certified by another" -}}
+{{- end -}}
+{{- if not (has .Values.injector.failurePolicy (list "Fail" "Ignore")) -}}
+{{- fail (printf "injector.failurePolicy %q: expected Fail or Ignore" .Values.injector.failurePolicy) -}}
+{{- end -}}
+{{- if not (has .Values.injector.certificate.source (list "helm" "cert-manager")) -}}
+{{- fail (printf "injector.certificate.source %q: expected helm or cert-manager" .Values.injector.certificate.source) -}}
+{{- end -}}
+{{- if not (has $cp.logFormat (list "plain" "json")) -}}
+{{- fail (printf "controlPlane.logFormat %q: expected plain or json" $cp.logFormat) -}}
+{{- end -}}
+{{- end }}
