@@ -102,8 +102,8 @@ impl Load {
     /// Folds one observed latency into the estimate: a slower one replaces it (peak), a faster
     /// one pulls it down by how long ago the estimate was last updated. Concurrent updates may
     /// lose one another's sample; the estimate is a heuristic and stays within the samples.
-    fn observe(&self, rtt: Duration) {
-        let now = self.now_ns();
+    fn observe(&self, rtt: Duration, now: Instant) {
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let rtt = rtt.as_nanos() as f64;
         let prev = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
@@ -135,9 +135,10 @@ pub(crate) struct Picked {
 }
 
 impl Picked {
-    /// Reports the time from sending the request to its response head (or to its failure).
-    pub(crate) fn observe(&self, rtt: Duration) {
-        self.load.observe(rtt);
+    /// Reports the time from sending the request to its response head (or to its failure),
+    /// observed at `now`.
+    pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
+        self.load.observe(rtt, now);
     }
 }
 

@@ -32,7 +32,7 @@ async fn run(
             .unwrap();
         let (at, done) = in_flight.swap_remove(next);
         tokio::time::advance(at.saturating_duration_since(Instant::now())).await;
-        done.observe(latency(done.addr.port()));
+        done.observe(latency(done.addr.port()), Instant::now());
     }
     counts
 }
@@ -145,15 +145,15 @@ fn the_estimate_rises_at_once_follows_faster_answers_and_decays_when_idle() {
         epoch: Instant::now() - 2 * DECAY,
         ..Load::new()
     };
-    load.observe(Duration::from_millis(200));
+    load.observe(Duration::from_millis(200), Instant::now());
     assert!(load.rtt() > Duration::from_millis(199), "{:?}", load.rtt());
     // A fast answer right after barely moves it (little time has passed)...
-    load.observe(Duration::from_millis(1));
+    load.observe(Duration::from_millis(1), Instant::now());
     assert!(load.rtt() > Duration::from_millis(150), "{:?}", load.rtt());
     // ...and with two decay constants since the last answer, it has fallen most of the way,
     // answer or not: an endpoint left alone is tried again.
     load.updated_ns.store(0, Ordering::Relaxed);
     assert!(load.rtt() < Duration::from_millis(30), "{:?}", load.rtt());
-    load.observe(Duration::from_millis(1));
+    load.observe(Duration::from_millis(1), Instant::now());
     assert!(load.rtt() < Duration::from_millis(30), "{:?}", load.rtt());
 }

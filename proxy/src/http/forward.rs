@@ -51,7 +51,8 @@ struct Target {
 /// an endpoint that fails fast does not look fast and draw more traffic.
 struct Timing<'a> {
     picked: Option<&'a Picked>,
-    sent: Instant,
+    /// The request's arrival: routing takes microseconds, and this saves a clock read.
+    start: Instant,
     answered: bool,
 }
 
@@ -61,12 +62,16 @@ const FAILED_RTT: Duration = Duration::from_secs(1);
 impl Drop for Timing<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.picked {
-            let rtt = self.sent.elapsed();
-            p.observe(if self.answered {
-                rtt
-            } else {
-                rtt.max(FAILED_RTT)
-            });
+            let now = Instant::now();
+            let rtt = now.saturating_duration_since(self.start);
+            p.observe(
+                if self.answered {
+                    rtt
+                } else {
+                    rtt.max(FAILED_RTT)
+                },
+                now,
+            );
         }
     }
 }
@@ -205,7 +210,7 @@ async fn forward(
         });
     let mut timing = Timing {
         picked: target.picked.as_ref(),
-        sent: Instant::now(),
+        start,
         answered: false,
     };
     let mut resp = match (timeout, on_loop) {
