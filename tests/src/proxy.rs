@@ -76,6 +76,14 @@ pub fn proxy_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A state file with the service `web` (port 80) whose one endpoint is `addr`, in the mesh with
+/// the SPIFFE id `identity`: the mesh tests' usual callee.
+pub fn mesh_web_state(addr: SocketAddr, identity: &str) -> String {
+    format!(
+        "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{addr}\"\n        identity: {identity}\n"
+    )
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -128,7 +136,6 @@ impl ProxyBuilder {
         self
     }
 
-    /// Removes a variable the builder set by default.
     /// A file-based mesh identity (`SHOAL_IDENTITY_CERT_FILE` and friends).
     pub fn identity(mut self, files: &crate::pki::IdentityFiles) -> Self {
         for (k, v) in files.env() {
@@ -137,6 +144,7 @@ impl ProxyBuilder {
         self
     }
 
+    /// Removes a variable the builder set by default.
     pub fn unset(mut self, key: &str) -> Self {
         self.env.remove(key);
         self

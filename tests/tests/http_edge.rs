@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shoal_tests::client::RawConn;
-use shoal_tests::pki::{IdentityFiles, TestCa};
+use shoal_tests::pki::TestCa;
 use shoal_tests::process::TempDir;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, TcpBackend};
 
@@ -458,13 +458,6 @@ async fn a_port_declared_http_never_carries_opaque_bytes() {
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 
-fn with_identity(mut builder: ProxyBuilder, files: &IdentityFiles) -> ProxyBuilder {
-    for (k, v) in files.env() {
-        builder = builder.env(k, v);
-    }
-    builder
-}
-
 #[tokio::test]
 async fn through_the_mesh_a_slow_caller_cannot_forge_its_identity_permissive_or_strict() {
     for mode in ["permissive", "strict"] {
@@ -474,7 +467,9 @@ async fn through_the_mesh_a_slow_caller_cannot_forge_its_identity_permissive_or_
         let web = ca
             .workload(WEB_ID)
             .write(dir.path(), "web", &[ca.root_pem()]);
-        let server = with_identity(ProxyBuilder::new().inbound_explicit(app.addr()), &web)
+        let server = ProxyBuilder::new()
+            .inbound_explicit(app.addr())
+            .identity(&web)
             .env("SHOAL_INBOUND_TLS_MODE", mode)
             .env("SHOAL_DETECT_TIMEOUT", format!("{}ms", DETECT.as_millis()))
             .start()
@@ -482,17 +477,14 @@ async fn through_the_mesh_a_slow_caller_cannot_forge_its_identity_permissive_or_
         let client_files = ca
             .workload(CLIENT_ID)
             .write(dir.path(), "client", &[ca.root_pem()]);
-        let state = format!(
-            "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{}\"\n        identity: {WEB_ID}\n",
-            server.inbound()
-        );
-        let client = with_identity(
-            ProxyBuilder::new().outbound_explicit().state(&state),
-            &client_files,
-        )
-        .env("SHOAL_DETECT_TIMEOUT", format!("{}ms", DETECT.as_millis()))
-        .start()
-        .await;
+        let state = shoal_tests::proxy::mesh_web_state(server.inbound(), WEB_ID);
+        let client = ProxyBuilder::new()
+            .outbound_explicit()
+            .state(&state)
+            .identity(&client_files)
+            .env("SHOAL_DETECT_TIMEOUT", format!("{}ms", DETECT.as_millis()))
+            .start()
+            .await;
 
         // The calling app, slow and lying, through its own proxy.
         let raw = format!("GET /mesh HTTP/1.1\r\nHost: web\r\nshoal-client-id: {FORGED}\r\n\r\n");

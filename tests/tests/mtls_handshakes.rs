@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use shoal_tests::client::{AbortOnDrop, empty};
-use shoal_tests::pki::{self, IdentityFiles, Leaf, TestCa, Validity};
+use shoal_tests::pki::{self, Leaf, TestCa, Validity};
 use shoal_tests::process::TempDir;
 use shoal_tests::{H1Client, HttpBackend, Proxy, ProxyBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,17 +28,12 @@ const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 const T: Duration = Duration::from_secs(10);
 const REFUSED: &str = "shoal_inbound_tls_refused_total";
 
-fn with_identity(mut builder: ProxyBuilder, files: &IdentityFiles) -> ProxyBuilder {
-    for (k, v) in files.env() {
-        builder = builder.env(k, v);
-    }
-    builder
-}
-
 /// An inbound proxy in `mode` in front of an echo app, with the identity `web`.
 async fn inbound(mode: &str, dir: &TempDir, ca: &TestCa, web: &Leaf, app: &HttpBackend) -> Proxy {
     let files = web.write(dir.path(), &format!("web-{mode}"), &[ca.root_pem()]);
-    with_identity(ProxyBuilder::new().inbound_explicit(app.addr()), &files)
+    ProxyBuilder::new()
+        .inbound_explicit(app.addr())
+        .identity(&files)
         .env("SHOAL_INBOUND_TLS_MODE", mode)
         .start()
         .await
@@ -304,19 +299,16 @@ async fn a_peer_with_the_wrong_identity_or_root_gets_no_request() {
     ];
     for (case, leaf) in cases {
         let peer = FakePeer::start(&leaf, &roots).await;
-        let state = format!(
-            "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{}\"\n        identity: {WEB_ID}\n",
-            peer.addr
-        );
+        let state = shoal_tests::proxy::mesh_web_state(peer.addr, WEB_ID);
         let files = ca
             .workload(CLIENT_ID)
             .write(dir.path(), "client", &[ca.root_pem()]);
-        let client = with_identity(
-            ProxyBuilder::new().outbound_explicit().state(&state),
-            &files,
-        )
-        .start()
-        .await;
+        let client = ProxyBuilder::new()
+            .outbound_explicit()
+            .state(&state)
+            .identity(&files)
+            .start()
+            .await;
 
         let mut c = H1Client::connect(client.outbound()).await.unwrap();
         let resp = tokio::time::timeout(T, c.get("web", "/to-the-fake"))

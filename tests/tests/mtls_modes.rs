@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_tests::pki::{self, IdentityFiles, TestCa};
+use shoal_tests::pki::{self, TestCa};
 use shoal_tests::process::TempDir;
 use shoal_tests::{H1Client, HttpBackend, Proxy, ProxyBuilder, TcpBackend, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,13 +25,6 @@ const REFUSED: &str = "shoal_inbound_tls_refused_total";
 const REQUESTS: &str = "shoal_requests_total";
 const TLS_OUT: &str = "shoal_outbound_tls_connections_total";
 
-fn with_identity(mut builder: ProxyBuilder, files: &IdentityFiles) -> ProxyBuilder {
-    for (k, v) in files.env() {
-        builder = builder.env(k, v);
-    }
-    builder
-}
-
 /// The web side: an inbound proxy with the web identity, configured by `configure`.
 async fn server(
     dir: &TempDir,
@@ -42,7 +35,7 @@ async fn server(
     let files = ca
         .workload(WEB_ID)
         .write(dir.path(), "web", &[ca.root_pem()]);
-    let builder = with_identity(ProxyBuilder::new().inbound_explicit(app), &files);
+    let builder = ProxyBuilder::new().inbound_explicit(app).identity(&files);
     configure(builder).start().await
 }
 
@@ -51,16 +44,17 @@ async fn client(dir: &TempDir, ca: &TestCa, state: &str) -> Proxy {
     let files = ca
         .workload(CLIENT_ID)
         .write(dir.path(), "client", &[ca.root_pem()]);
-    with_identity(ProxyBuilder::new().outbound_explicit().state(state), &files)
+    ProxyBuilder::new()
+        .outbound_explicit()
+        .state(state)
+        .identity(&files)
         .start()
         .await
 }
 
 /// A state naming the service `web` whose one endpoint is `addr` with the web identity.
 fn web_state(addr: SocketAddr) -> String {
-    format!(
-        "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{addr}\"\n        identity: {WEB_ID}\n"
-    )
+    shoal_tests::proxy::mesh_web_state(addr, WEB_ID)
 }
 
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<shoal_tests::Resp> {

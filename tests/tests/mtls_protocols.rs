@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use shoal_tests::backend::websocket_echo;
 use shoal_tests::client::{empty, request};
 use shoal_tests::grpc::{self, GrpcBackend};
-use shoal_tests::pki::{IdentityFiles, TestCa};
+use shoal_tests::pki::TestCa;
 use shoal_tests::process::TempDir;
 use shoal_tests::{H2Client, HttpBackend, Proxy, ProxyBuilder, TcpBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,13 +24,6 @@ const T: Duration = Duration::from_secs(10);
 const TLS_OUT: &str = "shoal_outbound_tls_connections_total";
 /// The virtual address opaque TCP is sent to (the state maps it to the web service).
 const TCP_VIP: &str = "10.255.255.1:7000";
-
-fn with_identity(mut builder: ProxyBuilder, files: &IdentityFiles) -> ProxyBuilder {
-    for (k, v) in files.env() {
-        builder = builder.env(k, v);
-    }
-    builder
-}
 
 /// A strict server proxy in front of `app` and a client proxy whose state sends `web` (and the
 /// virtual address [`TCP_VIP`]) to it over mTLS.
@@ -47,7 +40,9 @@ impl Mesh {
         let files = ca
             .workload(WEB_ID)
             .write(dir.path(), "web", &[ca.root_pem()]);
-        let server = with_identity(ProxyBuilder::new().inbound_explicit(app), &files)
+        let server = ProxyBuilder::new()
+            .inbound_explicit(app)
+            .identity(&files)
             .env("SHOAL_INBOUND_TLS_MODE", "strict")
             .start()
             .await;
@@ -72,12 +67,12 @@ impl Mesh {
         let files = ca
             .workload(CLIENT_ID)
             .write(dir.path(), "client", &[ca.root_pem()]);
-        let client = with_identity(
-            ProxyBuilder::new().outbound_target(TCP_VIP).state(&state),
-            &files,
-        )
-        .start()
-        .await;
+        let client = ProxyBuilder::new()
+            .outbound_target(TCP_VIP)
+            .state(&state)
+            .identity(&files)
+            .start()
+            .await;
         Self {
             server,
             client,

@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use shoal_tests::backend::{echo_response, websocket_echo};
 use shoal_tests::client::{AbortOnDrop, empty};
-use shoal_tests::pki::{self, IdentityFiles, Leaf, TestCa, Validity, write_atomically};
+use shoal_tests::pki::{self, Leaf, TestCa, Validity, write_atomically};
 use shoal_tests::process::TempDir;
 use shoal_tests::{H1Client, HttpBackend, Proxy, ProxyBuilder, eventually};
 use tokio::net::TcpStream;
@@ -28,13 +28,6 @@ const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 const T: Duration = Duration::from_secs(10);
 /// How long a proxy may take to pick up changed files (polled every 2 s; generous for CI).
 const RELOAD: Duration = Duration::from_secs(20);
-
-fn with_identity(mut builder: ProxyBuilder, files: &IdentityFiles) -> ProxyBuilder {
-    for (k, v) in files.env() {
-        builder = builder.env(k, v);
-    }
-    builder
-}
 
 /// Seconds since the epoch of a rcgen `date_time_ymd(year, 1, 1)`.
 fn jan_first(year: i32) -> u64 {
@@ -213,22 +206,21 @@ async fn leaf_and_root_rotation_under_traffic_fail_no_request() {
 
     let web1 = old.issue(WEB_ID, Validity::Until(2040));
     let web_files = web1.write(dir.path(), "web", &[old.root_pem()]);
-    let server = with_identity(ProxyBuilder::new().inbound_explicit(app.addr()), &web_files)
+    let server = ProxyBuilder::new()
+        .inbound_explicit(app.addr())
+        .identity(&web_files)
         .env("SHOAL_INBOUND_TLS_MODE", "strict")
         .start()
         .await;
     let client1 = old.issue(CLIENT_ID, Validity::Until(2040));
     let client_files = client1.write(dir.path(), "client", &[old.root_pem()]);
-    let state = format!(
-        "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{}\"\n        identity: {WEB_ID}\n",
-        server.inbound()
-    );
-    let client = with_identity(
-        ProxyBuilder::new().outbound_explicit().state(&state),
-        &client_files,
-    )
-    .start()
-    .await;
+    let state = shoal_tests::proxy::mesh_web_state(server.inbound(), WEB_ID);
+    let client = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&state)
+        .identity(&client_files)
+        .start()
+        .await;
     wait_identity(&server, "server", 1, jan_first(2040)).await;
     wait_identity(&client, "client", 1, jan_first(2040)).await;
 

@@ -26,10 +26,7 @@ async fn http1_rides_mtls_and_the_app_learns_the_caller() {
         );
     let server = server.start().await;
 
-    let state = format!(
-        "services:\n  - name: web\n    port: 80\n    endpoints:\n      - address: \"{}\"\n        identity: {WEB_ID}\n",
-        server.inbound()
-    );
+    let state = shoal_tests::proxy::mesh_web_state(server.inbound(), WEB_ID);
     let client = ProxyBuilder::new()
         .outbound_explicit()
         .state(&state)
