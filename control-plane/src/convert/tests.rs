@@ -50,7 +50,7 @@ fn every_kind_round_trips_through_the_wire() {
 
 #[test]
 fn discovery_payloads_round_trip() {
-    let route = fixtures::route();
+    let route = fixtures::route_with_unenforced();
     assert_eq!(Route::try_from(v1::Route::from(&route)), Ok(route));
     let service = fixtures::service("backend");
     assert_eq!(

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use super::catalog::{Catalog, Contribution, Entry, Key, KeyMap, key};
 use super::registry::Registry;
 use super::stream::Mailbox;
+use crate::model::validate::{Invalid, unenforced};
 use crate::model::{Resource, Spec};
 use crate::store::{Change, Store};
 
@@ -188,7 +189,7 @@ impl Hub {
     }
 
     /// Rebuilds the store-derived part of the catalog from a full listing; returns its revision.
-    fn reload(&self, store: &Store) -> u64 {
+    pub(super) fn reload(&self, store: &Store) -> u64 {
         let listing = store.list(None, None);
         let mut changed = Vec::new();
         {
@@ -232,9 +233,48 @@ fn source_name(r: &Resource) -> String {
     format!("store/{}/{}/{}", k.kind, k.namespace, k.name)
 }
 
-/// What a stored resource contributes to the catalog.
+/// Logs one warning per stored resource that `apply` refuses today because shoal-proxy does not enforce
+/// (part of) it: a store written before the refusal (`validate::unenforced`) may hold such resources. The
+/// control plane keeps serving; discovery pushes only what the proxy enforces of them ([`contributions`]).
+/// Returns those resources, each with its refused kind or fields.
+pub fn warn_unenforced(store: &Store) -> Vec<Invalid> {
+    let listing = store.list(None, None);
+    let found: Vec<Invalid> = (listing.resources.iter())
+        .filter_map(|stored| {
+            let errors = unenforced::refusals(&stored.resource.spec);
+            (!errors.is_empty()).then(|| Invalid {
+                subject: stored.resource.key().to_string(),
+                errors,
+            })
+        })
+        .collect();
+    for invalid in &found {
+        let fields: Vec<&str> = invalid.errors.iter().map(|e| e.field.as_str()).collect();
+        let pushed = if fields == ["kind"] {
+            "not pushed to proxies"
+        } else {
+            "pushed to proxies without these fields"
+        };
+        tracing::warn!(
+            resource = %invalid.subject,
+            fields = %fields.join(", "),
+            pushed,
+            error = %invalid,
+            "stored resource is no longer accepted: shoal-proxy does not enforce it yet; apply it without the \
+             refused fields, or delete it"
+        );
+    }
+    found
+}
+
+/// What a stored resource contributes to the catalog: only what shoal-proxy enforces of it (nothing of a
+/// kind it does not enforce yet, a route without its retries: see `validate::unenforced`).
 pub fn contributions(r: &Resource) -> Vec<(Key, Contribution)> {
     use v1::ResourceType as T;
+    let Some(r) = unenforced::enforced(r) else {
+        return Vec::new();
+    };
+    let r = &*r;
     let whole = |ty: T, name: String, p: Payload| (key(ty, name), Contribution::Whole(p));
     match &r.spec {
         Spec::Service(s) => {

@@ -13,6 +13,8 @@
 
 pub mod catalog;
 pub mod hub;
+#[cfg(test)]
+mod hub_tests;
 pub mod peer;
 pub mod registry;
 mod response;

@@ -44,7 +44,8 @@ pub fn svc(name: &str) -> ServiceRef {
 }
 
 /// A route for `backend.default`: `/v2` (with header `x-canary: yes`) split 90/10 between `backend-v1` and
-/// `backend-v2`, with a timeout and retries; everything else to `backend-v1`.
+/// `backend-v2`, with a timeout; everything else to `backend-v1`. Only what shoal-proxy enforces (no retries,
+/// no backend ports: see [`route_with_unenforced`]).
 pub fn route() -> Route {
     let canary = RouteRule {
         name: "canary".to_owned(),
@@ -58,14 +59,7 @@ pub fn route() -> Route {
         }],
         backends: vec![backend("backend-v1", 90), backend("backend-v2", 10)],
         timeout: Some(Duration::from_secs(2)),
-        retry: Some(RetryPolicy {
-            attempts: Some(3),
-            per_try_timeout: Some(Duration::from_millis(500)),
-            retry_on: vec![RetryOn::ConnectFailure, RetryOn::GatewayError],
-            retryable_status_codes: vec![409],
-            budget_ratio: Some(0.2),
-            ..RetryPolicy::default()
-        }),
+        retry: None,
     };
     let default = RouteRule {
         name: String::new(),
@@ -80,11 +74,34 @@ pub fn route() -> Route {
     }
 }
 
-/// A backend `name.default` on port 8080.
+/// A valid retry policy for a rule with a timeout of 2 s or more.
+pub fn retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts: Some(3),
+        per_try_timeout: Some(Duration::from_millis(500)),
+        retry_on: vec![RetryOn::ConnectFailure, RetryOn::GatewayError],
+        retryable_status_codes: vec![409],
+        budget_ratio: Some(0.2),
+        ..RetryPolicy::default()
+    }
+}
+
+/// [`route`] with every field the model has, those shoal-proxy does not enforce yet included (refused at
+/// apply, see `validate::unenforced`): retries on the canary rule, and every backend on port 8080.
+pub fn route_with_unenforced() -> Route {
+    let mut route = route();
+    route.rules[0].retry = Some(retry_policy());
+    for backend in route.rules.iter_mut().flat_map(|r| &mut r.backends) {
+        backend.port = Some(8080);
+    }
+    route
+}
+
+/// A backend `name.default` (on the request's port).
 pub fn backend(name: &str, weight: u32) -> WeightedBackend {
     WeightedBackend {
         service: svc(name),
-        port: Some(8080),
+        port: None,
         weight,
     }
 }
@@ -96,7 +113,10 @@ pub fn catalog() -> Vec<Service> {
         .into()
 }
 
-/// One valid resource of every kind (the services of [`catalog`] included), for round trips.
+/// One valid resource of every kind (the services of [`catalog`] included), with every field set, for round
+/// trips. Some kinds and fields are refused at apply until shoal-proxy enforces them (`validate::unenforced`):
+/// these pass [`validate_structure`](super::validate::validate_structure), not
+/// [`validate`](super::validate::validate).
 pub fn every_kind() -> Vec<Resource> {
     let mut resources: Vec<_> = catalog()
         .into_iter()
@@ -181,7 +201,7 @@ pub fn every_kind() -> Vec<Resource> {
             "default",
             Spec::EndpointRegistration(registration),
         ),
-        resource("backend", "default", Spec::Route(route())),
+        resource("backend", "default", Spec::Route(route_with_unenforced())),
         resource("backend", "default", Spec::BackendPolicy(backend_policy)),
         resource(
             "backend",

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
-use crate::model::fixtures::{resource, service_resource, svc};
-use crate::model::{Mirror, Spec};
+use crate::model::fixtures::{backend, resource, service_resource, svc};
+use crate::model::{Mirror, Route, RouteRule, Spec};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub(super) struct TempDir(PathBuf);
@@ -32,6 +32,22 @@ impl Drop for TempDir {
 
 pub(super) fn service_key(name: &str) -> ResourceKey {
     ResourceKey::new(ResourceKind::Service, "default", name)
+}
+
+/// A route of `parent` sending everything to `to`.
+fn route(parent: &str, to: &str) -> Resource {
+    let rule = RouteRule {
+        name: String::new(),
+        matches: Vec::new(),
+        backends: vec![backend(to, 1)],
+        timeout: None,
+        retry: None,
+    };
+    let spec = Spec::Route(Route {
+        parent: svc(parent),
+        rules: vec![rule],
+    });
+    resource(parent, "default", spec)
 }
 
 fn mirror(target: &str, to: &str) -> Resource {
@@ -155,27 +171,61 @@ fn invalid_resources_are_never_stored() {
     store.create(service_resource("backend")).expect("service");
 
     let error = store
-        .apply(mirror("backend", "shadow"), None)
+        .apply(route("backend", "shadow"), None)
         .expect_err("unknown service");
     assert!(matches!(error, Error::Invalid(_)), "{error}");
     assert!(
         error
             .to_string()
-            .contains("spec.mirror_service: unknown service shadow.default"),
+            .contains("spec.rules[0].backends[0].service: unknown service shadow.default"),
         "{error}"
     );
     assert_eq!(store.revision(), 1, "nothing written");
     assert!(
         store
-            .list(Some(ResourceKind::Mirror), None)
+            .list(Some(ResourceKind::Route), None)
             .resources
             .is_empty()
     );
 
     store.create(service_resource("shadow")).expect("service");
     store
-        .apply(mirror("backend", "shadow"), None)
+        .apply(route("backend", "shadow"), None)
         .expect("now valid");
+}
+
+#[test]
+fn what_the_proxy_does_not_enforce_is_refused_and_never_stored() {
+    let dir = TempDir::new();
+    let store = Store::open(dir.db()).expect("open");
+    for name in ["backend", "shadow"] {
+        store.create(service_resource(name)).expect("service");
+    }
+    let error = store
+        .apply(mirror("backend", "shadow"), None)
+        .expect_err("mirrors are not enforced");
+    assert!(matches!(error, Error::Invalid(_)), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("mirror backend.default: kind: Mirror is not enforced by shoal-proxy yet"),
+        "{error}"
+    );
+    let mut retried = route("backend", "shadow");
+    if let Spec::Route(r) = &mut retried.spec {
+        r.rules[0].retry = Some(crate::model::fixtures::retry_policy());
+    }
+    let error = store
+        .apply(retried, None)
+        .expect_err("retries are not enforced");
+    assert!(
+        error.to_string().contains(
+            "route backend.default: spec.rules[0].retry: not enforced by shoal-proxy yet"
+        ),
+        "{error}"
+    );
+    assert_eq!(store.revision(), 2, "nothing written");
+    assert_eq!(store.list(None, None).resources.len(), 2);
 }
 
 #[test]
@@ -186,22 +236,22 @@ fn a_service_has_at_most_one_policy_of_each_kind() {
         store.create(service_resource(name)).expect("service");
     }
     store
-        .create(mirror("backend", "shadow"))
-        .expect("first mirror");
-    let mut second = mirror("backend", "shadow");
+        .create(route("backend", "shadow"))
+        .expect("first route");
+    let mut second = route("backend", "shadow");
     second.metadata.name = "another".into();
     let error = store
         .create(second)
-        .expect_err("second mirror of the same service");
+        .expect_err("second route of the same service");
     assert!(matches!(error, Error::TargetTaken { .. }), "{error}");
     assert!(
         error
             .to_string()
-            .contains("already has a mirror policy, mirror backend.default"),
+            .contains("already has a route policy, route backend.default"),
         "{error}"
     );
     store
-        .apply(mirror("backend", "shadow"), None)
+        .apply(route("backend", "shadow"), None)
         .expect("the same policy may be rewritten");
 }
 

@@ -5,8 +5,12 @@ use std::sync::{Arc, PoisonError};
 
 use super::disk::{self, Record};
 use super::{Error, Result, Store, StoredResource, Tombstone};
-use crate::model::validate::validate;
+use crate::model::validate::{self, Catalog, Invalid};
 use crate::model::{Resource, ResourceKey};
+
+/// The validation a write passes: [`validate::validate`], but for tests that write what an older control
+/// plane accepted.
+type Check = fn(&Resource, &dyn Catalog) -> std::result::Result<(), Invalid>;
 
 /// What a write does when the resource exists or not.
 #[derive(Debug, Clone, Copy)]
@@ -22,10 +26,23 @@ pub(super) enum Mode {
 impl Store {
     /// Writes `resource`; returns it as stored and whether it was left unchanged (an `Upsert` of the
     /// content already stored writes nothing: no new version, nothing in the feed, nothing pushed).
-    pub(super) fn write(
+    pub(super) fn write(&self, resource: Resource, mode: Mode) -> Result<(StoredResource, bool)> {
+        self.write_checked(resource, mode, validate::validate)
+    }
+
+    /// Creates `resource` as a control plane from before `validate::unenforced` did: with the structural
+    /// checks only, so a test can hold what is refused today (a store that survived the upgrade).
+    #[cfg(test)]
+    pub(crate) fn create_unenforced(&self, resource: Resource) -> Result<StoredResource> {
+        self.write_checked(resource, Mode::Create, validate::validate_structure)
+            .map(|(stored, _)| stored)
+    }
+
+    fn write_checked(
         &self,
         mut resource: Resource,
         mode: Mode,
+        check: Check,
     ) -> Result<(StoredResource, bool)> {
         let db = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
         let key = resource.key();
@@ -43,7 +60,7 @@ impl Store {
                 }
                 (Mode::Upsert | Mode::Create, _) => {}
             }
-            validate(&resource, &*index)?;
+            check(&resource, &*index)?;
             if let Some(service) = resource.spec.policy_target()
                 && let Some(existing) = index.policy_for(key.kind, service)
                 && *existing != key

@@ -2,8 +2,10 @@
 //! errors and exit codes, and a restart on the same data directory. Every wait has a deadline.
 //!
 //! - `harness`: start and stop the control plane on port 0, run `shoalctl`, check exit codes and output.
-//! - `round_trip`: apply every kind, `get -o yaml` applies again unchanged, tables, JSON, delete.
-//! - `errors`: every bad input gets a clear message and the documented exit code.
+//! - `round_trip`: apply every enforced kind, `get -o yaml` applies again unchanged, tables, JSON, delete;
+//!   the documented examples apply, or are refused where docs/shoalctl.md says so.
+//! - `errors`: every bad input gets a clear message and the documented exit code; what shoal-proxy does not
+//!   enforce yet is refused naming the kind or field.
 //! - `restart`: resources and versions survive a restart on the same data directory.
 //! - `identity`: `token` and `ca` commands, a certificate from the real binary's Identity service, the CA
 //!   (and a rotation in progress) surviving a restart, and CA settings that stop start-up.

@@ -1,4 +1,5 @@
-//! Every kind applied from one file, read back as a table, YAML and JSON, applied again, deleted.
+//! Every kind shoal-proxy enforces applied from one file, read back as a table, YAML and JSON, applied again,
+//! deleted; the documented examples applied, or refused where docs/shoalctl.md says so.
 
 use super::harness::{ControlPlane, expect, http_get, shoalctl};
 
@@ -14,7 +15,7 @@ fn apply_get_delete_round_trip() {
 
     let out = expect(&shoalctl(&cp.admin, &["apply", "-f", file], ""), 0, &[]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 9, "{out}");
+    assert_eq!(lines.len(), 5, "{out}");
     assert!(
         lines[0].starts_with("service/backend.default created (version 1)"),
         "{out}"
@@ -70,19 +71,19 @@ fn apply_get_delete_round_trip() {
     let json = expect(
         &shoalctl(
             &cp.admin,
-            &["get", "ratelimit", "-n", "default", "-o", "json"],
+            &["get", "authz", "-n", "default", "-o", "json"],
             "",
         ),
         0,
         &[],
     );
     let json: serde_json::Value = serde_json::from_str(&json).expect("json");
-    assert_eq!(json[0]["spec"]["scope"], "per_client", "{json}");
+    assert_eq!(json[0]["spec"]["rules"][0]["name"], "shop", "{json}");
 
     expect(
         &shoalctl(&cp.admin, &["delete", "route", "backend"], ""),
         0,
-        &["route/backend.default deleted (version 10)"],
+        &["route/backend.default deleted (version 6)"],
     );
     expect(
         &shoalctl(&cp.admin, &["get", "route", "backend"], ""),
@@ -113,25 +114,50 @@ fn apply_get_delete_round_trip() {
     cp.stop();
 }
 
-/// The examples in docs/shoalctl.md (one per kind) are accepted by the server as written.
+/// The examples in docs/shoalctl.md: one per kind and the route's retries. Those before "Refused until
+/// enforced" are accepted by the server as written; those after are refused, naming the kind or field.
 #[test]
-fn documented_examples_apply() {
+fn documented_examples_apply_or_are_refused_as_documented() {
     let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/shoalctl.md");
     let docs = std::fs::read_to_string(docs).expect("docs/shoalctl.md");
-    let examples: Vec<&str> = docs
-        .split("```yaml\n")
-        .skip(1)
-        .filter_map(|block| block.split("```").next())
-        .filter(|block| !block.contains("{...}"))
-        .collect();
-    assert_eq!(examples.len(), 8, "one example per kind");
+    let (accepted, refused) = docs
+        .split_once("\n## Refused until enforced\n")
+        .expect("docs/shoalctl.md has a section \"Refused until enforced\"");
+    let (accepted, refused) = (yaml_examples(accepted), yaml_examples(refused));
+    assert_eq!(
+        accepted.len(),
+        4,
+        "Service, EndpointRegistration, Route, AuthorizationPolicy"
+    );
+    assert_eq!(
+        refused.len(),
+        5,
+        "a route with retries and backend ports, and four kinds"
+    );
     // The services the examples refer to besides `backend`.
     let extra = "kind: Service\nmetadata: {name: backend-v2}\nspec: {ports: [{port: 8080}]}\n---\nkind: Service\nmetadata: {name: backend-shadow}\nspec: {ports: [{port: 8080}]}\n";
-    let yaml = format!("{extra}---\n{}", examples.join("---\n"));
+    let yaml = format!("{extra}---\n{}", accepted.join("---\n"));
 
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(dir.path());
     let out = expect(&shoalctl(&cp.admin, &["apply", "-f", "-"], &yaml), 0, &[]);
-    assert_eq!(out.lines().count(), 10, "{out}");
+    assert_eq!(out.lines().count(), 6, "{out}");
+    for example in refused {
+        expect(
+            &shoalctl(&cp.admin, &["apply", "-f", "-"], example),
+            1,
+            &["INVALID_ARGUMENT", "not enforced by shoal-proxy yet"],
+        );
+    }
     cp.stop();
+}
+
+/// The YAML code blocks of `markdown`, but for the format's outline (`spec: {...}`).
+fn yaml_examples(markdown: &str) -> Vec<&str> {
+    markdown
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| !block.contains("{...}"))
+        .collect()
 }

@@ -10,6 +10,10 @@
 //! What a proxy checks when a resource is pushed (proxy/src/discovery/resources.rs) is checked here too, so
 //! what a proxy would NACK is refused at `apply`; `proxy_rules` runs the cases both sides share
 //! (proto/testdata/pushed-resource-checks.txt).
+//!
+//! What a proxy does not enforce yet is refused too, in one place: [`unenforced`] lists those kinds and
+//! fields. [`validate`] is the check every write passes: the structural checks ([`validate_structure`], kept
+//! for the kinds and fields refused today so they are ready when the proxy enforces them) plus those refusals.
 
 mod policy;
 #[cfg(test)]
@@ -20,6 +24,9 @@ mod route;
 mod service;
 #[cfg(test)]
 mod tests;
+pub mod unenforced;
+#[cfg(test)]
+mod unenforced_tests;
 
 use std::fmt;
 use std::time::Duration;
@@ -111,8 +118,31 @@ impl Catalog for Vec<Service> {
     }
 }
 
-/// Checks `resource` against its own rules and the services in `catalog`.
+/// Checks `resource` before it is stored: refuses what shoal-proxy does not enforce yet ([`unenforced`]), and
+/// checks the rest against its own rules and the services in `catalog` ([`validate_structure`]). The
+/// refusals come first; a structural error inside a refused kind or field is left out (it must go anyway).
 pub fn validate(resource: &Resource, catalog: &dyn Catalog) -> Result<(), Invalid> {
+    let refused = unenforced::refusals(&resource.spec);
+    let structure = validate_structure(resource, catalog);
+    if refused.is_empty() {
+        return structure;
+    }
+    let mut errors = refused;
+    if let Err(invalid) = structure {
+        let kept = (invalid.errors.into_iter())
+            .filter(|e| !errors.iter().any(|r| unenforced::covers(r, &e.field)))
+            .collect::<Vec<_>>();
+        errors.extend(kept);
+    }
+    Err(Invalid {
+        subject: resource.key().to_string(),
+        errors,
+    })
+}
+
+/// Checks `resource` against its own rules and the services in `catalog`, whether or not the proxy enforces
+/// its kind and fields yet (the structural half of [`validate`]).
+pub fn validate_structure(resource: &Resource, catalog: &dyn Catalog) -> Result<(), Invalid> {
     let mut check = Checker {
         errors: Vec::new(),
         catalog,

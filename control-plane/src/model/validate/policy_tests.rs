@@ -1,9 +1,11 @@
-//! Validation errors of services, registrations and policies name their field.
+//! Validation errors of services, registrations and policies name their field. The kinds refused until
+//! shoal-proxy enforces them (backend policies, rate limits, fault injection, mirroring) are checked by the
+//! structural validation alone, which stays for the day they are enforced.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use super::tests::{assert_rejects, check, fault, registration};
+use super::tests::{assert_rejects, assert_structure_rejects, check, fault, registration};
 use crate::model::fixtures::{self, svc};
 use crate::model::*;
 
@@ -84,23 +86,23 @@ fn backend_policy_errors_name_their_field() {
         }),
     };
     let spec = || Spec::BackendPolicy(ring_without_key.clone());
-    assert_rejects(
+    assert_structure_rejects(
         spec(),
         "spec.load_balancer.hash_key",
         "required with algorithm RING_HASH",
     );
-    assert_rejects(spec(), "spec.limits.max_connections", "must be positive");
-    assert_rejects(
+    assert_structure_rejects(spec(), "spec.limits.max_connections", "must be positive");
+    assert_structure_rejects(
         spec(),
         "spec.outlier_detection.max_ejection_percent",
         "percentage",
     );
-    assert_rejects(
+    assert_structure_rejects(
         spec(),
         "spec.circuit_breaker.failure_ratio_threshold",
         "ratio",
     );
-    assert_rejects(
+    assert_structure_rejects(
         spec(),
         "spec.circuit_breaker.open_duration_ms",
         "longer than the maximum",
@@ -111,7 +113,7 @@ fn backend_policy_errors_name_their_field() {
         hash_key: Some(HashKey::SourceIp),
     });
     let spec = Spec::BackendPolicy(key_without_ring);
-    assert_rejects(
+    assert_structure_rejects(
         spec,
         "spec.load_balancer.hash_key",
         "only used with algorithm RING_HASH",
@@ -144,7 +146,7 @@ fn inbound_policy_errors_name_their_field() {
         burst: Some(0),
         scope: RateLimitScope::Global,
     };
-    assert_rejects(Spec::RateLimit(limit), "spec.burst", "must be positive");
+    assert_structure_rejects(Spec::RateLimit(limit), "spec.burst", "must be positive");
 }
 
 #[test]
@@ -153,7 +155,7 @@ fn chaos_policy_errors_name_their_field() {
         delay: None,
         ..fault()
     };
-    assert_rejects(Spec::FaultInjection(nothing), "spec", "injects nothing");
+    assert_structure_rejects(Spec::FaultInjection(nothing), "spec", "injects nothing");
     let abort = FaultInjection {
         abort: Some(FaultAbort {
             percent: 101.0,
@@ -161,12 +163,12 @@ fn chaos_policy_errors_name_their_field() {
         }),
         ..fault()
     };
-    assert_rejects(
+    assert_structure_rejects(
         Spec::FaultInjection(abort.clone()),
         "spec.abort.percent",
         "101",
     );
-    assert_rejects(
+    assert_structure_rejects(
         Spec::FaultInjection(abort),
         "spec.abort.http_status",
         "200–599",
@@ -178,17 +180,17 @@ fn chaos_policy_errors_name_their_field() {
         port: None,
         percent: f64::NAN,
     };
-    assert_rejects(
+    assert_structure_rejects(
         Spec::Mirror(mirror.clone()),
         "spec.mirror_service",
         "mirrors to itself",
     );
-    assert_rejects(Spec::Mirror(mirror.clone()), "spec.percent", "NaN");
+    assert_structure_rejects(Spec::Mirror(mirror.clone()), "spec.percent", "NaN");
     let unknown = Mirror {
         mirror: svc("shadow"),
         ..mirror
     };
-    assert_rejects(
+    assert_structure_rejects(
         Spec::Mirror(unknown),
         "spec.mirror_service",
         "unknown service shadow.default",

@@ -1,0 +1,84 @@
+//! A store written before `validate::unenforced` refused what shoal-proxy does not enforce survives a
+//! restart: the control plane warns about each such resource and pushes only what the proxy enforces.
+
+use shoal_proto::v1::{ResourceType as T, discovery_resource::Payload};
+
+use super::catalog::key;
+use super::hub::{Hub, warn_unenforced};
+use crate::model::fixtures::{self, resource, route, route_with_unenforced};
+use crate::model::{ResourceKind, Spec};
+use crate::store::Store;
+
+#[test]
+fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store.redb");
+    {
+        // What an older control plane accepted and stored.
+        let store = Store::open(&path).expect("open");
+        for service in fixtures::catalog() {
+            let name = service.name.clone();
+            let stored = resource(&name, "default", Spec::Service(service));
+            store.create_unenforced(stored).expect("service");
+        }
+        let policies = (fixtures::every_kind().into_iter()).filter(|r| {
+            matches!(
+                r.kind(),
+                ResourceKind::BackendPolicy | ResourceKind::AuthorizationPolicy
+            )
+        });
+        for policy in policies {
+            store.create_unenforced(policy).expect("policy");
+        }
+        let full = resource("backend", "default", Spec::Route(route_with_unenforced()));
+        store.create_unenforced(full).expect("route");
+    }
+
+    // A restart: the store opens with all of it, and `apply` would refuse two of them today.
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.list(None, None).resources.len(), 7);
+    let refused: Vec<String> = (warn_unenforced(&store).iter())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(
+        refused[0].starts_with("route backend.default: spec.rules[0].retry: not enforced"),
+        "{refused:#?}"
+    );
+    for port in [
+        "rules[0].backends[0]",
+        "rules[0].backends[1]",
+        "rules[1].backends[0]",
+    ] {
+        assert!(
+            refused[0].contains(&format!("spec.{port}.port: not enforced")),
+            "{port}"
+        );
+    }
+    assert!(
+        refused[1]
+            .starts_with("backend-policy backend.default: kind: BackendPolicy is not enforced"),
+        "{refused:#?}"
+    );
+
+    let hub = Hub::new();
+    hub.reload(&store);
+    let name = "backend.default";
+    assert!(
+        hub.entry(&key(T::BackendPolicy, name)).is_none(),
+        "never pushed"
+    );
+    assert!(hub.entry(&key(T::AuthorizationPolicy, name)).is_some());
+    let pushed = hub
+        .entry(&key(T::Route, name))
+        .expect("the route is pushed");
+    let Payload::Route(pushed) = pushed.payload else {
+        panic!("a route payload")
+    };
+    assert_eq!(
+        pushed,
+        shoal_proto::v1::Route::from(&route()),
+        "pushed without its retries and backend ports"
+    );
+    assert!(pushed.rules.iter().all(|r| r.retry.is_none()));
+}

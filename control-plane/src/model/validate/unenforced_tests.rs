@@ -1,0 +1,160 @@
+//! What shoal-proxy does not enforce yet is refused, one error per kind or field, naming it; what it
+//! enforces is accepted; discovery is given only the enforced part of what an older store holds.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use super::tests::check;
+use super::unenforced::{FIELDS, KINDS, enforced, refusals};
+use super::validate;
+use crate::model::fixtures::{self, catalog, resource, retry_policy, route, route_with_unenforced};
+use crate::model::*;
+
+/// The resource of `kind` in [`fixtures::every_kind`].
+fn fixture(kind: ResourceKind) -> Resource {
+    (fixtures::every_kind().into_iter())
+        .find(|r| r.kind() == kind)
+        .expect("every kind has a fixture")
+}
+
+#[test]
+fn every_unenforced_kind_is_refused_naming_the_kind() {
+    for refused in KINDS {
+        let resource = fixture(refused.kind);
+        let invalid = validate(&resource, &catalog()).expect_err(refused.yaml);
+        assert_eq!(invalid.errors.len(), 1, "{invalid}");
+        assert_eq!(invalid.errors[0].field, "kind", "{invalid}");
+        let expected = format!(
+            "{}: kind: {} is not enforced by shoal-proxy yet; remove this resource (",
+            resource.key(),
+            refused.yaml
+        );
+        assert!(invalid.to_string().starts_with(&expected), "{invalid}");
+        assert!(
+            invalid
+                .to_string()
+                .ends_with("; see docs/shoalctl.md#refused-until-enforced)"),
+            "{invalid}"
+        );
+    }
+    let kinds: Vec<_> = KINDS.iter().map(|k| k.kind).collect();
+    use ResourceKind::*;
+    assert_eq!(kinds, [BackendPolicy, RateLimit, FaultInjection, Mirror]);
+}
+
+#[test]
+fn a_refused_kind_reports_no_structural_errors_of_its_spec() {
+    let mirror = Mirror {
+        target: fixtures::svc("backend"),
+        mirror: fixtures::svc("backend"),
+        port: Some(0),
+        percent: 200.0,
+    };
+    let invalid = check(Spec::Mirror(mirror)).expect_err("refused");
+    let fields: Vec<_> = invalid.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["kind"], "{invalid}");
+}
+
+#[test]
+fn a_retry_is_refused_naming_its_rule() {
+    let mut route = route();
+    route.rules[0].retry = Some(retry_policy());
+    let invalid = check(Spec::Route(route.clone())).expect_err("retry refused");
+    assert_eq!(
+        invalid.to_string(),
+        "route backend.default: spec.rules[0].retry: not enforced by shoal-proxy yet; remove it (retries \
+         arrive with the resilience work; see docs/shoalctl.md#refused-until-enforced)"
+    );
+    route.rules[1].retry = Some(RetryPolicy::default());
+    let invalid = check(Spec::Route(route)).expect_err("retries refused");
+    let fields: Vec<_> = invalid.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["spec.rules[0].retry", "spec.rules[1].retry"]);
+}
+
+#[test]
+fn a_backend_port_is_refused_naming_the_backend() {
+    let mut route = route();
+    route.rules[1].backends[0].port = Some(8080);
+    let invalid = check(Spec::Route(route)).expect_err("port refused");
+    assert_eq!(invalid.errors.len(), 1, "{invalid}");
+    assert_eq!(invalid.errors[0].field, "spec.rules[1].backends[0].port");
+    let reason = &invalid.errors[0].reason;
+    assert!(
+        reason.starts_with(
+            "not enforced by shoal-proxy yet; remove it (the proxy calls a backend on"
+        ),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_route_without_retries_or_backend_ports_is_accepted() {
+    assert_eq!(check(Spec::Route(route())), Ok(()));
+    let mut timeout_only = route();
+    timeout_only.rules[1].timeout = Some(Duration::from_millis(1500));
+    assert_eq!(check(Spec::Route(timeout_only)), Ok(()));
+}
+
+#[test]
+fn structural_errors_inside_a_refused_field_are_left_out_the_others_kept() {
+    let mut route = route();
+    route.rules[0].retry = Some(RetryPolicy {
+        attempts: Some(50),
+        ..RetryPolicy::default()
+    });
+    route.rules[1].backends[0].weight = 0;
+    let invalid = check(Spec::Route(route)).expect_err("refused and invalid");
+    let fields: Vec<_> = invalid.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["spec.rules[0].retry", "spec.rules[1].backends"]);
+}
+
+#[test]
+fn every_unenforced_field_is_set_by_the_full_fixture_and_refused() {
+    let spec = Spec::Route(route_with_unenforced());
+    let refused = refusals(&spec);
+    for field in FIELDS {
+        let found = (field.find)(&spec);
+        assert!(!found.is_empty(), "{} not in the fixture", field.field);
+        for path in found {
+            assert!(
+                refused.iter().any(|e| e.field == path),
+                "{path}: {refused:?}"
+            );
+        }
+    }
+    let fields: Vec<_> = FIELDS.iter().map(|f| f.field).collect();
+    assert_eq!(
+        fields,
+        ["spec.rules[].retry", "spec.rules[].backends[].port"]
+    );
+}
+
+#[test]
+fn what_the_proxy_enforces_of_every_kind_is_accepted() {
+    for resource in fixtures::every_kind() {
+        match enforced(&resource) {
+            None => assert!(KINDS.iter().any(|k| k.kind == resource.kind())),
+            Some(part) => assert_eq!(validate(&part, &catalog()), Ok(()), "{}", resource.key()),
+        }
+    }
+}
+
+#[test]
+fn discovery_gets_only_the_enforced_part() {
+    let policy = fixture(ResourceKind::BackendPolicy);
+    assert!(enforced(&policy).is_none());
+
+    let full = resource("backend", "default", Spec::Route(route_with_unenforced()));
+    let part = enforced(&full).expect("routes are enforced");
+    assert!(matches!(part, Cow::Owned(_)));
+    let expected = resource("backend", "default", Spec::Route(route()));
+    assert_eq!(
+        *part, expected,
+        "retries and backend ports stripped, the rest kept"
+    );
+
+    let plain = resource("backend", "default", Spec::Route(route()));
+    assert!(matches!(enforced(&plain), Some(Cow::Borrowed(_))));
+    let authz = fixture(ResourceKind::AuthorizationPolicy);
+    assert!(matches!(enforced(&authz), Some(Cow::Borrowed(_))));
+}
