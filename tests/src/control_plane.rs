@@ -103,6 +103,15 @@ pub fn shoalctl_binary() -> Result<PathBuf> {
     }
 }
 
+/// The `shoal` binary (`shoal up`): `$SHOAL_BIN` if set, else `<target dir>/debug/shoal` (built
+/// once if missing, like [`control_plane_binary`]).
+pub fn shoal_binary() -> Result<PathBuf> {
+    match std::env::var_os("SHOAL_BIN") {
+        Some(bin) => Ok(PathBuf::from(bin)),
+        None => control_plane_crate_binary("shoal"),
+    }
+}
+
 /// What one `shoalctl` run printed and how it exited.
 #[derive(Debug, Clone)]
 pub struct CtlOutput {

@@ -5,10 +5,33 @@ use std::process::ExitCode;
 
 use shoal_control_plane::server::{self, Config};
 
+/// `--help`: what the program is, how it is configured, and every setting it reads.
+fn help() -> String {
+    let settings: String = server::config::env::ALL
+        .iter()
+        .map(|name| format!("  {name}\n"))
+        .collect();
+    format!(
+        "shoal-control-plane {version}: Shoal's control plane. It stores policy durably (the Admin API that \
+         shoalctl calls), pushes services, endpoints, routes and policy to every proxy as they change \
+         (Discovery), and is the mesh CA that signs workload certificates (Identity).\n\n\
+         Usage: shoal-control-plane              takes no arguments; runs until SIGTERM or SIGINT\n\
+         \x20      shoal-control-plane --version | --help\n\n\
+         Configured by environment variables; an unknown SHOAL_CP_ name is an error. What each one means and its \
+         default: docs/control-plane.md, \"Settings\".\n{settings}\n\
+         Ports by default: 15010 discovery and identity (TLS), 15011 admin (loopback), 15014 metrics.\n",
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}
+
 fn main() -> ExitCode {
     if let Some(arg) = std::env::args().nth(1) {
         if arg == "--version" || arg == "-V" {
             println!("shoal-control-plane {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        if arg == "--help" || arg == "-h" {
+            print!("{}", help());
             return ExitCode::SUCCESS;
         }
         eprintln!(

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shoal_control_plane::up::{self, UpArgs, demo::DemoArgs};
 
-/// Shoal, a service mesh: a local mesh in one command.
+/// Shoal, a service mesh: `shoal up` runs a whole mesh locally in one command — a control plane and
+/// demo services behind shoal-proxy sidecars on loopback, over mTLS (docs/shoal-up.md).
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, about, long_about = None)]
+#[command(name = "shoal", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
