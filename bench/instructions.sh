@@ -11,7 +11,8 @@
 #                              [--keep DIR] BINARY [BINARY...]
 #   Each binary runs in front of bench-backend under callgrind: `inbound` (default) is explicit
 #   inbound, as in run.py; `outbound` is the explicit outbound listener with a state file naming
-#   the backend as service `bench` (requests carry `Host: bench`): route lookup and balancer.
+#   two backends as the endpoints of service `bench` (requests carry `Host: bench`): route lookup
+#   and balancer.
 #   after 1,000 warm-up requests the counters are zeroed, N requests (default 10,000) run with
 #   h2load (h1: --h1 -c10; h2c: -c10 -m10), and the total is divided by N.
 #   Extra proxy settings: SHOAL_* variables in the environment are passed on.
@@ -66,8 +67,12 @@ for bin in "$@"; do
         inbound) listener=(SHOAL_INBOUND_MODE=explicit SHOAL_INBOUND_ADDR="127.0.0.1:$pport"
                            SHOAL_INBOUND_APP_ADDR="127.0.0.1:$bport" SHOAL_OUTBOUND_MODE=off) ;;
         outbound)
-            printf 'services:\n  - name: bench\n    port: 80\n    endpoints:\n      - address: "127.0.0.1:%s"\n' \
-                "$bport" >"$work/state.$n.yaml"
+            # Two endpoints (a second backend), so every pick compares two costs as in production.
+            bport2=$(free_port)
+            "$backend_bin" "127.0.0.1:$bport2" 2>/dev/null &
+            pids+=("$!")
+            printf 'services:\n  - name: bench\n    port: 80\n    endpoints:\n      - address: "127.0.0.1:%s"\n      - address: "127.0.0.1:%s"\n' \
+                "$bport" "$bport2" >"$work/state.$n.yaml"
             listener=(SHOAL_OUTBOUND_MODE=explicit SHOAL_OUTBOUND_ADDR="127.0.0.1:$pport"
                       SHOAL_INBOUND_MODE=off SHOAL_STATE_FILE="$work/state.$n.yaml") ;;
         *) echo "instructions.sh: --path must be inbound or outbound, not '$path'" >&2; exit 2 ;;

@@ -94,9 +94,11 @@ impl Load {
         rtt * (-idle / DECAY.as_nanos() as f64).exp()
     }
 
-    fn cost(&self, weight: f64) -> f64 {
+    /// The cost of one more request, as of `now` (one clock read serves both candidates).
+    fn cost(&self, weight: f64, now: Instant) -> f64 {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let in_flight = f64::from(self.in_flight.load(Ordering::Relaxed) + 1);
-        self.estimate(self.now_ns()) * in_flight / weight
+        self.estimate(now_ns) * in_flight / weight
     }
 
     /// Folds one observed latency into the estimate: a slower one replaces it (peak), a faster
@@ -198,7 +200,8 @@ impl Balancer {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 let (ra, rb) = (&self.ready[a], &self.ready[b]);
-                if ra.load().cost(ra.weight) <= rb.load().cost(rb.weight) {
+                let now = Instant::now();
+                if ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now) {
                     a
                 } else {
                     b

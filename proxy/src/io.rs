@@ -19,7 +19,7 @@ use crate::tls::{MaybeTls, ServerStream};
 
 mod framing;
 mod gated;
-pub(crate) use framing::RequestFraming;
+use framing::RequestFraming;
 use framing::{Rejection, Then};
 pub use gated::{Gated, GatedTcp, WakeGate};
 
@@ -92,16 +92,15 @@ pub struct Activity {
     rejected: std::sync::OnceLock<Rejected>,
 }
 
-/// A request refused before hyper saw it, for the connection's log line and metrics.
+/// A request head refused before hyper saw it, for the connection's log line and metrics.
 #[derive(Debug)]
 pub struct Rejected {
     /// The reason it was answered with.
     pub reason: Reason,
     /// What was wrong.
     pub detail: String,
-    /// The request id of the proxy's answer (`None`: the body broke; the request's own answer
-    /// carries the id).
-    pub request_id: Option<String>,
+    /// The request id of the proxy's answer.
+    pub request_id: String,
 }
 
 impl Default for Activity {
@@ -246,16 +245,13 @@ impl ProxyIo {
             Then::More => return,
             Then::RejectHead(r) => Refusal::Head(r),
             Then::RejectBody(r) => {
+                // The request itself fails (hyper sees its body end early) and is answered,
+                // logged and counted where every request error is; this says why.
                 tracing::warn!(
                     reason = r.reason.as_str(),
                     "{}; the request fails and the connection closes",
                     r.detail
                 );
-                let _ = self.activity.rejected.set(Rejected {
-                    reason: r.reason,
-                    detail: r.detail,
-                    request_id: None,
-                });
                 Refusal::Body
             }
         };
@@ -410,7 +406,7 @@ impl ProxyIo {
             let _ = self.activity.rejected.set(Rejected {
                 reason: err.kind,
                 detail: err.detail,
-                request_id: Some(id),
+                request_id: id,
             });
             self.refusal = Some(Refusal::Done);
         }

@@ -53,14 +53,12 @@ pub fn error(
     resp
 }
 
-/// Logs and counts a request the framing gate refused before hyper saw it (its head), once the
-/// connection has ended. A body whose framing broke was answered, logged and counted as the
-/// request's own error.
+/// Logs and counts a request head the framing gate refused before hyper saw it, once the
+/// connection has ended. (A body whose framing broke fails its request, which is answered,
+/// logged and counted where every request error is.)
 pub fn refused(rejected: &Rejected, client: SocketAddr, direction: Direction) {
-    if let Some(request_id) = &rejected.request_id {
-        metrics::proxy_error(direction, rejected.reason);
-        tracing::warn!(%client, direction = direction.as_str(), reason = rejected.reason.as_str(), request_id = %request_id, "{}; refused the request and closed the connection; nothing was forwarded", rejected.detail);
-    }
+    metrics::proxy_error(direction, rejected.reason);
+    tracing::warn!(%client, direction = direction.as_str(), reason = rejected.reason.as_str(), request_id = %rejected.request_id, "{}; refused the request and closed the connection; nothing was forwarded", rejected.detail);
 }
 
 /// Logs and counts a downstream connection that ended with an error (a client reset, a
