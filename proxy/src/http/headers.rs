@@ -72,6 +72,18 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
+pub(crate) fn authority_of<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

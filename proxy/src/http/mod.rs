@@ -7,6 +7,9 @@ mod h2_server;
 pub mod h2body;
 pub mod headers;
 mod respond;
+pub(crate) mod send;
+pub(crate) mod stack;
+pub(crate) mod timeout;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

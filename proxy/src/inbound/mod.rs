@@ -7,6 +7,7 @@
 //! [`authz`] decides which callers may reach the app; rate limits slot in next to it.
 
 pub mod authz;
+pub(crate) mod http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -213,7 +214,7 @@ fn authorize(shared: &Shared, call: &authz::Call<'_>) -> Option<authz::Decision>
 /// and the caller; logged once where every proxy error is) when the policy denies it.
 pub(crate) fn authorize_http<B>(
     conn: &crate::http::Conn,
-    req: &http::Request<B>,
+    req: &::http::Request<B>,
 ) -> Result<(), ProxyError> {
     let call = authz::Call {
         client: conn.client_id.as_ref(),

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-pub use model::{Endpoint, FastMap, Protocol, Service, State};
+pub use model::{Endpoint, FastMap, Protocol, RouteRule, Service, State};
 
 /// Where the current state came from and how its last update went (shown in `/config`).
 #[derive(Debug, Clone, Default, Serialize)]

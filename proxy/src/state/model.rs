@@ -317,7 +317,19 @@ impl State {
         path: &str,
         headers: &http::HeaderMap,
     ) -> Option<&RouteRule> {
-        self.routes.get(service.id)?.iter().find(|r| {
+        let i = self.route_index(service, method, path, headers)?;
+        self.routes.get(service.id)?.get(i)
+    }
+
+    /// The index of the first route rule of `service` that `req` matches.
+    pub fn route_index(
+        &self,
+        service: &Service,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<usize> {
+        self.routes.get(service.id)?.iter().position(|r| {
             r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, path, headers))
         })
     }

@@ -2,6 +2,8 @@
 //! authority) is routed to its endpoints (route → backend → balancer); anything else passes
 //! through to where the app was going, so the mesh never breaks unmeshed calls.
 
+pub(crate) mod http;
+
 use std::sync::Arc;
 
 use crate::app::Shared;

@@ -1,0 +1,132 @@
+//! The shape of a request pipeline: stages that each take a request with what the stages above
+//! decided ([`Req`]), add their own decision, and call the stage below.
+//!
+//! Tower's shape — a config-only [`Layer`] wraps an inner service into a [`Service`] whose
+//! `call` returns a future — with two differences, both deliberate:
+//!
+//! - `call` takes `&self`: a stage holds configuration only (runtime state lives in the state
+//!   snapshot's runtime handles, `balance::Load` and friends), so one stack serves every
+//!   connection without a clone per request.
+//! - no `poll_ready`: no stage queues. A stage that is out of capacity (a bulkhead's cap, an
+//!   open breaker) answers at once with the proxy's error, so back-pressure has nothing to wait
+//!   on; tower's readiness protocol would add a poll and a buffer per stage for nothing.
+//!
+//! Stages are generic over their inner service and return `impl Future`, so a composed stack is
+//! one concrete type with no boxing or dynamic dispatch per stage.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use super::Conn;
+use super::body::{RequestBody, ResponseBody};
+use crate::errors::ProxyError;
+use crate::metrics::RequestMetrics;
+
+/// One stage: takes a request, returns its outcome.
+pub(crate) trait Service<R> {
+    /// Handles `req` (never fails: an error is part of the [`Exchange`]).
+    fn call(&self, req: R) -> impl Future<Output = Exchange> + Send;
+}
+
+/// Wraps an inner stage into this stage; holds configuration only.
+pub(crate) trait Layer<S> {
+    /// The stage with `S` below it.
+    type Service;
+
+    /// Puts this stage above `inner`.
+    fn layer(&self, inner: S) -> Self::Service;
+}
+
+/// Builds a stack from the bottom up, one stage a line.
+pub(crate) struct Stack<S>(S);
+
+impl<S> Stack<S> {
+    /// A stack whose bottom stage is `bottom`.
+    pub(crate) fn new(bottom: S) -> Self {
+        Self(bottom)
+    }
+
+    /// Puts `layer`'s stage above the stack.
+    pub(crate) fn push<L: Layer<S>>(self, layer: L) -> Stack<L::Service> {
+        Stack(layer.layer(self.0))
+    }
+
+    /// The composed stack.
+    pub(crate) fn into_inner(self) -> S {
+        self.0
+    }
+}
+
+/// A request on its way down a stack, with what the stages above decided about it (`target`).
+#[derive(Debug)]
+pub(crate) struct Req<'c, T> {
+    /// The downstream connection it arrived on.
+    pub(crate) conn: &'c Conn,
+    /// The request itself.
+    pub(crate) http: Request<RequestBody>,
+    /// When it arrived (the response timeout and latency run from here).
+    pub(crate) start: Instant,
+    /// It asks to switch protocols (an HTTP/1 upgrade): not retried, and between proxies it needs
+    /// an HTTP/1.1 connection of its own.
+    pub(crate) upgrade: bool,
+    /// What the stages above decided.
+    pub(crate) target: T,
+}
+
+impl<'c, T> Req<'c, T> {
+    /// The same request with `target` in place of the current one, which is returned.
+    pub(crate) fn retarget<U>(self, target: U) -> (Req<'c, U>, T) {
+        let Req {
+            conn,
+            http,
+            start,
+            upgrade,
+            target: old,
+        } = self;
+        (
+            Req {
+                conn,
+                http,
+                start,
+                upgrade,
+                target,
+            },
+            old,
+        )
+    }
+}
+
+/// How one request went: the response (or the proxy's error), and where it was counted and sent,
+/// for metrics and the access log.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    /// The upstream's response, or why there is none.
+    pub(crate) result: Result<Response<ResponseBody>, ProxyError>,
+    /// The request metrics of the route (or service, or passthrough) it was routed by; `None`
+    /// before routing (the caller counts it as unrouted).
+    pub(crate) metrics: Option<Arc<RequestMetrics>>,
+    /// The endpoint it was sent to, once one was chosen.
+    pub(crate) upstream: Option<SocketAddr>,
+}
+
+impl Exchange {
+    /// A request that failed before reaching an endpoint.
+    pub(crate) fn failed(err: ProxyError) -> Self {
+        Self {
+            result: Err(err),
+            metrics: None,
+            upstream: None,
+        }
+    }
+
+    /// Records the metrics it counts in, unless a stage below already did.
+    pub(crate) fn counted_in(mut self, metrics: &Arc<RequestMetrics>) -> Self {
+        if self.metrics.is_none() {
+            self.metrics = Some(metrics.clone());
+        }
+        self
+    }
+}

@@ -1,0 +1,112 @@
+//! The inbound HTTP stack: the stages a request to the app passes, top to bottom.
+//!
+//! ```text
+//! authorize   the service's AuthorizationPolicy for this caller (403 `unauthorized`)
+//!  └ app      the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2
+//!     └ timeout   SHOAL_RESPONSE_TIMEOUT
+//!        └ send   shape for the wire (the caller's identity in `shoal-client-id`), pooled connection
+//! ```
+
+use std::sync::Arc;
+
+use crate::endpoint::Version;
+use crate::errors::{ProxyError, Reason};
+use crate::http::send::{Dest, ORIG_PROTO, Send};
+use crate::http::stack::{Exchange, Layer, Req, Service, Stack};
+use crate::http::timeout::TimeoutLayer;
+use crate::http::{Conn, Downstream};
+use crate::metrics::RequestMetrics;
+
+/// The stack, composed: one stage a line, bottom first.
+pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
+    Stack::new(Send)
+        .push(TimeoutLayer)
+        .push(AppLayer)
+        .push(AuthorizeLayer)
+        .into_inner()
+}
+
+/// Inbound request metrics, by whether the connection is mesh mTLS.
+pub(crate) fn metrics(conn: &Conn) -> &Arc<RequestMetrics> {
+    match conn.client_id {
+        Some(_) => &conn.shared.inbound_mtls_metrics,
+        None => &conn.shared.inbound_metrics,
+    }
+}
+
+/// The authorization layer (the policy is the state's).
+#[derive(Debug, Clone, Copy)]
+struct AuthorizeLayer;
+
+/// The authorization stage.
+#[derive(Debug)]
+struct Authorize<S>(S);
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize(inner)
+    }
+}
+
+impl<'c, S> Service<Req<'c, ()>> for Authorize<S>
+where
+    S: Service<Req<'c, ()>> + Sync,
+{
+    async fn call(&self, req: Req<'c, ()>) -> Exchange {
+        match super::authorize_http(req.conn, &req.http) {
+            Ok(()) => self.0.call(req).await,
+            Err(e) => Exchange::failed(e),
+        }
+    }
+}
+
+/// The layer that sends to the app.
+#[derive(Debug, Clone, Copy)]
+struct AppLayer;
+
+/// The stage that decides the app's address and HTTP version.
+#[derive(Debug)]
+struct App<S>(S);
+
+impl<S> Layer<S> for AppLayer {
+    type Service = App<S>;
+
+    fn layer(&self, inner: S) -> App<S> {
+        App(inner)
+    }
+}
+
+impl<'c, S> Service<Req<'c, ()>> for App<S>
+where
+    S: Service<Req<'c, Dest>> + Sync,
+{
+    async fn call(&self, req: Req<'c, ()>) -> Exchange {
+        let conn = req.conn;
+        let Some(addr) = conn.dst else {
+            return Exchange::failed(ProxyError::new(
+                Reason::NoDestination,
+                "inbound connection without a destination",
+            ));
+        };
+        // Over the mesh, HTTP/1.1 requests arrive on HTTP/2 and go back to HTTP/1.1 for the app.
+        let orig_http1 = conn.client_id.is_some()
+            && req
+                .http
+                .headers()
+                .get(&ORIG_PROTO)
+                .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
+        let version = match (orig_http1, conn.version) {
+            (true, _) | (false, Downstream::Http1) => Version::Http1,
+            (false, Downstream::Http2) => Version::Http2,
+        };
+        let dest = Dest {
+            peer: (addr, None),
+            version,
+            orig_http1: false,
+        };
+        let (req, ()) = req.retarget(dest);
+        self.0.call(req).await.counted_in(metrics(conn))
+    }
+}

@@ -1,0 +1,114 @@
+//! The balance stage: picks the backend's endpoint (`crate::balance`, P2C over peak-EWMA
+//! latency), decides how to speak to it (mTLS and HTTP/2 between proxies), and reports the
+//! exchange's latency back to the balancer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::route::same_version;
+use crate::balance::Picked;
+use crate::endpoint::Version;
+use crate::errors::{ProxyError, Reason};
+use crate::http::Downstream;
+use crate::http::send::Dest;
+use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::state::{Protocol, Service as MeshService};
+
+/// The latency a failed exchange counts as.
+const FAILED_RTT: Duration = Duration::from_secs(1);
+
+/// The layer (the algorithm and endpoints are the backend's).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BalanceLayer;
+
+/// The stage.
+#[derive(Debug)]
+pub(super) struct Balance<S>(S);
+
+impl<S> Layer<S> for BalanceLayer {
+    type Service = Balance<S>;
+
+    fn layer(&self, inner: S) -> Balance<S> {
+        Balance(inner)
+    }
+}
+
+impl<'c, S> Service<Req<'c, Arc<MeshService>>> for Balance<S>
+where
+    S: Service<Req<'c, Dest>> + Sync,
+{
+    async fn call(&self, req: Req<'c, Arc<MeshService>>) -> Exchange {
+        let conn = req.conn;
+        let backend = &req.target;
+        let Some(mut picked) = backend.balancer.pick() else {
+            return Exchange::failed(ProxyError::new(
+                Reason::NoEndpoints,
+                format!(
+                    "service {} has no ready endpoints; check its endpoints in /config",
+                    backend.qualified_name()
+                ),
+            ));
+        };
+        let addr = match conn.shared.check_loop(picked.addr) {
+            Ok(a) => a,
+            Err(e) => return Exchange::failed(e),
+        };
+        let app_version = match backend.protocol {
+            Protocol::Http1 => Version::Http1,
+            Protocol::Http2 => Version::Http2,
+            Protocol::Auto | Protocol::Tcp => same_version(conn),
+        };
+        let tls = crate::outbound::mesh_identity(&conn.shared, backend, picked.identity.take());
+        // Between proxies every request rides one multiplexed HTTP/2 connection, except
+        // upgrades (WebSocket), which HTTP/2 cannot carry here: they get their own HTTP/1.1 one.
+        let upgrade = conn.version == Downstream::Http1 && req.upgrade;
+        let (version, orig_http1) = match &tls {
+            None => (app_version, false),
+            Some(_) if upgrade => (Version::Http1, false),
+            Some(_) => (Version::Http2, app_version == Version::Http1),
+        };
+        let dest = Dest {
+            peer: (addr, tls),
+            version,
+            orig_http1,
+        };
+        let start = req.start;
+        let (req, _backend) = req.retarget(dest);
+        let mut timing = Timing {
+            picked,
+            start,
+            answered: false,
+        };
+        let exchange = self.0.call(req).await;
+        timing.answered = exchange.result.is_ok();
+        exchange
+    }
+}
+
+/// Reports an exchange's latency to the balancer when dropped: the time to the response head,
+/// or — when no head came (an error, a timeout, the client gone) — at least [`FAILED_RTT`], so
+/// an endpoint that fails fast does not look fast and draw more traffic. Dropping it also ends
+/// the pick's count of requests in flight.
+struct Timing {
+    picked: Picked,
+    /// The request's arrival: routing takes microseconds, and this saves a clock read.
+    start: Instant,
+    answered: bool,
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(self.start);
+        self.picked.observe(
+            if self.answered {
+                rtt
+            } else {
+                rtt.max(FAILED_RTT)
+            },
+            now,
+        );
+    }
+}
