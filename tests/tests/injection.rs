@@ -594,3 +594,85 @@ async fn the_chart_wires_the_webhook_to_the_server_and_its_config_is_what_the_in
     );
     validate(dir.path(), "chart-pod.json", &pod);
 }
+
+/// The injected sidecar's environment as the kubelet resolves it for a pod `name` in `namespace` running as
+/// `service_account`: downward API fields filled in, `$(VAR)` references expanded.
+fn resolved_env(
+    container: &Value,
+    name: &str,
+    namespace: &str,
+    service_account: &str,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for var in container["env"].as_array().unwrap() {
+        let key = var["name"].as_str().unwrap().to_owned();
+        let value = match var["value"].as_str() {
+            Some(value) => {
+                let mut value = value.to_owned();
+                for (k, v) in &out {
+                    value = value.replace(&format!("$({k})"), v);
+                }
+                value
+            }
+            None => match var["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap() {
+                "metadata.name" => name.to_owned(),
+                "metadata.namespace" => namespace.to_owned(),
+                "spec.serviceAccountName" => service_account.to_owned(),
+                other => panic!("a field the test does not resolve: {other}"),
+            },
+        };
+        out.push((key, value));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injected_sidecar_settings_start_a_proxy_that_verifies_and_reaches_the_control_plane() {
+    let hook = Webhook::start().await;
+    let pod = web_pod(json!({}));
+    let mut patched = pod.clone();
+    apply_patch(
+        &mut patched,
+        &Webhook::patch(&hook.review("shop", &pod).await),
+    )
+    .unwrap();
+    let proxy = init_container(&patched, "shoal-proxy");
+    let env = resolved_env(proxy, "web-7d4b9c-x2x9z", "shop", "web");
+    // What the downward API volume does: the annotation's content as the anchors file.
+    let anchors = hook.dir.path().join("anchors.pem");
+    let annotation = &patched["metadata"]["annotations"]["shoal.io/trust-anchors"];
+    std::fs::write(&anchors, annotation.as_str().unwrap()).unwrap();
+    let mut builder = shoal_tests::ProxyBuilder::new()
+        .inbound_transparent()
+        .outbound_transparent();
+    for (key, value) in &env {
+        builder = match key.as_str() {
+            // The Service's DNS name does not resolve here, and listeners bind free loopback ports.
+            "SHOAL_DISCOVERY_ADDR" => builder.env(key, hook.cp.discovery_url()),
+            "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE" => builder.env(key, anchors.display()),
+            "SHOAL_OUTBOUND_ADDR" | "SHOAL_INBOUND_ADDR" | "SHOAL_ADMIN_ADDR" => builder,
+            // Everything else exactly as injected: the control plane's identity, the workload's
+            // namespace, service account, proxy id, service name, log settings.
+            _ => builder.env(key, value),
+        };
+    }
+    let _proxy = builder.start().await;
+    let id = "web-7d4b9c-x2x9z.shop";
+    let status = eventually(
+        Duration::from_secs(15),
+        "the proxy in shoalctl status",
+        || async {
+            hook.cp
+                .proxy_status_json(id)
+                .await
+                .ok_or("not connected yet")
+        },
+    )
+    .await;
+    // TLS: the proxy verified the control plane's certificate against the injected anchors and identity.
+    assert_eq!(status["transport"], "TLS", "{status}");
+    assert!(
+        status.to_string().contains("shop"),
+        "the workload's namespace: {status}"
+    );
+}
