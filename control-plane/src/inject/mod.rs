@@ -82,11 +82,6 @@ impl Injector {
         })
     }
 
-    /// The template in effect.
-    pub fn template(&self) -> &Template {
-        &self.template
-    }
-
     /// Decides about `pod` (a Pod, or a workload's pod template: `metadata` and `spec`) in `namespace`, and
     /// builds the patch. `trust_anchors` is the PEM the proxy verifies the control plane with.
     pub fn inject(
