@@ -465,9 +465,9 @@ async fn shoalctl_inject_rewrites_multi_document_manifests() {
     );
 }
 
-/// `helm template` of the chart with `args`; the rendered documents. helm must be installed (`.ci/run`
+/// `helm template` of the chart with `args`: the text and its documents. helm must be installed (`.ci/run`
 /// installs it): a missing helm fails the test.
-fn helm_template(args: &[&str]) -> Vec<Value> {
+fn helm_template(args: &[&str]) -> (String, Vec<Value>) {
     let chart = shoal_tests::proxy::workspace_root().join("charts/shoal");
     let out = std::process::Command::new(std::env::var("HELM").unwrap_or_else(|_| "helm".into()))
         .args(["template", "shoal"])
@@ -487,15 +487,16 @@ fn helm_template(args: &[&str]) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    text.split("\n---")
-        .filter_map(|doc| serde_yaml_ng::from_str::<Value>(doc).ok())
-        .filter(|doc| doc.is_object())
-        .collect()
+    let docs = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|doc: &Value| doc.is_object())
+        .collect();
+    (text, docs)
 }
 
 #[tokio::test]
 async fn the_chart_wires_the_webhook_to_the_server_and_its_config_is_what_the_injector_reads() {
-    let docs = helm_template(&[
+    let (rendered, docs) = helm_template(&[
         "--set",
         "injector.proxy.uid=2000",
         "--set",
@@ -593,6 +594,29 @@ async fn the_chart_wires_the_webhook_to_the_server_and_its_config_is_what_the_in
         "2000"
     );
     validate(dir.path(), "chart-pod.json", &pod);
+
+    // The chart's own output through `shoalctl inject`: accepted, and the control plane is not injected
+    // (its pods are labelled shoal.io/inject=disabled: it serves the injector).
+    let out = shoalctl(
+        "http://127.0.0.1:1",
+        &[
+            "inject",
+            "-f",
+            "-",
+            "--trust-anchors",
+            &anchors.display().to_string(),
+        ],
+        Some(&rendered),
+    )
+    .await
+    .unwrap()
+    .success();
+    assert!(
+        out.stderr
+            .contains("Deployment shoal-control-plane: not injected: shoal.io/inject=disabled"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// The injected sidecar's environment as the kubelet resolves it for a pod `name` in `namespace` running as

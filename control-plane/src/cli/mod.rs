@@ -88,7 +88,8 @@ pub enum Command {
     #[command(subcommand)]
     Ca(CaCommand),
     /// Add the Shoal sidecar to Kubernetes manifests as the injection webhook would (Pod, Deployment,
-    /// StatefulSet, DaemonSet, Job, CronJob; other kinds pass through), writing YAML to stdout.
+    /// StatefulSet, DaemonSet, ReplicaSet, Job, CronJob and List items; other kinds pass through), writing
+    /// YAML to stdout.
     Inject {
         /// The manifests (one or more YAML documents), or `-` for standard input.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
