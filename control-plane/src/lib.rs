@@ -16,6 +16,8 @@
 //!   on-demand subscriptions, incremental pushes, ACK/NACK and per-proxy sync state.
 //! - [`server`] — the `shoal-control-plane` process: configuration, listeners, metrics, shutdown.
 //! - [`cli`] — the `shoalctl` command.
+//! - [`inject`] — sidecar injection: the pure pod mutation behind the admission webhook (`server::webhook`) and
+//!   `shoalctl inject`.
 //! - [`up`] — `shoal up`: a whole local mesh (control plane, demo apps, sidecars) in one command.
 //! - [`sources`] — endpoint sources behind one trait: a watched static file and DNS names
 //!   (registrations come through the store); Kubernetes EndpointSlices plug in later.
@@ -31,6 +33,8 @@ pub mod cli;
 pub mod convert;
 pub mod discovery;
 pub mod identity;
+// Sidecar injection: the pod mutation shared by the admission webhook and `shoalctl inject`.
+pub mod inject;
 pub mod model;
 pub mod server;
 // Endpoint sources (static file, DNS; Kubernetes later) feeding discovery's hub.

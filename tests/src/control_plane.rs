@@ -280,6 +280,7 @@ impl ControlPlaneBuilder {
             ready_timeout: self.ready_timeout,
             child: None,
             addrs: None,
+            webhook_addr: None,
             earlier_output: String::new(),
             dump_on_drop: true,
             _tmp: tmp,
@@ -297,6 +298,8 @@ pub struct ControlPlane {
     ready_timeout: Duration,
     child: Option<ChildProcess>,
     addrs: Option<CpAddrs>,
+    /// The sidecar injector's webhook listener, when enabled (`webhook_addr` of the ready line).
+    webhook_addr: Option<SocketAddr>,
     /// The output of earlier runs (before a restart).
     earlier_output: String,
     dump_on_drop: bool,
@@ -308,25 +311,28 @@ pub fn parse_cp_ready_line(line: &str) -> Option<CpAddrs> {
     if !line.contains("control plane ready") {
         return None;
     }
-    let field = |name: &str| -> Option<SocketAddr> {
-        for prefix in [format!("{name}="), format!("\"{name}\":\"")] {
-            if let Some(i) = line.find(&prefix) {
-                let text = &line[i + prefix.len()..];
-                let end = text
-                    .find(|c: char| {
-                        !(c.is_ascii_hexdigit() || c == '.' || c == ':' || c == '[' || c == ']')
-                    })
-                    .unwrap_or(text.len());
-                return text[..end].parse().ok();
-            }
-        }
-        None
-    };
+    let field = |name: &str| ready_field(line, name);
     Some(CpAddrs {
         admin: field("admin_addr")?,
         discovery: field("discovery_addr")?,
         metrics: field("metrics_addr")?,
     })
+}
+
+/// The address in field `name` of a `control plane ready` line (plain `key=value` or JSON).
+fn ready_field(line: &str, name: &str) -> Option<SocketAddr> {
+    for prefix in [format!("{name}="), format!("\"{name}\":\"")] {
+        if let Some(i) = line.find(&prefix) {
+            let text = &line[i + prefix.len()..];
+            let end = text
+                .find(|c: char| {
+                    !(c.is_ascii_hexdigit() || c == '.' || c == ':' || c == '[' || c == ']')
+                })
+                .unwrap_or(text.len());
+            return text[..end].parse().ok();
+        }
+    }
+    None
 }
 
 /// `GET path` on a plain HTTP listener.
@@ -365,14 +371,14 @@ impl ControlPlane {
         let mut child = ChildProcess::spawn("shoal-control-plane", cmd)?;
         let deadline = Instant::now() + self.ready_timeout;
         let found = child
-            .wait_for_line(
-                "`control plane ready` line",
-                self.ready_timeout,
-                parse_cp_ready_line,
-            )
+            .wait_for_line("`control plane ready` line", self.ready_timeout, |line| {
+                parse_cp_ready_line(line).map(|addrs| (addrs, ready_field(line, "webhook_addr")))
+            })
             .await?;
+        let (found, webhook) = found;
         self.child = Some(child);
         self.addrs = Some(found);
+        self.webhook_addr = webhook;
         loop {
             match http_get(found.metrics, "/ready").await {
                 Ok(r) if r.status == StatusCode::OK => break,
@@ -420,6 +426,13 @@ impl ControlPlane {
     /// directory): the roots of its trust bundle, which its discovery certificate chains to.
     pub fn anchors_file(&self) -> PathBuf {
         self.data_dir.join("trust-anchors.pem")
+    }
+
+    /// The sidecar injector's webhook address (HTTPS); panics unless the control plane was started with
+    /// `SHOAL_CP_WEBHOOK_CERT_FILE` and `SHOAL_CP_WEBHOOK_KEY_FILE`.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_addr
+            .expect("the control plane serves the webhook (SHOAL_CP_WEBHOOK_* set)")
     }
 
     /// The metrics listener's address (`/metrics`, `/ready`, `/live`).

@@ -17,12 +17,15 @@
 //!   byte-exact tests.
 //! - [`wait`]: [`eventually`] and [`assert_eventually!`]: poll a condition until a deadline instead
 //!   of sleeping and hoping.
+//! - [`admission`]: AdmissionReviews over HTTPS to the sidecar injector, an RFC 6902 patch applier and
+//!   `kubernetes-validate`.
 //! - [`process`]: child processes with captured output, killed on drop (the proxy, `prometheus`),
 //!   and temporary directories removed on drop.
 //!
 //! Ports always come from binding `127.0.0.1:0` (the proxy's too: it binds port 0 and reports the
 //! real addresses), so tests run in parallel without colliding.
 
+pub mod admission;
 pub mod backend;
 pub mod client;
 pub mod control_plane;

@@ -27,6 +27,10 @@ fn the_control_plane_says_what_it_is_and_lists_every_setting() {
         "SHOAL_CP_TRUST_DOMAIN",
         "SHOAL_CP_CA_CERT_FILE",
         "SHOAL_CP_PUSH_INTERVAL",
+        "SHOAL_CP_WEBHOOK_ADDR",
+        "SHOAL_CP_WEBHOOK_CERT_FILE",
+        "SHOAL_CP_WEBHOOK_KEY_FILE",
+        "SHOAL_CP_INJECTOR_CONFIG_FILE",
         "SHOAL_LOG",
     ] {
         assert!(text.contains(setting), "{setting} missing from:\n{text}");
@@ -48,6 +52,7 @@ fn shoal_describes_the_local_mesh_not_another_program() {
 fn shoalctl_and_the_proxy_describe_themselves() {
     let text = help(&shoalctl_binary().unwrap());
     assert!(text.contains("apply"), "{text}");
+    assert!(text.contains("inject"), "{text}");
     let text = help(&proxy_binary().unwrap());
     assert!(
         text.contains("sidecar proxy") && text.contains("docs/configuration.md"),

@@ -29,6 +29,38 @@ app.kubernetes.io/component: control-plane
 
 {{- define "shoal.webhookSecret" -}}shoal-webhook-tls{{- end }}
 
+{{/*
+The sidecar injector's configuration file (SHOAL_CP_INJECTOR_CONFIG_FILE): the fields the control plane's
+inject::Template reads, which refuses unknown ones. Its checksum on the pod template restarts the control
+plane when it changes, since the file is read at start-up.
+*/}}
+{{- define "shoal.injectorConfig" -}}
+{{- $p := .Values.injector.proxy -}}
+image: {{ include "shoal.proxyImage" . | quote }}
+image_pull_policy: {{ $p.image.pullPolicy }}
+uid: {{ $p.uid }}
+ports:
+  outbound: {{ $p.ports.outbound }}
+  inbound: {{ $p.ports.inbound }}
+  admin: {{ $p.ports.admin }}
+log_level: {{ $p.logLevel | quote }}
+log_format: {{ $p.logFormat }}
+resources:
+  requests:
+    {{- with $p.resources.requests }}
+    {{- toYaml . | nindent 4 }}
+    {{- else }} {}
+    {{- end }}
+  limits:
+    {{- with $p.resources.limits }}
+    {{- toYaml . | nindent 4 }}
+    {{- else }} {}
+    {{- end }}
+discovery_addr: "https://{{ include "shoal.name" . }}.{{ .Release.Namespace }}.svc:15010"
+control_plane_identity: "spiffe://{{ .Values.controlPlane.trustDomain }}/ns/{{ .Release.Namespace }}/sa/shoal-control-plane"
+scrape_annotations: {{ $p.scrapeAnnotations }}
+{{- end }}
+
 {{/* Refuse combinations that would install something that cannot work, saying why. */}}
 {{- define "shoal.checks" -}}
 {{- $cp := .Values.controlPlane -}}

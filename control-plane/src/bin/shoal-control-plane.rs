@@ -19,7 +19,9 @@ fn help() -> String {
          \x20      shoal-control-plane --version | --help\n\n\
          Configured by environment variables; an unknown SHOAL_CP_ name is an error. What each one means and its \
          default: docs/control-plane.md, \"Settings\".\n{settings}\n\
-         Ports by default: 15010 discovery and identity (TLS), 15011 admin (loopback), 15014 metrics.\n",
+         Ports by default: 15010 discovery and identity (TLS), 15011 admin (loopback), 15014 metrics, and 15017 \
+         the sidecar injector's webhook (HTTPS /inject) when SHOAL_CP_WEBHOOK_CERT_FILE and SHOAL_CP_WEBHOOK_KEY_FILE \
+         are set (docs/kubernetes.md, \"Sidecar injection\").\n",
         version = env!("CARGO_PKG_VERSION"),
     )
 }

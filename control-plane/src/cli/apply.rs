@@ -71,7 +71,8 @@ pub(super) fn subject(resource: &v1::Resource) -> String {
     format!("{kind}/{}.{namespace}", meta.name)
 }
 
-fn read(file: &str) -> Result<(String, String), CliError> {
+/// The text of `file` (`-`: standard input) and how to name it in messages.
+pub(super) fn read(file: &str) -> Result<(String, String), CliError> {
     if file == "-" {
         let mut text = String::new();
         std::io::stdin()

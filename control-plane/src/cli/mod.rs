@@ -1,5 +1,5 @@
 //! `shoalctl`, the operator's command line: `apply`, `get`, `delete`, `status`, `token` (join tokens) and `ca`
-//! (the mesh CA) over the Admin API.
+//! (the mesh CA) over the Admin API, and `inject` (the sidecar injector's mutation, offline).
 //!
 //! Exit codes (docs/shoalctl.md): 0 done; 1 the server rejected a request or a resource was not found;
 //! 2 bad usage or input (clap's own code for usage errors); 3 the control plane cannot be reached.
@@ -9,6 +9,7 @@ mod ca;
 mod client;
 mod error;
 mod get;
+mod inject;
 pub mod kinds;
 mod status;
 mod summary;
@@ -86,6 +87,22 @@ pub enum Command {
     /// The mesh certificate authority: its roots, and root rotation.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Add the Shoal sidecar to Kubernetes manifests as the injection webhook would (Pod, Deployment,
+    /// StatefulSet, DaemonSet, ReplicaSet, Job, CronJob and List items; other kinds pass through), writing
+    /// YAML to stdout.
+    Inject {
+        /// The manifests (one or more YAML documents), or `-` for standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: String,
+        /// The injector's configuration (the format of the webhook's SHOAL_CP_INJECTOR_CONFIG_FILE);
+        /// default: the built-in defaults (docs/kubernetes.md).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The trust anchors the proxies verify the control plane with (PEM, as `shoalctl ca anchors`
+        /// prints them); default: asked from the control plane at --server.
+        #[arg(long, value_name = "FILE")]
+        trust_anchors: Option<PathBuf>,
+    },
 }
 
 /// `shoalctl token ...`.
@@ -207,6 +224,11 @@ pub async fn run(cli: Cli) -> u8 {
             token::list(server, namespace.as_deref(), output).await
         }
         Command::Token(TokenCommand::Revoke { id }) => token::revoke(server, &id).await,
+        Command::Inject {
+            file,
+            config,
+            trust_anchors,
+        } => inject::run(server, &file, config.as_deref(), trust_anchors.as_deref()).await,
         Command::Ca(CaCommand::Status { output }) => ca::status(server, output).await,
         Command::Ca(CaCommand::Anchors) => ca::anchors(server).await,
         Command::Ca(CaCommand::Rotate {

@@ -55,6 +55,14 @@ pub mod env {
     pub const NAMESPACE: &str = "SHOAL_CP_NAMESPACE";
     /// `true` also serves plaintext h2c on the discovery listener (benchmarks, trusted networks).
     pub const DISCOVERY_PLAINTEXT: &str = "SHOAL_CP_DISCOVERY_PLAINTEXT";
+    /// HTTPS listener of the sidecar injector's admission webhook (`/inject`); only with the two files below.
+    pub const WEBHOOK_ADDR: &str = "SHOAL_CP_WEBHOOK_ADDR";
+    /// The webhook's serving certificate chain (PEM); with [`WEBHOOK_KEY_FILE`], enables the webhook.
+    pub const WEBHOOK_CERT_FILE: &str = "SHOAL_CP_WEBHOOK_CERT_FILE";
+    /// The private key (PEM) of [`WEBHOOK_CERT_FILE`].
+    pub const WEBHOOK_KEY_FILE: &str = "SHOAL_CP_WEBHOOK_KEY_FILE";
+    /// The injector's configuration (YAML: proxy image, uid, ports, resources...); unset means the defaults.
+    pub const INJECTOR_CONFIG_FILE: &str = "SHOAL_CP_INJECTOR_CONFIG_FILE";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -76,6 +84,10 @@ pub mod env {
         CA_PROPAGATION_TIMEOUT,
         NAMESPACE,
         DISCOVERY_PLAINTEXT,
+        WEBHOOK_ADDR,
+        WEBHOOK_CERT_FILE,
+        WEBHOOK_KEY_FILE,
+        INJECTOR_CONFIG_FILE,
     ];
 }
 
@@ -185,6 +197,21 @@ pub struct Config {
     pub namespace: String,
     /// Whether the discovery listener also serves plaintext h2c. Default `false`: TLS only.
     pub discovery_plaintext: bool,
+    /// The sidecar injector's webhook; `None` (the default: no certificate files) serves none.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// The sidecar injector's admission webhook (docs/kubernetes.md, "Sidecar injection").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// HTTPS listener. Default `0.0.0.0:15017`.
+    pub addr: SocketAddr,
+    /// Serving certificate chain (PEM), re-read when it changes.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+    /// The injector's configuration file; `None`: the built-in defaults.
+    pub injector_config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -313,6 +340,7 @@ impl Config {
                 });
             }
         };
+        let webhook = webhook(settings)?;
         let config = Self {
             admin_addr: addr(env::ADMIN_ADDR, "127.0.0.1:15011")?,
             discovery_addr: addr(env::DISCOVERY_ADDR, "0.0.0.0:15010")?,
@@ -328,6 +356,7 @@ impl Config {
             push_interval,
             namespace: namespace.to_owned(),
             discovery_plaintext,
+            webhook,
         };
         config.check_distinct()?;
         Ok(config)
@@ -339,11 +368,14 @@ impl Config {
     }
 
     fn check_distinct(&self) -> Result<(), ConfigError> {
-        let listeners = [
+        let mut listeners = vec![
             (env::ADMIN_ADDR, self.admin_addr),
             (env::DISCOVERY_ADDR, self.discovery_addr),
             (env::METRICS_ADDR, self.metrics_addr),
         ];
+        if let Some(webhook) = &self.webhook {
+            listeners.push((env::WEBHOOK_ADDR, webhook.addr));
+        }
         for (i, (name, addr)) in listeners.iter().enumerate() {
             for (other, other_addr) in &listeners[i + 1..] {
                 // Port 0 asks the OS for a free port, so two of them never clash.
@@ -358,6 +390,64 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The webhook is on when both files are named; its other settings without them would do nothing, so they
+/// are refused rather than ignored.
+fn webhook(settings: &Settings) -> Result<Option<WebhookConfig>, ConfigError> {
+    let cert = settings.get(env::WEBHOOK_CERT_FILE);
+    let key = settings.get(env::WEBHOOK_KEY_FILE);
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            for setting in [env::WEBHOOK_ADDR, env::INJECTOR_CONFIG_FILE] {
+                if let Some(value) = settings.get(setting) {
+                    return Err(ConfigError::Invalid {
+                        setting,
+                        value: value.to_owned(),
+                        expected: format!(
+                            "to be set only with {} and {}, which enable the sidecar injector's webhook",
+                            env::WEBHOOK_CERT_FILE,
+                            env::WEBHOOK_KEY_FILE
+                        ),
+                    });
+                }
+            }
+            return Ok(None);
+        }
+        (Some(cert), None) => {
+            return Err(ConfigError::Invalid {
+                setting: env::WEBHOOK_KEY_FILE,
+                value: String::new(),
+                expected: format!(
+                    "the webhook certificate's private key file, required with {}={cert}",
+                    env::WEBHOOK_CERT_FILE
+                ),
+            });
+        }
+        (None, Some(key)) => {
+            return Err(ConfigError::Invalid {
+                setting: env::WEBHOOK_CERT_FILE,
+                value: String::new(),
+                expected: format!(
+                    "the webhook's certificate file, required with {}={key}",
+                    env::WEBHOOK_KEY_FILE
+                ),
+            });
+        }
+    };
+    let raw = settings.get(env::WEBHOOK_ADDR).unwrap_or("0.0.0.0:15017");
+    let addr = raw.parse().map_err(|_| ConfigError::Invalid {
+        setting: env::WEBHOOK_ADDR,
+        value: raw.to_owned(),
+        expected: "an IP:PORT socket address such as 0.0.0.0:15017".to_owned(),
+    })?;
+    Ok(Some(WebhookConfig {
+        addr,
+        cert_file: PathBuf::from(cert),
+        key_file: PathBuf::from(key),
+        injector_config_file: settings.get(env::INJECTOR_CONFIG_FILE).map(PathBuf::from),
+    }))
 }
 
 #[cfg(test)]
@@ -464,5 +554,68 @@ mod tests {
             };
             assert!(error.contains(named), "{error}");
         }
+    }
+
+    #[test]
+    fn webhook_settings_go_together() {
+        assert_eq!(config(&[]).unwrap().webhook, None, "off by default");
+        let on = config(&[
+            (env::WEBHOOK_CERT_FILE, "/tls/tls.crt"),
+            (env::WEBHOOK_KEY_FILE, "/tls/tls.key"),
+        ])
+        .unwrap()
+        .webhook
+        .unwrap();
+        assert_eq!(on.addr.to_string(), "0.0.0.0:15017");
+        assert_eq!(on.cert_file, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(on.injector_config_file, None);
+        let files = [
+            (env::WEBHOOK_CERT_FILE, "/tls/tls.crt"),
+            (env::WEBHOOK_KEY_FILE, "/tls/tls.key"),
+        ];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut pairs = files.to_vec();
+            pairs.push(extra);
+            config(&pairs)
+        };
+        let set = with((
+            env::INJECTOR_CONFIG_FILE,
+            "/etc/shoal/injector/injector.yaml",
+        ))
+        .unwrap();
+        assert_eq!(
+            set.webhook.unwrap().injector_config_file,
+            Some(PathBuf::from("/etc/shoal/injector/injector.yaml"))
+        );
+        for (pairs, named) in [
+            (
+                vec![(env::WEBHOOK_CERT_FILE, "/tls/tls.crt")],
+                env::WEBHOOK_KEY_FILE,
+            ),
+            (
+                vec![(env::WEBHOOK_KEY_FILE, "/tls/tls.key")],
+                env::WEBHOOK_CERT_FILE,
+            ),
+            (
+                vec![(env::WEBHOOK_ADDR, "0.0.0.0:15017")],
+                env::WEBHOOK_ADDR,
+            ),
+            (
+                vec![(env::INJECTOR_CONFIG_FILE, "/x.yaml")],
+                env::INJECTOR_CONFIG_FILE,
+            ),
+        ] {
+            let error = config(&pairs).unwrap_err().to_string();
+            assert!(error.contains(named), "{error}");
+        }
+        let error = with((env::WEBHOOK_ADDR, "15017")).unwrap_err().to_string();
+        assert!(error.contains("SHOAL_CP_WEBHOOK_ADDR=\"15017\""), "{error}");
+        let error = with((env::WEBHOOK_ADDR, "0.0.0.0:15014"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("SHOAL_CP_WEBHOOK_ADDR"),
+            "clashes with metrics: {error}"
+        );
     }
 }

@@ -40,5 +40,6 @@ fn install() -> PrometheusHandle {
     crate::discovery::describe_metrics();
     crate::identity::metrics::describe();
     super::discovery_listener::describe_metrics();
+    super::webhook::describe_metrics();
     handle
 }

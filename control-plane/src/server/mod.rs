@@ -7,14 +7,18 @@
 //!   SHOAL_CP_METRICS_ADDR   0.0.0.0:15014    HTTP  /metrics /ready /live
 //!   SHOAL_CP_DATA_DIR       ./shoal-data     the store's data file, store.redb
 //!   SHOAL_CP_ENDPOINTS_FILE (unset)          static endpoints and DNS names (crate::sources)
+//!   SHOAL_CP_WEBHOOK_ADDR   0.0.0.0:15017    HTTPS /inject: the sidecar injector (webhook), only with
+//!                                            SHOAL_CP_WEBHOOK_CERT_FILE + SHOAL_CP_WEBHOOK_KEY_FILE
 //! ```
 
+mod admission;
 pub mod config;
 pub mod discovery_listener;
 pub mod discovery_tls;
 mod http;
 pub mod logging;
 pub mod metrics;
+pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +33,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use config::{Config, ConfigError, LogFormat, Settings};
+pub use config::{Config, ConfigError, LogFormat, Settings, WebhookConfig};
 pub use discovery_listener::PeerInfo;
 
 use crate::admin::{AdminService, StatusSource};
@@ -75,6 +79,14 @@ pub enum ServerError {
     /// The discovery listener's TLS cannot be set up (its certificate, or the trust anchors file).
     #[error("cannot set up TLS on the discovery listener: {0}")]
     Tls(String),
+    /// The sidecar injector cannot start: its certificate files or its configuration file.
+    #[error("cannot start the sidecar injector's webhook ({setting}): {message}")]
+    Webhook {
+        /// The setting naming the file at fault.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// A gRPC listener stopped with an error.
     #[error("the {listener} listener failed: {source}")]
     Serve {
@@ -159,6 +171,15 @@ pub struct ControlPlane {
     discovery_plaintext: bool,
     /// `trust-anchors.pem` in the data directory.
     anchors_file: PathBuf,
+    /// The sidecar injector's webhook, when enabled.
+    webhook: Option<Webhook>,
+}
+
+/// The webhook's listener, certificate and injector, ready in `bind`.
+struct Webhook {
+    listener: TcpListener,
+    cert: Arc<webhook::WebhookCert>,
+    injector: crate::inject::Injector,
 }
 
 impl ControlPlane {
@@ -190,7 +211,12 @@ impl ControlPlane {
                 anchors_file.display()
             ))
         })?;
+        let webhook = match &config.webhook {
+            Some(settings) => Some(open_webhook(config, settings).await?),
+            None => None,
+        };
         Ok(Self {
+            webhook,
             store,
             sources,
             identity,
@@ -217,6 +243,11 @@ impl ControlPlane {
     /// The bound metrics address.
     pub fn metrics_addr(&self) -> SocketAddr {
         local_addr(&self.metrics)
+    }
+
+    /// The bound webhook address, when the webhook is enabled.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook.as_ref().map(|w| local_addr(&w.listener))
     }
 
     /// The store.
@@ -248,6 +279,7 @@ impl ControlPlane {
             self.discovery_addr(),
             self.metrics_addr(),
         );
+        let webhook_addr = self.webhook_addr().map(|a| a.to_string());
         let prometheus = metrics::recorder();
         let (close, closing) = watch::channel(false);
         let parts = discovery(
@@ -286,6 +318,22 @@ impl ControlPlane {
             closing.clone(),
         ));
         tokio::spawn(upkeep(prometheus, closing.clone()));
+        if let Some(hook) = self.webhook {
+            let tls = webhook::server_config(hook.cert.clone()).map_err(|message| {
+                ServerError::Webhook {
+                    setting: config::env::WEBHOOK_CERT_FILE,
+                    message,
+                }
+            })?;
+            tokio::spawn(hook.cert.follow(closing.clone()));
+            tokio::spawn(webhook::serve(
+                hook.listener,
+                tls,
+                hook.injector,
+                self.identity.clone(),
+                closing.clone(),
+            ));
+        }
         let admin_server = Server::builder()
             .add_service(admin.clone().into_server())
             .serve_with_incoming_shutdown(TcpIncoming::from(self.admin), closed(closing.clone()));
@@ -304,7 +352,8 @@ impl ControlPlane {
         let discovery_identity = self.server_cert.spiffe_id();
         let discovery_plaintext = self.discovery_plaintext;
         let anchors_file = self.anchors_file.display().to_string();
-        tracing::info!(%admin_addr, %discovery_addr, %metrics_addr, data_file, revision, discovery_identity, discovery_plaintext, anchors_file, "control plane ready");
+        let webhook_addr = webhook_addr.unwrap_or_else(|| "off".to_owned());
+        tracing::info!(%admin_addr, %discovery_addr, %metrics_addr, %webhook_addr, data_file, revision, discovery_identity, discovery_plaintext, anchors_file, "control plane ready");
 
         let failed = tokio::select! {
             () = shutdown => None,
@@ -361,6 +410,45 @@ async fn open_identity(config: &Config, store: Store) -> Result<Identity, Server
         )))
     })??;
     Ok(identity)
+}
+
+/// Loads the injector's configuration and the webhook's certificate, and binds its listener.
+async fn open_webhook(config: &Config, settings: &WebhookConfig) -> Result<Webhook, ServerError> {
+    let template = match &settings.injector_config_file {
+        None => crate::inject::Template::default(),
+        Some(path) => {
+            let invalid = |message: String| ServerError::Webhook {
+                setting: config::env::INJECTOR_CONFIG_FILE,
+                message: format!("{}: {message}", path.display()),
+            };
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            crate::inject::Template::from_yaml(&text).map_err(invalid)?
+        }
+    };
+    let control_plane = crate::inject::ControlPlaneRef {
+        namespace: config.namespace.clone(),
+        trust_domain: config.trust_domain.as_str().to_owned(),
+    };
+    let injector = crate::inject::Injector::new(template, &control_plane).map_err(|message| {
+        ServerError::Webhook {
+            setting: config::env::INJECTOR_CONFIG_FILE,
+            message,
+        }
+    })?;
+    let cert =
+        webhook::WebhookCert::load(&settings.cert_file, &settings.key_file).map_err(|message| {
+            ServerError::Webhook {
+                setting: config::env::WEBHOOK_CERT_FILE,
+                message,
+            }
+        })?;
+    Ok(Webhook {
+        listener: bind(config::env::WEBHOOK_ADDR, settings.addr).await?,
+        cert: Arc::new(cert),
+        injector,
+    })
 }
 
 /// Opens everything and serves until `shutdown` completes.
