@@ -31,6 +31,7 @@ pub mod names {
     pub const AUTHZ: &str = "shoal_authz_decisions_total";
     pub const TLS_REFUSED: &str = "shoal_inbound_tls_refused_total";
     pub const TLS_ORIGINATED: &str = "shoal_outbound_tls_connections_total";
+    pub const RESENT: &str = "shoal_upstream_requests_resent_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -100,6 +101,10 @@ fn describe() {
         "Outbound mTLS handshakes with peer proxies, by result (ok, failed)"
     );
     describe_counter!(
+        RESENT,
+        "Requests re-sent on a new HTTP/2 connection because the upstream provably never processed them (RFC 9113 §8.7), by reason (goaway: the stream was above the GOAWAY's last-stream-id; refused: RST_STREAM REFUSED_STREAM)"
+    );
+    describe_counter!(
         AUTHZ,
         "Inbound authorization decisions, by policy (the protected service), deciding rule (or default) and decision"
     );
@@ -148,6 +153,11 @@ pub fn authz_decision(policy: &str, rule: &str, allowed: bool) {
     let decision = if allowed { "allow" } else { "deny" };
     counter!(names::AUTHZ, "policy" => policy.to_string(), "rule" => rule.to_string(), "decision" => decision)
         .increment(1);
+}
+
+/// Counts a request re-sent because the upstream never processed it (`goaway`, `refused`).
+pub fn resent(reason: &'static str) {
+    counter!(names::RESENT, "reason" => reason).increment(1);
 }
 
 /// Counts an outbound mTLS connection attempt to a peer proxy, by result (`ok`, `failed`).

@@ -242,6 +242,19 @@ fn capture<R: Read + Send + 'static>(
     })
 }
 
+/// The path of the command `name` on PATH. Panics naming the Debian `package` when it is missing:
+/// a test that needs a tool fails without it rather than passing quietly (`.ci/run` installs
+/// every tool the tests use).
+pub fn require_tool(name: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("`{name}` is missing: apt-get install {package} (.ci/run does)"))
+}
+
 /// A directory under the system temp dir, removed with its contents on drop.
 #[derive(Debug)]
 pub struct TempDir {

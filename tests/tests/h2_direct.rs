@@ -24,6 +24,8 @@ enum Behaviour {
     AnswerThenGoAway(usize),
     /// RST_STREAM with this reason instead of a response.
     Reset(h2::Reason),
+    /// RST_STREAM REFUSED_STREAM for the first stream of each connection; 200 "ok" for the rest.
+    RefuseFirst,
     /// Never answer; record how the stream ended (the client's RST_STREAM reason).
     Hold,
     /// A 200 head and part of the body, then RST_STREAM with this reason.
@@ -102,6 +104,12 @@ async fn serve(sock: tokio::net::TcpStream, behaviour: Behaviour, seen: Arc<Mute
                 let mut respond = respond;
                 respond.send_reset(reason);
             }
+            Behaviour::RefuseFirst if answered == 0 => {
+                let mut respond = respond;
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                answered += 1;
+            }
+            Behaviour::RefuseFirst => answer(respond, "ok"),
             Behaviour::ResetMidBody(reason) => {
                 let mut respond = respond;
                 let resp = Response::builder().status(200).body(()).unwrap();
@@ -225,6 +233,63 @@ async fn requests_beyond_the_upstream_stream_limit_wait_their_turn() {
         max_open, 1,
         "the upstream's limit of one stream was exceeded"
     );
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_and_answered() {
+    // REFUSED_STREAM means the upstream did not process the request (RFC 9113 §8.7): the proxy
+    // sends it again, whatever its method, and the client sees only the answer.
+    let upstream = H2Upstream::start(Behaviour::RefuseFirst).await;
+    let proxy = ProxyBuilder::new()
+        .inbound_explicit(upstream.addr)
+        .start()
+        .await;
+    let client = H2Client::connect(proxy.inbound()).await.unwrap();
+    let resp = client
+        .send(
+            request("DELETE", &format!("http://{}/item", proxy.inbound()), None)
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status.as_u16(), resp.text()),
+        (200, "ok".to_string()),
+        "{:?}",
+        resp.header("shoal-proxy-error")
+    );
+    assert_eq!(upstream.seen(|s| (s.connections, s.streams)), (1, 2));
+    proxy
+        .wait_metric(
+            "shoal_upstream_requests_resent_total",
+            &[("reason", "refused")],
+            1.0,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_refused_request_with_a_body_is_not_sent_again() {
+    // Its body streamed upstream and is not kept, so it cannot be sent again: the client gets
+    // the failure (and may retry itself) rather than a request missing its body.
+    let upstream = H2Upstream::start(Behaviour::RefuseFirst).await;
+    let proxy = ProxyBuilder::new()
+        .inbound_explicit(upstream.addr)
+        .start()
+        .await;
+    let client = H2Client::connect(proxy.inbound()).await.unwrap();
+    let post = request("POST", &format!("http://{}/item", proxy.inbound()), None)
+        .body(shoal_tests::client::full("payload"))
+        .unwrap();
+    let resp = client.send(post).await.unwrap();
+    assert_eq!(
+        (resp.status.as_u16(), resp.header("shoal-proxy-error")),
+        (502, Some("upstream-reset")),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(upstream.seen(|s| s.streams), 1);
 }
 
 #[tokio::test]

@@ -16,17 +16,9 @@ const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 const REFUSED: &str = "shoal_inbound_tls_refused_total";
 
-fn openssl_missing() -> bool {
-    let found = std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!(
-            "SKIPPED: the `openssl` command is missing (apt-get install openssl; .ci/run does)"
-        );
-    }
-    !found
+/// Fails the test when the `openssl` command is missing (`.ci/run` installs it).
+fn require_openssl() {
+    shoal_tests::process::require_tool("openssl", "openssl");
 }
 
 /// An inbound proxy in `mode` in front of an echo app, and the files an openssl client needs.
@@ -142,9 +134,7 @@ fn assert_refused(run: &Run, what: &str) {
 
 #[tokio::test]
 async fn default_is_tls13_only_and_the_chain_verifies() {
-    if openssl_missing() {
-        return;
-    }
+    require_openssl();
     let s = setup("strict", None).await;
 
     let run = s_client(&s, &["-alpn", "h2", "-tls1_3", "-showcerts"], "").await;
@@ -214,9 +204,7 @@ async fn default_is_tls13_only_and_the_chain_verifies() {
 
 #[tokio::test]
 async fn min_version_12_accepts_tls12_and_tls13() {
-    if openssl_missing() {
-        return;
-    }
+    require_openssl();
     let s = setup("strict", Some("1.2")).await;
     for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
         let run = s_client(&s, &["-alpn", "h2", flag], "").await;
@@ -261,9 +249,7 @@ async fn old_tls(s: &Setup, flag: &str) -> Run {
 
 #[tokio::test]
 async fn tls11_and_lower_never_complete_a_handshake() {
-    if openssl_missing() {
-        return;
-    }
+    require_openssl();
     for min in [Some("1.2"), None] {
         let s = setup("strict", min).await;
         for flag in ["-tls1_1", "-tls1"] {
@@ -288,9 +274,7 @@ async fn tls11_and_lower_never_complete_a_handshake() {
 
 #[tokio::test]
 async fn tls11_with_the_mesh_sni_is_refused_for_its_version_and_never_reaches_the_app() {
-    if openssl_missing() {
-        return;
-    }
+    require_openssl();
     let s = setup("permissive", Some("1.2")).await;
     for flag in ["-tls1_1", "-tls1"] {
         let run = old_tls(&s, flag).await;

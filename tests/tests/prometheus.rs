@@ -2,7 +2,7 @@
 //! and a real `prometheus` server scrapes the admin port and reports the proxy's own counts.
 //!
 //! Both need the Debian package `prometheus` (`/usr/bin/promtool`, `/usr/bin/prometheus`); CI
-//! installs it. Without it the tests print `skipped: ...` and pass.
+//! installs it. Without it the tests fail, naming the package.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -11,16 +11,6 @@ use std::time::Duration;
 use shoal_tests::client::{H1Client, http1_get};
 use shoal_tests::process::{ChildProcess, TempDir};
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, closed_port_addr, eventually};
-
-fn tool(name: &str) -> Option<String> {
-    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
-        let path = format!("{dir}/{name}");
-        if std::path::Path::new(&path).exists() {
-            return Some(path);
-        }
-    }
-    None
-}
 
 /// A proxy with some traffic behind it: 5 × 200 and 1 × 404 inbound, one proxy error.
 async fn proxy_with_traffic() -> (HttpBackend, Proxy) {
@@ -52,10 +42,7 @@ async fn proxy_with_traffic() -> (HttpBackend, Proxy) {
 
 #[tokio::test]
 async fn promtool_check_metrics_accepts_the_exposition() {
-    let Some(promtool) = tool("promtool") else {
-        eprintln!("skipped: promtool is not installed (Debian package `prometheus`)");
-        return;
-    };
+    let promtool = shoal_tests::process::require_tool("promtool", "prometheus");
     let (_backend, proxy) = proxy_with_traffic().await;
     let text = proxy.metrics().await;
     assert!(text.contains("shoal_requests_total"), "{text}");
@@ -164,10 +151,7 @@ async fn start_prometheus(
 
 #[tokio::test]
 async fn prometheus_scrapes_the_admin_port() {
-    let Some(bin) = tool("prometheus") else {
-        eprintln!("skipped: prometheus is not installed (Debian package `prometheus`)");
-        return;
-    };
+    let bin = shoal_tests::process::require_tool("prometheus", "prometheus");
     let (_backend, proxy) = proxy_with_traffic().await;
     let own = proxy
         .metric(
@@ -177,7 +161,7 @@ async fn prometheus_scrapes_the_admin_port() {
         .await;
     assert_eq!(own, 5.0);
     let dir = TempDir::new("prometheus").unwrap();
-    let (prometheus, listen) = start_prometheus(&bin, proxy.admin(), &dir).await;
+    let (prometheus, listen) = start_prometheus(&bin.to_string_lossy(), proxy.admin(), &dir).await;
 
     let selector = r#"shoal_requests_total{job="shoal",direction="inbound",status_code="200"}"#;
     let result = eventually(Duration::from_secs(30), "the scraped series", || async {

@@ -182,18 +182,104 @@ impl Clients {
         }
         let eos = body.is_end_stream();
         let mut head = Request::from_parts(parts, ());
-        // A second connection attempt only where the request provably never left: the
-        // connection had failed before its stream was opened.
+        // A request the upstream provably never processed — its stream above a GOAWAY's
+        // last-stream-id, or refused with REFUSED_STREAM — is sent again, whatever its method
+        // (RFC 9113 §8.7): an upstream rotating its connections (nginx closes one every 1,000
+        // requests) must not fail the requests that raced the rotation. Only a request without a
+        // body can be (a streamed body is not kept), so its head is copied before it is sent.
+        let spare = eos.then(|| copy_head(&head));
+        let mut body = Some(body);
+        let mut resent = 0;
+        loop {
+            let (id, sent) = self.open_stream(peer, &slot, &mut head, eos).await?;
+            let resend = |e: &h2::Error, resent: &mut usize| -> Option<Request<()>> {
+                let why = never_processed(e)?;
+                let spare = spare.as_ref().filter(|_| *resent < MAX_RESENDS)?;
+                *resent += 1;
+                tracing::debug!(%addr, error = %e, "the upstream never processed the request; sending it again");
+                crate::metrics::resent(why);
+                Some(copy_head(spare))
+            };
+            let (mut response, stream) = match sent {
+                Ok(sent) => sent,
+                Err(e) => {
+                    if !e.is_reset() {
+                        slot.retire(id);
+                    }
+                    if let Some(again) = resend(&e, &mut resent) {
+                        head = again;
+                        continue;
+                    }
+                    return Err(exchange_error(addr, &e));
+                }
+            };
+            let mut pipe = if eos {
+                None
+            } else {
+                body.take().map(|b| Box::new(Pipe::new(b, stream)))
+            };
+            let mut body_failed = None;
+            let polled = std::future::poll_fn(|cx| {
+                if let Some(p) = &mut pipe
+                    && let Poll::Ready(end) = p.poll_pipe(cx)
+                {
+                    if let PipeEnd::BodyFailed(e) = end {
+                        body_failed = Some(e);
+                    }
+                    pipe = None;
+                }
+                response.poll_unpin(cx)
+            })
+            .await;
+            match polled {
+                Ok(resp) => {
+                    let (parts, recv) = resp.into_parts();
+                    let body = RecvBody::new(recv, &parts.headers);
+                    return Ok(Response::from_parts(parts, ResponseBody::h2(body, pipe)));
+                }
+                Err(e) => {
+                    if let Some(b) = body_failed {
+                        return Err(ProxyError::new(
+                            Reason::MalformedRequest,
+                            format!("reading the request body from the client failed: {b}"),
+                        ));
+                    }
+                    if e.is_go_away() || e.is_io() {
+                        // Going away or gone: new requests go to a new connection.
+                        slot.retire(id);
+                    }
+                    if let Some(again) = resend(&e, &mut resent) {
+                        head = again;
+                        continue;
+                    }
+                    return Err(exchange_error(addr, &e));
+                }
+            }
+        }
+    }
+
+    /// Opens a stream for `head` on the endpoint's connection, connecting it first if there is
+    /// none. A second connection attempt only where the request provably never left: the
+    /// connection had failed before its stream was opened. Returns the connection's number and
+    /// what opening the stream gave.
+    async fn open_stream(
+        &self,
+        peer: &Peer,
+        slot: &Slot,
+        head: &mut Request<()>,
+        eos: bool,
+    ) -> Result<(u64, Result<(ResponseFuture, SendStream<Bytes>), h2::Error>), ProxyError> {
+        let addr = peer.0;
         let mut retried = false;
         let mut connected = false;
-        let (id, sent) = loop {
-            let (e, id) = match with_context(|cx| slot.try_send(cx, &mut head, eos)).await {
-                Attempt::Sent(sent, id) => break (id, sent),
+        loop {
+            let (e, id) = match with_context(|cx| slot.try_send(cx, head, eos)).await {
+                Attempt::Sent(sent, id) => return Ok((id, sent)),
                 Attempt::Unusable(e, id) => (e, id),
                 // Cold path, boxed so the per-request future stays small. The new connection
                 // is the slot's: the next attempt uses it (or finds it failed already).
                 Attempt::None if !connected => {
-                    Box::pin(self.connect_h2(peer, &slot)).await?;
+                    Box::pin(self.connect_h2(peer, slot)).await?;
                     connected = true;
                     continue;
                 }
@@ -210,50 +296,39 @@ impl Clients {
             tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection unusable; reconnecting");
             slot.retire(id);
             retried = true;
-        };
-        let (mut response, stream) = match sent {
-            Ok(sent) => sent,
-            Err(e) => {
-                if !e.is_reset() {
-                    slot.retire(id);
-                }
-                return Err(exchange_error(addr, &e));
-            }
-        };
-        let mut pipe = (!eos).then(|| Box::new(Pipe::new(body, stream)));
-        let mut body_failed = None;
-        let polled = std::future::poll_fn(|cx| {
-            if let Some(p) = &mut pipe
-                && let Poll::Ready(end) = p.poll_pipe(cx)
-            {
-                if let PipeEnd::BodyFailed(e) = end {
-                    body_failed = Some(e);
-                }
-                pipe = None;
-            }
-            response.poll_unpin(cx)
-        })
-        .await;
-        let resp = match polled {
-            Ok(resp) => resp,
-            Err(e) => {
-                if let Some(b) = body_failed {
-                    return Err(ProxyError::new(
-                        Reason::MalformedRequest,
-                        format!("reading the request body from the client failed: {b}"),
-                    ));
-                }
-                if e.is_go_away() || e.is_io() {
-                    // Going away or gone: new requests go to a new connection.
-                    slot.retire(id);
-                }
-                return Err(exchange_error(addr, &e));
-            }
-        };
-        let (parts, recv) = resp.into_parts();
-        let body = RecvBody::new(recv, &parts.headers);
-        Ok(Response::from_parts(parts, ResponseBody::h2(body, pipe)))
+        }
     }
+}
+
+/// How many times one request is sent again after the upstream never processed it.
+const MAX_RESENDS: usize = 3;
+
+/// Whether the upstream provably never processed a request whose stream ended with `err`
+/// (RFC 9113 §8.7), and why: a stream above the last-stream-id of the upstream's GOAWAY (or
+/// opened after it), or one it refused with REFUSED_STREAM.
+fn never_processed(err: &h2::Error) -> Option<&'static str> {
+    if err.is_go_away() && err.is_remote() {
+        Some("goaway")
+    } else if err.is_reset() && err.is_remote() && err.reason() == Some(h2::Reason::REFUSED_STREAM)
+    {
+        Some("refused")
+    } else {
+        None
+    }
+}
+
+/// A copy of a request head, to send again.
+fn copy_head(head: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    // Extended CONNECT's `:protocol` travels as an extension.
+    if let Some(p) = head.extensions().get::<h2::ext::Protocol>() {
+        copy.extensions_mut().insert(p.clone());
+    }
+    copy
 }
 
 /// Runs `f` with the current task's context (once: the future is ready at its first poll).
