@@ -78,6 +78,7 @@ fn a_killed_control_plane_is_restarted_on_its_ports_while_requests_keep_succeedi
         if ok >= 20 { Ok(()) } else { Err(ok) }
     });
 
+    let ok_at_kill = seen.lock().unwrap().ok;
     signal_pid(old_pid, "KILL");
     // Restarted: a new pid in the ready file, on exactly the same ports.
     let restarted = poll(
@@ -123,6 +124,13 @@ fn a_killed_control_plane_is_restarted_on_its_ports_while_requests_keep_succeedi
             }
             Ok(())
         },
+    );
+    // Requests kept crossing the mesh between the kill and the sidecars' resync (the loop would have
+    // recorded any failure).
+    let ok_until_synced = seen.lock().unwrap().ok;
+    assert!(
+        ok_until_synced > ok_at_kill,
+        "no request completed between the kill and the resync"
     );
     // And what changes now reaches them: the restarted control plane pushes a new route.
     let route = "kind: Route\nmetadata: {name: backend}\nspec:\n  parent_service: backend\n  rules:\n  - backends: [{service: backend-v2, weight: 100}]\n";
