@@ -68,8 +68,8 @@ impl Summary<'_> {
         for moved in self.moved {
             let _ = writeln!(
                 out,
-                "  ({}: {} is on {} instead; --base-port N picks another layout)",
-                moved.why, moved.what, moved.used
+                "  ({}: using {} instead; --base-port N picks another layout)",
+                moved.why, moved.used
             );
         }
         let _ = write!(

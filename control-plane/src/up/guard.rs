@@ -35,8 +35,9 @@ impl Guard {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
+            // Not `kill_on_drop`: a guard dropped without `sweep` (a panic) must still sweep the group,
+            // which it does when the pipe closes with the drop.
+            .process_group(0);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the process-group guard: {e}"))?;

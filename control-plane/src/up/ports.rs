@@ -47,8 +47,6 @@ enum Mode {
 /// A preferred port that was busy, and what was used instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Moved {
-    /// What it is for.
-    pub(crate) what: String,
     /// The port of the layout.
     pub(crate) wanted: u16,
     /// The port used instead.
@@ -159,12 +157,7 @@ impl Ports {
             ));
         }
         let used = self.free(what)?;
-        self.moved.push(Moved {
-            what: what.to_owned(),
-            wanted,
-            used,
-            why,
-        });
+        self.moved.push(Moved { wanted, used, why });
         Ok(used)
     }
 
