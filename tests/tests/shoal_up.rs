@@ -267,3 +267,63 @@ fn a_second_run_reuses_its_ports_or_names_what_holds_one() {
     );
     drop(held);
 }
+
+#[test]
+fn a_control_plane_that_cannot_come_back_stops_the_mesh_with_its_log() {
+    let dir = TempDir::new("shoal-up").expect("dir");
+    let data = dir.path().join("data");
+    // The real control plane the first time; every later start fails at once, as a broken store would.
+    let real =
+        shoal_tests::control_plane::control_plane_binary().expect("the control plane binary");
+    let mark = dir.path().join("started-once");
+    let script = dir.path().join("control-plane.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e '{mark}' ]; then echo 'cannot open the store (test)' >&2; exit 3; fi\ntouch '{mark}'\nexec '{real}'\n",
+            mark = mark.display(),
+            real = real.display()
+        ),
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut up = Up::start(
+        &[
+            "--base-port",
+            "0",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--control-plane-bin",
+            script.to_str().expect("utf-8"),
+        ],
+        &dir.path().join("ready.json"),
+    );
+    let ready = up.wait_ready();
+    let started = pids(&ready);
+    signal_pid(
+        ready["control_plane"]["pid"].as_u64().expect("pid") as u32,
+        "KILL",
+    );
+
+    let status = up.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", up.stderr());
+    let error = up.stderr();
+    assert!(
+        error.contains("the control plane exited (exit status: 3)")
+            && error.contains("cannot open the store (test)"),
+        "{error}"
+    );
+    assert!(
+        up.stdout()
+            .contains("restarting it on the same data directory and ports")
+    );
+    poll(Duration::from_secs(20), "every process stopped", || {
+        let left: Vec<_> = started.iter().filter(|(_, pid)| alive(*pid)).collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+}
