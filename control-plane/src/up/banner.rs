@@ -51,7 +51,8 @@ impl Summary<'_> {
         );
         let _ = writeln!(
             out,
-            "  control plane  admin API {admin}  discovery {discovery}  metrics http://{metrics}/metrics"
+            "  control plane  admin API {admin}  discovery {discovery}  metrics http://{metrics}/metrics  pid {}",
+            self.control_plane_pid
         );
         let _ = writeln!(
             out,
@@ -90,11 +91,15 @@ Try:
   # the mesh CA, and a CA rotation with no failed request (the new root reaches every sidecar first)
   {shoalctl} ca status
   {shoalctl} ca rotate
+  # the control plane is a process of its own: kill it, and shoal up restarts it on the same ports while
+  # the sidecars keep serving (run the curl loop meanwhile); `status` shows them SYNCED again
+  kill -9 {cp_pid}
 
 Resources applied: {mesh}   logs: {logs}
 ",
             inbound = frontend.inbound,
             outbound = frontend.outbound,
+            cp_pid = self.control_plane_pid,
             route = indent(&split_route(80)),
             admin = frontend.admin,
             mesh = self.data_dir.join("mesh.yaml").display(),
