@@ -25,7 +25,8 @@ use super::peer::{MismatchLog, StreamIdentity};
 pub const DEFAULT_DISCONNECTED_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// The most disconnected proxies kept at once (the oldest go first): a mass restart of many uniquely
-/// named proxies within the grace period must not grow the registry without bound.
+/// named proxies within the grace period must not grow the registry without bound. Each costs what it
+/// cost while connected (its compact per-key map), no more.
 const MAX_DISCONNECTED: usize = 10_000;
 
 /// Every connected proxy, and those disconnected within the grace period.
@@ -33,7 +34,7 @@ const MAX_DISCONNECTED: usize = 10_000;
 pub struct Registry {
     next: AtomicU64,
     proxies: Mutex<HashMap<u64, Arc<ProxyEntry>>>,
-    /// Proxies whose stream ended, oldest first: their status as last seen, until `grace` has passed.
+    /// Proxies whose stream ended, oldest first, until `grace` has passed.
     disconnected: Mutex<std::collections::VecDeque<Disconnected>>,
     grace: Duration,
     mismatches: MismatchLog,
@@ -43,8 +44,11 @@ pub struct Registry {
 #[derive(Debug)]
 struct Disconnected {
     until: Instant,
-    /// Its status when the stream ended, marked disconnected.
-    status: v1::ProxyStatus,
+    /// When its stream ended (Unix seconds).
+    at_unix: u64,
+    /// Its entry as the stream left it (nothing updates it any more); kept rather than a `ProxyStatus`
+    /// snapshot, whose per-resource strings would take several times the memory.
+    entry: Arc<ProxyEntry>,
 }
 
 impl Default for Registry {
@@ -188,7 +192,7 @@ impl Drop for Registration<'_> {
             proxies.remove(&self.id);
             metrics::gauge!("shoal_cp_connected_proxies").set(proxies.len() as f64);
         }
-        self.registry.keep_disconnected(&self.entry);
+        self.registry.keep_disconnected(self.entry.clone());
     }
 }
 
@@ -209,7 +213,7 @@ impl Registry {
     }
 
     /// Keeps `entry`'s last status, marked disconnected, for the grace period.
-    fn keep_disconnected(&self, entry: &ProxyEntry) {
+    fn keep_disconnected(&self, entry: Arc<ProxyEntry>) {
         if self.grace.is_zero() {
             return;
         }
@@ -219,23 +223,36 @@ impl Registry {
         if replaced {
             return;
         }
-        let mut status = entry.status();
-        status.disconnected = true;
-        status.disconnected_at_unix_seconds = unix_now();
         let until = Instant::now() + self.grace;
+        let at_unix = unix_now();
         let mut gone = lock(&self.disconnected);
         prune(&mut gone);
         if gone.len() >= MAX_DISCONNECTED {
             gone.pop_front();
         }
-        gone.push_back(Disconnected { until, status });
+        gone.push_back(Disconnected {
+            until,
+            at_unix,
+            entry,
+        });
     }
 
     /// Disconnected proxies still within the grace period.
     fn disconnected(&self) -> Vec<v1::ProxyStatus> {
-        let mut gone = lock(&self.disconnected);
-        prune(&mut gone);
-        gone.iter().map(|d| d.status.clone()).collect()
+        let gone: Vec<(u64, Arc<ProxyEntry>)> = {
+            let mut gone = lock(&self.disconnected);
+            prune(&mut gone);
+            gone.iter().map(|d| (d.at_unix, d.entry.clone())).collect()
+        };
+        // Built outside the lock, like the connected proxies' statuses.
+        (gone.into_iter())
+            .map(|(at_unix, entry)| {
+                let mut status = entry.status();
+                status.disconnected = true;
+                status.disconnected_at_unix_seconds = at_unix;
+                status
+            })
+            .collect()
     }
 
     /// Records a newly connected proxy, nothing known about its connection but the address (its
@@ -261,7 +278,7 @@ impl Registry {
     ) -> Registration<'_> {
         hello.held = Vec::new();
         // The same proxy back: it is connected again, not also gone.
-        lock(&self.disconnected).retain(|d| d.status.proxy_id != hello.proxy_id);
+        lock(&self.disconnected).retain(|d| d.entry.hello.proxy_id != hello.proxy_id);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let since_unix = unix_now();
         let entry = Arc::new(ProxyEntry {
