@@ -264,6 +264,13 @@ fn shoal_up_runs_a_mesh_shifts_traffic_and_stops_cleanly() {
             );
         }
     }
+    for key in [&ready["control_plane"]["pid"], &ready["process_group"]] {
+        let pid = key.as_u64().expect("pid");
+        assert!(
+            !alive(pid),
+            "the control plane or the guard ({pid}) still runs"
+        );
+    }
     let admin: SocketAddr = server.trim_start_matches("http://").parse().expect("addr");
     assert!(
         TcpStream::connect(admin).is_err(),

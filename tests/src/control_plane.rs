@@ -629,7 +629,8 @@ impl Drop for ControlPlane {
 /// One proxy's row of `shoalctl status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyRow {
-    /// `SYNCED`, `STALE` or `NACKED`.
+    /// `SYNCED`, `STALE`, `NACKED`, or `DISCONNECTED` (its stream ended within the control plane's
+    /// grace period).
     pub state: String,
     /// The `RESOURCES` column, e.g. `6/6 synced`.
     pub resources: String,
@@ -659,7 +660,7 @@ pub fn parse_status_row(stdout: &str, proxy_id: &str) -> Option<ProxyRow> {
     let tokens: Vec<&str> = line.split_whitespace().collect();
     let state = tokens
         .iter()
-        .find(|t| matches!(**t, "SYNCED" | "STALE" | "NACKED"))?
+        .find(|t| matches!(**t, "SYNCED" | "STALE" | "NACKED" | "DISCONNECTED"))?
         .to_string();
     let synced_at = line.find(" synced")?;
     let before = &line[..synced_at];
@@ -702,7 +703,8 @@ impl ControlPlane {
             .env("SHOAL_SERVICE_ACCOUNT", service_account)
     }
 
-    /// `proxy_id`'s row of `shoalctl status` (`None` if it is not connected).
+    /// `proxy_id`'s row of `shoalctl status` (`None` if it is neither connected nor disconnected
+    /// within the grace period).
     pub async fn proxy_row(&self, proxy_id: &str) -> Option<ProxyRow> {
         let out = self.ctl(&["status"], None).await.success();
         parse_status_row(&out.stdout, proxy_id)

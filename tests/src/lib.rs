@@ -19,6 +19,7 @@
 //!   of sleeping and hoping.
 //! - [`admission`]: AdmissionReviews over HTTPS to the sidecar injector, an RFC 6902 patch applier and
 //!   `kubernetes-validate`.
+//! - [`up`]: `shoal up` as a child process, its ready file, and the processes of its group in `/proc`.
 //! - [`process`]: child processes with captured output, killed on drop (the proxy, `prometheus`),
 //!   and temporary directories removed on drop.
 //!
@@ -35,6 +36,7 @@ pub mod pki;
 pub mod process;
 pub mod prom;
 pub mod proxy;
+pub mod up;
 pub mod wait;
 
 pub use backend::{HttpBackend, Recorded, TcpBackend};

@@ -189,7 +189,9 @@ async fn a_stream_proving_another_workload_is_served_flagged_and_warned_about_on
         drop(impostor);
         eventually(WAIT, "raw-impostor disconnected", || async {
             match cp.proxy_row("raw-impostor").await {
+                // Kept as DISCONNECTED for the grace period (SHOAL_CP_DISCONNECTED_PROXY_GRACE).
                 None => Ok(()),
+                Some(row) if row.state == "DISCONNECTED" => Ok(()),
                 Some(row) => Err(row.line),
             }
         })

@@ -21,6 +21,9 @@ enum Command {
     Up(UpArgs),
     /// Run one demo service (`shoal up` starts these).
     DemoApp(DemoArgs),
+    /// `shoal up`'s process-group guard: kills the group when `shoal up` exits (its standard input closes).
+    #[command(hide = true)]
+    UpGuard,
 }
 
 fn main() -> ExitCode {
@@ -46,5 +49,6 @@ fn main() -> ExitCode {
             }
         }
         Command::DemoApp(args) => up::demo::main(args),
+        Command::UpGuard => up::guard::main(),
     }
 }

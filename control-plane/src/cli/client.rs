@@ -13,7 +13,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An Admin client connected to `server` (`http://host:port`, or `host:port`).
-pub(super) async fn connect(server: &str) -> Result<AdminClient<Channel>, CliError> {
+pub(crate) async fn connect(server: &str) -> Result<AdminClient<Channel>, CliError> {
     let url = if server.contains("://") {
         server.to_owned()
     } else {

@@ -6,7 +6,7 @@
 
 mod apply;
 mod ca;
-mod client;
+pub(crate) mod client;
 mod error;
 mod get;
 mod inject;

@@ -1,5 +1,6 @@
 //! `shoalctl status`: every connected proxy, the identity it proved on its discovery stream, and its sync
-//! state (SYNCED / STALE / NACKED).
+//! state (SYNCED / STALE / NACKED); a proxy whose stream ended within the control plane's grace period is
+//! DISCONNECTED, with when it was last seen.
 
 use serde_json::json;
 use shoal_proto::v1;
@@ -46,10 +47,14 @@ fn per_proxy(proxies: &[v1::ProxyStatus]) -> Table {
         "WORKLOAD",
         "IDENTITY",
         "NODE",
+        "SEEN",
         "STATE",
         "RESOURCES",
         "LAST NACK",
     ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     for proxy in proxies {
         let synced = (proxy.resources.iter())
             .filter(|r| r.state == v1::SyncState::Synced as i32)
@@ -59,7 +64,8 @@ fn per_proxy(proxies: &[v1::ProxyStatus]) -> Table {
             workload(proxy.workload.as_ref()),
             identity(proxy),
             proxy.node.clone(),
-            state(proxy.state),
+            seen(proxy, now),
+            proxy_state(proxy),
             format!("{synced}/{} synced", proxy.resources.len()),
             proxy.last_nack_error.clone(),
         ]);
@@ -96,6 +102,29 @@ fn per_resource(proxies: &[v1::ProxyStatus]) -> Table {
         }
     }
     table
+}
+
+/// The STATE column: `DISCONNECTED` for a proxy whose stream ended (its sync state is moot: nothing can
+/// reach it), else its sync state.
+fn proxy_state(proxy: &v1::ProxyStatus) -> String {
+    if proxy.disconnected {
+        "DISCONNECTED".to_owned()
+    } else {
+        state(proxy.state)
+    }
+}
+
+/// The SEEN column: `now` while connected, else how long ago its stream ended (`42s ago`, `3m05s ago`).
+fn seen(proxy: &v1::ProxyStatus, now_unix: u64) -> String {
+    if !proxy.disconnected {
+        return "now".to_owned();
+    }
+    let ago = now_unix.saturating_sub(proxy.disconnected_at_unix_seconds);
+    match ago {
+        0..60 => format!("{ago}s ago"),
+        60..3600 => format!("{}m{:02}s ago", ago / 60, ago % 60),
+        _ => format!("{}h{:02}m ago", ago / 3600, ago % 3600 / 60),
+    }
 }
 
 fn workload(workload: Option<&v1::WorkloadIdentity>) -> String {
@@ -161,6 +190,8 @@ fn document(proxy: &v1::ProxyStatus) -> serde_json::Value {
         "proxyVersion": proxy.proxy_version,
         "address": proxy.address,
         "connectedSince": time(proxy.connected_since_unix_seconds),
+        "connected": !proxy.disconnected,
+        "disconnectedAt": proxy.disconnected.then(|| time(proxy.disconnected_at_unix_seconds)),
         "state": state(proxy.state),
         "lastNackError": proxy.last_nack_error,
         "resources": resources,
@@ -232,6 +263,7 @@ mod tests {
                 "WORKLOAD",
                 "IDENTITY",
                 "NODE",
+                "SEEN",
                 "STATE",
                 "RESOURCES",
                 "LAST",
@@ -240,8 +272,27 @@ mod tests {
         );
         let column = lines[0].find("IDENTITY").unwrap();
         assert!(
-            lines[1][column..].starts_with(&format!("{FRONTEND}  node-a")),
+            lines[1][column..].starts_with(&format!("{FRONTEND}  node-a  now   SYNCED")),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn a_disconnected_proxy_shows_when_it_was_last_seen() {
+        let mut gone = proxy(v1::DiscoveryTransport::Mtls, FRONTEND, false);
+        gone.disconnected = true;
+        gone.disconnected_at_unix_seconds = 1_000;
+        assert_eq!(proxy_state(&gone), "DISCONNECTED");
+        assert_eq!(seen(&gone, 1_042), "42s ago");
+        assert_eq!(seen(&gone, 1_185), "3m05s ago");
+        assert_eq!(seen(&gone, 1_000 + 7_260), "2h01m ago");
+        let doc = document(&gone);
+        assert_eq!(doc["connected"], false);
+        assert_eq!(doc["disconnectedAt"], "1970-01-01T00:16:40Z");
+        let here = document(&proxy(v1::DiscoveryTransport::Mtls, FRONTEND, false));
+        assert_eq!(
+            (&here["connected"], &here["disconnectedAt"]),
+            (&json!(true), &json!(null))
         );
     }
 

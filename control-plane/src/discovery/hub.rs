@@ -53,12 +53,18 @@ impl Hub {
     /// An empty hub whose streams push changes at most once per `push_interval` each (a change
     /// after a quieter period is pushed at once; see `stream`).
     pub fn with_push_interval(push_interval: Duration) -> Arc<Self> {
+        Self::with_settings(push_interval, super::registry::DEFAULT_DISCONNECTED_GRACE)
+    }
+
+    /// [`Self::with_push_interval`], keeping a disconnected proxy in `Status` for `disconnected_grace`
+    /// (see [`Registry::with_grace`]).
+    pub fn with_settings(push_interval: Duration, disconnected_grace: Duration) -> Arc<Self> {
         Arc::new(Self {
             catalog: RwLock::default(),
             changes: broadcast::channel(CHANGE_BACKLOG).0,
             subscribers: Mutex::default(),
             push_interval,
-            registry: Registry::default(),
+            registry: Registry::with_grace(disconnected_grace),
             closing: tokio::sync::watch::channel(false).0,
         })
     }

@@ -3,10 +3,16 @@
 //! A proxy's [`ProxyEntry`] holds the *only* per-key state of its stream: the stream task reads and
 //! updates it (what was sent, what was ACKed) and `Status` reports it. One map per proxy, with
 //! shared key names and numeric versions, is what keeps a subscribed key at a few dozen bytes.
+//!
+//! When a stream ends, its proxy stays in `Status` as disconnected (its last status, and when it was
+//! last seen) for the registry's grace period (`SHOAL_CP_DISCONNECTED_PROXY_GRACE`), so an operator
+//! sees a proxy that went away rather than nothing; a proxy that reconnects with the same id replaces
+//! it at once. Only connected proxies count for decisions ([`Registry::acks`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use shoal_proto::v1::{self, SyncState};
 
@@ -15,12 +21,40 @@ use crate::server::PeerInfo;
 use super::catalog::{Key, KeyMap, NONE, Version, wire_key, wire_version};
 use super::peer::{MismatchLog, StreamIdentity};
 
-/// Every connected proxy.
-#[derive(Debug, Default)]
+/// The default of [`Registry::with_grace`]: how long a disconnected proxy stays in `Status`.
+pub const DEFAULT_DISCONNECTED_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// The most disconnected proxies kept at once (the oldest go first): a mass restart of many uniquely
+/// named proxies within the grace period must not grow the registry without bound. Each costs what it
+/// cost while connected (its compact per-key map), no more.
+const MAX_DISCONNECTED: usize = 10_000;
+
+/// Every connected proxy, and those disconnected within the grace period.
+#[derive(Debug)]
 pub struct Registry {
     next: AtomicU64,
     proxies: Mutex<HashMap<u64, Arc<ProxyEntry>>>,
+    /// Proxies whose stream ended, oldest first, until `grace` has passed.
+    disconnected: Mutex<std::collections::VecDeque<Disconnected>>,
+    grace: Duration,
     mismatches: MismatchLog,
+}
+
+/// A proxy whose stream ended, kept for `Status` until `until`.
+#[derive(Debug)]
+struct Disconnected {
+    until: Instant,
+    /// When its stream ended (Unix seconds).
+    at_unix: u64,
+    /// Its entry as the stream left it (nothing updates it any more); kept rather than a `ProxyStatus`
+    /// snapshot, whose per-resource strings would take several times the memory.
+    entry: Arc<ProxyEntry>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_grace(DEFAULT_DISCONNECTED_GRACE)
+    }
 }
 
 /// One connected proxy (one discovery stream).
@@ -153,13 +187,12 @@ pub struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let mut proxies = self
-            .registry
-            .proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        proxies.remove(&self.id);
-        metrics::gauge!("shoal_cp_connected_proxies").set(proxies.len() as f64);
+        {
+            let mut proxies = lock(&self.registry.proxies);
+            proxies.remove(&self.id);
+            metrics::gauge!("shoal_cp_connected_proxies").set(proxies.len() as f64);
+        }
+        self.registry.keep_disconnected(self.entry.clone());
     }
 }
 
@@ -168,6 +201,60 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Registry {
+    /// An empty registry that keeps a disconnected proxy in `Status` for `grace` (zero: not at all).
+    pub fn with_grace(grace: Duration) -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            proxies: Mutex::default(),
+            disconnected: Mutex::default(),
+            grace,
+            mismatches: MismatchLog::default(),
+        }
+    }
+
+    /// Keeps `entry`'s last status, marked disconnected, for the grace period.
+    fn keep_disconnected(&self, entry: Arc<ProxyEntry>) {
+        if self.grace.is_zero() {
+            return;
+        }
+        // Its successor (same id) connected before this stream noticed it had ended: it is not gone.
+        let replaced =
+            (lock(&self.proxies).values()).any(|p| p.hello.proxy_id == entry.hello.proxy_id);
+        if replaced {
+            return;
+        }
+        let until = Instant::now() + self.grace;
+        let at_unix = unix_now();
+        let mut gone = lock(&self.disconnected);
+        prune(&mut gone);
+        if gone.len() >= MAX_DISCONNECTED {
+            gone.pop_front();
+        }
+        gone.push_back(Disconnected {
+            until,
+            at_unix,
+            entry,
+        });
+    }
+
+    /// Disconnected proxies still within the grace period.
+    fn disconnected(&self) -> Vec<v1::ProxyStatus> {
+        let gone: Vec<(u64, Arc<ProxyEntry>)> = {
+            let mut gone = lock(&self.disconnected);
+            prune(&mut gone);
+            gone.iter().map(|d| (d.at_unix, d.entry.clone())).collect()
+        };
+        // Built outside the lock, like the connected proxies' statuses.
+        (gone.into_iter())
+            .map(|(at_unix, entry)| {
+                let mut status = entry.status();
+                status.disconnected = true;
+                status.disconnected_at_unix_seconds = at_unix;
+                status
+            })
+            .collect()
+    }
+
     /// Records a newly connected proxy, nothing known about its connection but the address (its
     /// `Hello.held` is not kept: the stream records it with [`Sync::held`]).
     pub fn register(&self, hello: v1::Hello, address: String) -> Registration<'_> {
@@ -190,10 +277,10 @@ impl Registry {
         identity: StreamIdentity,
     ) -> Registration<'_> {
         hello.held = Vec::new();
+        // The same proxy back: it is connected again, not also gone.
+        lock(&self.disconnected).retain(|d| d.entry.hello.proxy_id != hello.proxy_id);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let since_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let since_unix = unix_now();
         let entry = Arc::new(ProxyEntry {
             hello,
             address,
@@ -211,7 +298,7 @@ impl Registry {
         }
     }
 
-    /// Connected proxies.
+    /// Connected proxies (not those disconnected within the grace period).
     pub fn len(&self) -> usize {
         lock(&self.proxies).len()
     }
@@ -241,24 +328,36 @@ impl Registry {
         out
     }
 
-    /// Status of every connected proxy matching the filters (empty filter: all).
+    /// Status of every connected proxy, and every proxy disconnected within the grace period, matching
+    /// the filters (empty filter: all).
     pub fn statuses(&self, namespace: &str, proxy_id: &str) -> Vec<v1::ProxyStatus> {
         let proxies: Vec<Arc<ProxyEntry>> = lock(&self.proxies).values().cloned().collect();
-        let mut out: Vec<v1::ProxyStatus> = proxies
-            .iter()
-            .filter(|p| proxy_id.is_empty() || p.hello.proxy_id == proxy_id)
-            .filter(|p| {
-                namespace.is_empty()
-                    || p.hello
-                        .workload
+        let mut out: Vec<v1::ProxyStatus> = proxies.iter().map(|p| p.status()).collect();
+        out.extend(self.disconnected());
+        out.retain(|p| {
+            (proxy_id.is_empty() || p.proxy_id == proxy_id)
+                && (namespace.is_empty()
+                    || p.workload
                         .as_ref()
-                        .is_some_and(|w| w.namespace == namespace)
-            })
-            .map(|p| p.status())
-            .collect();
+                        .is_some_and(|w| w.namespace == namespace))
+        });
         out.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
         out
     }
+}
+
+/// Drops the disconnected proxies whose grace period has ended (they are in expiry order).
+fn prune(gone: &mut std::collections::VecDeque<Disconnected>) {
+    let now = Instant::now();
+    while gone.front().is_some_and(|d| d.until <= now) {
+        gone.pop_front();
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl ProxyEntry {
@@ -318,6 +417,8 @@ impl ProxyEntry {
             transport: self.identity.transport as i32,
             verified_identity: self.identity.verified.clone(),
             identity_mismatch: self.identity.mismatch,
+            disconnected: false,
+            disconnected_at_unix_seconds: 0,
         }
     }
 }
@@ -388,6 +489,57 @@ mod tests {
         assert_eq!(ids, ["a", "c"]);
         drop((a, c, d));
         assert!(registry.acks(&bundle, 7).is_empty());
+    }
+
+    #[test]
+    fn a_disconnected_proxy_stays_in_status_for_the_grace_period_then_leaves() {
+        let registry = Registry::with_grace(Duration::from_millis(200));
+        let k = key(ResourceType::Service, "web.default");
+        let a = registry.register(hello("a"), "10.0.0.1:1".into());
+        a.entry.set_key_state(k.clone(), 3, 3);
+        let _b = registry.register(hello("b"), "10.0.0.2:1".into());
+        drop(a);
+        let gone_at = Instant::now();
+        let rows: Vec<(String, bool)> = (registry.statuses("", "").into_iter())
+            .map(|p| (p.proxy_id, p.disconnected))
+            .collect();
+        assert_eq!(rows, [("a".into(), true), ("b".into(), false)]);
+        let a_status = &registry.statuses("", "a")[0];
+        assert!(a_status.disconnected_at_unix_seconds >= a_status.connected_since_unix_seconds);
+        assert_eq!(
+            a_status.state(),
+            SyncState::Synced,
+            "its last sync state is kept"
+        );
+        assert_eq!(a_status.address, "10.0.0.1:1");
+        // Only connected proxies count for decisions and the connected count.
+        assert_eq!(registry.len(), 1);
+        assert!(registry.acks(&k, 3).is_empty());
+
+        // Once the grace period has passed, it is gone.
+        while Instant::now() < gone_at + Duration::from_millis(250) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ids: Vec<String> = (registry.statuses("", "").into_iter())
+            .map(|p| p.proxy_id)
+            .collect();
+        assert_eq!(ids, ["b"]);
+    }
+
+    #[test]
+    fn a_reconnecting_proxy_replaces_its_disconnected_entry_and_zero_grace_keeps_none() {
+        let registry = Registry::with_grace(Duration::from_secs(3600));
+        drop(registry.register(hello("a"), "10.0.0.1:1".into()));
+        assert!(registry.statuses("", "a")[0].disconnected);
+        let _again = registry.register(hello("a"), "10.0.0.1:2".into());
+        let rows: Vec<(String, bool)> = (registry.statuses("", "").into_iter())
+            .map(|p| (p.address, p.disconnected))
+            .collect();
+        assert_eq!(rows, [("10.0.0.1:2".into(), false)]);
+
+        let registry = Registry::with_grace(Duration::ZERO);
+        drop(registry.register(hello("a"), "10.0.0.1:1".into()));
+        assert!(registry.statuses("", "").is_empty());
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub mod env {
     pub const WEBHOOK_KEY_FILE: &str = "SHOAL_CP_WEBHOOK_KEY_FILE";
     /// The injector's configuration (YAML: proxy image, uid, ports, resources...); unset means the defaults.
     pub const INJECTOR_CONFIG_FILE: &str = "SHOAL_CP_INJECTOR_CONFIG_FILE";
+    /// How long a proxy whose discovery stream ended stays in `Status` (as disconnected).
+    pub const DISCONNECTED_PROXY_GRACE: &str = "SHOAL_CP_DISCONNECTED_PROXY_GRACE";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -88,6 +90,7 @@ pub mod env {
         WEBHOOK_CERT_FILE,
         WEBHOOK_KEY_FILE,
         INJECTOR_CONFIG_FILE,
+        DISCONNECTED_PROXY_GRACE,
     ];
 }
 
@@ -199,6 +202,10 @@ pub struct Config {
     pub discovery_plaintext: bool,
     /// The sidecar injector's webhook; `None` (the default: no certificate files) serves none.
     pub webhook: Option<WebhookConfig>,
+    /// How long a proxy whose discovery stream ended stays in `Status`, marked disconnected with when it
+    /// was last seen, 0 (removed at once) to 24 h. Default
+    /// [`DEFAULT_DISCONNECTED_GRACE`](crate::discovery::registry::DEFAULT_DISCONNECTED_GRACE), 5 minutes.
+    pub disconnected_proxy_grace: Duration,
 }
 
 /// The sidecar injector's admission webhook (docs/kubernetes.md, "Sidecar injection").
@@ -323,6 +330,21 @@ impl Config {
                 interval
             }
         };
+        let disconnected_proxy_grace = match settings.get(env::DISCONNECTED_PROXY_GRACE) {
+            None => crate::discovery::registry::DEFAULT_DISCONNECTED_GRACE,
+            Some(raw) => {
+                let invalid = || ConfigError::Invalid {
+                    setting: env::DISCONNECTED_PROXY_GRACE,
+                    value: raw.to_owned(),
+                    expected: "a duration from 0s to 24h, such as 5m".to_owned(),
+                };
+                let grace = humantime::parse_duration(raw).map_err(|_| invalid())?;
+                if grace > Duration::from_secs(24 * 3600) {
+                    return Err(invalid());
+                }
+                grace
+            }
+        };
         let namespace = settings.get(env::NAMESPACE).unwrap_or("shoal-system");
         crate::model::dns_label(namespace).map_err(|reason| ConfigError::Invalid {
             setting: env::NAMESPACE,
@@ -357,6 +379,7 @@ impl Config {
             namespace: namespace.to_owned(),
             discovery_plaintext,
             webhook,
+            disconnected_proxy_grace,
         };
         config.check_distinct()?;
         Ok(config)
@@ -519,6 +542,16 @@ mod tests {
         assert_eq!(defaults.ca_propagation_timeout, Duration::from_secs(60));
         assert_eq!(defaults.namespace, "shoal-system");
         assert!(!defaults.discovery_plaintext, "TLS only unless opted in");
+        assert_eq!(defaults.disconnected_proxy_grace, Duration::from_secs(300));
+        let grace = |raw| config(&[(env::DISCONNECTED_PROXY_GRACE, raw)]);
+        assert_eq!(
+            grace("2s").unwrap().disconnected_proxy_grace,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            grace("0s").unwrap().disconnected_proxy_grace,
+            Duration::ZERO
+        );
         assert!(
             config(&[(env::DISCOVERY_PLAINTEXT, "true")])
                 .unwrap()
@@ -545,6 +578,8 @@ mod tests {
             (env::CA_CERT_FILE, "/etc/shoal/root.pem"),
             (env::NAMESPACE, "Shoal_System"),
             (env::DISCOVERY_PLAINTEXT, "yes"),
+            (env::DISCONNECTED_PROXY_GRACE, "2d"),
+            (env::DISCONNECTED_PROXY_GRACE, "a while"),
         ] {
             let error = config(&[(setting, value)]).unwrap_err().to_string();
             let named = if setting == env::CA_CERT_FILE {

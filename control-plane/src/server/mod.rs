@@ -114,12 +114,13 @@ pub struct DiscoveryParts {
 /// shutdown waits [`SHUTDOWN_GRACE`] for them.
 fn discovery(
     push_interval: Duration,
+    disconnected_grace: Duration,
     store: &Store,
     sources: Option<crate::sources::Sources>,
     identity: &Identity,
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
-    let hub = crate::discovery::Hub::with_push_interval(push_interval);
+    let hub = crate::discovery::Hub::with_settings(push_interval, disconnected_grace);
     // A store from before a refusal may hold what the proxy does not enforce: warn, push only the rest.
     crate::discovery::hub::warn_unenforced(store);
     tokio::spawn(hub.clone().follow(store.clone()));
@@ -165,6 +166,8 @@ pub struct ControlPlane {
     identity: Identity,
     /// See [`Config::push_interval`].
     push_interval: Duration,
+    /// See [`Config::disconnected_proxy_grace`].
+    disconnected_grace: Duration,
     /// The discovery listener's certificate, issued in `bind` by the CA.
     server_cert: Arc<ServerCert>,
     /// See [`Config::discovery_plaintext`].
@@ -224,6 +227,7 @@ impl ControlPlane {
             discovery_plaintext: config.discovery_plaintext,
             anchors_file,
             push_interval: config.push_interval,
+            disconnected_grace: config.disconnected_proxy_grace,
             admin: bind(config::env::ADMIN_ADDR, config.admin_addr).await?,
             discovery: bind(config::env::DISCOVERY_ADDR, config.discovery_addr).await?,
             metrics: bind(config::env::METRICS_ADDR, config.metrics_addr).await?,
@@ -284,6 +288,7 @@ impl ControlPlane {
         let (close, closing) = watch::channel(false);
         let parts = discovery(
             self.push_interval,
+            self.disconnected_grace,
             &self.store,
             self.sources,
             &self.identity,

@@ -4,20 +4,28 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::topology::{Addrs, Workload, split_route};
+use super::Started;
+use super::ports::Moved;
+use super::topology::{Addrs, split_route};
 
 /// Everything the banner and the ready file describe.
-pub struct Summary<'a> {
+pub(crate) struct Summary<'a> {
     /// The control plane's Admin API, Discovery and metrics addresses.
-    pub control_plane: [SocketAddr; 3],
+    pub(crate) control_plane: [SocketAddr; 3],
+    /// The control plane's process id (a new one after each restart).
+    pub(crate) control_plane_pid: u32,
+    /// How many times the control plane was restarted.
+    pub(crate) control_plane_restarts: u32,
+    /// The process group every child runs in (the guard's pid).
+    pub(crate) process_group: u32,
     /// Each workload with its addresses and its app's and sidecar's process ids.
-    pub workloads: Vec<(&'a Workload, Addrs, [u32; 2])>,
+    pub(crate) workloads: Vec<Started>,
     /// The data directory, and whether it is removed on exit.
-    pub data_dir: &'a Path,
+    pub(crate) data_dir: &'a Path,
     /// Whether the data directory is temporary.
-    pub temporary: bool,
+    pub(crate) temporary: bool,
     /// Preferred ports that were busy, and what was used instead.
-    pub moved: &'a [(u16, u16)],
+    pub(crate) moved: &'a [Moved],
 }
 
 impl Summary<'_> {
@@ -27,7 +35,7 @@ impl Summary<'_> {
     }
 
     /// The text printed to standard output.
-    pub fn banner(&self) -> String {
+    pub(crate) fn banner(&self) -> String {
         let [admin, discovery, metrics] = self.control_plane;
         let shoalctl = shoalctl_path();
         let server = if admin.port() == 15011 {
@@ -43,7 +51,8 @@ impl Summary<'_> {
         );
         let _ = writeln!(
             out,
-            "  control plane  admin API {admin}  discovery {discovery}  metrics http://{metrics}/metrics"
+            "  control plane  admin API {admin}  discovery {discovery}  metrics http://{metrics}/metrics  pid {}",
+            self.control_plane_pid
         );
         let _ = writeln!(
             out,
@@ -57,12 +66,11 @@ impl Summary<'_> {
                 w.name, a.app, a.inbound, a.outbound, a.admin
             );
         }
-        if !self.moved.is_empty() {
-            let busy: Vec<String> = self.moved.iter().map(|(p, _)| p.to_string()).collect();
+        for moved in self.moved {
             let _ = writeln!(
                 out,
-                "  (busy, so replaced by free ports: {}; --base-port N picks another layout)",
-                busy.join(", ")
+                "  ({}: using {} instead; --base-port N picks another layout)",
+                moved.why, moved.used
             );
         }
         let _ = write!(
@@ -83,11 +91,15 @@ Try:
   # the mesh CA, and a CA rotation with no failed request (the new root reaches every sidecar first)
   {shoalctl} ca status
   {shoalctl} ca rotate
+  # the control plane is a process of its own: kill it, and shoal up restarts it on the same ports while
+  # the sidecars keep serving (run the curl loop meanwhile); `status` shows them SYNCED again
+  kill -9 {cp_pid}
 
 Resources applied: {mesh}   logs: {logs}
 ",
             inbound = frontend.inbound,
             outbound = frontend.outbound,
+            cp_pid = self.control_plane_pid,
             route = indent(&split_route(80)),
             admin = frontend.admin,
             mesh = self.data_dir.join("mesh.yaml").display(),
@@ -96,14 +108,20 @@ Resources applied: {mesh}   logs: {logs}
         if self.temporary {
             let _ = writeln!(
                 out,
-                "(a temporary directory, removed on exit; --data-dir DIR keeps it)"
+                "(a temporary directory, removed on exit; --data-dir DIR keeps it, and the ports for the next run)"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "The next run with this --data-dir uses the same ports ({}).",
+                self.data_dir.join(super::ports::FILE).display()
             );
         }
         out
     }
 
     /// The ready file: JSON with every address and process id.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         let [admin, discovery, metrics] = self.control_plane;
         let workloads: Vec<_> = self
             .workloads
@@ -119,14 +137,18 @@ Resources applied: {mesh}   logs: {logs}
             "pid": std::process::id(),
             "data_dir": self.data_dir,
             "temporary": self.temporary,
-            "control_plane": {"admin": admin, "discovery": discovery, "metrics": metrics},
+            "process_group": self.process_group,
+            "control_plane": {
+                "admin": admin, "discovery": discovery, "metrics": metrics,
+                "pid": self.control_plane_pid, "restarts": self.control_plane_restarts,
+            },
             "workloads": workloads,
         })
     }
 }
 
 /// Writes `value` to `path` atomically (a temporary file renamed), so a reader never sees half of it.
-pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> Result<(), String> {
+pub(crate) fn write_ready_file(path: &Path, value: &serde_json::Value) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     std::fs::write(&tmp, text)

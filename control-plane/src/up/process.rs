@@ -1,5 +1,5 @@
-//! The mesh's child processes: started with their output in a log file, waited for until ready, and
-//! stopped with SIGTERM, a deadline, then SIGKILL.
+//! The mesh's child processes: started in the guard's process group ([`super::guard`]) with their output
+//! in a log file, waited for until ready, and stopped with SIGTERM, a deadline, then SIGKILL.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,12 +11,12 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, Command};
 
 /// How long a child may take to become ready (generous: debug builds on a busy 2-core machine).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a child has to exit after SIGTERM before it is killed.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running child process.
-pub struct Process {
+pub(crate) struct Process {
     /// What it is, for messages (`frontend sidecar`).
     pub name: String,
     /// Its process id.
@@ -30,7 +30,7 @@ pub struct Process {
 
 /// A command for `program` without the inherited `SHOAL_*` variables: a stray `SHOAL_STATE_FILE` or
 /// `SHOAL_CONFIG` in the user's shell must not change what the demo's sidecars do.
-pub fn command(program: &Path) -> Command {
+pub(crate) fn command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("SHOAL_") {
@@ -41,10 +41,22 @@ pub fn command(program: &Path) -> Command {
 }
 
 impl Process {
-    /// Starts `cmd` in its own process group (so a terminal's Ctrl-C reaches only `shoal up`, which then
-    /// stops the children in order), with its output in `log`.
-    pub fn spawn(name: String, mut cmd: Command, log: PathBuf) -> Result<Self, String> {
-        let file = std::fs::File::create(&log)
+    /// Starts `cmd` in process group `pgid` (the guard's: it dies with `shoal up`, and a terminal's Ctrl-C
+    /// reaches only `shoal up`, which then stops the children in order), with its output in `log`
+    /// (appended to with `append`, as for a restarted control plane, else truncated).
+    pub(crate) fn spawn(
+        name: String,
+        mut cmd: Command,
+        log: PathBuf,
+        pgid: u32,
+        append: bool,
+    ) -> Result<Self, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let stderr = file
             .try_clone()
@@ -52,7 +64,7 @@ impl Process {
         cmd.stdin(Stdio::piped())
             .stdout(file)
             .stderr(stderr)
-            .process_group(0)
+            .process_group(pgid as i32)
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
@@ -69,12 +81,12 @@ impl Process {
     }
 
     /// `Some(status)` once it has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// The error for a child that exited when it should not have, with the end of its log.
-    pub fn died(&self, status: ExitStatus) -> String {
+    pub(crate) fn died(&self, status: ExitStatus) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         if lines.is_empty() {
@@ -89,7 +101,11 @@ impl Process {
     }
 
     /// Waits until `ready` (tried every 50 ms) holds, failing if the child exits first or the time is up.
-    pub async fn wait_ready<F, Fut>(&mut self, what: &str, mut ready: F) -> Result<(), String>
+    pub(crate) async fn wait_ready<F, Fut>(
+        &mut self,
+        what: &str,
+        mut ready: F,
+    ) -> Result<(), String>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -115,16 +131,15 @@ impl Process {
 
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`]. Returns a warning if it had to
     /// be killed or did not exit cleanly (not for a child that had already exited).
-    pub async fn stop(mut self) -> Option<String> {
+    pub(crate) async fn stop(mut self) -> Option<String> {
         if self.exited().is_some() {
             // It stopped on its own, which was reported when it was noticed.
             return None;
         }
-        // std and tokio can only SIGKILL; `kill` sends SIGTERM without unsafe code.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .stderr(Stdio::null())
-            .status();
+        // Not reaped yet (`exited` said so), so the pid is still this child's.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => None,
             // Killed by our SIGTERM without a handler: still a clean stop.
@@ -147,12 +162,12 @@ impl Process {
 }
 
 /// Whether something accepts TCP connections at `addr`.
-pub async fn listening(addr: SocketAddr) -> bool {
+pub(crate) async fn listening(addr: SocketAddr) -> bool {
     TcpStream::connect(addr).await.is_ok()
 }
 
 /// `GET path` over HTTP/1.1 with `host`: the status code and body, or `None` if the request failed.
-pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
