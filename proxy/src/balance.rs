@@ -193,19 +193,29 @@ impl Balancer {
 
     /// The endpoint for the next request, or `None` when no endpoint is ready.
     pub(crate) fn pick(&self) -> Option<Picked> {
-        let i = match self.ready.len() {
-            0 => return None,
-            1 => 0,
-            n => {
+        self.pick_avoiding(None)
+    }
+
+    /// [`Self::pick`], but never `avoid` while another endpoint is ready (a retry goes to
+    /// another endpoint where there is one).
+    pub(crate) fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Option<Picked> {
+        let skip = avoid.and_then(|a| self.ready.iter().position(|r| r.addr == a));
+        let i = match (self.ready.len(), skip) {
+            (0, _) => return None,
+            (1, _) => 0,
+            // Two candidates among the others: draw from n − 1 slots and step over the skipped.
+            (n, Some(s)) if n > 2 => {
+                let past = |i: usize| if i >= s { i + 1 } else { i };
+                let a = fastrand::usize(..n - 1);
+                let b = (a + 1 + fastrand::usize(..n - 2)) % (n - 1);
+                let (a, b) = (past(a), past(b));
+                self.cheaper(a, b)
+            }
+            (2, Some(s)) => 1 - s,
+            (n, _) => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                let (ra, rb) = (&self.ready[a], &self.ready[b]);
-                let now = Instant::now();
-                if ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now) {
-                    a
-                } else {
-                    b
-                }
+                self.cheaper(a, b)
             }
         };
         let r = &self.ready[i];
@@ -216,6 +226,17 @@ impl Balancer {
             identity: r.identity.clone(),
             load,
         })
+    }
+
+    /// Of two ready endpoints, the one a request costs less on now.
+    fn cheaper(&self, a: usize, b: usize) -> usize {
+        let (ra, rb) = (&self.ready[a], &self.ready[b]);
+        let now = Instant::now();
+        if ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now) {
+            a
+        } else {
+            b
+        }
     }
 
     /// Number of ready endpoints.

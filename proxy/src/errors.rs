@@ -20,6 +20,9 @@ pub struct ProxyError {
     pub kind: Reason,
     /// Human-readable context: the address, setting or identity involved, and what to check.
     pub detail: String,
+    /// The upstream provably did not process the request (an HTTP/2 stream it refused): safe to
+    /// send again whatever the method.
+    pub(crate) unprocessed: bool,
 }
 
 impl ProxyError {
@@ -28,7 +31,14 @@ impl ProxyError {
         Self {
             kind,
             detail: detail.into(),
+            unprocessed: false,
         }
+    }
+
+    /// Marks the request as never processed by the upstream.
+    pub(crate) fn unprocessed(mut self) -> Self {
+        self.unprocessed = true;
+        self
     }
 
     /// The body of the proxy's answer: the reason, then what to check.

@@ -29,6 +29,7 @@ pub(crate) mod inbound;
 pub(crate) mod listen;
 pub(crate) mod outbound;
 pub(crate) mod protocol;
+pub(crate) mod retry;
 pub(crate) mod tcp;
 pub(crate) mod tls;
 

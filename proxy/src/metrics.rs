@@ -32,6 +32,9 @@ pub mod names {
     pub const TLS_REFUSED: &str = "shoal_inbound_tls_refused_total";
     pub const TLS_ORIGINATED: &str = "shoal_outbound_tls_connections_total";
     pub const RESENT: &str = "shoal_upstream_requests_resent_total";
+    pub const RETRIES: &str = "shoal_retries_total";
+    pub const RETRIES_RECOVERED: &str = "shoal_retries_recovered_total";
+    pub const RETRIES_SKIPPED: &str = "shoal_retries_skipped_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -103,6 +106,18 @@ fn describe() {
     describe_counter!(
         RESENT,
         "Requests re-sent on a new HTTP/2 connection because the upstream provably never processed them (RFC 9113 §8.7), by reason (goaway: the stream was above the GOAWAY's last-stream-id; refused: RST_STREAM REFUSED_STREAM)"
+    );
+    describe_counter!(
+        RETRIES,
+        "Retries sent by a route rule's retry policy, by service and route"
+    );
+    describe_counter!(
+        RETRIES_RECOVERED,
+        "Requests that succeeded after at least one retry, by service and route"
+    );
+    describe_counter!(
+        RETRIES_SKIPPED,
+        "Retries a policy allowed but the proxy did not send, by service, route and reason (budget_exhausted, body_too_large, deadline)"
     );
     describe_counter!(
         AUTHZ,

@@ -42,7 +42,8 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
         .collect();
     assert_eq!(refused.len(), 2, "{refused:#?}");
     assert!(
-        refused[0].starts_with("route backend.default: spec.rules[0].retry: not enforced"),
+        refused[0]
+            .starts_with("route backend.default: spec.rules[0].backends[0].port: not enforced"),
         "{refused:#?}"
     );
     for port in [
@@ -75,10 +76,17 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
     let Payload::Route(pushed) = pushed.payload else {
         panic!("a route payload")
     };
+    let mut kept = route();
+    kept.rules[0].retry = Some(crate::model::fixtures::retry_policy());
     assert_eq!(
         pushed,
-        shoal_proto::v1::Route::from(&route()),
-        "pushed without its retries and backend ports"
+        shoal_proto::v1::Route::from(&kept),
+        "pushed without its backend ports, with its retry policy"
     );
-    assert!(pushed.rules.iter().all(|r| r.retry.is_none()));
+    assert!(
+        pushed
+            .rules
+            .iter()
+            .all(|r| r.backends.iter().all(|b| b.port == 0))
+    );
 }

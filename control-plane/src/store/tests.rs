@@ -211,16 +211,16 @@ fn what_the_proxy_does_not_enforce_is_refused_and_never_stored() {
             .contains("mirror backend.default: kind: Mirror is not enforced by shoal-proxy yet"),
         "{error}"
     );
-    let mut retried = route("backend", "shadow");
-    if let Spec::Route(r) = &mut retried.spec {
-        r.rules[0].retry = Some(crate::model::fixtures::retry_policy());
+    let mut ported = route("backend", "shadow");
+    if let Spec::Route(r) = &mut ported.spec {
+        r.rules[0].backends[0].port = Some(8080);
     }
     let error = store
-        .apply(retried, None)
-        .expect_err("retries are not enforced");
+        .apply(ported, None)
+        .expect_err("backend ports are not enforced");
     assert!(
         error.to_string().contains(
-            "route backend.default: spec.rules[0].retry: not enforced by shoal-proxy yet"
+            "route backend.default: spec.rules[0].backends[0].port: not enforced by shoal-proxy yet"
         ),
         "{error}"
     );

@@ -19,9 +19,7 @@ fn what_the_proxy_does_not_enforce_is_refused_naming_the_field() {
             "service/backend.default created",
             "service/backend-v2.default created",
             "error: route/backend.default (document 3): server rejected the request (INVALID_ARGUMENT): \
-             route backend.default: spec.rules[0].retry: not enforced by shoal-proxy yet; remove it (retries \
-             arrive with the resilience work; see docs/shoalctl.md#refused-until-enforced); \
-             spec.rules[0].backends[1].port: not enforced by shoal-proxy yet; remove it (the proxy calls a \
+             route backend.default: spec.rules[0].backends[1].port: not enforced by shoal-proxy yet; remove it (the proxy calls a \
              backend on the port the request came in on; see docs/shoalctl.md#refused-until-enforced)",
             "mirror backend.default: kind: Mirror is not enforced by shoal-proxy yet; remove this resource",
             "backend-policy backend.default: kind: BackendPolicy is not enforced by shoal-proxy yet",

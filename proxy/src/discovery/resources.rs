@@ -9,8 +9,10 @@ use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 
 use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
+use crate::retry::RetryOn;
 use crate::state::spec::{
-    self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RouteSpec, RuleSpec, ServiceSpec,
+    self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
+    ServiceSpec,
 };
 use crate::state::{Protocol, State};
 use crate::tls::TlsMode;
@@ -490,6 +492,43 @@ fn tls_mode(wire: i32) -> Option<TlsMode> {
     }
 }
 
+/// A wire retry policy as the state file would say it (0 and empty: the defaults); an unknown
+/// `retry_on` value is refused, naming it (an ignored condition would be a silent promise).
+fn retry_spec(r: &v1::RetryPolicy, at: &str) -> Result<RetrySpec, String> {
+    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    let retry_on = r
+        .retry_on
+        .iter()
+        .enumerate()
+        .map(|(i, &wire)| match v1::RetryOn::try_from(wire) {
+            Ok(v1::RetryOn::ConnectFailure) => Ok(RetryOn::ConnectFailure),
+            Ok(v1::RetryOn::RefusedStream) => Ok(RetryOn::RefusedStream),
+            Ok(v1::RetryOn::Reset) => Ok(RetryOn::Reset),
+            Ok(v1::RetryOn::ServerError) => Ok(RetryOn::ServerError),
+            Ok(v1::RetryOn::GatewayError) => Ok(RetryOn::GatewayError),
+            Ok(v1::RetryOn::ServiceUnavailable) => Ok(RetryOn::ServiceUnavailable),
+            Ok(v1::RetryOn::PerTryTimeout) => Ok(RetryOn::PerTryTimeout),
+            Ok(v1::RetryOn::GrpcUnavailable) => Ok(RetryOn::GrpcUnavailable),
+            Ok(v1::RetryOn::GrpcResourceExhausted) => Ok(RetryOn::GrpcResourceExhausted),
+            Ok(v1::RetryOn::Unspecified) | Err(_) => Err(format!(
+                "{at}.retry_on[{i}]: {wire} is not a retry condition this proxy knows"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RetrySpec {
+        attempts: (r.attempts > 0).then_some(r.attempts),
+        per_try_timeout: ms(r.per_try_timeout_ms),
+        retry_on,
+        retryable_status_codes: r.retryable_status_codes.clone(),
+        backoff_base: ms(r.backoff_base_ms),
+        backoff_max: ms(r.backoff_max_ms),
+        budget_ratio: (r.budget_ratio != 0.0).then_some(r.budget_ratio),
+        budget_min_retries_per_second: (r.budget_min_retries_per_second > 0)
+            .then_some(r.budget_min_retries_per_second),
+        retry_non_idempotent: r.retry_non_idempotent,
+    })
+}
+
 fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
     let mut rules = Vec::new();
     for rule in &r.rules {
@@ -539,11 +578,17 @@ fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
                 })
                 .collect()
         };
+        let at = format!("rules[{}].retry", rules.len());
         rules.push(RuleSpec {
             name: (!rule.name.is_empty()).then(|| rule.name.clone()),
             matches,
             backends,
             timeout: (rule.timeout_ms > 0).then(|| Duration::from_millis(rule.timeout_ms)),
+            retry: rule
+                .retry
+                .as_ref()
+                .map(|r| retry_spec(r, &at))
+                .transpose()?,
         });
     }
     Ok(RouteSpec {

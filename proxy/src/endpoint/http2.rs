@@ -187,7 +187,7 @@ impl Clients {
         // (RFC 9113 §8.7): an upstream rotating its connections (nginx closes one every 1,000
         // requests) must not fail the requests that raced the rotation. Only a request without a
         // body can be (a streamed body is not kept), so its head is copied before it is sent.
-        let spare = eos.then(|| copy_head(&head));
+        let spare = eos.then(|| crate::http::headers::copy_head(&head));
         let mut body = Some(body);
         let mut resent = 0;
         loop {
@@ -198,7 +198,7 @@ impl Clients {
                 *resent += 1;
                 tracing::debug!(%addr, error = %e, "the upstream never processed the request; sending it again");
                 crate::metrics::resent(why);
-                Some(copy_head(spare))
+                Some(crate::http::headers::copy_head(spare))
             };
             let (mut response, stream) = match sent {
                 Ok(sent) => sent,
@@ -317,20 +317,6 @@ fn never_processed(err: &h2::Error) -> Option<&'static str> {
     }
 }
 
-/// A copy of a request head, to send again.
-fn copy_head(head: &Request<()>) -> Request<()> {
-    let mut copy = Request::new(());
-    *copy.method_mut() = head.method().clone();
-    *copy.uri_mut() = head.uri().clone();
-    *copy.version_mut() = head.version();
-    *copy.headers_mut() = head.headers().clone();
-    // Extended CONNECT's `:protocol` travels as an extension.
-    if let Some(p) = head.extensions().get::<h2::ext::Protocol>() {
-        copy.extensions_mut().insert(p.clone());
-    }
-    copy
-}
-
 /// Runs `f` with the current task's context (once: the future is ready at its first poll).
 async fn with_context<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> R {
     let mut f = Some(f);
@@ -377,7 +363,12 @@ fn exchange_error(addr: SocketAddr, err: &h2::Error) -> ProxyError {
     } else {
         (Reason::UpstreamReset, "HTTP/2 exchange failed")
     };
-    ProxyError::new(reason, format!("{addr} {what}: {err}"))
+    let e = ProxyError::new(reason, format!("{addr} {what}: {err}"));
+    if never_processed(err).is_some() {
+        e.unprocessed()
+    } else {
+        e
+    }
 }
 
 /// Drives one upstream connection until it ends, pinging it every [`PING_INTERVAL`]; marks it

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::h2body::{BodyError, Pipe, PipeEnd, RecvBody};
+use super::replay::ReplayBody;
 use crate::endpoint::Release;
 use crate::io::InFlight;
 
@@ -22,6 +23,8 @@ pub enum RequestBody {
     Http1(Incoming),
     /// From an HTTP/2 stream of [`super::h2_server`].
     H2(RecvBody),
+    /// One attempt of a request the retry stage may send again ([`super::replay`]).
+    Replay(ReplayBody),
 }
 
 impl Body for RequestBody {
@@ -35,6 +38,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -42,6 +46,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Http1(b) => b.is_end_stream(),
             RequestBody::H2(b) => b.is_end_stream(),
+            RequestBody::Replay(b) => b.is_end_stream(),
         }
     }
 
@@ -49,6 +54,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Http1(b) => b.size_hint(),
             RequestBody::H2(b) => b.size_hint(),
+            RequestBody::Replay(b) => b.size_hint(),
         }
     }
 }

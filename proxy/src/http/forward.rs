@@ -29,6 +29,7 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         http: req,
         start,
         upgrade,
+        deadline: None,
         target: (),
     };
     let exchange = match conn.direction {

@@ -84,6 +84,20 @@ pub(crate) fn authority_of<B>(req: &http::Request<B>) -> Option<&str> {
         })
 }
 
+/// A copy of a request head, to send again.
+pub(crate) fn copy_head(head: &http::Request<()>) -> http::Request<()> {
+    let mut copy = http::Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    // Extended CONNECT's `:protocol` travels as an extension.
+    if let Some(p) = head.extensions().get::<h2::ext::Protocol>() {
+        copy.extensions_mut().insert(p.clone());
+    }
+    copy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

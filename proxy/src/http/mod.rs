@@ -6,6 +6,7 @@ mod forward;
 mod h2_server;
 pub mod h2body;
 pub mod headers;
+pub(crate) mod replay;
 mod respond;
 pub(crate) mod send;
 pub(crate) mod stack;

@@ -72,6 +72,8 @@ pub(crate) struct Req<'c, T> {
     /// It asks to switch protocols (an HTTP/1 upgrade): not retried, and between proxies it needs
     /// an HTTP/1.1 connection of its own.
     pub(crate) upgrade: bool,
+    /// When its response head must have arrived (set by the timeout stage).
+    pub(crate) deadline: Option<Instant>,
     /// What the stages above decided.
     pub(crate) target: T,
 }
@@ -84,6 +86,7 @@ impl<'c, T> Req<'c, T> {
             http,
             start,
             upgrade,
+            deadline,
             target: old,
         } = self;
         (
@@ -92,6 +95,7 @@ impl<'c, T> Req<'c, T> {
                 http,
                 start,
                 upgrade,
+                deadline,
                 target,
             },
             old,

@@ -74,6 +74,8 @@ where
         let Some(limit) = timeout else {
             return self.0.call(req).await;
         };
+        let mut req = req;
+        req.deadline = Some(req.start + limit);
         let start = req.start;
         let who = req.target.who();
         let timed_out = |who: Who| {

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use model::{Endpoint, FastMap, Protocol, RouteRule, Service, State};
+pub(crate) use model::{serialize_duration, serialize_duration_opt};
 
 /// Where the current state came from and how its last update went (shown in `/config`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -63,7 +64,7 @@ impl Store {
     /// Replaces the whole state (the only mutator); returns the new version. Each service's
     /// balancer first takes over what the previous state's balancer of the same service and port
     /// learnt about the endpoints that stay (`balance`).
-    pub fn replace(&self, state: State) -> u64 {
+    pub fn replace(&self, mut state: State) -> u64 {
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         state.inherit_runtime(&self.current.load());
         self.current.store(Arc::new(state));

@@ -218,8 +218,10 @@ pub struct RouteRule {
     /// Weighted split.
     pub backends: Vec<Backend>,
     /// Overrides the response timeout.
-    #[serde(skip)]
+    #[serde(serialize_with = "serialize_duration_opt")]
     pub timeout: Option<Duration>,
+    /// Retries of failed requests, with its budget (`None`: no retries).
+    pub(crate) retry: Option<Arc<crate::retry::Retry>>,
     /// Request metrics for this route.
     #[serde(skip)]
     pub metrics: Arc<RequestMetrics>,
@@ -281,9 +283,10 @@ impl State {
         }
     }
 
-    /// Carries each service's runtime load over from `previous` (same name, namespace and
-    /// port): an update that does not touch a service leaves what its balancer learnt alone.
-    pub fn inherit_runtime(&self, previous: &State) {
+    /// Carries runtime state over from `previous`: each service's balancer load (same name,
+    /// namespace and port), and each route rule's retry budget (same service, route and rule
+    /// position). An update that does not touch a service or rule leaves what was learnt alone.
+    pub fn inherit_runtime(&mut self, previous: &State) {
         if previous.services.is_empty() {
             return;
         }
@@ -293,8 +296,24 @@ impl State {
             .map(|s| ((s.name.as_str(), s.namespace.as_str(), s.port), &**s))
             .collect();
         for s in &self.services {
-            if let Some(o) = old.get(&(s.name.as_str(), s.namespace.as_str(), s.port)) {
-                s.balancer.inherit(&o.balancer);
+            let Some(o) = old.get(&(s.name.as_str(), s.namespace.as_str(), s.port)) else {
+                continue;
+            };
+            s.balancer.inherit(&o.balancer);
+            let (Some(rules), Some(old_rules)) =
+                (self.routes.get_mut(s.id), previous.routes.get(o.id))
+            else {
+                continue;
+            };
+            // The same rule: same position, same route.
+            for (rule, old_rule) in rules.iter_mut().zip(old_rules) {
+                // A rule just built holds the only reference to its policy.
+                if let (Some(retry), Some(old_retry)) =
+                    (rule.retry.as_mut().and_then(Arc::get_mut), &old_rule.retry)
+                    && rule.route == old_rule.route
+                {
+                    retry.inherit(old_retry);
+                }
             }
         }
     }
@@ -338,5 +357,24 @@ impl State {
     /// one constructor).
     pub fn service_metrics(service: &str) -> Arc<RequestMetrics> {
         RequestMetrics::new(Direction::Outbound, service, "default")
+    }
+}
+
+/// A duration for `/config`, as people write it (`250ms`, `2s`).
+pub(crate) fn serialize_duration<S: serde::Serializer>(
+    d: &Duration,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    ser.collect_str(&humantime::format_duration(*d))
+}
+
+/// An optional duration for `/config`.
+pub(crate) fn serialize_duration_opt<S: serde::Serializer>(
+    d: &Option<Duration>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serialize_duration(d, ser),
+        None => ser.serialize_none(),
     }
 }

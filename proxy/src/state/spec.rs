@@ -15,6 +15,7 @@ use super::model::{
 };
 use crate::balance::Balancer;
 use crate::metrics::{Direction, RequestMetrics};
+use crate::retry::{self, Retry, RetryOn, RetryPolicy};
 use crate::tls::{SpiffeId, TlsMode};
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +98,119 @@ pub(crate) struct RuleSpec {
     pub(crate) backends: Vec<BackendSpec>,
     #[serde(default, with = "humantime_opt")]
     pub(crate) timeout: Option<Duration>,
+    /// Retries of the rule's failed requests (docs/resilience.md); none when absent.
+    #[serde(default)]
+    pub(crate) retry: Option<RetrySpec>,
+}
+
+/// A rule's retry policy as written: unset fields take the defaults of `crate::retry`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetrySpec {
+    #[serde(default)]
+    pub(crate) attempts: Option<u32>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    pub(crate) retry_on: Vec<RetryOn>,
+    #[serde(default)]
+    pub(crate) retryable_status_codes: Vec<u32>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) backoff_base: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) backoff_max: Option<Duration>,
+    #[serde(default)]
+    pub(crate) budget_ratio: Option<f64>,
+    #[serde(default)]
+    pub(crate) budget_min_retries_per_second: Option<u32>,
+    #[serde(default)]
+    pub(crate) retry_non_idempotent: bool,
+}
+
+impl RetrySpec {
+    /// Checks the policy (the control plane's checks, `validate/route.rs`) and fills in the
+    /// defaults; errors name the field under `at`.
+    pub(crate) fn resolve(
+        &self,
+        at: &str,
+        timeout: Option<Duration>,
+    ) -> Result<RetryPolicy, String> {
+        let attempts = self.attempts.unwrap_or(retry::DEFAULT_ATTEMPTS);
+        if !(1..=retry::MAX_ATTEMPTS).contains(&attempts) {
+            return Err(format!(
+                "{at}.attempts: {attempts} is not a number of attempts in 1–{}",
+                retry::MAX_ATTEMPTS
+            ));
+        }
+        let in_range = |field: &str, d: Option<Duration>| match d {
+            Some(d) if d.is_zero() || d > Duration::from_secs(24 * 3600) => {
+                Err(format!("{at}.{field}: must be between 1ms and 24h"))
+            }
+            _ => Ok(()),
+        };
+        in_range("per_try_timeout", self.per_try_timeout)?;
+        in_range("backoff_base", self.backoff_base)?;
+        in_range("backoff_max", self.backoff_max)?;
+        if let (Some(per_try), Some(timeout)) = (self.per_try_timeout, timeout)
+            && per_try > timeout
+        {
+            return Err(format!(
+                "{at}.per_try_timeout: {} ms is longer than the rule's timeout, {} ms",
+                per_try.as_millis(),
+                timeout.as_millis()
+            ));
+        }
+        let mut codes = Vec::with_capacity(self.retryable_status_codes.len());
+        for (i, code) in self.retryable_status_codes.iter().enumerate() {
+            match u16::try_from(*code) {
+                Ok(c) if (100..=599).contains(&c) => codes.push(c),
+                _ => {
+                    return Err(format!(
+                        "{at}.retryable_status_codes[{i}]: {code} is not an HTTP status code (100–599)"
+                    ));
+                }
+            }
+        }
+        let backoff_base = self.backoff_base.unwrap_or(retry::DEFAULT_BACKOFF_BASE);
+        let backoff_max = self.backoff_max.unwrap_or(retry::DEFAULT_BACKOFF_MAX);
+        if backoff_base > backoff_max {
+            return Err(format!(
+                "{at}.backoff_base: {} ms is more than the backoff maximum, {} ms",
+                backoff_base.as_millis(),
+                backoff_max.as_millis()
+            ));
+        }
+        let budget_ratio = self.budget_ratio.unwrap_or(retry::DEFAULT_BUDGET_RATIO);
+        if !(budget_ratio > 0.0 && budget_ratio <= 1.0) {
+            return Err(format!(
+                "{at}.budget_ratio: {budget_ratio} is not a ratio in (0, 1]"
+            ));
+        }
+        if self.budget_min_retries_per_second == Some(0) {
+            return Err(format!(
+                "{at}.budget_min_retries_per_second: must be positive when set"
+            ));
+        }
+        let mut retry_on = if self.retry_on.is_empty() {
+            retry::DEFAULT_RETRY_ON.to_vec()
+        } else {
+            self.retry_on.clone()
+        };
+        retry_on.dedup();
+        Ok(RetryPolicy {
+            attempts,
+            per_try_timeout: self.per_try_timeout,
+            retry_on,
+            retryable_status_codes: codes,
+            backoff_base,
+            backoff_max,
+            budget_ratio,
+            budget_min_retries_per_second: self
+                .budget_min_retries_per_second
+                .unwrap_or(retry::DEFAULT_BUDGET_MIN_PER_SECOND),
+            retry_non_idempotent: self.retry_non_idempotent,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +345,9 @@ pub(crate) fn check_route(r: &RouteSpec, at: &str) -> Result<Vec<Vec<Match>>, St
         {
             return Err(format!("{at}.timeout: must be between 1ms and 24h"));
         }
+        if let Some(retry) = &rule.retry {
+            retry.resolve(&format!("{at}.retry"), rule.timeout)?;
+        }
         let matches = rule
             .matches
             .iter()
@@ -326,6 +443,14 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                     matches: matches.clone(),
                     backends,
                     timeout: rule.timeout,
+                    retry: match &rule.retry {
+                        Some(r) => Some(Arc::new(Retry::new(
+                            r.resolve(&format!("{at}.retry"), rule.timeout)?,
+                            &parent.qualified_name(),
+                            label,
+                        ))),
+                        None => None,
+                    },
                 });
             }
         }

@@ -73,22 +73,13 @@ pub const KINDS: &[UnenforcedKind] = &[
 ];
 
 /// The fields refused until the proxy enforces them. Delete an entry when it does.
-pub const FIELDS: &[UnenforcedField] = &[
-    UnenforcedField {
-        kind: ResourceKind::Route,
-        field: "spec.rules[].retry",
-        why: "retries arrive with the resilience work",
-        find: route_retries,
-        strip: strip_route_retries,
-    },
-    UnenforcedField {
-        kind: ResourceKind::Route,
-        field: "spec.rules[].backends[].port",
-        why: "the proxy calls a backend on the port the request came in on",
-        find: route_backend_ports,
-        strip: strip_route_backend_ports,
-    },
-];
+pub const FIELDS: &[UnenforcedField] = &[UnenforcedField {
+    kind: ResourceKind::Route,
+    field: "spec.rules[].backends[].port",
+    why: "the proxy calls a backend on the port the request came in on",
+    find: route_backend_ports,
+    strip: strip_route_backend_ports,
+}];
 
 /// One error per unenforced kind or field that `spec` uses; empty when the proxy enforces all of it.
 pub fn refusals(spec: &Spec) -> Vec<FieldError> {
@@ -153,22 +144,6 @@ fn route(spec: &Spec) -> Option<&Route> {
     match spec {
         Spec::Route(route) => Some(route),
         _ => None,
-    }
-}
-
-fn route_retries(spec: &Spec) -> Vec<String> {
-    let rules = route(spec).map_or(&[][..], |r| &r.rules);
-    (rules.iter().enumerate())
-        .filter(|(_, rule)| rule.retry.is_some())
-        .map(|(i, _)| format!("spec.rules[{i}].retry"))
-        .collect()
-}
-
-fn strip_route_retries(spec: &mut Spec) {
-    if let Spec::Route(route) = spec {
-        for rule in &mut route.rules {
-            rule.retry = None;
-        }
     }
 }
 

@@ -56,19 +56,11 @@ fn a_refused_kind_reports_no_structural_errors_of_its_spec() {
 }
 
 #[test]
-fn a_retry_is_refused_naming_its_rule() {
+fn a_retry_policy_is_accepted_now_the_proxy_enforces_it() {
     let mut route = route();
     route.rules[0].retry = Some(retry_policy());
-    let invalid = check(Spec::Route(route.clone())).expect_err("retry refused");
-    assert_eq!(
-        invalid.to_string(),
-        "route backend.default: spec.rules[0].retry: not enforced by shoal-proxy yet; remove it (retries \
-         arrive with the resilience work; see docs/shoalctl.md#refused-until-enforced)"
-    );
     route.rules[1].retry = Some(RetryPolicy::default());
-    let invalid = check(Spec::Route(route)).expect_err("retries refused");
-    let fields: Vec<_> = invalid.errors.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["spec.rules[0].retry", "spec.rules[1].retry"]);
+    assert_eq!(check(Spec::Route(route)), Ok(()));
 }
 
 #[test]
@@ -88,7 +80,7 @@ fn a_backend_port_is_refused_naming_the_backend() {
 }
 
 #[test]
-fn a_route_without_retries_or_backend_ports_is_accepted() {
+fn a_route_without_backend_ports_is_accepted() {
     assert_eq!(check(Spec::Route(route())), Ok(()));
     let mut timeout_only = route();
     timeout_only.rules[1].timeout = Some(Duration::from_millis(1500));
@@ -98,14 +90,14 @@ fn a_route_without_retries_or_backend_ports_is_accepted() {
 #[test]
 fn structural_errors_inside_a_refused_field_are_left_out_the_others_kept() {
     let mut route = route();
-    route.rules[0].retry = Some(RetryPolicy {
-        attempts: Some(50),
-        ..RetryPolicy::default()
-    });
+    route.rules[0].backends[0].port = Some(0);
     route.rules[1].backends[0].weight = 0;
     let invalid = check(Spec::Route(route)).expect_err("refused and invalid");
     let fields: Vec<_> = invalid.errors.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["spec.rules[0].retry", "spec.rules[1].backends"]);
+    assert_eq!(
+        fields,
+        ["spec.rules[0].backends[0].port", "spec.rules[1].backends"]
+    );
 }
 
 #[test]
@@ -123,10 +115,7 @@ fn every_unenforced_field_is_set_by_the_full_fixture_and_refused() {
         }
     }
     let fields: Vec<_> = FIELDS.iter().map(|f| f.field).collect();
-    assert_eq!(
-        fields,
-        ["spec.rules[].retry", "spec.rules[].backends[].port"]
-    );
+    assert_eq!(fields, ["spec.rules[].backends[].port"]);
 }
 
 #[test]
@@ -147,10 +136,12 @@ fn discovery_gets_only_the_enforced_part() {
     let full = resource("backend", "default", Spec::Route(route_with_unenforced()));
     let part = enforced(&full).expect("routes are enforced");
     assert!(matches!(part, Cow::Owned(_)));
-    let expected = resource("backend", "default", Spec::Route(route()));
+    let mut kept = route();
+    kept.rules[0].retry = Some(retry_policy());
+    let expected = resource("backend", "default", Spec::Route(kept));
     assert_eq!(
         *part, expected,
-        "retries and backend ports stripped, the rest kept"
+        "backend ports stripped, the rest (retry too) kept"
     );
 
     let plain = resource("backend", "default", Spec::Route(route()));

@@ -2,19 +2,19 @@
 //! latency), decides how to speak to it (mTLS and HTTP/2 between proxies), and reports the
 //! exchange's latency back to the balancer.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::route::same_version;
+use super::split::Backend;
 use crate::balance::Picked;
 use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::http::Downstream;
 use crate::http::send::Dest;
 use crate::http::stack::{Exchange, Layer, Req, Service};
-use crate::state::{Protocol, Service as MeshService};
+use crate::state::Protocol;
 
 /// The latency a failed exchange counts as.
 const FAILED_RTT: Duration = Duration::from_secs(1);
@@ -35,14 +35,14 @@ impl<S> Layer<S> for BalanceLayer {
     }
 }
 
-impl<'c, S> Service<Req<'c, Arc<MeshService>>> for Balance<S>
+impl<'c, S> Service<Req<'c, Backend>> for Balance<S>
 where
     S: Service<Req<'c, Dest>> + Sync,
 {
-    async fn call(&self, req: Req<'c, Arc<MeshService>>) -> Exchange {
+    async fn call(&self, req: Req<'c, Backend>) -> Exchange {
         let conn = req.conn;
-        let backend = &req.target;
-        let Some(mut picked) = backend.balancer.pick() else {
+        let backend = &req.target.service;
+        let Some(mut picked) = backend.balancer.pick_avoiding(req.target.avoid) else {
             return Exchange::failed(ProxyError::new(
                 Reason::NoEndpoints,
                 format!(

@@ -4,14 +4,17 @@
 //! route       destination (virtual IP or authority) → service → route rule; else passthrough
 //!  └ timeout  the route's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
 //!     └ split     weighted pick of the rule's backend
-//!        └ balance    P2C-EWMA pick of the backend's endpoint; reports latency back
-//!           └ send    shape for the wire, pooled connection (mTLS to mesh peers)
+//!        └ retry      the rule's retry policy: budget, backoff, deadline; each attempt re-enters
+//!           │         the balancer (another endpoint where there is one)
+//!           └ balance    P2C-EWMA pick of the backend's endpoint; reports latency back
+//!              └ send    shape for the wire, pooled connection (mTLS to mesh peers)
 //! ```
 //!
 //! A request to a destination the state does not know skips split and balance: it passes
 //! through (timeout → send) to where the app was going.
 
 mod balance;
+mod retry;
 mod route;
 mod split;
 
@@ -23,6 +26,7 @@ use crate::http::timeout::TimeoutLayer;
 pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
     let known = Stack::new(Send)
         .push(balance::BalanceLayer)
+        .push(retry::RetryLayer)
         .push(split::SplitLayer)
         .push(TimeoutLayer)
         .into_inner();

@@ -1,0 +1,330 @@
+//! The retry stage: a route rule's retry policy (`crate::retry`). Each attempt re-enters the
+//! balancer, which avoids the endpoint the previous attempt failed on; attempts are spaced by
+//! exponential backoff with full jitter (or the upstream's `Retry-After` / gRPC pushback), never
+//! start when the request's deadline would pass first, and only while the rule's budget allows, so
+//! retries cannot multiply load during an outage.
+//!
+//! What is retried: the policy's conditions (connect failure, refused stream, reset, 5xx, gateway
+//! errors, listed statuses, gRPC UNAVAILABLE / RESOURCE_EXHAUSTED, the per-try timeout), for
+//! idempotent methods (and gRPC calls on gRPC conditions) unless the rule opts in to the others;
+//! never an upgrade; a request body only while it fits the replay buffer (`http::replay`).
+//!
+//! A rule without a policy costs one branch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use tokio::time::Instant;
+
+use super::split::Backend;
+use crate::errors::{ProxyError, Reason};
+use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::headers::copy_head;
+use crate::http::replay::Replay;
+use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::retry::{Retry as Policy, RetryOn};
+
+/// Upstream: which attempt this is (1 for the first), on requests of a rule with a retry policy.
+static ATTEMPT: HeaderName = HeaderName::from_static("shoal-attempt");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// The longest `Retry-After` the proxy waits for; a longer one ends the retries.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// The layer (the policy is the route rule's).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RetryLayer;
+
+/// The stage.
+#[derive(Debug)]
+pub(super) struct Retry<S>(S);
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry(inner)
+    }
+}
+
+impl<'c, S> Service<Req<'c, Backend>> for Retry<S>
+where
+    S: Service<Req<'c, Backend>> + Sync,
+{
+    async fn call(&self, req: Req<'c, Backend>) -> Exchange {
+        let Some(policy) = req.target.retry.clone() else {
+            return self.0.call(req).await;
+        };
+        policy.budget.deposit(Instant::now());
+        if req.upgrade || !may_retry(&req.http, &policy) {
+            return self.0.call(req).await;
+        }
+        // Boxed: only rules with a policy pay for the retry loop's state.
+        Box::pin(attempts(&self.0, req, policy)).await
+    }
+}
+
+/// Whether the request's method allows a retry under `policy`: idempotent methods (RFC 9110
+/// §9.2.2), gRPC calls when the policy names a gRPC condition, anything when the rule opts in.
+fn may_retry(req: &Request<RequestBody>, policy: &Policy) -> bool {
+    let p = &policy.policy;
+    p.retry_non_idempotent
+        || matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+        || (is_grpc(req)
+            && (p.retries_on(RetryOn::GrpcUnavailable)
+                || p.retries_on(RetryOn::GrpcResourceExhausted)))
+}
+
+fn is_grpc(req: &Request<RequestBody>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Sends the request until an attempt succeeds, fails in a way the policy does not retry, or a
+/// limit (attempts, budget, deadline, body) stops it; returns the last attempt's exchange.
+async fn attempts<'c, S>(inner: &S, req: Req<'c, Backend>, policy: Arc<Policy>) -> Exchange
+where
+    S: Service<Req<'c, Backend>> + Sync,
+{
+    let p = &policy.policy;
+    let Req {
+        conn,
+        http,
+        start,
+        upgrade,
+        deadline,
+        target,
+    } = req;
+    let (parts, body) = http.into_parts();
+    let head = Request::from_parts(parts, ());
+    let replay = Replay::new(body);
+    // The caller's own deadline counts too: no attempt starts that cannot end before it.
+    let grpc_deadline = head
+        .headers()
+        .get(&GRPC_TIMEOUT)
+        .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        .map(|t| start + t);
+    let deadline = [deadline, grpc_deadline].into_iter().flatten().min();
+    let mut avoid = None;
+    let mut n = 1;
+    loop {
+        let Some(body) = replay.attempt() else {
+            unreachable!("checked replayable before every retry");
+        };
+        let mut attempt = copy_head(&head).map(|()| RequestBody::Replay(body));
+        attempt
+            .headers_mut()
+            .insert(ATTEMPT.clone(), HeaderValue::from(n));
+        let now = Instant::now();
+        if let (Some(d), true) = (grpc_deadline, n > 1) {
+            // The upstream learns how long is left, not how long the caller first allowed.
+            let left = d.saturating_duration_since(now);
+            attempt
+                .headers_mut()
+                .insert(GRPC_TIMEOUT.clone(), grpc_timeout_value(left));
+        }
+        let per_try = p
+            .per_try_timeout
+            .map(|t| deadline.map_or(t, |d| t.min(d.saturating_duration_since(now))));
+        let call = inner.call(Req {
+            conn,
+            http: attempt,
+            start,
+            upgrade,
+            deadline,
+            target: Backend {
+                service: target.service.clone(),
+                retry: None,
+                avoid,
+            },
+        });
+        let (exchange, timed_out) = match per_try {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(e) => (e, false),
+                Err(_) => (per_try_timed_out(&target, limit, n, p.attempts), true),
+            },
+            None => (call.await, false),
+        };
+        if !retryable(p, &exchange, timed_out) {
+            if n > 1
+                && exchange
+                    .result
+                    .as_ref()
+                    .is_ok_and(|r| !r.status().is_server_error())
+            {
+                policy.metrics.recovered.increment(1);
+            }
+            return exchange;
+        }
+        if n >= p.attempts {
+            return exchange;
+        }
+        if !replay.replayable() {
+            policy.metrics.body_too_large.increment(1);
+            return exchange;
+        }
+        let Some(wait) = wait_before_retry(p, n, &exchange) else {
+            return exchange;
+        };
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now + wait >= d) {
+            policy.metrics.deadline.increment(1);
+            return exchange;
+        }
+        if !policy.budget.withdraw(now) {
+            policy.metrics.budget_exhausted.increment(1);
+            return exchange;
+        }
+        avoid = exchange.upstream;
+        // The failed attempt's response is dropped here (its connection with it, if its body was
+        // still coming) before the wait.
+        drop(exchange);
+        policy.metrics.retries.increment(1);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        n += 1;
+    }
+}
+
+/// The error of an attempt cut by its per-try timeout.
+fn per_try_timed_out(target: &Backend, limit: Duration, n: u32, of: u32) -> Exchange {
+    Exchange::failed(ProxyError::new(
+        Reason::ResponseTimeout,
+        format!(
+            "no response head from service {} within the retry policy's per_try_timeout ({limit:?}; attempt {n} of {of})",
+            target.service.qualified_name()
+        ),
+    ))
+}
+
+/// Whether the attempt failed in a way the policy retries.
+fn retryable(p: &crate::retry::RetryPolicy, exchange: &Exchange, timed_out: bool) -> bool {
+    if timed_out {
+        return p.retries_on(RetryOn::PerTryTimeout);
+    }
+    match &exchange.result {
+        Ok(resp) => retryable_response(p, resp),
+        Err(e) => retryable_error(p, e),
+    }
+}
+
+fn retryable_response(p: &crate::retry::RetryPolicy, resp: &Response<ResponseBody>) -> bool {
+    let status = resp.status();
+    let code = status.as_u16();
+    if p.retryable_status_codes.contains(&code)
+        || (status.is_server_error() && p.retries_on(RetryOn::ServerError))
+        || (matches!(code, 502..=504) && p.retries_on(RetryOn::GatewayError))
+        || (status == StatusCode::SERVICE_UNAVAILABLE && p.retries_on(RetryOn::ServiceUnavailable))
+    {
+        return true;
+    }
+    // gRPC reports failures in trailers; a call that failed at once sends them as its head
+    // (trailers-only), which is all that can be seen before the response goes to the client.
+    match resp.headers().get(&GRPC_STATUS).map(|v| v.as_bytes()) {
+        Some(b"14") => p.retries_on(RetryOn::GrpcUnavailable),
+        Some(b"8") => p.retries_on(RetryOn::GrpcResourceExhausted),
+        _ => false,
+    }
+}
+
+fn retryable_error(p: &crate::retry::RetryPolicy, e: &ProxyError) -> bool {
+    let on = |c| p.retries_on(c);
+    let condition = match e.kind {
+        Reason::UpstreamConnectRefused
+        | Reason::UpstreamConnectTimeout
+        | Reason::UpstreamConnectError
+        | Reason::UpstreamTlsHandshake => on(RetryOn::ConnectFailure),
+        Reason::UpstreamReset if e.unprocessed => on(RetryOn::RefusedStream) || on(RetryOn::Reset),
+        Reason::UpstreamReset => on(RetryOn::Reset),
+        Reason::UpstreamMalformedResponse => false,
+        // Nothing another attempt could change: the request, the configuration, the proxy.
+        _ => return false,
+    };
+    let status = e.kind.status();
+    condition
+        || p.retryable_status_codes.contains(&status.as_u16())
+        || (status.is_server_error() && on(RetryOn::ServerError))
+        || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
+        || (status == StatusCode::SERVICE_UNAVAILABLE && on(RetryOn::ServiceUnavailable))
+}
+
+/// How long to wait before retry number `n`: the backoff, or longer when the upstream asked
+/// (`Retry-After` in seconds, `grpc-retry-pushback-ms`); `None` when the upstream asked not to
+/// retry (a negative or malformed pushback) or to wait longer than [`MAX_RETRY_AFTER`].
+fn wait_before_retry(
+    p: &crate::retry::RetryPolicy,
+    n: u32,
+    exchange: &Exchange,
+) -> Option<Duration> {
+    let backoff = p.backoff(n);
+    let Ok(resp) = &exchange.result else {
+        return Some(backoff);
+    };
+    let headers = resp.headers();
+    if let Some(v) = headers.get(&GRPC_PUSHBACK) {
+        // gRPC's A6: a pushback that is not a non-negative integer means "do not retry".
+        let ms: u64 = std::str::from_utf8(v.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        return Some(Duration::from_millis(ms)).filter(|d| *d <= MAX_RETRY_AFTER);
+    }
+    match headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().parse::<u64>())
+    {
+        Some(Ok(secs)) => {
+            let asked = Duration::from_secs(secs);
+            (asked <= MAX_RETRY_AFTER).then_some(asked.max(backoff))
+        }
+        // An HTTP date or a malformed value: the backoff.
+        Some(Err(_)) | None => Some(backoff),
+    }
+}
+
+/// A `grpc-timeout` value (an integer of at most 8 digits and a unit, gRPC's HTTP/2 protocol).
+fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `left` as a `grpc-timeout` value, in the finest unit that fits 8 digits.
+fn grpc_timeout_value(left: Duration) -> HeaderValue {
+    let micros = left.as_micros();
+    let text = if micros < 100_000_000 {
+        format!("{micros}u")
+    } else {
+        format!("{}m", left.as_millis().min(99_999_999))
+    };
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("1m"))
+}
+
+#[cfg(test)]
+mod tests;
