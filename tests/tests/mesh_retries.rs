@@ -22,7 +22,7 @@ async fn a_retry_policy_applied_with_shoalctl_recovers_failures() {
     // Every third request fails with 503 (as an overloaded instance might).
     let seen = Arc::new(AtomicUsize::new(0));
     let backend = HttpBackend::respond(move |_| {
-        if seen.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+        if seen.fetch_add(1, Ordering::SeqCst).is_multiple_of(3) {
             text_response(503, "busy")
         } else {
             text_response(200, "ok")
