@@ -3,7 +3,8 @@
 //! compile. The endpoint update applies (traffic reaches the new endpoint), the route alone is
 //! NACKed by key with an error naming it and its field, and the last good route keeps routing.
 //! The control plane's own validation refuses such a route at `apply`, so only a hand-driven
-//! server can push one; `mesh_nack.rs` has the same through the real control plane.
+//! server can push one; `mesh_nack.rs` has a NACK through the real control plane, of what only
+//! the proxy can judge (a trust bundle that does not verify its own certificate).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
