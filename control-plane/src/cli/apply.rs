@@ -1,9 +1,16 @@
 //! `shoalctl apply -f FILE|-`: every document of a YAML stream, services first so that what refers to them
 //! validates, each with `Apply` (create or overwrite).
+//!
+//! A service the server refuses is tried again after the other services of the file applied, for as long as
+//! that helps: a file moving a host from one service to another applies whatever its order (the host is
+//! free once the service giving it up is applied). One that still conflicts is refused, naming the field and
+//! the service holding the host, like any invalid document.
 
 use std::io::Read;
 
 use shoal_proto::v1;
+use shoal_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
 
 use super::error::CliError;
 use super::{client, yaml};
@@ -11,48 +18,80 @@ use super::{client, yaml};
 /// Applies the resources in `file` (`-`: standard input).
 pub(super) async fn run(server: &str, file: &str) -> Result<(), CliError> {
     let (origin, text) = read(file)?;
-    let mut parsed = yaml::parse(&text).map_err(|e| CliError::Input(format!("{origin}: {e}")))?;
+    let parsed = yaml::parse(&text).map_err(|e| CliError::Input(format!("{origin}: {e}")))?;
     if parsed.is_empty() {
         return Err(CliError::Input(format!("{origin}: no resources found")));
     }
-    // Stable sort: services first, then everything else in file order.
-    parsed.sort_by_key(|p| p.resource.kind != v1::ResourceKind::Service as i32);
     let mut client = client::connect(server).await?;
     let total = parsed.len();
-    let mut failed = 0;
-    for item in parsed {
-        let subject = subject(&item.resource);
-        let request = v1::ApplyRequest {
-            resource: Some(item.resource),
-        };
-        match client.apply(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                let version = (response.resource.as_ref())
-                    .and_then(|r| r.metadata.as_ref())
-                    .map_or(0, |m| m.resource_version);
-                let verb = if response.unchanged {
-                    "unchanged"
-                } else if response.created {
-                    "created"
-                } else {
-                    "configured"
-                };
-                println!("{subject} {verb} (version {version})");
+    // Services first, then everything else in file order.
+    let (services, others): (Vec<_>, Vec<_>) =
+        (parsed.into_iter()).partition(|p| p.resource.kind == v1::ResourceKind::Service as i32);
+    let mut pending = services;
+    let mut failed = Vec::new();
+    // Passes over the refused services until one applies none of them.
+    loop {
+        let before = pending.len();
+        let mut refused = Vec::new();
+        for item in pending {
+            if let Some(error) = apply_one(&mut client, server, &item).await? {
+                refused.push((item, error));
             }
-            Err(status) => match CliError::from_status(server, &status) {
-                error @ CliError::Unreachable { .. } => return Err(error),
-                error => {
-                    failed += 1;
-                    eprintln!("error: {subject} (document {}): {error}", item.index);
-                }
-            },
+        }
+        if refused.is_empty() || refused.len() == before {
+            failed.extend(refused);
+            break;
+        }
+        pending = refused.into_iter().map(|(item, _)| item).collect();
+    }
+    for item in others {
+        if let Some(error) = apply_one(&mut client, server, &item).await? {
+            failed.push((item, error));
         }
     }
+    failed.sort_by_key(|(item, _)| item.index);
+    for (item, error) in &failed {
+        let subject = subject(&item.resource);
+        eprintln!("error: {subject} (document {}): {error}", item.index);
+    }
+    let failed = failed.len();
     if failed == 0 {
         Ok(())
     } else {
         Err(CliError::Partial { failed, total })
+    }
+}
+
+/// Applies one document and prints what became of it; `Some(error)` if the server refused it (the caller
+/// reports it), an error if the server cannot be reached.
+async fn apply_one(
+    client: &mut AdminClient<Channel>,
+    server: &str,
+    item: &yaml::Parsed,
+) -> Result<Option<CliError>, CliError> {
+    let request = v1::ApplyRequest {
+        resource: Some(item.resource.clone()),
+    };
+    match client.apply(request).await {
+        Ok(response) => {
+            let response = response.into_inner();
+            let version = (response.resource.as_ref())
+                .and_then(|r| r.metadata.as_ref())
+                .map_or(0, |m| m.resource_version);
+            let verb = if response.unchanged {
+                "unchanged"
+            } else if response.created {
+                "created"
+            } else {
+                "configured"
+            };
+            println!("{} {verb} (version {version})", subject(&item.resource));
+            Ok(None)
+        }
+        Err(status) => match CliError::from_status(server, &status) {
+            error @ CliError::Unreachable { .. } => Err(error),
+            error => Ok(Some(error)),
+        },
     }
 }
 
