@@ -8,6 +8,7 @@
 
 use std::io::Read;
 
+use prost::Message;
 use shoal_proto::v1;
 use shoal_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -72,6 +73,7 @@ async fn apply_one(
     let request = v1::ApplyRequest {
         resource: Some(item.resource.clone()),
     };
+    let bytes = request.encoded_len();
     match client.apply(request).await {
         Ok(response) => {
             let response = response.into_inner();
@@ -90,9 +92,33 @@ async fn apply_one(
         }
         Err(status) => match CliError::from_status(server, &status) {
             error @ CliError::Unreachable { .. } => Err(error),
+            _ if too_large(&status) => {
+                Ok(Some(CliError::Server(too_large_message(&status, bytes))))
+            }
             error => Ok(Some(error)),
         },
     }
+}
+
+/// Whether the server refused the request for its size (tonic's decoder, before any handler runs).
+fn too_large(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+}
+
+/// What to do about a document over the control plane's request limit: the limit in bytes (from the server's
+/// answer, which says it) and the setting that raises it.
+fn too_large_message(status: &tonic::Status, bytes: usize) -> String {
+    // tonic's text: "... found N bytes, the limit is: L bytes".
+    let limit = (status.message().rsplit_once("the limit is: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map_or_else(|| "its limit".to_owned(), |limit| format!("{limit} bytes"));
+    let (_, max) = crate::server::config::ADMIN_MAX_REQUEST_BYTES_BOUNDS;
+    format!(
+        "the resource is {bytes} bytes in its Apply request, more than the control plane accepts ({limit}): \
+         raise SHOAL_CP_ADMIN_MAX_REQUEST_BYTES on the control plane (at most {max} bytes; \
+         docs/control-plane.md#settings), or split the resource"
+    )
 }
 
 /// `route/backend.default`: the kind as the CLI names it, then the qualified name.

@@ -169,6 +169,8 @@ pub struct ControlPlane {
     server_cert: Arc<ServerCert>,
     /// See [`Config::discovery_plaintext`].
     discovery_plaintext: bool,
+    /// See [`Config::admin_max_request_bytes`].
+    admin_max_request_bytes: usize,
     /// `trust-anchors.pem` in the data directory.
     anchors_file: PathBuf,
     /// The sidecar injector's webhook, when enabled.
@@ -222,6 +224,7 @@ impl ControlPlane {
             identity,
             server_cert,
             discovery_plaintext: config.discovery_plaintext,
+            admin_max_request_bytes: config.admin_max_request_bytes,
             anchors_file,
             push_interval: config.push_interval,
             admin: bind(config::env::ADMIN_ADDR, config.admin_addr).await?,
@@ -335,7 +338,10 @@ impl ControlPlane {
             ));
         }
         let admin_server = Server::builder()
-            .add_service(admin.clone().into_server())
+            .add_service(
+                (admin.clone().into_server())
+                    .max_decoding_message_size(self.admin_max_request_bytes),
+            )
             .serve_with_incoming_shutdown(TcpIncoming::from(self.admin), closed(closing.clone()));
         let discovery_server = Server::builder()
             .add_routes(parts.routes)
