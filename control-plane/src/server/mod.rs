@@ -122,6 +122,8 @@ fn discovery(
     let hub = crate::discovery::Hub::with_push_interval(push_interval);
     // A store from before a refusal may hold what the proxy does not enforce: warn, push only the rest.
     crate::discovery::hub::warn_unenforced(store);
+    // ... or services claiming one host, which proxies holding both NACK.
+    crate::discovery::hub::warn_conflicting_hosts(store);
     tokio::spawn(hub.clone().follow(store.clone()));
     // The trust bundle is a discovery resource; the upkeep task activates a rotation's new root once the
     // proxies connected here have it, and retires rotated-out roots on time.
