@@ -25,17 +25,40 @@ pub(super) async fn run(server: &str, file: &str) -> Result<(), CliError> {
     }
     let mut client = client::connect(server).await?;
     let total = parsed.len();
-    // Services first, then everything else in file order.
+    let mut failed = Vec::new();
+    let outcome = apply_all(&mut client, server, parsed, &mut failed).await;
+    // Refusals are reported in document order, also when the server went away half-way.
+    failed.sort_by_key(|(item, _)| item.index);
+    for (item, error) in &failed {
+        let subject = subject(&item.resource);
+        eprintln!("error: {subject} (document {}): {error}", item.index);
+    }
+    outcome?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        let failed = failed.len();
+        Err(CliError::Partial { failed, total })
+    }
+}
+
+/// Applies `parsed`, services first, then everything else in file order; refused documents go to `failed`.
+/// An error only if the server cannot be reached.
+async fn apply_all(
+    client: &mut AdminClient<Channel>,
+    server: &str,
+    parsed: Vec<yaml::Parsed>,
+    failed: &mut Vec<(yaml::Parsed, CliError)>,
+) -> Result<(), CliError> {
     let (services, others): (Vec<_>, Vec<_>) =
         (parsed.into_iter()).partition(|p| p.resource.kind == v1::ResourceKind::Service as i32);
     let mut pending = services;
-    let mut failed = Vec::new();
     // Passes over the refused services until one applies none of them.
     loop {
         let before = pending.len();
         let mut refused = Vec::new();
         for item in pending {
-            if let Some(error) = apply_one(&mut client, server, &item).await? {
+            if let Some(error) = apply_one(client, server, &item).await? {
                 refused.push((item, error));
             }
         }
@@ -46,21 +69,11 @@ pub(super) async fn run(server: &str, file: &str) -> Result<(), CliError> {
         pending = refused.into_iter().map(|(item, _)| item).collect();
     }
     for item in others {
-        if let Some(error) = apply_one(&mut client, server, &item).await? {
+        if let Some(error) = apply_one(client, server, &item).await? {
             failed.push((item, error));
         }
     }
-    failed.sort_by_key(|(item, _)| item.index);
-    for (item, error) in &failed {
-        let subject = subject(&item.resource);
-        eprintln!("error: {subject} (document {}): {error}", item.index);
-    }
-    let failed = failed.len();
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(CliError::Partial { failed, total })
-    }
+    Ok(())
 }
 
 /// Applies one document and prints what became of it; `Some(error)` if the server refused it (the caller
