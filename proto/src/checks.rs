@@ -195,3 +195,67 @@ fn authorization(field: &str, value: &str, line: &str) -> Payload {
         rules: vec![rule],
     })
 }
+
+const CONFLICTS: &str = include_str!("../testdata/authority-conflicts.txt");
+
+/// One case of `testdata/authority-conflicts.txt`: a service held, and one pushed or applied after it.
+#[derive(Debug, Clone)]
+pub struct ConflictCase {
+    /// The line, for messages.
+    pub line: &'static str,
+    /// The service held (pushed or applied first).
+    pub held: v1::Service,
+    /// The service pushed or applied next.
+    pub next: v1::Service,
+    /// Whether `next` claims an authority `held` has: the proxy NACKs it, the control plane refuses it.
+    pub conflict: bool,
+}
+
+/// Every case of `testdata/authority-conflicts.txt`.
+pub fn conflict_cases() -> Vec<ConflictCase> {
+    CONFLICTS
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let [held, next, verdict] = cells[..] else {
+                panic!("{line}: expected `service | service | verdict`")
+            };
+            let conflict = match verdict {
+                "conflict" => true,
+                "accept" => false,
+                _ => panic!("{line}: unknown verdict {verdict}"),
+            };
+            ConflictCase {
+                line,
+                held: described_service(held, line),
+                next: described_service(next, line),
+                conflict,
+            }
+        })
+        .collect()
+}
+
+/// `name.namespace:port[,port] [host,host]` as a Service.
+fn described_service(text: &str, line: &str) -> v1::Service {
+    let (service, hosts) = text.split_once(' ').unwrap_or((text, ""));
+    let (qualified, ports) = service
+        .split_once(':')
+        .unwrap_or_else(|| panic!("{line}: {service}: expected name.namespace:port"));
+    let (name, namespace) = qualified
+        .split_once('.')
+        .unwrap_or_else(|| panic!("{line}: {qualified}: expected name.namespace"));
+    let ports = ports.split(',').map(|p| v1::ServicePort {
+        port: number(p, line) as u32,
+        ..Default::default()
+    });
+    v1::Service {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        ports: ports.collect(),
+        hosts: (hosts.split(',').filter(|h| !h.is_empty()))
+            .map(str::to_owned)
+            .collect(),
+        ..Default::default()
+    }
+}

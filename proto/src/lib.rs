@@ -12,12 +12,16 @@
 //!   concurrency, registration heartbeats, proxy sync status, join tokens, CA rotation).
 //!
 //! Wire types stay wire types: the proxy and the control plane each convert them into their own domain types at
-//! their edge (`TryFrom`), where validation lives.
+//! their edge (`TryFrom`), where validation lives. The one piece of meaning both sides must compute identically
+//! lives here too: [`authority::authorities`], the `Host` / `:authority` values a service answers to, which the
+//! proxy routes by and the control plane keeps unique across services.
 
 /// Version 1 of the Shoal protocol (protobuf package `shoal.v1`), generated from `proto/shoal/v1/*.proto`.
 pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
+
+pub mod authority;
 
 /// Test cases both sides run: what a proxy rejects when pushed, the control plane refuses at `apply`.
 #[cfg(feature = "test-util")]

@@ -3,7 +3,8 @@
 //! compile. The endpoint update applies (traffic reaches the new endpoint), the route alone is
 //! NACKed by key with an error naming it and its field, and the last good route keeps routing.
 //! The control plane's own validation refuses such a route at `apply`, so only a hand-driven
-//! server can push one; `mesh_nack.rs` has the same through the real control plane.
+//! server can push one; `mesh_nack.rs` has a NACK through the real control plane, of what only
+//! the proxy can judge (a trust bundle that does not verify its own certificate).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -253,4 +254,57 @@ async fn an_invalid_route_is_nacked_alone_and_the_endpoint_update_in_its_push_ap
         route.to_string().contains("\"api\""),
         "the last good route is still held: {config}"
     );
+}
+
+/// A response larger than gRPC's default 4 MiB (one large resource travels alone) is taken: the
+/// control plane stores resources up to 15 MiB (`SHOAL_CP_ADMIN_MAX_REQUEST_BYTES`), and a proxy
+/// that could not decode one would lose its stream on every reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_4_mib_is_applied() {
+    let app = HttpBackend::respond(|_| text_response(200, "big")).await;
+    let mut cp = Server::start().await;
+    let proxy = ProxyBuilder::new()
+        .outbound_explicit()
+        .env("SHOAL_DISCOVERY_ADDR", format!("http://{}", cp.addr))
+        .env("SHOAL_PROXY_ID", "hand-driven-big")
+        .start()
+        .await;
+    let mut client = MeshClient::new(proxy.outbound());
+    let first = tokio::spawn(async move { client.body("web").await });
+    cp.next("Subscribe", |r| match r {
+        Req::Subscribe(s) if s.resources.contains(&key(ResourceType::Service)) => Some(s),
+        _ => None,
+    })
+    .await;
+    // 6 MiB of hosts: 6 MiB in one resource, as large as one the control plane may store.
+    let hosts: Vec<String> = (0..400_000).map(|i| format!("h{i:06}.example")).collect();
+    let service = Payload::Service(v1::Service {
+        name: "web".into(),
+        namespace: "default".into(),
+        ports: vec![v1::ServicePort {
+            port: 80,
+            ..Default::default()
+        }],
+        hosts,
+        ..Default::default()
+    });
+    cp.push(
+        "big",
+        vec![
+            resource(ResourceType::Service, "s1", service),
+            resource(ResourceType::Endpoints, "e1", endpoints(app.addr())),
+        ],
+    )
+    .await;
+    let ack = cp
+        .next("ACK of the large push", |r| match r {
+            Req::Ack(a) => Some(a),
+            Req::Nack(n) => panic!("the large push was NACKed: {n:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(ack.nonce, "big");
+    assert_eq!(first.await.unwrap().unwrap(), "big");
+    let mut client = MeshClient::new(proxy.outbound());
+    assert_eq!(client.body("h399999.example").await.unwrap(), "big");
 }

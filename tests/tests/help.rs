@@ -31,6 +31,7 @@ fn the_control_plane_says_what_it_is_and_lists_every_setting() {
         "SHOAL_CP_WEBHOOK_CERT_FILE",
         "SHOAL_CP_WEBHOOK_KEY_FILE",
         "SHOAL_CP_INJECTOR_CONFIG_FILE",
+        "SHOAL_CP_ADMIN_MAX_REQUEST_BYTES",
         "SHOAL_LOG",
     ] {
         assert!(text.contains(setting), "{setting} missing from:\n{text}");

@@ -28,7 +28,9 @@ pub(crate) async fn connect(server: &str) -> Result<AdminClient<Channel>, CliErr
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
     match endpoint.connect().await {
-        Ok(channel) => Ok(AdminClient::new(channel)),
+        // Answers come from the operator's own control plane: a listing of many resources, or one large
+        // resource echoed back by `apply`, may pass gRPC's default 4 MiB.
+        Ok(channel) => Ok(AdminClient::new(channel).max_decoding_message_size(usize::MAX)),
         Err(error) => Err(CliError::Unreachable {
             server: server.to_owned(),
             cause: root_cause(&error),

@@ -1,10 +1,12 @@
 //! The hub: follows the store, keeps the [`Catalog`] current, and tells the streams subscribed to
 //! a key that it changed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use shoal_proto::authority::authorities;
 use shoal_proto::v1::{self, discovery_resource::Payload};
 use tokio::sync::broadcast;
 
@@ -12,7 +14,7 @@ use super::catalog::{Catalog, Contribution, Entry, Key, KeyMap, key};
 use super::registry::Registry;
 use super::stream::Mailbox;
 use crate::model::validate::{Invalid, unenforced};
-use crate::model::{Resource, Spec};
+use crate::model::{Resource, ResourceKind, ServiceRef, Spec};
 use crate::store::{Change, Store};
 
 /// Changed-key batches kept for [`Hub::changes`] observers.
@@ -271,6 +273,48 @@ pub fn warn_unenforced(store: &Store) -> Vec<Invalid> {
         );
     }
     found
+}
+
+/// Logs one warning per stored service answering to a host (with the port) that a service before it, in key
+/// order, already answers to: a store written before `apply` refused such services may hold them. Proxies
+/// holding both NACK one; the control plane keeps serving and pushing both. Returns the warnings.
+pub fn warn_conflicting_hosts(store: &Store) -> Vec<String> {
+    let listing = store.list(Some(ResourceKind::Service), None);
+    // One pass: each authority's first service, so a large store is not checked pair by pair.
+    let mut claimed: HashMap<String, ServiceRef> = HashMap::new();
+    let mut warnings = Vec::new();
+    for stored in &listing.resources {
+        let Spec::Service(service) = &stored.resource.spec else {
+            continue;
+        };
+        let own = service.qualified();
+        let mut taken: Vec<(String, ServiceRef)> = Vec::new();
+        for port in service.ports.iter().map(|p| p.port) {
+            let all = authorities(&service.name, &service.namespace, port, &service.hosts);
+            for authority in all {
+                match claimed.get(&authority) {
+                    Some(owner) if *owner != own => {
+                        if !taken.iter().any(|(_, o)| o == owner) {
+                            taken.push((authority, owner.clone()));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        claimed.insert(authority, own.clone());
+                    }
+                }
+            }
+        }
+        for (authority, owner) in taken {
+            let warning = format!(
+                "service {own} answers to {authority}, which service {owner} already answers to: a proxy \
+                 holding both NACKs one; apply {own} without that host (or name) or delete one of them"
+            );
+            tracing::warn!(service = %own, %authority, other = %owner, "{warning}");
+            warnings.push(warning);
+        }
+    }
+    warnings
 }
 
 /// What a stored resource contributes to the catalog: only what shoal-proxy enforces of it (nothing of a

@@ -4,7 +4,7 @@
 use shoal_proto::v1::{ResourceType as T, discovery_resource::Payload};
 
 use super::catalog::key;
-use super::hub::{Hub, warn_unenforced};
+use super::hub::{Hub, warn_conflicting_hosts, warn_unenforced};
 use crate::model::fixtures::{self, resource, route, route_with_unenforced};
 use crate::model::{ResourceKind, Spec};
 use crate::store::Store;
@@ -88,5 +88,28 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
             .rules
             .iter()
             .all(|r| r.backends.iter().all(|b| b.port == 0))
+    );
+}
+
+/// A store written before `apply` refused services claiming one host keeps them: the control plane warns
+/// about the later one, naming the host and the other service, and keeps serving.
+#[test]
+fn stored_services_claiming_one_host_are_warned_about() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path().join("store.redb")).expect("open");
+    for name in ["alpha", "beta", "gamma"] {
+        let mut service = fixtures::service(name);
+        if name != "gamma" {
+            service.hosts.push("shop.example".to_owned());
+        }
+        let stored = resource(name, "default", Spec::Service(service));
+        store.create_unchecked(stored).expect("service");
+    }
+    assert_eq!(
+        warn_conflicting_hosts(&store),
+        [
+            "service beta.default answers to shop.example:8080, which service alpha.default already answers to: \
+             a proxy holding both NACKs one; apply beta.default without that host (or name) or delete one of them"
+        ]
     );
 }

@@ -22,6 +22,14 @@ pub const CERT_TTL_BOUNDS: (Duration, Duration) = (
 /// only bounds the wait for one that is connected but not answering.
 pub const DEFAULT_CA_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The default of [`env::ADMIN_MAX_REQUEST_BYTES`]: gRPC's usual 4 MiB.
+pub const DEFAULT_ADMIN_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Smallest and largest values of [`env::ADMIN_MAX_REQUEST_BYTES`]. The largest leaves room, within what a
+/// proxy accepts in one discovery message (`shoal-proxy`'s 16 MiB), for the response that carries a resource of
+/// that size alone: a resource the control plane stores can always be pushed.
+pub const ADMIN_MAX_REQUEST_BYTES_BOUNDS: (usize, usize) = (64 * 1024, 15 * 1024 * 1024);
+
 /// Names of every environment variable, in one place.
 pub mod env {
     /// gRPC Admin API listener (operators, `shoalctl`).
@@ -65,6 +73,8 @@ pub mod env {
     pub const INJECTOR_CONFIG_FILE: &str = "SHOAL_CP_INJECTOR_CONFIG_FILE";
     /// How long a proxy whose discovery stream ended stays in `Status` (as disconnected).
     pub const DISCONNECTED_PROXY_GRACE: &str = "SHOAL_CP_DISCONNECTED_PROXY_GRACE";
+    /// Largest Admin API request accepted, in bytes (an `Apply` carries one resource).
+    pub const ADMIN_MAX_REQUEST_BYTES: &str = "SHOAL_CP_ADMIN_MAX_REQUEST_BYTES";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -91,6 +101,7 @@ pub mod env {
         WEBHOOK_KEY_FILE,
         INJECTOR_CONFIG_FILE,
         DISCONNECTED_PROXY_GRACE,
+        ADMIN_MAX_REQUEST_BYTES,
     ];
 }
 
@@ -206,6 +217,9 @@ pub struct Config {
     /// was last seen, 0 (removed at once) to 24 h. Default
     /// [`DEFAULT_DISCONNECTED_GRACE`](crate::discovery::registry::DEFAULT_DISCONNECTED_GRACE), 5 minutes.
     pub disconnected_proxy_grace: Duration,
+    /// Largest Admin API request accepted, in bytes, within [`ADMIN_MAX_REQUEST_BYTES_BOUNDS`]. Default
+    /// [`DEFAULT_ADMIN_MAX_REQUEST_BYTES`].
+    pub admin_max_request_bytes: usize,
 }
 
 /// The sidecar injector's admission webhook (docs/kubernetes.md, "Sidecar injection").
@@ -363,6 +377,22 @@ impl Config {
             }
         };
         let webhook = webhook(settings)?;
+        let admin_max_request_bytes = match settings.get(env::ADMIN_MAX_REQUEST_BYTES) {
+            None => DEFAULT_ADMIN_MAX_REQUEST_BYTES,
+            Some(raw) => {
+                let (min, max) = ADMIN_MAX_REQUEST_BYTES_BOUNDS;
+                match raw.parse::<usize>() {
+                    Ok(bytes) if (min..=max).contains(&bytes) => bytes,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            setting: env::ADMIN_MAX_REQUEST_BYTES,
+                            value: raw.to_owned(),
+                            expected: format!("a number of bytes from {min} to {max}"),
+                        });
+                    }
+                }
+            }
+        };
         let config = Self {
             admin_addr: addr(env::ADMIN_ADDR, "127.0.0.1:15011")?,
             discovery_addr: addr(env::DISCOVERY_ADDR, "0.0.0.0:15010")?,
@@ -380,6 +410,7 @@ impl Config {
             discovery_plaintext,
             webhook,
             disconnected_proxy_grace,
+            admin_max_request_bytes,
         };
         config.check_distinct()?;
         Ok(config)
@@ -652,5 +683,27 @@ mod tests {
             error.contains("SHOAL_CP_WEBHOOK_ADDR"),
             "clashes with metrics: {error}"
         );
+    }
+
+    #[test]
+    fn the_admin_request_limit_is_checked_within_its_bounds() {
+        assert_eq!(
+            config(&[]).unwrap().admin_max_request_bytes,
+            4 * 1024 * 1024
+        );
+        let set = config(&[(env::ADMIN_MAX_REQUEST_BYTES, "65536")]).unwrap();
+        assert_eq!(set.admin_max_request_bytes, 65536);
+        for value in ["65535", "15728641", "4MiB", "-1"] {
+            let error = config(&[(env::ADMIN_MAX_REQUEST_BYTES, value)])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "invalid configuration: SHOAL_CP_ADMIN_MAX_REQUEST_BYTES={value:?}: expected a number of \
+                     bytes from 65536 to 15728640"
+                )
+            );
+        }
     }
 }

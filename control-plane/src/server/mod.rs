@@ -123,6 +123,8 @@ fn discovery(
     let hub = crate::discovery::Hub::with_settings(push_interval, disconnected_grace);
     // A store from before a refusal may hold what the proxy does not enforce: warn, push only the rest.
     crate::discovery::hub::warn_unenforced(store);
+    // ... or services claiming one host, which proxies holding both NACK.
+    crate::discovery::hub::warn_conflicting_hosts(store);
     tokio::spawn(hub.clone().follow(store.clone()));
     // The trust bundle is a discovery resource; the upkeep task activates a rotation's new root once the
     // proxies connected here have it, and retires rotated-out roots on time.
@@ -172,6 +174,8 @@ pub struct ControlPlane {
     server_cert: Arc<ServerCert>,
     /// See [`Config::discovery_plaintext`].
     discovery_plaintext: bool,
+    /// See [`Config::admin_max_request_bytes`].
+    admin_max_request_bytes: usize,
     /// `trust-anchors.pem` in the data directory.
     anchors_file: PathBuf,
     /// The sidecar injector's webhook, when enabled.
@@ -225,6 +229,7 @@ impl ControlPlane {
             identity,
             server_cert,
             discovery_plaintext: config.discovery_plaintext,
+            admin_max_request_bytes: config.admin_max_request_bytes,
             anchors_file,
             push_interval: config.push_interval,
             disconnected_grace: config.disconnected_proxy_grace,
@@ -340,7 +345,10 @@ impl ControlPlane {
             ));
         }
         let admin_server = Server::builder()
-            .add_service(admin.clone().into_server())
+            .add_service(
+                (admin.clone().into_server())
+                    .max_decoding_message_size(self.admin_max_request_bytes),
+            )
             .serve_with_incoming_shutdown(TcpIncoming::from(self.admin), closed(closing.clone()));
         let discovery_server = Server::builder()
             .add_routes(parts.routes)

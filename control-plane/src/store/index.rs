@@ -202,4 +202,17 @@ impl Catalog for Index {
             _ => None,
         }
     }
+
+    fn services(&self) -> Box<dyn Iterator<Item = &Service> + '_> {
+        let start = ResourceKey::new(ResourceKind::Service, "", "");
+        let entries =
+            (self.entries.range(start..)).take_while(|(key, _)| key.kind == ResourceKind::Service);
+        Box::new(entries.filter_map(|(_, entry)| match entry {
+            Entry::Live(stored) => match &stored.resource.spec {
+                Spec::Service(service) => Some(service),
+                _ => None,
+            },
+            Entry::Deleted(_) => None,
+        }))
+    }
 }

@@ -228,6 +228,49 @@ fn what_the_proxy_does_not_enforce_is_refused_and_never_stored() {
     assert_eq!(store.list(None, None).resources.len(), 2);
 }
 
+/// `service_resource(name)` that also answers to `host`.
+fn hosted(name: &str, host: &str) -> Resource {
+    let mut resource = service_resource(name);
+    if let Spec::Service(s) = &mut resource.spec {
+        s.hosts.push(host.to_owned());
+    }
+    resource
+}
+
+#[test]
+fn a_host_is_claimed_by_one_service_until_it_lets_go() {
+    let dir = TempDir::new();
+    let store = Store::open(dir.db()).expect("open");
+    store
+        .create(hosted("alpha", "shop.example"))
+        .expect("alpha");
+    let error = store
+        .apply(hosted("beta", "shop.example"), None)
+        .expect_err("beta claims alpha's host");
+    assert!(matches!(error, Error::Invalid(_)), "{error}");
+    assert!(
+        error.to_string().contains(
+            "service beta.default: spec.hosts[1]: host \"shop.example\" is already used by service \"alpha\" (namespace default) on port 8080"
+        ),
+        "{error}"
+    );
+    assert_eq!(store.revision(), 1, "nothing written");
+    // Alpha may be re-applied and changed: it does not conflict with itself.
+    store
+        .apply(hosted("alpha", "shop.example"), None)
+        .expect("unchanged");
+    let mut changed = hosted("alpha", "shop.example");
+    if let Spec::Service(s) = &mut changed.spec {
+        s.hosts.push("alpha.example".to_owned());
+    }
+    store.apply(changed, None).expect("alpha updated");
+    // Once alpha is gone, the host is free.
+    store.delete(&service_key("alpha"), None).expect("delete");
+    store
+        .apply(hosted("beta", "shop.example"), None)
+        .expect("the host is free");
+}
+
 #[test]
 fn a_service_has_at_most_one_policy_of_each_kind() {
     let dir = TempDir::new();

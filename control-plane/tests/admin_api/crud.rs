@@ -182,6 +182,19 @@ async fn invalid_requests_name_the_field() {
         .apply(apply(route_to("backend", "backend")))
         .await
         .expect("a valid route");
+    // A service answering to another service's name on the same port.
+    let mut claims_backend = service("other", 80);
+    if let Some(Spec::Service(s)) = &mut claims_backend.spec {
+        s.hosts = vec!["backend".to_owned()];
+    }
+    let status = h.client.apply(apply(claims_backend)).await.unwrap_err();
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        &[
+            "service other.default: spec.hosts[0]: host \"backend\" is already used by service \"backend\" (namespace default) on port 80",
+        ],
+    );
     let taken = resource(
         "other",
         Spec::Route(v1::Route {

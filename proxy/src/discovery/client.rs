@@ -20,6 +20,11 @@ use crate::state::Store;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Largest discovery response accepted, in bytes. A resource larger than a response's usual bound
+/// travels alone; the control plane accepts resources up to 15 MiB
+/// (`SHOAL_CP_ADMIN_MAX_REQUEST_BYTES`), so this leaves room for that one. gRPC's default, 4 MiB,
+/// would make a stored resource that size unpushable: the stream would fail on every reconnect.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The request stream handed to tonic.
 struct Outgoing(mpsc::Receiver<v1::DiscoveryRequest>);
@@ -114,7 +119,8 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
         let channel = self.d.control_plane.connect(endpoint).await?;
-        let mut client = v1::discovery_client::DiscoveryClient::new(channel);
+        let mut client = v1::discovery_client::DiscoveryClient::new(channel)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let (tx, rx) = mpsc::channel(64);
         let send = |tx: &mpsc::Sender<v1::DiscoveryRequest>, r| {
             let tx = tx.clone();

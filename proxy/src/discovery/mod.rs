@@ -120,10 +120,15 @@ impl Discovery {
             let d = d.clone();
             let mut domain = identity.trust_domain();
             tokio::spawn(async move {
-                while domain.changed().await.is_ok() {
+                // The current value first: a certificate from files is in before this task runs,
+                // and `changed` reports only later ones.
+                loop {
                     let td = domain.borrow_and_update().clone();
                     if let Some(td) = td {
                         d.subscribe(vec![(ResourceType::TrustBundle as i32, td)]);
+                    }
+                    if domain.changed().await.is_err() {
+                        break;
                     }
                 }
             });

@@ -994,6 +994,28 @@ mod tests {
         assert_eq!(u.next.held().len(), 5);
     }
 
+    /// proto/testdata/authority-conflicts.txt: a service claiming an authority the held one has
+    /// is rejected, and nothing else is, as the control plane refuses it at `apply`.
+    #[test]
+    fn the_shared_conflict_cases_get_the_answers_the_control_plane_gives() {
+        use shoal_proto::checks::conflict_cases;
+        let pushed = |s: &v1::Service| {
+            let name = format!("{}.{}", s.name, s.namespace);
+            res(ResourceType::Service, &name, Payload::Service(s.clone()))
+        };
+        for case in conflict_cases() {
+            let held = update(&Resources::default(), vec![pushed(&case.held)]);
+            assert_eq!(held.rejected, [], "{}", case.line);
+            let u = update(&held.next, vec![pushed(&case.next)]);
+            let nacked =
+                (u.rejected.iter()).any(|r| r.error.contains("is already used by service"));
+            assert_eq!(nacked, case.conflict, "{}: {:?}", case.line, u.rejected);
+            if !case.conflict {
+                assert_eq!(u.rejected, [], "{}", case.line);
+            }
+        }
+    }
+
     /// proto/testdata/pushed-resource-checks.txt: a proxy rejects exactly what the control plane
     /// refuses at `apply`, but for what the control plane refuses as mere hygiene.
     #[test]

@@ -478,24 +478,8 @@ fn build_service(
             s.port
         ));
     }
-    let mut authorities: Vec<String> = [
-        s.name.clone(),
-        qualified.clone(),
-        format!("{qualified}.svc"),
-        format!("{qualified}.svc.cluster.local"),
-    ]
-    .into_iter()
-    .chain(s.hosts.iter().map(|h| h.to_ascii_lowercase()))
-    .map(|h| format!("{h}:{}", s.port))
-    .collect();
-    // Port 80 is implied when clients omit it.
-    if s.port == 80 {
-        let bare: Vec<String> = authorities
-            .iter()
-            .map(|a| a.trim_end_matches(":80").to_string())
-            .collect();
-        authorities.extend(bare);
-    }
+    // The same list the control plane keeps unique across services at `apply`.
+    let authorities = shoal_proto::authority::authorities(&s.name, &s.namespace, s.port, &s.hosts);
     for a in &authorities {
         if let Some(owner) = claimed.insert(a.clone(), qualified.clone())
             && owner != qualified

@@ -4,7 +4,8 @@
 //!
 //! Cross-resource checks use a read view of existing services ([`Catalog`]): a route's parent service and
 //! backends, mirror destinations and endpoint registrations must name a known service (and a port it
-//! exposes). The targets of the other policies are not checked, so such a policy may be written before its
+//! exposes), and a service may not claim a `Host` / `:authority` another service answers to on the same port
+//! (`authority`). The targets of the other policies are not checked, so such a policy may be written before its
 //! service; deleting a service does not delete what refers to it.
 //!
 //! What a proxy checks when a resource is pushed (proxy/src/discovery/resources.rs) is checked here too, so
@@ -15,6 +16,9 @@
 //! fields. [`validate`] is the check every write passes: the structural checks ([`validate_structure`], kept
 //! for the kinds and fields refused today so they are ready when the proxy enforces them) plus those refusals.
 
+mod authority;
+#[cfg(test)]
+mod authority_tests;
 mod policy;
 #[cfg(test)]
 mod policy_tests;
@@ -108,6 +112,9 @@ impl fmt::Display for Invalid {
 pub trait Catalog {
     /// The service with this qualified name, if it exists.
     fn service(&self, service: &ServiceRef) -> Option<&Service>;
+
+    /// Every service, in a stable order (the first one claiming an authority is the one an error names).
+    fn services(&self) -> Box<dyn Iterator<Item = &Service> + '_>;
 }
 
 /// A plain list of services is a catalog (tests, static files).
@@ -115,6 +122,10 @@ impl Catalog for Vec<Service> {
     fn service(&self, service: &ServiceRef) -> Option<&Service> {
         self.iter()
             .find(|s| s.name == service.name && s.namespace == service.namespace)
+    }
+
+    fn services(&self) -> Box<dyn Iterator<Item = &Service> + '_> {
+        Box::new(self.iter())
     }
 }
 

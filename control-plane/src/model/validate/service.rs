@@ -58,6 +58,7 @@ impl Checker<'_> {
                 self.error(format!("spec.hosts[{i}]"), format!("{host:?} {reason}"));
             }
         }
+        self.unique_authorities(service);
     }
 
     pub(super) fn registration(&mut self, registration: &EndpointRegistration) {
