@@ -118,7 +118,7 @@ dash = json.load(open(sys.argv[1]))
 rules = []
 for panel in dash["panels"]:
     for target in panel["targets"]:
-        expr = target["expr"].replace("$__rate_interval", "1m").replace("$service", ".*")
+        expr = target["expr"].replace("$__rate_interval", "1m").replace("$service", ".*").replace("$called", ".*")
         rules.append({"record": f"shoal:dashboard_panel_{panel['id']}{target['refId'].lower()}", "expr": expr})
 print(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
 EOF

@@ -144,7 +144,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         clients: Clients::new(config.http.clone(), identity.clone()),
         inbound_metrics: RequestMetrics::inbound(&config.service_name, false),
         inbound_mtls_metrics: RequestMetrics::inbound(&config.service_name, true),
-        passthrough_metrics: RequestMetrics::new(Direction::Outbound, "passthrough", "default"),
+        passthrough_metrics: RequestMetrics::outbound("passthrough", "default", "passthrough"),
         prometheus,
         log,
         drain: trigger.clone(),

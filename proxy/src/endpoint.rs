@@ -30,6 +30,7 @@ use crate::config::HttpConfig;
 use crate::errors::{ProxyError, Reason, connect_reason, upstream_reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::identity::Identity;
+use crate::metrics::RequestMetrics;
 use crate::sync::lock;
 use crate::tls::{self, Alpn, ClientStream, MaybeTls, SpiffeId};
 
@@ -108,7 +109,8 @@ impl Clients {
     }
 
     /// Sends `req` to `peer`, returning the response head (its body streams). `upgrade`: the
-    /// request asks to switch protocols (HTTP/1: its connection is not pooled again).
+    /// request asks to switch protocols (HTTP/1: its connection is not pooled again). A re-send
+    /// of a request the upstream never processed counts in `metrics`.
     ///
     /// Not an `async fn`: the chosen exchange's own future is returned, so a request's future
     /// does not hold a second copy of the request and is not copied once more (≈1.8 KiB).
@@ -118,10 +120,11 @@ impl Clients {
         version: Version,
         req: Request<RequestBody>,
         upgrade: bool,
+        metrics: &'a RequestMetrics,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
         match version {
             Version::Http1 => Either::Left(self.send_h1(peer, req, upgrade)),
-            Version::Http2 => Either::Right(self.send_h2(peer, req)),
+            Version::Http2 => Either::Right(self.send_h2(peer, req, metrics)),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Prometheus metrics: names, the recorder, and pre-registered handles for the hot path.
 //!
-//! Handles are resolved once per (direction, service, route) when the state is built, not per
-//! request: the hot path only bumps atomics. Labels are bounded — never paths or ids.
+//! Handles are resolved once per target (outbound: service, route rule, backend) when the state
+//! is built, not per request: the hot path only bumps atomics. Labels are bounded — never paths
+//! or ids, only names from the state. docs/metrics.md lists every family.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -59,12 +60,12 @@ fn describe() {
     use names::*;
     describe_counter!(
         REQUESTS,
-        "HTTP requests completed, by direction, destination service, route, status code and proxy error reason (empty when the upstream answered)"
+        "HTTP requests completed, by direction, service (outbound: the service the caller named; inbound: this proxy's), route (the route rule; default when none matched), backend (outbound: the service the split sent the request to), tls (inbound: over mesh mTLS), status code and proxy error reason (empty when the upstream answered)"
     );
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
-        "Time from receiving a request to its response head, by direction, service, route and status class"
+        "Time from receiving a request to its response head, by direction, service, route, backend (outbound), tls (inbound) and status class"
     );
     describe_counter!(TCP_OPENED, "Accepted connections, by direction");
     describe_counter!(
@@ -105,19 +106,19 @@ fn describe() {
     );
     describe_counter!(
         RESENT,
-        "Requests re-sent on a new HTTP/2 connection because the upstream provably never processed them (RFC 9113 §8.7), by reason (goaway: the stream was above the GOAWAY's last-stream-id; refused: RST_STREAM REFUSED_STREAM)"
+        "Requests re-sent on a new HTTP/2 connection because the upstream provably never processed them (RFC 9113 §8.7), by direction, service, route, backend (outbound), tls (inbound) and reason (goaway: the stream was above the GOAWAY's last-stream-id; refused: RST_STREAM REFUSED_STREAM)"
     );
     describe_counter!(
         RETRIES,
-        "Retries sent by a route rule's retry policy, by service and route"
+        "Retries sent by a route rule's retry policy, by service (the service the caller named) and route (the rule)"
     );
     describe_counter!(
         RETRIES_RECOVERED,
-        "Requests that succeeded after at least one retry, by service and route"
+        "Requests that succeeded after at least one retry, by service (the service the caller named) and route (the rule)"
     );
     describe_counter!(
         RETRIES_SKIPPED,
-        "Retries a policy allowed but the proxy did not send, by service, route and reason (budget_exhausted, body_too_large, deadline)"
+        "Retries a policy allowed but the proxy did not send, by service (the service the caller named), route (the rule) and reason (budget_exhausted, body_too_large, deadline)"
     );
     describe_counter!(
         AUTHZ,
@@ -170,9 +171,13 @@ pub fn authz_decision(policy: &str, rule: &str, allowed: bool) {
         .increment(1);
 }
 
-/// Counts a request re-sent because the upstream never processed it (`goaway`, `refused`).
-pub fn resent(reason: &'static str) {
-    counter!(names::RESENT, "reason" => reason).increment(1);
+/// Why a request was sent again on a new HTTP/2 connection (RFC 9113 §8.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resent {
+    /// Its stream was above the last-stream-id of the upstream's GOAWAY.
+    Goaway,
+    /// The upstream reset its stream with REFUSED_STREAM.
+    Refused,
 }
 
 /// Counts an outbound mTLS connection attempt to a peer proxy, by result (`ok`, `failed`).
@@ -180,14 +185,13 @@ pub fn tls_originated(result: &'static str) {
     counter!(names::TLS_ORIGINATED, "result" => result).increment(1);
 }
 
-/// Pre-registered handles for the requests of one (direction, service, route).
+/// Pre-registered handles for the requests of one target: outbound, a (service, route rule,
+/// backend) — the service the caller named, the rule it matched and the backend the split sent it
+/// to; inbound, the local service and whether the request came over mesh mTLS.
 #[derive(Debug)]
 pub struct RequestMetrics {
-    direction: &'static str,
-    service: Arc<str>,
-    route: Arc<str>,
-    /// Inbound only: whether the requests arrived over mesh mTLS.
-    tls: Option<&'static str>,
+    /// The target's labels, in exposition order; each counter adds `status_code` and `reason`.
+    labels: Vec<Label>,
     /// Latency histograms per status class 1xx..5xx (index = class - 1).
     latency: [Histogram; 5],
     /// The counter of the first (status, reason) this target saw — nearly always its usual
@@ -195,41 +199,44 @@ pub struct RequestMetrics {
     first: OnceLock<(u16, Option<Reason>, Counter)>,
     /// Counters per (status, reason), created on first use; a handful per target.
     counts: Mutex<Vec<(u16, Option<Reason>, Counter)>>,
+    /// Re-sends of requests the upstream never processed, by reason, created on first use (most
+    /// targets never see one, and a series at 0 per target would only add noise).
+    resent: [OnceLock<Counter>; 2],
 }
 
 impl RequestMetrics {
-    /// Registers the handles for one target.
-    pub fn new(direction: Direction, service: &str, route: &str) -> Arc<Self> {
-        Self::with_tls(direction, service, route, None)
+    /// Handles for outbound requests to `service` that matched `route` and were sent to
+    /// `backend` (qualified names; `route` is `default` when no rule matched, and then `backend`
+    /// is `service` itself).
+    pub fn outbound(service: &str, route: &str, backend: &str) -> Arc<Self> {
+        Self::with_labels(vec![
+            Label::new("direction", Direction::Outbound.as_str()),
+            Label::new("service", service.to_string()),
+            Label::new("route", route.to_string()),
+            Label::new("backend", backend.to_string()),
+        ])
     }
 
     /// Handles for inbound requests, labelled by whether they arrived over mesh mTLS
-    /// (`tls="true"`) or in plain text (`tls="false"`, a permissive port).
+    /// (`tls="true"`) or in plain text (`tls="false"`, a permissive port). Inbound requests have
+    /// no `backend`: this proxy's app is the backend, and `service` already names it.
     pub fn inbound(service: &str, mtls: bool) -> Arc<Self> {
         let tls = if mtls { "true" } else { "false" };
-        Self::with_tls(Direction::Inbound, service, "default", Some(tls))
+        Self::with_labels(vec![
+            Label::new("direction", Direction::Inbound.as_str()),
+            Label::new("service", service.to_string()),
+            Label::new("route", "default"),
+            Label::new("tls", tls),
+        ])
     }
 
-    fn with_tls(
-        direction: Direction,
-        service: &str,
-        route: &str,
-        tls: Option<&'static str>,
-    ) -> Arc<Self> {
-        let (service, route): (Arc<str>, Arc<str>) = (service.into(), route.into());
-        let dir = direction.as_str();
+    fn with_labels(labels: Vec<Label>) -> Arc<Self> {
         let class = |c: &'static str| {
-            let mut labels = vec![
-                Label::new("direction", dir),
-                Label::new("service", service.to_string()),
-                Label::new("route", route.to_string()),
-                Label::new("status_class", c),
-            ];
-            labels.extend(tls.map(|t| Label::new("tls", t)));
-            histogram!(names::REQUEST_DURATION, labels)
+            let mut l = labels.clone();
+            l.push(Label::new("status_class", c));
+            histogram!(names::REQUEST_DURATION, l)
         };
         Arc::new(Self {
-            direction: dir,
             latency: [
                 class("1xx"),
                 class("2xx"),
@@ -237,12 +244,26 @@ impl RequestMetrics {
                 class("4xx"),
                 class("5xx"),
             ],
-            service,
-            route,
-            tls,
+            labels,
             first: OnceLock::new(),
             counts: Mutex::new(Vec::new()),
+            resent: [OnceLock::new(), OnceLock::new()],
         })
+    }
+
+    /// Counts a request re-sent because the upstream provably never processed it: `goaway`
+    /// (its stream was above a GOAWAY's last-stream-id) or `refused` (REFUSED_STREAM).
+    pub fn resent(&self, reason: Resent) {
+        let (slot, value) = match reason {
+            Resent::Goaway => (&self.resent[0], "goaway"),
+            Resent::Refused => (&self.resent[1], "refused"),
+        };
+        slot.get_or_init(|| {
+            let mut labels = self.labels.clone();
+            labels.push(Label::new("reason", value));
+            counter!(names::RESENT, labels)
+        })
+        .increment(1);
     }
 
     /// Records one completed request.
@@ -264,14 +285,9 @@ impl RequestMetrics {
         match counts.iter().find(|(c, r, _)| *c == code && *r == reason) {
             Some((_, _, counter)) => counter.increment(1),
             None => {
-                let mut labels = vec![
-                    Label::new("direction", self.direction),
-                    Label::new("service", self.service.to_string()),
-                    Label::new("route", self.route.to_string()),
-                    Label::new("status_code", code.to_string()),
-                    Label::new("reason", reason.map_or("", Reason::as_str)),
-                ];
-                labels.extend(self.tls.map(|t| Label::new("tls", t)));
+                let mut labels = self.labels.clone();
+                labels.push(Label::new("status_code", code.to_string()));
+                labels.push(Label::new("reason", reason.map_or("", Reason::as_str)));
                 let counter = counter!(names::REQUESTS, labels);
                 counter.increment(1);
                 if self.first.get().is_none() {

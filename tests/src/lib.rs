@@ -9,6 +9,7 @@
 //!   test shows the proxy's logs) and kills it on drop; admin helpers ([`Proxy::admin_get`],
 //!   [`Proxy::metrics`]).
 //! - [`prom`]: a small Prometheus text-format parser ([`prom::metric_value`]).
+//! - [`metrics_doc`]: docs/metrics.md's families and PromQL examples, and an exposition's families.
 //! - [`backend`]: a recording HTTP/1.1 + h2c server ([`HttpBackend`]) and a raw TCP server
 //!   ([`TcpBackend`]).
 //! - [`grpc`]: a tonic echo service (`proto/echo.proto`) with streaming, slow and cancellable
@@ -31,6 +32,7 @@ pub mod backend;
 pub mod client;
 pub mod control_plane;
 pub mod grpc;
+pub mod metrics_doc;
 pub mod netns;
 pub mod pki;
 pub mod process;

@@ -1,6 +1,7 @@
 //! A mesh of real processes: `shoal-control-plane`, a discovery-fed `shoal-proxy` and two HTTP
 //! backends. `shoalctl apply` of a route moves traffic from v1 to v2 within a second, a 50/50
-//! split lands near 50/50, and `shoalctl status` shows the proxy SYNCED.
+//! split lands near 50/50, the caller's own `/metrics` counts every request under the backend that
+//! answered it, and `shoalctl status` shows the proxy SYNCED.
 
 use std::time::{Duration, Instant};
 
@@ -89,11 +90,14 @@ async fn route_applied_with_shoalctl_shifts_traffic_within_a_second() {
     );
     assert!(shifted_after < SHIFT_LIMIT, "{shifted_after:?}");
     // From then on, everything goes to v2 (the update applied atomically, never half).
+    // Every answer from here on is under the route (the first v2 answer already was).
+    let mut routed_v2 = 1;
     let v1_before = v1.count();
     for i in 0..50 {
         assert_eq!(client.body("web").await.unwrap(), "v2", "request {i}");
     }
     assert_eq!(v1.count(), v1_before);
+    routed_v2 += 50;
 
     // A 50/50 split.
     let split = cp
@@ -109,6 +113,7 @@ async fn route_applied_with_shoalctl_shifts_traffic_within_a_second() {
         if client.body("web").await.unwrap() == "v1" {
             break;
         }
+        routed_v2 += 1;
         assert!(
             Instant::now() < deadline,
             "no v1 answer within {SHIFT_LIMIT:?} of applying the 50/50 split"
@@ -125,6 +130,41 @@ async fn route_applied_with_shoalctl_shifts_traffic_within_a_second() {
     // Binomial(200, 0.5): standard deviation ~7; 100 ± 30 is more than 4 of them.
     assert!((70..=130).contains(&n1), "v1 {n1}, v2 {n2} of 200");
     assert_eq!(n1 + n2, 200);
+
+    // The caller's metrics show the shift per backend, request for request: before the route
+    // every request was `web`'s own (route `default`); under it, each counts under the backend
+    // that answered (the route is named after its parent service).
+    let text = proxy.metrics().await;
+    let count = |route: &str, backend: &str| {
+        shoal_tests::metric_value(
+            &text,
+            "shoal_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("service", "web.default"),
+                ("route", route),
+                ("backend", backend),
+                ("status_code", "200"),
+            ],
+        )
+    };
+    let unrouted = 22 + before_v2;
+    assert_eq!(count("default", "web.default"), unrouted as f64, "{text}");
+    assert_eq!(
+        count("web.default", "web.default"),
+        (1 + n1) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        count("web.default", "web-v2.default"),
+        (routed_v2 + n2) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        shoal_tests::metric_value(&text, "shoal_requests_total", &[("direction", "outbound")]),
+        (unrouted + 1 + n1 + routed_v2 + n2) as f64,
+        "every request counted once: {text}"
+    );
 
     // The proxy acknowledged everything it was sent.
     let row = cp

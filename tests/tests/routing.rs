@@ -164,6 +164,25 @@ routes:
             N as f64,
         )
         .await;
+    // The caller's own metrics show the split: each backend's count is exactly what reached it.
+    let text = proxy.metrics().await;
+    for (backend, reached) in [("shop.default", na), ("shop-canary.default", nb)] {
+        let labels = [
+            ("direction", "outbound"),
+            ("service", "shop.default"),
+            ("route", "shop-split"),
+            ("backend", backend),
+            ("status_code", "200"),
+        ];
+        let counted = shoal_tests::metric_value(&text, "shoal_requests_total", &labels);
+        assert_eq!(counted, reached as f64, "{backend}\n{text}");
+        let timed = shoal_tests::metric_value(
+            &text,
+            "shoal_request_duration_seconds_count",
+            &[("route", "shop-split"), ("backend", backend)],
+        );
+        assert_eq!(timed, reached as f64, "{backend}\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -990,7 +990,11 @@ mod tests {
             .route(web, &http::Method::GET, "/", &http::HeaderMap::new())
             .unwrap();
         assert_eq!(rule.route, "canary");
-        assert_eq!(rule.pick_backend().name, "web-v2", "weight 0 never picked");
+        assert_eq!(
+            rule.backends[rule.pick_backend()].service.name,
+            "web-v2",
+            "weight 0 never picked"
+        );
         assert_eq!(u.next.held().len(), 5);
     }
 

@@ -28,6 +28,7 @@ use super::{Clients, Peer, UpstreamIo, lock};
 use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::h2body::{Pipe, PipeEnd, RecvBody};
+use crate::metrics::{RequestMetrics, Resent};
 use crate::tls::Alpn;
 
 /// Keep-alive: a PING this often (as hyper's client was configured) ...
@@ -168,6 +169,7 @@ impl Clients {
         &self,
         peer: &Peer,
         req: Request<RequestBody>,
+        metrics: &RequestMetrics,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
         let slot = super::entry(&self.h2, peer);
@@ -197,7 +199,7 @@ impl Clients {
                 let spare = spare.as_ref().filter(|_| *resent < MAX_RESENDS)?;
                 *resent += 1;
                 tracing::debug!(%addr, error = %e, "the upstream never processed the request; sending it again");
-                crate::metrics::resent(why);
+                metrics.resent(why);
                 Some(crate::http::headers::copy_head(spare))
             };
             let (mut response, stream) = match sent {
@@ -306,12 +308,12 @@ const MAX_RESENDS: usize = 3;
 /// Whether the upstream provably never processed a request whose stream ended with `err`
 /// (RFC 9113 §8.7), and why: a stream above the last-stream-id of the upstream's GOAWAY (or
 /// opened after it), or one it refused with REFUSED_STREAM.
-fn never_processed(err: &h2::Error) -> Option<&'static str> {
+fn never_processed(err: &h2::Error) -> Option<Resent> {
     if err.is_go_away() && err.is_remote() {
-        Some("goaway")
+        Some(Resent::Goaway)
     } else if err.is_reset() && err.is_remote() && err.reason() == Some(h2::Reason::REFUSED_STREAM)
     {
-        Some("refused")
+        Some(Resent::Refused)
     } else {
         None
     }

@@ -75,8 +75,9 @@ fn for_this_hop(
     resp
 }
 
-/// Where a request that never reached a destination is counted.
-fn unrouted_metrics(conn: &Conn) -> &RequestMetrics {
+/// Where a request that no stage counted is counted: one that never reached a destination, an
+/// inbound request, one passing through.
+pub(crate) fn unrouted_metrics(conn: &Conn) -> &RequestMetrics {
     match conn.direction {
         Direction::Inbound => crate::inbound::http::metrics(conn),
         Direction::Outbound => &conn.shared.passthrough_metrics,

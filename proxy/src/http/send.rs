@@ -31,6 +31,9 @@ pub(crate) struct Dest {
     pub(crate) version: Version,
     /// The request rides the mesh's HTTP/2 connection but is HTTP/1.1 for the app.
     pub(crate) orig_http1: bool,
+    /// The metrics the request counts in, when a stage above chose them (an outbound backend);
+    /// `None`: the connection's own (inbound, passthrough). Re-sends count in them too.
+    pub(crate) metrics: Option<std::sync::Arc<crate::metrics::RequestMetrics>>,
 }
 
 impl Timed for Dest {
@@ -59,18 +62,22 @@ impl<'c> Service<Req<'c, Dest>> for Send {
         let upstream = Some(dest.peer.0);
         strip_hop_by_hop(http.headers_mut(), upgrade);
         mesh_headers(conn.client_id_header.as_ref(), &mut http, dest.orig_http1);
+        let counted = dest
+            .metrics
+            .as_deref()
+            .unwrap_or_else(|| super::forward::unrouted_metrics(conn));
         let result = match shape_for(&mut http, dest.version) {
             Ok(()) => {
                 conn.shared
                     .clients
-                    .send(&dest.peer, dest.version, http, upgrade)
+                    .send(&dest.peer, dest.version, http, upgrade, counted)
                     .await
             }
             Err(e) => Err(e),
         };
         Exchange {
             result,
-            metrics: None,
+            metrics: dest.metrics,
             upstream,
         }
     }

@@ -11,7 +11,7 @@ use http::Method;
 use serde::Serialize;
 
 use crate::balance::Balancer;
-use crate::metrics::{Direction, RequestMetrics};
+use crate::metrics::RequestMetrics;
 use crate::tls::{SpiffeId, TlsMode};
 
 /// How the proxy speaks HTTP to a service's endpoints.
@@ -82,7 +82,8 @@ pub struct Service {
     /// Chooses among the ready endpoints; `/config` shows its algorithm and what it learnt.
     #[serde(rename = "load_balancer")]
     pub(crate) balancer: Balancer,
-    /// Request metrics for traffic that matched no route rule.
+    /// Request metrics for traffic that matched no route rule (route `default`, the service its
+    /// own backend).
     #[serde(skip)]
     pub metrics: Arc<RequestMetrics>,
 }
@@ -102,6 +103,9 @@ pub struct Backend {
     pub service: Arc<Service>,
     /// Relative share.
     pub weight: u32,
+    /// Request metrics of the rule's requests sent to this backend.
+    #[serde(skip)]
+    pub metrics: Arc<RequestMetrics>,
 }
 
 fn serialize_service_name<S: serde::Serializer>(
@@ -222,23 +226,20 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     /// Retries of failed requests, with its budget (`None`: no retries).
     pub(crate) retry: Option<Arc<crate::retry::Retry>>,
-    /// Request metrics for this route.
-    #[serde(skip)]
-    pub metrics: Arc<RequestMetrics>,
 }
 
 impl RouteRule {
-    /// Picks a backend by weight.
-    pub fn pick_backend(&self) -> &Arc<Service> {
+    /// Picks a backend by weight: its index in `backends`.
+    pub fn pick_backend(&self) -> usize {
         let total: u32 = self.backends.iter().map(|b| b.weight).sum();
         let mut n = fastrand::u32(0..total.max(1));
-        for b in &self.backends {
+        for (i, b) in self.backends.iter().enumerate() {
             if n < b.weight {
-                return &b.service;
+                return i;
             }
             n -= b.weight;
         }
-        &self.backends[0].service
+        0
     }
 }
 
@@ -356,7 +357,7 @@ impl State {
     /// Metrics handles for a service with no route (built here so passthrough and services share
     /// one constructor).
     pub fn service_metrics(service: &str) -> Arc<RequestMetrics> {
-        RequestMetrics::new(Direction::Outbound, service, "default")
+        RequestMetrics::outbound(service, "default", service)
     }
 }
 

@@ -14,7 +14,7 @@ use super::model::{
     ValueMatch,
 };
 use crate::balance::Balancer;
-use crate::metrics::{Direction, RequestMetrics};
+use crate::metrics::RequestMetrics;
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
 use crate::tls::{SpiffeId, TlsMode};
 
@@ -429,16 +429,16 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                         .unwrap_or(&entries[0])
                         .clone();
                     backends.push(Backend {
+                        metrics: RequestMetrics::outbound(
+                            &parent.qualified_name(),
+                            label,
+                            &service.qualified_name(),
+                        ),
                         service,
                         weight: b.weight,
                     });
                 }
                 routes[parent.id].push(RouteRule {
-                    metrics: RequestMetrics::new(
-                        Direction::Outbound,
-                        &parent.qualified_name(),
-                        label,
-                    ),
                     route: label.to_string(),
                     matches: matches.clone(),
                     backends,
@@ -503,7 +503,7 @@ fn build_service(
     Ok(Service {
         id,
         balancer: Balancer::new(&endpoints),
-        metrics: RequestMetrics::new(Direction::Outbound, &qualified, "default"),
+        metrics: RequestMetrics::outbound(&qualified, "default", &qualified),
         name: s.name,
         namespace: s.namespace,
         port: s.port,

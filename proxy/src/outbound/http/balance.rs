@@ -73,9 +73,12 @@ where
             peer: (addr, tls),
             version,
             orig_http1,
+            metrics: None,
         };
         let start = req.start;
-        let (req, _backend) = req.retarget(dest);
+        let (mut req, backend) = req.retarget(dest);
+        // Moved, not cloned: `send` counts re-sends in them and hands them back in the exchange.
+        req.target.metrics = Some(backend.metrics);
         let mut timing = Timing {
             picked,
             start,

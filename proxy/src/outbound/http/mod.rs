@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! route       destination (virtual IP or authority) → service → route rule; else passthrough
-//!  └ timeout  the route's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
-//!     └ split     weighted pick of the rule's backend
+//!  └ split    weighted pick of the rule's backend; the exchange counts in its metrics
+//!     └ timeout   the rule's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
 //!        └ retry      the rule's retry policy: budget, backoff, deadline; each attempt re-enters
 //!           │         the balancer (another endpoint where there is one)
 //!           └ balance    P2C-EWMA pick of the backend's endpoint; reports latency back
@@ -27,8 +27,8 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
     let known = Stack::new(Send)
         .push(balance::BalanceLayer)
         .push(retry::RetryLayer)
-        .push(split::SplitLayer)
         .push(TimeoutLayer)
+        .push(split::SplitLayer)
         .into_inner();
     let passthrough = Stack::new(Send).push(TimeoutLayer).into_inner();
     route::Route::new(known, passthrough)

@@ -146,6 +146,8 @@ where
             deadline,
             target: Backend {
                 service: target.service.clone(),
+                metrics: target.metrics.clone(),
+                timeout: target.timeout,
                 retry: None,
                 avoid,
             },

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Request;
 
@@ -15,7 +14,6 @@ use crate::http::body::RequestBody;
 use crate::http::headers::authority_of;
 use crate::http::send::Dest;
 use crate::http::stack::{Exchange, Req, Service};
-use crate::http::timeout::{Timed, Who};
 use crate::http::{Conn, Downstream};
 use crate::state::{Service as MeshService, State};
 
@@ -35,16 +33,6 @@ impl Routed {
     pub(super) fn rule(&self) -> Option<&crate::state::RouteRule> {
         let i = self.rule?;
         self.state.routes.get(self.service.id)?.get(i)
-    }
-}
-
-impl Timed for Routed {
-    fn route_timeout(&self) -> Option<Duration> {
-        self.rule().and_then(|r| r.timeout)
-    }
-
-    fn who(&self) -> Who {
-        Who::Service(self.service.clone())
     }
 }
 
@@ -69,12 +57,9 @@ where
     async fn call(&self, req: Req<'c, ()>) -> Exchange {
         match resolve(req.conn, &req.http).await {
             Ok(Resolved::Known(routed)) => {
-                let metrics = match routed.rule() {
-                    Some(rule) => rule.metrics.clone(),
-                    None => routed.service.metrics.clone(),
-                };
+                // The split below counts the exchange under the backend it chooses.
                 let (req, ()) = req.retarget(routed);
-                self.known.call(req).await.counted_in(&metrics)
+                self.known.call(req).await
             }
             Ok(Resolved::Passthrough(addr)) => {
                 let conn = req.conn;
@@ -82,6 +67,7 @@ where
                     peer: (addr, None),
                     version: same_version(conn),
                     orig_http1: false,
+                    metrics: None,
                 };
                 let (req, ()) = req.retarget(dest);
                 self.passthrough

@@ -1,11 +1,18 @@
 //! The split stage: a route rule's weighted pick of the backend service (a traffic shift); a
-//! request that matched no rule goes to the service it named.
+//! request that matched no rule goes to the service it named. The exchange counts in the chosen
+//! backend's metrics (`service`, `route`, `backend`), so a caller's `/metrics` shows a shift.
+//!
+//! It sits above the timeout stage so that a request that times out still counts under the
+//! backend it waited for, and the timeout's error names that backend.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::route::Routed;
 use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::timeout::{Timed, Who};
+use crate::metrics::RequestMetrics;
 use crate::retry::Retry;
 use crate::state::Service as MeshService;
 
@@ -14,10 +21,25 @@ use crate::state::Service as MeshService;
 pub(super) struct Backend {
     /// The backend service.
     pub(super) service: Arc<MeshService>,
+    /// The metrics the request counts in: carried down to `send` (which counts re-sends in them)
+    /// and back up in the exchange.
+    pub(super) metrics: Arc<RequestMetrics>,
+    /// The rule's timeout, if it sets one.
+    pub(super) timeout: Option<Duration>,
     /// The rule's retry policy, if any.
     pub(super) retry: Option<Arc<Retry>>,
     /// An endpoint to avoid when the backend has others: the one a retried attempt failed on.
     pub(super) avoid: Option<SocketAddr>,
+}
+
+impl Timed for Backend {
+    fn route_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    fn who(&self) -> Who {
+        Who::Service(self.service.clone())
+    }
 }
 
 /// The layer (the weights are the route rule's).
@@ -41,19 +63,43 @@ where
     S: Service<Req<'c, Backend>> + Sync,
 {
     async fn call(&self, req: Req<'c, Routed>) -> Exchange {
-        let backend = match req.target.rule() {
-            Some(rule) => Backend {
-                service: rule.pick_backend().clone(),
-                retry: rule.retry.clone(),
-                avoid: None,
-            },
-            None => Backend {
-                service: req.target.service.clone(),
-                retry: None,
-                avoid: None,
-            },
+        let (backend, chosen) = match req.target.rule() {
+            Some(rule) => {
+                let i = rule.pick_backend();
+                let b = &rule.backends[i];
+                let backend = Backend {
+                    service: b.service.clone(),
+                    metrics: b.metrics.clone(),
+                    timeout: rule.timeout,
+                    retry: rule.retry.clone(),
+                    avoid: None,
+                };
+                (backend, Some(i))
+            }
+            None => {
+                let service = &req.target.service;
+                let backend = Backend {
+                    service: service.clone(),
+                    metrics: service.metrics.clone(),
+                    timeout: None,
+                    retry: None,
+                    avoid: None,
+                };
+                (backend, None)
+            }
         };
-        let (req, _routed) = req.retarget(backend);
-        self.0.call(req).await
+        let (req, routed) = req.retarget(backend);
+        let exchange = self.0.call(req).await;
+        if exchange.metrics.is_some() {
+            return exchange;
+        }
+        // It ended before `send` handed the metrics back (no endpoint, the timeout): it counts
+        // under the chosen backend all the same. Looked up again rather than kept, so the common
+        // path clones the handles once.
+        let metrics = match chosen.and_then(|i| routed.rule()?.backends.get(i)) {
+            Some(b) => &b.metrics,
+            None => &routed.service.metrics,
+        };
+        exchange.counted_in(metrics)
     }
 }

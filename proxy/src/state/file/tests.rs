@@ -48,7 +48,10 @@ fn parses_services_routes_and_indexes_authorities() {
         .route(svc, &http::Method::GET, "/api/x", &headers)
         .unwrap();
     assert_eq!(rule.route, "canary");
-    assert_eq!(rule.pick_backend().name, "backend-v2");
+    assert_eq!(
+        rule.backends[rule.pick_backend()].service.name,
+        "backend-v2"
+    );
     assert_eq!(rule.timeout, Some(Duration::from_secs(2)));
     assert!(
         state
