@@ -263,7 +263,14 @@ async fn a_refused_stream_is_sent_again_and_answered() {
     proxy
         .wait_metric(
             "shoal_upstream_requests_resent_total",
-            &[("reason", "refused")],
+            // Counted with the request's own labels (docs/metrics.md).
+            &[
+                ("direction", "inbound"),
+                ("service", "unknown"),
+                ("route", "default"),
+                ("tls", "false"),
+                ("reason", "refused"),
+            ],
             1.0,
         )
         .await;
