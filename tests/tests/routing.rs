@@ -351,3 +351,57 @@ async fn sighup_reloads_the_state_file() {
     // SIGHUP reloads; it does not stop the proxy.
     assert_eq!(proxy.admin_get("/ready").await.unwrap().status, 200);
 }
+
+/// A request that times out counts under the backend the split chose, which its error names: the
+/// split runs above the timeout.
+#[tokio::test]
+async fn a_timed_out_request_counts_under_its_backend() {
+    let slow = HttpBackend::start(|_| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        text_response(200, "late")
+    })
+    .await;
+    let fast = named("fast").await;
+    let proxy = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&format!(
+            r#"services:
+  - name: shop
+    port: 80
+    endpoints: [{{ address: "{}" }}]
+  - name: shop-slow
+    port: 80
+    endpoints: [{{ address: "{}" }}]
+routes:
+  - name: shop
+    service: shop
+    rules:
+      - backends: [{{ service: shop-slow }}]
+        timeout: 200ms
+"#,
+            fast.addr(),
+            slow.addr()
+        ))
+        .start()
+        .await;
+    let mut c = H1Client::connect(proxy.outbound()).await.unwrap();
+    let resp = c.get("shop", "/").await.unwrap();
+    assert_eq!(resp.status, 504, "{resp:?}");
+    assert_eq!(resp.header("shoal-proxy-error"), Some("response-timeout"));
+    assert!(
+        resp.text().contains("shop-slow.default"),
+        "the error names the backend waited for: {}",
+        resp.text()
+    );
+    let labels = [
+        ("direction", "outbound"),
+        ("service", "shop.default"),
+        ("route", "shop"),
+        ("backend", "shop-slow.default"),
+        ("status_code", "504"),
+        ("reason", "response-timeout"),
+    ];
+    proxy
+        .wait_metric("shoal_requests_total", &labels, 1.0)
+        .await;
+}
