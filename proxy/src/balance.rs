@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backend::Algorithm;
 use crate::state::Endpoint;
 use crate::tls::SpiffeId;
 
@@ -34,6 +35,10 @@ const DECAY: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct Balancer {
     ready: Vec<Ready>,
+    algorithm: Algorithm,
+    /// Round robin: the running sums of the ready endpoints' weights, and the turn.
+    cumulative: Vec<u64>,
+    turn: AtomicU64,
 }
 
 /// A ready endpoint as configured, and its load (created on first use, or inherited).
@@ -94,6 +99,11 @@ impl Load {
         rtt * (-idle / DECAY.as_nanos() as f64).exp()
     }
 
+    /// Requests in flight plus this one, per unit of weight (least request's cost).
+    fn requests(&self, weight: f64) -> f64 {
+        f64::from(self.in_flight.load(Ordering::Relaxed) + 1) / weight
+    }
+
     /// The cost of one more request, as of `now` (one clock read serves both candidates).
     fn cost(&self, weight: f64, now: Instant) -> f64 {
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
@@ -151,19 +161,33 @@ impl Drop for Picked {
 }
 
 impl Balancer {
-    /// A balancer over the ready endpoints of `endpoints`.
-    pub(crate) fn new(endpoints: &[Endpoint]) -> Self {
-        Self {
-            ready: endpoints
+    /// A balancer over the ready endpoints of `endpoints`, picking with `algorithm`.
+    pub(crate) fn new(endpoints: &[Endpoint], algorithm: Algorithm) -> Self {
+        let ready: Vec<Ready> = endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .map(|e| Ready {
+                addr: e.addr,
+                identity: e.identity.clone(),
+                weight: f64::from(e.weight.max(1)),
+                load: OnceLock::new(),
+            })
+            .collect();
+        let cumulative = match algorithm {
+            Algorithm::RoundRobin => ready
                 .iter()
-                .filter(|e| e.ready)
-                .map(|e| Ready {
-                    addr: e.addr,
-                    identity: e.identity.clone(),
-                    weight: f64::from(e.weight.max(1)),
-                    load: OnceLock::new(),
+                .scan(0u64, |sum, r| {
+                    *sum += r.weight as u64;
+                    Some(*sum)
                 })
                 .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            ready,
+            algorithm,
+            cumulative,
+            turn: AtomicU64::new(0),
         }
     }
 
@@ -212,6 +236,10 @@ impl Balancer {
                 self.cheaper(a, b)
             }
             (2, Some(s)) => 1 - s,
+            (n, skip) if self.algorithm == Algorithm::RoundRobin => {
+                let i = self.next_turn();
+                if Some(i) == skip { (i + 1) % n } else { i }
+            }
             (n, _) => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
@@ -228,15 +256,33 @@ impl Balancer {
         })
     }
 
-    /// Of two ready endpoints, the one a request costs less on now.
+    /// Of two ready endpoints, the one a request costs less on now: by latency × load (P2C-EWMA),
+    /// or by load alone (least request).
     fn cheaper(&self, a: usize, b: usize) -> usize {
         let (ra, rb) = (&self.ready[a], &self.ready[b]);
-        let now = Instant::now();
-        if ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now) {
-            a
-        } else {
-            b
-        }
+        let cheaper = match self.algorithm {
+            Algorithm::LeastRequest => {
+                ra.load().requests(ra.weight) <= rb.load().requests(rb.weight)
+            }
+            _ => {
+                let now = Instant::now();
+                ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now)
+            }
+        };
+        if cheaper { a } else { b }
+    }
+
+    /// Round robin's next endpoint, each in proportion to its weight.
+    fn next_turn(&self) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(1).max(1);
+        let x = self.turn.fetch_add(1, Ordering::Relaxed) % total;
+        self.cumulative.partition_point(|&c| c <= x)
+    }
+
+    /// A P2C-EWMA balancer (tests).
+    #[cfg(test)]
+    pub(crate) fn p2c(endpoints: &[Endpoint]) -> Self {
+        Self::new(endpoints, Algorithm::P2cEwma)
     }
 
     /// Number of ready endpoints.
@@ -280,7 +326,7 @@ impl serde::Serialize for Balancer {
             })
             .collect();
         let mut s = ser.serialize_struct("Balancer", 2)?;
-        s.serialize_field("algorithm", "p2c_ewma")?;
+        s.serialize_field("algorithm", &self.algorithm)?;
         s.serialize_field("endpoints", &endpoints)?;
         s.end()
     }

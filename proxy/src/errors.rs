@@ -147,6 +147,10 @@ reasons! {
     NoEndpoints => ("no-endpoints", SERVICE_UNAVAILABLE, Proxy, false),
     /// The listener's connection limit (`SHOAL_MAX_CONNECTIONS`) was reached.
     ConnectionLimit => ("connection-limit", SERVICE_UNAVAILABLE, Proxy, true),
+    /// The backend's cap on requests in flight (its backend policy) was reached; not sent.
+    BackendOverloaded => ("backend-overloaded", SERVICE_UNAVAILABLE, Proxy, false),
+    /// The backend's circuit breaker is open (too many recent failures); not sent.
+    CircuitOpen => ("circuit-open", SERVICE_UNAVAILABLE, Proxy, false),
 }
 
 impl fmt::Display for Reason {

@@ -57,18 +57,23 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
         );
     }
     assert!(
-        refused[1]
-            .starts_with("backend-policy backend.default: kind: BackendPolicy is not enforced"),
+        refused[1].starts_with(
+            "backend-policy backend.default: spec.load_balancer.algorithm: not enforced"
+        ),
         "{refused:#?}"
     );
 
     let hub = Hub::new();
     hub.reload(&store);
     let name = "backend.default";
-    assert!(
-        hub.entry(&key(T::BackendPolicy, name)).is_none(),
-        "never pushed"
-    );
+    let Payload::BackendPolicy(policy) = hub
+        .entry(&key(T::BackendPolicy, name))
+        .expect("the enforced part is pushed")
+        .payload
+    else {
+        panic!("a backend policy payload")
+    };
+    assert!(policy.outlier_detection.is_none(), "{policy:?}");
     assert!(hub.entry(&key(T::AuthorizationPolicy, name)).is_some());
     let pushed = hub
         .entry(&key(T::Route, name))

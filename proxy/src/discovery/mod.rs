@@ -83,6 +83,7 @@ fn service_keys(qualified: &str) -> Vec<Key> {
         ResourceType::Service,
         ResourceType::Endpoints,
         ResourceType::Route,
+        ResourceType::BackendPolicy,
     ]
     .into_iter()
     .map(|t| (t as i32, qualified.to_string()))

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 
+use crate::backend::{Algorithm, BreakerOverride};
 use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::retry::RetryOn;
+use crate::state::backend_policy::{BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec};
 use crate::state::spec::{
     self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
     ServiceSpec,
@@ -280,11 +282,20 @@ impl Resources {
                 _ => None,
             })
             .collect();
+        let backend_policies = self
+            .map
+            .iter()
+            .filter_map(|((_, name), (_, payload))| match payload {
+                Payload::BackendPolicy(p) if known.contains(name) => Some(backend_policy_spec(p)),
+                _ => None,
+            })
+            .collect::<Result<_, _>>()?;
         Ok((
             FileSpec {
                 services,
                 routes,
                 authorization,
+                backend_policies,
             },
             missing,
         ))
@@ -425,13 +436,93 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
                 parse_cert(pem.as_bytes(), &format!("roots_pem[{i}]"))?;
             }
         }
-        Payload::BackendPolicy(_)
-        | Payload::RateLimit(_)
+        Payload::BackendPolicy(p) => {
+            if p.service != key.1 {
+                return Err(format!(
+                    "service: `{}` is not the resource's name",
+                    p.service
+                ));
+            }
+            backend_policy_spec(p)?.resolve("")?;
+        }
+        Payload::RateLimit(_)
         | Payload::FaultInjection(_)
         | Payload::Mirror(_)
         | Payload::Address(_) => {}
     }
     Ok(payload)
+}
+
+/// The state description of a `BackendPolicy`: the parts this proxy enforces. A part it does not
+/// (ring hashing, connection limits other than the cap on requests, outlier detection) is refused,
+/// naming the field — the control plane refuses them at `apply` too, so only a control plane
+/// newer than this proxy sends them.
+fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, String> {
+    let not_enforced = |field: &str| Err(format!("{field}: not enforced by this proxy"));
+    let load_balancer = match &p.load_balancer {
+        None => None,
+        Some(lb) => {
+            let algorithm = match v1::LoadBalancingAlgorithm::try_from(lb.algorithm) {
+                Ok(
+                    v1::LoadBalancingAlgorithm::Unspecified | v1::LoadBalancingAlgorithm::P2cEwma,
+                ) => Algorithm::P2cEwma,
+                Ok(v1::LoadBalancingAlgorithm::RoundRobin) => Algorithm::RoundRobin,
+                Ok(v1::LoadBalancingAlgorithm::LeastRequest) => Algorithm::LeastRequest,
+                Ok(v1::LoadBalancingAlgorithm::RingHash) | Err(_) => {
+                    return not_enforced("load_balancer.algorithm");
+                }
+            };
+            if lb.hash_key.is_some() {
+                return not_enforced("load_balancer.hash_key");
+            }
+            Some(LoadBalancerSpec { algorithm })
+        }
+    };
+    let limits = match &p.limits {
+        None => None,
+        Some(l) => {
+            for (field, set) in [
+                ("limits.max_connections", l.max_connections > 0),
+                ("limits.max_pending_requests", l.max_pending_requests > 0),
+                (
+                    "limits.max_requests_per_connection",
+                    l.max_requests_per_connection > 0,
+                ),
+                ("limits.connect_timeout_ms", l.connect_timeout_ms > 0),
+            ] {
+                if set {
+                    return not_enforced(field);
+                }
+            }
+            Some(LimitsSpec {
+                max_concurrent_requests: (l.max_concurrent_requests > 0)
+                    .then_some(l.max_concurrent_requests),
+            })
+        }
+    };
+    if p.outlier_detection.is_some() {
+        return not_enforced("outlier_detection");
+    }
+    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    let circuit_breaker = p.circuit_breaker.as_ref().map(|b| BreakerSpec {
+        failure_ratio_threshold: (b.failure_ratio_threshold != 0.0)
+            .then_some(b.failure_ratio_threshold),
+        min_requests: (b.min_requests > 0).then_some(b.min_requests),
+        window: ms(b.window_ms),
+        open_duration: ms(b.open_duration_ms),
+        half_open_max_requests: (b.half_open_max_requests > 0).then_some(b.half_open_max_requests),
+        force: match v1::CircuitBreakerOverride::try_from(b.r#override).unwrap_or_default() {
+            v1::CircuitBreakerOverride::ForceOpen => BreakerOverride::ForceOpen,
+            v1::CircuitBreakerOverride::ForceClosed => BreakerOverride::ForceClosed,
+            v1::CircuitBreakerOverride::Unspecified => BreakerOverride::None,
+        },
+    });
+    Ok(BackendPolicySpec {
+        service: p.service.clone(),
+        load_balancer,
+        limits,
+        circuit_breaker,
+    })
 }
 
 /// The state description of an `AuthorizationPolicy` (validated by the state builder).

@@ -82,6 +82,9 @@ pub struct Service {
     /// Chooses among the ready endpoints; `/config` shows its algorithm and what it learnt.
     #[serde(rename = "load_balancer")]
     pub(crate) balancer: Balancer,
+    /// The backend policy's cap and circuit breaker, with their runtime state.
+    #[serde(rename = "backend_policy")]
+    pub(crate) backend: crate::backend::BackendRuntime,
     /// Request metrics for traffic that matched no route rule.
     #[serde(skip)]
     pub metrics: Arc<RequestMetrics>,
@@ -300,6 +303,7 @@ impl State {
                 continue;
             };
             s.balancer.inherit(&o.balancer);
+            s.backend.inherit(&o.backend);
             let (Some(rules), Some(old_rules)) =
                 (self.routes.get_mut(s.id), previous.routes.get(o.id))
             else {

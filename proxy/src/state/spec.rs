@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::backend_policy::BackendPolicySpec;
 use super::model::{
     Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
     ValueMatch,
 };
+use crate::backend::{BackendPolicy, BackendRuntime};
 use crate::balance::Balancer;
 use crate::metrics::{Direction, RequestMetrics};
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
@@ -28,6 +30,9 @@ pub(crate) struct FileSpec {
     /// Inbound authorization policies, one per protected service.
     #[serde(default)]
     pub(crate) authorization: Vec<crate::inbound::authz::PolicySpec>,
+    /// Backend policies (load balancing, caps, circuit breaker), one per service.
+    #[serde(default)]
+    pub(crate) backend_policies: Vec<BackendPolicySpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,7 +244,7 @@ pub(crate) struct BackendSpec {
     pub(crate) weight: u32,
 }
 
-mod humantime_opt {
+pub(crate) mod humantime_opt {
     use std::time::Duration;
 
     use serde::Deserialize;
@@ -376,13 +381,40 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     let mut services: Vec<Arc<Service>> = Vec::with_capacity(spec.services.len());
     let mut by_name: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
     let mut claimed: HashMap<String, String> = HashMap::new();
+    let mut policies: HashMap<String, (usize, BackendPolicy)> = HashMap::new();
+    for (i, p) in spec.backend_policies.iter().enumerate() {
+        let at = format!("backend_policies[{i}]");
+        let name = if p.service.contains('.') {
+            p.service.clone()
+        } else {
+            format!("{}.default", p.service)
+        };
+        let policy = p.resolve(&at)?;
+        if policies.insert(name.clone(), (i, policy)).is_some() {
+            return Err(format!(
+                "{at}.service: {name} already has a backend policy (one per service)"
+            ));
+        }
+    }
     for (i, s) in spec.services.into_iter().enumerate() {
-        let service = Arc::new(build_service(i, s, &mut claimed, &by_name)?);
+        let qualified = format!("{}.{}", s.name, s.namespace);
+        let policy = policies.get(&qualified).map(|(_, p)| p.clone());
+        let service = Arc::new(build_service(i, s, &mut claimed, &by_name, policy)?);
         by_name
             .entry(service.qualified_name())
             .or_default()
             .push(service.clone());
         services.push(service);
+    }
+    if let Some(i) = (policies.iter())
+        .filter(|(name, _)| !by_name.contains_key(*name))
+        .map(|(_, (i, _))| *i)
+        .min()
+    {
+        let name = &spec.backend_policies[i].service;
+        return Err(format!(
+            "backend_policies[{i}].service: unknown service `{name}`"
+        ));
     }
     let lookup = |name: &str| -> Option<&Vec<Arc<Service>>> {
         by_name
@@ -465,6 +497,7 @@ fn build_service(
     s: ServiceSpec,
     claimed: &mut HashMap<String, String>,
     by_name: &HashMap<String, Vec<Arc<Service>>>,
+    policy: Option<BackendPolicy>,
 ) -> Result<Service, String> {
     let at = format!("services[{id}]");
     let identities = check_service(&s, &at)?;
@@ -500,9 +533,11 @@ fn build_service(
             identity,
         })
         .collect();
+    let policy = policy.unwrap_or_else(BackendPolicy::none);
     Ok(Service {
         id,
-        balancer: Balancer::new(&endpoints),
+        balancer: Balancer::new(&endpoints, policy.load_balancer),
+        backend: BackendRuntime::new(policy),
         metrics: RequestMetrics::new(Direction::Outbound, &qualified, "default"),
         name: s.name,
         namespace: s.namespace,

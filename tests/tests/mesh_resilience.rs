@@ -1,8 +1,8 @@
-//! A retry policy through real processes: `shoalctl apply` of a route with `retry` (accepted now
-//! that the proxy enforces it) reaches a discovery-fed proxy, which retries a backend's transient
-//! failures to success and shows the policy in `/config`; a policy the proxy could not enforce as
-//! written is refused at `apply`, naming the field; changing the policy under traffic fails no
-//! request and keeps the budget's count.
+//! Resilience policies through real processes: `shoalctl apply` of a route with `retry` reaches a
+//! discovery-fed proxy, which retries a backend's transient failures to success and shows the
+//! policy in `/config`; changing the policy under traffic fails no request. A `BackendPolicy`
+//! (algorithm, cap, breaker override) is enforced and changes live. What the proxy could not
+//! enforce as written is refused at `apply`, naming the field.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,6 +109,91 @@ async fn a_retry_policy_the_proxy_cannot_enforce_is_refused_naming_the_field() {
         refused
             .stderr
             .contains("spec.rules[0].retry.per_try_timeout_ms"),
+        "{}",
+        refused.stderr
+    );
+}
+
+fn backend_policy(spec: &str) -> String {
+    format!("kind: BackendPolicy\nmetadata: {{name: app}}\nspec:\n  service: app\n{spec}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
+    let backend = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let cp = ControlPlaneBuilder::new().start().await;
+    cp.apply(&service_yaml("app", 80, &[backend.addr()]))
+        .await
+        .success();
+    cp.apply(&backend_policy(
+        "  load_balancer: {algorithm: round_robin}\n  limits: {max_concurrent_requests: 50}\n  circuit_breaker: {override: force_open}\n",
+    ))
+    .await
+    .success();
+    let proxy = cp.proxy_builder("policy-proxy").start().await;
+    let mut client = MeshClient::new(proxy.outbound());
+    let resp = client.get("app", "/").await.unwrap();
+    assert_eq!(
+        (resp.status.as_u16(), resp.header("shoal-proxy-error")),
+        (503, Some("circuit-open")),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(backend.count(), 0);
+    let config = proxy.config().await;
+    let app = config["state"]["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "app")
+        .cloned()
+        .unwrap_or_else(|| panic!("no service app in /config: {config}"));
+    assert_eq!(app["load_balancer"]["algorithm"], "round_robin", "{app}");
+    assert_eq!(
+        app["backend_policy"]["circuit_breaker_state"], "forced_open",
+        "{app}"
+    );
+
+    // The operator closes it again: traffic flows within a moment of `apply`.
+    cp.apply(&backend_policy(
+        "  load_balancer: {algorithm: round_robin}\n  limits: {max_concurrent_requests: 50}\n",
+    ))
+    .await
+    .success();
+    shoal_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "traffic after the override is removed",
+        || {
+            let addr = proxy.outbound();
+            async move {
+                let resp = MeshClient::new(addr)
+                    .get("app", "/")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if resp.status == 200 {
+                    Ok(())
+                } else {
+                    Err(resp.text())
+                }
+            }
+        },
+    )
+    .await;
+
+    // What the proxy does not enforce yet is refused at apply, naming the field.
+    let refused = cp
+        .ctl(
+            &["apply", "-f", "-"],
+            Some(&backend_policy(
+                "  outlier_detection: {consecutive_5xx: 5}\n",
+            )),
+        )
+        .await;
+    assert_eq!(refused.code(), Some(1), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("spec.outlier_detection: not enforced by shoal-proxy yet"),
         "{}",
         refused.stderr
     );

@@ -1,0 +1,74 @@
+//! The backend stage: the backend policy's bulkhead cap and circuit breaker (`crate::backend`).
+//! A request over the cap on requests in flight is answered 503 `backend-overloaded` at once, and
+//! one meeting an open breaker 503 `circuit-open` at once — no queue, so a slow or failing backend
+//! costs its callers a fast error instead of their own capacity. Each attempt of a retry passes it
+//! again. A backend without a policy costs one branch.
+
+use tokio::time::Instant;
+
+use super::split::Backend;
+use crate::backend::Refusal;
+use crate::errors::{ProxyError, Reason, Side};
+use crate::http::stack::{Exchange, Layer, Req, Service};
+
+/// The layer (the policy is the backend's).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BackendLayer;
+
+/// The stage.
+#[derive(Debug)]
+pub(super) struct Caps<S>(S);
+
+impl<S> Layer<S> for BackendLayer {
+    type Service = Caps<S>;
+
+    fn layer(&self, inner: S) -> Caps<S> {
+        Caps(inner)
+    }
+}
+
+impl<'c, S> Service<Req<'c, Backend>> for Caps<S>
+where
+    S: Service<Req<'c, Backend>> + Sync,
+{
+    async fn call(&self, req: Req<'c, Backend>) -> Exchange {
+        let runtime = &req.target.service.backend;
+        if !runtime.is_active() {
+            return self.0.call(req).await;
+        }
+        let admitted = match runtime.admit(Instant::now()) {
+            Ok(a) => a,
+            Err(refusal) => return Exchange::failed(refused(&req.target, refusal)),
+        };
+        let exchange = self.0.call(req).await;
+        admitted.report(failed(&exchange), Instant::now());
+        exchange
+    }
+}
+
+/// Whether an exchange counts as a failure of the backend: a 5xx, or an error on the upstream's
+/// side (connect failure, reset, timeout, malformed response) — not a client's or the proxy's.
+fn failed(exchange: &Exchange) -> bool {
+    match &exchange.result {
+        Ok(resp) => resp.status().is_server_error(),
+        Err(e) => e.kind.side() == Side::Upstream,
+    }
+}
+
+fn refused(backend: &Backend, refusal: Refusal) -> ProxyError {
+    let name = backend.service.qualified_name();
+    match refusal {
+        Refusal::Overloaded(max) => ProxyError::new(
+            Reason::BackendOverloaded,
+            format!(
+                "{max} requests to service {name} are already in flight, its backend policy's limits.max_concurrent_requests; the request was not sent (see the backend_policy in /config)"
+            ),
+        ),
+        Refusal::CircuitOpen => ProxyError::new(
+            Reason::CircuitOpen,
+            format!(
+                "the circuit breaker of service {name} is open: too many of its requests failed recently; the request was not sent (see the backend_policy in /config)"
+            ),
+        ),
+    }
+}
