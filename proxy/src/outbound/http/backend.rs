@@ -36,7 +36,8 @@ where
         if !runtime.is_active() {
             return self.0.call(req).await;
         }
-        let admitted = match runtime.admit(Instant::now()) {
+        // The request's arrival stands for "now": microseconds earlier, and one clock read less.
+        let admitted = match runtime.admit(req.start) {
             Ok(a) => a,
             Err(refusal) => return Exchange::failed(refused(&req.target, refusal)),
         };

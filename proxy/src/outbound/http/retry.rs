@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use tokio::time::Instant;
 
 use super::split::Backend;
@@ -25,7 +26,8 @@ use crate::http::replay::Replay;
 use crate::http::stack::{Exchange, Layer, Req, Service};
 use crate::retry::{Retry as Policy, RetryOn};
 
-/// Upstream: which attempt this is (1 for the first), on requests of a rule with a retry policy.
+/// Upstream: which attempt a retry is (2 for the first retry); absent on a first attempt, which
+/// saves every request a header insert.
 static ATTEMPT: HeaderName = HeaderName::from_static("shoal-attempt");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -109,7 +111,8 @@ where
     } = req;
     let (parts, body) = http.into_parts();
     let head = Request::from_parts(parts, ());
-    let replay = Replay::new(body);
+    // A request without a body (most) needs no replay buffer: every attempt is empty.
+    let replay = (!body.is_end_stream()).then(|| Replay::new(body));
     // The caller's own deadline counts too: no attempt starts that cannot end before it.
     let grpc_deadline = head
         .headers()
@@ -120,13 +123,19 @@ where
     let mut avoid = None;
     let mut n = 1;
     loop {
-        let Some(body) = replay.attempt() else {
-            unreachable!("checked replayable before every retry");
+        let body = match &replay {
+            None => RequestBody::Empty,
+            Some(r) => match r.attempt() {
+                Some(body) => RequestBody::Replay(body),
+                None => unreachable!("checked replayable before every retry"),
+            },
         };
-        let mut attempt = copy_head(&head).map(|()| RequestBody::Replay(body));
-        attempt
-            .headers_mut()
-            .insert(ATTEMPT.clone(), HeaderValue::from(n));
+        let mut attempt = copy_head(&head).map(|()| body);
+        if n > 1 {
+            attempt
+                .headers_mut()
+                .insert(ATTEMPT.clone(), attempt_value(n));
+        }
         let now = Instant::now();
         if let (Some(d), true) = (grpc_deadline, n > 1) {
             // The upstream learns how long is left, not how long the caller first allowed.
@@ -171,7 +180,7 @@ where
         if n >= p.attempts {
             return exchange;
         }
-        if !replay.replayable() {
+        if replay.as_ref().is_some_and(|r| !r.replayable()) {
             policy.metrics.body_too_large.increment(1);
             return exchange;
         }
@@ -197,6 +206,14 @@ where
         }
         n += 1;
     }
+}
+
+/// The `shoal-attempt` value of attempt `n` (static for every allowed count: no allocation).
+fn attempt_value(n: u32) -> HeaderValue {
+    const VALUES: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    VALUES
+        .get(n as usize - 1)
+        .map_or_else(|| HeaderValue::from(n), |v| HeaderValue::from_static(v))
 }
 
 /// The error of an attempt cut by its per-try timeout.
