@@ -23,6 +23,8 @@ pub struct ProxyError {
     /// The upstream provably did not process the request (an HTTP/2 stream it refused): safe to
     /// send again whatever the method.
     pub(crate) unprocessed: bool,
+    /// The status to answer with instead of the reason's own (an injected fault's).
+    pub(crate) status: Option<u16>,
 }
 
 impl ProxyError {
@@ -32,7 +34,21 @@ impl ProxyError {
             kind,
             detail: detail.into(),
             unprocessed: false,
+            status: None,
         }
+    }
+
+    /// Answers with `status` instead of the reason's own.
+    pub(crate) fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The status the proxy answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or_else(|| self.kind.status())
     }
 
     /// Marks the request as never processed by the upstream.
@@ -151,6 +167,8 @@ reasons! {
     BackendOverloaded => ("backend-overloaded", SERVICE_UNAVAILABLE, Proxy, false),
     /// The backend's circuit breaker is open (too many recent failures); not sent.
     CircuitOpen => ("circuit-open", SERVICE_UNAVAILABLE, Proxy, false),
+    /// A fault injection aborted the request (its status is the fault's); not sent.
+    FaultInjected => ("fault-injected", SERVICE_UNAVAILABLE, Proxy, false),
 }
 
 impl fmt::Display for Reason {

@@ -198,3 +198,25 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
         refused.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_injection_applied_with_shoalctl_aborts_requests() {
+    let backend = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let cp = ControlPlaneBuilder::new().start().await;
+    cp.apply(&service_yaml("app", 80, &[backend.addr()]))
+        .await
+        .success();
+    cp.apply("kind: FaultInjection\nmetadata: {name: app}\nspec:\n  target_service: app\n  abort: {percent: 100, http_status: 500}\n")
+        .await
+        .success();
+    let proxy = cp.proxy_builder("fault-proxy").start().await;
+    let mut client = MeshClient::new(proxy.outbound());
+    let resp = client.get("app", "/").await.unwrap();
+    assert_eq!(
+        (resp.status.as_u16(), resp.header("shoal-proxy-error")),
+        (500, Some("fault-injected")),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(backend.count(), 0);
+}

@@ -84,6 +84,7 @@ fn service_keys(qualified: &str) -> Vec<Key> {
         ResourceType::Endpoints,
         ResourceType::Route,
         ResourceType::BackendPolicy,
+        ResourceType::FaultInjection,
     ]
     .into_iter()
     .map(|t| (t as i32, qualified.to_string()))

@@ -12,6 +12,7 @@ use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec};
+use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::spec::{
     self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
     ServiceSpec,
@@ -290,12 +291,21 @@ impl Resources {
                 _ => None,
             })
             .collect::<Result<_, _>>()?;
+        let faults = self
+            .map
+            .iter()
+            .filter_map(|((_, name), (_, payload))| match payload {
+                Payload::FaultInjection(f) if known.contains(name) => Some(fault_spec(f)),
+                _ => None,
+            })
+            .collect();
         Ok((
             FileSpec {
                 services,
                 routes,
                 authorization,
                 backend_policies,
+                faults,
             },
             missing,
         ))
@@ -445,10 +455,16 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
             }
             backend_policy_spec(p)?.resolve("")?;
         }
-        Payload::RateLimit(_)
-        | Payload::FaultInjection(_)
-        | Payload::Mirror(_)
-        | Payload::Address(_) => {}
+        Payload::FaultInjection(f) => {
+            if f.target_service != key.1 {
+                return Err(format!(
+                    "target_service: `{}` is not the resource's name",
+                    f.target_service
+                ));
+            }
+            fault_spec(f).resolve("")?;
+        }
+        Payload::RateLimit(_) | Payload::Mirror(_) | Payload::Address(_) => {}
     }
     Ok(payload)
 }
@@ -523,6 +539,21 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
         limits,
         circuit_breaker,
     })
+}
+
+/// The state description of a `FaultInjection` (validated by the state builder).
+fn fault_spec(f: &v1::FaultInjection) -> FaultSpec {
+    FaultSpec {
+        service: f.target_service.clone(),
+        delay: f.delay.as_ref().map(|d| DelaySpec {
+            percent: d.percent,
+            duration: (d.duration_ms > 0).then(|| Duration::from_millis(d.duration_ms)),
+        }),
+        abort: f.abort.as_ref().map(|a| AbortSpec {
+            percent: a.percent,
+            http_status: u16::try_from(a.http_status).unwrap_or(0),
+        }),
+    }
 }
 
 /// The state description of an `AuthorizationPolicy` (validated by the state builder).

@@ -32,7 +32,7 @@ pub fn error(
         err.detail
     );
     let mut resp = Response::new(ResponseBody::local(err.body_text()));
-    *resp.status_mut() = err.kind.status();
+    *resp.status_mut() = err.status();
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER, err.kind.header_value());
     h.insert(

@@ -6,6 +6,7 @@
 //! store later.
 
 pub(crate) mod backend_policy;
+pub(crate) mod fault;
 pub mod file;
 mod model;
 pub(crate) mod spec;

@@ -85,6 +85,9 @@ pub struct Service {
     /// The backend policy's cap and circuit breaker, with their runtime state.
     #[serde(rename = "backend_policy")]
     pub(crate) backend: crate::backend::BackendRuntime,
+    /// Faults injected into requests to this service (chaos experiments).
+    #[serde(rename = "fault_injection")]
+    pub(crate) fault: Option<super::fault::Fault>,
     /// Request metrics for traffic that matched no route rule.
     #[serde(skip)]
     pub metrics: Arc<RequestMetrics>,

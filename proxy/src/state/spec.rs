@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::backend_policy::BackendPolicySpec;
+use super::fault::{Fault, FaultSpec};
 use super::model::{
     Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
     ValueMatch,
@@ -33,6 +34,9 @@ pub(crate) struct FileSpec {
     /// Backend policies (load balancing, caps, circuit breaker), one per service.
     #[serde(default)]
     pub(crate) backend_policies: Vec<BackendPolicySpec>,
+    /// Injected faults (delays, aborts), one entry per service.
+    #[serde(default)]
+    pub(crate) faults: Vec<FaultSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,11 +388,7 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     let mut policies: HashMap<String, (usize, BackendPolicy)> = HashMap::new();
     for (i, p) in spec.backend_policies.iter().enumerate() {
         let at = format!("backend_policies[{i}]");
-        let name = if p.service.contains('.') {
-            p.service.clone()
-        } else {
-            format!("{}.default", p.service)
-        };
+        let name = qualify(&p.service);
         let policy = p.resolve(&at)?;
         if policies.insert(name.clone(), (i, policy)).is_some() {
             return Err(format!(
@@ -396,10 +396,22 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
             ));
         }
     }
+    let mut faults: HashMap<String, (usize, Fault)> = HashMap::new();
+    for (i, f) in spec.faults.iter().enumerate() {
+        let at = format!("faults[{i}]");
+        let fault = f.resolve(&at)?;
+        if faults.insert(qualify(&f.service), (i, fault)).is_some() {
+            return Err(format!(
+                "{at}.service: {} already has faults (one entry per service)",
+                qualify(&f.service)
+            ));
+        }
+    }
     for (i, s) in spec.services.into_iter().enumerate() {
         let qualified = format!("{}.{}", s.name, s.namespace);
         let policy = policies.get(&qualified).map(|(_, p)| p.clone());
-        let service = Arc::new(build_service(i, s, &mut claimed, &by_name, policy)?);
+        let fault = faults.get(&qualified).map(|(_, f)| f.clone());
+        let service = Arc::new(build_service(i, s, &mut claimed, &by_name, policy, fault)?);
         by_name
             .entry(service.qualified_name())
             .or_default()
@@ -415,6 +427,14 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
         return Err(format!(
             "backend_policies[{i}].service: unknown service `{name}`"
         ));
+    }
+    if let Some(i) = (faults.iter())
+        .filter(|(name, _)| !by_name.contains_key(*name))
+        .map(|(_, (i, _))| *i)
+        .min()
+    {
+        let name = &spec.faults[i].service;
+        return Err(format!("faults[{i}].service: unknown service `{name}`"));
     }
     let lookup = |name: &str| -> Option<&Vec<Arc<Service>>> {
         by_name
@@ -492,12 +512,22 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     Ok(state)
 }
 
+/// `name` → `name.default`; a qualified name stays.
+fn qualify(service: &str) -> String {
+    if service.contains('.') {
+        service.to_string()
+    } else {
+        format!("{service}.default")
+    }
+}
+
 fn build_service(
     id: usize,
     s: ServiceSpec,
     claimed: &mut HashMap<String, String>,
     by_name: &HashMap<String, Vec<Arc<Service>>>,
     policy: Option<BackendPolicy>,
+    fault: Option<Fault>,
 ) -> Result<Service, String> {
     let at = format!("services[{id}]");
     let identities = check_service(&s, &at)?;
@@ -538,6 +568,7 @@ fn build_service(
         id,
         balancer: Balancer::new(&endpoints, policy.load_balancer),
         backend: BackendRuntime::new(policy),
+        fault,
         metrics: RequestMetrics::new(Direction::Outbound, &qualified, "default"),
         name: s.name,
         namespace: s.namespace,

@@ -55,11 +55,6 @@ pub const KINDS: &[UnenforcedKind] = &[
         arrives: "rate limits arrive with the resilience work",
     },
     UnenforcedKind {
-        kind: ResourceKind::FaultInjection,
-        yaml: "FaultInjection",
-        arrives: "fault injection arrives with the resilience work",
-    },
-    UnenforcedKind {
         kind: ResourceKind::Mirror,
         yaml: "Mirror",
         arrives: "traffic mirroring arrives after the resilience work",

@@ -3,6 +3,7 @@
 //! ```text
 //! route       destination (virtual IP or authority) → service → route rule; else passthrough
 //!  └ timeout  the route's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
+//!   └ fault   the service's injected delays and aborts (chaos experiments)
 //!     └ split     weighted pick of the rule's backend
 //!        └ retry      the rule's retry policy: budget, backoff, deadline; each attempt re-enters
 //!           │         the stages below (another endpoint where there is one)
@@ -16,6 +17,7 @@
 
 mod backend;
 mod balance;
+mod fault;
 mod retry;
 mod route;
 mod split;
@@ -31,6 +33,7 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
         .push(backend::BackendLayer)
         .push(retry::RetryLayer)
         .push(split::SplitLayer)
+        .push(fault::FaultLayer)
         .push(TimeoutLayer)
         .into_inner();
     let passthrough = Stack::new(Send).push(TimeoutLayer).into_inner();

@@ -1,0 +1,60 @@
+//! The fault stage: the delays and aborts a `FaultInjection` asks the calling proxy to inject into
+//! a share of the requests to a service (chaos experiments). A delayed request waits, then goes on
+//! (the route's timeout runs meanwhile); an aborted one is answered with the configured status and
+//! `shoal-proxy-error: fault-injected`, never sent (a gRPC client maps the status to its code, 503
+//! → UNAVAILABLE). A service without faults costs one branch.
+
+use super::route::Routed;
+use crate::errors::{ProxyError, Reason};
+use crate::http::stack::{Exchange, Layer, Req, Service};
+
+/// The layer (the faults are the service's).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FaultLayer;
+
+/// The stage.
+#[derive(Debug)]
+pub(super) struct Faults<S>(S);
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = Faults<S>;
+
+    fn layer(&self, inner: S) -> Faults<S> {
+        Faults(inner)
+    }
+}
+
+/// Whether a request falls in the `percent` share.
+fn hit(percent: f64) -> bool {
+    percent > 0.0 && fastrand::f64() * 100.0 < percent
+}
+
+impl<'c, S> Service<Req<'c, Routed>> for Faults<S>
+where
+    S: Service<Req<'c, Routed>> + Sync,
+{
+    async fn call(&self, req: Req<'c, Routed>) -> Exchange {
+        let Some(fault) = req.target.service.fault.clone() else {
+            return self.0.call(req).await;
+        };
+        if let Some((percent, status)) = fault.abort
+            && hit(percent)
+        {
+            let err = ProxyError::new(
+                Reason::FaultInjected,
+                format!(
+                    "a fault injection on service {} aborts {percent} % of its requests with {status}; this request was one (see fault_injection in /config)",
+                    req.target.service.qualified_name()
+                ),
+            )
+            .with_status(status);
+            return Exchange::failed(err);
+        }
+        if let Some((percent, delay)) = fault.delay
+            && hit(percent)
+        {
+            tokio::time::sleep(delay).await;
+        }
+        self.0.call(req).await
+    }
+}
