@@ -209,3 +209,96 @@ async fn an_invalid_policy_is_refused_naming_the_field() {
         "{text}"
     );
 }
+
+/// An endpoint failing with 500 until `healthy` is set.
+async fn flaky(healthy: &Arc<AtomicBool>) -> HttpBackend {
+    let healthy = healthy.clone();
+    HttpBackend::respond(move |_| {
+        if healthy.load(Ordering::SeqCst) {
+            text_response(200, "ok")
+        } else {
+            text_response(500, "broken")
+        }
+    })
+    .await
+}
+
+fn ejected(config: &serde_json::Value) -> Vec<bool> {
+    config["state"]["services"][0]["load_balancer"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["ejected"] == true)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_probed_and_readmitted() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let bad = flaky(&healthy).await;
+    let mut good = Vec::new();
+    for _ in 0..3 {
+        good.push(HttpBackend::respond(|_| text_response(200, "ok")).await);
+    }
+    let mut endpoints = vec![bad.addr()];
+    endpoints.extend(good.iter().map(HttpBackend::addr));
+    let proxy = proxy(
+        &endpoints,
+        "    load_balancer: {algorithm: round_robin}\n    outlier_detection: {consecutive_5xx: 2, base_ejection_time: 2s, max_ejection_percent: 50}\n",
+    )
+    .await;
+    // Round robin: the bad endpoint gets every fourth request; its second failure ejects it.
+    for _ in 0..8 {
+        get(&proxy).await;
+    }
+    assert_eq!(bad.count(), 2);
+    assert_eq!(ejected(&proxy.config().await), [true, false, false, false]);
+    // Ejected: no request reaches it, every request succeeds.
+    for i in 0..30 {
+        assert_eq!(get(&proxy).await.status, 200, "request {i} while ejected");
+    }
+    assert_eq!(bad.count(), 2, "an ejected endpoint gets no traffic");
+    // It recovers; after the ejection time one probe reaches it and readmits it.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "the recovered endpoint readmitted", || async {
+        get(&proxy).await;
+        let e = ejected(&proxy.config().await);
+        if e == [false, false, false, false] && bad.count() > 2 {
+            Ok(())
+        } else {
+            Err(format!("{e:?}, {} requests", bad.count()))
+        }
+    })
+    .await;
+    let before = bad.count();
+    for _ in 0..8 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(bad.count(), before + 2, "back to its round-robin share");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_ejection_percent_of_endpoints_are_ejected() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let mut bad = Vec::new();
+    for _ in 0..3 {
+        bad.push(flaky(&broken).await);
+    }
+    let good = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let mut endpoints: Vec<_> = bad.iter().map(HttpBackend::addr).collect();
+    endpoints.push(good.addr());
+    let proxy = proxy(
+        &endpoints,
+        "    load_balancer: {algorithm: round_robin}\n    outlier_detection: {consecutive_5xx: 1, base_ejection_time: 30s, max_ejection_percent: 25}\n",
+    )
+    .await;
+    for _ in 0..40 {
+        get(&proxy).await;
+    }
+    let e = ejected(&proxy.config().await);
+    assert_eq!(
+        e.iter().filter(|x| **x).count(),
+        1,
+        "25 % of four endpoints: one ejected at most, though three fail: {e:?}"
+    );
+}

@@ -185,7 +185,7 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
         .ctl(
             &["apply", "-f", "-"],
             Some(&backend_policy(
-                "  outlier_detection: {consecutive_5xx: 5}\n",
+                "  outlier_detection: {consecutive_5xx: 5, interval_ms: 10000}\n",
             )),
         )
         .await;
@@ -193,7 +193,7 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
     assert!(
         refused
             .stderr
-            .contains("spec.outlier_detection: not enforced by shoal-proxy yet"),
+            .contains("spec.outlier_detection.interval_ms: not enforced by shoal-proxy yet"),
         "{}",
         refused.stderr
     );

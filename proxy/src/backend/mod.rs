@@ -37,6 +37,8 @@ pub(crate) struct BackendPolicy {
     /// which a request is answered 503 `backend-overloaded` at once.
     pub(crate) max_concurrent_requests: Option<u32>,
     pub(crate) circuit_breaker: Option<BreakerConfig>,
+    /// Ejection of failing endpoints (applied by the balancer).
+    pub(crate) outlier_detection: Option<crate::balance::OutlierConfig>,
 }
 
 impl BackendPolicy {
@@ -46,6 +48,7 @@ impl BackendPolicy {
             load_balancer: Algorithm::default(),
             max_concurrent_requests: None,
             circuit_breaker: None,
+            outlier_detection: None,
         }
     }
 }

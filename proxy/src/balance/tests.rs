@@ -160,7 +160,11 @@ fn the_estimate_rises_at_once_follows_faster_answers_and_decays_when_idle() {
 
 #[test]
 fn round_robin_takes_turns_by_weight() {
-    let b = Balancer::new(&[ep(1, 1, true), ep(2, 3, true)], Algorithm::RoundRobin);
+    let b = Balancer::new(
+        &[ep(1, 1, true), ep(2, 3, true)],
+        Algorithm::RoundRobin,
+        None,
+    );
     let mut seen = std::collections::HashMap::new();
     for _ in 0..400 {
         *seen.entry(b.pick().unwrap().addr.port()).or_insert(0) += 1;
@@ -170,7 +174,11 @@ fn round_robin_takes_turns_by_weight() {
 
 #[test]
 fn least_request_avoids_the_busy_endpoint() {
-    let b = Balancer::new(&[ep(1, 1, true), ep(2, 1, true)], Algorithm::LeastRequest);
+    let b = Balancer::new(
+        &[ep(1, 1, true), ep(2, 1, true)],
+        Algorithm::LeastRequest,
+        None,
+    );
     // Hold requests on whichever endpoint is picked first; the next picks go to the other.
     let first = b.pick().unwrap();
     let held: Vec<_> = (0..5).map(|_| b.pick().unwrap()).collect();
@@ -185,7 +193,11 @@ fn a_retry_avoids_the_endpoint_that_failed() {
         Algorithm::RoundRobin,
         Algorithm::LeastRequest,
     ] {
-        let b = Balancer::new(&[ep(1, 1, true), ep(2, 1, true), ep(3, 1, true)], algorithm);
+        let b = Balancer::new(
+            &[ep(1, 1, true), ep(2, 1, true), ep(3, 1, true)],
+            algorithm,
+            None,
+        );
         let avoid = b.pick().unwrap().addr;
         for _ in 0..50 {
             assert_ne!(

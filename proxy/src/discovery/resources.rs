@@ -11,7 +11,9 @@ use crate::backend::{Algorithm, BreakerOverride};
 use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::retry::RetryOn;
-use crate::state::backend_policy::{BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec};
+use crate::state::backend_policy::{
+    BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
+};
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::spec::{
     self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
@@ -516,10 +518,16 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
             })
         }
     };
-    if p.outlier_detection.is_some() {
-        return not_enforced("outlier_detection");
-    }
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    let outlier_detection = match &p.outlier_detection {
+        None => None,
+        Some(o) if o.interval_ms > 0 => return not_enforced("outlier_detection.interval_ms"),
+        Some(o) => Some(OutlierSpec {
+            consecutive_5xx: (o.consecutive_5xx > 0).then_some(o.consecutive_5xx),
+            base_ejection_time: ms(o.base_ejection_time_ms),
+            max_ejection_percent: (o.max_ejection_percent != 0.0).then_some(o.max_ejection_percent),
+        }),
+    };
     let circuit_breaker = p.circuit_breaker.as_ref().map(|b| BreakerSpec {
         failure_ratio_threshold: (b.failure_ratio_threshold != 0.0)
             .then_some(b.failure_ratio_threshold),
@@ -538,6 +546,7 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
         load_balancer,
         limits,
         circuit_breaker,
+        outlier_detection,
     })
 }
 

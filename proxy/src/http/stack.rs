@@ -126,6 +126,16 @@ impl Exchange {
         }
     }
 
+    /// Whether it counts as the upstream's failure (outlier detection, circuit breakers): a 5xx,
+    /// or an error on the upstream's side (connect failure, reset, timeout, malformed response),
+    /// not a client's or the proxy's.
+    pub(crate) fn upstream_failed(&self) -> bool {
+        match &self.result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(e) => e.kind.side() == crate::errors::Side::Upstream,
+        }
+    }
+
     /// Records the metrics it counts in, unless a stage below already did.
     pub(crate) fn counted_in(mut self, metrics: &Arc<RequestMetrics>) -> Self {
         if self.metrics.is_none() {

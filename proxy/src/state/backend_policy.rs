@@ -11,6 +11,7 @@ use crate::backend::{
     Algorithm, BackendPolicy, BreakerConfig, BreakerOverride, DEFAULT_BREAKER_MIN_REQUESTS,
     DEFAULT_BREAKER_OPEN, DEFAULT_BREAKER_PROBES, DEFAULT_BREAKER_WINDOW,
 };
+use crate::balance::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
 
 /// One backend policy as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +25,19 @@ pub(crate) struct BackendPolicySpec {
     pub(crate) limits: Option<LimitsSpec>,
     #[serde(default)]
     pub(crate) circuit_breaker: Option<BreakerSpec>,
+    #[serde(default)]
+    pub(crate) outlier_detection: Option<OutlierSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutlierSpec {
+    /// Failures in a row (5xx or upstream errors) that eject an endpoint; required.
+    pub(crate) consecutive_5xx: Option<u32>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) base_ejection_time: Option<Duration>,
+    #[serde(default)]
+    pub(crate) max_ejection_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +119,34 @@ impl BackendPolicySpec {
                 })
             }
         };
+        let outlier_detection = match &self.outlier_detection {
+            None => None,
+            Some(o) => {
+                let at = format!("{at}.outlier_detection");
+                let consecutive = match o.consecutive_5xx {
+                    Some(n) if n > 0 => n,
+                    _ => {
+                        return Err(format!(
+                            "{at}.consecutive_5xx: required and positive (failures in a row that eject an endpoint)"
+                        ));
+                    }
+                };
+                in_range("outlier_detection.base_ejection_time", o.base_ejection_time)?;
+                let percent = o
+                    .max_ejection_percent
+                    .unwrap_or(DEFAULT_MAX_EJECTION_PERCENT);
+                if !(percent > 0.0 && percent <= 100.0) {
+                    return Err(format!(
+                        "{at}.max_ejection_percent: {percent} is not a percentage in (0, 100]"
+                    ));
+                }
+                Some(OutlierConfig {
+                    consecutive_failures: consecutive,
+                    base_ejection_time: o.base_ejection_time.unwrap_or(DEFAULT_BASE_EJECTION),
+                    max_ejection_percent: percent,
+                })
+            }
+        };
         Ok(BackendPolicy {
             load_balancer: self
                 .load_balancer
@@ -112,6 +154,7 @@ impl BackendPolicySpec {
                 .map_or_else(Algorithm::default, |lb| lb.algorithm),
             max_concurrent_requests: limits.max_concurrent_requests,
             circuit_breaker,
+            outlier_detection,
         })
     }
 }

@@ -566,7 +566,11 @@ fn build_service(
     let policy = policy.unwrap_or_else(BackendPolicy::none);
     Ok(Service {
         id,
-        balancer: Balancer::new(&endpoints, policy.load_balancer),
+        balancer: Balancer::new(
+            &endpoints,
+            policy.load_balancer,
+            policy.outlier_detection.clone(),
+        ),
         backend: BackendRuntime::new(policy),
         fault,
         metrics: RequestMetrics::new(Direction::Outbound, &qualified, "default"),

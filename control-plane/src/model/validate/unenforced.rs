@@ -79,8 +79,8 @@ pub const FIELDS: &[UnenforcedField] = &[
     },
     UnenforcedField {
         kind: ResourceKind::BackendPolicy,
-        field: "spec.outlier_detection",
-        why: "outlier detection arrives with the resilience work",
+        field: "spec.outlier_detection.interval_ms",
+        why: "the proxy evaluates ejections on every exchange, not on an interval",
         find: outlier_detection,
         strip: strip_outlier_detection,
     },
@@ -223,15 +223,16 @@ fn strip_connection_limits(spec: &mut Spec) {
 }
 
 fn outlier_detection(spec: &Spec) -> Vec<String> {
-    match backend_policy(spec) {
-        Some(p) if p.outlier_detection.is_some() => vec!["spec.outlier_detection".to_owned()],
+    let outlier = backend_policy(spec).and_then(|p| p.outlier_detection.as_ref());
+    match outlier {
+        Some(o) if o.interval.is_some() => vec!["spec.outlier_detection.interval_ms".to_owned()],
         _ => Vec::new(),
     }
 }
 
 fn strip_outlier_detection(spec: &mut Spec) {
-    if let Some(p) = backend_policy_mut(spec) {
-        p.outlier_detection = None;
+    if let Some(o) = backend_policy_mut(spec).and_then(|p| p.outlier_detection.as_mut()) {
+        o.interval = None;
     }
 }
 

@@ -139,7 +139,11 @@ fn discovery_gets_only_the_enforced_part() {
     let Spec::BackendPolicy(part) = &enforced(&policy).expect("enforced").spec else {
         panic!("a backend policy")
     };
-    assert!(part.outlier_detection.is_none() && part.circuit_breaker.is_some());
+    let outlier = part
+        .outlier_detection
+        .as_ref()
+        .expect("outlier detection kept");
+    assert!(outlier.interval.is_none() && part.circuit_breaker.is_some());
     let limits = part.limits.as_ref().expect("limits kept");
     assert!(limits.max_connections.is_none() && limits.connect_timeout.is_none());
     let lb = part.load_balancer.as_ref().expect("load balancer kept");

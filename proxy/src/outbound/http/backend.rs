@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::split::Backend;
 use crate::backend::Refusal;
-use crate::errors::{ProxyError, Reason, Side};
+use crate::errors::{ProxyError, Reason};
 use crate::http::stack::{Exchange, Layer, Req, Service};
 
 /// The layer (the policy is the backend's).
@@ -42,17 +42,8 @@ where
             Err(refusal) => return Exchange::failed(refused(&req.target, refusal)),
         };
         let exchange = self.0.call(req).await;
-        admitted.report(failed(&exchange), Instant::now());
+        admitted.report(exchange.upstream_failed(), Instant::now());
         exchange
-    }
-}
-
-/// Whether an exchange counts as a failure of the backend: a 5xx, or an error on the upstream's
-/// side (connect failure, reset, timeout, malformed response) — not a client's or the proxy's.
-fn failed(exchange: &Exchange) -> bool {
-    match &exchange.result {
-        Ok(resp) => resp.status().is_server_error(),
-        Err(e) => e.kind.side() == Side::Upstream,
     }
 }
 

@@ -75,7 +75,7 @@ where
             orig_http1,
         };
         let start = req.start;
-        let (req, _backend) = req.retarget(dest);
+        let (req, backend) = req.retarget(dest);
         let mut timing = Timing {
             picked,
             start,
@@ -83,6 +83,10 @@ where
         };
         let exchange = self.0.call(req).await;
         timing.answered = exchange.result.is_ok();
+        backend
+            .service
+            .balancer
+            .report(&timing.picked, exchange.upstream_failed());
         exchange
     }
 }
