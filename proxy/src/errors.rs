@@ -25,6 +25,11 @@ pub struct ProxyError {
     pub(crate) unprocessed: bool,
     /// The status to answer with instead of the reason's own (an injected fault's).
     pub(crate) status: Option<u16>,
+    /// `Retry-After` seconds to answer with (a rate limit).
+    pub(crate) retry_after: Option<u64>,
+    /// Answer a gRPC call with this gRPC status in a trailers-only response instead of an HTTP
+    /// error status.
+    pub(crate) grpc_status: Option<u8>,
 }
 
 impl ProxyError {
@@ -35,6 +40,8 @@ impl ProxyError {
             detail: detail.into(),
             unprocessed: false,
             status: None,
+            retry_after: None,
+            grpc_status: None,
         }
     }
 
@@ -169,6 +176,8 @@ reasons! {
     CircuitOpen => ("circuit-open", SERVICE_UNAVAILABLE, Proxy, false),
     /// A fault injection aborted the request (its status is the fault's); not sent.
     FaultInjected => ("fault-injected", SERVICE_UNAVAILABLE, Proxy, false),
+    /// The service's rate limit is reached for this caller; not sent to the app.
+    RateLimited => ("rate-limited", TOO_MANY_REQUESTS, Downstream, false),
 }
 
 impl fmt::Display for Reason {

@@ -115,7 +115,8 @@ impl Discovery {
         });
         if let Some(own) = own {
             let mut keys = service_keys(&own);
-            keys.push((ResourceType::AuthorizationPolicy as i32, own));
+            keys.push((ResourceType::AuthorizationPolicy as i32, own.clone()));
+            keys.push((ResourceType::RateLimit as i32, own));
             d.subscribe(keys);
         }
         if let Some(identity) = identity {

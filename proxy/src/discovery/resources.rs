@@ -10,6 +10,7 @@ use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 use crate::backend::{Algorithm, BreakerOverride};
 use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
+use crate::inbound::rate_limit::{RateLimitSpec, Scope, Unit};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{
     BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
@@ -293,6 +294,14 @@ impl Resources {
                 _ => None,
             })
             .collect::<Result<_, _>>()?;
+        let rate_limits = self
+            .map
+            .values()
+            .filter_map(|(_, payload)| match payload {
+                Payload::RateLimit(r) => Some(rate_limit_spec(r)),
+                _ => None,
+            })
+            .collect();
         let faults = self
             .map
             .iter()
@@ -308,6 +317,7 @@ impl Resources {
                 authorization,
                 backend_policies,
                 faults,
+                rate_limits,
             },
             missing,
         ))
@@ -466,7 +476,16 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
             }
             fault_spec(f).resolve("")?;
         }
-        Payload::RateLimit(_) | Payload::Mirror(_) | Payload::Address(_) => {}
+        Payload::RateLimit(r) => {
+            if r.target_service != key.1 {
+                return Err(format!(
+                    "target_service: `{}` is not the resource's name",
+                    r.target_service
+                ));
+            }
+            rate_limit_spec(r).resolve("")?;
+        }
+        Payload::Mirror(_) | Payload::Address(_) => {}
     }
     Ok(payload)
 }
@@ -548,6 +567,24 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
         circuit_breaker,
         outlier_detection,
     })
+}
+
+/// The state description of a `RateLimit` (validated by the state builder).
+fn rate_limit_spec(r: &v1::RateLimit) -> RateLimitSpec {
+    RateLimitSpec {
+        service: r.target_service.clone(),
+        requests_per_unit: r.requests_per_unit,
+        unit: match v1::RateLimitUnit::try_from(r.unit).unwrap_or_default() {
+            v1::RateLimitUnit::Minute => Unit::Minute,
+            v1::RateLimitUnit::Hour => Unit::Hour,
+            v1::RateLimitUnit::Second | v1::RateLimitUnit::Unspecified => Unit::Second,
+        },
+        burst: (r.burst > 0).then_some(r.burst),
+        scope: match v1::RateLimitScope::try_from(r.scope).unwrap_or_default() {
+            v1::RateLimitScope::PerClient => Scope::PerClient,
+            v1::RateLimitScope::Global | v1::RateLimitScope::Unspecified => Scope::Global,
+        },
+    }
 }
 
 /// The state description of a `FaultInjection` (validated by the state builder).

@@ -106,6 +106,14 @@ impl ResponseBody {
         }
     }
 
+    /// No body at all (ends with the head: HTTP/2 sends the head with END_STREAM).
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Local(None),
+            in_flight: None,
+        }
+    }
+
     /// A proxy-made body.
     pub fn local(text: impl Into<Bytes>) -> Self {
         Self {

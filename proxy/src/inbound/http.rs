@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! authorize   the service's AuthorizationPolicy for this caller (403 `unauthorized`)
-//!  └ app      the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2
+//!  └ limit    the service's RateLimit for this caller (429 `rate-limited`, `Retry-After`)
+//!   └ app     the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2
 //!     └ timeout   SHOAL_RESPONSE_TIMEOUT
 //!        └ send   shape for the wire (the caller's identity in `shoal-client-id`), pooled connection
 //! ```
@@ -22,6 +23,7 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
     Stack::new(Send)
         .push(TimeoutLayer)
         .push(AppLayer)
+        .push(RateLimitLayer)
         .push(AuthorizeLayer)
         .into_inner()
 }
@@ -60,6 +62,75 @@ where
             Err(e) => Exchange::failed(e),
         }
     }
+}
+
+/// The rate-limit layer (the limit is the state's, for this proxy's own service).
+#[derive(Debug, Clone, Copy)]
+struct RateLimitLayer;
+
+/// The rate-limit stage.
+#[derive(Debug)]
+struct RateLimitStage<S>(S);
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitStage<S>;
+
+    fn layer(&self, inner: S) -> RateLimitStage<S> {
+        RateLimitStage(inner)
+    }
+}
+
+impl<'c, S> Service<Req<'c, ()>> for RateLimitStage<S>
+where
+    S: Service<Req<'c, ()>> + Sync,
+{
+    async fn call(&self, req: Req<'c, ()>) -> Exchange {
+        let conn = req.conn;
+        let limited = {
+            let state = conn.shared.store.peek();
+            match state.rate_limits.get(&conn.shared.own_service) {
+                None => Ok(()),
+                Some(limiter) => {
+                    let client = match &conn.client_id {
+                        Some(id) => id.to_string(),
+                        None => conn.client.ip().to_string(),
+                    };
+                    limiter.admit(&client, req.start)
+                }
+            }
+        };
+        match limited {
+            Ok(()) => self.0.call(req).await,
+            Err(wait) => Exchange::failed(rate_limited(&req, wait)),
+        }
+    }
+}
+
+/// The answer to a request over its service's rate limit.
+fn rate_limited(req: &Req<'_, ()>, wait: std::time::Duration) -> ProxyError {
+    let conn = req.conn;
+    let mut err = ProxyError::new(
+        Reason::RateLimited,
+        format!(
+            "{} is over the rate limit of service {}; retry in {:.3} s (see rate_limits in /config)",
+            conn.client_id
+                .as_ref()
+                .map_or_else(|| conn.client.ip().to_string(), ToString::to_string),
+            conn.shared.own_service,
+            wait.as_secs_f64()
+        ),
+    );
+    err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+    let grpc = req
+        .http
+        .headers()
+        .get(::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // RESOURCE_EXHAUSTED: gRPC's status for a quota.
+        err.grpc_status = Some(8);
+    }
+    err
 }
 
 /// The layer that sends to the app.

@@ -4,10 +4,11 @@
 //! Mesh mTLS is decided here, per connection, from the mTLS mode of the port: a handshake
 //! meant for this proxy's identity is terminated (the caller's identity is then known), the
 //! application's own TLS passes through, and plain text is refused in strict mode.
-//! [`authz`] decides which callers may reach the app; rate limits slot in next to it.
+//! [`authz`] decides which callers may reach the app; [`rate_limit`] how often (per HTTP request).
 
 pub mod authz;
 pub(crate) mod http;
+pub(crate) mod rate_limit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -261,6 +261,8 @@ pub struct State {
     pub routes: Vec<Vec<RouteRule>>,
     /// Inbound authorization policies by protected service (`name.namespace`).
     pub authorization: FastMap<String, Arc<crate::inbound::authz::Policy>>,
+    /// Inbound rate limits by protected service (`name.namespace`), with their buckets.
+    pub(crate) rate_limits: FastMap<String, Arc<crate::inbound::rate_limit::Limiter>>,
     #[serde(skip)]
     by_authority: FastMap<String, Arc<Service>>,
     #[serde(skip)]
@@ -284,6 +286,7 @@ impl State {
             services,
             routes,
             authorization: FastMap::default(),
+            rate_limits: FastMap::default(),
             by_authority,
             by_addr,
         }
@@ -293,6 +296,14 @@ impl State {
     /// namespace and port), and each route rule's retry budget (same service, route and rule
     /// position). An update that does not touch a service or rule leaves what was learnt alone.
     pub fn inherit_runtime(&mut self, previous: &State) {
+        for (service, limiter) in &mut self.rate_limits {
+            // A limiter just built holds the only reference to itself.
+            if let (Some(new), Some(old)) =
+                (Arc::get_mut(limiter), previous.rate_limits.get(service))
+            {
+                new.inherit(old);
+            }
+        }
         if previous.services.is_empty() {
             return;
         }

@@ -17,6 +17,7 @@ use super::model::{
 };
 use crate::backend::{BackendPolicy, BackendRuntime};
 use crate::balance::Balancer;
+use crate::inbound::rate_limit::{Limiter, RateLimitSpec};
 use crate::metrics::{Direction, RequestMetrics};
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
 use crate::tls::{SpiffeId, TlsMode};
@@ -37,6 +38,9 @@ pub(crate) struct FileSpec {
     /// Injected faults (delays, aborts), one entry per service.
     #[serde(default)]
     pub(crate) faults: Vec<FaultSpec>,
+    /// Inbound rate limits, one per protected service.
+    #[serde(default)]
+    pub(crate) rate_limits: Vec<RateLimitSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -509,6 +513,22 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     }
     let mut state = State::new(services, routes);
     state.authorization = authorization;
+    for (i, r) in spec.rate_limits.iter().enumerate() {
+        let at = format!("rate_limits[{i}]");
+        let Some(limit) = r.resolve(&at)? else {
+            continue;
+        };
+        let service = limit.service.clone();
+        if state
+            .rate_limits
+            .insert(service.clone(), Arc::new(Limiter::new(limit)))
+            .is_some()
+        {
+            return Err(format!(
+                "{at}.service: {service} already has a rate limit (one per service)"
+            ));
+        }
+    }
     Ok(state)
 }
 

@@ -48,18 +48,11 @@ pub struct UnenforcedField {
 }
 
 /// The kinds refused until the proxy enforces them. Delete an entry when it does.
-pub const KINDS: &[UnenforcedKind] = &[
-    UnenforcedKind {
-        kind: ResourceKind::RateLimit,
-        yaml: "RateLimit",
-        arrives: "rate limits arrive with the resilience work",
-    },
-    UnenforcedKind {
-        kind: ResourceKind::Mirror,
-        yaml: "Mirror",
-        arrives: "traffic mirroring arrives after the resilience work",
-    },
-];
+pub const KINDS: &[UnenforcedKind] = &[UnenforcedKind {
+    kind: ResourceKind::Mirror,
+    yaml: "Mirror",
+    arrives: "traffic mirroring arrives after the resilience work",
+}];
 
 /// The fields refused until the proxy enforces them. Delete an entry when it does.
 pub const FIELDS: &[UnenforcedField] = &[

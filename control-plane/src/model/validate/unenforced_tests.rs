@@ -39,7 +39,7 @@ fn every_unenforced_kind_is_refused_naming_the_kind() {
     }
     let kinds: Vec<_> = KINDS.iter().map(|k| k.kind).collect();
     use ResourceKind::*;
-    assert_eq!(kinds, [RateLimit, Mirror]);
+    assert_eq!(kinds, [Mirror]);
 }
 
 #[test]
