@@ -169,6 +169,13 @@ reasons! {
     CircuitOpen => ("circuit-open", SERVICE_UNAVAILABLE, Proxy, false),
     /// A fault injection aborted the request (its status is the fault's); not sent.
     FaultInjected => ("fault-injected", SERVICE_UNAVAILABLE, Proxy, false),
+    /// Inbound: the port is in strict mTLS mode and this request arrived in plain text (not over
+    /// mesh mTLS), so it was not passed to the app.
+    MtlsRequired => ("mtls-required", FORBIDDEN, Downstream, false),
+    /// Outbound: this proxy sent the request in plain text to an endpoint whose proxy requires
+    /// mesh mTLS (it answered `mtls-required`): this proxy has no identity, or its view of the
+    /// service disables mTLS, or gives the endpoint no identity.
+    UpstreamRequiresMtls => ("upstream-requires-mtls", BAD_GATEWAY, Proxy, false),
 }
 
 impl fmt::Display for Reason {
