@@ -4,7 +4,8 @@
 //!   has no identity, or because its view of the service says `tls_mode: disabled` — answers
 //!   502 `upstream-requires-mtls`, naming mTLS, the endpoint and the cause; the strict side
 //!   answered 403 `mtls-required` (as it does to any plain-text HTTP client, HTTP/1.1 and h2c)
-//!   and nothing reached the app.
+//!   and nothing reached the app. Opaque plain text (no HTTP to answer in) is still closed
+//!   without a byte back.
 //! - A handshake that fails because the endpoint's proxy holds another identity, or has no
 //!   certificate yet, is `upstream-tls-handshake` naming that cause; a caller whose own
 //!   certificate has not arrived answers `no-identity` naming its settings.
@@ -16,6 +17,8 @@ use shoal_tests::client::{H2Client, empty, request};
 use shoal_tests::pki::TestCa;
 use shoal_tests::process::TempDir;
 use shoal_tests::{H1Client, HttpBackend, Proxy, ProxyBuilder, Resp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
@@ -138,6 +141,18 @@ async fn a_plain_text_client_of_a_strict_port_is_told_mtls_is_required() {
         &server.logs(),
     );
 
+    // Opaque bytes have no protocol to carry an answer: closed, nothing written back.
+    let mut raw = TcpStream::connect(server.inbound()).await.unwrap();
+    raw.write_all(b"\x00\x01opaque bytes\r\n").await.unwrap();
+    let mut back = Vec::new();
+    let read = tokio::time::timeout(T, raw.read_to_end(&mut back))
+        .await
+        .expect("the strict port kept an opaque plain-text connection open");
+    assert!(
+        read.is_err() || back.is_empty(),
+        "opaque plain text was answered: {back:?}"
+    );
+
     assert_eq!(app.connections(), 0, "plain text reached the app");
     server
         .wait_metric(
@@ -146,16 +161,13 @@ async fn a_plain_text_client_of_a_strict_port_is_told_mtls_is_required() {
             2.0,
         )
         .await;
-    assert_eq!(
-        server
-            .metric(
-                "shoal_inbound_tls_refused_total",
-                &[("reason", "plaintext")]
-            )
-            .await,
-        2.0,
-        "each plain-text connection is still counted as refused"
-    );
+    server
+        .wait_metric(
+            "shoal_inbound_tls_refused_total",
+            &[("reason", "plaintext")],
+            3.0,
+        )
+        .await;
 }
 
 #[tokio::test]
