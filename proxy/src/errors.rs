@@ -178,6 +178,13 @@ reasons! {
     FaultInjected => ("fault-injected", SERVICE_UNAVAILABLE, Proxy, false),
     /// The service's rate limit is reached for this caller; not sent to the app.
     RateLimited => ("rate-limited", TOO_MANY_REQUESTS, Downstream, false),
+    /// Inbound: the port is in strict mTLS mode and this request arrived in plain text (not over
+    /// mesh mTLS), so it was not passed to the app.
+    MtlsRequired => ("mtls-required", FORBIDDEN, Downstream, false),
+    /// Outbound: this proxy sent the request in plain text to an endpoint whose proxy requires
+    /// mesh mTLS (it answered `mtls-required`): this proxy has no identity, or its view of the
+    /// service disables mTLS, or gives the endpoint no identity.
+    UpstreamRequiresMtls => ("upstream-requires-mtls", BAD_GATEWAY, Proxy, false),
 }
 
 impl fmt::Display for Reason {

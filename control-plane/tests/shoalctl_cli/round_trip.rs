@@ -142,6 +142,18 @@ fn documented_examples_apply_or_are_refused_as_documented() {
     let cp = ControlPlane::start(dir.path());
     let out = expect(&shoalctl(&cp.admin, &["apply", "-f", "-"], &yaml), 0, &[]);
     assert_eq!(out.lines().count(), 8, "{out}");
+    // Every documented Service field was stored, not dropped: the port's and the service's
+    // `tls_mode` come back as written.
+    expect(
+        &shoalctl(&cp.admin, &["get", "service", "backend", "-o", "yaml"], ""),
+        0,
+        &[
+            "tls_mode: strict",
+            "tls_mode: permissive",
+            "target_port: 8080",
+            "virtual_addresses:",
+        ],
+    );
     for example in refused {
         expect(
             &shoalctl(&cp.admin, &["apply", "-f", "-"], example),

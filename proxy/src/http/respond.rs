@@ -49,10 +49,11 @@ pub fn error(
     if downstream == Downstream::Http1
         && matches!(
             err.kind,
-            Reason::MalformedRequest | Reason::UpstreamMalformedResponse
+            Reason::MalformedRequest | Reason::UpstreamMalformedResponse | Reason::MtlsRequired
         )
     {
-        // Nothing more can be trusted on a connection whose framing went wrong. (On HTTP/2 the
+        // Nothing more can be trusted on a connection whose framing went wrong, and a strict
+        // port keeps no plain-text connection open once it has explained why. (On HTTP/2 the
         // field does not exist: the h2 crate refuses a head carrying it.)
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

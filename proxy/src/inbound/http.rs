@@ -1,7 +1,8 @@
 //! The inbound HTTP stack: the stages a request to the app passes, top to bottom.
 //!
 //! ```text
-//! authorize   the service's AuthorizationPolicy for this caller (403 `unauthorized`)
+//! authorize   plain text on a strict port (403 `mtls-required`); the service's
+//!             AuthorizationPolicy for this caller (403 `unauthorized`)
 //!  └ limit    the service's RateLimit for this caller (429 `rate-limited`, `Retry-After`)
 //!   └ app     the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2
 //!     └ timeout   SHOAL_RESPONSE_TIMEOUT
@@ -57,6 +58,10 @@ where
     S: Service<Req<'c, ()>> + Sync,
 {
     async fn call(&self, req: Req<'c, ()>) -> Exchange {
+        // Decided once per connection (`inbound::admit`); a branch per request here.
+        if req.conn.mtls_required {
+            return Exchange::failed(super::mtls_required(req.conn));
+        }
         match super::authorize_http(req.conn, &req.http) {
             Ok(()) => self.0.call(req).await,
             Err(e) => Exchange::failed(e),
