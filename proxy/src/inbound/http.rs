@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::http::send::{Dest, ORIG_PROTO, Send};
-use crate::http::stack::{Exchange, Layer, Req, Service, Stack};
+use crate::http::stack::{Exchange, Req, Service, Stack, stage};
 use crate::http::timeout::TimeoutLayer;
 use crate::http::{Conn, Downstream};
 use crate::metrics::RequestMetrics;
@@ -37,20 +37,9 @@ pub(crate) fn metrics(conn: &Conn) -> &Arc<RequestMetrics> {
     }
 }
 
-/// The authorization layer (the policy is the state's).
-#[derive(Debug, Clone, Copy)]
-struct AuthorizeLayer;
-
-/// The authorization stage.
-#[derive(Debug)]
-struct Authorize<S>(S);
-
-impl<S> Layer<S> for AuthorizeLayer {
-    type Service = Authorize<S>;
-
-    fn layer(&self, inner: S) -> Authorize<S> {
-        Authorize(inner)
-    }
+stage! {
+    /// The authorization stage.
+    Authorize, AuthorizeLayer
 }
 
 impl<'c, S> Service<Req<'c, ()>> for Authorize<S>
@@ -69,20 +58,9 @@ where
     }
 }
 
-/// The rate-limit layer (the limit is the state's, for this proxy's own service).
-#[derive(Debug, Clone, Copy)]
-struct RateLimitLayer;
-
-/// The rate-limit stage.
-#[derive(Debug)]
-struct RateLimitStage<S>(S);
-
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitStage<S>;
-
-    fn layer(&self, inner: S) -> RateLimitStage<S> {
-        RateLimitStage(inner)
-    }
+stage! {
+    /// The rate-limit stage.
+    RateLimitStage, RateLimitLayer
 }
 
 impl<'c, S> Service<Req<'c, ()>> for RateLimitStage<S>
@@ -138,20 +116,9 @@ fn rate_limited(req: &Req<'_, ()>, wait: std::time::Duration) -> ProxyError {
     err
 }
 
-/// The layer that sends to the app.
-#[derive(Debug, Clone, Copy)]
-struct AppLayer;
-
-/// The stage that decides the app's address and HTTP version.
-#[derive(Debug)]
-struct App<S>(S);
-
-impl<S> Layer<S> for AppLayer {
-    type Service = App<S>;
-
-    fn layer(&self, inner: S) -> App<S> {
-        App(inner)
-    }
+stage! {
+    /// The stage that decides the app's address and HTTP version.
+    App, AppLayer
 }
 
 impl<'c, S> Service<Req<'c, ()>> for App<S>

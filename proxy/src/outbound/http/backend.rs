@@ -9,22 +9,11 @@ use tokio::time::Instant;
 use super::split::Backend;
 use crate::backend::Refusal;
 use crate::errors::{ProxyError, Reason};
-use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::stack::{Exchange, Req, Service, stage};
 
-/// The layer (the policy is the backend's).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct BackendLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(super) struct Caps<S>(S);
-
-impl<S> Layer<S> for BackendLayer {
-    type Service = Caps<S>;
-
-    fn layer(&self, inner: S) -> Caps<S> {
-        Caps(inner)
-    }
+stage! {
+    /// The stage.
+    pub(super) Caps, BackendLayer
 }
 
 impl<'c, S> Service<Req<'c, Backend>> for Caps<S>

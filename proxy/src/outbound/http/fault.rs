@@ -6,22 +6,11 @@
 
 use super::route::Routed;
 use crate::errors::{ProxyError, Reason};
-use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::stack::{Exchange, Req, Service, stage};
 
-/// The layer (the faults are the service's).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FaultLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(super) struct Faults<S>(S);
-
-impl<S> Layer<S> for FaultLayer {
-    type Service = Faults<S>;
-
-    fn layer(&self, inner: S) -> Faults<S> {
-        Faults(inner)
-    }
+stage! {
+    /// The stage.
+    pub(super) Faults, FaultLayer
 }
 
 /// Whether a request falls in the `percent` share.

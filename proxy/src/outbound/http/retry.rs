@@ -23,7 +23,7 @@ use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::headers::copy_head;
 use crate::http::replay::Replay;
-use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::stack::{Exchange, Req, Service, stage};
 use crate::retry::{Retry as Policy, RetryOn};
 
 /// Upstream: which attempt a retry is (2 for the first retry); absent on a first attempt, which
@@ -36,20 +36,9 @@ static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-
 /// The longest `Retry-After` the proxy waits for; a longer one ends the retries.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// The layer (the policy is the route rule's).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RetryLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(super) struct Retry<S>(S);
-
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry(inner)
-    }
+stage! {
+    /// The stage.
+    pub(super) Retry, RetryLayer
 }
 
 impl<'c, S> Service<Req<'c, Backend>> for Retry<S>

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::route::Routed;
-use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::stack::{Exchange, Req, Service, stage};
 use crate::retry::Retry;
 use crate::state::Service as MeshService;
 
@@ -20,20 +20,9 @@ pub(super) struct Backend {
     pub(super) avoid: Option<SocketAddr>,
 }
 
-/// The layer (the weights are the route rule's).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct SplitLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(super) struct Split<S>(S);
-
-impl<S> Layer<S> for SplitLayer {
-    type Service = Split<S>;
-
-    fn layer(&self, inner: S) -> Split<S> {
-        Split(inner)
-    }
+stage! {
+    /// The stage.
+    pub(super) Split, SplitLayer
 }
 
 impl<'c, S> Service<Req<'c, Routed>> for Split<S>
