@@ -7,12 +7,15 @@
 # CPU, the same syscalls for every build) and cache effects, so a change that moves memory around
 # rather than instructions still needs run.py on a quiet machine.
 #
-# usage: bench/instructions.sh [--scenario h1|h2c] [--path inbound|outbound] [--requests N]
-#                              [--keep DIR] BINARY [BINARY...]
+# usage: bench/instructions.sh [--scenario h1|h2c] [--path inbound|outbound] [--route|--policies]
+#                              [--requests N] [--keep DIR] BINARY [BINARY...]
 #   Each binary runs in front of bench-backend under callgrind: `inbound` (default) is explicit
 #   inbound, as in run.py; `outbound` is the explicit outbound listener with a state file naming
 #   two backends as the endpoints of service `bench` (requests carry `Host: bench`): route lookup
-#   and balancer.
+#   and balancer. --policies (outbound) adds the resilience stack to that service: a route rule with
+#   a retry policy (budget), and a backend policy with a cap on requests in flight and a circuit
+#   breaker — every stage does its per-request work, none fires. --route adds the same route rule
+#   without the policies (the baseline --policies is compared with).
 #   after 1,000 warm-up requests the counters are zeroed, N requests (default 10,000) run with
 #   h2load (h1: --h1 -c10; h2c: -c10 -m10), and the total is divided by N.
 #   Extra proxy settings: SHOAL_* variables in the environment are passed on.
@@ -20,6 +23,7 @@
 set -euo pipefail
 
 scenario=h1
+policies=""
 path=inbound
 requests=10000
 keep=""
@@ -29,6 +33,8 @@ while [[ $# -gt 0 ]]; do
         --requests) requests=$2; shift 2 ;;
         --path) path=$2; shift 2 ;;
         --keep) keep=$2; shift 2 ;;
+        --policies) policies=all; shift ;;
+        --route) policies=route; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         --*) echo "instructions.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
@@ -73,6 +79,13 @@ for bin in "$@"; do
             pids+=("$!")
             printf 'services:\n  - name: bench\n    port: 80\n    endpoints:\n      - address: "127.0.0.1:%s"\n      - address: "127.0.0.1:%s"\n' \
                 "$bport" "$bport2" >"$work/state.$n.yaml"
+            if [[ -n $policies ]]; then
+                printf 'routes:\n  - name: bench\n    service: bench\n    rules:\n      - backends: [{service: bench}]\n' >>"$work/state.$n.yaml"
+            fi
+            if [[ $policies == all ]]; then
+                printf '        retry: {attempts: 2}\nbackend_policies:\n  - service: bench\n    limits: {max_concurrent_requests: 10000}\n    circuit_breaker: {failure_ratio_threshold: 0.5}\n' \
+                    >>"$work/state.$n.yaml"
+            fi
             listener=(SHOAL_OUTBOUND_MODE=explicit SHOAL_OUTBOUND_ADDR="127.0.0.1:$pport"
                       SHOAL_INBOUND_MODE=off SHOAL_STATE_FILE="$work/state.$n.yaml") ;;
         *) echo "instructions.sh: --path must be inbound or outbound, not '$path'" >&2; exit 2 ;;

@@ -200,7 +200,7 @@ fn shoal_up_runs_a_mesh_shifts_traffic_and_stops_cleanly() {
     let status = shoalctl(&server, &["status"], "");
     assert!(status.contains("frontend"), "{status}");
     // Sidecar to sidecar is mTLS: each sidecar holds its workload's SPIFFE id, and the backend's
-    // strict inbound side refuses a plain-text caller.
+    // strict inbound side answers a plain-text caller 403 mtls-required, never passing it on.
     let backend = workload("backend-v1");
     let (_, identity) = get_path(
         backend["admin"].as_str().expect("admin"),
@@ -219,8 +219,10 @@ fn shoal_up_runs_a_mesh_shifts_traffic_and_stops_cleanly() {
         "",
     );
     assert!(
-        plain.is_none(),
-        "plain text reached a strict sidecar: {plain:?}"
+        plain
+            .as_ref()
+            .is_some_and(|(status, body)| *status == 403 && body.contains("mtls-required")),
+        "plain text to a strict sidecar must get 403 mtls-required: {plain:?}"
     );
 
     // SIGTERM: exit 0 within the deadline, every child gone, every port closed, the temp dir removed.

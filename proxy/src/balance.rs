@@ -20,8 +20,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+mod outlier;
+
+use crate::backend::Algorithm;
 use crate::state::Endpoint;
 use crate::tls::SpiffeId;
+pub(crate) use outlier::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
+use outlier::{Health, Standing};
 
 /// The latency estimate of an endpoint nothing has been learnt about yet (linkerd2-proxy's
 /// default): high enough that a new endpoint does not take a burst before its first answer.
@@ -34,6 +39,12 @@ const DECAY: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct Balancer {
     ready: Vec<Ready>,
+    algorithm: Algorithm,
+    /// Outlier detection, when the backend policy asks for it.
+    outlier: Option<OutlierConfig>,
+    /// Round robin: the running sums of the ready endpoints' weights, and the turn.
+    cumulative: Vec<u64>,
+    turn: AtomicU64,
 }
 
 /// A ready endpoint as configured, and its load (created on first use, or inherited).
@@ -56,6 +67,8 @@ impl Ready {
 #[derive(Debug)]
 pub(crate) struct Load {
     in_flight: AtomicU32,
+    /// Outlier detection's view of the endpoint.
+    health: Health,
     /// The peak-EWMA latency estimate, in nanoseconds (an `f64`'s bits).
     rtt_ns: AtomicU64,
     /// When the estimate was last updated (nanoseconds since `epoch`).
@@ -72,6 +85,7 @@ impl Load {
     fn with_estimate(rtt_ns: f64) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
+            health: Health::default(),
             rtt_ns: AtomicU64::new(rtt_ns.to_bits()),
             updated_ns: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -92,6 +106,11 @@ impl Load {
         let rtt = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         let idle = now_ns.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
         rtt * (-idle / DECAY.as_nanos() as f64).exp()
+    }
+
+    /// Requests in flight plus this one, per unit of weight (least request's cost).
+    fn requests(&self, weight: f64) -> f64 {
+        f64::from(self.in_flight.load(Ordering::Relaxed) + 1) / weight
     }
 
     /// The cost of one more request, as of `now` (one clock read serves both candidates).
@@ -134,6 +153,8 @@ pub(crate) struct Picked {
     /// The identity the endpoint's proxy must prove.
     pub(crate) identity: Option<SpiffeId>,
     load: Arc<Load>,
+    /// This request is the probe of an endpoint whose ejection time passed.
+    probe: bool,
 }
 
 impl Picked {
@@ -151,19 +172,39 @@ impl Drop for Picked {
 }
 
 impl Balancer {
-    /// A balancer over the ready endpoints of `endpoints`.
-    pub(crate) fn new(endpoints: &[Endpoint]) -> Self {
-        Self {
-            ready: endpoints
+    /// A balancer over the ready endpoints of `endpoints`, picking with `algorithm`, ejecting
+    /// outliers when `outlier` is set.
+    pub(crate) fn new(
+        endpoints: &[Endpoint],
+        algorithm: Algorithm,
+        outlier: Option<OutlierConfig>,
+    ) -> Self {
+        let ready: Vec<Ready> = endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .map(|e| Ready {
+                addr: e.addr,
+                identity: e.identity.clone(),
+                weight: f64::from(e.weight.max(1)),
+                load: OnceLock::new(),
+            })
+            .collect();
+        let cumulative = match algorithm {
+            Algorithm::RoundRobin => ready
                 .iter()
-                .filter(|e| e.ready)
-                .map(|e| Ready {
-                    addr: e.addr,
-                    identity: e.identity.clone(),
-                    weight: f64::from(e.weight.max(1)),
-                    load: OnceLock::new(),
+                .scan(0u64, |sum, r| {
+                    *sum += r.weight as u64;
+                    Some(*sum)
                 })
                 .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            ready,
+            algorithm,
+            outlier,
+            cumulative,
+            turn: AtomicU64::new(0),
         }
     }
 
@@ -212,11 +253,19 @@ impl Balancer {
                 self.cheaper(a, b)
             }
             (2, Some(s)) => 1 - s,
+            (n, skip) if self.algorithm == Algorithm::RoundRobin => {
+                let i = self.next_turn();
+                if Some(i) == skip { (i + 1) % n } else { i }
+            }
             (n, _) => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 self.cheaper(a, b)
             }
+        };
+        let (i, probe) = match &self.outlier {
+            None => (i, false),
+            Some(_) => self.in_balancing(i, skip),
         };
         let r = &self.ready[i];
         let load = r.load().clone();
@@ -225,18 +274,87 @@ impl Balancer {
             addr: r.addr,
             identity: r.identity.clone(),
             load,
+            probe,
         })
     }
 
-    /// Of two ready endpoints, the one a request costs less on now.
+    /// Outlier detection's say on a pick: `i` if it is in balancing (or due a probe, which this
+    /// request becomes), else another endpoint that is, from a random start; `i` all the same when
+    /// none is (the cap keeps at least one endpoint, but probes can be out on every one).
+    fn in_balancing(&self, i: usize, skip: Option<usize>) -> (usize, bool) {
+        let now_ns = self.ready[i].load().now_ns();
+        let usable = |j: usize| {
+            let health = &self.ready[j].load().health;
+            match health.standing(now_ns) {
+                Standing::Healthy => Some((j, false)),
+                Standing::Probe if health.start_probe() => Some((j, true)),
+                Standing::Probe | Standing::Out => None,
+            }
+        };
+        if let Some(found) = usable(i) {
+            return found;
+        }
+        let n = self.ready.len();
+        let start = fastrand::usize(..n);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&j| j != i && Some(j) != skip)
+            .find_map(usable)
+            .unwrap_or((i, false))
+    }
+
+    /// Reports how an exchange with `picked` went to outlier detection: `failed` for a 5xx or an
+    /// upstream-side error. May eject the endpoint, or readmit it after its probe.
+    pub(crate) fn report(&self, picked: &Picked, failed: bool) {
+        let Some(config) = &self.outlier else {
+            return;
+        };
+        let load = &picked.load;
+        let ejected = self
+            .ready
+            .iter()
+            .filter(|r| r.load().health.is_ejected())
+            .count();
+        let may_eject = ejected < config.max_ejected(self.ready.len());
+        if load
+            .health
+            .record(failed, picked.probe, load.now_ns(), config, may_eject)
+        {
+            tracing::warn!(
+                endpoint = %picked.addr,
+                ejections = load.health.ejections(),
+                "endpoint ejected from load balancing by outlier detection"
+            );
+        }
+    }
+
+    /// Of two ready endpoints, the one a request costs less on now: by latency × load (P2C-EWMA),
+    /// or by load alone (least request).
     fn cheaper(&self, a: usize, b: usize) -> usize {
         let (ra, rb) = (&self.ready[a], &self.ready[b]);
-        let now = Instant::now();
-        if ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now) {
-            a
-        } else {
-            b
-        }
+        let cheaper = match self.algorithm {
+            Algorithm::LeastRequest => {
+                ra.load().requests(ra.weight) <= rb.load().requests(rb.weight)
+            }
+            _ => {
+                let now = Instant::now();
+                ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now)
+            }
+        };
+        if cheaper { a } else { b }
+    }
+
+    /// Round robin's next endpoint, each in proportion to its weight.
+    fn next_turn(&self) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(1).max(1);
+        let x = self.turn.fetch_add(1, Ordering::Relaxed) % total;
+        self.cumulative.partition_point(|&c| c <= x)
+    }
+
+    /// A P2C-EWMA balancer (tests).
+    #[cfg(test)]
+    pub(crate) fn p2c(endpoints: &[Endpoint]) -> Self {
+        Self::new(endpoints, Algorithm::P2cEwma, None)
     }
 
     /// Number of ready endpoints.
@@ -266,6 +384,11 @@ impl serde::Serialize for Balancer {
             address: SocketAddr,
             in_flight: u32,
             rtt_estimate_ms: Option<f64>,
+            /// With outlier detection: ejected now (probing included), and how often so far.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ejected: Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ejections: Option<u32>,
         }
         let endpoints: Vec<EndpointLoad> = self
             .ready
@@ -276,11 +399,20 @@ impl serde::Serialize for Balancer {
                     address: r.addr,
                     in_flight: load.map_or(0, |l| l.in_flight.load(Ordering::Relaxed)),
                     rtt_estimate_ms: load.map(|l| l.rtt().as_secs_f64() * 1e3),
+                    ejected: self
+                        .outlier
+                        .as_ref()
+                        .map(|_| load.is_some_and(|l| l.health.is_ejected())),
+                    ejections: self
+                        .outlier
+                        .as_ref()
+                        .map(|_| load.map_or(0, |l| l.health.ejections())),
                 }
             })
             .collect();
-        let mut s = ser.serialize_struct("Balancer", 2)?;
-        s.serialize_field("algorithm", "p2c_ewma")?;
+        let mut s = ser.serialize_struct("Balancer", 3)?;
+        s.serialize_field("algorithm", &self.algorithm)?;
+        s.serialize_field("outlier_detection", &self.outlier)?;
         s.serialize_field("endpoints", &endpoints)?;
         s.end()
     }

@@ -310,7 +310,7 @@ pub async fn originate(
         return Err(ProxyError::new(
             Reason::NoIdentity,
             format!(
-                "{addr} is in the mesh ({id}) but this proxy has no certificate yet; check SHOAL_IDENTITY_* and the identity section of /config"
+                "{addr} is in the mesh (identity {id}), so the call needs mTLS, but this proxy has no certificate yet: check SHOAL_IDENTITY_*, the identity section of /config (its last error) and that the control plane's identity endpoint (SHOAL_IDENTITY_ADDR) is reachable"
             ),
         ));
     };
@@ -323,9 +323,7 @@ pub async fn originate(
             crate::metrics::tls_originated("failed");
             Err(ProxyError::new(
                 Reason::UpstreamTlsHandshake,
-                format!(
-                    "{addr}: {e}; check the endpoint's identity in discovery and the trust bundle"
-                ),
+                format!("mTLS to {addr} failed: {e}"),
             ))
         }
     }

@@ -23,6 +23,13 @@ pub struct ProxyError {
     /// The upstream provably did not process the request (an HTTP/2 stream it refused): safe to
     /// send again whatever the method.
     pub(crate) unprocessed: bool,
+    /// The status to answer with instead of the reason's own (an injected fault's).
+    pub(crate) status: Option<u16>,
+    /// `Retry-After` seconds to answer with (a rate limit).
+    pub(crate) retry_after: Option<u64>,
+    /// Answer a gRPC call with this gRPC status in a trailers-only response instead of an HTTP
+    /// error status.
+    pub(crate) grpc_status: Option<u8>,
 }
 
 impl ProxyError {
@@ -32,7 +39,23 @@ impl ProxyError {
             kind,
             detail: detail.into(),
             unprocessed: false,
+            status: None,
+            retry_after: None,
+            grpc_status: None,
         }
+    }
+
+    /// Answers with `status` instead of the reason's own.
+    pub(crate) fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The status the proxy answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or_else(|| self.kind.status())
     }
 
     /// Marks the request as never processed by the upstream.
@@ -147,6 +170,21 @@ reasons! {
     NoEndpoints => ("no-endpoints", SERVICE_UNAVAILABLE, Proxy, false),
     /// The listener's connection limit (`SHOAL_MAX_CONNECTIONS`) was reached.
     ConnectionLimit => ("connection-limit", SERVICE_UNAVAILABLE, Proxy, true),
+    /// The backend's cap on requests in flight (its backend policy) was reached; not sent.
+    BackendOverloaded => ("backend-overloaded", SERVICE_UNAVAILABLE, Proxy, false),
+    /// The backend's circuit breaker is open (too many recent failures); not sent.
+    CircuitOpen => ("circuit-open", SERVICE_UNAVAILABLE, Proxy, false),
+    /// A fault injection aborted the request (its status is the fault's); not sent.
+    FaultInjected => ("fault-injected", SERVICE_UNAVAILABLE, Proxy, false),
+    /// The service's rate limit is reached for this caller; not sent to the app.
+    RateLimited => ("rate-limited", TOO_MANY_REQUESTS, Downstream, false),
+    /// Inbound: the port is in strict mTLS mode and this request arrived in plain text (not over
+    /// mesh mTLS), so it was not passed to the app.
+    MtlsRequired => ("mtls-required", FORBIDDEN, Downstream, false),
+    /// Outbound: this proxy sent the request in plain text to an endpoint whose proxy requires
+    /// mesh mTLS (it answered `mtls-required`): this proxy has no identity, or its view of the
+    /// service disables mTLS, or gives the endpoint no identity.
+    UpstreamRequiresMtls => ("upstream-requires-mtls", BAD_GATEWAY, Proxy, false),
 }
 
 impl fmt::Display for Reason {

@@ -21,6 +21,7 @@
 //! The library's API is what the binary (`main.rs`) uses — [`app`], [`config`], [`init`],
 //! [`logging`], [`alloc`]; every other module is crate-private, so code nothing uses is flagged.
 
+pub(crate) mod backend;
 pub(crate) mod balance;
 pub(crate) mod detect;
 pub(crate) mod endpoint;
@@ -49,3 +50,4 @@ pub(crate) mod metrics;
 pub(crate) mod state;
 mod sync;
 pub(crate) mod trace_context;
+pub(crate) mod window;

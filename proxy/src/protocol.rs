@@ -50,9 +50,11 @@ pub async fn serve(
         }
     };
     metrics::detection(direction, detected.label());
+    let mut mtls_required = false;
     if direction == Direction::Inbound {
         match crate::inbound::admit(&shared, &detected, dst) {
             crate::inbound::Admit::Plain => {}
+            crate::inbound::Admit::MtlsRequired => mtls_required = true,
             crate::inbound::Admit::Mesh(creds) => {
                 // Boxed: the TLS session is large, and most connections never have one.
                 return Box::pin(crate::inbound::serve_mesh(shared, conn, prefix, dst, creds))
@@ -92,6 +94,7 @@ pub async fn serve(
         peer: conn.peer,
         permit: conn.permit,
         drain: conn.drain,
+        mtls_required,
     };
     carry(shared, io, conn, direction, dst, carried, None).await;
 }
@@ -130,6 +133,8 @@ pub(crate) struct Served {
     pub(crate) peer: SocketAddr,
     pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
     pub(crate) drain: crate::drain::Watch,
+    /// Plain-text HTTP on a strict inbound port: every request is answered `mtls-required`.
+    pub(crate) mtls_required: bool,
 }
 
 /// Serves `io` as HTTP or opaque TCP. `client_id` is the caller's mesh identity when the
@@ -189,6 +194,7 @@ pub(crate) async fn carry(
             .as_ref()
             .and_then(|id| ::http::HeaderValue::from_str(id.as_str()).ok()),
         client_id,
+        mtls_required: conn.mtls_required,
         response_deadline: (version == http::Downstream::Http1).then(Default::default),
         stream_deadlines: (version == http::Downstream::Http2).then(Default::default),
     });

@@ -100,6 +100,9 @@ pub struct ProxyBuilder {
     state: Option<String>,
     config_file: Option<String>,
     ready_timeout: Duration,
+    /// Wait for `/ready` to answer 200 after the ready line (off: a proxy that is meant to stay
+    /// unready, such as one that cannot get its certificate).
+    wait_ready: bool,
 }
 
 impl Default for ProxyBuilder {
@@ -127,6 +130,7 @@ impl ProxyBuilder {
             state: None,
             config_file: None,
             ready_timeout: READY_TIMEOUT,
+            wait_ready: true,
         }
     }
 
@@ -238,6 +242,13 @@ impl ProxyBuilder {
         Ok((child, dir, state_path))
     }
 
+    /// Starts the proxy without waiting for `/ready` (only for its listeners): for a proxy meant
+    /// to stay unready, such as one whose certificate never comes.
+    pub fn unready(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
     /// Starts the proxy and waits until it is ready. Panics (printing its output) if it does not
     /// become ready in time.
     pub async fn start(self) -> Proxy {
@@ -278,6 +289,9 @@ impl ProxyBuilder {
             dump_on_drop: true,
             _dir: dir,
         };
+        if !self.wait_ready {
+            return Ok(proxy);
+        }
         loop {
             match proxy.admin_get("/ready").await {
                 Ok(r) if r.status == StatusCode::OK => break,

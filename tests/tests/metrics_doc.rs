@@ -39,10 +39,11 @@ fn the_page_lists_every_family_the_code_names_and_no_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_of_a_mesh_shows_only_listed_families_with_their_types_and_labels() {
     let v1 = HttpBackend::respond(|_| text_response(200, "v1")).await;
-    // The canary fails every first attempt, so the rule's retry policy sends a retry.
+    // The canary fails every first attempt (a retry carries `shoal-attempt`), so the rule's
+    // retry policy sends a retry.
     let v2 = HttpBackend::respond(|r| match r.header("shoal-attempt") {
-        Some("1") => text_response(503, "busy"),
-        _ => text_response(200, "v2"),
+        None => text_response(503, "busy"),
+        Some(_) => text_response(200, "v2"),
     })
     .await;
     let cp = ControlPlaneBuilder::new().start().await;
@@ -68,6 +69,10 @@ async fn a_scrape_of_a_mesh_shows_only_listed_families_with_their_types_and_labe
         assert!(body == "v1" || body == "v2", "{body}");
     }
     assert!(v2.count() > 0, "the split sent nothing to web-v2");
+    let retries = proxy
+        .metric("shoal_retries_total", &[("service", "web.default")])
+        .await;
+    assert!(retries > 0.0, "no retry was sent");
     // Passthrough: an address the mesh does not know.
     let direct = http1_get(proxy.outbound(), &v1.addr().to_string(), "/")
         .await

@@ -1,7 +1,8 @@
 //! The inbound mTLS modes and when the outbound side uses mTLS.
 //!
 //! - permissive: plain text and mesh mTLS are both served, counted `tls="false"` / `"true"`;
-//! - strict: plain text is closed and counted `reason="plaintext"`, nothing reaches the app;
+//! - strict: plain-text HTTP is answered 403 `mtls-required`, other plain text (the app's own
+//!   TLS) is closed; both are counted `reason="plaintext"`, nothing reaches the app;
 //! - disabled: a TLS ClientHello (the app's own TLS) reaches the app byte for byte;
 //! - a per-port `tls_mode` in the state overrides `SHOAL_INBOUND_TLS_MODE` for the proxy's own
 //!   service (`SHOAL_SERVICE_NAME`), both ways;
@@ -111,7 +112,7 @@ async fn permissive_serves_plain_and_mtls_and_labels_them() {
 }
 
 #[tokio::test]
-async fn strict_closes_plain_text_and_counts_it() {
+async fn strict_refuses_plain_text_and_counts_it() {
     let dir = TempDir::new("mtls-modes").unwrap();
     let ca = TestCa::new("mesh");
     let app = HttpBackend::echo().await;
@@ -121,8 +122,9 @@ async fn strict_closes_plain_text_and_counts_it() {
     .await;
     let client = client(&dir, &ca, &web_state(server.inbound())).await;
 
-    let plain = get(server.inbound(), "/plain").await;
-    assert!(plain.is_err(), "plain text was answered: {plain:?}");
+    let plain = get(server.inbound(), "/plain").await.unwrap();
+    assert_eq!(plain.status, 403, "{plain:?}");
+    assert_eq!(plain.header("shoal-proxy-error"), Some("mtls-required"));
     server
         .wait_metric(REFUSED, &[("reason", "plaintext")], 1.0)
         .await;
@@ -252,9 +254,11 @@ async fn per_port_mode_in_the_state_overrides_the_default() {
             assert_eq!(app.count(), before + 1);
             assert_eq!(server.metric(REFUSED, &[]).await, 0.0);
         } else {
-            assert!(
-                plain.is_err(),
-                "{default} → {port_mode}: plain text was answered: {plain:?}"
+            let plain = plain.unwrap();
+            assert_eq!(
+                (plain.status.as_u16(), plain.header("shoal-proxy-error")),
+                (403, Some("mtls-required")),
+                "{default} → {port_mode}: plain text was not refused: {plain:?}"
             );
             server
                 .wait_metric(REFUSED, &[("reason", "plaintext")], 1.0)

@@ -1,6 +1,6 @@
 //! Two proxies with file-based identities: HTTP/1.1 from the app rides mTLS (HTTP/2 between the
 //! proxies) and reaches the app as HTTP/1.1 with the caller's identity; a strict port refuses
-//! plain text.
+//! plain text (403 `mtls-required`).
 
 use std::time::Duration;
 
@@ -51,7 +51,8 @@ async fn http1_rides_mtls_and_the_app_learns_the_caller() {
     assert_eq!(seen.header("shoal-client-id"), Some(CLIENT_ID));
     assert_eq!(seen.header("shoal-orig-proto"), None);
 
-    // Plain text straight to the strict inbound port: closed, nothing reaches the app.
+    // Plain text straight to the strict inbound port: refused with 403 `mtls-required`, nothing
+    // reaches the app.
     let before = app.count();
     let plain = async {
         let mut c = H1Client::connect(server.inbound()).await?;
@@ -59,7 +60,12 @@ async fn http1_rides_mtls_and_the_app_learns_the_caller() {
     };
     let result = tokio::time::timeout(Duration::from_secs(5), plain)
         .await
+        .unwrap()
         .unwrap();
-    assert!(result.is_err(), "plain text was answered: {result:?}");
+    assert_eq!(
+        (result.status.as_u16(), result.header("shoal-proxy-error")),
+        (403, Some("mtls-required")),
+        "plain text was not refused: {result:?}"
+    );
     assert_eq!(app.count(), before);
 }

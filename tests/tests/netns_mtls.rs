@@ -11,7 +11,7 @@
 //!   certificate), and both proxies count the mTLS;
 //! - opaque TCP to :9000 crosses the same way, to the original port, half-close included;
 //! - plaintext that bypasses the client pod's proxy (sent as the proxy's uid, which init excludes)
-//!   is refused by the strict server pod and never reaches the app.
+//!   is refused by the strict server pod (403 `mtls-required`) and never reaches the app.
 //!
 //! Needs root and the tools `netns_capture` needs; otherwise prints `skipped: …` and passes.
 
@@ -146,12 +146,13 @@ fn transparent_sidecars_speak_mtls_and_the_strict_side_refuses_plaintext() -> Re
     )?;
 
     // Plaintext that skips the client pod's proxy (its uid is excluded from capture) meets the
-    // strict inbound: refused, and the app never sees it.
+    // strict inbound: refused with 403 `mtls-required` (curl --fail reports the status), and the
+    // app never sees it.
     let served_before = app_requests(&world);
     let plain = world.curl_as(&client_pod, &url, Some(PROXY_UID));
     ensure!(
-        plain.is_err(),
-        "plaintext to the strict server pod was answered: {plain:?}"
+        plain.as_ref().is_err_and(|e| e.to_string().contains("403")),
+        "plaintext to the strict server pod was not refused with 403 mtls-required: {plain:?}"
     );
     wait_metric(
         &mut world,

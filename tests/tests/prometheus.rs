@@ -258,7 +258,8 @@ async fn the_documented_queries_answer_after_a_traffic_split() {
     })
     .await;
     let v2 = HttpBackend::start(|r| async move {
-        if r.header("shoal-attempt") == Some("1") {
+        // A retry carries `shoal-attempt: 2`; a first attempt no such header.
+        if r.header("shoal-attempt").is_none() {
             return text_response(503, "busy");
         }
         tokio::time::sleep(Duration::from_millis(30)).await;

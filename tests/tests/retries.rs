@@ -74,8 +74,8 @@ async fn transient_failures_are_retried_to_success() {
         .collect();
     assert_eq!(
         attempts,
-        ["1", "2", "3"],
-        "each attempt is numbered upstream"
+        ["-", "2", "3"],
+        "each retry is numbered upstream, the first attempt is not"
     );
     let labels = [("service", "app.default"), ("route", "app")];
     assert_eq!(counter(&proxy, "shoal_retries_total", &labels).await, 2.0);

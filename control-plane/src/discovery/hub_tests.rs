@@ -57,18 +57,27 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
         );
     }
     assert!(
-        refused[1]
-            .starts_with("backend-policy backend.default: kind: BackendPolicy is not enforced"),
+        refused[1].starts_with(
+            "backend-policy backend.default: spec.load_balancer.algorithm: not enforced"
+        ),
         "{refused:#?}"
     );
 
     let hub = Hub::new();
     hub.reload(&store);
     let name = "backend.default";
-    assert!(
-        hub.entry(&key(T::BackendPolicy, name)).is_none(),
-        "never pushed"
-    );
+    let Payload::BackendPolicy(policy) = hub
+        .entry(&key(T::BackendPolicy, name))
+        .expect("the enforced part is pushed")
+        .payload
+    else {
+        panic!("a backend policy payload")
+    };
+    let outlier = policy
+        .outlier_detection
+        .as_ref()
+        .expect("outlier detection pushed");
+    assert_eq!(outlier.interval_ms, 0, "{policy:?}");
     assert!(hub.entry(&key(T::AuthorizationPolicy, name)).is_some());
     let pushed = hub
         .entry(&key(T::Route, name))

@@ -145,6 +145,7 @@ pub fn every_kind() -> Vec<Resource> {
         }),
         outlier_detection: Some(OutlierDetection {
             consecutive_5xx: Some(5),
+            interval: Some(Duration::from_secs(10)),
             max_ejection_percent: Some(50.0),
             ..OutlierDetection::default()
         }),

@@ -39,7 +39,7 @@ async fn run(
 
 #[tokio::test(start_paused = true)]
 async fn equal_endpoints_share_the_load_and_not_ready_ones_get_none() {
-    let b = Balancer::new(&[ep(1, 1, true), ep(2, 1, false), ep(3, 1, true)]);
+    let b = Balancer::p2c(&[ep(1, 1, true), ep(2, 1, false), ep(3, 1, true)]);
     let counts = run(&b, 10_000, |_| Duration::from_millis(1)).await;
     assert!(!counts.contains_key(&2), "not-ready endpoint picked");
     for port in [1, 3] {
@@ -50,7 +50,7 @@ async fn equal_endpoints_share_the_load_and_not_ready_ones_get_none() {
 
 #[tokio::test(start_paused = true)]
 async fn a_ten_times_slower_endpoint_gets_well_under_its_share() {
-    let b = Balancer::new(&[
+    let b = Balancer::p2c(&[
         ep(1, 1, true),
         ep(2, 1, true),
         ep(3, 1, true),
@@ -71,7 +71,7 @@ async fn a_ten_times_slower_endpoint_gets_well_under_its_share() {
 
 #[tokio::test(start_paused = true)]
 async fn requests_in_flight_steer_new_ones_away() {
-    let b = Balancer::new(&[ep(1, 1, true), ep(2, 1, true)]);
+    let b = Balancer::p2c(&[ep(1, 1, true), ep(2, 1, true)]);
     // Endpoint 1 holds 20 requests that have not answered; endpoint 2 none.
     b.ready[0].load().in_flight.fetch_add(20, Ordering::Relaxed);
     let counts = run(&b, 1_000, |_| Duration::from_millis(1)).await;
@@ -80,7 +80,7 @@ async fn requests_in_flight_steer_new_ones_away() {
 
 #[test]
 fn weights_shape_the_split() {
-    let b = Balancer::new(&[ep(1, 1, true), ep(2, 9, true)]);
+    let b = Balancer::p2c(&[ep(1, 1, true), ep(2, 9, true)]);
     // Requests held in flight so the load, not the latency alone, decides.
     let mut held = Vec::new();
     for _ in 0..1_000 {
@@ -95,20 +95,20 @@ fn weights_shape_the_split() {
 
 #[test]
 fn no_ready_endpoint_picks_none() {
-    assert!(Balancer::new(&[ep(1, 1, false)]).pick().is_none());
-    assert!(Balancer::new(&[]).pick().is_none());
+    assert!(Balancer::p2c(&[ep(1, 1, false)]).pick().is_none());
+    assert!(Balancer::p2c(&[]).pick().is_none());
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_new_snapshot_keeps_what_was_learnt_for_endpoints_that_stay() {
-    let old = Balancer::new(&[ep(1, 1, true), ep(2, 1, true)]);
+    let old = Balancer::p2c(&[ep(1, 1, true), ep(2, 1, true)]);
     run(&old, 1_000, |port| {
         Duration::from_millis(if port == 2 { 80 } else { 2 })
     })
     .await;
     let in_flight = old.pick().unwrap();
     // The update drops endpoint 1, keeps 2 and adds 3.
-    let new = Balancer::new(&[ep(2, 1, true), ep(3, 1, true)]);
+    let new = Balancer::p2c(&[ep(2, 1, true), ep(3, 1, true)]);
     new.inherit(&old);
     let estimates: std::collections::HashMap<u16, Option<Duration>> = new
         .estimates()
@@ -156,4 +156,59 @@ fn the_estimate_rises_at_once_follows_faster_answers_and_decays_when_idle() {
     assert!(load.rtt() < Duration::from_millis(30), "{:?}", load.rtt());
     load.observe(Duration::from_millis(1), Instant::now());
     assert!(load.rtt() < Duration::from_millis(30), "{:?}", load.rtt());
+}
+
+#[test]
+fn round_robin_takes_turns_by_weight() {
+    let b = Balancer::new(
+        &[ep(1, 1, true), ep(2, 3, true)],
+        Algorithm::RoundRobin,
+        None,
+    );
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..400 {
+        *seen.entry(b.pick().unwrap().addr.port()).or_insert(0) += 1;
+    }
+    assert_eq!((seen[&1], seen[&2]), (100, 300));
+}
+
+#[test]
+fn least_request_avoids_the_busy_endpoint() {
+    let b = Balancer::new(
+        &[ep(1, 1, true), ep(2, 1, true)],
+        Algorithm::LeastRequest,
+        None,
+    );
+    // Hold requests on whichever endpoint is picked first; the next picks go to the other.
+    let first = b.pick().unwrap();
+    let held: Vec<_> = (0..5).map(|_| b.pick().unwrap()).collect();
+    let other = held.iter().filter(|p| p.addr != first.addr).count();
+    assert!(other >= 3, "{other} of 5 went to the idle endpoint");
+}
+
+#[test]
+fn a_retry_avoids_the_endpoint_that_failed() {
+    for algorithm in [
+        Algorithm::P2cEwma,
+        Algorithm::RoundRobin,
+        Algorithm::LeastRequest,
+    ] {
+        let b = Balancer::new(
+            &[ep(1, 1, true), ep(2, 1, true), ep(3, 1, true)],
+            algorithm,
+            None,
+        );
+        let avoid = b.pick().unwrap().addr;
+        for _ in 0..50 {
+            assert_ne!(
+                b.pick_avoiding(Some(avoid)).unwrap().addr,
+                avoid,
+                "{algorithm:?}"
+            );
+        }
+    }
+    // Alone, the endpoint is still picked.
+    let b = Balancer::p2c(&[ep(1, 1, true)]);
+    let only = b.pick().unwrap().addr;
+    assert_eq!(b.pick_avoiding(Some(only)).unwrap().addr, only);
 }

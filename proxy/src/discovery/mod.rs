@@ -83,6 +83,8 @@ fn service_keys(qualified: &str) -> Vec<Key> {
         ResourceType::Service,
         ResourceType::Endpoints,
         ResourceType::Route,
+        ResourceType::BackendPolicy,
+        ResourceType::FaultInjection,
     ]
     .into_iter()
     .map(|t| (t as i32, qualified.to_string()))
@@ -113,7 +115,8 @@ impl Discovery {
         });
         if let Some(own) = own {
             let mut keys = service_keys(&own);
-            keys.push((ResourceType::AuthorizationPolicy as i32, own));
+            keys.push((ResourceType::AuthorizationPolicy as i32, own.clone()));
+            keys.push((ResourceType::RateLimit as i32, own));
             d.subscribe(keys);
         }
         if let Some(identity) = identity {

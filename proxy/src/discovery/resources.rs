@@ -7,9 +7,15 @@ use std::time::Duration;
 
 use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 
+use crate::backend::{Algorithm, BreakerOverride};
 use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
+use crate::inbound::rate_limit::{RateLimitSpec, Scope, Unit};
 use crate::retry::RetryOn;
+use crate::state::backend_policy::{
+    BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
+};
+use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::spec::{
     self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
     ServiceSpec,
@@ -280,11 +286,38 @@ impl Resources {
                 _ => None,
             })
             .collect();
+        let backend_policies = self
+            .map
+            .iter()
+            .filter_map(|((_, name), (_, payload))| match payload {
+                Payload::BackendPolicy(p) if known.contains(name) => Some(backend_policy_spec(p)),
+                _ => None,
+            })
+            .collect::<Result<_, _>>()?;
+        let rate_limits = self
+            .map
+            .values()
+            .filter_map(|(_, payload)| match payload {
+                Payload::RateLimit(r) => Some(rate_limit_spec(r)),
+                _ => None,
+            })
+            .collect();
+        let faults = self
+            .map
+            .iter()
+            .filter_map(|((_, name), (_, payload))| match payload {
+                Payload::FaultInjection(f) if known.contains(name) => Some(fault_spec(f)),
+                _ => None,
+            })
+            .collect();
         Ok((
             FileSpec {
                 services,
                 routes,
                 authorization,
+                backend_policies,
+                faults,
+                rate_limits,
             },
             missing,
         ))
@@ -425,13 +458,148 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
                 parse_cert(pem.as_bytes(), &format!("roots_pem[{i}]"))?;
             }
         }
-        Payload::BackendPolicy(_)
-        | Payload::RateLimit(_)
-        | Payload::FaultInjection(_)
-        | Payload::Mirror(_)
-        | Payload::Address(_) => {}
+        Payload::BackendPolicy(p) => {
+            if p.service != key.1 {
+                return Err(format!(
+                    "service: `{}` is not the resource's name",
+                    p.service
+                ));
+            }
+            backend_policy_spec(p)?.resolve("")?;
+        }
+        Payload::FaultInjection(f) => {
+            if f.target_service != key.1 {
+                return Err(format!(
+                    "target_service: `{}` is not the resource's name",
+                    f.target_service
+                ));
+            }
+            fault_spec(f).resolve("")?;
+        }
+        Payload::RateLimit(r) => {
+            if r.target_service != key.1 {
+                return Err(format!(
+                    "target_service: `{}` is not the resource's name",
+                    r.target_service
+                ));
+            }
+            rate_limit_spec(r).resolve("")?;
+        }
+        Payload::Mirror(_) | Payload::Address(_) => {}
     }
     Ok(payload)
+}
+
+/// The state description of a `BackendPolicy`: the parts this proxy enforces. A part it does not
+/// (ring hashing, connection limits other than the cap on requests, outlier detection) is refused,
+/// naming the field — the control plane refuses them at `apply` too, so only a control plane
+/// newer than this proxy sends them.
+fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, String> {
+    let not_enforced = |field: &str| Err(format!("{field}: not enforced by this proxy"));
+    let load_balancer = match &p.load_balancer {
+        None => None,
+        Some(lb) => {
+            let algorithm = match v1::LoadBalancingAlgorithm::try_from(lb.algorithm) {
+                Ok(
+                    v1::LoadBalancingAlgorithm::Unspecified | v1::LoadBalancingAlgorithm::P2cEwma,
+                ) => Algorithm::P2cEwma,
+                Ok(v1::LoadBalancingAlgorithm::RoundRobin) => Algorithm::RoundRobin,
+                Ok(v1::LoadBalancingAlgorithm::LeastRequest) => Algorithm::LeastRequest,
+                Ok(v1::LoadBalancingAlgorithm::RingHash) | Err(_) => {
+                    return not_enforced("load_balancer.algorithm");
+                }
+            };
+            if lb.hash_key.is_some() {
+                return not_enforced("load_balancer.hash_key");
+            }
+            Some(LoadBalancerSpec { algorithm })
+        }
+    };
+    let limits = match &p.limits {
+        None => None,
+        Some(l) => {
+            for (field, set) in [
+                ("limits.max_connections", l.max_connections > 0),
+                ("limits.max_pending_requests", l.max_pending_requests > 0),
+                (
+                    "limits.max_requests_per_connection",
+                    l.max_requests_per_connection > 0,
+                ),
+                ("limits.connect_timeout_ms", l.connect_timeout_ms > 0),
+            ] {
+                if set {
+                    return not_enforced(field);
+                }
+            }
+            Some(LimitsSpec {
+                max_concurrent_requests: (l.max_concurrent_requests > 0)
+                    .then_some(l.max_concurrent_requests),
+            })
+        }
+    };
+    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+    let outlier_detection = match &p.outlier_detection {
+        None => None,
+        Some(o) if o.interval_ms > 0 => return not_enforced("outlier_detection.interval_ms"),
+        Some(o) => Some(OutlierSpec {
+            consecutive_5xx: (o.consecutive_5xx > 0).then_some(o.consecutive_5xx),
+            base_ejection_time: ms(o.base_ejection_time_ms),
+            max_ejection_percent: (o.max_ejection_percent != 0.0).then_some(o.max_ejection_percent),
+        }),
+    };
+    let circuit_breaker = p.circuit_breaker.as_ref().map(|b| BreakerSpec {
+        failure_ratio_threshold: (b.failure_ratio_threshold != 0.0)
+            .then_some(b.failure_ratio_threshold),
+        min_requests: (b.min_requests > 0).then_some(b.min_requests),
+        window: ms(b.window_ms),
+        open_duration: ms(b.open_duration_ms),
+        half_open_max_requests: (b.half_open_max_requests > 0).then_some(b.half_open_max_requests),
+        force: match v1::CircuitBreakerOverride::try_from(b.r#override).unwrap_or_default() {
+            v1::CircuitBreakerOverride::ForceOpen => BreakerOverride::ForceOpen,
+            v1::CircuitBreakerOverride::ForceClosed => BreakerOverride::ForceClosed,
+            v1::CircuitBreakerOverride::Unspecified => BreakerOverride::None,
+        },
+    });
+    Ok(BackendPolicySpec {
+        service: p.service.clone(),
+        load_balancer,
+        limits,
+        circuit_breaker,
+        outlier_detection,
+    })
+}
+
+/// The state description of a `RateLimit` (validated by the state builder).
+fn rate_limit_spec(r: &v1::RateLimit) -> RateLimitSpec {
+    RateLimitSpec {
+        service: r.target_service.clone(),
+        requests_per_unit: r.requests_per_unit,
+        unit: match v1::RateLimitUnit::try_from(r.unit).unwrap_or_default() {
+            v1::RateLimitUnit::Minute => Unit::Minute,
+            v1::RateLimitUnit::Hour => Unit::Hour,
+            v1::RateLimitUnit::Second | v1::RateLimitUnit::Unspecified => Unit::Second,
+        },
+        burst: (r.burst > 0).then_some(r.burst),
+        scope: match v1::RateLimitScope::try_from(r.scope).unwrap_or_default() {
+            v1::RateLimitScope::PerClient => Scope::PerClient,
+            v1::RateLimitScope::Global | v1::RateLimitScope::Unspecified => Scope::Global,
+        },
+    }
+}
+
+/// The state description of a `FaultInjection` (validated by the state builder).
+fn fault_spec(f: &v1::FaultInjection) -> FaultSpec {
+    FaultSpec {
+        service: f.target_service.clone(),
+        delay: f.delay.as_ref().map(|d| DelaySpec {
+            percent: d.percent,
+            duration: (d.duration_ms > 0).then(|| Duration::from_millis(d.duration_ms)),
+        }),
+        abort: f.abort.as_ref().map(|a| AbortSpec {
+            percent: a.percent,
+            http_status: u16::try_from(a.http_status).unwrap_or(0),
+        }),
+    }
 }
 
 /// The state description of an `AuthorizationPolicy` (validated by the state builder).

@@ -25,6 +25,8 @@ pub enum RequestBody {
     H2(RecvBody),
     /// One attempt of a request the retry stage may send again ([`super::replay`]).
     Replay(ReplayBody),
+    /// No body: a retried attempt of a request that had none.
+    Empty,
 }
 
 impl Body for RequestBody {
@@ -39,6 +41,7 @@ impl Body for RequestBody {
             RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
         }
     }
 
@@ -47,6 +50,7 @@ impl Body for RequestBody {
             RequestBody::Http1(b) => b.is_end_stream(),
             RequestBody::H2(b) => b.is_end_stream(),
             RequestBody::Replay(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
         }
     }
 
@@ -55,6 +59,7 @@ impl Body for RequestBody {
             RequestBody::Http1(b) => b.size_hint(),
             RequestBody::H2(b) => b.size_hint(),
             RequestBody::Replay(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
 }
@@ -97,6 +102,14 @@ impl ResponseBody {
     pub fn h2(body: RecvBody, request: Option<Box<Pipe<RequestBody>>>) -> Self {
         Self {
             kind: Kind::H2 { body, request },
+            in_flight: None,
+        }
+    }
+
+    /// No body at all (ends with the head: HTTP/2 sends the head with END_STREAM).
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Local(None),
             in_flight: None,
         }
     }

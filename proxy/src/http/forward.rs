@@ -36,9 +36,14 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         Direction::Inbound => crate::inbound::http::stack().call(req).await,
         Direction::Outbound => crate::outbound::http::stack().call(req).await,
     };
-    let result = exchange
-        .result
-        .map(|resp| for_this_hop(conn, resp, on_upgrade));
+    let result = match conn.direction {
+        // A strict endpoint refusing this proxy's plain text is explained from this side.
+        Direction::Outbound => {
+            super::mtls_explain::explain(conn, exchange.result, exchange.upstream)
+        }
+        Direction::Inbound => exchange.result,
+    };
+    let result = result.map(|resp| for_this_hop(conn, resp, on_upgrade));
     let metrics = exchange
         .metrics
         .as_deref()

@@ -6,6 +6,7 @@ mod forward;
 mod h2_server;
 pub mod h2body;
 pub mod headers;
+mod mtls_explain;
 pub(crate) mod replay;
 mod respond;
 pub(crate) mod send;
@@ -61,6 +62,9 @@ pub struct Conn {
     /// [`Self::client_id`] as the `shoal-client-id` value the app receives (built once per
     /// connection; cloning it per request shares its bytes).
     pub client_id_header: Option<http::HeaderValue>,
+    /// Inbound, plain text on a strict mTLS port: no request reaches the app; each is answered
+    /// 403 `mtls-required` (`inbound::http`'s authorize stage), explaining what to check.
+    pub mtls_required: bool,
     /// HTTP/1: the request's response deadline, enforced by the connection loop's timer.
     pub response_deadline: Option<deadline::ResponseDeadline>,
     /// HTTP/2: the streams' response deadlines, enforced by the connection loop's timer (boxed:

@@ -31,10 +31,16 @@ pub fn error(
         "{}",
         err.detail
     );
+    if let Some(code) = err.grpc_status {
+        return grpc_error(err, code, ids);
+    }
     let mut resp = Response::new(ResponseBody::local(err.body_text()));
-    *resp.status_mut() = err.kind.status();
+    *resp.status_mut() = err.status();
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER, err.kind.header_value());
+    if let Some(secs) = err.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -43,13 +49,34 @@ pub fn error(
     if downstream == Downstream::Http1
         && matches!(
             err.kind,
-            Reason::MalformedRequest | Reason::UpstreamMalformedResponse
+            Reason::MalformedRequest | Reason::UpstreamMalformedResponse | Reason::MtlsRequired
         )
     {
-        // Nothing more can be trusted on a connection whose framing went wrong. (On HTTP/2 the
+        // Nothing more can be trusted on a connection whose framing went wrong, and a strict
+        // port keeps no plain-text connection open once it has explained why. (On HTTP/2 the
         // field does not exist: the h2 crate refuses a head carrying it.)
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// A gRPC call's answer to `err`: a trailers-only response (HTTP 200, the gRPC status and message in
+/// the head, no body), which every gRPC client reads as the call's status.
+fn grpc_error(err: &ProxyError, code: u8, ids: &TraceIds) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    // grpc-message is percent-encoded text; the reason's name needs no encoding.
+    h.insert("grpc-message", err.kind.header_value());
+    h.insert(ERROR_HEADER, err.kind.header_value());
+    if let Some(secs) = err.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    h.insert("x-request-id", ids.request_id.to_header_value());
     resp
 }
 

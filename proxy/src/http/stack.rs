@@ -40,6 +40,29 @@ pub(crate) trait Layer<S> {
     fn layer(&self, inner: S) -> Self::Service;
 }
 
+/// Declares a stage that wraps the stage below it, `$stage<S>`, and its layer `$layer`, which holds
+/// no configuration (a stage's decisions come from the request's target and the state snapshot).
+macro_rules! stage {
+    ($(#[$doc:meta])* $vis:vis $stage:ident, $layer:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        $vis struct $stage<S>(S);
+
+        #[doc = concat!("Puts [`", stringify!($stage), "`] above a stage.")]
+        #[derive(Debug, Clone, Copy)]
+        $vis struct $layer;
+
+        impl<S> $crate::http::stack::Layer<S> for $layer {
+            type Service = $stage<S>;
+
+            fn layer(&self, inner: S) -> $stage<S> {
+                $stage(inner)
+            }
+        }
+    };
+}
+pub(crate) use stage;
+
 /// Builds a stack from the bottom up, one stage a line.
 pub(crate) struct Stack<S>(S);
 
@@ -123,6 +146,16 @@ impl Exchange {
             result: Err(err),
             metrics: None,
             upstream: None,
+        }
+    }
+
+    /// Whether it counts as the upstream's failure (outlier detection, circuit breakers): a 5xx,
+    /// or an error on the upstream's side (connect failure, reset, timeout, malformed response),
+    /// not a client's or the proxy's.
+    pub(crate) fn upstream_failed(&self) -> bool {
+        match &self.result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(e) => e.kind.side() == crate::errors::Side::Upstream,
         }
     }
 

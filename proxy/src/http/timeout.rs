@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::Either;
 
 use super::deadline::ConnDeadline;
-use super::stack::{Exchange, Layer, Req, Service};
+use super::stack::{Exchange, Req, Service, stage};
 use crate::errors::{ProxyError, Reason};
 
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
@@ -40,20 +40,9 @@ impl std::fmt::Display for Who {
     }
 }
 
-/// The layer (no configuration: the limit comes from the route and the proxy's config).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TimeoutLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(crate) struct Timeout<S>(S);
-
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-
-    fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout(inner)
-    }
+stage! {
+    /// The stage.
+    pub(crate) Timeout, TimeoutLayer
 }
 
 impl<'c, T, S> Service<Req<'c, T>> for Timeout<S>

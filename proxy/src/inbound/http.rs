@@ -1,8 +1,10 @@
 //! The inbound HTTP stack: the stages a request to the app passes, top to bottom.
 //!
 //! ```text
-//! authorize   the service's AuthorizationPolicy for this caller (403 `unauthorized`)
-//!  └ app      the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2
+//! authorize   plain text on a strict port (403 `mtls-required`); the service's
+//!             AuthorizationPolicy for this caller (403 `unauthorized`)
+//!  └ limit    the service's RateLimit for this caller (429 `rate-limited`, `Retry-After`)
+//!   └ app     the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2
 //!     └ timeout   SHOAL_RESPONSE_TIMEOUT
 //!        └ send   shape for the wire (the caller's identity in `shoal-client-id`), pooled connection
 //! ```
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::http::send::{Dest, ORIG_PROTO, Send};
-use crate::http::stack::{Exchange, Layer, Req, Service, Stack};
+use crate::http::stack::{Exchange, Req, Service, Stack, stage};
 use crate::http::timeout::TimeoutLayer;
 use crate::http::{Conn, Downstream};
 use crate::metrics::RequestMetrics;
@@ -22,6 +24,7 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
     Stack::new(Send)
         .push(TimeoutLayer)
         .push(AppLayer)
+        .push(RateLimitLayer)
         .push(AuthorizeLayer)
         .into_inner()
 }
@@ -34,20 +37,9 @@ pub(crate) fn metrics(conn: &Conn) -> &Arc<RequestMetrics> {
     }
 }
 
-/// The authorization layer (the policy is the state's).
-#[derive(Debug, Clone, Copy)]
-struct AuthorizeLayer;
-
-/// The authorization stage.
-#[derive(Debug)]
-struct Authorize<S>(S);
-
-impl<S> Layer<S> for AuthorizeLayer {
-    type Service = Authorize<S>;
-
-    fn layer(&self, inner: S) -> Authorize<S> {
-        Authorize(inner)
-    }
+stage! {
+    /// The authorization stage.
+    Authorize, AuthorizeLayer
 }
 
 impl<'c, S> Service<Req<'c, ()>> for Authorize<S>
@@ -55,6 +47,10 @@ where
     S: Service<Req<'c, ()>> + Sync,
 {
     async fn call(&self, req: Req<'c, ()>) -> Exchange {
+        // Decided once per connection (`inbound::admit`); a branch per request here.
+        if req.conn.mtls_required {
+            return Exchange::failed(super::mtls_required(req.conn));
+        }
         match super::authorize_http(req.conn, &req.http) {
             Ok(()) => self.0.call(req).await,
             Err(e) => Exchange::failed(e),
@@ -62,20 +58,67 @@ where
     }
 }
 
-/// The layer that sends to the app.
-#[derive(Debug, Clone, Copy)]
-struct AppLayer;
+stage! {
+    /// The rate-limit stage.
+    RateLimitStage, RateLimitLayer
+}
 
-/// The stage that decides the app's address and HTTP version.
-#[derive(Debug)]
-struct App<S>(S);
-
-impl<S> Layer<S> for AppLayer {
-    type Service = App<S>;
-
-    fn layer(&self, inner: S) -> App<S> {
-        App(inner)
+impl<'c, S> Service<Req<'c, ()>> for RateLimitStage<S>
+where
+    S: Service<Req<'c, ()>> + Sync,
+{
+    async fn call(&self, req: Req<'c, ()>) -> Exchange {
+        let conn = req.conn;
+        let limited = {
+            let state = conn.shared.store.peek();
+            match state.rate_limits.get(&conn.shared.own_service) {
+                None => Ok(()),
+                Some(limiter) => {
+                    let client = match &conn.client_id {
+                        Some(id) => id.to_string(),
+                        None => conn.client.ip().to_string(),
+                    };
+                    limiter.admit(&client, req.start)
+                }
+            }
+        };
+        match limited {
+            Ok(()) => self.0.call(req).await,
+            Err(wait) => Exchange::failed(rate_limited(&req, wait)),
+        }
     }
+}
+
+/// The answer to a request over its service's rate limit.
+fn rate_limited(req: &Req<'_, ()>, wait: std::time::Duration) -> ProxyError {
+    let conn = req.conn;
+    let mut err = ProxyError::new(
+        Reason::RateLimited,
+        format!(
+            "{} is over the rate limit of service {}; retry in {:.3} s (see rate_limits in /config)",
+            conn.client_id
+                .as_ref()
+                .map_or_else(|| conn.client.ip().to_string(), ToString::to_string),
+            conn.shared.own_service,
+            wait.as_secs_f64()
+        ),
+    );
+    err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+    let grpc = req
+        .http
+        .headers()
+        .get(::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // RESOURCE_EXHAUSTED: gRPC's status for a quota.
+        err.grpc_status = Some(8);
+    }
+    err
+}
+
+stage! {
+    /// The stage that decides the app's address and HTTP version.
+    App, AppLayer
 }
 
 impl<'c, S> Service<Req<'c, ()>> for App<S>

@@ -4,10 +4,11 @@
 //! Mesh mTLS is decided here, per connection, from the mTLS mode of the port: a handshake
 //! meant for this proxy's identity is terminated (the caller's identity is then known), the
 //! application's own TLS passes through, and plain text is refused in strict mode.
-//! [`authz`] decides which callers may reach the app; rate limits slot in next to it.
+//! [`authz`] decides which callers may reach the app; [`rate_limit`] how often (per HTTP request).
 
 pub mod authz;
 pub(crate) mod http;
+pub(crate) mod rate_limit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,10 @@ pub(crate) enum Admit {
     Plain,
     /// Terminate mesh mTLS with these credentials.
     Mesh(Arc<Credentials>),
+    /// Plain-text HTTP on a strict port: served only so that each request can be answered
+    /// 403 `mtls-required` (nothing reaches the app), so a caller learns why instead of seeing
+    /// its connection closed. Already counted.
+    MtlsRequired,
     /// Close it (already logged and counted).
     Refuse,
     /// Send these bytes (a TLS alert), then close (already logged and counted).
@@ -119,23 +124,44 @@ pub(crate) fn admit(shared: &Shared, detected: &Detected, dst: Option<SocketAddr
         );
         return Admit::Alert(alert.clone());
     }
+    // A mesh handshake this proxy cannot serve is answered with an alert naming why, so the
+    // caller's proxy can say what to check (`tls::explain`) rather than "end of file".
+    let alert = |description| Admit::Alert(tls::explain::refusal_alert(description));
     match wanted {
         Some(wanted) => match shared.identity.as_ref().and_then(|i| i.current()) {
             Some(creds) if creds.id == wanted => Admit::Mesh(creds),
-            Some(creds) => refuse(
-                &format!(
-                    "the caller expected identity {wanted}, but this proxy is {}; check the endpoint's identity in discovery",
-                    creds.id
-                ),
-                "wrong-identity",
-            ),
-            None => refuse(
-                &format!(
-                    "a mesh mTLS connection for {wanted} arrived, but this proxy has no certificate yet; check SHOAL_IDENTITY_* and /config"
-                ),
-                "no-certificate",
-            ),
+            Some(creds) => {
+                refuse(
+                    &format!(
+                        "the caller expected identity {wanted}, but this proxy is {}; check the endpoint's identity in discovery",
+                        creds.id
+                    ),
+                    "wrong-identity",
+                );
+                alert(rustls::AlertDescription::UnrecognisedName)
+            }
+            None => {
+                refuse(
+                    &format!(
+                        "a mesh mTLS connection for {wanted} arrived, but this proxy has no certificate yet; check SHOAL_IDENTITY_* and /config"
+                    ),
+                    "no-certificate",
+                );
+                alert(rustls::AlertDescription::HandshakeFailure)
+            }
         },
+        // Plain-text HTTP can be told why; other bytes (opaque TCP, the app's own TLS) have no
+        // way to carry an answer and are closed.
+        None if mode == TlsMode::Strict
+            && matches!(detected, Detected::Http1 | Detected::Http2) =>
+        {
+            metrics::tls_refused("plaintext");
+            tracing::debug!(
+                port,
+                "plain-text HTTP on a strict mTLS port: each request is answered mtls-required"
+            );
+            Admit::MtlsRequired
+        }
         None if mode == TlsMode::Strict => refuse(
             "the port is in strict mTLS mode and the connection is not mesh mTLS",
             "plaintext",
@@ -178,6 +204,7 @@ pub(crate) async fn serve_mesh(
         peer: conn.peer,
         permit: conn.permit,
         drain: conn.drain,
+        mtls_required: false,
     };
     crate::protocol::carry(
         shared,
@@ -236,6 +263,21 @@ pub(crate) fn authorize_http<B>(
         )),
         _ => Ok(()),
     }
+}
+
+/// The answer to a plain-text request on a strict port: 403 `mtls-required`, naming the port,
+/// the service and what the caller should check. Callers through a Shoal proxy get it explained
+/// from their own side too (`upstream-requires-mtls`, `http::mtls_explain`).
+pub(crate) fn mtls_required(conn: &crate::http::Conn) -> ProxyError {
+    let port = conn.dst.map_or(0, |d| d.port());
+    ProxyError::new(
+        Reason::MtlsRequired,
+        format!(
+            "port {port} of {} accepts only mesh mTLS (tls_mode strict) and this request came in plain text, so it was not passed to the app; \
+             call it through a Shoal proxy that has an identity (SHOAL_IDENTITY_*) and whose view of the service does not set tls_mode: disabled (docs/mtls.md)",
+            conn.shared.own_service,
+        ),
+    )
 }
 
 /// Authorizes an inbound opaque TCP connection; `false` means close it.

@@ -6,12 +6,13 @@
 //! (`outbound::http::retry`) uses both.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, counter};
 use serde::Serialize;
 use tokio::time::Instant;
+
+use crate::window::Window;
 
 /// A class of failure that may be retried (the names are the API's, docs/resilience.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -165,29 +166,18 @@ impl RetryMetrics {
 }
 
 /// The window a budget counts over (Linkerd's and Finagle's: 10 s).
-const WINDOW_SECS: u64 = 10;
+const WINDOW: Duration = Duration::from_secs(10);
 
-/// A retry budget: over the last [`WINDOW_SECS`] seconds, retries may be at most `ratio` of the
-/// requests plus `min_per_second` × the window. So during a full outage, attempts ÷ requests stays
-/// near 1 + `ratio` instead of multiplying load by the attempt count (Linkerd, Finagle, gRPC's
-/// retry throttling and Envoy's `retry_budget` work the same way).
-///
-/// Counts live in one-second slots of a ring, each an atomic pair tagged with its second, so a
-/// request costs two relaxed atomic operations and no lock.
+/// A retry budget: over the last [`WINDOW`], retries may be at most `ratio` of the requests plus
+/// `min_per_second` × the window's seconds. So during a full outage, attempts ÷ requests stays near
+/// 1 + `ratio` instead of multiplying load by the attempt count (Linkerd, Finagle, gRPC's retry
+/// throttling and Envoy's `retry_budget` work the same way).
 #[derive(Debug)]
 pub(crate) struct Budget {
     ratio: f64,
     min_per_second: u32,
-    epoch: Instant,
-    slots: [Slot; WINDOW_SECS as usize],
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    /// The second (since `epoch`) this slot counts, plus one (0: never used).
-    second: AtomicU64,
-    requests: AtomicU64,
-    retries: AtomicU64,
+    /// Requests and retries.
+    counts: Window,
 }
 
 impl Budget {
@@ -196,31 +186,13 @@ impl Budget {
         Self {
             ratio,
             min_per_second,
-            epoch: Instant::now(),
-            slots: Default::default(),
+            counts: Window::new(WINDOW),
         }
-    }
-
-    /// The slot counting `now`'s second, cleared first when it last counted another second.
-    fn slot(&self, now: Instant) -> &Slot {
-        let second = now.saturating_duration_since(self.epoch).as_secs() + 1;
-        let slot = &self.slots[(second % WINDOW_SECS) as usize];
-        let seen = slot.second.load(Ordering::Relaxed);
-        if seen != second
-            && slot
-                .second
-                .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            slot.requests.store(0, Ordering::Relaxed);
-            slot.retries.store(0, Ordering::Relaxed);
-        }
-        slot
     }
 
     /// Counts one original request (retries are not deposits).
     pub(crate) fn deposit(&self, now: Instant) {
-        self.slot(now).requests.fetch_add(1, Ordering::Relaxed);
+        self.counts.add(now, 1, 0);
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
@@ -228,24 +200,21 @@ impl Budget {
         if self.available(now) == 0 {
             return false;
         }
-        self.slot(now).retries.fetch_add(1, Ordering::Relaxed);
+        self.counts.add(now, 0, 1);
         true
     }
 
     /// Retries allowed now.
     pub(crate) fn available(&self, now: Instant) -> u64 {
-        let second = now.saturating_duration_since(self.epoch).as_secs() + 1;
-        let (mut requests, mut retries) = (0, 0);
-        for slot in &self.slots {
-            let s = slot.second.load(Ordering::Relaxed);
-            if s != 0 && s + WINDOW_SECS > second && s <= second {
-                requests += slot.requests.load(Ordering::Relaxed);
-                retries += slot.retries.load(Ordering::Relaxed);
-            }
-        }
-        let allowed =
-            (requests as f64 * self.ratio) as u64 + u64::from(self.min_per_second) * WINDOW_SECS;
+        let (requests, retries) = self.counts.sums(now);
+        let allowed = (requests as f64 * self.ratio) as u64
+            + u64::from(self.min_per_second) * WINDOW.as_secs();
         allowed.saturating_sub(retries)
+    }
+
+    #[cfg(test)]
+    fn epoch(&self) -> Instant {
+        self.counts.epoch()
     }
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 
 fn at(b: &Budget, secs: f64) -> Instant {
-    b.epoch + Duration::from_secs_f64(secs)
+    b.epoch() + Duration::from_secs_f64(secs)
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! static file ([`file`]) feeds it today; the control-plane discovery client will feed the same
 //! store later.
 
+pub(crate) mod backend_policy;
+pub(crate) mod fault;
 pub mod file;
 mod model;
 pub(crate) mod spec;

@@ -82,6 +82,12 @@ pub struct Service {
     /// Chooses among the ready endpoints; `/config` shows its algorithm and what it learnt.
     #[serde(rename = "load_balancer")]
     pub(crate) balancer: Balancer,
+    /// The backend policy's cap and circuit breaker, with their runtime state.
+    #[serde(rename = "backend_policy")]
+    pub(crate) backend: crate::backend::BackendRuntime,
+    /// Faults injected into requests to this service (chaos experiments).
+    #[serde(rename = "fault_injection")]
+    pub(crate) fault: Option<super::fault::Fault>,
     /// Request metrics for traffic that matched no route rule (route `default`, the service its
     /// own backend).
     #[serde(skip)]
@@ -256,6 +262,8 @@ pub struct State {
     pub routes: Vec<Vec<RouteRule>>,
     /// Inbound authorization policies by protected service (`name.namespace`).
     pub authorization: FastMap<String, Arc<crate::inbound::authz::Policy>>,
+    /// Inbound rate limits by protected service (`name.namespace`), with their buckets.
+    pub(crate) rate_limits: FastMap<String, Arc<crate::inbound::rate_limit::Limiter>>,
     #[serde(skip)]
     by_authority: FastMap<String, Arc<Service>>,
     #[serde(skip)]
@@ -279,6 +287,7 @@ impl State {
             services,
             routes,
             authorization: FastMap::default(),
+            rate_limits: FastMap::default(),
             by_authority,
             by_addr,
         }
@@ -288,6 +297,14 @@ impl State {
     /// namespace and port), and each route rule's retry budget (same service, route and rule
     /// position). An update that does not touch a service or rule leaves what was learnt alone.
     pub fn inherit_runtime(&mut self, previous: &State) {
+        for (service, limiter) in &mut self.rate_limits {
+            // A limiter just built holds the only reference to itself.
+            if let (Some(new), Some(old)) =
+                (Arc::get_mut(limiter), previous.rate_limits.get(service))
+            {
+                new.inherit(old);
+            }
+        }
         if previous.services.is_empty() {
             return;
         }
@@ -301,6 +318,7 @@ impl State {
                 continue;
             };
             s.balancer.inherit(&o.balancer);
+            s.backend.inherit(&o.backend);
             let (Some(rules), Some(old_rules)) =
                 (self.routes.get_mut(s.id), previous.routes.get(o.id))
             else {

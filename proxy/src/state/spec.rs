@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::backend_policy::BackendPolicySpec;
+use super::fault::{Fault, FaultSpec};
 use super::model::{
     Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
     ValueMatch,
 };
+use crate::backend::{BackendPolicy, BackendRuntime};
 use crate::balance::Balancer;
+use crate::inbound::rate_limit::{Limiter, RateLimitSpec};
 use crate::metrics::RequestMetrics;
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
 use crate::tls::{SpiffeId, TlsMode};
@@ -28,6 +32,15 @@ pub(crate) struct FileSpec {
     /// Inbound authorization policies, one per protected service.
     #[serde(default)]
     pub(crate) authorization: Vec<crate::inbound::authz::PolicySpec>,
+    /// Backend policies (load balancing, caps, circuit breaker), one per service.
+    #[serde(default)]
+    pub(crate) backend_policies: Vec<BackendPolicySpec>,
+    /// Injected faults (delays, aborts), one entry per service.
+    #[serde(default)]
+    pub(crate) faults: Vec<FaultSpec>,
+    /// Inbound rate limits, one per protected service.
+    #[serde(default)]
+    pub(crate) rate_limits: Vec<RateLimitSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,7 +252,7 @@ pub(crate) struct BackendSpec {
     pub(crate) weight: u32,
 }
 
-mod humantime_opt {
+pub(crate) mod humantime_opt {
     use std::time::Duration;
 
     use serde::Deserialize;
@@ -376,13 +389,56 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     let mut services: Vec<Arc<Service>> = Vec::with_capacity(spec.services.len());
     let mut by_name: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
     let mut claimed: HashMap<String, String> = HashMap::new();
+    let mut policies: HashMap<String, (usize, BackendPolicy)> = HashMap::new();
+    for (i, p) in spec.backend_policies.iter().enumerate() {
+        let at = format!("backend_policies[{i}]");
+        let name = qualify(&p.service);
+        let policy = p.resolve(&at)?;
+        if policies.insert(name.clone(), (i, policy)).is_some() {
+            return Err(format!(
+                "{at}.service: {name} already has a backend policy (one per service)"
+            ));
+        }
+    }
+    let mut faults: HashMap<String, (usize, Fault)> = HashMap::new();
+    for (i, f) in spec.faults.iter().enumerate() {
+        let at = format!("faults[{i}]");
+        let fault = f.resolve(&at)?;
+        if faults.insert(qualify(&f.service), (i, fault)).is_some() {
+            return Err(format!(
+                "{at}.service: {} already has faults (one entry per service)",
+                qualify(&f.service)
+            ));
+        }
+    }
     for (i, s) in spec.services.into_iter().enumerate() {
-        let service = Arc::new(build_service(i, s, &mut claimed, &by_name)?);
+        let qualified = format!("{}.{}", s.name, s.namespace);
+        let policy = policies.get(&qualified).map(|(_, p)| p.clone());
+        let fault = faults.get(&qualified).map(|(_, f)| f.clone());
+        let service = Arc::new(build_service(i, s, &mut claimed, &by_name, policy, fault)?);
         by_name
             .entry(service.qualified_name())
             .or_default()
             .push(service.clone());
         services.push(service);
+    }
+    if let Some(i) = (policies.iter())
+        .filter(|(name, _)| !by_name.contains_key(*name))
+        .map(|(_, (i, _))| *i)
+        .min()
+    {
+        let name = &spec.backend_policies[i].service;
+        return Err(format!(
+            "backend_policies[{i}].service: unknown service `{name}`"
+        ));
+    }
+    if let Some(i) = (faults.iter())
+        .filter(|(name, _)| !by_name.contains_key(*name))
+        .map(|(_, (i, _))| *i)
+        .min()
+    {
+        let name = &spec.faults[i].service;
+        return Err(format!("faults[{i}].service: unknown service `{name}`"));
     }
     let lookup = |name: &str| -> Option<&Vec<Arc<Service>>> {
         by_name
@@ -457,7 +513,32 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     }
     let mut state = State::new(services, routes);
     state.authorization = authorization;
+    for (i, r) in spec.rate_limits.iter().enumerate() {
+        let at = format!("rate_limits[{i}]");
+        let Some(limit) = r.resolve(&at)? else {
+            continue;
+        };
+        let service = limit.service.clone();
+        if state
+            .rate_limits
+            .insert(service.clone(), Arc::new(Limiter::new(limit)))
+            .is_some()
+        {
+            return Err(format!(
+                "{at}.service: {service} already has a rate limit (one per service)"
+            ));
+        }
+    }
     Ok(state)
+}
+
+/// `name` → `name.default`; a qualified name stays.
+fn qualify(service: &str) -> String {
+    if service.contains('.') {
+        service.to_string()
+    } else {
+        format!("{service}.default")
+    }
 }
 
 fn build_service(
@@ -465,6 +546,8 @@ fn build_service(
     s: ServiceSpec,
     claimed: &mut HashMap<String, String>,
     by_name: &HashMap<String, Vec<Arc<Service>>>,
+    policy: Option<BackendPolicy>,
+    fault: Option<Fault>,
 ) -> Result<Service, String> {
     let at = format!("services[{id}]");
     let identities = check_service(&s, &at)?;
@@ -500,9 +583,16 @@ fn build_service(
             identity,
         })
         .collect();
+    let policy = policy.unwrap_or_else(BackendPolicy::none);
     Ok(Service {
         id,
-        balancer: Balancer::new(&endpoints),
+        balancer: Balancer::new(
+            &endpoints,
+            policy.load_balancer,
+            policy.outlier_detection.clone(),
+        ),
+        backend: BackendRuntime::new(policy),
+        fault,
         metrics: RequestMetrics::outbound(&qualified, "default", &qualified),
         name: s.name,
         namespace: s.namespace,

@@ -1,6 +1,7 @@
 //! Mutual TLS between proxies: rustls configurations built from the proxy's current identity,
 //! terminating mesh connections on the inbound side and originating them on the outbound side.
 //!
+//! - [`explain`]: why a handshake failed, in words that say what to check.
 //! - [`spiffe`]: SPIFFE ids, the SNI that names one, reading one from a certificate.
 //! - [`verify`]: chain + identity checks for both ends.
 //! - [`stream`]: plain-or-TLS streams, and the rewind that lets TLS see detection's bytes.
@@ -11,6 +12,7 @@
 //! (opaque bytes). The identity the client expects travels in the SNI. Configurations are built
 //! once per certificate (renewal builds new ones); handshakes only clone an `Arc`.
 
+pub mod explain;
 pub mod spiffe;
 pub mod stream;
 pub mod verify;
@@ -258,7 +260,7 @@ pub async fn originate(
     let stream = connector
         .connect(peer.server_name(), tcp.into())
         .await
-        .map_err(|e| format!("mTLS handshake with {peer} failed: {e}"))?;
+        .map_err(|e| explain::client_handshake(&e, peer.as_str()))?;
     let negotiated = stream.get_ref().1.alpn_protocol();
     if negotiated != Some(alpn.id()) {
         return Err(format!(

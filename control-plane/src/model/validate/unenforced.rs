@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use super::FieldError;
-use crate::model::{Resource, ResourceKind, Route, Spec};
+use crate::model::{BackendPolicy, LoadBalancingAlgorithm, Resource, ResourceKind, Route, Spec};
 
 /// Where an operator reads what is refused and why.
 const SEE: &str = "see docs/shoalctl.md#refused-until-enforced";
@@ -48,38 +48,43 @@ pub struct UnenforcedField {
 }
 
 /// The kinds refused until the proxy enforces them. Delete an entry when it does.
-pub const KINDS: &[UnenforcedKind] = &[
-    UnenforcedKind {
-        kind: ResourceKind::BackendPolicy,
-        yaml: "BackendPolicy",
-        arrives: "load balancing algorithms, connection limits, outlier detection and circuit breakers \
-                  arrive with the resilience work",
-    },
-    UnenforcedKind {
-        kind: ResourceKind::RateLimit,
-        yaml: "RateLimit",
-        arrives: "rate limits arrive with the resilience work",
-    },
-    UnenforcedKind {
-        kind: ResourceKind::FaultInjection,
-        yaml: "FaultInjection",
-        arrives: "fault injection arrives with the resilience work",
-    },
-    UnenforcedKind {
-        kind: ResourceKind::Mirror,
-        yaml: "Mirror",
-        arrives: "traffic mirroring arrives after the resilience work",
-    },
-];
+pub const KINDS: &[UnenforcedKind] = &[UnenforcedKind {
+    kind: ResourceKind::Mirror,
+    yaml: "Mirror",
+    arrives: "traffic mirroring arrives after the resilience work",
+}];
 
 /// The fields refused until the proxy enforces them. Delete an entry when it does.
-pub const FIELDS: &[UnenforcedField] = &[UnenforcedField {
-    kind: ResourceKind::Route,
-    field: "spec.rules[].backends[].port",
-    why: "the proxy calls a backend on the port the request came in on",
-    find: route_backend_ports,
-    strip: strip_route_backend_ports,
-}];
+pub const FIELDS: &[UnenforcedField] = &[
+    UnenforcedField {
+        kind: ResourceKind::BackendPolicy,
+        field: "spec.load_balancer.algorithm: ring_hash",
+        why: "consistent hashing arrives with the resilience work; round_robin, least_request and p2c_ewma are enforced",
+        find: ring_hash,
+        strip: strip_ring_hash,
+    },
+    UnenforcedField {
+        kind: ResourceKind::BackendPolicy,
+        field: "spec.limits.{max_connections,max_pending_requests,max_requests_per_connection,connect_timeout_ms}",
+        why: "of the limits, only max_concurrent_requests is enforced yet",
+        find: connection_limits,
+        strip: strip_connection_limits,
+    },
+    UnenforcedField {
+        kind: ResourceKind::BackendPolicy,
+        field: "spec.outlier_detection.interval_ms",
+        why: "the proxy evaluates ejections on every exchange, not on an interval",
+        find: outlier_detection,
+        strip: strip_outlier_detection,
+    },
+    UnenforcedField {
+        kind: ResourceKind::Route,
+        field: "spec.rules[].backends[].port",
+        why: "the proxy calls a backend on the port the request came in on",
+        find: route_backend_ports,
+        strip: strip_route_backend_ports,
+    },
+];
 
 /// One error per unenforced kind or field that `spec` uses; empty when the proxy enforces all of it.
 pub fn refusals(spec: &Spec) -> Vec<FieldError> {
@@ -144,6 +149,83 @@ fn route(spec: &Spec) -> Option<&Route> {
     match spec {
         Spec::Route(route) => Some(route),
         _ => None,
+    }
+}
+
+fn backend_policy(spec: &Spec) -> Option<&BackendPolicy> {
+    match spec {
+        Spec::BackendPolicy(policy) => Some(policy),
+        _ => None,
+    }
+}
+
+fn backend_policy_mut(spec: &mut Spec) -> Option<&mut BackendPolicy> {
+    match spec {
+        Spec::BackendPolicy(policy) => Some(policy),
+        _ => None,
+    }
+}
+
+fn ring_hash(spec: &Spec) -> Vec<String> {
+    let lb = backend_policy(spec).and_then(|p| p.load_balancer.as_ref());
+    let mut found = Vec::new();
+    if lb.is_some_and(|lb| lb.algorithm == Some(LoadBalancingAlgorithm::RingHash)) {
+        found.push("spec.load_balancer.algorithm".to_owned());
+    }
+    if lb.is_some_and(|lb| lb.hash_key.is_some()) {
+        found.push("spec.load_balancer.hash_key".to_owned());
+    }
+    found
+}
+
+fn strip_ring_hash(spec: &mut Spec) {
+    if let Some(lb) = backend_policy_mut(spec).and_then(|p| p.load_balancer.as_mut()) {
+        if lb.algorithm == Some(LoadBalancingAlgorithm::RingHash) {
+            lb.algorithm = None;
+        }
+        lb.hash_key = None;
+    }
+}
+
+fn connection_limits(spec: &Spec) -> Vec<String> {
+    let Some(l) = backend_policy(spec).and_then(|p| p.limits.as_ref()) else {
+        return Vec::new();
+    };
+    [
+        ("max_connections", l.max_connections.is_some()),
+        ("max_pending_requests", l.max_pending_requests.is_some()),
+        (
+            "max_requests_per_connection",
+            l.max_requests_per_connection.is_some(),
+        ),
+        ("connect_timeout_ms", l.connect_timeout.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(field, _)| format!("spec.limits.{field}"))
+    .collect()
+}
+
+fn strip_connection_limits(spec: &mut Spec) {
+    if let Some(l) = backend_policy_mut(spec).and_then(|p| p.limits.as_mut()) {
+        l.max_connections = None;
+        l.max_pending_requests = None;
+        l.max_requests_per_connection = None;
+        l.connect_timeout = None;
+    }
+}
+
+fn outlier_detection(spec: &Spec) -> Vec<String> {
+    let outlier = backend_policy(spec).and_then(|p| p.outlier_detection.as_ref());
+    match outlier {
+        Some(o) if o.interval.is_some() => vec!["spec.outlier_detection.interval_ms".to_owned()],
+        _ => Vec::new(),
+    }
+}
+
+fn strip_outlier_detection(spec: &mut Spec) {
+    if let Some(o) = backend_policy_mut(spec).and_then(|p| p.outlier_detection.as_mut()) {
+        o.interval = None;
     }
 }
 

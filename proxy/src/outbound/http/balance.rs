@@ -13,26 +13,15 @@ use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::http::Downstream;
 use crate::http::send::Dest;
-use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::stack::{Exchange, Req, Service, stage};
 use crate::state::Protocol;
 
 /// The latency a failed exchange counts as.
 const FAILED_RTT: Duration = Duration::from_secs(1);
 
-/// The layer (the algorithm and endpoints are the backend's).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct BalanceLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(super) struct Balance<S>(S);
-
-impl<S> Layer<S> for BalanceLayer {
-    type Service = Balance<S>;
-
-    fn layer(&self, inner: S) -> Balance<S> {
-        Balance(inner)
-    }
+stage! {
+    /// The stage.
+    pub(super) Balance, BalanceLayer
 }
 
 impl<'c, S> Service<Req<'c, Backend>> for Balance<S>
@@ -86,6 +75,10 @@ where
         };
         let exchange = self.0.call(req).await;
         timing.answered = exchange.result.is_ok();
+        backend
+            .service
+            .balancer
+            .report(&timing.picked, exchange.upstream_failed());
         exchange
     }
 }

@@ -4,16 +4,20 @@
 //! route       destination (virtual IP or authority) → service → route rule; else passthrough
 //!  └ split    weighted pick of the rule's backend; the exchange counts in its metrics
 //!     └ timeout   the rule's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
+//!      └ fault    the named service's injected delays and aborts (chaos experiments)
 //!        └ retry      the rule's retry policy: budget, backoff, deadline; each attempt re-enters
-//!           │         the balancer (another endpoint where there is one)
-//!           └ balance    P2C-EWMA pick of the backend's endpoint; reports latency back
-//!              └ send    shape for the wire, pooled connection (mTLS to mesh peers)
+//!           │         the stages below (another endpoint where there is one)
+//!           └ backend    the backend policy's cap on requests in flight and circuit breaker
+//!              └ balance    the backend's algorithm picks the endpoint; latency reported back
+//!                 └ send    shape for the wire, pooled connection (mTLS to mesh peers)
 //! ```
 //!
 //! A request to a destination the state does not know skips split and balance: it passes
 //! through (timeout → send) to where the app was going.
 
+mod backend;
 mod balance;
+mod fault;
 mod retry;
 mod route;
 mod split;
@@ -26,7 +30,9 @@ use crate::http::timeout::TimeoutLayer;
 pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
     let known = Stack::new(Send)
         .push(balance::BalanceLayer)
+        .push(backend::BackendLayer)
         .push(retry::RetryLayer)
+        .push(fault::FaultLayer)
         .push(TimeoutLayer)
         .push(split::SplitLayer)
         .into_inner();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use tokio::time::Instant;
 
 use super::split::Backend;
@@ -22,10 +23,11 @@ use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::headers::copy_head;
 use crate::http::replay::Replay;
-use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::stack::{Exchange, Req, Service, stage};
 use crate::retry::{Retry as Policy, RetryOn};
 
-/// Upstream: which attempt this is (1 for the first), on requests of a rule with a retry policy.
+/// Upstream: which attempt a retry is (2 for the first retry); absent on a first attempt, which
+/// saves every request a header insert.
 static ATTEMPT: HeaderName = HeaderName::from_static("shoal-attempt");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -34,20 +36,9 @@ static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-
 /// The longest `Retry-After` the proxy waits for; a longer one ends the retries.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// The layer (the policy is the route rule's).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RetryLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(super) struct Retry<S>(S);
-
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry(inner)
-    }
+stage! {
+    /// The stage.
+    pub(super) Retry, RetryLayer
 }
 
 impl<'c, S> Service<Req<'c, Backend>> for Retry<S>
@@ -109,7 +100,8 @@ where
     } = req;
     let (parts, body) = http.into_parts();
     let head = Request::from_parts(parts, ());
-    let replay = Replay::new(body);
+    // A request without a body (most) needs no replay buffer: every attempt is empty.
+    let replay = (!body.is_end_stream()).then(|| Replay::new(body));
     // The caller's own deadline counts too: no attempt starts that cannot end before it.
     let grpc_deadline = head
         .headers()
@@ -120,13 +112,19 @@ where
     let mut avoid = None;
     let mut n = 1;
     loop {
-        let Some(body) = replay.attempt() else {
-            unreachable!("checked replayable before every retry");
+        let body = match &replay {
+            None => RequestBody::Empty,
+            Some(r) => match r.attempt() {
+                Some(body) => RequestBody::Replay(body),
+                None => unreachable!("checked replayable before every retry"),
+            },
         };
-        let mut attempt = copy_head(&head).map(|()| RequestBody::Replay(body));
-        attempt
-            .headers_mut()
-            .insert(ATTEMPT.clone(), HeaderValue::from(n));
+        let mut attempt = copy_head(&head).map(|()| body);
+        if n > 1 {
+            attempt
+                .headers_mut()
+                .insert(ATTEMPT.clone(), attempt_value(n));
+        }
         let now = Instant::now();
         if let (Some(d), true) = (grpc_deadline, n > 1) {
             // The upstream learns how long is left, not how long the caller first allowed.
@@ -148,6 +146,7 @@ where
                 service: target.service.clone(),
                 metrics: target.metrics.clone(),
                 timeout: target.timeout,
+                faulty: None,
                 retry: None,
                 avoid,
             },
@@ -173,7 +172,7 @@ where
         if n >= p.attempts {
             return exchange;
         }
-        if !replay.replayable() {
+        if replay.as_ref().is_some_and(|r| !r.replayable()) {
             policy.metrics.body_too_large.increment(1);
             return exchange;
         }
@@ -199,6 +198,14 @@ where
         }
         n += 1;
     }
+}
+
+/// The `shoal-attempt` value of attempt `n` (static for every allowed count: no allocation).
+fn attempt_value(n: u32) -> HeaderValue {
+    const VALUES: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    VALUES
+        .get(n as usize - 1)
+        .map_or_else(|| HeaderValue::from(n), |v| HeaderValue::from_static(v))
 }
 
 /// The error of an attempt cut by its per-try timeout.

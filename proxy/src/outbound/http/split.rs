@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::route::Routed;
-use crate::http::stack::{Exchange, Layer, Req, Service};
+use crate::http::stack::{Exchange, Req, Service, stage};
 use crate::http::timeout::{Timed, Who};
 use crate::metrics::RequestMetrics;
 use crate::retry::Retry;
@@ -26,6 +26,9 @@ pub(super) struct Backend {
     pub(super) metrics: Arc<RequestMetrics>,
     /// The rule's timeout, if it sets one.
     pub(super) timeout: Option<Duration>,
+    /// The service the caller named, when it has faults to inject (the fault stage's); `None`
+    /// otherwise, and for a retry's attempts, which the faults do not touch again.
+    pub(super) faulty: Option<Arc<MeshService>>,
     /// The rule's retry policy, if any.
     pub(super) retry: Option<Arc<Retry>>,
     /// An endpoint to avoid when the backend has others: the one a retried attempt failed on.
@@ -42,20 +45,9 @@ impl Timed for Backend {
     }
 }
 
-/// The layer (the weights are the route rule's).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct SplitLayer;
-
-/// The stage.
-#[derive(Debug)]
-pub(super) struct Split<S>(S);
-
-impl<S> Layer<S> for SplitLayer {
-    type Service = Split<S>;
-
-    fn layer(&self, inner: S) -> Split<S> {
-        Split(inner)
-    }
+stage! {
+    /// The stage.
+    pub(super) Split, SplitLayer
 }
 
 impl<'c, S> Service<Req<'c, Routed>> for Split<S>
@@ -63,6 +55,9 @@ where
     S: Service<Req<'c, Backend>> + Sync,
 {
     async fn call(&self, req: Req<'c, Routed>) -> Exchange {
+        let named = &req.target.service;
+        // One branch for a service without faults.
+        let faulty = named.fault.is_some().then(|| named.clone());
         let (backend, chosen) = match req.target.rule() {
             Some(rule) => {
                 let i = rule.pick_backend();
@@ -71,6 +66,7 @@ where
                     service: b.service.clone(),
                     metrics: b.metrics.clone(),
                     timeout: rule.timeout,
+                    faulty,
                     retry: rule.retry.clone(),
                     avoid: None,
                 };
@@ -82,6 +78,7 @@ where
                     service: service.clone(),
                     metrics: service.metrics.clone(),
                     timeout: None,
+                    faulty,
                     retry: None,
                     avoid: None,
                 };
@@ -93,7 +90,8 @@ where
         if exchange.metrics.is_some() {
             return exchange;
         }
-        // It ended before `send` handed the metrics back (no endpoint, the timeout): it counts
+        // It ended before `send` handed the metrics back (no endpoint, the timeout, an injected
+        // abort): it counts
         // under the chosen backend all the same. Looked up again rather than kept, so the common
         // path clones the handles once.
         let metrics = match chosen.and_then(|i| routed.rule()?.backends.get(i)) {

@@ -1,0 +1,226 @@
+//! A backend service's policy (`BackendPolicy`): how its endpoints are picked, the bulkhead cap on
+//! its requests in flight, and its circuit breaker — with the runtime state they keep (the count in
+//! flight, the breaker's state and window), which outlives state snapshots
+//! ([`BackendRuntime::inherit`]). The stage that enforces caps and the breaker is
+//! `outbound::http::backend`; the algorithm is `balance`'s.
+
+mod breaker;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use breaker::{Admission, Breaker};
+pub(crate) use breaker::{BreakerConfig, BreakerOverride};
+
+/// How a request picks one of a backend's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Algorithm {
+    /// Power of two choices over peak-EWMA latency × (in flight + 1) ÷ weight (the default).
+    #[default]
+    P2cEwma,
+    /// Each endpoint in turn, in proportion to its weight.
+    RoundRobin,
+    /// Of two endpoints drawn at random, the one with fewer requests in flight (÷ weight).
+    LeastRequest,
+}
+
+/// A backend's resolved policy (defaults filled in), as `/config` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct BackendPolicy {
+    pub(crate) load_balancer: Algorithm,
+    /// The bulkhead: requests in flight to the backend (sent, response head not yet back) beyond
+    /// which a request is answered 503 `backend-overloaded` at once.
+    pub(crate) max_concurrent_requests: Option<u32>,
+    pub(crate) circuit_breaker: Option<BreakerConfig>,
+    /// Ejection of failing endpoints (applied by the balancer).
+    pub(crate) outlier_detection: Option<crate::balance::OutlierConfig>,
+}
+
+impl BackendPolicy {
+    /// The policy of a backend without one: the default algorithm, no cap, no breaker.
+    pub(crate) fn none() -> Self {
+        Self {
+            load_balancer: Algorithm::default(),
+            max_concurrent_requests: None,
+            circuit_breaker: None,
+            outlier_detection: None,
+        }
+    }
+}
+
+/// A backend's policy and its runtime state (created on first use, or inherited).
+#[derive(Debug)]
+pub(crate) struct BackendRuntime {
+    pub(crate) policy: BackendPolicy,
+    state: OnceLock<Arc<RuntimeState>>,
+}
+
+/// What a backend's policy counts at run time; outlives snapshots.
+#[derive(Debug)]
+struct RuntimeState {
+    /// Requests in flight (counted only under a cap).
+    in_flight: Arc<AtomicU32>,
+    breaker: Option<Breaker>,
+}
+
+/// Why the backend stage refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The cap on requests in flight is reached.
+    Overloaded(u32),
+    /// The circuit breaker is open.
+    CircuitOpen,
+}
+
+/// A request the backend's policy let through: counted in flight until dropped, and — when a
+/// breaker counts it — to be reported with [`Admitted::report`].
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// Held for its `Drop`: the request leaves the count when the exchange ends.
+    _in_flight: Option<InFlight>,
+    breaker: Option<(Arc<RuntimeState>, Admission)>,
+}
+
+impl Admitted {
+    /// Tells the breaker how the request went.
+    pub(crate) fn report(mut self, failed: bool, now: Instant) {
+        if let Some((state, admission)) = self.breaker.take()
+            && let Some(b) = &state.breaker
+        {
+            b.record(admission, failed, now);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        // Not reported: the request was abandoned (the client went away, a timeout above).
+        if let Some((state, admission)) = self.breaker.take()
+            && let Some(b) = &state.breaker
+        {
+            b.abandon(admission);
+        }
+    }
+}
+
+impl BackendRuntime {
+    /// Runtime state for `policy`, created on first use.
+    pub(crate) fn new(policy: BackendPolicy) -> Self {
+        Self {
+            policy,
+            state: OnceLock::new(),
+        }
+    }
+
+    /// Whether the policy has anything for the backend stage to do.
+    pub(crate) fn is_active(&self) -> bool {
+        self.policy.max_concurrent_requests.is_some() || self.policy.circuit_breaker.is_some()
+    }
+
+    fn state(&self) -> &Arc<RuntimeState> {
+        self.state.get_or_init(|| {
+            Arc::new(RuntimeState {
+                in_flight: Arc::default(),
+                breaker: self.policy.circuit_breaker.clone().map(Breaker::new),
+            })
+        })
+    }
+
+    /// Takes over `previous`'s state when the policy counts the same way (same breaker settings
+    /// but for the override), so an update that does not touch the policy keeps the breaker's
+    /// state and the count in flight. Called before the snapshot serves a request.
+    pub(crate) fn inherit(&self, previous: &BackendRuntime) {
+        let Some(old) = previous.state.get() else {
+            return;
+        };
+        let same = match (
+            &self.policy.circuit_breaker,
+            &previous.policy.circuit_breaker,
+        ) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_window(b),
+            _ => false,
+        };
+        if same {
+            let _ = self.state.set(old.clone());
+        }
+    }
+
+    /// Lets a request through the cap and the breaker, or says why not.
+    pub(crate) fn admit(&self, now: Instant) -> Result<Admitted, Refusal> {
+        let state = self.state();
+        let breaker = match (&state.breaker, &self.policy.circuit_breaker) {
+            (Some(b), Some(config)) => match b.admit(now, config.force) {
+                Admission::Refused => return Err(Refusal::CircuitOpen),
+                admission => Some((state.clone(), admission)),
+            },
+            _ => None,
+        };
+        let in_flight = match self.policy.max_concurrent_requests {
+            None => None,
+            Some(max) => {
+                let before = state.in_flight.fetch_add(1, Ordering::Relaxed);
+                let guard = InFlight(state.in_flight.clone());
+                if before >= max {
+                    // `guard` gives the slot back; the breaker's admission is abandoned.
+                    drop(guard);
+                    drop(Admitted {
+                        _in_flight: None,
+                        breaker,
+                    });
+                    return Err(Refusal::Overloaded(max));
+                }
+                Some(guard)
+            }
+        };
+        Ok(Admitted {
+            _in_flight: in_flight,
+            breaker,
+        })
+    }
+}
+
+/// `/config`: the policy, the requests in flight and the breaker's state.
+impl Serialize for BackendRuntime {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let state = self.state.get();
+        let mut s = ser.serialize_struct("BackendRuntime", 3)?;
+        s.serialize_field("policy", &self.policy)?;
+        s.serialize_field(
+            "in_flight",
+            &state.map_or(0, |st| st.in_flight.load(Ordering::Relaxed)),
+        )?;
+        let breaker = match (
+            state.and_then(|st| st.breaker.as_ref()),
+            &self.policy.circuit_breaker,
+        ) {
+            (Some(b), Some(c)) => Some(b.state_name(c.force)),
+            (None, Some(c)) => Some(Breaker::idle_state_name(c.force)),
+            _ => None,
+        };
+        s.serialize_field("circuit_breaker_state", &breaker)?;
+        s.end()
+    }
+}
+
+/// One request counted under a backend's cap, until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The breaker's defaults (the proto's).
+pub(crate) const DEFAULT_BREAKER_MIN_REQUESTS: u32 = 20;
+pub(crate) const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_BREAKER_OPEN: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_BREAKER_PROBES: u32 = 1;

@@ -1,0 +1,231 @@
+//! Local rate limiting at the inbound proxy (`RateLimit`, or `rate_limits` in the state file): a
+//! token bucket refilled at `requests_per_unit` per unit and holding up to `burst` tokens, one for
+//! all callers (`global`) or one per caller (`per_client`: per mesh identity, or per source IP for a
+//! caller without one). A request finding its bucket empty is answered 429 `rate-limited` with
+//! `Retry-After` (a gRPC call gets RESOURCE_EXHAUSTED), never reaching the app.
+//!
+//! Each proxy enforces its own buckets, so N instances admit up to N times the limit. The buckets
+//! outlive state snapshots while the limit's settings stay ([`Limiter::inherit`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::sync::lock;
+
+/// The most per-client buckets kept; beyond it, full (idle) buckets are dropped first.
+const MAX_CLIENTS: usize = 10_000;
+
+/// Who shares a bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Scope {
+    /// One bucket for every caller.
+    #[default]
+    Global,
+    /// One bucket per caller identity (or source IP).
+    PerClient,
+}
+
+/// A rate limit as written (the state file; discovery converts into it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitSpec {
+    /// The protected service (`name` or `name.namespace`): this proxy's own.
+    pub(crate) service: String,
+    /// Sustained rate: requests per `unit`; 0 disables the limit (as on the wire).
+    pub(crate) requests_per_unit: u64,
+    #[serde(default)]
+    pub(crate) unit: Unit,
+    /// Requests allowed in a burst; default `requests_per_unit`.
+    #[serde(default)]
+    pub(crate) burst: Option<u64>,
+    #[serde(default)]
+    pub(crate) scope: Scope,
+}
+
+/// The time unit of a rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Unit {
+    #[default]
+    Second,
+    Minute,
+    Hour,
+}
+
+impl Unit {
+    fn duration(self) -> Duration {
+        match self {
+            Unit::Second => Duration::from_secs(1),
+            Unit::Minute => Duration::from_secs(60),
+            Unit::Hour => Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A checked rate limit (what `/config` shows).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct RateLimit {
+    pub(crate) service: String,
+    pub(crate) requests_per_unit: u64,
+    pub(crate) unit: Unit,
+    pub(crate) burst: u64,
+    pub(crate) scope: Scope,
+}
+
+impl RateLimitSpec {
+    /// Checks the limit; errors name the field under `at`. `None`: a limit of 0, disabled.
+    pub(crate) fn resolve(&self, at: &str) -> Result<Option<RateLimit>, String> {
+        if self.burst == Some(0) {
+            return Err(format!("{at}.burst: must be positive when set"));
+        }
+        let service = if self.service.contains('.') {
+            self.service.clone()
+        } else {
+            format!("{}.default", self.service)
+        };
+        if self.requests_per_unit == 0 {
+            return Ok(None);
+        }
+        Ok(Some(RateLimit {
+            service,
+            requests_per_unit: self.requests_per_unit,
+            unit: self.unit,
+            burst: self.burst.unwrap_or(self.requests_per_unit),
+            scope: self.scope,
+        }))
+    }
+}
+
+/// One bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// A rate limit with its buckets.
+#[derive(Debug, Serialize)]
+pub(crate) struct Limiter {
+    #[serde(flatten)]
+    pub(crate) limit: RateLimit,
+    #[serde(skip)]
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+}
+
+impl Limiter {
+    /// Full buckets for `limit`.
+    pub(crate) fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Takes over `previous`'s buckets when the limit is the same.
+    pub(crate) fn inherit(&mut self, previous: &Limiter) {
+        if previous.limit == self.limit {
+            self.buckets = previous.buckets.clone();
+        }
+    }
+
+    /// Tokens per second.
+    fn rate(&self) -> f64 {
+        self.limit.requests_per_unit as f64 / self.limit.unit.duration().as_secs_f64()
+    }
+
+    /// Takes a token for a request from `client` (its identity or address); `Err` with how long
+    /// until a token is back when the bucket is empty.
+    pub(crate) fn admit(&self, client: &str, now: Instant) -> Result<(), Duration> {
+        let key = match self.limit.scope {
+            Scope::Global => "",
+            Scope::PerClient => client,
+        };
+        let capacity = self.limit.burst as f64;
+        let rate = self.rate();
+        let mut buckets = lock(&self.buckets);
+        if !buckets.contains_key(key) && buckets.len() >= MAX_CLIENTS {
+            // Full buckets are those of callers that have been quiet: forgetting them loses nothing.
+            buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < capacity
+            });
+        }
+        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        let refilled = (bucket.tokens
+            + now.saturating_duration_since(bucket.at).as_secs_f64() * rate)
+            .min(capacity);
+        bucket.at = now;
+        if refilled >= 1.0 {
+            bucket.tokens = refilled - 1.0;
+            Ok(())
+        } else {
+            bucket.tokens = refilled;
+            Err(Duration::from_secs_f64((1.0 - refilled) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_second: u64, burst: u64, scope: Scope) -> Limiter {
+        Limiter::new(RateLimit {
+            service: "app.default".into(),
+            requests_per_unit: per_second,
+            unit: Unit::Second,
+            burst,
+            scope,
+        })
+    }
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        let l = limiter(10, 5, Scope::Global);
+        let t0 = Instant::now();
+        let admitted = (0..20).filter(|_| l.admit("a", t0).is_ok()).count();
+        assert_eq!(admitted, 5, "the burst");
+        let wait = l.admit("a", t0).unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        // One second later, ten more tokens (capped at the burst of five).
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..20).filter(|_| l.admit("b", t1).is_ok()).count(), 5);
+        // 100 ms later, one.
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!((0..20).filter(|_| l.admit("c", t2).is_ok()).count(), 1);
+    }
+
+    #[test]
+    fn per_client_buckets_are_separate() {
+        let l = limiter(1, 2, Scope::PerClient);
+        let t0 = Instant::now();
+        assert_eq!((0..5).filter(|_| l.admit("a", t0).is_ok()).count(), 2);
+        assert_eq!((0..5).filter(|_| l.admit("b", t0).is_ok()).count(), 2);
+    }
+
+    #[test]
+    fn per_minute_rates() {
+        let l = Limiter::new(RateLimit {
+            service: "app.default".into(),
+            requests_per_unit: 60,
+            unit: Unit::Minute,
+            burst: 1,
+            scope: Scope::Global,
+        });
+        let t0 = Instant::now();
+        assert!(l.admit("", t0).is_ok());
+        let wait = l.admit("", t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(l.admit("", t0 + Duration::from_secs(1)).is_ok());
+    }
+}

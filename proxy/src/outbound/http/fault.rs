@@ -1,0 +1,53 @@
+//! The fault stage: the delays and aborts a `FaultInjection` asks the calling proxy to inject into
+//! a share of the requests to a service (chaos experiments). A delayed request waits, then goes on
+//! (the route's timeout runs meanwhile); an aborted one is answered with the configured status and
+//! `shoal-proxy-error: fault-injected`, never sent (a gRPC client maps the status to its code, 503
+//! → UNAVAILABLE). A service without faults costs one branch. It runs below the split, so an
+//! aborted request counts under the backend the split chose, like any other failure.
+
+use super::split::Backend;
+use crate::errors::{ProxyError, Reason};
+use crate::http::stack::{Exchange, Req, Service, stage};
+
+stage! {
+    /// The stage.
+    pub(super) Faults, FaultLayer
+}
+
+/// Whether a request falls in the `percent` share.
+fn hit(percent: f64) -> bool {
+    percent > 0.0 && fastrand::f64() * 100.0 < percent
+}
+
+impl<'c, S> Service<Req<'c, Backend>> for Faults<S>
+where
+    S: Service<Req<'c, Backend>> + Sync,
+{
+    async fn call(&self, req: Req<'c, Backend>) -> Exchange {
+        let Some(named) = &req.target.faulty else {
+            return self.0.call(req).await;
+        };
+        let Some(fault) = named.fault.clone() else {
+            return self.0.call(req).await;
+        };
+        if let Some((percent, status)) = fault.abort
+            && hit(percent)
+        {
+            let err = ProxyError::new(
+                Reason::FaultInjected,
+                format!(
+                    "a fault injection on service {} aborts {percent} % of its requests with {status}; this request was one (see fault_injection in /config)",
+                    named.qualified_name()
+                ),
+            )
+            .with_status(status);
+            return Exchange::failed(err);
+        }
+        if let Some((percent, delay)) = fault.delay
+            && hit(percent)
+        {
+            tokio::time::sleep(delay).await;
+        }
+        self.0.call(req).await
+    }
+}

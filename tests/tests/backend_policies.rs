@@ -1,0 +1,304 @@
+//! Backend policies from the static state file, through the explicit outbound listener: the cap on
+//! requests in flight answers 503 `backend-overloaded` at once when full, the circuit breaker opens
+//! on failures (503 `circuit-open` without calling the backend), probes half-open and closes when
+//! the backend recovers, an operator can force it open, and round robin gives every endpoint its
+//! share — a slow one too, unlike the default P2C-EWMA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use shoal_tests::backend::text_response;
+use shoal_tests::client::{H1Client, empty, request};
+use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, eventually};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A proxy routing `app.example` to `endpoints` under `policy` (YAML of one backend policy's
+/// fields, indented for the list item).
+async fn proxy(endpoints: &[SocketAddr], policy: &str) -> Proxy {
+    let list: String = endpoints
+        .iter()
+        .map(|a| format!("\n      - address: \"{a}\""))
+        .collect();
+    ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&format!(
+            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
+             backend_policies:\n  - service: app\n{policy}"
+        ))
+        .start()
+        .await
+}
+
+async fn get(proxy: &Proxy) -> shoal_tests::Resp {
+    let mut c = H1Client::connect(proxy.outbound()).await.unwrap();
+    c.send(
+        request("GET", "/", Some("app.example"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn reason(resp: &shoal_tests::Resp) -> Option<String> {
+    resp.header("shoal-proxy-error").map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cap_answers_503_at_once() {
+    let slow = HttpBackend::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        text_response(200, "slow")
+    })
+    .await;
+    let proxy = proxy(&[slow.addr()], "    limits: {max_concurrent_requests: 2}\n").await;
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let proxy = &proxy;
+            async move {
+                let started = Instant::now();
+                let resp = get(proxy).await;
+                (resp, started.elapsed())
+            }
+        })
+        .collect();
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|(r, _)| r.status == 200).count();
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|(r, _)| reason(r).as_deref() == Some("backend-overloaded"))
+        .collect();
+    assert_eq!((ok, refused.len()), (2, 3), "two in flight, three refused");
+    for (resp, took) in &refused {
+        assert_eq!(resp.status, 503);
+        assert!(
+            *took < Duration::from_millis(300),
+            "refused after {took:?}: a full cap must not queue"
+        );
+    }
+    assert_eq!(
+        slow.heads(),
+        2,
+        "the refused requests never reached the backend"
+    );
+    let config = proxy.config().await;
+    let policy = &config["state"]["services"][0]["backend_policy"];
+    assert_eq!(policy["policy"]["max_concurrent_requests"], 2, "{policy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_on_failures_probes_and_closes() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let backend = HttpBackend::respond({
+        let healthy = healthy.clone();
+        move |_| {
+            if healthy.load(Ordering::SeqCst) {
+                text_response(200, "ok")
+            } else {
+                text_response(500, "broken")
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(
+        &[backend.addr()],
+        "    circuit_breaker: {failure_ratio_threshold: 0.5, min_requests: 4, open_duration: 300ms}\n",
+    )
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            get(&proxy).await.status,
+            500,
+            "request {i} reaches the backend"
+        );
+    }
+    // Open: answered at once, the backend not called.
+    let resp = get(&proxy).await;
+    assert_eq!(
+        (resp.status.as_u16(), reason(&resp).as_deref()),
+        (503, Some("circuit-open")),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(backend.count(), 4);
+    let state = |config: serde_json::Value| {
+        config["state"]["services"][0]["backend_policy"]["circuit_breaker_state"].clone()
+    };
+    assert_eq!(state(proxy.config().await), "open");
+    // The backend recovers; after the open period a probe goes through and closes the breaker.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "a probe after the open period succeeds", || async {
+        let resp = get(&proxy).await;
+        if resp.status == 200 {
+            Ok(())
+        } else {
+            Err(reason(&resp))
+        }
+    })
+    .await;
+    assert_eq!(state(proxy.config().await), "closed");
+    for _ in 0..5 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_breaker_forced_open_refuses_every_request() {
+    let backend = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let proxy = proxy(
+        &[backend.addr()],
+        "    circuit_breaker: {override: force_open}\n",
+    )
+    .await;
+    for _ in 0..3 {
+        let resp = get(&proxy).await;
+        assert_eq!(
+            (resp.status.as_u16(), reason(&resp).as_deref()),
+            (503, Some("circuit-open"))
+        );
+    }
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_gives_a_slow_endpoint_its_share() {
+    let slow = HttpBackend::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text_response(200, "slow")
+    })
+    .await;
+    let mut fast = Vec::new();
+    for _ in 0..3 {
+        fast.push(HttpBackend::respond(|_| text_response(200, "fast")).await);
+    }
+    let mut endpoints = vec![slow.addr()];
+    endpoints.extend(fast.iter().map(HttpBackend::addr));
+    let proxy = proxy(&endpoints, "    load_balancer: {algorithm: round_robin}\n").await;
+    for _ in 0..80 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(slow.count(), 20, "one request in four, slow or not");
+    for f in &fast {
+        assert_eq!(f.count(), 20);
+    }
+    let config = proxy.config().await;
+    assert_eq!(
+        config["state"]["services"][0]["load_balancer"]["algorithm"],
+        "round_robin"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_refused_naming_the_field() {
+    let backend = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let exited = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&format!(
+            "services:\n  - name: app\n    port: 80\n    endpoints:\n      - address: \"{}\"\n\
+             backend_policies:\n  - service: app\n    circuit_breaker: {{failure_ratio_threshold: 1.5}}\n",
+            backend.addr()
+        ))
+        .run_to_exit(Duration::from_secs(10))
+        .unwrap();
+    let text = format!("{}{}", exited.stdout, exited.stderr);
+    assert!(
+        text.contains("backend_policies[0].circuit_breaker.failure_ratio_threshold"),
+        "{text}"
+    );
+}
+
+/// An endpoint failing with 500 until `healthy` is set.
+async fn flaky(healthy: &Arc<AtomicBool>) -> HttpBackend {
+    let healthy = healthy.clone();
+    HttpBackend::respond(move |_| {
+        if healthy.load(Ordering::SeqCst) {
+            text_response(200, "ok")
+        } else {
+            text_response(500, "broken")
+        }
+    })
+    .await
+}
+
+fn ejected(config: &serde_json::Value) -> Vec<bool> {
+    config["state"]["services"][0]["load_balancer"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["ejected"] == true)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_probed_and_readmitted() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let bad = flaky(&healthy).await;
+    let mut good = Vec::new();
+    for _ in 0..3 {
+        good.push(HttpBackend::respond(|_| text_response(200, "ok")).await);
+    }
+    let mut endpoints = vec![bad.addr()];
+    endpoints.extend(good.iter().map(HttpBackend::addr));
+    let proxy = proxy(
+        &endpoints,
+        "    load_balancer: {algorithm: round_robin}\n    outlier_detection: {consecutive_5xx: 2, base_ejection_time: 2s, max_ejection_percent: 50}\n",
+    )
+    .await;
+    // Round robin: the bad endpoint gets every fourth request; its second failure ejects it.
+    for _ in 0..8 {
+        get(&proxy).await;
+    }
+    assert_eq!(bad.count(), 2);
+    assert_eq!(ejected(&proxy.config().await), [true, false, false, false]);
+    // Ejected: no request reaches it, every request succeeds.
+    for i in 0..30 {
+        assert_eq!(get(&proxy).await.status, 200, "request {i} while ejected");
+    }
+    assert_eq!(bad.count(), 2, "an ejected endpoint gets no traffic");
+    // It recovers; after the ejection time one probe reaches it and readmits it.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "the recovered endpoint readmitted", || async {
+        get(&proxy).await;
+        let e = ejected(&proxy.config().await);
+        if e == [false, false, false, false] && bad.count() > 2 {
+            Ok(())
+        } else {
+            Err(format!("{e:?}, {} requests", bad.count()))
+        }
+    })
+    .await;
+    let before = bad.count();
+    for _ in 0..8 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(bad.count(), before + 2, "back to its round-robin share");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_ejection_percent_of_endpoints_are_ejected() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let mut bad = Vec::new();
+    for _ in 0..3 {
+        bad.push(flaky(&broken).await);
+    }
+    let good = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let mut endpoints: Vec<_> = bad.iter().map(HttpBackend::addr).collect();
+    endpoints.push(good.addr());
+    let proxy = proxy(
+        &endpoints,
+        "    load_balancer: {algorithm: round_robin}\n    outlier_detection: {consecutive_5xx: 1, base_ejection_time: 30s, max_ejection_percent: 25}\n",
+    )
+    .await;
+    for _ in 0..40 {
+        get(&proxy).await;
+    }
+    let e = ejected(&proxy.config().await);
+    assert_eq!(
+        e.iter().filter(|x| **x).count(),
+        1,
+        "25 % of four endpoints: one ejected at most, though three fail: {e:?}"
+    );
+}
