@@ -130,13 +130,18 @@ impl Handle {
 impl Clients {
     /// Connects the HTTP/2 connection of `slot` (one attempt at a time; none if a concurrent
     /// request already did).
-    async fn connect_h2(&self, peer: &Peer, slot: &Slot) -> Result<(), ProxyError> {
+    async fn connect_h2(
+        &self,
+        peer: &Peer,
+        slot: &Slot,
+        connect_timeout: Option<Duration>,
+    ) -> Result<(), ProxyError> {
         let addr = peer.0;
         let _connecting = slot.connecting.lock().await;
         if slot.has_live() {
             return Ok(());
         }
-        let io = self.connect_io(peer, Alpn::H2).await?;
+        let io = self.connect_io(peer, Alpn::H2, connect_timeout).await?;
         let (tx, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
@@ -168,6 +173,7 @@ impl Clients {
         &self,
         peer: &Peer,
         req: Request<RequestBody>,
+        connect_timeout: Option<Duration>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
         let slot = super::entry(&self.h2, peer);
@@ -191,7 +197,9 @@ impl Clients {
         let mut body = Some(body);
         let mut resent = 0;
         loop {
-            let (id, sent) = self.open_stream(peer, &slot, &mut head, eos).await?;
+            let (id, sent) = self
+                .open_stream(peer, &slot, &mut head, eos, connect_timeout)
+                .await?;
             let resend = |e: &h2::Error, resent: &mut usize| -> Option<Request<()>> {
                 let why = never_processed(e)?;
                 let spare = spare.as_ref().filter(|_| *resent < MAX_RESENDS)?;
@@ -268,6 +276,7 @@ impl Clients {
         slot: &Slot,
         head: &mut Request<()>,
         eos: bool,
+        connect_timeout: Option<Duration>,
     ) -> Result<(u64, Result<(ResponseFuture, SendStream<Bytes>), h2::Error>), ProxyError> {
         let addr = peer.0;
         let mut retried = false;
@@ -279,7 +288,7 @@ impl Clients {
                 // Cold path, boxed so the per-request future stays small. The new connection
                 // is the slot's: the next attempt uses it (or finds it failed already).
                 Attempt::None if !connected => {
-                    Box::pin(self.connect_h2(peer, slot)).await?;
+                    Box::pin(self.connect_h2(peer, slot, connect_timeout)).await?;
                     connected = true;
                     continue;
                 }

@@ -31,6 +31,8 @@ pub(crate) struct Dest {
     pub(crate) version: Version,
     /// The request rides the mesh's HTTP/2 connection but is HTTP/1.1 for the app.
     pub(crate) orig_http1: bool,
+    /// A backend policy's connect timeout (TCP and mTLS), instead of `SHOAL_CONNECT_TIMEOUT`.
+    pub(crate) connect_timeout: Option<std::time::Duration>,
 }
 
 impl Timed for Dest {
@@ -63,7 +65,13 @@ impl<'c> Service<Req<'c, Dest>> for Send {
             Ok(()) => {
                 conn.shared
                     .clients
-                    .send(&dest.peer, dest.version, http, upgrade)
+                    .send(
+                        &dest.peer,
+                        dest.version,
+                        http,
+                        upgrade,
+                        dest.connect_timeout,
+                    )
                     .await
             }
             Err(e) => Err(e),

@@ -148,6 +148,7 @@ where
             peer: (addr, None),
             version,
             orig_http1: false,
+            connect_timeout: None,
         };
         let (req, ()) = req.retarget(dest);
         self.0.call(req).await.counted_in(metrics(conn))

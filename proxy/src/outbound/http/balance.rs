@@ -62,6 +62,7 @@ where
             peer: (addr, tls),
             version,
             orig_http1,
+            connect_timeout: backend.backend.policy.connect_timeout,
         };
         let start = req.start;
         let (req, backend) = req.retarget(dest);

@@ -82,6 +82,7 @@ where
                     peer: (addr, None),
                     version: same_version(conn),
                     orig_http1: false,
+                    connect_timeout: None,
                 };
                 let (req, ()) = req.retarget(dest);
                 self.passthrough
