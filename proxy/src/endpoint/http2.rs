@@ -28,6 +28,7 @@ use super::{Clients, Peer, UpstreamIo, lock};
 use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::h2body::{Pipe, PipeEnd, RecvBody};
+use crate::http::replay::Replay;
 use crate::tls::Alpn;
 
 /// Keep-alive: a PING this often (as hyper's client was configured) ...
@@ -191,22 +192,44 @@ impl Clients {
         // A request the upstream provably never processed — its stream above a GOAWAY's
         // last-stream-id, or refused with REFUSED_STREAM — is sent again, whatever its method
         // (RFC 9113 §8.7): an upstream rotating its connections (nginx closes one every 1,000
-        // requests) must not fail the requests that raced the rotation. Only a request without a
-        // body can be (a streamed body is not kept), so its head is copied before it is sent.
-        let spare = eos.then(|| crate::http::headers::copy_head(&head));
-        let mut body = Some(body);
+        // requests) must not fail the requests that raced the rotation. Its head is copied before
+        // it is sent, and a body is kept as it streams (up to `http::replay`'s limit; a larger
+        // one cannot be sent again). A body the retry stage already keeps is not kept twice: that
+        // stage retries it.
+        let spare = crate::http::headers::copy_head(&head);
+        let (replay, mut body) = if !eos && !matches!(body, RequestBody::Replay(_)) {
+            let replay = Replay::new(body);
+            let first = replay.attempt().map(RequestBody::Replay);
+            (Some(replay), first)
+        } else {
+            (None, Some(body))
+        };
+        // Whether the body (if any) can be sent again now.
+        let can_resend = |body: &Option<RequestBody>| {
+            eos || replay.as_ref().is_some_and(Replay::replayable) || body.is_some()
+        };
         let mut resent = 0;
         loop {
             let (id, sent) = self
                 .open_stream(peer, &slot, &mut head, eos, connect_timeout)
                 .await?;
-            let resend = |e: &h2::Error, resent: &mut usize| -> Option<Request<()>> {
+            // The next attempt's head and body, when the upstream never processed this one and
+            // it can be sent again.
+            let resend = |e: &h2::Error,
+                          resent: &mut usize,
+                          body: &mut Option<RequestBody>|
+             -> Option<Request<()>> {
                 let why = never_processed(e)?;
-                let spare = spare.as_ref().filter(|_| *resent < MAX_RESENDS)?;
+                if *resent >= MAX_RESENDS || !can_resend(body) {
+                    return None;
+                }
+                if let Some(r) = &replay {
+                    *body = Some(RequestBody::Replay(r.attempt()?));
+                }
                 *resent += 1;
                 tracing::debug!(%addr, error = %e, "the upstream never processed the request; sending it again");
                 crate::metrics::resent(why);
-                Some(crate::http::headers::copy_head(spare))
+                Some(crate::http::headers::copy_head(&spare))
             };
             let (mut response, stream) = match sent {
                 Ok(sent) => sent,
@@ -214,7 +237,7 @@ impl Clients {
                     if !e.is_reset() {
                         slot.retire(id);
                     }
-                    if let Some(again) = resend(&e, &mut resent) {
+                    if let Some(again) = resend(&e, &mut resent, &mut body) {
                         head = again;
                         continue;
                     }
@@ -256,7 +279,7 @@ impl Clients {
                         // Going away or gone: new requests go to a new connection.
                         slot.retire(id);
                     }
-                    if let Some(again) = resend(&e, &mut resent) {
+                    if let Some(again) = resend(&e, &mut resent, &mut body) {
                         head = again;
                         continue;
                     }
