@@ -167,6 +167,40 @@ impl Mesh {
         .await
     }
 
+    /// Waits until the proxy holds the endpoint of `service` on `port`, ready.
+    async fn wait_ready(&self, service: &str, port: u16) {
+        let suffix = format!(":{port}");
+        eventually(
+            DEADLINE,
+            &format!("{service}'s endpoint on {port}, ready"),
+            || async {
+                let endpoints = self.endpoints(service).await;
+                let ready = (endpoints.iter()).any(|e| {
+                    e["ready"] == true && e["addr"].as_str().is_some_and(|a| a.ends_with(&suffix))
+                });
+                if ready { Ok(()) } else { Err(endpoints) }
+            },
+        )
+        .await
+    }
+
+    /// Waits until a request to `web` is answered (by any endpoint: with several ready, which one the
+    /// balancer picks is its business).
+    async fn wait_served(&mut self) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let answer = self.client.body("web").await;
+            if answer.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "web not served within {DEADLINE:?}: {answer:?}"
+            );
+            tokio::time::sleep(shoal_tests::wait::POLL_INTERVAL).await;
+        }
+    }
+
     /// Waits until a request to `web` is answered `body`.
     async fn wait_answer(&mut self, body: &str) {
         let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -206,16 +240,30 @@ async fn endpoints_appear_not_ready_ones_get_no_traffic_and_scaled_down_ones_lea
         .unwrap();
     assert_eq!(b_entry["ready"], false, "{endpoints:?}");
 
-    // Ready: it gets traffic.
+    // `b` turns ready and `a` not: all traffic moves to `b`.
     mesh.kube.apply(slice(
         "web-b",
         "web",
         b.addr().port(),
         &[endpoint("web-b", true)],
     ));
+    mesh.kube.apply(slice(
+        "web-a",
+        "web",
+        a.addr().port(),
+        &[endpoint("web-a", false)],
+    ));
     mesh.wait_answer("b").await;
+    let spread = mesh.spread(20).await;
+    assert_eq!(spread, BTreeMap::from([("b".to_owned(), 20)]), "{spread:?}");
 
-    // Scaled down: gone from the proxy, no more traffic.
+    // `a` is ready again and `b` is scaled down: gone from the proxy, no more traffic.
+    mesh.kube.apply(slice(
+        "web-a",
+        "web",
+        a.addr().port(),
+        &[endpoint("web-a", true)],
+    ));
     mesh.kube.delete("EndpointSlice", "default", "web-b");
     mesh.wait_ports("web", &[a.addr().port()]).await;
     let before = b.count();
@@ -301,7 +349,7 @@ async fn a_dropped_watch_resumes_from_its_version_without_losing_endpoints() {
         b.addr().port(),
         &[endpoint("web-b", true)],
     ));
-    mesh.wait_answer("b").await;
+    mesh.wait_ready("web", b.addr().port()).await;
     mesh.kube.apply(pod("unrelated", "other", false));
     assert!(mesh.kube.version() > slices_version);
     eventually(DEADLINE, "three open watches", || async {
@@ -340,7 +388,7 @@ async fn a_dropped_watch_resumes_from_its_version_without_losing_endpoints() {
         c.addr().port(),
         &[endpoint("web-c", true)],
     ));
-    mesh.wait_answer("c").await;
+    mesh.wait_ready("web", c.addr().port()).await;
     assert_eq!(mesh.kube.requests("EndpointSlice").lists, 1);
     let spread = mesh.spread(30).await;
     assert!(
@@ -354,7 +402,7 @@ async fn gone_relists_and_keeps_serving_the_last_endpoints_meanwhile() {
     let kube = FakeKube::start(TOKEN).await;
     let (a, b) = two_backends(&kube, true).await;
     let mut mesh = mesh(kube).await;
-    mesh.wait_answer("b").await;
+    mesh.wait_served().await;
     mesh.wait_ports("web", &[a.addr().port(), b.addr().port()])
         .await;
 
@@ -372,13 +420,21 @@ async fn gone_relists_and_keeps_serving_the_last_endpoints_meanwhile() {
     .await;
     // Meanwhile `b` is scaled down; nobody watches to hear it.
     mesh.kube.delete("EndpointSlice", "default", "web-b");
-    // Until the list completes, the control plane keeps the last known endpoints: both still serve.
-    let (a_before, b_before) = (a.count(), b.count());
+    // Until the list completes, the control plane keeps the last known endpoints: every request is
+    // served, and the proxy still holds both endpoints, ready (which of them the balancer picks is its
+    // business).
     let spread = mesh.spread(30).await;
     assert!(spread.keys().all(|k| k == "a" || k == "b"), "{spread:?}");
-    assert!(b.count() > b_before && a.count() > a_before, "{spread:?}");
-    mesh.wait_ports("web", &[a.addr().port(), b.addr().port()])
-        .await;
+    let endpoints = mesh.endpoints("web").await;
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    assert!(
+        endpoints.iter().all(|e| e["ready"] == true),
+        "{endpoints:?}"
+    );
+    assert!(
+        mesh.kube.requests("EndpointSlice").lists >= 2,
+        "the relist is still held"
+    );
 
     // The list completes: only the difference applies, `b` leaves.
     mesh.kube.resume_lists();
@@ -400,7 +456,7 @@ async fn a_bookmark_moves_the_resume_point_so_no_relist_is_needed() {
     let kube = FakeKube::start(TOKEN).await;
     let (a, b) = two_backends(&kube, true).await;
     let mut mesh = mesh(kube).await;
-    mesh.wait_answer("a").await;
+    mesh.wait_served().await;
     mesh.wait_ports("web", &[a.addr().port(), b.addr().port()])
         .await;
     eventually(DEADLINE, "three open watches", || async {
