@@ -492,3 +492,52 @@ async fn a_bookmark_moves_the_resume_point_so_no_relist_is_needed() {
     mesh.wait_ports("web", &[a.addr().port()]).await;
     assert_eq!(mesh.kube.requests("EndpointSlice").lists, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_cannot_work_stop_start_up_naming_them() {
+    let dir = TempDir::new("kube-refusals").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let missing = dir.path().join("missing");
+    let (token, missing) = (token.display().to_string(), missing.display().to_string());
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        // A Kubernetes setting without the switch would do nothing.
+        (
+            &[("SHOAL_CP_KUBERNETES_TOKEN_FILE", &token)],
+            "SHOAL_CP_KUBERNETES_TOKEN_FILE",
+        ),
+        // Outside a pod there is no API server to default to.
+        (
+            &[("SHOAL_CP_KUBERNETES", "true")],
+            "SHOAL_CP_KUBERNETES_API_URL",
+        ),
+        (
+            &[
+                ("SHOAL_CP_KUBERNETES", "true"),
+                ("SHOAL_CP_KUBERNETES_API_URL", "http://127.0.0.1:1"),
+                ("SHOAL_CP_KUBERNETES_TOKEN_FILE", &missing),
+            ],
+            "SHOAL_CP_KUBERNETES_TOKEN_FILE",
+        ),
+        (
+            &[
+                ("SHOAL_CP_KUBERNETES", "true"),
+                ("SHOAL_CP_KUBERNETES_API_URL", "https://127.0.0.1:1"),
+                ("SHOAL_CP_KUBERNETES_TOKEN_FILE", &token),
+                ("SHOAL_CP_KUBERNETES_CA_FILE", &missing),
+            ],
+            "SHOAL_CP_KUBERNETES_CA_FILE",
+        ),
+    ];
+    for (settings, named) in cases {
+        let mut builder = ControlPlaneBuilder::new();
+        for (k, v) in settings {
+            builder = builder.env(k, v);
+        }
+        let error = match builder.try_start().await {
+            Ok(_) => panic!("started with {settings:?}"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(error.contains(named), "{settings:?}: {error}");
+    }
+}
