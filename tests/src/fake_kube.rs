@@ -1,5 +1,5 @@
-//! A fake Kubernetes API server speaking the real list/watch protocol, over plain HTTP/1.1 on 127.0.0.1, for
-//! the control plane's Kubernetes source (`tests/tests/kube_discovery.rs`).
+//! A fake Kubernetes API server speaking the real list/watch protocol, over HTTP/1.1 on 127.0.0.1 (plain, or
+//! TLS with a test CA's certificate), for the control plane's Kubernetes source (`tests/tests/kube_discovery.rs`).
 //!
 //! It serves cluster-wide lists and watches of Services (`/api/v1/services`), Pods (`/api/v1/pods`) and
 //! EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`):
@@ -82,6 +82,7 @@ pub struct FakeKube {
     state: Arc<Mutex<State>>,
     lists_open: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    scheme: &'static str,
 }
 
 impl Drop for FakeKube {
@@ -91,8 +92,23 @@ impl Drop for FakeKube {
 }
 
 impl FakeKube {
-    /// Starts an empty API server on a free port of 127.0.0.1 that accepts the bearer `token`.
+    /// Starts an empty API server on a free port of 127.0.0.1 that accepts the bearer `token`, over plain
+    /// HTTP.
     pub async fn start(token: &str) -> Self {
+        Self::start_with(token, None).await
+    }
+
+    /// [`Self::start`] over HTTPS, presenting `leaf` (a certificate for 127.0.0.1).
+    pub async fn start_tls(token: &str, leaf: &crate::pki::Leaf) -> Self {
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain_der(), leaf.key_der())
+            .expect("the fake API server's certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_with(token, Some(acceptor)).await
+    }
+
+    async fn start_with(token: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local_addr");
         let state = Arc::new(Mutex::new(State {
@@ -109,20 +125,32 @@ impl FakeKube {
             token: token.to_owned(),
             lists_open: lists_open.subscribe(),
         };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let server = server.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(tls) => {
+                            // A client that does not trust the certificate fails here.
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
@@ -132,12 +160,13 @@ impl FakeKube {
             state,
             lists_open,
             task,
+            scheme,
         }
     }
 
-    /// `http://127.0.0.1:<port>`, for `SHOAL_CP_KUBERNETES_API_URL`.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS), for `SHOAL_CP_KUBERNETES_API_URL`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The bearer token it accepts.

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use shoal_tests::backend::text_response;
 use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient};
 use shoal_tests::fake_kube::FakeKube;
+use shoal_tests::pki::TestCa;
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
 use shoal_tests::{HttpBackend, Proxy};
@@ -74,15 +75,24 @@ struct Mesh {
 
 /// The control plane watching `kube` (after its first sync), and a proxy fed by it.
 async fn mesh(kube: FakeKube) -> Mesh {
+    mesh_with(kube, None).await
+}
+
+/// [`mesh`], verifying the API server with the CA `ca_pem` when given.
+async fn mesh_with(kube: FakeKube, ca_pem: Option<&str>) -> Mesh {
     let dir = TempDir::new("kube").unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, kube.token()).unwrap();
-    let cp = ControlPlaneBuilder::new()
+    let mut cp = ControlPlaneBuilder::new()
         .env("SHOAL_CP_KUBERNETES", "true")
         .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
-        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
-        .start()
-        .await;
+        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display());
+    if let Some(pem) = ca_pem {
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, pem).unwrap();
+        cp = cp.env("SHOAL_CP_KUBERNETES_CA_FILE", ca_file.display());
+    }
+    let cp = cp.start().await;
     cp.wait_for_log(DEADLINE, "the first sync", |l| {
         l.contains("kubernetes source synced")
     })
@@ -540,4 +550,45 @@ async fn settings_that_cannot_work_stop_start_up_naming_them() {
         };
         assert!(error.contains(named), "{settings:?}: {error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_is_verified_with_the_ca_file_over_tls() {
+    let cluster_ca = TestCa::new("cluster");
+    let leaf = cluster_ca.issue_for_ip("127.0.0.1".parse().unwrap());
+    let kube = FakeKube::start_tls(TOKEN, &leaf).await;
+    let (a, _b) = two_backends(&kube, false).await;
+    let mut mesh = mesh_with(kube, Some(cluster_ca.root_pem())).await;
+    mesh.wait_answer("a").await;
+    mesh.wait_ready("web", a.addr().port()).await;
+
+    // Another CA: the API server is not trusted, nothing of it is served, and the log says why.
+    let other = TestCa::new("someone else");
+    let kube = FakeKube::start_tls(TOKEN, &leaf).await;
+    two_backends(&kube, true).await;
+    let dir = TempDir::new("kube-untrusted").unwrap();
+    let (token_file, ca_file) = (dir.path().join("token"), dir.path().join("ca.crt"));
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::write(&ca_file, other.root_pem()).unwrap();
+    let cp = ControlPlaneBuilder::new()
+        .env("SHOAL_CP_KUBERNETES", "true")
+        .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
+        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
+        .env("SHOAL_CP_KUBERNETES_CA_FILE", ca_file.display())
+        .start()
+        .await;
+    cp.wait_for_log(DEADLINE, "a failed watch", |l| {
+        l.contains("kubernetes watch failed")
+    })
+    .await;
+    assert!(
+        !cp.logs().contains("kubernetes source synced"),
+        "{}",
+        cp.logs()
+    );
+    assert_eq!(
+        kube.requests("Service").lists,
+        0,
+        "no request got through TLS"
+    );
 }
