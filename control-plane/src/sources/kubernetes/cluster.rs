@@ -25,6 +25,13 @@ pub(crate) enum Event<T> {
     Delete(ObjKey),
 }
 
+impl<T> Event<T> {
+    /// Whether this completes a list.
+    pub(crate) fn ends_list(&self) -> bool {
+        matches!(self, Self::RelistDone)
+    }
+}
+
 /// One object whose projection changed: before and after.
 type Diff<T> = (ObjKey, Option<T>, Option<T>);
 

@@ -151,69 +151,55 @@ async fn ca_certificates(path: &Path) -> Result<Vec<Vec<u8>>, KubernetesError> {
     Ok(certs)
 }
 
+/// The kinds watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Services,
+    Slices,
+    Pods,
+}
+
+impl Kind {
+    /// The resource's plural name: the `kind` label of metrics and logs.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Services => "services",
+            Self::Slices => "endpointslices",
+            Self::Pods => "pods",
+        }
+    }
+
+    /// `marker` as an update of this kind.
+    fn update(self, marker: Marker) -> Update {
+        fn event<T>(marker: Marker) -> Event<T> {
+            match marker {
+                Marker::ListStart => Event::Relist,
+                Marker::ListDone => Event::RelistDone,
+                Marker::Deleted(key) => Event::Delete(key),
+            }
+        }
+        match self {
+            Self::Services => Update::Services(event(marker)),
+            Self::Slices => Update::Slices(event(marker)),
+            Self::Pods => Update::Pods(event(marker)),
+        }
+    }
+}
+
+/// The events every kind says the same way, without an object.
+enum Marker {
+    ListStart,
+    ListDone,
+    Deleted(ObjKey),
+}
+
 /// One watcher's output, projected.
 enum Update {
     Services(Event<crate::model::Service>),
     Slices(Event<translate::Slice>),
     Pods(Event<String>),
     /// A failed list or watch (retried with backoff), and the kind it was for.
-    Failed(&'static str, watcher::Error),
-}
-
-/// A watcher of all `K` in the cluster, each object projected by `project`.
-fn watch<K>(
-    client: &Client,
-    kind: &'static str,
-    project: impl Fn(&K) -> Option<Update> + Send + 'static,
-) -> BoxStream<'static, Update>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::all(client.clone());
-    watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .filter_map(move |event| {
-            let update = match event {
-                Ok(WatchEvent::Init) => Some(marker(kind, true)),
-                Ok(WatchEvent::InitDone) => Some(marker(kind, false)),
-                Ok(WatchEvent::InitApply(obj)) => project(&obj).map(|u| u.listed()),
-                Ok(WatchEvent::Apply(obj)) => project(&obj),
-                Ok(WatchEvent::Delete(obj)) => Some(deleted(kind, key_of(obj.meta()))),
-                Err(e) => Some(Update::Failed(kind, e)),
-            };
-            std::future::ready(update)
-        })
-        .boxed()
-}
-
-/// The start (`start`) or the end of a list of `kind`.
-fn marker(kind: &'static str, start: bool) -> Update {
-    fn pick<T>(start: bool) -> Event<T> {
-        if start {
-            Event::Relist
-        } else {
-            Event::RelistDone
-        }
-    }
-    match kind {
-        SERVICES => Update::Services(pick(start)),
-        SLICES => Update::Slices(pick(start)),
-        _ => Update::Pods(pick(start)),
-    }
-}
-
-fn deleted(kind: &'static str, key: ObjKey) -> Update {
-    match kind {
-        SERVICES => Update::Services(Event::Delete(key)),
-        SLICES => Update::Slices(Event::Delete(key)),
-        _ => Update::Pods(Event::Delete(key)),
-    }
+    Failed(Kind, watcher::Error),
 }
 
 impl Update {
@@ -234,9 +220,55 @@ impl Update {
     }
 }
 
-const SERVICES: &str = "services";
-const SLICES: &str = "endpointslices";
-const PODS: &str = "pods";
+/// A watcher of all `K` in the cluster, each object projected by `project`.
+fn watch<K>(
+    client: &Client,
+    kind: Kind,
+    project: impl Fn(&K) -> Update + Send + 'static,
+) -> BoxStream<'static, Update>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |event| match event {
+            Ok(WatchEvent::Init) => kind.update(Marker::ListStart),
+            Ok(WatchEvent::InitDone) => kind.update(Marker::ListDone),
+            Ok(WatchEvent::InitApply(obj)) => project(&obj).listed(),
+            Ok(WatchEvent::Apply(obj)) => project(&obj),
+            Ok(WatchEvent::Delete(obj)) => kind.update(Marker::Deleted(key_of(obj.meta()))),
+            Err(e) => Update::Failed(kind, e),
+        })
+        .boxed()
+}
+
+/// Applies `update` to `cluster`: the kind, whether a list completed, and the Services touched; `None` for
+/// a failure (logged and counted here).
+fn apply(cluster: &mut Cluster, update: Update) -> Option<(Kind, bool, BTreeSet<ObjKey>)> {
+    Some(match update {
+        Update::Services(e) => (Kind::Services, e.ends_list(), cluster.service_event(e)),
+        Update::Slices(e) => (Kind::Slices, e.ends_list(), cluster.slice_event(e)),
+        Update::Pods(e) => (Kind::Pods, e.ends_list(), cluster.pod_event(e)),
+        Update::Failed(kind, error) => {
+            let kind = kind.as_str();
+            metrics::counter!("shoal_cp_kubernetes_watch_errors_total", "kind" => kind)
+                .increment(1);
+            tracing::warn!(
+                kind,
+                %error,
+                "kubernetes watch failed; retrying with backoff (what is known is kept meanwhile)"
+            );
+            return None;
+        }
+    })
+}
 
 impl EndpointSource for KubernetesSource {
     fn name(&self) -> &'static str {
@@ -253,20 +285,21 @@ impl EndpointSource for KubernetesSource {
             trust_domain,
         } = *self;
         async move {
-            let services = watch::<KubeService>(&client, SERVICES, |svc| {
+            let services = watch::<KubeService>(&client, Kind::Services, |svc| {
                 let key = key_of(&svc.metadata);
                 let projected = translate::service(svc).unwrap_or_else(|reason| {
-                    tracing::warn!(service = %format!("{}.{}", key.1, key.0), %reason, "kubernetes service not served");
+                    let service = format!("{}.{}", key.1, key.0);
+                    tracing::warn!(service, %reason, "kubernetes service not served");
                     None
                 });
-                Some(Update::Services(Event::Apply(key, projected)))
+                Update::Services(Event::Apply(key, projected))
             });
-            let slices = watch::<EndpointSlice>(&client, SLICES, |s| {
-                Some(Update::Slices(Event::Apply(key_of(&s.metadata), translate::slice(s))))
+            let slices = watch::<EndpointSlice>(&client, Kind::Slices, |s| {
+                Update::Slices(Event::Apply(key_of(&s.metadata), translate::slice(s)))
             });
-            let pods = watch::<Pod>(&client, PODS, move |pod| {
+            let pods = watch::<Pod>(&client, Kind::Pods, move |pod| {
                 let identity = translate::pod_identity(pod, &trust_domain);
-                Some(Update::Pods(Event::Apply(key_of(&pod.metadata), identity)))
+                Update::Pods(Event::Apply(key_of(&pod.metadata), identity))
             });
             let mut updates = futures_util::stream::select_all([services, slices, pods]);
             let mut cluster = Cluster::default();
@@ -279,20 +312,14 @@ impl EndpointSource for KubernetesSource {
                     },
                     _ = closing.wait_for(|c| *c) => return,
                 };
-                let (kind, done, touched) = match update {
-                    Update::Services(e) => (SERVICES, matches!(e, Event::RelistDone), cluster.service_event(e)),
-                    Update::Slices(e) => (SLICES, matches!(e, Event::RelistDone), cluster.slice_event(e)),
-                    Update::Pods(e) => (PODS, matches!(e, Event::RelistDone), cluster.pod_event(e)),
-                    Update::Failed(kind, error) => {
-                        metrics::counter!("shoal_cp_kubernetes_watch_errors_total", "kind" => kind)
-                            .increment(1);
-                        tracing::warn!(kind, %error, "kubernetes watch failed; retrying (endpoints are kept meanwhile)");
-                        continue;
-                    }
+                let Some((kind, listed, touched)) = apply(&mut cluster, update) else {
+                    continue;
                 };
-                if done {
-                    metrics::counter!("shoal_cp_kubernetes_lists_total", "kind" => kind).increment(1);
-                    tracing::info!(kind, changed_services = touched.len(), "kubernetes list applied");
+                if listed {
+                    let (kind, changed_services) = (kind.as_str(), touched.len());
+                    metrics::counter!("shoal_cp_kubernetes_lists_total", "kind" => kind)
+                        .increment(1);
+                    tracing::info!(kind, changed_services, "kubernetes list applied");
                 }
                 if !cluster.synced() {
                     continue;
