@@ -12,7 +12,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::identity::spiffe::{TrustDomain, WorkloadId};
-use crate::model::{self, Endpoint, Protocol, ServicePort};
+use crate::model::validate::validate_structure;
+use crate::model::{self, Endpoint, Metadata, Protocol, Resource, ServicePort, Spec};
 
 /// The label the EndpointSlice controller puts on every slice, naming its Service.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -90,14 +91,26 @@ pub(crate) fn service(svc: &KubeService) -> Result<Option<model::Service>, Strin
             virtual_addresses.push(ip);
         }
     }
-    Ok(Some(model::Service {
+    let service = model::Service {
         name,
         namespace,
         ports,
         virtual_addresses,
         hosts: Vec::new(),
         tls_mode: None,
-    }))
+    };
+    // The checks a stored Service passes, which are the ones a proxy makes when it is pushed: the API
+    // server's own validation makes a failure unlikely, but a proxy must never be sent what it refuses.
+    let resource = Resource {
+        metadata: Metadata {
+            name: service.name.clone(),
+            namespace: service.namespace.clone(),
+            ..Metadata::default()
+        },
+        spec: Spec::Service(service.clone()),
+    };
+    validate_structure(&resource, &Vec::new()).map_err(|invalid| invalid.to_string())?;
+    Ok(Some(service))
 }
 
 /// A port's protocol from its `appProtocol` (the standard field), else from its name's prefix (the

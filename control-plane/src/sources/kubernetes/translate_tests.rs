@@ -63,6 +63,13 @@ fn services_proxies_cannot_call_are_left_out() {
         "spec": {"ports": [{"port": 70000}]}
     }));
     assert!(service(&bad).unwrap_err().contains("spec.ports[0].port"));
+    // What a stored Service may not be, a Kubernetes one may not be either (a proxy would refuse it).
+    let invalid: KubeService = kube(json!({
+        "metadata": {"name": "x", "namespace": "shop"},
+        "spec": {"ports": [{"name": "Web_Port", "port": 80}]}
+    }));
+    let error = service(&invalid).unwrap_err();
+    assert!(error.contains("spec.ports[0].name"), "{error}");
 }
 
 fn web_slice(name: &str, port: i32, endpoints: serde_json::Value) -> EndpointSlice {
