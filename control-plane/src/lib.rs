@@ -19,8 +19,8 @@
 //! - [`inject`] — sidecar injection: the pure pod mutation behind the admission webhook (`server::webhook`) and
 //!   `shoalctl inject`.
 //! - [`up`] — `shoal up`: a whole local mesh (control plane, demo apps, sidecars) in one command.
-//! - [`sources`] — endpoint sources behind one trait: a watched static file and DNS names
-//!   (registrations come through the store); Kubernetes EndpointSlices plug in later.
+//! - [`sources`] — endpoint sources behind one trait: a watched static file, DNS names, and Kubernetes
+//!   (Services, EndpointSlices, Pods); registrations come through the store.
 //!
 //! - [`identity`] — the mesh CA: `shoal.v1.Identity.Certify` (CSR + credential in, short-lived SPIFFE
 //!   certificate out), join tokens, and root rotation with the trust bundle pushed through discovery. Its keys
@@ -37,7 +37,7 @@ pub mod identity;
 pub mod inject;
 pub mod model;
 pub mod server;
-// Endpoint sources (static file, DNS; Kubernetes later) feeding discovery's hub.
+// Endpoint sources (static file, DNS, Kubernetes) feeding discovery's hub.
 pub mod sources;
 pub mod store;
 pub mod up;

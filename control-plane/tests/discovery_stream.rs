@@ -393,8 +393,9 @@ async fn unacked_responses_hold_back_changes_which_then_go_out_coalesced() {
 async fn large_answers_are_split_into_bounded_responses() {
     let h = start().await;
     let names: Vec<String> = (0..40).map(|i| format!("svc-{i}")).collect();
-    for n in &names {
-        h.store.apply(service(n, 80), None).unwrap();
+    for (i, n) in names.iter().enumerate() {
+        // Each on a port of its own: the helper gives every service the same virtual address.
+        h.store.apply(service(n, 1000 + i as u32), None).unwrap();
         for j in 0..10 {
             let ip = format!("10.1.{}.{j}", names.iter().position(|x| x == n).unwrap());
             h.store

@@ -120,17 +120,44 @@ impl Clients {
         version: Version,
         req: Request<RequestBody>,
         upgrade: bool,
+        connect_timeout: Option<Duration>,
         metrics: &'a RequestMetrics,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
         match version {
-            Version::Http1 => Either::Left(self.send_h1(peer, req, upgrade)),
-            Version::Http2 => Either::Right(self.send_h2(peer, req, metrics)),
+            Version::Http1 => Either::Left(self.send_h1(peer, req, upgrade, connect_timeout)),
+            Version::Http2 => Either::Right(self.send_h2(peer, req, connect_timeout, metrics)),
         }
     }
 
-    async fn connect_io(&self, peer: &Peer, alpn: Alpn) -> Result<UpstreamIo, ProxyError> {
+    /// A connection to `peer`: `connect_timeout` (a backend policy's) bounds TCP and mTLS
+    /// together; without one, `SHOAL_CONNECT_TIMEOUT` bounds the TCP connect.
+    async fn connect_io(
+        &self,
+        peer: &Peer,
+        alpn: Alpn,
+        connect_timeout: Option<Duration>,
+    ) -> Result<UpstreamIo, ProxyError> {
+        match connect_timeout {
+            None => {
+                self.connect_io_within(peer, alpn, self.cfg.connect_timeout)
+                    .await
+            }
+            // The outer limit fires first and names the policy's setting.
+            Some(limit) => {
+                let tcp = limit.saturating_mul(2);
+                within(limit, peer.0, self.connect_io_within(peer, alpn, tcp)).await
+            }
+        }
+    }
+
+    async fn connect_io_within(
+        &self,
+        peer: &Peer,
+        alpn: Alpn,
+        tcp_timeout: Duration,
+    ) -> Result<UpstreamIo, ProxyError> {
         let (addr, id) = peer;
-        let stream = connect_tcp(*addr, self.cfg.connect_timeout).await?;
+        let stream = connect_tcp(*addr, tcp_timeout).await?;
         let Some(id) = id else {
             return Ok(MaybeTls::Plain(stream.into()));
         };
@@ -142,9 +169,13 @@ impl Clients {
         entry(&self.h1, peer)
     }
 
-    async fn connect_h1(&self, peer: &Peer) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+    async fn connect_h1(
+        &self,
+        peer: &Peer,
+        connect_timeout: Option<Duration>,
+    ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
         let addr = peer.0;
-        let io = TokioIo::new(self.connect_io(peer, Alpn::Http1).await?);
+        let io = TokioIo::new(self.connect_io(peer, Alpn::Http1, connect_timeout).await?);
         let (tx, conn) = http1::Builder::new()
             .max_headers(self.cfg.max_headers)
             .max_buf_size(self.cfg.max_header_bytes.max(8192) + 8192)
@@ -185,6 +216,7 @@ impl Clients {
         peer: &Peer,
         mut req: Request<RequestBody>,
         upgrade: bool,
+        connect_timeout: Option<Duration>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
         let pool = self.h1_pool(peer);
@@ -195,7 +227,7 @@ impl Clients {
                 reused = false;
                 // Boxed here and below: connecting is the cold path, and inline it would make
                 // every request's future (moved around by hyper and the runtime) larger.
-                Box::pin(self.connect_h1(peer)).await?
+                Box::pin(self.connect_h1(peer, connect_timeout)).await?
             }
         };
         let resp = loop {
@@ -206,7 +238,7 @@ impl Clients {
                     Some(r) if reused => {
                         req = r;
                         reused = false;
-                        tx = Box::pin(self.connect_h1(peer)).await?;
+                        tx = Box::pin(self.connect_h1(peer, connect_timeout)).await?;
                     }
                     _ => {
                         let err = e.into_error();
@@ -259,6 +291,22 @@ impl Clients {
         });
         lock(&self.h2).retain(|_, slot| slot.sweep() || Arc::strong_count(slot) > 1);
     }
+}
+
+/// `connect` within `limit` (a backend policy's connect timeout, TCP and mTLS together).
+pub(crate) async fn within<T>(
+    limit: Duration,
+    addr: SocketAddr,
+    connect: impl Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    tokio::time::timeout(limit, connect).await.unwrap_or_else(|_| {
+        Err(ProxyError::new(
+            Reason::UpstreamConnectTimeout,
+            format!(
+                "connecting to {addr} (TCP and mTLS) took longer than {limit:?}, the backend policy's limits.connect_timeout_ms; check network policy and the endpoint's health"
+            ),
+        ))
+    })
 }
 
 /// Opens a TCP connection, with `SHOAL_CONNECT_TIMEOUT`.

@@ -25,12 +25,18 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Mesh mTLS to the destination's proxy.
     pub tls: Option<SpiffeId>,
+    /// A backend policy's connect timeout (TCP and mTLS), instead of `SHOAL_CONNECT_TIMEOUT`.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl Upstream {
     /// A plain-text destination.
     pub fn plain(addr: SocketAddr) -> Self {
-        Self { addr, tls: None }
+        Self {
+            addr,
+            tls: None,
+            connect_timeout: None,
+        }
     }
 }
 
@@ -42,14 +48,19 @@ async fn connect(
     connect_timeout: Duration,
 ) -> Option<UpstreamIo> {
     let dst = upstream.addr;
-    let result = match connect_tcp(dst, connect_timeout).await {
-        Ok(tcp) => match &upstream.tls {
+    let attempt = |tcp_timeout| async move {
+        let tcp = connect_tcp(dst, tcp_timeout).await?;
+        match &upstream.tls {
             None => Ok(MaybeTls::Plain(tcp.into())),
             Some(id) => originate(identity, tcp, dst, id, Alpn::Tcp)
                 .await
                 .map(|s| MaybeTls::Tls(Box::new(s))),
-        },
-        Err(e) => Err(e),
+        }
+    };
+    let result = match upstream.connect_timeout {
+        None => attempt(connect_timeout).await,
+        // The outer limit fires first and names the policy's setting.
+        Some(limit) => crate::endpoint::within(limit, dst, attempt(limit.saturating_mul(2))).await,
     };
     match result {
         Ok(io) => Some(io),

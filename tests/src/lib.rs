@@ -20,6 +20,8 @@
 //!   of sleeping and hoping.
 //! - [`admission`]: AdmissionReviews over HTTPS to the sidecar injector, an RFC 6902 patch applier and
 //!   `kubernetes-validate`.
+//! - [`fake_kube`]: a fake Kubernetes API server (list + watch of Services, Pods and EndpointSlices, with
+//!   bookmarks, `410 Gone` and cut connections) for the control plane's Kubernetes source.
 //! - [`up`]: `shoal up` as a child process, its ready file, and the processes of its group in `/proc`.
 //! - [`process`]: child processes with captured output, killed on drop (the proxy, `prometheus`),
 //!   and temporary directories removed on drop.
@@ -31,6 +33,7 @@ pub mod admission;
 pub mod backend;
 pub mod client;
 pub mod control_plane;
+pub mod fake_kube;
 pub mod grpc;
 pub mod metrics_doc;
 pub mod netns;

@@ -158,6 +158,24 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A server certificate signed by this CA for the IP address `ip` (its only SAN), such as a fake
+    /// API server on 127.0.0.1.
+    pub fn issue_for_ip(&self, ip: std::net::IpAddr) -> Leaf {
+        let key = KeyPair::generate().expect("key pair");
+        let mut params = leaf_params("", Validity::Current);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, ip.to_string());
+        params.subject_alt_names = vec![SanType::IpAddress(ip)];
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 fn leaf_params(spiffe_id: &str, validity: Validity) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     // The subject names the identity so `openssl s_client` output shows whose leaf it is.

@@ -302,3 +302,44 @@ async fn at_most_max_ejection_percent_of_endpoints_are_ejected() {
         "25 % of four endpoints: one ejected at most, though three fail: {e:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_connect_timeout_bounds_connecting() {
+    // A listener whose accept queue is full and never drained: the kernel drops further SYNs, so
+    // connecting to it hangs until the connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let proxy = proxy(&[addr], "    limits: {connect_timeout: 300ms}\n").await;
+    let started = Instant::now();
+    let resp = get(&proxy).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (resp.status.as_u16(), reason(&resp).as_deref()),
+        (504, Some("upstream-connect-timeout")),
+        "{}",
+        resp.text()
+    );
+    assert!(
+        resp.text().contains("limits.connect_timeout_ms"),
+        "{}",
+        resp.text()
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(900),
+        "answered after {took:?}; the policy's connect timeout is 300 ms (SHOAL_CONNECT_TIMEOUT is 1 s)"
+    );
+    drop(full);
+}

@@ -178,3 +178,41 @@ async fn http1_to_an_h2_service_rotating_its_connections_fails_no_request() {
         "no request needed re-sending: the test did not exercise the race"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_bodies_are_sent_again_too() {
+    // POSTs with a 1 KiB body (gRPC calls and uploads always carry one): the proxy keeps the body
+    // as it streams, so a request the upstream never processed goes again, body and all.
+    let nginx = Nginx::start(1000).await;
+    let proxy = ProxyBuilder::new()
+        .inbound_explicit(nginx.addr)
+        .start()
+        .await;
+    let dir = TempDir::new("h2load-body").unwrap();
+    let body = dir.path().join("body");
+    std::fs::write(&body, vec![b'x'; 1024]).unwrap();
+    let url = format!("http://{}/", proxy.inbound());
+    let n = (REQUESTS / 2).to_string();
+    let (ok, failed, ok_status) = run_h2load(&[
+        "-d",
+        &body.to_string_lossy(),
+        "-n",
+        &n,
+        "-c",
+        "4",
+        "-m",
+        "16",
+        &url,
+    ])
+    .await;
+    assert_eq!(
+        (ok, failed, ok_status),
+        (u64::from(REQUESTS / 2), 0, u64::from(REQUESTS / 2)),
+        "(succeeded, failed, 2xx) for POSTs with bodies while nginx rotated its connections; proxy logs:\n{}",
+        proxy.logs()
+    );
+    assert!(
+        resent(&proxy, &[("direction", "inbound")]).await > 0.0,
+        "no request needed re-sending: the test did not exercise the race"
+    );
+}

@@ -79,6 +79,9 @@ pub fn parse_version(s: &str) -> Version {
     }
 }
 
+/// The prefix of the catalog sources of stored resources (`store/<kind>/<namespace>/<name>`).
+pub const STORE_PREFIX: &str = "store/";
+
 /// What one source record says about one key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Contribution {
@@ -225,11 +228,19 @@ fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option
             endpoints,
         }));
     }
-    // One contribution per key by construction (one policy per service); the lowest source wins.
-    contributions.values().flatten().find_map(|c| match c {
+    // One contribution per key from the store (one policy per service); endpoint sources may define a
+    // service (Kubernetes) that the store defines too: the store's wins, being the operator's explicit
+    // configuration. Otherwise the lowest source wins.
+    let whole = |c: &Contribution| match c {
         Contribution::Whole(p) => Some(p.clone()),
         Contribution::Endpoint(_) => None,
-    })
+    };
+    let mut stored = (contributions.iter())
+        .filter(|(source, _)| source.starts_with(STORE_PREFIX))
+        .flat_map(|(_, c)| c);
+    stored
+        .find_map(whole)
+        .or_else(|| contributions.values().flatten().find_map(whole))
 }
 
 /// Encodes `payload` once: its version is a stable hash of the encoding, and the encoded
@@ -315,6 +326,39 @@ mod tests {
         assert_eq!(c.get(&k).unwrap().version, v1);
         assert_eq!(c.set_source("reg/a", vec![]), vec![k.clone()]);
         assert!(c.get(&k).is_none());
+    }
+
+    #[test]
+    fn a_stored_resource_wins_over_an_endpoint_source_defining_the_same_key() {
+        let service = |port: u32| {
+            Contribution::Whole(Payload::Service(v1::Service {
+                name: "web".into(),
+                namespace: "default".into(),
+                ports: vec![v1::ServicePort {
+                    port,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+        };
+        let mut c = Catalog::default();
+        let k = key(v1::ResourceType::Service, "web.default");
+        // "kubernetes-service/..." sorts before "store/...": precedence is not the name order.
+        c.set_source(
+            "kubernetes-service/web.default",
+            vec![(k.clone(), service(80))],
+        );
+        c.set_source(
+            "store/service/default/web",
+            vec![(k.clone(), service(8080))],
+        );
+        let port = |c: &Catalog| match &c.get(&k).unwrap().payload {
+            Payload::Service(s) => s.ports[0].port,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(port(&c), 8080);
+        c.set_source("store/service/default/web", vec![]);
+        assert_eq!(port(&c), 80);
     }
 
     #[test]

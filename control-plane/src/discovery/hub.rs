@@ -208,7 +208,7 @@ impl Hub {
                 .map(|r| source_name(&r.resource))
                 .collect();
             for stale in catalog
-                .sources_with_prefix("store/")
+                .sources_with_prefix(super::catalog::STORE_PREFIX)
                 .into_iter()
                 .filter(|s| !live.contains(s))
             {
@@ -238,7 +238,8 @@ fn apply(catalog: &mut Catalog, change: &Change) -> Vec<Key> {
 /// The catalog source name of a stored resource.
 fn source_name(r: &Resource) -> String {
     let k = r.key();
-    format!("store/{}/{}/{}", k.kind, k.namespace, k.name)
+    let prefix = super::catalog::STORE_PREFIX;
+    format!("{prefix}{}/{}/{}", k.kind, k.namespace, k.name)
 }
 
 /// Logs one warning per stored resource that `apply` refuses today because shoal-proxy does not enforce

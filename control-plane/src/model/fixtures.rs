@@ -15,8 +15,14 @@ pub fn resource(name: &str, namespace: &str, spec: Spec) -> Resource {
     Resource { metadata, spec }
 }
 
-/// A service `name.default` with one HTTP port, 8080.
+/// A service `name.default` with one HTTP port, 8080, and a virtual address of its own (derived from
+/// the name: two services may not share an address and port).
 pub fn service(name: &str) -> Service {
+    let octet = name
+        .bytes()
+        .fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 250
+        + 1;
     Service {
         name: name.to_owned(),
         namespace: "default".to_owned(),
@@ -27,7 +33,7 @@ pub fn service(name: &str) -> Service {
             protocol: Protocol::Http1,
             tls_mode: None,
         }],
-        virtual_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
+        virtual_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, octet as u8))],
         hosts: vec![format!("{name}.default.svc.cluster.local")],
         tls_mode: None,
     }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::identity::spiffe::TrustDomain;
+use crate::sources::kubernetes::{IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE, KubernetesConfig};
 
 /// Shortest and longest workload certificate lifetimes accepted in [`env::CERT_TTL`].
 pub const CERT_TTL_BOUNDS: (Duration, Duration) = (
@@ -75,6 +76,18 @@ pub mod env {
     pub const DISCONNECTED_PROXY_GRACE: &str = "SHOAL_CP_DISCONNECTED_PROXY_GRACE";
     /// Largest Admin API request accepted, in bytes (an `Apply` carries one resource).
     pub const ADMIN_MAX_REQUEST_BYTES: &str = "SHOAL_CP_ADMIN_MAX_REQUEST_BYTES";
+    /// `true` runs the Kubernetes endpoint source: Services, EndpointSlices and Pods from the API server.
+    pub const KUBERNETES: &str = "SHOAL_CP_KUBERNETES";
+    /// The API server's URL; default from `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT` (in a pod).
+    pub const KUBERNETES_API_URL: &str = "SHOAL_CP_KUBERNETES_API_URL";
+    /// The bearer token file; default the pod's service account token.
+    pub const KUBERNETES_TOKEN_FILE: &str = "SHOAL_CP_KUBERNETES_TOKEN_FILE";
+    /// The API server's CA bundle (PEM); default the pod's service account `ca.crt`. Only for `https://`.
+    pub const KUBERNETES_CA_FILE: &str = "SHOAL_CP_KUBERNETES_CA_FILE";
+    /// Set by Kubernetes in every pod: the API server's Service address (not a Shoal setting).
+    pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
+    /// Set by Kubernetes in every pod: the API server's Service port (not a Shoal setting).
+    pub const KUBERNETES_SERVICE_PORT: &str = "KUBERNETES_SERVICE_PORT";
 
     /// The prefix of the control plane's own settings; an unknown name with it is an error (a typo).
     pub const PREFIX: &str = "SHOAL_CP_";
@@ -102,6 +115,10 @@ pub mod env {
         INJECTOR_CONFIG_FILE,
         DISCONNECTED_PROXY_GRACE,
         ADMIN_MAX_REQUEST_BYTES,
+        KUBERNETES,
+        KUBERNETES_API_URL,
+        KUBERNETES_TOKEN_FILE,
+        KUBERNETES_CA_FILE,
     ];
 }
 
@@ -136,9 +153,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The `SHOAL_` variables of the process environment.
+    /// The `SHOAL_` variables of the process environment, and the two Kubernetes sets in every pod to name
+    /// the API server (the default of [`env::KUBERNETES_API_URL`]).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")))
+        Self::from_map(std::env::vars().filter(|(k, _)| {
+            k.starts_with("SHOAL_")
+                || k == env::KUBERNETES_SERVICE_HOST
+                || k == env::KUBERNETES_SERVICE_PORT
+        }))
     }
 
     /// Settings from a map of variable names to values (tests, embedding). Names without the `SHOAL_CP_`
@@ -220,6 +242,8 @@ pub struct Config {
     /// Largest Admin API request accepted, in bytes, within [`ADMIN_MAX_REQUEST_BYTES_BOUNDS`]. Default
     /// [`DEFAULT_ADMIN_MAX_REQUEST_BYTES`].
     pub admin_max_request_bytes: usize,
+    /// The Kubernetes endpoint source; `None` (the default, `SHOAL_CP_KUBERNETES=false`) runs none.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// The sidecar injector's admission webhook (docs/kubernetes.md, "Sidecar injection").
@@ -377,6 +401,7 @@ impl Config {
             }
         };
         let webhook = webhook(settings)?;
+        let kubernetes = kubernetes(settings)?;
         let admin_max_request_bytes = match settings.get(env::ADMIN_MAX_REQUEST_BYTES) {
             None => DEFAULT_ADMIN_MAX_REQUEST_BYTES,
             Some(raw) => {
@@ -411,6 +436,7 @@ impl Config {
             webhook,
             disconnected_proxy_grace,
             admin_max_request_bytes,
+            kubernetes,
         };
         config.check_distinct()?;
         Ok(config)
@@ -444,6 +470,108 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The Kubernetes source's settings; each is refused without `SHOAL_CP_KUBERNETES=true` (it would do nothing).
+fn kubernetes(settings: &Settings) -> Result<Option<KubernetesConfig>, ConfigError> {
+    let enabled = match settings.get(env::KUBERNETES) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                setting: env::KUBERNETES,
+                value: other.to_owned(),
+                expected: "`true` or `false`".to_owned(),
+            });
+        }
+    };
+    let own = [
+        env::KUBERNETES_API_URL,
+        env::KUBERNETES_TOKEN_FILE,
+        env::KUBERNETES_CA_FILE,
+    ];
+    if !enabled {
+        for setting in own {
+            if let Some(value) = settings.get(setting) {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    value: value.to_owned(),
+                    expected: format!(
+                        "to be set only with {}=true, which turns on discovery from Kubernetes",
+                        env::KUBERNETES
+                    ),
+                });
+            }
+        }
+        return Ok(None);
+    }
+    let api_url = match settings.get(env::KUBERNETES_API_URL) {
+        Some(url) => url.to_owned(),
+        None => match (
+            settings.get(env::KUBERNETES_SERVICE_HOST),
+            settings.get(env::KUBERNETES_SERVICE_PORT),
+        ) {
+            // An IPv6 service address needs brackets in a URL.
+            (Some(host), Some(port)) if host.contains(':') => format!("https://[{host}]:{port}"),
+            (Some(host), Some(port)) => format!("https://{host}:{port}"),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: env::KUBERNETES_API_URL,
+                    value: String::new(),
+                    expected: format!(
+                        "the API server's URL, such as https://10.96.0.1:443 (outside a pod, where {} and {} are \
+                         not set)",
+                        env::KUBERNETES_SERVICE_HOST,
+                        env::KUBERNETES_SERVICE_PORT
+                    ),
+                });
+            }
+        },
+    };
+    let https = if let Some(rest) = api_url.strip_prefix("https://") {
+        !rest.is_empty()
+    } else if api_url
+        .strip_prefix("http://")
+        .is_some_and(|r| !r.is_empty())
+    {
+        false
+    } else {
+        return Err(ConfigError::Invalid {
+            setting: env::KUBERNETES_API_URL,
+            value: api_url,
+            expected: "an http:// or https:// URL, such as https://10.96.0.1:443".to_owned(),
+        });
+    };
+    if api_url.parse::<http::Uri>().is_err() {
+        return Err(ConfigError::Invalid {
+            setting: env::KUBERNETES_API_URL,
+            value: api_url,
+            expected: "a URL, such as https://10.96.0.1:443".to_owned(),
+        });
+    }
+    let ca_file = match (https, settings.get(env::KUBERNETES_CA_FILE)) {
+        (true, file) => Some(PathBuf::from(file.unwrap_or(IN_CLUSTER_CA_FILE))),
+        (false, None) => None,
+        (false, Some(file)) => {
+            return Err(ConfigError::Invalid {
+                setting: env::KUBERNETES_CA_FILE,
+                value: file.to_owned(),
+                expected: format!(
+                    "to be set only with an https:// {} (it is {api_url}: nothing to verify)",
+                    env::KUBERNETES_API_URL
+                ),
+            });
+        }
+    };
+    Ok(Some(KubernetesConfig {
+        api_url,
+        token_file: PathBuf::from(
+            settings
+                .get(env::KUBERNETES_TOKEN_FILE)
+                .unwrap_or(IN_CLUSTER_TOKEN_FILE),
+        ),
+        ca_file,
+    }))
 }
 
 /// The webhook is on when both files are named; its other settings without them would do nothing, so they
@@ -620,6 +748,91 @@ mod tests {
             };
             assert!(error.contains(named), "{error}");
         }
+    }
+
+    #[test]
+    fn kubernetes_settings_default_to_the_pods_service_account_and_are_checked() {
+        assert_eq!(config(&[]).unwrap().kubernetes, None, "off by default");
+        let in_pod = config(&[
+            (env::KUBERNETES, "true"),
+            (env::KUBERNETES_SERVICE_HOST, "10.96.0.1"),
+            (env::KUBERNETES_SERVICE_PORT, "443"),
+        ])
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        assert_eq!(
+            in_pod,
+            KubernetesConfig {
+                api_url: "https://10.96.0.1:443".to_owned(),
+                token_file: PathBuf::from(IN_CLUSTER_TOKEN_FILE),
+                ca_file: Some(PathBuf::from(IN_CLUSTER_CA_FILE)),
+            }
+        );
+        let v6 = config(&[
+            (env::KUBERNETES, "true"),
+            (env::KUBERNETES_SERVICE_HOST, "fd00::1"),
+            (env::KUBERNETES_SERVICE_PORT, "443"),
+        ]);
+        assert_eq!(
+            v6.unwrap().kubernetes.unwrap().api_url,
+            "https://[fd00::1]:443"
+        );
+        // Plain HTTP (tests, `kubectl proxy`): no CA to verify with.
+        let plain = config(&[
+            (env::KUBERNETES, "true"),
+            (env::KUBERNETES_API_URL, "http://127.0.0.1:8001"),
+            (env::KUBERNETES_TOKEN_FILE, "/tmp/token"),
+        ])
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        assert_eq!(plain.ca_file, None);
+        assert_eq!(plain.token_file, PathBuf::from("/tmp/token"));
+
+        let refused = |pairs: &[(&str, &str)], named: &str, says: &str| {
+            let error = config(pairs).unwrap_err().to_string();
+            assert!(
+                error.contains(named) && error.contains(says),
+                "{pairs:?}: {error}"
+            );
+        };
+        refused(
+            &[(env::KUBERNETES, "yes")],
+            env::KUBERNETES,
+            "`true` or `false`",
+        );
+        // Without SHOAL_CP_KUBERNETES=true they would do nothing.
+        for setting in [
+            env::KUBERNETES_API_URL,
+            env::KUBERNETES_TOKEN_FILE,
+            env::KUBERNETES_CA_FILE,
+        ] {
+            refused(&[(setting, "x")], setting, "SHOAL_CP_KUBERNETES=true");
+        }
+        // Outside a pod there is no default API server.
+        refused(
+            &[(env::KUBERNETES, "true")],
+            env::KUBERNETES_API_URL,
+            "the API server's URL",
+        );
+        refused(
+            &[
+                (env::KUBERNETES, "true"),
+                (env::KUBERNETES_API_URL, "10.96.0.1:443"),
+            ],
+            env::KUBERNETES_API_URL,
+            "http:// or https://",
+        );
+        refused(
+            &[
+                (env::KUBERNETES, "true"),
+                (env::KUBERNETES_API_URL, "http://127.0.0.1:8001"),
+                (env::KUBERNETES_CA_FILE, "/ca.crt"),
+            ],
+            env::KUBERNETES_CA_FILE,
+            "only with an https://",
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   SHOAL_CP_METRICS_ADDR   0.0.0.0:15014    HTTP  /metrics /ready /live
 //!   SHOAL_CP_DATA_DIR       ./shoal-data     the store's data file, store.redb
 //!   SHOAL_CP_ENDPOINTS_FILE (unset)          static endpoints and DNS names (crate::sources)
+//!   SHOAL_CP_KUBERNETES     false            Services, EndpointSlices, Pods from the API server
 //!   SHOAL_CP_WEBHOOK_ADDR   0.0.0.0:15017    HTTPS /inject: the sidecar injector (webhook), only with
 //!                                            SHOAL_CP_WEBHOOK_CERT_FILE + SHOAL_CP_WEBHOOK_KEY_FILE
 //! ```
@@ -39,6 +40,7 @@ pub use discovery_listener::PeerInfo;
 use crate::admin::{AdminService, StatusSource};
 use crate::identity::server_cert::ServerCert;
 use crate::identity::{CaSettings, Identity, RootFiles, SystemClock, anchors, bundle};
+use crate::sources::kubernetes::KubernetesSource;
 use crate::store::{self, Store};
 
 /// How long shutdown waits for in-flight calls and streams before the process exits anyway.
@@ -73,6 +75,9 @@ pub enum ServerError {
     /// The endpoints file (`SHOAL_CP_ENDPOINTS_FILE`) is missing or invalid at start-up.
     #[error("{0} ({setting})", setting = config::env::ENDPOINTS_FILE)]
     Sources(#[from] crate::sources::FileError),
+    /// The Kubernetes source cannot start (`SHOAL_CP_KUBERNETES_*`: the message names the setting).
+    #[error("cannot start discovery from Kubernetes: {0}")]
+    Kubernetes(#[from] crate::sources::kubernetes::KubernetesError),
     /// The CA cannot be loaded or created (SHOAL_CP_CA_CERT_FILE / SHOAL_CP_CA_KEY_FILE, or the store).
     #[error("cannot start the CA: {0}")]
     Ca(#[from] crate::identity::CaError),
@@ -117,6 +122,7 @@ fn discovery(
     disconnected_grace: Duration,
     store: &Store,
     sources: Option<crate::sources::Sources>,
+    kubernetes: Option<KubernetesSource>,
     identity: &Identity,
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
@@ -143,6 +149,10 @@ fn discovery(
     if let Some(sources) = sources {
         sources.start(&hub, closing.clone());
     }
+    // ... and so does the Kubernetes source (SHOAL_CP_KUBERNETES=true).
+    if let Some(kubernetes) = kubernetes {
+        crate::sources::spawn(Box::new(kubernetes), hub.clone(), closing.clone());
+    }
     let on_close = hub.clone();
     tokio::spawn(async move {
         let _ = closing.wait_for(|closed| *closed).await;
@@ -164,6 +174,8 @@ pub struct ControlPlane {
     metrics: TcpListener,
     /// The endpoint sources, loaded in `bind` so that an invalid endpoints file stops start-up.
     sources: Option<crate::sources::Sources>,
+    /// The Kubernetes source, its client built in `bind` so that a bad setting stops start-up.
+    kubernetes: Option<KubernetesSource>,
     /// The CA and join tokens, loaded (or created) in `bind`.
     identity: Identity,
     /// See [`Config::push_interval`].
@@ -209,6 +221,12 @@ impl ControlPlane {
             Some(path) => Some(crate::sources::Sources::load(path).await?),
             None => None,
         };
+        let kubernetes = match &config.kubernetes {
+            Some(settings) => {
+                Some(KubernetesSource::connect(settings, config.trust_domain.clone()).await?)
+            }
+            None => None,
+        };
         let server_cert = ServerCert::new(&identity, &config.namespace)?;
         // Written before the listeners are ready, so whoever waits for readiness finds it.
         let anchors_file = anchors::path(&config.data_dir);
@@ -226,6 +244,7 @@ impl ControlPlane {
             webhook,
             store,
             sources,
+            kubernetes,
             identity,
             server_cert,
             discovery_plaintext: config.discovery_plaintext,
@@ -296,6 +315,7 @@ impl ControlPlane {
             self.disconnected_grace,
             &self.store,
             self.sources,
+            self.kubernetes,
             &self.identity,
             closing.clone(),
         );

@@ -10,9 +10,12 @@
 //! - [`static_file`]: the `file` source: the file's `services` as they are written.
 //! - [`dns`]: the `dns` source: the file's `dns` entries, names resolved with hickory-resolver and
 //!   re-resolved on their TTL.
+//! - [`kubernetes`]: the `kubernetes` source (`SHOAL_CP_KUBERNETES=true`): Services, EndpointSlices and Pods
+//!   watched from the API server; it publishes services ([`Publisher::set_service`]) as well as endpoints.
 
 pub mod dns;
 pub mod file;
+pub mod kubernetes;
 pub mod static_file;
 pub mod watch;
 
@@ -27,7 +30,7 @@ use tokio::sync::watch as signal;
 
 use crate::discovery::Hub;
 use crate::discovery::catalog::{Contribution, Key, key};
-use crate::model::Endpoint;
+use crate::model::{Endpoint, Metadata, Resource, Service, Spec};
 
 pub use file::{EndpointsFile, FileError};
 
@@ -39,11 +42,11 @@ pub use file::{EndpointsFile, FileError};
 /// `(ENDPOINTS, service)` plus an `(ADDRESS, "ip:port")` binding, from the hub source
 /// `"{name}/{service}/{ip:port}"` (see [`Publisher`] for why one per endpoint).
 ///
-/// Implemented by the static file source ([`static_file::StaticFileSource`]) and the DNS source
-/// ([`dns::DnsSource`]). Kubernetes EndpointSlices will plug in later behind this same trait: a source
-/// that watches the API server and publishes one list per Service.
+/// Implemented by the static file source ([`static_file::StaticFileSource`]), the DNS source
+/// ([`dns::DnsSource`]) and the Kubernetes source ([`kubernetes::KubernetesSource`], which watches the API
+/// server and publishes one list per Service, and the Service itself).
 pub trait EndpointSource: Send + 'static {
-    /// Short stable name (`file`, `dns`, later `kubernetes`): the prefix of the hub source names and of log
+    /// Short stable name (`file`, `dns`, `kubernetes`): the prefix of the hub source names and of log
     /// lines.
     fn name(&self) -> &'static str;
 
@@ -78,6 +81,8 @@ pub struct Publisher {
     hub: Arc<Hub>,
     source: &'static str,
     published: BTreeMap<String, Vec<Endpoint>>,
+    /// Services this source defines ([`Self::set_service`]).
+    services: BTreeMap<String, Service>,
 }
 
 impl Publisher {
@@ -87,7 +92,34 @@ impl Publisher {
             hub,
             source,
             published: BTreeMap::new(),
+            services: BTreeMap::new(),
         }
+    }
+
+    /// Sets (or with `None` withdraws) the `SERVICE` resource `service` (qualified name) from this source,
+    /// with the `ADDRESS` bindings of its virtual addresses, as a stored Service contributes them. A Service in
+    /// the store with the same name takes precedence in the catalog (an operator's explicit configuration).
+    pub fn set_service(&mut self, service: &str, definition: Option<&Service>) {
+        if self.services.get(service) == definition {
+            return;
+        }
+        let contributions = match definition {
+            Some(s) => crate::discovery::hub::contributions(&Resource {
+                metadata: Metadata {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    ..Metadata::default()
+                },
+                spec: Spec::Service(s.clone()),
+            }),
+            None => Vec::new(),
+        };
+        self.hub
+            .set_source(&format!("{}-service/{service}", self.source), contributions);
+        match definition {
+            Some(s) => self.services.insert(service.to_owned(), s.clone()),
+            None => self.services.remove(service),
+        };
     }
 
     /// Sets `service`'s endpoints from this source (qualified name `name.namespace`). An empty list

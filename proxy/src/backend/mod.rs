@@ -39,6 +39,10 @@ pub(crate) struct BackendPolicy {
     pub(crate) circuit_breaker: Option<BreakerConfig>,
     /// Ejection of failing endpoints (applied by the balancer).
     pub(crate) outlier_detection: Option<crate::balance::OutlierConfig>,
+    /// How long connecting to an endpoint (TCP and mTLS) may take, instead of
+    /// `SHOAL_CONNECT_TIMEOUT` (TCP alone).
+    #[serde(serialize_with = "crate::state::serialize_duration_opt")]
+    pub(crate) connect_timeout: Option<Duration>,
 }
 
 impl BackendPolicy {
@@ -49,6 +53,7 @@ impl BackendPolicy {
             max_concurrent_requests: None,
             circuit_breaker: None,
             outlier_detection: None,
+            connect_timeout: None,
         }
     }
 }

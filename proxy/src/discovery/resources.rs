@@ -525,7 +525,6 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
                     "limits.max_requests_per_connection",
                     l.max_requests_per_connection > 0,
                 ),
-                ("limits.connect_timeout_ms", l.connect_timeout_ms > 0),
             ] {
                 if set {
                     return not_enforced(field);
@@ -534,6 +533,8 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
             Some(LimitsSpec {
                 max_concurrent_requests: (l.max_concurrent_requests > 0)
                     .then_some(l.max_concurrent_requests),
+                connect_timeout: (l.connect_timeout_ms > 0)
+                    .then(|| Duration::from_millis(l.connect_timeout_ms)),
             })
         }
     };

@@ -28,6 +28,7 @@ use super::{Clients, Peer, UpstreamIo, lock};
 use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::h2body::{Pipe, PipeEnd, RecvBody};
+use crate::http::replay::Replay;
 use crate::metrics::{RequestMetrics, Resent};
 use crate::tls::Alpn;
 
@@ -131,13 +132,18 @@ impl Handle {
 impl Clients {
     /// Connects the HTTP/2 connection of `slot` (one attempt at a time; none if a concurrent
     /// request already did).
-    async fn connect_h2(&self, peer: &Peer, slot: &Slot) -> Result<(), ProxyError> {
+    async fn connect_h2(
+        &self,
+        peer: &Peer,
+        slot: &Slot,
+        connect_timeout: Option<Duration>,
+    ) -> Result<(), ProxyError> {
         let addr = peer.0;
         let _connecting = slot.connecting.lock().await;
         if slot.has_live() {
             return Ok(());
         }
-        let io = self.connect_io(peer, Alpn::H2).await?;
+        let io = self.connect_io(peer, Alpn::H2, connect_timeout).await?;
         let (tx, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
@@ -169,6 +175,7 @@ impl Clients {
         &self,
         peer: &Peer,
         req: Request<RequestBody>,
+        connect_timeout: Option<Duration>,
         metrics: &RequestMetrics,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
@@ -187,20 +194,44 @@ impl Clients {
         // A request the upstream provably never processed — its stream above a GOAWAY's
         // last-stream-id, or refused with REFUSED_STREAM — is sent again, whatever its method
         // (RFC 9113 §8.7): an upstream rotating its connections (nginx closes one every 1,000
-        // requests) must not fail the requests that raced the rotation. Only a request without a
-        // body can be (a streamed body is not kept), so its head is copied before it is sent.
-        let spare = eos.then(|| crate::http::headers::copy_head(&head));
-        let mut body = Some(body);
+        // requests) must not fail the requests that raced the rotation. Its head is copied before
+        // it is sent, and a body is kept as it streams (up to `http::replay`'s limit; a larger
+        // one cannot be sent again). A body the retry stage already keeps is not kept twice: that
+        // stage retries it.
+        let spare = crate::http::headers::copy_head(&head);
+        let (replay, mut body) = if !eos && !matches!(body, RequestBody::Replay(_)) {
+            let replay = Replay::new(body);
+            let first = replay.attempt().map(RequestBody::Replay);
+            (Some(replay), first)
+        } else {
+            (None, Some(body))
+        };
+        // Whether the body (if any) can be sent again now.
+        let can_resend = |body: &Option<RequestBody>| {
+            eos || replay.as_ref().is_some_and(Replay::replayable) || body.is_some()
+        };
         let mut resent = 0;
         loop {
-            let (id, sent) = self.open_stream(peer, &slot, &mut head, eos).await?;
-            let resend = |e: &h2::Error, resent: &mut usize| -> Option<Request<()>> {
+            let (id, sent) = self
+                .open_stream(peer, &slot, &mut head, eos, connect_timeout)
+                .await?;
+            // The next attempt's head and body, when the upstream never processed this one and
+            // it can be sent again.
+            let resend = |e: &h2::Error,
+                          resent: &mut usize,
+                          body: &mut Option<RequestBody>|
+             -> Option<Request<()>> {
                 let why = never_processed(e)?;
-                let spare = spare.as_ref().filter(|_| *resent < MAX_RESENDS)?;
+                if *resent >= MAX_RESENDS || !can_resend(body) {
+                    return None;
+                }
+                if let Some(r) = &replay {
+                    *body = Some(RequestBody::Replay(r.attempt()?));
+                }
                 *resent += 1;
                 tracing::debug!(%addr, error = %e, "the upstream never processed the request; sending it again");
                 metrics.resent(why);
-                Some(crate::http::headers::copy_head(spare))
+                Some(crate::http::headers::copy_head(&spare))
             };
             let (mut response, stream) = match sent {
                 Ok(sent) => sent,
@@ -208,7 +239,7 @@ impl Clients {
                     if !e.is_reset() {
                         slot.retire(id);
                     }
-                    if let Some(again) = resend(&e, &mut resent) {
+                    if let Some(again) = resend(&e, &mut resent, &mut body) {
                         head = again;
                         continue;
                     }
@@ -250,7 +281,7 @@ impl Clients {
                         // Going away or gone: new requests go to a new connection.
                         slot.retire(id);
                     }
-                    if let Some(again) = resend(&e, &mut resent) {
+                    if let Some(again) = resend(&e, &mut resent, &mut body) {
                         head = again;
                         continue;
                     }
@@ -270,6 +301,7 @@ impl Clients {
         slot: &Slot,
         head: &mut Request<()>,
         eos: bool,
+        connect_timeout: Option<Duration>,
     ) -> Result<(u64, Result<(ResponseFuture, SendStream<Bytes>), h2::Error>), ProxyError> {
         let addr = peer.0;
         let mut retried = false;
@@ -281,7 +313,7 @@ impl Clients {
                 // Cold path, boxed so the per-request future stays small. The new connection
                 // is the slot's: the next attempt uses it (or finds it failed already).
                 Attempt::None if !connected => {
-                    Box::pin(self.connect_h2(peer, slot)).await?;
+                    Box::pin(self.connect_h2(peer, slot, connect_timeout)).await?;
                     connected = true;
                     continue;
                 }

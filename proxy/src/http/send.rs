@@ -34,6 +34,8 @@ pub(crate) struct Dest {
     /// The metrics the request counts in, when a stage above chose them (an outbound backend);
     /// `None`: the connection's own (inbound, passthrough). Re-sends count in them too.
     pub(crate) metrics: Option<std::sync::Arc<crate::metrics::RequestMetrics>>,
+    /// A backend policy's connect timeout (TCP and mTLS), instead of `SHOAL_CONNECT_TIMEOUT`.
+    pub(crate) connect_timeout: Option<std::time::Duration>,
 }
 
 impl Timed for Dest {
@@ -70,7 +72,14 @@ impl<'c> Service<Req<'c, Dest>> for Send {
             Ok(()) => {
                 conn.shared
                     .clients
-                    .send(&dest.peer, dest.version, http, upgrade, counted)
+                    .send(
+                        &dest.peer,
+                        dest.version,
+                        http,
+                        upgrade,
+                        dest.connect_timeout,
+                        counted,
+                    )
                     .await
             }
             Err(e) => Err(e),

@@ -149,6 +149,7 @@ where
             version,
             orig_http1: false,
             metrics: None,
+            connect_timeout: None,
         };
         let (req, ()) = req.retarget(dest);
         self.0.call(req).await.counted_in(metrics(conn))

@@ -45,6 +45,7 @@ pub(crate) async fn resolve_opaque(shared: &Shared, dst: std::net::SocketAddr) -
         Some(Upstream {
             addr: picked.addr,
             tls: mesh_identity(shared, svc, picked.identity.take()),
+            connect_timeout: svc.backend.policy.connect_timeout,
         })
     };
     if let Some(upstream) = pick(&shared.store.snapshot(), None) {

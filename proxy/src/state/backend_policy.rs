@@ -52,6 +52,8 @@ pub(crate) struct LoadBalancerSpec {
 pub(crate) struct LimitsSpec {
     #[serde(default)]
     pub(crate) max_concurrent_requests: Option<u32>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) connect_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -90,6 +92,7 @@ impl BackendPolicySpec {
             "limits.max_concurrent_requests",
             limits.max_concurrent_requests,
         )?;
+        in_range("limits.connect_timeout", limits.connect_timeout)?;
         let circuit_breaker = match &self.circuit_breaker {
             None => None,
             Some(b) => {
@@ -155,6 +158,7 @@ impl BackendPolicySpec {
             max_concurrent_requests: limits.max_concurrent_requests,
             circuit_breaker,
             outlier_detection,
+            connect_timeout: limits.connect_timeout,
         })
     }
 }

@@ -572,6 +572,15 @@ fn build_service(
             ));
         }
     }
+    // A transparent proxy maps each original destination to one service.
+    for ip in &s.addresses {
+        let key = format!("address {}", SocketAddr::new(*ip, s.port));
+        if let Some(owner) = claimed.insert(key.clone(), qualified.clone())
+            && owner != qualified
+        {
+            return Err(format!("{at}: {key} is already used by service {owner}"));
+        }
+    }
     let endpoints: Vec<Endpoint> = s
         .endpoints
         .iter()

@@ -16,7 +16,41 @@ impl Checker<'_> {
     pub(super) fn unique_authorities(&mut self, service: &Service) {
         let found = conflicts(service, self.catalog);
         self.errors.extend(found);
+        let found = address_conflicts(service, self.catalog);
+        self.errors.extend(found);
     }
+}
+
+/// The virtual addresses of `service` that another service of `catalog` has on one of the same ports: a
+/// transparent proxy maps each original destination (address and port) to one service, and would route
+/// such a destination to whichever it met last.
+pub(super) fn address_conflicts(service: &Service, catalog: &dyn Catalog) -> Vec<FieldError> {
+    let same = |s: &Service| s.name == service.name && s.namespace == service.namespace;
+    let mut errors = Vec::new();
+    for (i, address) in service.virtual_addresses.iter().enumerate() {
+        let clash = catalog.services().filter(|s| !same(s)).find_map(|other| {
+            let shared_port = other
+                .ports
+                .iter()
+                .map(|p| p.port)
+                .find(|port| service.ports.iter().any(|p| p.port == *port))?;
+            other
+                .virtual_addresses
+                .contains(address)
+                .then_some((other, shared_port))
+        });
+        if let Some((other, port)) = clash {
+            errors.push(FieldError::new(
+                format!("spec.virtual_addresses[{i}]"),
+                format!(
+                    "address {address} is already used by service {:?} (namespace {}) on port {port}; \
+                     a transparent proxy routes each address and port to one service",
+                    other.name, other.namespace
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 /// The authorities of `service` that another service of `catalog` claims on the same port, one error per field

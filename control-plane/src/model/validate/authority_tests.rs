@@ -165,3 +165,25 @@ fn the_shared_conflict_cases_get_the_answers_a_proxy_gives() {
         }
     }
 }
+
+#[test]
+fn a_virtual_address_another_service_has_on_the_same_port_is_refused() {
+    let vip: std::net::IpAddr = "10.96.0.10".parse().unwrap();
+    let mut alpha = alpha();
+    alpha.virtual_addresses = vec![vip];
+    let mut beta = service("beta", "default", &[80], &["beta.example"]);
+    beta.virtual_addresses = vec![vip];
+    assert_eq!(
+        errors(vec![alpha.clone()], beta),
+        [FieldError::new(
+            "spec.virtual_addresses[0]",
+            "address 10.96.0.10 is already used by service \"alpha\" (namespace default) on port 80; \
+             a transparent proxy routes each address and port to one service",
+        )]
+    );
+    // Another port of the same address is another destination; the service itself is no conflict.
+    let mut gamma = service("gamma", "default", &[8080], &["gamma.example"]);
+    gamma.virtual_addresses = vec![vip];
+    assert_eq!(errors(vec![alpha.clone()], gamma), []);
+    assert_eq!(errors(vec![alpha.clone()], alpha), []);
+}

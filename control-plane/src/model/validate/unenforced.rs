@@ -65,8 +65,8 @@ pub const FIELDS: &[UnenforcedField] = &[
     },
     UnenforcedField {
         kind: ResourceKind::BackendPolicy,
-        field: "spec.limits.{max_connections,max_pending_requests,max_requests_per_connection,connect_timeout_ms}",
-        why: "of the limits, only max_concurrent_requests is enforced yet",
+        field: "spec.limits.{max_connections,max_pending_requests,max_requests_per_connection}",
+        why: "of the limits, only max_concurrent_requests and connect_timeout_ms are enforced yet",
         find: connection_limits,
         strip: strip_connection_limits,
     },
@@ -198,7 +198,6 @@ fn connection_limits(spec: &Spec) -> Vec<String> {
             "max_requests_per_connection",
             l.max_requests_per_connection.is_some(),
         ),
-        ("connect_timeout_ms", l.connect_timeout.is_some()),
     ]
     .into_iter()
     .filter(|(_, set)| *set)
@@ -211,7 +210,6 @@ fn strip_connection_limits(spec: &mut Spec) {
         l.max_connections = None;
         l.max_pending_requests = None;
         l.max_requests_per_connection = None;
-        l.connect_timeout = None;
     }
 }
 

@@ -145,7 +145,7 @@ fn discovery_gets_only_the_enforced_part() {
         .expect("outlier detection kept");
     assert!(outlier.interval.is_none() && part.circuit_breaker.is_some());
     let limits = part.limits.as_ref().expect("limits kept");
-    assert!(limits.max_connections.is_none() && limits.connect_timeout.is_none());
+    assert!(limits.max_connections.is_none() && limits.connect_timeout.is_some());
     let lb = part.load_balancer.as_ref().expect("load balancer kept");
     assert!(
         lb.algorithm.is_none() && lb.hash_key.is_none(),

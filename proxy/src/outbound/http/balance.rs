@@ -63,6 +63,7 @@ where
             version,
             orig_http1,
             metrics: None,
+            connect_timeout: backend.backend.policy.connect_timeout,
         };
         let start = req.start;
         let (mut req, backend) = req.retarget(dest);

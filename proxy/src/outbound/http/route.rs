@@ -68,6 +68,7 @@ where
                     version: same_version(conn),
                     orig_http1: false,
                     metrics: None,
+                    connect_timeout: None,
                 };
                 let (req, ()) = req.retarget(dest);
                 self.passthrough

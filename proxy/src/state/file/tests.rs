@@ -240,3 +240,23 @@ mod props {
         }
     }
 }
+
+#[test]
+fn two_services_on_one_virtual_address_and_port_are_refused() {
+    let yaml = r#"
+services:
+  - name: alpha
+    port: 80
+    addresses: [10.96.0.10]
+    endpoints: [{ address: "127.0.0.1:9001" }]
+  - name: beta
+    port: 80
+    addresses: [10.96.0.10]
+    endpoints: [{ address: "127.0.0.1:9002" }]
+"#;
+    let err = parse(yaml).unwrap_err();
+    assert!(
+        err.contains("services[1]: address 10.96.0.10:80 is already used by service alpha.default"),
+        "{err}"
+    );
+}

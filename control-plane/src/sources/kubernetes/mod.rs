@@ -1,0 +1,374 @@
+//! The `kubernetes` source (`SHOAL_CP_KUBERNETES=true`): Services, EndpointSlices and Pods watched from the API
+//! server, published as Shoal services and endpoints (docs/kubernetes.md, "Discovery").
+//!
+//! - [`translate`]: the mapping of each object to Shoal's model, pure.
+//! - [`cluster`]: the watched objects and the indexes from an event to the Services it touches; relists are
+//!   collected on the side and applied as a difference.
+//! - this module: the API client (in-cluster service account by default), the three watchers and the loop
+//!   that publishes what changed.
+//!
+//! The watchers are kube-runtime's: a list, then a watch from the list's `resourceVersion` with bookmarks; a
+//! watch that ends or breaks resumes from the last version seen (an event's or a bookmark's), and one answered
+//! `410 Gone` relists. Failures are retried with backoff (0.8 s doubling to 30 s, jittered).
+
+mod cluster;
+mod translate;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::{Api, Client};
+use tokio::sync::watch as signal;
+
+use self::cluster::{Cluster, Event};
+use self::translate::{ObjKey, key_of};
+use super::{EndpointSource, Publisher};
+use crate::identity::spiffe::TrustDomain;
+
+/// The in-cluster service account's token, the default of `SHOAL_CP_KUBERNETES_TOKEN_FILE`.
+pub const IN_CLUSTER_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// The in-cluster API server's CA bundle, the default of `SHOAL_CP_KUBERNETES_CA_FILE`.
+pub const IN_CLUSTER_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+
+/// How to reach the API server (the `SHOAL_CP_KUBERNETES_*` settings, checked by `server::config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// `http://` or `https://` URL of the API server.
+    pub api_url: String,
+    /// Bearer token file, re-read by the client every minute (projected tokens rotate).
+    pub token_file: PathBuf,
+    /// CA bundle (PEM) the API server's certificate must chain to; `None` for an `http://` URL.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The API server cannot be used as configured; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KubernetesError(String);
+
+/// The Kubernetes endpoint source: connected, not yet watching.
+pub struct KubernetesSource {
+    client: Client,
+    trust_domain: TrustDomain,
+}
+
+impl std::fmt::Debug for KubernetesSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesSource")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubernetesSource {
+    /// Checks the token and CA files and builds the API client; nothing is sent yet (the watchers retry until
+    /// the API server answers, so a control plane can start before it).
+    pub async fn connect(
+        config: &KubernetesConfig,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, KubernetesError> {
+        use crate::server::config::env;
+        let url: http::Uri = config.api_url.parse().map_err(|e| {
+            KubernetesError(format!(
+                "{}={:?}: {e}",
+                env::KUBERNETES_API_URL,
+                config.api_url
+            ))
+        })?;
+        let token = read(&config.token_file, env::KUBERNETES_TOKEN_FILE).await?;
+        let token = String::from_utf8_lossy(&token);
+        let problem = if token.trim().is_empty() {
+            Some("the token file is empty")
+        } else if token.trim() != token {
+            // The client sends the file as it is (it is re-read as the kubelet rotates it), and a header
+            // value cannot carry a line break: every request would fail.
+            Some(
+                "the token starts or ends with white space (a newline?); write it without, e.g. printf '%s' \"$TOKEN\" > FILE",
+            )
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(KubernetesError(format!(
+                "{}={}: {problem}",
+                env::KUBERNETES_TOKEN_FILE,
+                config.token_file.display()
+            )));
+        }
+        let mut kube = kube::Config::new(url);
+        kube.auth_info.token_file = Some(config.token_file.display().to_string());
+        kube.connect_timeout = Some(Duration::from_secs(10));
+        kube.write_timeout = Some(Duration::from_secs(10));
+        if let Some(ca_file) = &config.ca_file {
+            kube.root_cert = Some(ca_certificates(ca_file).await?);
+            // Re-read by the client about every minute, so a rotated cluster CA is picked up.
+            kube.root_cert_file = Some(ca_file.clone());
+        }
+        let client = Client::try_from(kube).map_err(|e| {
+            KubernetesError(format!(
+                "cannot build the Kubernetes API client for {}={}: {e}",
+                env::KUBERNETES_API_URL,
+                config.api_url
+            ))
+        })?;
+        Ok(Self {
+            client,
+            trust_domain,
+        })
+    }
+}
+
+async fn read(path: &Path, setting: &str) -> Result<Vec<u8>, KubernetesError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|e| KubernetesError(format!("{setting}={}: cannot read it: {e}", path.display())))
+}
+
+/// The DER certificates of a PEM bundle; an empty or unreadable bundle is an error naming the setting.
+async fn ca_certificates(path: &Path) -> Result<Vec<Vec<u8>>, KubernetesError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let setting = crate::server::config::env::KUBERNETES_CA_FILE;
+    let pem = read(path, setting).await?;
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| KubernetesError(format!("{setting}={}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(KubernetesError(format!(
+            "{setting}={}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The kinds watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Services,
+    Slices,
+    Pods,
+}
+
+impl Kind {
+    /// The resource's plural name: the `kind` label of metrics and logs.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Services => "services",
+            Self::Slices => "endpointslices",
+            Self::Pods => "pods",
+        }
+    }
+
+    /// `marker` as an update of this kind.
+    fn update(self, marker: Marker) -> Update {
+        fn event<T>(marker: Marker) -> Event<T> {
+            match marker {
+                Marker::ListStart => Event::Relist,
+                Marker::ListDone => Event::RelistDone,
+                Marker::Deleted(key) => Event::Delete(key),
+            }
+        }
+        match self {
+            Self::Services => Update::Services(event(marker)),
+            Self::Slices => Update::Slices(event(marker)),
+            Self::Pods => Update::Pods(event(marker)),
+        }
+    }
+}
+
+/// The events every kind says the same way, without an object.
+enum Marker {
+    ListStart,
+    ListDone,
+    Deleted(ObjKey),
+}
+
+/// One watcher's output, projected.
+enum Update {
+    Services(Event<crate::model::Service>),
+    Slices(Event<translate::Slice>),
+    Pods(Event<String>),
+    /// A failed list or watch (retried with backoff), and the kind it was for.
+    Failed(Kind, watcher::Error),
+}
+
+impl Update {
+    /// The same projection as part of a list in progress.
+    fn listed(self) -> Self {
+        fn listed<T>(e: Event<T>) -> Event<T> {
+            match e {
+                Event::Apply(k, v) => Event::Listed(k, v),
+                other => other,
+            }
+        }
+        match self {
+            Self::Services(e) => Self::Services(listed(e)),
+            Self::Slices(e) => Self::Slices(listed(e)),
+            Self::Pods(e) => Self::Pods(listed(e)),
+            failed => failed,
+        }
+    }
+}
+
+/// A watcher of all `K` in the cluster, each object projected by `project`.
+fn watch<K>(
+    client: &Client,
+    kind: Kind,
+    project: impl Fn(&K) -> Update + Send + 'static,
+) -> BoxStream<'static, Update>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |event| match event {
+            Ok(WatchEvent::Init) => kind.update(Marker::ListStart),
+            Ok(WatchEvent::InitDone) => kind.update(Marker::ListDone),
+            Ok(WatchEvent::InitApply(obj)) => project(&obj).listed(),
+            Ok(WatchEvent::Apply(obj)) => project(&obj),
+            Ok(WatchEvent::Delete(obj)) => kind.update(Marker::Deleted(key_of(obj.meta()))),
+            Err(e) => Update::Failed(kind, e),
+        })
+        .boxed()
+}
+
+/// Applies `update` to `cluster`: the kind, whether a list completed, and the Services touched; `None` for
+/// a failure (logged and counted here).
+fn apply(cluster: &mut Cluster, update: Update) -> Option<(Kind, bool, BTreeSet<ObjKey>)> {
+    Some(match update {
+        Update::Services(e) => (Kind::Services, e.ends_list(), cluster.service_event(e)),
+        Update::Slices(e) => (Kind::Slices, e.ends_list(), cluster.slice_event(e)),
+        Update::Pods(e) => (Kind::Pods, e.ends_list(), cluster.pod_event(e)),
+        Update::Failed(kind, error) => {
+            let kind = kind.as_str();
+            metrics::counter!("shoal_cp_kubernetes_watch_errors_total", "kind" => kind)
+                .increment(1);
+            tracing::warn!(
+                kind,
+                %error,
+                "kubernetes watch failed; retrying with backoff (what is known is kept meanwhile)"
+            );
+            return None;
+        }
+    })
+}
+
+impl EndpointSource for KubernetesSource {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn run(
+        self: Box<Self>,
+        mut publisher: Publisher,
+        mut closing: signal::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
+        let KubernetesSource {
+            client,
+            trust_domain,
+        } = *self;
+        async move {
+            let services = watch::<KubeService>(&client, Kind::Services, |svc| {
+                let key = key_of(&svc.metadata);
+                let projected = translate::service(svc).unwrap_or_else(|reason| {
+                    let service = format!("{}.{}", key.1, key.0);
+                    tracing::warn!(service, %reason, "kubernetes service not served");
+                    None
+                });
+                Update::Services(Event::Apply(key, projected))
+            });
+            let slices = watch::<EndpointSlice>(&client, Kind::Slices, |s| {
+                Update::Slices(Event::Apply(key_of(&s.metadata), translate::slice(s)))
+            });
+            let pods = watch::<Pod>(&client, Kind::Pods, move |pod| {
+                let identity = translate::pod_identity(pod, &trust_domain);
+                Update::Pods(Event::Apply(key_of(&pod.metadata), identity))
+            });
+            let mut updates = futures_util::stream::select_all([services, slices, pods]);
+            let mut cluster = Cluster::default();
+            let mut published_once = false;
+            loop {
+                let update = tokio::select! {
+                    update = updates.next() => match update {
+                        Some(update) => update,
+                        None => return,
+                    },
+                    _ = closing.wait_for(|c| *c) => return,
+                };
+                let Some((kind, listed, touched)) = apply(&mut cluster, update) else {
+                    continue;
+                };
+                if listed {
+                    let (kind, changed_services) = (kind.as_str(), touched.len());
+                    metrics::counter!("shoal_cp_kubernetes_lists_total", "kind" => kind)
+                        .increment(1);
+                    tracing::info!(kind, changed_services, "kubernetes list applied");
+                }
+                if !cluster.synced() {
+                    continue;
+                }
+                let touched = if published_once {
+                    touched
+                } else {
+                    published_once = true;
+                    tracing::info!(
+                        services = cluster.services.len(),
+                        endpoint_slices = cluster.slices.len(),
+                        meshed_pods = cluster.pods.len(),
+                        "kubernetes source synced"
+                    );
+                    cluster.all_services()
+                };
+                publish(&mut publisher, &cluster, &touched);
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Publishes the current state of each Service in `touched`: its `SERVICE` resource (with its virtual
+/// addresses) and its endpoints, or their withdrawal when it is gone.
+fn publish(publisher: &mut Publisher, cluster: &Cluster, touched: &BTreeSet<ObjKey>) {
+    for key in touched {
+        let qualified = format!("{}.{}", key.1, key.0);
+        match cluster.view(key) {
+            Some((service, endpoints)) => {
+                publisher.set_service(&qualified, Some(service));
+                publisher.set(&qualified, endpoints);
+            }
+            None => {
+                publisher.set(&qualified, Vec::new());
+                publisher.set_service(&qualified, None);
+            }
+        }
+    }
+    if !touched.is_empty() {
+        let endpoints: usize = publisher.published().values().map(Vec::len).sum();
+        tracing::debug!(
+            source = "kubernetes",
+            services = publisher.published().len(),
+            endpoints,
+            "endpoint source published"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
