@@ -310,12 +310,15 @@ impl Balancer {
             return;
         };
         let load = &picked.load;
-        let ejected = self
-            .ready
-            .iter()
-            .filter(|r| r.load().health.is_ejected())
-            .count();
-        let may_eject = ejected < config.max_ejected(self.ready.len());
+        // Counting the ejected endpoints walks them all: only for a failure that would eject.
+        let may_eject = || {
+            let ejected = self
+                .ready
+                .iter()
+                .filter(|r| r.load().health.is_ejected())
+                .count();
+            ejected < config.max_ejected(self.ready.len())
+        };
         if load
             .health
             .record(failed, picked.probe, load.now_ns(), config, may_eject)

@@ -85,14 +85,15 @@ impl Health {
     }
 
     /// Records an exchange: `probe` if it was the probe. `may_eject` says whether another
-    /// ejection fits the cap. Returns whether the endpoint was ejected by it.
+    /// ejection fits the cap (asked only when this failure would eject). Returns whether the
+    /// endpoint was ejected by it.
     pub(crate) fn record(
         &self,
         failed: bool,
         probe: bool,
         now_ns: u64,
         config: &OutlierConfig,
-        may_eject: bool,
+        may_eject: impl FnOnce() -> bool,
     ) -> bool {
         if probe {
             self.probing.store(false, Ordering::Release);
@@ -109,7 +110,7 @@ impl Health {
             return false;
         }
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= config.consecutive_failures && !self.is_ejected() && may_eject {
+        if n >= config.consecutive_failures && !self.is_ejected() && may_eject() {
             self.eject(now_ns, config);
             return true;
         }

@@ -9,6 +9,7 @@
 //!        └ send   shape for the wire (the caller's identity in `shoal-client-id`), pooled connection
 //! ```
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::endpoint::Version;
@@ -71,15 +72,19 @@ where
         let conn = req.conn;
         let limited = {
             let state = conn.shared.store.peek();
-            match state.rate_limits.get(&conn.shared.own_service) {
+            // Most proxies have no limit: no hashing of the service name per request then.
+            let limiter = (!state.rate_limits.is_empty())
+                .then(|| state.rate_limits.get(&conn.shared.own_service))
+                .flatten();
+            match limiter {
                 None => Ok(()),
-                Some(limiter) => {
-                    let client = match &conn.client_id {
-                        Some(id) => id.to_string(),
-                        None => conn.client.ip().to_string(),
-                    };
-                    limiter.admit(&client, req.start)
-                }
+                Some(limiter) => limiter.admit(
+                    || match &conn.client_id {
+                        Some(id) => Cow::Borrowed(id.as_str()),
+                        None => Cow::Owned(conn.client.ip().to_string()),
+                    },
+                    req.start,
+                ),
             }
         };
         match limited {

@@ -7,6 +7,7 @@
 //! Each proxy enforces its own buckets, so N instances admit up to N times the limit. The buckets
 //! outlive state snapshots while the limit's settings stay ([`Limiter::inherit`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,26 +139,41 @@ impl Limiter {
         self.limit.requests_per_unit as f64 / self.limit.unit.duration().as_secs_f64()
     }
 
-    /// Takes a token for a request from `client` (its identity or address); `Err` with how long
-    /// until a token is back when the bucket is empty.
-    pub(crate) fn admit(&self, client: &str, now: Instant) -> Result<(), Duration> {
+    /// Takes a token for a request from `client` (its identity or address, asked only for a
+    /// per-client limit); `Err` with how long until a token is back when the bucket is empty.
+    /// A bucket that exists is found without allocating.
+    pub(crate) fn admit<'k>(
+        &self,
+        client: impl FnOnce() -> Cow<'k, str>,
+        now: Instant,
+    ) -> Result<(), Duration> {
         let key = match self.limit.scope {
-            Scope::Global => "",
-            Scope::PerClient => client,
+            Scope::Global => Cow::Borrowed(""),
+            Scope::PerClient => client(),
         };
+        let key = key.as_ref();
         let capacity = self.limit.burst as f64;
         let rate = self.rate();
         let mut buckets = lock(&self.buckets);
-        if !buckets.contains_key(key) && buckets.len() >= MAX_CLIENTS {
-            // Full buckets are those of callers that have been quiet: forgetting them loses nothing.
-            buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < capacity
-            });
+        if !buckets.contains_key(key) {
+            if buckets.len() >= MAX_CLIENTS {
+                // Full buckets are those of callers that have been quiet: forgetting them loses
+                // nothing.
+                buckets.retain(|_, b| {
+                    b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < capacity
+                });
+            }
+            buckets.insert(
+                key.to_string(),
+                Bucket {
+                    tokens: capacity,
+                    at: now,
+                },
+            );
         }
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
+        let Some(bucket) = buckets.get_mut(key) else {
+            unreachable!("inserted above");
+        };
         let refilled = (bucket.tokens
             + now.saturating_duration_since(bucket.at).as_secs_f64() * rate)
             .min(capacity);
@@ -190,24 +206,46 @@ mod tests {
     fn a_burst_then_the_sustained_rate() {
         let l = limiter(10, 5, Scope::Global);
         let t0 = Instant::now();
-        let admitted = (0..20).filter(|_| l.admit("a", t0).is_ok()).count();
+        let admitted = (0..20)
+            .filter(|_| l.admit(|| "a".into(), t0).is_ok())
+            .count();
         assert_eq!(admitted, 5, "the burst");
-        let wait = l.admit("a", t0).unwrap_err();
+        let wait = l.admit(|| "a".into(), t0).unwrap_err();
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         // One second later, ten more tokens (capped at the burst of five).
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!((0..20).filter(|_| l.admit("b", t1).is_ok()).count(), 5);
+        assert_eq!(
+            (0..20)
+                .filter(|_| l.admit(|| "b".into(), t1).is_ok())
+                .count(),
+            5
+        );
         // 100 ms later, one.
         let t2 = t1 + Duration::from_millis(100);
-        assert_eq!((0..20).filter(|_| l.admit("c", t2).is_ok()).count(), 1);
+        assert_eq!(
+            (0..20)
+                .filter(|_| l.admit(|| "c".into(), t2).is_ok())
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn per_client_buckets_are_separate() {
         let l = limiter(1, 2, Scope::PerClient);
         let t0 = Instant::now();
-        assert_eq!((0..5).filter(|_| l.admit("a", t0).is_ok()).count(), 2);
-        assert_eq!((0..5).filter(|_| l.admit("b", t0).is_ok()).count(), 2);
+        assert_eq!(
+            (0..5)
+                .filter(|_| l.admit(|| "a".into(), t0).is_ok())
+                .count(),
+            2
+        );
+        assert_eq!(
+            (0..5)
+                .filter(|_| l.admit(|| "b".into(), t0).is_ok())
+                .count(),
+            2
+        );
     }
 
     #[test]
@@ -220,12 +258,12 @@ mod tests {
             scope: Scope::Global,
         });
         let t0 = Instant::now();
-        assert!(l.admit("", t0).is_ok());
-        let wait = l.admit("", t0).unwrap_err();
+        assert!(l.admit(|| "".into(), t0).is_ok());
+        let wait = l.admit(|| "".into(), t0).unwrap_err();
         assert!(
             wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
-        assert!(l.admit("", t0 + Duration::from_secs(1)).is_ok());
+        assert!(l.admit(|| "".into(), t0 + Duration::from_secs(1)).is_ok());
     }
 }
