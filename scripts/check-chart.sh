@@ -109,6 +109,7 @@ refuse "needs controlPlane.persistence.enabled=false" --set controlPlane.replica
 refuse "needs ca.existingSecret" --set controlPlane.replicas=3 --set controlPlane.persistence.enabled=false
 refuse "expected Fail or Ignore" --set injector.failurePolicy=Maybe
 refuse "expected helm or cert-manager" --set injector.certificate.source=vault
+refuse "needs controlPlane.kubernetesDiscovery=true" --set injector.enabled=true --set controlPlane.kubernetesDiscovery=false
 
 echo "-- the Grafana dashboard's queries parse (promtool)"
 python3 - "$chart/dashboards/shoal-golden.json" >"$work/rules.yaml" <<'EOF'
