@@ -93,9 +93,15 @@ impl TokenReviews {
             return failure(StatusCode::BAD_REQUEST, "the body is not JSON");
         };
         if review["kind"] != "TokenReview" || review["apiVersion"] != "authentication.k8s.io/v1" {
-            return failure(StatusCode::BAD_REQUEST, "expected an authentication.k8s.io/v1 TokenReview");
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "expected an authentication.k8s.io/v1 TokenReview",
+            );
         }
-        let token = review["spec"]["token"].as_str().unwrap_or_default().to_owned();
+        let token = review["spec"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let mut requested: Vec<String> = (review["spec"]["audiences"].as_array())
             .into_iter()
             .flatten()
@@ -106,13 +112,19 @@ impl TokenReviews {
         }
         let mut inner = self.inner.lock().unwrap();
         if let Some(code) = inner.failure {
-            return failure(code, "tokenreviews.authentication.k8s.io is forbidden (the fake was told to fail)");
+            return failure(
+                code,
+                "tokenreviews.authentication.k8s.io is forbidden (the fake was told to fail)",
+            );
         }
         let status = match inner.tokens.get(&token) {
             None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
             Some(t) => {
-                let shared: Vec<&String> =
-                    t.audiences.iter().filter(|a| requested.contains(a)).collect();
+                let shared: Vec<&String> = t
+                    .audiences
+                    .iter()
+                    .filter(|a| requested.contains(a))
+                    .collect();
                 if shared.is_empty() {
                     json!({"user": {}, "error": format!(
                         "[invalid bearer token, token audiences {:?} is invalid for the target audiences {:?}]",

@@ -208,7 +208,10 @@ async fn the_webhook_injects_a_valid_native_sidecar_and_refuses_bad_annotations(
         json!({"name": "shoal-token", "projected": {"sources": [{"serviceAccountToken": {
             "audience": "shoal", "expirationSeconds": 3600, "path": "token"}}]}})
     );
-    assert_eq!(env(proxy, "SHOAL_IDENTITY_TOKEN_FILE"), "/var/run/shoal/token/token");
+    assert_eq!(
+        env(proxy, "SHOAL_IDENTITY_TOKEN_FILE"),
+        "/var/run/shoal/token/token"
+    );
     assert_eq!(env(proxy, "SHOAL_IDENTITY_TOKEN_KIND"), "kubernetes");
     // kubernetes-validate wants a name, which the API server generates from generateName.
     let mut named = patched.clone();
@@ -688,7 +691,10 @@ async fn the_injected_sidecar_settings_start_a_proxy_that_verifies_and_reaches_t
     let hook = Webhook::start_with(&[
         ("SHOAL_CP_KUBERNETES", "true".to_owned()),
         ("SHOAL_CP_KUBERNETES_API_URL", kube.url()),
-        ("SHOAL_CP_KUBERNETES_TOKEN_FILE", cp_token.display().to_string()),
+        (
+            "SHOAL_CP_KUBERNETES_TOKEN_FILE",
+            cp_token.display().to_string(),
+        ),
     ])
     .await;
     let pod = web_pod(json!({}));
@@ -711,8 +717,13 @@ async fn the_injected_sidecar_settings_start_a_proxy_that_verifies_and_reaches_t
     let audience = token_volume["projected"]["sources"][0]["serviceAccountToken"]["audience"]
         .as_str()
         .unwrap();
-    kube.token_reviews()
-        .register("projected-web-token", "shop", "web", "web-7d4b9c-x2x9z", &[audience]);
+    kube.token_reviews().register(
+        "projected-web-token",
+        "shop",
+        "web",
+        "web-7d4b9c-x2x9z",
+        &[audience],
+    );
     let token = hook.dir.path().join("token");
     std::fs::write(&token, "projected-web-token").unwrap();
     let mut builder = shoal_tests::ProxyBuilder::new()

@@ -78,7 +78,13 @@ async fn service_account_tokens_certify_proxies_that_speak_mtls() {
     let (kube, cp, dir) = cluster().await;
     let reviews = kube.token_reviews();
     reviews.register("token-web", "default", "web", "web-0", &["shoal"]);
-    reviews.register("token-frontend", "default", "frontend", "frontend-0", &["shoal"]);
+    reviews.register(
+        "token-frontend",
+        "default",
+        "frontend",
+        "frontend-0",
+        &["shoal"],
+    );
 
     let app = HttpBackend::echo().await;
     let web_token = token_file(dir.path(), "web", "token-web");
@@ -152,7 +158,13 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
     let (kube, cp, dir) = cluster().await;
     let reviews = kube.token_reviews();
     reviews.register("token-web", "default", "web", "web-0", &["shoal"]);
-    reviews.register("token-api-audience", "default", "web", "web-0", &["https://kubernetes.default.svc"]);
+    reviews.register(
+        "token-api-audience",
+        "default",
+        "web",
+        "web-0",
+        &["https://kubernetes.default.svc"],
+    );
 
     // A token the API server does not know.
     let file = token_file(dir.path(), "unknown", "token-nobody-issued");
@@ -172,10 +184,15 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
 
     // web's token presented by a proxy claiming another service account.
     let file = token_file(dir.path(), "impostor", "token-web");
-    let impostor = proxy(&cp, "impostor", "admin", &file).unready().start().await;
+    let impostor = proxy(&cp, "impostor", "admin", &file)
+        .unready()
+        .start()
+        .await;
     let error = refused(&impostor, "PermissionDenied").await;
     assert!(
-        error.contains(&format!("grants {WEB_ID}, not spiffe://cluster.local/ns/default/sa/admin")),
+        error.contains(&format!(
+            "grants {WEB_ID}, not spiffe://cluster.local/ns/default/sa/admin"
+        )),
         "{error}"
     );
     assert!(refusals(&cp, "identity_not_granted").await >= 1.0);
@@ -192,7 +209,11 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
     reviews.fail_with(None);
     eventually(DEADLINE, "the rbac proxy certified", || async {
         let identity = rbac.config().await["identity"].clone();
-        if identity["spiffe_id"] == WEB_ID { Ok(()) } else { Err(identity) }
+        if identity["spiffe_id"] == WEB_ID {
+            Ok(())
+        } else {
+            Err(identity)
+        }
     })
     .await;
     drop(rbac);
@@ -205,10 +226,18 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
     std::fs::write(&file, "token-rotated\n").unwrap();
     eventually(DEADLINE, "the rotated proxy certified", || async {
         let identity = rotated.config().await["identity"].clone();
-        if identity["spiffe_id"] == WEB_ID { Ok(()) } else { Err(identity) }
+        if identity["spiffe_id"] == WEB_ID {
+            Ok(())
+        } else {
+            Err(identity)
+        }
     })
     .await;
-    assert!(reviews.reviews().contains(&("token-rotated".to_owned(), true)));
+    assert!(
+        reviews
+            .reviews()
+            .contains(&("token-rotated".to_owned(), true))
+    );
     assert!(
         !(reviews.reviews().iter()).any(|(token, ok)| token == "token-expired" && *ok),
         "the old token was never accepted"

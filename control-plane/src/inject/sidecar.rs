@@ -99,7 +99,10 @@ pub(crate) fn proxy_container(i: &Inputs<'_>) -> Value {
         var("SHOAL_CONTROL_PLANE_IDENTITY", i.control_plane_identity),
         // The certificate comes from the control plane's CA (at SHOAL_DISCOVERY_ADDR) for this token, which
         // it verifies with TokenReview.
-        var("SHOAL_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_FILE}")),
+        var(
+            "SHOAL_IDENTITY_TOKEN_FILE",
+            format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+        ),
         var("SHOAL_IDENTITY_TOKEN_KIND", "kubernetes"),
         field("SHOAL_NAMESPACE", "metadata.namespace"),
         field("SHOAL_SERVICE_ACCOUNT", "spec.serviceAccountName"),

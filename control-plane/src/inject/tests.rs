@@ -125,7 +125,10 @@ fn a_pod_gets_the_init_container_and_the_native_sidecar_before_its_own_init_cont
         ("SHOAL_LOG", json!("info")),
         ("SHOAL_LOG_FORMAT", json!("plain")),
         // Certified by the control plane's CA with the projected token below (TokenReview).
-        ("SHOAL_IDENTITY_TOKEN_FILE", json!("/var/run/shoal/token/token")),
+        (
+            "SHOAL_IDENTITY_TOKEN_FILE",
+            json!("/var/run/shoal/token/token"),
+        ),
         ("SHOAL_IDENTITY_TOKEN_KIND", json!("kubernetes")),
     ] {
         assert_eq!(env(proxy, name), Some(&value), "{name}");
@@ -530,7 +533,10 @@ fn the_template_is_checked_and_applied() {
         ("control_plane_identity: cp", "control_plane_identity"),
         ("token_audience: ''", "token_audience"),
         ("token_audience: 'a b'", "token_audience"),
-        ("token_expiration_seconds: 599", "token_expiration_seconds 599"),
+        (
+            "token_expiration_seconds: 599",
+            "token_expiration_seconds 599",
+        ),
     ] {
         let error = bad(yaml).err().unwrap_or_else(|| panic!("{yaml} accepted"));
         assert!(error.contains(field), "{yaml}: {error}");

@@ -595,9 +595,10 @@ fn audiences(settings: &Settings) -> Result<Vec<String>, ConfigError> {
         return Err(ConfigError::Invalid {
             setting: env::KUBERNETES_AUDIENCES,
             value: raw.to_owned(),
-            expected: "one or more audiences separated by commas, such as `shoal` (the audience of the \
+            expected:
+                "one or more audiences separated by commas, such as `shoal` (the audience of the \
                        proxies' projected service-account tokens)"
-                .to_owned(),
+                    .to_owned(),
         });
     }
     Ok(audiences)

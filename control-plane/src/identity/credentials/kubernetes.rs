@@ -173,9 +173,17 @@ mod tests {
             error: "[invalid bearer token, token audiences [\"api\"] is invalid for the target audiences [\"shoal\"]]".into(),
             ..ok("").unwrap()
         };
-        let refused = verifier(Ok(not_ours)).verify("jwt", &web).await.unwrap_err();
+        let refused = verifier(Ok(not_ours))
+            .verify("jwt", &web)
+            .await
+            .unwrap_err();
         assert_eq!(refused.reason(), "invalid_credential");
-        assert!(refused.to_string().contains("SHOAL_CP_KUBERNETES_AUDIENCES"), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("SHOAL_CP_KUBERNETES_AUDIENCES"),
+            "{refused}"
+        );
         let down = verifier(Err("connection refused".into()))
             .verify("jwt", &web)
             .await

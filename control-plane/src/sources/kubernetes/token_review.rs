@@ -37,10 +37,11 @@ impl TokenReview for KubeTokenReview {
             ..Default::default()
         };
         let api: Api<Review> = Api::all(self.client.clone());
-        let answer = tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
-            .await
-            .map_err(|_| format!("the API server did not answer within {REVIEW_TIMEOUT:?}"))?
-            .map_err(explain)?;
+        let answer =
+            tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
+                .await
+                .map_err(|_| format!("the API server did not answer within {REVIEW_TIMEOUT:?}"))?
+                .map_err(explain)?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
         Ok(TokenReviewResult {
