@@ -244,6 +244,23 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
     );
 }
 
+/// An API server that cannot be reached: `UNAVAILABLE`, naming the setting to check, and counted as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_is_unavailable_not_a_bad_token() {
+    let (kube, cp, dir) = cluster().await;
+    drop(kube);
+    let file = token_file(dir.path(), "token", "token-web");
+    let p = proxy(&cp, "web", "web", &file).unready().start().await;
+    let error = refused(&p, "Unavailable").await;
+    assert!(
+        error.contains("cannot reach the API server")
+            && error.contains("SHOAL_CP_KUBERNETES_API_URL"),
+        "{error}"
+    );
+    assert!(refusals(&cp, "verifier_unavailable").await >= 1.0);
+    assert_eq!(refusals(&cp, "unknown_credential").await, 0.0);
+}
+
 /// Without `SHOAL_CP_KUBERNETES=true` there is nothing to review tokens with: refused, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_control_planes_refuse_kubernetes_tokens() {
