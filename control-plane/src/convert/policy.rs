@@ -156,6 +156,7 @@ pub(super) fn fault_injection(
                 })?,
             }),
         },
+        matches: each(wire.matches, "matches", super::route::route_match)?,
     })
 }
 
@@ -171,6 +172,9 @@ impl From<&FaultInjection> for v1::FaultInjection {
                 percent: a.percent,
                 http_status: a.http_status.into(),
             }),
+            matches: (fault.matches.iter())
+                .map(super::route::match_to_wire)
+                .collect(),
         }
     }
 }

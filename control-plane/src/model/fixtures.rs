@@ -66,6 +66,9 @@ pub fn route() -> Route {
         backends: vec![backend("backend-v1", 90), backend("backend-v2", 10)],
         timeout: Some(Duration::from_secs(2)),
         retry: None,
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
     };
     let default = RouteRule {
         name: String::new(),
@@ -73,6 +76,9 @@ pub fn route() -> Route {
         backends: vec![backend("backend-v1", 1)],
         timeout: None,
         retry: None,
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
     };
     Route {
         parent: svc("backend"),
@@ -195,6 +201,7 @@ pub fn every_kind() -> Vec<Resource> {
             percent: 1.5,
             http_status: 503,
         }),
+        matches: Vec::new(),
     };
     let mirror = Mirror {
         target: svc("backend"),

@@ -25,8 +25,8 @@ pub use inbound::{
 };
 pub use names::{DEFAULT_NAMESPACE, ServiceRef, dns_label, host_name, http_token, spiffe_id};
 pub use route::{
-    HeaderMatch, PathMatch, RetryOn, RetryPolicy, Route, RouteMatch, RouteRule, ValueMatch,
-    WeightedBackend,
+    HeaderMatch, HeaderModifier, PathMatch, PathModifier, RequestRedirect, RetryOn, RetryPolicy,
+    Route, RouteMatch, RouteRule, ValueMatch, WeightedBackend,
 };
 pub use service::{
     Endpoint, EndpointRegistration, Endpoints, Protocol, Service, ServicePort, TlsMode,

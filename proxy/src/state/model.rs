@@ -153,7 +153,7 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => {
@@ -232,6 +232,21 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     /// Retries of failed requests, with its budget (`None`: no retries).
     pub(crate) retry: Option<Arc<crate::retry::Retry>>,
+    /// Header edits made to the rule's requests before they are sent.
+    #[serde(
+        rename = "request_header_modifier",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) request_headers: Option<super::filter::HeaderEdits>,
+    /// Header edits made to the responses on their way back (shared with the requests in flight).
+    #[serde(
+        rename = "response_header_modifier",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) response_headers: Option<Arc<super::filter::HeaderEdits>>,
+    /// The redirect the proxy answers the rule's requests with, instead of sending them.
+    #[serde(rename = "request_redirect", skip_serializing_if = "Option::is_none")]
+    pub(crate) redirect: Option<super::filter::Redirect>,
 }
 
 impl RouteRule {

@@ -6,6 +6,7 @@ use v1::resource::Spec as Wire;
 
 use super::SpecYaml;
 use super::common::{is_zero, plain_message, wire_enum};
+use super::route::{Match, match_from_wire, match_to_wire};
 
 wire_enum! {
     /// `default_action` and a rule's `action`.
@@ -170,14 +171,22 @@ pub(super) struct FaultInjectionSpec {
     delay: Option<Delay>,
     #[serde(skip_serializing_if = "Option::is_none")]
     abort: Option<Abort>,
+    /// Which requests the faults may hit: a route rule's `matches`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<Match>,
 }
 
 impl SpecYaml for FaultInjectionSpec {
     fn into_wire(self) -> Result<Wire, String> {
+        let mut matches = Vec::with_capacity(self.matches.len());
+        for (m, matched) in self.matches.into_iter().enumerate() {
+            matches.push(match_to_wire(matched, &format!("spec.matches[{m}]"))?);
+        }
         Ok(Wire::FaultInjection(v1::FaultInjection {
             target_service: self.target_service,
             delay: self.delay.map(Into::into),
             abort: self.abort.map(Into::into),
+            matches,
         }))
     }
 
@@ -189,6 +198,7 @@ impl SpecYaml for FaultInjectionSpec {
             target_service: fault.target_service.clone(),
             delay: fault.delay.as_ref().map(Into::into),
             abort: fault.abort.as_ref().map(Into::into),
+            matches: fault.matches.iter().map(match_from_wire).collect(),
         })
     }
 }

@@ -19,6 +19,7 @@
 mod authority;
 #[cfg(test)]
 mod authority_tests;
+mod filter;
 mod policy;
 #[cfg(test)]
 mod policy_tests;

@@ -156,6 +156,9 @@ impl Checker<'_> {
                 self.error("spec.abort.http_status", reason);
             }
         }
+        for (i, entry) in fault.matches.iter().enumerate() {
+            self.route_match(&format!("spec.matches[{i}]"), entry);
+        }
     }
 
     pub(super) fn mirror(&mut self, mirror: &Mirror) {

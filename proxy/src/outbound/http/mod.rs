@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! route       destination (virtual IP or authority) → service → route rule; else passthrough
-//!  └ split    weighted pick of the rule's backend; the exchange counts in its metrics
+//!  └ filter   the rule's filters: a redirect answered here; request header edits (once, before
+//!    │        retries), response header edits on the way back
+//!    └ split  weighted pick of the rule's backend; the exchange counts in its metrics
 //!     └ timeout   the rule's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
 //!      └ fault    the named service's injected delays and aborts (chaos experiments)
 //!        └ retry      the rule's retry policy: budget, backoff, deadline; each attempt re-enters
@@ -18,6 +20,7 @@
 mod backend;
 mod balance;
 mod fault;
+mod filter;
 mod retry;
 mod route;
 mod split;
@@ -35,6 +38,7 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
         .push(fault::FaultLayer)
         .push(TimeoutLayer)
         .push(split::SplitLayer)
+        .push(filter::FilterLayer)
         .into_inner();
     let passthrough = Stack::new(Send).push(TimeoutLayer).into_inner();
     route::Route::new(known, passthrough)
