@@ -325,7 +325,24 @@ RATE_LIMIT = obj(
         "unit": enum("second", "minute", "hour", description="left out: second"),
         "burst": {"type": "integer", "format": "int64", "minimum": 0,
                   "description": "0 or left out: requests_per_unit"},
-        "scope": enum("global", "per_client", description="left out: global"),
+        "scope": enum("global", "per_client", description="left out: global; outbound limits: global only"),
+        "matches": array(ROUTE_MATCH, description="the requests the limit counts; left out: every request"),
+        "overrides": array(
+            obj(
+                {
+                    "identity": SPIFFE_ID,
+                    "requests_per_unit": {"type": "integer", "format": "int64", "minimum": 0,
+                                          "description": "0: this caller is not limited"},
+                    "burst": {"type": "integer", "format": "int64", "minimum": 0,
+                              "description": "0 or left out: requests_per_unit"},
+                },
+                required=["identity"],
+            ),
+            description="callers with a rate of their own (inbound limits only)",
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["identity"]},
+        ),
+        "side": enum("inbound", "outbound",
+                     description="left out: inbound (the service's proxies); outbound: each calling proxy"),
     },
     required=["target_service"],
 )

@@ -10,7 +10,7 @@ use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 use crate::backend::{Algorithm, BreakerOverride};
 use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
-use crate::inbound::rate_limit::{RateLimitSpec, Scope, Unit};
+use crate::inbound::rate_limit::{OverrideSpec, RateLimitSpec, Scope, Side, Unit};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{
     BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
@@ -484,7 +484,9 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
                     r.target_service
                 ));
             }
-            rate_limit_spec(r).resolve("")?;
+            let spec = rate_limit_spec(r);
+            spec.matches("")?;
+            spec.resolve("")?;
         }
         Payload::Mirror(_) | Payload::Address(_) => {}
     }
@@ -585,6 +587,18 @@ fn rate_limit_spec(r: &v1::RateLimit) -> RateLimitSpec {
         scope: match v1::RateLimitScope::try_from(r.scope).unwrap_or_default() {
             v1::RateLimitScope::PerClient => Scope::PerClient,
             v1::RateLimitScope::Global | v1::RateLimitScope::Unspecified => Scope::Global,
+        },
+        matches: r.matches.iter().map(match_spec).collect(),
+        overrides: (r.overrides.iter())
+            .map(|o| OverrideSpec {
+                identity: o.identity.clone(),
+                requests_per_unit: o.requests_per_unit,
+                burst: (o.burst > 0).then_some(o.burst),
+            })
+            .collect(),
+        side: match v1::RateLimitSide::try_from(r.side).unwrap_or_default() {
+            v1::RateLimitSide::Outbound => Side::Outbound,
+            v1::RateLimitSide::Inbound | v1::RateLimitSide::Unspecified => Side::Inbound,
         },
     }
 }

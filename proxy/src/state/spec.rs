@@ -18,7 +18,7 @@ use super::model::{
 };
 use crate::backend::{BackendPolicy, BackendRuntime};
 use crate::balance::Balancer;
-use crate::inbound::rate_limit::{Limiter, RateLimitSpec};
+use crate::inbound::rate_limit::{Limiter, RateLimitSpec, Side};
 use crate::metrics::RequestMetrics;
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
 use crate::tls::{SpiffeId, TlsMode};
@@ -590,17 +590,22 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     state.authorization = authorization;
     for (i, r) in spec.rate_limits.iter().enumerate() {
         let at = format!("rate_limits[{i}]");
+        let matches = r.matches(&at)?;
         let Some(limit) = r.resolve(&at)? else {
             continue;
         };
         let service = limit.service.clone();
-        if state
-            .rate_limits
-            .insert(service.clone(), Arc::new(Limiter::new(limit)))
+        let side = limit.side;
+        let limits = match side {
+            Side::Inbound => &mut state.rate_limits,
+            Side::Outbound => &mut state.outbound_rate_limits,
+        };
+        if limits
+            .insert(service.clone(), Arc::new(Limiter::new(limit, matches)))
             .is_some()
         {
             return Err(format!(
-                "{at}.service: {service} already has a rate limit (one per service)"
+                "{at}.service: {service} already has a rate limit on the {side:?} side (one per service and side)"
             ));
         }
     }

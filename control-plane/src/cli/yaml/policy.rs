@@ -23,6 +23,16 @@ wire_enum! {
     Scope => v1::RateLimitScope { Global, PerClient }
 }
 
+wire_enum! {
+    /// `side` of a rate limit; left out: `inbound`.
+    Side => v1::RateLimitSide { Inbound, Outbound }
+}
+
+plain_message! {
+    /// One of a rate limit's `overrides`: a caller's own rate.
+    Override => v1::RateLimitOverride { identity: String, requests_per_unit: u64, burst: u64 }
+}
+
 /// `kind: AuthorizationPolicy`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -125,16 +135,30 @@ pub(super) struct RateLimitSpec {
     burst: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<Scope>,
+    /// Which requests the limit counts: a route rule's `matches`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<Match>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    overrides: Vec<Override>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    side: Option<Side>,
 }
 
 impl SpecYaml for RateLimitSpec {
     fn into_wire(self) -> Result<Wire, String> {
+        let mut matches = Vec::with_capacity(self.matches.len());
+        for (m, matched) in self.matches.into_iter().enumerate() {
+            matches.push(match_to_wire(matched, &format!("spec.matches[{m}]"))?);
+        }
         Ok(Wire::RateLimit(v1::RateLimit {
             target_service: self.target_service,
             requests_per_unit: self.requests_per_unit,
             unit: Unit::to_wire(self.unit),
             burst: self.burst,
             scope: Scope::to_wire(self.scope),
+            matches,
+            overrides: self.overrides.into_iter().map(Into::into).collect(),
+            side: Side::to_wire(self.side),
         }))
     }
 
@@ -148,6 +172,9 @@ impl SpecYaml for RateLimitSpec {
             unit: Unit::from_wire(limit.unit),
             burst: limit.burst,
             scope: Scope::from_wire(limit.scope),
+            matches: limit.matches.iter().map(match_from_wire).collect(),
+            overrides: limit.overrides.iter().map(Into::into).collect(),
+            side: Side::from_wire(limit.side),
         })
     }
 }
