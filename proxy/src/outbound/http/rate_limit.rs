@@ -2,7 +2,8 @@
 //! proxy, one bucket for its own requests to the service (protecting a dependency from this
 //! caller). A request over it is answered here, 429 `rate-limited` with `Retry-After`
 //! (RESOURCE_EXHAUSTED for gRPC), never sent; it counts under the service it named. A proxy
-//! without outbound limits costs one branch.
+//! without outbound limits costs one branch; one with any builds the called service's qualified
+//! name per request for the lookup (the map is keyed by it, as the inbound limits are).
 
 use super::route::Routed;
 use crate::http::stack::{Exchange, Req, Service, stage};
