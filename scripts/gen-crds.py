@@ -235,6 +235,18 @@ BACKEND_POLICY = obj(
                 "interval_ms": ms(),
                 "base_ejection_time_ms": ms(),
                 "max_ejection_percent": percent("0 or left out: not set"),
+                "success_rate": obj(
+                    {
+                        "minimum_hosts": count(),
+                        "request_volume": count(),
+                        "stdev_factor": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 10,
+                            "description": "standard deviations below the mean that eject, at most 10; 0 or left out: not set",
+                        },
+                    }
+                ),
             }
         ),
         "circuit_breaker": obj(

@@ -21,12 +21,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod outlier;
+mod success_rate;
 
 use crate::backend::Algorithm;
 use crate::state::Endpoint;
 use crate::tls::SpiffeId;
 pub(crate) use outlier::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
-use outlier::{Health, Standing};
+use outlier::{EjectionReason, Health, Standing};
+use success_rate::Evaluation;
+pub(crate) use success_rate::{
+    DEFAULT_INTERVAL, DEFAULT_MINIMUM_HOSTS, DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR,
+    MAX_STDEV_FACTOR, SuccessRateConfig,
+};
 
 /// The latency estimate of an endpoint nothing has been learnt about yet (linkerd2-proxy's
 /// default): high enough that a new endpoint does not take a burst before its first answer.
@@ -42,6 +48,8 @@ pub(crate) struct Balancer {
     algorithm: Algorithm,
     /// Outlier detection, when the backend policy asks for it.
     outlier: Option<OutlierConfig>,
+    /// Its success-rate evaluation (with `success_rate`), started by [`Balancer::start`].
+    evaluation: OnceLock<Arc<Evaluation>>,
     /// Round robin: the running sums of the ready endpoints' weights, and the turn.
     cumulative: Vec<u64>,
     turn: AtomicU64,
@@ -203,6 +211,7 @@ impl Balancer {
             ready,
             algorithm,
             outlier,
+            evaluation: OnceLock::new(),
             cumulative,
             turn: AtomicU64::new(0),
         }
@@ -230,6 +239,29 @@ impl Balancer {
                 let _ = r.load.set(Arc::new(Load::with_estimate(mean)));
             }
         }
+        // The same success-rate settings: the evaluation (its task and timing) carries on.
+        if let Some(old) = previous.evaluation.get()
+            && self.outlier.as_ref() == Some(old.config())
+        {
+            let _ = self.evaluation.set(old.clone());
+        }
+    }
+
+    /// Starts what runs beside the requests once the snapshot is about to serve (after
+    /// [`Self::inherit`]): the success-rate evaluation, handed this snapshot's endpoints.
+    pub(crate) fn start(&self) {
+        let Some(config) = self.outlier.as_ref().filter(|o| o.success_rate.is_some()) else {
+            return;
+        };
+        let evaluation = self
+            .evaluation
+            .get_or_init(|| Evaluation::spawn(config.clone()));
+        evaluation.set_members(
+            self.ready
+                .iter()
+                .map(|r| (r.addr, r.load().clone()))
+                .collect(),
+        );
     }
 
     /// The endpoint for the next request, or `None` when no endpoint is ready.
@@ -323,6 +355,11 @@ impl Balancer {
             .health
             .record(failed, picked.probe, load.now_ns(), config, may_eject)
         {
+            config.ejected(if picked.probe {
+                EjectionReason::ProbeFailed
+            } else {
+                EjectionReason::ConsecutiveFailures
+            });
             tracing::warn!(
                 endpoint = %picked.addr,
                 ejections = load.health.ejections(),
@@ -392,7 +429,14 @@ impl serde::Serialize for Balancer {
             ejected: Option<bool>,
             #[serde(skip_serializing_if = "Option::is_none")]
             ejections: Option<u32>,
+            /// With success-rate ejection: the last interval's rate (`null`: too few requests).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            success_rate: Option<Option<f64>>,
         }
+        let rated = self
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.success_rate.is_some());
         let endpoints: Vec<EndpointLoad> = self
             .ready
             .iter()
@@ -410,6 +454,7 @@ impl serde::Serialize for Balancer {
                         .outlier
                         .as_ref()
                         .map(|_| load.map_or(0, |l| l.health.ejections())),
+                    success_rate: rated.then(|| load.and_then(|l| l.health.success_rate())),
                 }
             })
             .collect();

@@ -343,3 +343,146 @@ async fn the_policy_connect_timeout_bounds_connecting() {
     );
     drop(full);
 }
+
+/// An endpoint answering every other request with 500 until `healthy` is set.
+async fn half_failing(healthy: &Arc<AtomicBool>) -> HttpBackend {
+    let healthy = healthy.clone();
+    let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    HttpBackend::respond(move |_| {
+        let odd = turn.fetch_add(1, Ordering::SeqCst) % 2 == 1;
+        if healthy.load(Ordering::SeqCst) || !odd {
+            text_response(200, "ok")
+        } else {
+            text_response(500, "broken")
+        }
+    })
+    .await
+}
+
+fn success_rates(config: &serde_json::Value) -> Vec<Option<f64>> {
+    config["state"]["services"][0]["load_balancer"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["success_rate"].as_f64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_far_below_its_peers_success_rate_is_ejected_and_readmitted() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let bad = half_failing(&healthy).await;
+    let mut good = Vec::new();
+    for _ in 0..3 {
+        good.push(HttpBackend::respond(|_| text_response(200, "ok")).await);
+    }
+    let mut endpoints = vec![bad.addr()];
+    endpoints.extend(good.iter().map(HttpBackend::addr));
+    // No consecutive_5xx: it never fails twice in a row, only its success rate can eject it.
+    // Rates 1, 1, 1, 0.5: mean 0.875, deviation ≈ 0.22, threshold at factor 1 ≈ 0.66.
+    let proxy = proxy(
+        &endpoints,
+        "    load_balancer: {algorithm: round_robin}\n    outlier_detection:\n      \
+         interval: 300ms\n      base_ejection_time: 5s\n      max_ejection_percent: 50\n      \
+         success_rate: {minimum_hosts: 4, request_volume: 10, stdev_factor: 1.0}\n",
+    )
+    .await;
+    let config = proxy.config().await;
+    let outlier = &config["state"]["services"][0]["load_balancer"]["outlier_detection"];
+    assert_eq!(outlier["consecutive_failures"], serde_json::Value::Null);
+    assert_eq!(outlier["success_rate"]["request_volume"], 10, "{outlier}");
+    // Traffic until an evaluation ejects it; the healthy peers stay.
+    eventually(
+        WAIT,
+        "the half-failing endpoint ejected by success rate",
+        || async {
+            for _ in 0..8 {
+                get(&proxy).await;
+            }
+            let e = ejected(&proxy.config().await);
+            if e == [true, false, false, false] {
+                Ok(())
+            } else {
+                Err(format!("{e:?}"))
+            }
+        },
+    )
+    .await;
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("shoal_outlier_ejections_total")
+                && l.contains("reason=\"success_rate\"")
+                && l.contains("service=\"app.default\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // Ejected: no request reaches it, every request succeeds.
+    let before = bad.count();
+    for i in 0..30 {
+        assert_eq!(get(&proxy).await.status, 200, "request {i} while ejected");
+    }
+    assert_eq!(bad.count(), before, "an ejected endpoint gets no traffic");
+    // The peers' rates are shown: 1 each over an interval with enough requests.
+    eventually(WAIT, "the peers' success rates shown", || async {
+        for _ in 0..15 {
+            get(&proxy).await;
+        }
+        let rates = success_rates(&proxy.config().await);
+        if rates[1..].iter().all(|r| *r == Some(1.0)) {
+            Ok(())
+        } else {
+            Err(format!("{rates:?}"))
+        }
+    })
+    .await;
+    // It recovers; after the ejection time its probe readmits it, and it gets its share again.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "the recovered endpoint readmitted", || async {
+        get(&proxy).await;
+        let e = ejected(&proxy.config().await);
+        if e == [false, false, false, false] && bad.count() > before {
+            Ok(())
+        } else {
+            Err(format!("{e:?}, {} requests", bad.count()))
+        }
+    })
+    .await;
+    let before = bad.count();
+    for _ in 0..8 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(bad.count(), before + 2, "back to its round-robin share");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outlier_detection_that_ejects_nothing_is_refused() {
+    let backend = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    for (policy, field) in [
+        (
+            "{max_ejection_percent: 50}",
+            "backend_policies[0].outlier_detection: ejects nothing",
+        ),
+        (
+            "{consecutive_5xx: 3, interval: 1s}",
+            "backend_policies[0].outlier_detection.interval: only used with success_rate",
+        ),
+        (
+            "{success_rate: {stdev_factor: 11}}",
+            "backend_policies[0].outlier_detection.success_rate.stdev_factor",
+        ),
+    ] {
+        let exited = ProxyBuilder::new()
+            .outbound_explicit()
+            .state(&format!(
+                "services:\n  - name: app\n    port: 80\n    endpoints:\n      - address: \"{}\"\n\
+                 backend_policies:\n  - service: app\n    outlier_detection: {policy}\n",
+                backend.addr()
+            ))
+            .run_to_exit(Duration::from_secs(10))
+            .unwrap();
+        let text = format!("{}{}", exited.stdout, exited.stderr);
+        assert!(text.contains(field), "{policy}: {text}");
+    }
+}

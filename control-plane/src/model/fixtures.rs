@@ -153,6 +153,10 @@ pub fn every_kind() -> Vec<Resource> {
             consecutive_5xx: Some(5),
             interval: Some(Duration::from_secs(10)),
             max_ejection_percent: Some(50.0),
+            success_rate: Some(SuccessRateEjection {
+                minimum_hosts: Some(3),
+                ..SuccessRateEjection::default()
+            }),
             ..OutlierDetection::default()
         }),
         circuit_breaker: Some(CircuitBreaker {

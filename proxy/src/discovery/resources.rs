@@ -13,7 +13,7 @@ use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::inbound::rate_limit::{RateLimitSpec, Scope, Unit};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{
-    BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
+    BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec, SuccessRateSpec,
 };
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::spec::{
@@ -491,7 +491,7 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
 }
 
 /// The state description of a `BackendPolicy`: the parts this proxy enforces. A part it does not
-/// (ring hashing, connection limits other than the cap on requests, outlier detection) is refused,
+/// (ring hashing, connection limits other than the cap on requests) is refused,
 /// naming the field — the control plane refuses them at `apply` too, so only a control plane
 /// newer than this proxy sends them.
 fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, String> {
@@ -539,15 +539,17 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
         }
     };
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
-    let outlier_detection = match &p.outlier_detection {
-        None => None,
-        Some(o) if o.interval_ms > 0 => return not_enforced("outlier_detection.interval_ms"),
-        Some(o) => Some(OutlierSpec {
-            consecutive_5xx: (o.consecutive_5xx > 0).then_some(o.consecutive_5xx),
-            base_ejection_time: ms(o.base_ejection_time_ms),
-            max_ejection_percent: (o.max_ejection_percent != 0.0).then_some(o.max_ejection_percent),
+    let outlier_detection = p.outlier_detection.as_ref().map(|o| OutlierSpec {
+        consecutive_5xx: (o.consecutive_5xx > 0).then_some(o.consecutive_5xx),
+        interval: ms(o.interval_ms),
+        base_ejection_time: ms(o.base_ejection_time_ms),
+        max_ejection_percent: (o.max_ejection_percent != 0.0).then_some(o.max_ejection_percent),
+        success_rate: o.success_rate.as_ref().map(|r| SuccessRateSpec {
+            minimum_hosts: (r.minimum_hosts > 0).then_some(r.minimum_hosts),
+            request_volume: (r.request_volume > 0).then_some(r.request_volume),
+            stdev_factor: (r.stdev_factor != 0.0).then_some(r.stdev_factor),
         }),
-    };
+    });
     let circuit_breaker = p.circuit_breaker.as_ref().map(|b| BreakerSpec {
         failure_ratio_threshold: (b.failure_ratio_threshold != 0.0)
             .then_some(b.failure_ratio_threshold),

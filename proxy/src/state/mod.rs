@@ -69,6 +69,7 @@ impl Store {
     pub fn replace(&self, mut state: State) -> u64 {
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         state.inherit_runtime(&self.current.load());
+        state.start_runtime();
         self.current.store(Arc::new(state));
         let mut status = (**self.status.load()).clone();
         status.version = version;

@@ -293,6 +293,14 @@ impl State {
         }
     }
 
+    /// Starts what runs beside the requests for each service (success-rate evaluations), once
+    /// the state is about to serve: after [`Self::inherit_runtime`].
+    pub fn start_runtime(&self) {
+        for s in &self.services {
+            s.balancer.start();
+        }
+    }
+
     /// Carries runtime state over from `previous`: each service's balancer load (same name,
     /// namespace and port), and each route rule's retry budget (same service, route and rule
     /// position). An update that does not touch a service or rule leaves what was learnt alone.

@@ -16,7 +16,7 @@ use super::model::{
     ValueMatch,
 };
 use crate::backend::{BackendPolicy, BackendRuntime};
-use crate::balance::Balancer;
+use crate::balance::{Balancer, OutlierConfig};
 use crate::inbound::rate_limit::{Limiter, RateLimitSpec};
 use crate::metrics::RequestMetrics;
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
@@ -598,7 +598,10 @@ fn build_service(
         balancer: Balancer::new(
             &endpoints,
             policy.load_balancer,
-            policy.outlier_detection.clone(),
+            policy.outlier_detection.clone().map(|o| OutlierConfig {
+                service: qualified.as_str().into(),
+                ..o
+            }),
         ),
         backend: BackendRuntime::new(policy),
         fault,

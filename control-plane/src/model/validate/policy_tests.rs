@@ -121,6 +121,57 @@ fn backend_policy_errors_name_their_field() {
 }
 
 #[test]
+fn outlier_detection_errors_name_their_field() {
+    let with = |outlier: OutlierDetection| {
+        Spec::BackendPolicy(BackendPolicy {
+            service: svc("backend"),
+            load_balancer: None,
+            limits: None,
+            outlier_detection: Some(outlier),
+            circuit_breaker: None,
+        })
+    };
+    let rate = |stdev_factor: Option<f64>| SuccessRateEjection {
+        minimum_hosts: Some(0),
+        request_volume: Some(10),
+        stdev_factor,
+    };
+    assert_structure_rejects(
+        with(OutlierDetection::default()),
+        "spec.outlier_detection",
+        "ejects nothing",
+    );
+    let interval = OutlierDetection {
+        consecutive_5xx: Some(5),
+        interval: Some(Duration::from_secs(1)),
+        ..OutlierDetection::default()
+    };
+    assert_structure_rejects(
+        with(interval),
+        "spec.outlier_detection.interval_ms",
+        "only used with success_rate",
+    );
+    let hosts = OutlierDetection {
+        success_rate: Some(rate(None)),
+        ..OutlierDetection::default()
+    };
+    assert_structure_rejects(
+        with(hosts),
+        "spec.outlier_detection.success_rate.minimum_hosts",
+        "must be positive",
+    );
+    let factor = OutlierDetection {
+        success_rate: Some(rate(Some(11.0))),
+        ..OutlierDetection::default()
+    };
+    assert_structure_rejects(
+        with(factor),
+        "spec.outlier_detection.success_rate.stdev_factor",
+        "not in (0, 10]",
+    );
+}
+
+#[test]
 fn inbound_policy_errors_name_their_field() {
     let policy = AuthorizationPolicy {
         target: svc("backend"),
