@@ -214,6 +214,7 @@ BACKEND_POLICY = obj(
                     },
                     "ring_hash only: one of header, cookie, query_parameter or source_ip: true",
                 ),
+                "slow_start_ms": ms("milliseconds, at most 24 h: a new or readmitted endpoint's share grows over it; 0 or left out: off"),
             },
             **{"x-kubernetes-validations": [{
                 "rule": "has(self.algorithm) && self.algorithm == 'ring_hash' ? has(self.hash_key) : !has(self.hash_key)",

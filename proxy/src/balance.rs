@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod outlier;
+mod slow_start;
 mod success_rate;
 
 use crate::backend::Algorithm;
@@ -28,6 +29,7 @@ use crate::state::Endpoint;
 use crate::tls::SpiffeId;
 pub(crate) use outlier::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
 use outlier::{EjectionReason, Health, Standing};
+use slow_start::Warmup;
 use success_rate::Evaluation;
 pub(crate) use success_rate::{
     DEFAULT_INTERVAL, DEFAULT_MINIMUM_HOSTS, DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR,
@@ -50,6 +52,8 @@ pub(crate) struct Balancer {
     outlier: Option<OutlierConfig>,
     /// Its success-rate evaluation (with `success_rate`), started by [`Balancer::start`].
     evaluation: OnceLock<Arc<Evaluation>>,
+    /// Slow start's window, when the backend policy asks for it (`slow_start`).
+    slow_start: Option<Duration>,
     /// Round robin: the running sums of the ready endpoints' weights, and the turn.
     cumulative: Vec<u64>,
     turn: AtomicU64,
@@ -77,6 +81,8 @@ pub(crate) struct Load {
     in_flight: AtomicU32,
     /// Outlier detection's view of the endpoint.
     health: Health,
+    /// Slow start: since when it warms up.
+    warmup: Warmup,
     /// The peak-EWMA latency estimate, in nanoseconds (an `f64`'s bits).
     rtt_ns: AtomicU64,
     /// When the estimate was last updated (nanoseconds since `epoch`).
@@ -94,6 +100,7 @@ impl Load {
         Self {
             in_flight: AtomicU32::new(0),
             health: Health::default(),
+            warmup: Warmup::default(),
             rtt_ns: AtomicU64::new(rtt_ns.to_bits()),
             updated_ns: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -212,9 +219,17 @@ impl Balancer {
             algorithm,
             outlier,
             evaluation: OnceLock::new(),
+            slow_start: None,
             cumulative,
             turn: AtomicU64::new(0),
         }
+    }
+
+    /// With slow start: endpoints new in an update, or readmitted after an ejection, get a share
+    /// of their traffic growing over `window` (`slow_start`).
+    pub(crate) fn with_slow_start(mut self, window: Option<Duration>) -> Self {
+        self.slow_start = window;
+        self
     }
 
     /// Takes over the load of every endpoint `previous` also had (same address), so what was
@@ -235,8 +250,13 @@ impl Balancer {
         }
         if n > 0 {
             let mean = sum / f64::from(n);
-            for r in &self.ready {
-                let _ = r.load.set(Arc::new(Load::with_estimate(mean)));
+            for r in self.ready.iter().filter(|r| r.load.get().is_none()) {
+                let load = Load::with_estimate(mean);
+                // New next to endpoints that stay: it warms up while they carry the traffic.
+                if self.slow_start.is_some() {
+                    load.warmup.begin(load.now_ns());
+                }
+                let _ = r.load.set(Arc::new(load));
             }
         }
         // The same success-rate settings: the evaluation (its task and timing) carries on.
@@ -286,7 +306,7 @@ impl Balancer {
             }
             (2, Some(s)) => 1 - s,
             (n, skip) if self.algorithm == Algorithm::RoundRobin => {
-                let i = self.next_turn();
+                let i = self.next_turn_warm();
                 if Some(i) == skip { (i + 1) % n } else { i }
             }
             (n, _) => {
@@ -351,10 +371,14 @@ impl Balancer {
                 .count();
             ejected < config.max_ejected(self.ready.len())
         };
-        if load
+        let ejected = load
             .health
-            .record(failed, picked.probe, load.now_ns(), config, may_eject)
-        {
+            .record(failed, picked.probe, load.now_ns(), config, may_eject);
+        if picked.probe && !ejected && self.slow_start.is_some() {
+            // Readmitted: back to a small share, growing.
+            load.warmup.begin(load.now_ns());
+        }
+        if ejected {
             config.ejected(if picked.probe {
                 EjectionReason::ProbeFailed
             } else {
@@ -372,16 +396,46 @@ impl Balancer {
     /// or by load alone (least request).
     fn cheaper(&self, a: usize, b: usize) -> usize {
         let (ra, rb) = (&self.ready[a], &self.ready[b]);
+        let (wa, wb) = (self.weight(a), self.weight(b));
         let cheaper = match self.algorithm {
-            Algorithm::LeastRequest => {
-                ra.load().requests(ra.weight) <= rb.load().requests(rb.weight)
-            }
+            Algorithm::LeastRequest => ra.load().requests(wa) <= rb.load().requests(wb),
             _ => {
                 let now = Instant::now();
-                ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now)
+                ra.load().cost(wa, now) <= rb.load().cost(wb, now)
             }
         };
         if cheaper { a } else { b }
+    }
+
+    /// Endpoint `i`'s weight now: with slow start, times its share.
+    fn weight(&self, i: usize) -> f64 {
+        let r = &self.ready[i];
+        match self.slow_start {
+            None => r.weight,
+            Some(window) => {
+                let load = r.load();
+                r.weight * load.warmup.share(load.now_ns(), window)
+            }
+        }
+    }
+
+    /// Round robin's next endpoint, each in proportion to its weight — times its share with slow
+    /// start: a warming endpoint's turn is taken with probability share, else the next turn is
+    /// (at most one round of turns).
+    fn next_turn_warm(&self) -> usize {
+        let Some(window) = self.slow_start else {
+            return self.next_turn();
+        };
+        let mut i = self.next_turn();
+        for _ in 1..self.ready.len() {
+            let load = self.ready[i].load();
+            let share = load.warmup.share(load.now_ns(), window);
+            if share >= 1.0 || fastrand::f64() < share {
+                break;
+            }
+            i = self.next_turn();
+        }
+        i
     }
 
     /// Round robin's next endpoint, each in proportion to its weight.
@@ -432,6 +486,9 @@ impl serde::Serialize for Balancer {
             /// With success-rate ejection: the last interval's rate (`null`: too few requests).
             #[serde(skip_serializing_if = "Option::is_none")]
             success_rate: Option<Option<f64>>,
+            /// With slow start: the endpoint's share of its traffic now (1: warm).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            slow_start_share: Option<f64>,
         }
         let rated = self
             .outlier
@@ -455,12 +512,19 @@ impl serde::Serialize for Balancer {
                         .as_ref()
                         .map(|_| load.map_or(0, |l| l.health.ejections())),
                     success_rate: rated.then(|| load.and_then(|l| l.health.success_rate())),
+                    slow_start_share: self
+                        .slow_start
+                        .map(|window| load.map_or(1.0, |l| l.warmup.share(l.now_ns(), window))),
                 }
             })
             .collect();
-        let mut s = ser.serialize_struct("Balancer", 3)?;
+        let mut s = ser.serialize_struct("Balancer", 4)?;
         s.serialize_field("algorithm", &self.algorithm)?;
         s.serialize_field("outlier_detection", &self.outlier)?;
+        let slow_start = self
+            .slow_start
+            .map(|d| humantime::format_duration(d).to_string());
+        s.serialize_field("slow_start", &slow_start)?;
         s.serialize_field("endpoints", &endpoints)?;
         s.end()
     }

@@ -18,18 +18,23 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A proxy routing `app.example` to `endpoints` under `policy` (YAML of one backend policy's
 /// fields, indented for the list item).
 async fn proxy(endpoints: &[SocketAddr], policy: &str) -> Proxy {
+    ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&state(endpoints, policy))
+        .start()
+        .await
+}
+
+/// The state file of [`proxy`].
+fn state(endpoints: &[SocketAddr], policy: &str) -> String {
     let list: String = endpoints
         .iter()
         .map(|a| format!("\n      - address: \"{a}\""))
         .collect();
-    ProxyBuilder::new()
-        .outbound_explicit()
-        .state(&format!(
-            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
-             backend_policies:\n  - service: app\n{policy}"
-        ))
-        .start()
-        .await
+    format!(
+        "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
+         backend_policies:\n  - service: app\n{policy}"
+    )
 }
 
 async fn get(proxy: &Proxy) -> shoal_tests::Resp {
@@ -485,4 +490,63 @@ async fn an_outlier_detection_that_ejects_nothing_is_refused() {
         let text = format!("{}{}", exited.stdout, exited.stderr);
         assert!(text.contains(field), "{policy}: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_endpoint_ramps_up_over_slow_start() {
+    let a = HttpBackend::respond(|_| text_response(200, "a")).await;
+    let b = HttpBackend::respond(|_| text_response(200, "b")).await;
+    let policy = "    load_balancer: {algorithm: round_robin, slow_start: 6s}\n";
+    let proxy = proxy(&[a.addr(), b.addr()], policy).await;
+    // The first state's endpoints are warm: round robin's exact shares.
+    for _ in 0..20 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (10, 10));
+    // An update adds an endpoint: it starts at a tenth of its share, growing over 6 s.
+    let c = HttpBackend::respond(|_| text_response(200, "c")).await;
+    let version = proxy.config().await["sync"]["version"].as_u64().unwrap();
+    std::fs::write(
+        proxy.state_path(),
+        state(&[a.addr(), b.addr(), c.addr()], policy),
+    )
+    .unwrap();
+    eventually(WAIT, "the update served", || async {
+        let v = proxy.config().await["sync"]["version"].as_u64().unwrap();
+        if v > version { Ok(()) } else { Err(v) }
+    })
+    .await;
+    for _ in 0..60 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    let early = c.count();
+    // A full share would be 20 of 60; in the first second or so it is at most a quarter of that.
+    assert!(early < 12, "the new endpoint got {early} of 60 at once");
+    let config = proxy.config().await;
+    let lb = &config["state"]["services"][0]["load_balancer"];
+    assert_eq!(lb["slow_start"], "6s", "{lb}");
+    let shares: Vec<f64> = lb["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["slow_start_share"].as_f64().unwrap())
+        .collect();
+    assert!(shares[..2] == [1.0, 1.0] && shares[2] < 1.0, "{shares:?}");
+    // Once warm it takes its full share.
+    eventually(WAIT, "the new endpoint warm", || async {
+        let config = proxy.config().await;
+        let share =
+            &config["state"]["services"][0]["load_balancer"]["endpoints"][2]["slow_start_share"];
+        if share == 1.0 {
+            Ok(())
+        } else {
+            Err(share.to_string())
+        }
+    })
+    .await;
+    let before = c.count();
+    for _ in 0..60 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(c.count() - before, 20, "a third of the requests once warm");
 }

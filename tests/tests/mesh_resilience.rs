@@ -126,7 +126,7 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
         .await
         .success();
     cp.apply(&backend_policy(
-        "  load_balancer: {algorithm: round_robin}\n  limits: {max_concurrent_requests: 50}\n  circuit_breaker: {override: force_open}\n  \
+        "  load_balancer: {algorithm: round_robin, slow_start_ms: 5000}\n  limits: {max_concurrent_requests: 50}\n  circuit_breaker: {override: force_open}\n  \
          outlier_detection: {interval_ms: 2000, success_rate: {minimum_hosts: 3, stdev_factor: 1.5}}\n",
     ))
     .await
@@ -150,6 +150,7 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
         .cloned()
         .unwrap_or_else(|| panic!("no service app in /config: {config}"));
     assert_eq!(app["load_balancer"]["algorithm"], "round_robin", "{app}");
+    assert_eq!(app["load_balancer"]["slow_start"], "5s", "{app}");
     let rate = &app["load_balancer"]["outlier_detection"]["success_rate"];
     assert_eq!(
         (

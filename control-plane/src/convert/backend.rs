@@ -26,6 +26,7 @@ pub(super) fn backend_policy(
                     Some(self::hash_key(source).map_err(|e| e.within("load_balancer.hash_key"))?)
                 }
             },
+            slow_start: millis(lb.slow_start_ms),
         }),
     };
     let breaker = match wire.circuit_breaker {
@@ -117,6 +118,7 @@ impl From<&BackendPolicy> for v1::BackendPolicy {
                     HashKey::SourceIp => hash_key::Source::SourceIp(true),
                 }),
             }),
+            slow_start_ms: to_millis(lb.slow_start),
         });
         Self {
             service: policy.service.to_string(),

@@ -26,6 +26,8 @@ pub struct LoadBalancer {
     pub algorithm: Option<LoadBalancingAlgorithm>,
     /// What ring hashing hashes; required with, and only with, [`LoadBalancingAlgorithm::RingHash`].
     pub hash_key: Option<HashKey>,
+    /// Slow start: a new or readmitted endpoint's share of traffic grows linearly over this window.
+    pub slow_start: Option<Duration>,
 }
 
 /// A load-balancing algorithm.

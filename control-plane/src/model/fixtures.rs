@@ -143,6 +143,7 @@ pub fn every_kind() -> Vec<Resource> {
         load_balancer: Some(LoadBalancer {
             algorithm: Some(LoadBalancingAlgorithm::RingHash),
             hash_key: Some(HashKey::Header("x-user".to_owned())),
+            slow_start: Some(Duration::from_secs(30)),
         }),
         limits: Some(ConnectionLimits {
             max_connections: Some(100),

@@ -298,3 +298,55 @@ async fn the_evaluation_survives_an_update_with_the_same_settings() {
     changed.start();
     assert!(!Arc::ptr_eq(changed.evaluation.get().unwrap(), evaluation));
 }
+
+#[test]
+fn slow_start_is_a_load_penalty_for_p2c_and_least_request() {
+    for algorithm in [Algorithm::P2cEwma, Algorithm::LeastRequest] {
+        let b = Balancer::new(&[ep(1, 1, true), ep(2, 1, true)], algorithm, None)
+            .with_slow_start(Some(Duration::from_secs(60)));
+        let warming = b.ready[1].load();
+        warming.warmup.begin(warming.now_ns());
+        // Requests held in flight: the warming endpoint (a tenth of its weight) costs as much as
+        // the warm one only with a tenth of its requests in flight.
+        let held: Vec<_> = (0..110).map(|_| b.pick().unwrap()).collect();
+        let to_warming = held.iter().filter(|p| p.addr.port() == 2).count();
+        assert!(
+            (8..=12).contains(&to_warming),
+            "{algorithm:?}: {to_warming} of 110"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readmitted_endpoint_warms_up_again() {
+    let outlier = OutlierConfig {
+        consecutive_failures: Some(1),
+        base_ejection_time: Duration::from_secs(1),
+        max_ejection_percent: 50.0,
+        success_rate: None,
+        service: "app.default".into(),
+    };
+    let window = Duration::from_secs(10);
+    let b = Balancer::new(
+        &[ep(1, 1, true), ep(2, 1, true)],
+        Algorithm::RoundRobin,
+        Some(outlier),
+    )
+    .with_slow_start(Some(window));
+    let first = b.pick().unwrap();
+    assert_eq!(first.addr.port(), 1);
+    b.report(&first, true);
+    let load = b.ready[0].load().clone();
+    assert!(load.health.is_ejected());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // The ejection time passed: its probe succeeds and readmits it at a small share.
+    let probe = (0..4)
+        .map(|_| b.pick().unwrap())
+        .find(|p| p.probe)
+        .expect("a probe");
+    b.report(&probe, false);
+    assert!(!load.health.is_ejected());
+    assert_eq!(load.warmup.share(load.now_ns(), window), 0.1);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(load.warmup.share(load.now_ns(), window), 0.5);
+}

@@ -512,7 +512,10 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
             if lb.hash_key.is_some() {
                 return not_enforced("load_balancer.hash_key");
             }
-            Some(LoadBalancerSpec { algorithm })
+            Some(LoadBalancerSpec {
+                algorithm,
+                slow_start: (lb.slow_start_ms > 0).then(|| Duration::from_millis(lb.slow_start_ms)),
+            })
         }
     };
     let limits = match &p.limits {

@@ -68,6 +68,9 @@ pub(crate) struct SuccessRateSpec {
 pub(crate) struct LoadBalancerSpec {
     #[serde(default)]
     pub(crate) algorithm: Algorithm,
+    /// A new or readmitted endpoint's share of traffic grows over this window.
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -116,6 +119,8 @@ impl BackendPolicySpec {
             limits.max_concurrent_requests,
         )?;
         in_range("limits.connect_timeout", limits.connect_timeout)?;
+        let slow_start = self.load_balancer.as_ref().and_then(|lb| lb.slow_start);
+        in_range("load_balancer.slow_start", slow_start)?;
         let circuit_breaker = match &self.circuit_breaker {
             None => None,
             Some(b) => {
@@ -213,6 +218,7 @@ impl BackendPolicySpec {
             circuit_breaker,
             outlier_detection,
             connect_timeout: limits.connect_timeout,
+            slow_start,
         })
     }
 }

@@ -602,7 +602,8 @@ fn build_service(
                 service: qualified.as_str().into(),
                 ..o
             }),
-        ),
+        )
+        .with_slow_start(policy.slow_start),
         backend: BackendRuntime::new(policy),
         fault,
         metrics: RequestMetrics::outbound(&qualified, "default", &qualified),

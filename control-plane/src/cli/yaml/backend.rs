@@ -100,6 +100,8 @@ struct LoadBalancer {
     /// One of `header`, `cookie`, `query_parameter`, `source_ip: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     hash_key: Option<HashKey>,
+    #[serde(skip_serializing_if = "is_zero")]
+    slow_start_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,6 +143,7 @@ impl SpecYaml for BackendPolicySpec {
                     HashKey::SourceIp(s) => Source::SourceIp(s),
                 }),
             }),
+            slow_start_ms: lb.slow_start_ms,
         });
         let circuit_breaker = self.circuit_breaker.map(|b| v1::CircuitBreaker {
             failure_ratio_threshold: b.failure_ratio_threshold,
@@ -174,6 +177,7 @@ impl SpecYaml for BackendPolicySpec {
                     Source::SourceIp(s) => HashKey::SourceIp(s),
                 },
             ),
+            slow_start_ms: lb.slow_start_ms,
         });
         let circuit_breaker = policy.circuit_breaker.as_ref().map(|b| Breaker {
             failure_ratio_threshold: b.failure_ratio_threshold,

@@ -16,6 +16,7 @@ pub const MAX_STDEV_FACTOR: f64 = 10.0;
 impl Checker<'_> {
     pub(super) fn backend_policy(&mut self, policy: &BackendPolicy) {
         if let Some(lb) = &policy.load_balancer {
+            self.duration("spec.load_balancer.slow_start_ms", lb.slow_start);
             let ring = lb.algorithm == Some(LoadBalancingAlgorithm::RingHash);
             match (&lb.hash_key, ring) {
                 (None, true) => {

@@ -70,6 +70,7 @@ fn backend_policy_errors_name_their_field() {
         load_balancer: Some(LoadBalancer {
             algorithm: Some(LoadBalancingAlgorithm::RingHash),
             hash_key: None,
+            slow_start: Some(Duration::from_secs(100_000)),
         }),
         limits: Some(ConnectionLimits {
             max_connections: Some(0),
@@ -94,6 +95,11 @@ fn backend_policy_errors_name_their_field() {
     assert_structure_rejects(spec(), "spec.limits.max_connections", "must be positive");
     assert_structure_rejects(
         spec(),
+        "spec.load_balancer.slow_start_ms",
+        "longer than the maximum",
+    );
+    assert_structure_rejects(
+        spec(),
         "spec.outlier_detection.max_ejection_percent",
         "percentage",
     );
@@ -111,6 +117,7 @@ fn backend_policy_errors_name_their_field() {
     key_without_ring.load_balancer = Some(LoadBalancer {
         algorithm: None,
         hash_key: Some(HashKey::SourceIp),
+        slow_start: None,
     });
     let spec = Spec::BackendPolicy(key_without_ring);
     assert_structure_rejects(
