@@ -23,6 +23,7 @@ use tokio::time::Instant;
 mod outlier;
 mod slow_start;
 mod success_rate;
+mod zone;
 
 use crate::backend::Algorithm;
 use crate::state::Endpoint;
@@ -35,6 +36,7 @@ pub(crate) use success_rate::{
     DEFAULT_INTERVAL, DEFAULT_MINIMUM_HOSTS, DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR,
     MAX_STDEV_FACTOR, SuccessRateConfig,
 };
+use zone::Local;
 
 /// The latency estimate of an endpoint nothing has been learnt about yet (linkerd2-proxy's
 /// default): high enough that a new endpoint does not take a burst before its first answer.
@@ -54,6 +56,11 @@ pub(crate) struct Balancer {
     evaluation: OnceLock<Arc<Evaluation>>,
     /// Slow start's window, when the backend policy asks for it (`slow_start`).
     slow_start: Option<Duration>,
+    /// The zone of every endpoint, ready or not (empty: unknown).
+    zones: Vec<String>,
+    /// The endpoints of this proxy's zone, preferred while enough are in balancing (set by
+    /// [`Balancer::start`]; `None`: no preference).
+    local: OnceLock<Option<Local>>,
     /// Round robin: the running sums of the ready endpoints' weights, and the turn.
     cumulative: Vec<u64>,
     turn: AtomicU64,
@@ -66,6 +73,8 @@ struct Ready {
     /// The identity its proxy must prove (`None`: not in the mesh).
     identity: Option<SpiffeId>,
     weight: f64,
+    /// Its zone (empty: unknown).
+    zone: String,
     load: OnceLock<Arc<Load>>,
 }
 
@@ -201,6 +210,7 @@ impl Balancer {
                 addr: e.addr,
                 identity: e.identity.clone(),
                 weight: f64::from(e.weight.max(1)),
+                zone: e.zone.clone(),
                 load: OnceLock::new(),
             })
             .collect();
@@ -220,6 +230,8 @@ impl Balancer {
             outlier,
             evaluation: OnceLock::new(),
             slow_start: None,
+            zones: endpoints.iter().map(|e| e.zone.clone()).collect(),
+            local: OnceLock::new(),
             cumulative,
             turn: AtomicU64::new(0),
         }
@@ -268,8 +280,10 @@ impl Balancer {
     }
 
     /// Starts what runs beside the requests once the snapshot is about to serve (after
-    /// [`Self::inherit`]): the success-rate evaluation, handed this snapshot's endpoints.
-    pub(crate) fn start(&self) {
+    /// [`Self::inherit`]): the preference for endpoints in this proxy's `zone`, and the
+    /// success-rate evaluation, handed this snapshot's endpoints.
+    pub(crate) fn start(&self, zone: Option<&Arc<str>>) {
+        let _ = self.local.set(zone.and_then(|z| Local::new(self, z)));
         let Some(config) = self.outlier.as_ref().filter(|o| o.success_rate.is_some()) else {
             return;
         };
@@ -292,6 +306,12 @@ impl Balancer {
     /// [`Self::pick`], but never `avoid` while another endpoint is ready (a retry goes to
     /// another endpoint where there is one).
     pub(crate) fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Option<Picked> {
+        if let Some(Some(local)) = self.local.get()
+            && local.preferred()
+            && !(local.balancer.ready.len() == 1 && avoid == Some(local.balancer.ready[0].addr))
+        {
+            return local.balancer.pick_avoiding(avoid);
+        }
         let skip = avoid.and_then(|a| self.ready.iter().position(|r| r.addr == a));
         let i = match (self.ready.len(), skip) {
             (0, _) => return None,
@@ -474,7 +494,7 @@ impl serde::Serialize for Balancer {
         use serde::ser::SerializeStruct;
 
         #[derive(serde::Serialize)]
-        struct EndpointLoad {
+        struct EndpointLoad<'a> {
             address: SocketAddr,
             in_flight: u32,
             rtt_estimate_ms: Option<f64>,
@@ -486,6 +506,9 @@ impl serde::Serialize for Balancer {
             /// With success-rate ejection: the last interval's rate (`null`: too few requests).
             #[serde(skip_serializing_if = "Option::is_none")]
             success_rate: Option<Option<f64>>,
+            /// Its zone, when known.
+            #[serde(skip_serializing_if = "str::is_empty")]
+            zone: &'a str,
             /// With slow start: the endpoint's share of its traffic now (1: warm).
             #[serde(skip_serializing_if = "Option::is_none")]
             slow_start_share: Option<f64>,
@@ -501,6 +524,7 @@ impl serde::Serialize for Balancer {
                 let load = r.load.get();
                 EndpointLoad {
                     address: r.addr,
+                    zone: &r.zone,
                     in_flight: load.map_or(0, |l| l.in_flight.load(Ordering::Relaxed)),
                     rtt_estimate_ms: load.map(|l| l.rtt().as_secs_f64() * 1e3),
                     ejected: self
@@ -518,13 +542,29 @@ impl serde::Serialize for Balancer {
                 }
             })
             .collect();
-        let mut s = ser.serialize_struct("Balancer", 4)?;
+        let mut s = ser.serialize_struct("Balancer", 5)?;
         s.serialize_field("algorithm", &self.algorithm)?;
         s.serialize_field("outlier_detection", &self.outlier)?;
         let slow_start = self
             .slow_start
             .map(|d| humantime::format_duration(d).to_string());
         s.serialize_field("slow_start", &slow_start)?;
+        #[derive(serde::Serialize)]
+        struct LocalZone<'a> {
+            zone: &'a str,
+            endpoints: usize,
+            preferred: bool,
+        }
+        let local = self
+            .local
+            .get()
+            .and_then(Option::as_ref)
+            .map(|l| LocalZone {
+                zone: &l.zone,
+                endpoints: l.total,
+                preferred: l.preferred(),
+            });
+        s.serialize_field("local_zone", &local)?;
         s.serialize_field("endpoints", &endpoints)?;
         s.end()
     }

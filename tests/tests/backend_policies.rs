@@ -550,3 +550,80 @@ async fn a_new_endpoint_ramps_up_over_slow_start() {
     }
     assert_eq!(c.count() - before, 20, "a third of the requests once warm");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_zone_is_preferred_and_fails_over_when_its_endpoints_are_ejected() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let near = flaky(&healthy).await;
+    let far: Vec<_> = [(), ()]
+        .iter()
+        .map(|_| HttpBackend::respond(|_| text_response(200, "far")))
+        .collect();
+    let far = futures_util::future::join_all(far).await;
+    let state = format!(
+        "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:\n      \
+         - {{address: \"{}\", zone: zone-a}}\n      - {{address: \"{}\", zone: zone-b}}\n      \
+         - {{address: \"{}\", zone: zone-b}}\n\
+         backend_policies:\n  - service: app\n    load_balancer: {{algorithm: round_robin}}\n    \
+         outlier_detection: {{consecutive_5xx: 1, base_ejection_time: 1s, max_ejection_percent: 50}}\n",
+        near.addr(),
+        far[0].addr(),
+        far[1].addr()
+    );
+    let proxy = ProxyBuilder::new()
+        .outbound_explicit()
+        .env("SHOAL_ZONE", "zone-a")
+        .state(&state)
+        .start()
+        .await;
+    let far_count = || far.iter().map(HttpBackend::count).sum::<usize>();
+    // Its zone's endpoint takes everything while it is in balancing.
+    for _ in 0..20 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!((near.count(), far_count()), (20, 0));
+    let config = proxy.config().await;
+    let lb = &config["state"]["services"][0]["load_balancer"];
+    assert_eq!(
+        lb["local_zone"],
+        serde_json::json!({"zone": "zone-a", "endpoints": 1, "preferred": true}),
+        "{lb}"
+    );
+    assert_eq!(lb["endpoints"][1]["zone"], "zone-b", "{lb}");
+    // It fails and is ejected: the other zone takes over.
+    healthy.store(false, Ordering::SeqCst);
+    assert_eq!(get(&proxy).await.status, 500);
+    for i in 0..10 {
+        assert_eq!(
+            get(&proxy).await.status,
+            200,
+            "request {i} after failing over"
+        );
+    }
+    assert_eq!((near.count(), far_count()), (21, 10));
+    let config = proxy.config().await;
+    assert_eq!(
+        config["state"]["services"][0]["load_balancer"]["local_zone"]["preferred"],
+        false
+    );
+    // Recovered, its probe readmits it, and its zone is preferred again.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "the zone's endpoint readmitted", || async {
+        get(&proxy).await;
+        let e = ejected(&proxy.config().await);
+        if e == [false, false, false] {
+            Ok(())
+        } else {
+            Err(format!("{e:?}"))
+        }
+    })
+    .await;
+    let (near_before, far_before) = (near.count(), far_count());
+    for _ in 0..10 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(
+        (near.count() - near_before, far_count() - far_before),
+        (10, 0)
+    );
+}

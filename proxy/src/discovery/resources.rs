@@ -397,6 +397,7 @@ fn endpoint_spec(e: &v1::Endpoint, at: &str) -> Result<EndpointSpec, String> {
         weight: e.weight.max(1),
         ready: e.ready,
         identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
+        zone: e.zone.clone(),
     })
 }
 

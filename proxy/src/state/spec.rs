@@ -82,6 +82,9 @@ pub(crate) struct EndpointSpec {
     /// endpoints outside the mesh.
     #[serde(default)]
     pub(crate) identity: Option<String>,
+    /// Its zone (failure domain), for zone-aware balancing (`SHOAL_ZONE`).
+    #[serde(default)]
+    pub(crate) zone: String,
 }
 
 pub(crate) fn one() -> u32 {
@@ -590,6 +593,7 @@ fn build_service(
             weight: e.weight,
             ready: e.ready,
             identity,
+            zone: e.zone.clone(),
         })
         .collect();
     let policy = policy.unwrap_or_else(BackendPolicy::none);
