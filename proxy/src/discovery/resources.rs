@@ -1195,6 +1195,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn outlier_detection_slow_start_and_zones_are_taken_from_the_wire() {
+        let policy = v1::BackendPolicy {
+            service: "web.default".into(),
+            load_balancer: Some(v1::LoadBalancer {
+                slow_start_ms: 5000,
+                ..Default::default()
+            }),
+            outlier_detection: Some(v1::OutlierDetection {
+                interval_ms: 2000,
+                success_rate: Some(v1::SuccessRateEjection {
+                    minimum_hosts: 3,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let resolved = backend_policy_spec(&policy).unwrap().resolve("p").unwrap();
+        assert_eq!(resolved.slow_start, Some(Duration::from_secs(5)));
+        let outlier = resolved.outlier_detection.unwrap();
+        assert_eq!(outlier.consecutive_failures, None);
+        let rate = outlier.success_rate.unwrap();
+        assert_eq!(
+            (rate.interval, rate.minimum_hosts, rate.request_volume),
+            (Duration::from_secs(2), 3, 100)
+        );
+        // An interval without success_rate would do nothing: rejected, naming the field.
+        let mut useless = policy.clone();
+        useless.outlier_detection = Some(v1::OutlierDetection {
+            consecutive_5xx: 5,
+            interval_ms: 2000,
+            ..Default::default()
+        });
+        let error = backend_policy_spec(&useless)
+            .unwrap()
+            .resolve("p")
+            .unwrap_err();
+        assert!(error.contains("p.outlier_detection.interval"), "{error}");
+
+        let endpoint = v1::Endpoint {
+            address: "10.0.0.1".into(),
+            port: 80,
+            zone: "zone-a".into(),
+            ..Default::default()
+        };
+        assert_eq!(endpoint_spec(&endpoint, "e").unwrap().zone, "zone-a");
+    }
+
     /// proto/testdata/pushed-resource-checks.txt: a proxy rejects exactly what the control plane
     /// refuses at `apply`, but for what the control plane refuses as mere hygiene.
     #[test]
