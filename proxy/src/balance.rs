@@ -282,8 +282,11 @@ impl Balancer {
     /// Starts what runs beside the requests once the snapshot is about to serve (after
     /// [`Self::inherit`]): the preference for endpoints in this proxy's `zone`, and the
     /// success-rate evaluation, handed this snapshot's endpoints.
-    pub(crate) fn start(&self, zone: Option<&Arc<str>>) {
-        let _ = self.local.set(zone.and_then(|z| Local::new(self, z)));
+    /// `service`: the backend's qualified name (metrics).
+    pub(crate) fn start(&self, zone: Option<&Arc<str>>, service: &str) {
+        let _ = self
+            .local
+            .set(zone.and_then(|z| Local::new(self, z, service)));
         let Some(config) = self.outlier.as_ref().filter(|o| o.success_rate.is_some()) else {
             return;
         };
@@ -306,11 +309,14 @@ impl Balancer {
     /// [`Self::pick`], but never `avoid` while another endpoint is ready (a retry goes to
     /// another endpoint where there is one).
     pub(crate) fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Option<Picked> {
-        if let Some(Some(local)) = self.local.get()
-            && local.preferred()
-            && !(local.balancer.ready.len() == 1 && avoid == Some(local.balancer.ready[0].addr))
-        {
-            return local.balancer.pick_avoiding(avoid);
+        if let Some(Some(local)) = self.local.get() {
+            if !local.preferred() {
+                local.failovers.increment(1);
+            } else if !(local.balancer.ready.len() == 1
+                && avoid == Some(local.balancer.ready[0].addr))
+            {
+                return local.balancer.pick_avoiding(avoid);
+            }
         }
         let skip = avoid.and_then(|a| self.ready.iter().position(|r| r.addr == a));
         let i = match (self.ready.len(), skip) {

@@ -37,6 +37,7 @@ pub mod names {
     pub const RETRIES_RECOVERED: &str = "shoal_retries_recovered_total";
     pub const RETRIES_SKIPPED: &str = "shoal_retries_skipped_total";
     pub const OUTLIER_EJECTIONS: &str = "shoal_outlier_ejections_total";
+    pub const ZONE_FAILOVERS: &str = "shoal_zone_failovers_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -124,6 +125,10 @@ fn describe() {
     describe_counter!(
         OUTLIER_EJECTIONS,
         "Endpoints ejected from load balancing by outlier detection, by service (the backend) and reason (consecutive_failures, success_rate, probe_failed: ejected again after its probe failed)"
+    );
+    describe_counter!(
+        ZONE_FAILOVERS,
+        "Requests balanced over every endpoint of a backend because too few endpoints of the proxy's zone were in balancing, by service (the backend) and zone (SHOAL_ZONE)"
     );
     describe_counter!(
         AUTHZ,

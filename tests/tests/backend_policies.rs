@@ -601,6 +601,15 @@ async fn the_proxys_zone_is_preferred_and_fails_over_when_its_endpoints_are_ejec
         );
     }
     assert_eq!((near.count(), far_count()), (21, 10));
+    assert_eq!(
+        proxy
+            .metric(
+                "shoal_zone_failovers_total",
+                &[("service", "app.default"), ("zone", "zone-a")]
+            )
+            .await,
+        10.0
+    );
     let config = proxy.config().await;
     assert_eq!(
         config["state"]["services"][0]["load_balancer"]["local_zone"]["preferred"],

@@ -25,12 +25,15 @@ pub(crate) struct Local {
     pub(crate) balancer: Box<Balancer>,
     /// Its endpoints, ready or not.
     pub(crate) total: usize,
+    /// Requests sent to all endpoints because the zone was not preferred
+    /// (`shoal_zone_failovers_total`).
+    pub(crate) failovers: metrics::Counter,
 }
 
 impl Local {
     /// The zone's part of `backend` (whose loads are settled), when preferring it can matter:
     /// some of the backend's ready endpoints are in `zone` and some are not.
-    pub(crate) fn new(backend: &Balancer, zone: &Arc<str>) -> Option<Self> {
+    pub(crate) fn new(backend: &Balancer, zone: &Arc<str>, service: &str) -> Option<Self> {
         let total = backend.zones.iter().filter(|z| **z == **zone).count();
         let ready: Vec<Endpoint> = backend
             .ready
@@ -57,6 +60,11 @@ impl Local {
             zone: zone.clone(),
             balancer: Box::new(balancer),
             total,
+            failovers: metrics::counter!(
+                crate::metrics::names::ZONE_FAILOVERS,
+                "service" => service.to_string(),
+                "zone" => zone.to_string(),
+            ),
         })
     }
 
@@ -91,7 +99,7 @@ mod tests {
         let zone: Arc<str> = "a".into();
         let endpoints = [ep(1, "a", true), ep(2, "a", false), ep(3, "b", true)];
         let b = Balancer::new(&endpoints, Algorithm::RoundRobin, None);
-        b.start(Some(&zone));
+        b.start(Some(&zone), "app.default");
         let local = b.local.get().unwrap().as_ref().unwrap();
         assert_eq!((local.total, local.balancer.ready.len()), (2, 1));
         assert!(local.preferred(), "one of two is half");
@@ -114,7 +122,7 @@ mod tests {
             ep(3, "b", true),
         ];
         let b = Balancer::new(&fewer, Algorithm::RoundRobin, None);
-        b.start(Some(&zone));
+        b.start(Some(&zone), "app.default");
         let picked: Vec<u16> = (0..10).map(|_| b.pick().unwrap().addr.port()).collect();
         assert!(
             picked.contains(&3),
@@ -130,7 +138,7 @@ mod tests {
             [ep(1, "b", true), ep(2, "", true)],
         ] {
             let b = Balancer::new(&endpoints, Algorithm::RoundRobin, None);
-            b.start(Some(&zone));
+            b.start(Some(&zone), "app.default");
             assert!(b.local.get().unwrap().is_none());
         }
     }

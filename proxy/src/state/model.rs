@@ -301,7 +301,8 @@ impl State {
     /// [`Self::inherit_runtime`].
     pub fn start_runtime(&self, zone: Option<&Arc<str>>) {
         for s in &self.services {
-            s.balancer.start(zone);
+            s.balancer
+                .start(zone, &format!("{}.{}", s.name, s.namespace));
         }
     }
 
