@@ -116,6 +116,7 @@ INVALID = [
     ("BackendPolicy", ["spec", "load_balancer", "hash_key"], {"header": "x", "cookie": "y"}, "one of the hash keys"),
     ("BackendPolicy", ["spec", "load_balancer", "hash_key"], {"source_ip": False}, "source_ip: must be true when set"),
     ("BackendPolicy", ["spec", "outlier_detection", "max_ejection_percent"], 101, "not a percentage from 0 to 100"),
+    ("BackendPolicy", ["spec", "outlier_detection", "success_rate", "stdev_factor"], 11, "not in (0, 10]"),
     ("BackendPolicy", ["spec", "circuit_breaker", "override"], "open", "unknown override"),
     ("AuthorizationPolicy", ["spec", "rules", 0, "action"], DELETE, "action: required: ALLOW or DENY"),
     ("AuthorizationPolicy", ["spec", "rules", 0, "from", 0], {"namespace": "Shop"}, "namespace must be lowercase"),

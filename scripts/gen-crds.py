@@ -256,6 +256,7 @@ BACKEND_POLICY = obj(
                     },
                     "ring_hash only: one of header, cookie, query_parameter or source_ip: true",
                 ),
+                "slow_start_ms": ms("milliseconds, at most 24 h: a new or readmitted endpoint's share grows over it; 0 or left out: off"),
             },
             **{"x-kubernetes-validations": [{
                 "rule": "has(self.algorithm) && self.algorithm == 'ring_hash' ? has(self.hash_key) : !has(self.hash_key)",
@@ -277,6 +278,18 @@ BACKEND_POLICY = obj(
                 "interval_ms": ms(),
                 "base_ejection_time_ms": ms(),
                 "max_ejection_percent": percent("0 or left out: not set"),
+                "success_rate": obj(
+                    {
+                        "minimum_hosts": count(),
+                        "request_volume": count(),
+                        "stdev_factor": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 10,
+                            "description": "standard deviations below the mean that eject, at most 10; 0 or left out: not set",
+                        },
+                    }
+                ),
             }
         ),
         "circuit_breaker": obj(

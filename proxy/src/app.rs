@@ -104,6 +104,9 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         (None, Some(d)) => format!("discovery:{}", d.addr),
         (None, None) => "none".into(),
     });
+    if let Some(zone) = &config.zone {
+        store.set_zone(zone);
+    }
     if let Some(path) = &config.state_file {
         state::file::load_into(&store, path).map_err(|e| format!("{}: {e}", env::STATE_FILE))?;
     }

@@ -21,12 +21,22 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod outlier;
+mod slow_start;
+mod success_rate;
+mod zone;
 
 use crate::backend::Algorithm;
 use crate::state::Endpoint;
 use crate::tls::SpiffeId;
 pub(crate) use outlier::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
-use outlier::{Health, Standing};
+use outlier::{EjectionReason, Health, Standing};
+use slow_start::Warmup;
+use success_rate::Evaluation;
+pub(crate) use success_rate::{
+    DEFAULT_INTERVAL, DEFAULT_MINIMUM_HOSTS, DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR,
+    MAX_STDEV_FACTOR, SuccessRateConfig,
+};
+use zone::Local;
 
 /// The latency estimate of an endpoint nothing has been learnt about yet (linkerd2-proxy's
 /// default): high enough that a new endpoint does not take a burst before its first answer.
@@ -42,6 +52,15 @@ pub(crate) struct Balancer {
     algorithm: Algorithm,
     /// Outlier detection, when the backend policy asks for it.
     outlier: Option<OutlierConfig>,
+    /// Its success-rate evaluation (with `success_rate`), started by [`Balancer::start`].
+    evaluation: OnceLock<Arc<Evaluation>>,
+    /// Slow start's window, when the backend policy asks for it (`slow_start`).
+    slow_start: Option<Duration>,
+    /// The zone of every endpoint, ready or not (empty: unknown).
+    zones: Vec<String>,
+    /// The endpoints of this proxy's zone, preferred while enough are in balancing (set by
+    /// [`Balancer::start`]; `None`: no preference).
+    local: OnceLock<Option<Local>>,
     /// Round robin: the running sums of the ready endpoints' weights, and the turn.
     cumulative: Vec<u64>,
     turn: AtomicU64,
@@ -54,6 +73,8 @@ struct Ready {
     /// The identity its proxy must prove (`None`: not in the mesh).
     identity: Option<SpiffeId>,
     weight: f64,
+    /// Its zone (empty: unknown).
+    zone: String,
     load: OnceLock<Arc<Load>>,
 }
 
@@ -69,6 +90,8 @@ pub(crate) struct Load {
     in_flight: AtomicU32,
     /// Outlier detection's view of the endpoint.
     health: Health,
+    /// Slow start: since when it warms up.
+    warmup: Warmup,
     /// The peak-EWMA latency estimate, in nanoseconds (an `f64`'s bits).
     rtt_ns: AtomicU64,
     /// When the estimate was last updated (nanoseconds since `epoch`).
@@ -86,6 +109,7 @@ impl Load {
         Self {
             in_flight: AtomicU32::new(0),
             health: Health::default(),
+            warmup: Warmup::default(),
             rtt_ns: AtomicU64::new(rtt_ns.to_bits()),
             updated_ns: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -186,6 +210,7 @@ impl Balancer {
                 addr: e.addr,
                 identity: e.identity.clone(),
                 weight: f64::from(e.weight.max(1)),
+                zone: e.zone.clone(),
                 load: OnceLock::new(),
             })
             .collect();
@@ -203,9 +228,20 @@ impl Balancer {
             ready,
             algorithm,
             outlier,
+            evaluation: OnceLock::new(),
+            slow_start: None,
+            zones: endpoints.iter().map(|e| e.zone.clone()).collect(),
+            local: OnceLock::new(),
             cumulative,
             turn: AtomicU64::new(0),
         }
+    }
+
+    /// With slow start: endpoints new in an update, or readmitted after an ejection, get a share
+    /// of their traffic growing over `window` (`slow_start`).
+    pub(crate) fn with_slow_start(mut self, window: Option<Duration>) -> Self {
+        self.slow_start = window;
+        self
     }
 
     /// Takes over the load of every endpoint `previous` also had (same address), so what was
@@ -226,10 +262,43 @@ impl Balancer {
         }
         if n > 0 {
             let mean = sum / f64::from(n);
-            for r in &self.ready {
-                let _ = r.load.set(Arc::new(Load::with_estimate(mean)));
+            for r in self.ready.iter().filter(|r| r.load.get().is_none()) {
+                let load = Load::with_estimate(mean);
+                // New next to endpoints that stay: it warms up while they carry the traffic.
+                if self.slow_start.is_some() {
+                    load.warmup.begin(load.now_ns());
+                }
+                let _ = r.load.set(Arc::new(load));
             }
         }
+        // The same success-rate settings: the evaluation (its task and timing) carries on.
+        if let Some(old) = previous.evaluation.get()
+            && self.outlier.as_ref() == Some(old.config())
+        {
+            let _ = self.evaluation.set(old.clone());
+        }
+    }
+
+    /// Starts what runs beside the requests once the snapshot is about to serve (after
+    /// [`Self::inherit`]): the preference for endpoints in this proxy's `zone`, and the
+    /// success-rate evaluation, handed this snapshot's endpoints.
+    /// `service`: the backend's qualified name (metrics).
+    pub(crate) fn start(&self, zone: Option<&Arc<str>>, service: &str) {
+        let _ = self
+            .local
+            .set(zone.and_then(|z| Local::new(self, z, service)));
+        let Some(config) = self.outlier.as_ref().filter(|o| o.success_rate.is_some()) else {
+            return;
+        };
+        let evaluation = self
+            .evaluation
+            .get_or_init(|| Evaluation::spawn(config.clone()));
+        evaluation.set_members(
+            self.ready
+                .iter()
+                .map(|r| (r.addr, r.load().clone()))
+                .collect(),
+        );
     }
 
     /// The endpoint for the next request, or `None` when no endpoint is ready.
@@ -240,6 +309,15 @@ impl Balancer {
     /// [`Self::pick`], but never `avoid` while another endpoint is ready (a retry goes to
     /// another endpoint where there is one).
     pub(crate) fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Option<Picked> {
+        if let Some(Some(local)) = self.local.get() {
+            if !local.preferred() {
+                local.failovers.increment(1);
+            } else if !(local.balancer.ready.len() == 1
+                && avoid == Some(local.balancer.ready[0].addr))
+            {
+                return local.balancer.pick_avoiding(avoid);
+            }
+        }
         let skip = avoid.and_then(|a| self.ready.iter().position(|r| r.addr == a));
         let i = match (self.ready.len(), skip) {
             (0, _) => return None,
@@ -254,7 +332,7 @@ impl Balancer {
             }
             (2, Some(s)) => 1 - s,
             (n, skip) if self.algorithm == Algorithm::RoundRobin => {
-                let i = self.next_turn();
+                let i = self.next_turn_warm();
                 if Some(i) == skip { (i + 1) % n } else { i }
             }
             (n, _) => {
@@ -319,10 +397,19 @@ impl Balancer {
                 .count();
             ejected < config.max_ejected(self.ready.len())
         };
-        if load
+        let ejected = load
             .health
-            .record(failed, picked.probe, load.now_ns(), config, may_eject)
-        {
+            .record(failed, picked.probe, load.now_ns(), config, may_eject);
+        if picked.probe && !ejected && self.slow_start.is_some() {
+            // Readmitted: back to a small share, growing.
+            load.warmup.begin(load.now_ns());
+        }
+        if ejected {
+            config.ejected(if picked.probe {
+                EjectionReason::ProbeFailed
+            } else {
+                EjectionReason::ConsecutiveFailures
+            });
             tracing::warn!(
                 endpoint = %picked.addr,
                 ejections = load.health.ejections(),
@@ -335,16 +422,46 @@ impl Balancer {
     /// or by load alone (least request).
     fn cheaper(&self, a: usize, b: usize) -> usize {
         let (ra, rb) = (&self.ready[a], &self.ready[b]);
+        let (wa, wb) = (self.weight(a), self.weight(b));
         let cheaper = match self.algorithm {
-            Algorithm::LeastRequest => {
-                ra.load().requests(ra.weight) <= rb.load().requests(rb.weight)
-            }
+            Algorithm::LeastRequest => ra.load().requests(wa) <= rb.load().requests(wb),
             _ => {
                 let now = Instant::now();
-                ra.load().cost(ra.weight, now) <= rb.load().cost(rb.weight, now)
+                ra.load().cost(wa, now) <= rb.load().cost(wb, now)
             }
         };
         if cheaper { a } else { b }
+    }
+
+    /// Endpoint `i`'s weight now: with slow start, times its share.
+    fn weight(&self, i: usize) -> f64 {
+        let r = &self.ready[i];
+        match self.slow_start {
+            None => r.weight,
+            Some(window) => {
+                let load = r.load();
+                r.weight * load.warmup.share(load.now_ns(), window)
+            }
+        }
+    }
+
+    /// Round robin's next endpoint, each in proportion to its weight — times its share with slow
+    /// start: a warming endpoint's turn is taken with probability share, else the next turn is
+    /// (at most one round of turns).
+    fn next_turn_warm(&self) -> usize {
+        let Some(window) = self.slow_start else {
+            return self.next_turn();
+        };
+        let mut i = self.next_turn();
+        for _ in 1..self.ready.len() {
+            let load = self.ready[i].load();
+            let share = load.warmup.share(load.now_ns(), window);
+            if share >= 1.0 || fastrand::f64() < share {
+                break;
+            }
+            i = self.next_turn();
+        }
+        i
     }
 
     /// Round robin's next endpoint, each in proportion to its weight.
@@ -383,7 +500,7 @@ impl serde::Serialize for Balancer {
         use serde::ser::SerializeStruct;
 
         #[derive(serde::Serialize)]
-        struct EndpointLoad {
+        struct EndpointLoad<'a> {
             address: SocketAddr,
             in_flight: u32,
             rtt_estimate_ms: Option<f64>,
@@ -392,7 +509,20 @@ impl serde::Serialize for Balancer {
             ejected: Option<bool>,
             #[serde(skip_serializing_if = "Option::is_none")]
             ejections: Option<u32>,
+            /// With success-rate ejection: the last interval's rate (`null`: too few requests).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            success_rate: Option<Option<f64>>,
+            /// Its zone, when known.
+            #[serde(skip_serializing_if = "str::is_empty")]
+            zone: &'a str,
+            /// With slow start: the endpoint's share of its traffic now (1: warm).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            slow_start_share: Option<f64>,
         }
+        let rated = self
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.success_rate.is_some());
         let endpoints: Vec<EndpointLoad> = self
             .ready
             .iter()
@@ -400,6 +530,7 @@ impl serde::Serialize for Balancer {
                 let load = r.load.get();
                 EndpointLoad {
                     address: r.addr,
+                    zone: &r.zone,
                     in_flight: load.map_or(0, |l| l.in_flight.load(Ordering::Relaxed)),
                     rtt_estimate_ms: load.map(|l| l.rtt().as_secs_f64() * 1e3),
                     ejected: self
@@ -410,12 +541,36 @@ impl serde::Serialize for Balancer {
                         .outlier
                         .as_ref()
                         .map(|_| load.map_or(0, |l| l.health.ejections())),
+                    success_rate: rated.then(|| load.and_then(|l| l.health.success_rate())),
+                    slow_start_share: self
+                        .slow_start
+                        .map(|window| load.map_or(1.0, |l| l.warmup.share(l.now_ns(), window))),
                 }
             })
             .collect();
-        let mut s = ser.serialize_struct("Balancer", 3)?;
+        let mut s = ser.serialize_struct("Balancer", 5)?;
         s.serialize_field("algorithm", &self.algorithm)?;
         s.serialize_field("outlier_detection", &self.outlier)?;
+        let slow_start = self
+            .slow_start
+            .map(|d| humantime::format_duration(d).to_string());
+        s.serialize_field("slow_start", &slow_start)?;
+        #[derive(serde::Serialize)]
+        struct LocalZone<'a> {
+            zone: &'a str,
+            endpoints: usize,
+            preferred: bool,
+        }
+        let local = self
+            .local
+            .get()
+            .and_then(Option::as_ref)
+            .map(|l| LocalZone {
+                zone: &l.zone,
+                endpoints: l.total,
+                preferred: l.preferred(),
+            });
+        s.serialize_field("local_zone", &local)?;
         s.serialize_field("endpoints", &endpoints)?;
         s.end()
     }

@@ -36,6 +36,8 @@ pub mod names {
     pub const RETRIES: &str = "shoal_retries_total";
     pub const RETRIES_RECOVERED: &str = "shoal_retries_recovered_total";
     pub const RETRIES_SKIPPED: &str = "shoal_retries_skipped_total";
+    pub const OUTLIER_EJECTIONS: &str = "shoal_outlier_ejections_total";
+    pub const ZONE_FAILOVERS: &str = "shoal_zone_failovers_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -119,6 +121,14 @@ fn describe() {
     describe_counter!(
         RETRIES_SKIPPED,
         "Retries a policy allowed but the proxy did not send, by service (the service the caller named), route (the rule) and reason (budget_exhausted, body_too_large, deadline)"
+    );
+    describe_counter!(
+        OUTLIER_EJECTIONS,
+        "Endpoints ejected from load balancing by outlier detection, by service (the backend) and reason (consecutive_failures, success_rate, probe_failed: ejected again after its probe failed)"
+    );
+    describe_counter!(
+        ZONE_FAILOVERS,
+        "Requests balanced over every endpoint of a backend because too few endpoints of the proxy's zone were in balancing, by service (the backend) and zone (SHOAL_ZONE)"
     );
     describe_counter!(
         AUTHZ,

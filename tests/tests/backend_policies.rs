@@ -18,18 +18,23 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A proxy routing `app.example` to `endpoints` under `policy` (YAML of one backend policy's
 /// fields, indented for the list item).
 async fn proxy(endpoints: &[SocketAddr], policy: &str) -> Proxy {
+    ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&state(endpoints, policy))
+        .start()
+        .await
+}
+
+/// The state file of [`proxy`].
+fn state(endpoints: &[SocketAddr], policy: &str) -> String {
     let list: String = endpoints
         .iter()
         .map(|a| format!("\n      - address: \"{a}\""))
         .collect();
-    ProxyBuilder::new()
-        .outbound_explicit()
-        .state(&format!(
-            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
-             backend_policies:\n  - service: app\n{policy}"
-        ))
-        .start()
-        .await
+    format!(
+        "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
+         backend_policies:\n  - service: app\n{policy}"
+    )
 }
 
 async fn get(proxy: &Proxy) -> shoal_tests::Resp {
@@ -342,4 +347,292 @@ async fn the_policy_connect_timeout_bounds_connecting() {
         "answered after {took:?}; the policy's connect timeout is 300 ms (SHOAL_CONNECT_TIMEOUT is 1 s)"
     );
     drop(full);
+}
+
+/// An endpoint answering every other request with 500 until `healthy` is set.
+async fn half_failing(healthy: &Arc<AtomicBool>) -> HttpBackend {
+    let healthy = healthy.clone();
+    let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    HttpBackend::respond(move |_| {
+        let odd = turn.fetch_add(1, Ordering::SeqCst) % 2 == 1;
+        if healthy.load(Ordering::SeqCst) || !odd {
+            text_response(200, "ok")
+        } else {
+            text_response(500, "broken")
+        }
+    })
+    .await
+}
+
+fn success_rates(config: &serde_json::Value) -> Vec<Option<f64>> {
+    config["state"]["services"][0]["load_balancer"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["success_rate"].as_f64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_far_below_its_peers_success_rate_is_ejected_and_readmitted() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let bad = half_failing(&healthy).await;
+    let mut good = Vec::new();
+    for _ in 0..3 {
+        good.push(HttpBackend::respond(|_| text_response(200, "ok")).await);
+    }
+    let mut endpoints = vec![bad.addr()];
+    endpoints.extend(good.iter().map(HttpBackend::addr));
+    // No consecutive_5xx: it never fails twice in a row, only its success rate can eject it.
+    // Rates 1, 1, 1, 0.5: mean 0.875, deviation ≈ 0.22, threshold at factor 1 ≈ 0.66.
+    let proxy = proxy(
+        &endpoints,
+        "    load_balancer: {algorithm: round_robin}\n    outlier_detection:\n      \
+         interval: 300ms\n      base_ejection_time: 5s\n      max_ejection_percent: 50\n      \
+         success_rate: {minimum_hosts: 4, request_volume: 10, stdev_factor: 1.0}\n",
+    )
+    .await;
+    let config = proxy.config().await;
+    let outlier = &config["state"]["services"][0]["load_balancer"]["outlier_detection"];
+    assert_eq!(outlier["consecutive_failures"], serde_json::Value::Null);
+    assert_eq!(outlier["success_rate"]["request_volume"], 10, "{outlier}");
+    // Traffic until an evaluation ejects it; the healthy peers stay.
+    eventually(
+        WAIT,
+        "the half-failing endpoint ejected by success rate",
+        || async {
+            for _ in 0..8 {
+                get(&proxy).await;
+            }
+            let e = ejected(&proxy.config().await);
+            if e == [true, false, false, false] {
+                Ok(())
+            } else {
+                Err(format!("{e:?}"))
+            }
+        },
+    )
+    .await;
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("shoal_outlier_ejections_total")
+                && l.contains("reason=\"success_rate\"")
+                && l.contains("service=\"app.default\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // Ejected: no request reaches it, every request succeeds.
+    let before = bad.count();
+    for i in 0..30 {
+        assert_eq!(get(&proxy).await.status, 200, "request {i} while ejected");
+    }
+    assert_eq!(bad.count(), before, "an ejected endpoint gets no traffic");
+    // The peers' rates are shown: 1 each over an interval with enough requests.
+    eventually(WAIT, "the peers' success rates shown", || async {
+        for _ in 0..15 {
+            get(&proxy).await;
+        }
+        let rates = success_rates(&proxy.config().await);
+        if rates[1..].iter().all(|r| *r == Some(1.0)) {
+            Ok(())
+        } else {
+            Err(format!("{rates:?}"))
+        }
+    })
+    .await;
+    // It recovers; after the ejection time its probe readmits it, and it gets its share again.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "the recovered endpoint readmitted", || async {
+        get(&proxy).await;
+        let e = ejected(&proxy.config().await);
+        if e == [false, false, false, false] && bad.count() > before {
+            Ok(())
+        } else {
+            Err(format!("{e:?}, {} requests", bad.count()))
+        }
+    })
+    .await;
+    let before = bad.count();
+    for _ in 0..8 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(bad.count(), before + 2, "back to its round-robin share");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outlier_detection_that_ejects_nothing_is_refused() {
+    let backend = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    for (policy, field) in [
+        (
+            "{max_ejection_percent: 50}",
+            "backend_policies[0].outlier_detection: ejects nothing",
+        ),
+        (
+            "{consecutive_5xx: 3, interval: 1s}",
+            "backend_policies[0].outlier_detection.interval: only used with success_rate",
+        ),
+        (
+            "{success_rate: {stdev_factor: 11}}",
+            "backend_policies[0].outlier_detection.success_rate.stdev_factor",
+        ),
+    ] {
+        let exited = ProxyBuilder::new()
+            .outbound_explicit()
+            .state(&format!(
+                "services:\n  - name: app\n    port: 80\n    endpoints:\n      - address: \"{}\"\n\
+                 backend_policies:\n  - service: app\n    outlier_detection: {policy}\n",
+                backend.addr()
+            ))
+            .run_to_exit(Duration::from_secs(10))
+            .unwrap();
+        let text = format!("{}{}", exited.stdout, exited.stderr);
+        assert!(text.contains(field), "{policy}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_endpoint_ramps_up_over_slow_start() {
+    let a = HttpBackend::respond(|_| text_response(200, "a")).await;
+    let b = HttpBackend::respond(|_| text_response(200, "b")).await;
+    let policy = "    load_balancer: {algorithm: round_robin, slow_start: 6s}\n";
+    let proxy = proxy(&[a.addr(), b.addr()], policy).await;
+    // The first state's endpoints are warm: round robin's exact shares.
+    for _ in 0..20 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (10, 10));
+    // An update adds an endpoint: it starts at a tenth of its share, growing over 6 s.
+    let c = HttpBackend::respond(|_| text_response(200, "c")).await;
+    let version = proxy.config().await["sync"]["version"].as_u64().unwrap();
+    std::fs::write(
+        proxy.state_path(),
+        state(&[a.addr(), b.addr(), c.addr()], policy),
+    )
+    .unwrap();
+    eventually(WAIT, "the update served", || async {
+        let v = proxy.config().await["sync"]["version"].as_u64().unwrap();
+        if v > version { Ok(()) } else { Err(v) }
+    })
+    .await;
+    for _ in 0..60 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    let early = c.count();
+    // A full share would be 20 of 60; in the first second or so it is at most a quarter of that.
+    assert!(early < 12, "the new endpoint got {early} of 60 at once");
+    let config = proxy.config().await;
+    let lb = &config["state"]["services"][0]["load_balancer"];
+    assert_eq!(lb["slow_start"], "6s", "{lb}");
+    let shares: Vec<f64> = lb["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["slow_start_share"].as_f64().unwrap())
+        .collect();
+    assert!(shares[..2] == [1.0, 1.0] && shares[2] < 1.0, "{shares:?}");
+    // Once warm it takes its full share.
+    eventually(WAIT, "the new endpoint warm", || async {
+        let config = proxy.config().await;
+        let share =
+            &config["state"]["services"][0]["load_balancer"]["endpoints"][2]["slow_start_share"];
+        if share == 1.0 {
+            Ok(())
+        } else {
+            Err(share.to_string())
+        }
+    })
+    .await;
+    let before = c.count();
+    for _ in 0..60 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(c.count() - before, 20, "a third of the requests once warm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_zone_is_preferred_and_fails_over_when_its_endpoints_are_ejected() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let near = flaky(&healthy).await;
+    let far: Vec<_> = [(), ()]
+        .iter()
+        .map(|_| HttpBackend::respond(|_| text_response(200, "far")))
+        .collect();
+    let far = futures_util::future::join_all(far).await;
+    let state = format!(
+        "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:\n      \
+         - {{address: \"{}\", zone: zone-a}}\n      - {{address: \"{}\", zone: zone-b}}\n      \
+         - {{address: \"{}\", zone: zone-b}}\n\
+         backend_policies:\n  - service: app\n    load_balancer: {{algorithm: round_robin}}\n    \
+         outlier_detection: {{consecutive_5xx: 1, base_ejection_time: 1s, max_ejection_percent: 50}}\n",
+        near.addr(),
+        far[0].addr(),
+        far[1].addr()
+    );
+    let proxy = ProxyBuilder::new()
+        .outbound_explicit()
+        .env("SHOAL_ZONE", "zone-a")
+        .state(&state)
+        .start()
+        .await;
+    let far_count = || far.iter().map(HttpBackend::count).sum::<usize>();
+    // Its zone's endpoint takes everything while it is in balancing.
+    for _ in 0..20 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!((near.count(), far_count()), (20, 0));
+    let config = proxy.config().await;
+    let lb = &config["state"]["services"][0]["load_balancer"];
+    assert_eq!(
+        lb["local_zone"],
+        serde_json::json!({"zone": "zone-a", "endpoints": 1, "preferred": true}),
+        "{lb}"
+    );
+    assert_eq!(lb["endpoints"][1]["zone"], "zone-b", "{lb}");
+    // It fails and is ejected: the other zone takes over.
+    healthy.store(false, Ordering::SeqCst);
+    assert_eq!(get(&proxy).await.status, 500);
+    for i in 0..10 {
+        assert_eq!(
+            get(&proxy).await.status,
+            200,
+            "request {i} after failing over"
+        );
+    }
+    assert_eq!((near.count(), far_count()), (21, 10));
+    assert_eq!(
+        proxy
+            .metric(
+                "shoal_zone_failovers_total",
+                &[("service", "app.default"), ("zone", "zone-a")]
+            )
+            .await,
+        10.0
+    );
+    let config = proxy.config().await;
+    assert_eq!(
+        config["state"]["services"][0]["load_balancer"]["local_zone"]["preferred"],
+        false
+    );
+    // Recovered, its probe readmits it, and its zone is preferred again.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "the zone's endpoint readmitted", || async {
+        get(&proxy).await;
+        let e = ejected(&proxy.config().await);
+        if e == [false, false, false] {
+            Ok(())
+        } else {
+            Err(format!("{e:?}"))
+        }
+    })
+    .await;
+    let (near_before, far_before) = (near.count(), far_count());
+    for _ in 0..10 {
+        assert_eq!(get(&proxy).await.status, 200);
+    }
+    assert_eq!(
+        (near.count() - near_before, far_count() - far_before),
+        (10, 0)
+    );
 }

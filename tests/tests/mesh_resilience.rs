@@ -126,7 +126,8 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
         .await
         .success();
     cp.apply(&backend_policy(
-        "  load_balancer: {algorithm: round_robin}\n  limits: {max_concurrent_requests: 50}\n  circuit_breaker: {override: force_open}\n",
+        "  load_balancer: {algorithm: round_robin, slow_start_ms: 5000}\n  limits: {max_concurrent_requests: 50}\n  circuit_breaker: {override: force_open}\n  \
+         outlier_detection: {interval_ms: 2000, success_rate: {minimum_hosts: 3, stdev_factor: 1.5}}\n",
     ))
     .await
     .success();
@@ -149,6 +150,18 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
         .cloned()
         .unwrap_or_else(|| panic!("no service app in /config: {config}"));
     assert_eq!(app["load_balancer"]["algorithm"], "round_robin", "{app}");
+    assert_eq!(app["load_balancer"]["slow_start"], "5s", "{app}");
+    let rate = &app["load_balancer"]["outlier_detection"]["success_rate"];
+    assert_eq!(
+        (
+            &rate["interval"],
+            &rate["minimum_hosts"],
+            &rate["request_volume"],
+            &rate["stdev_factor"]
+        ),
+        (&"2s".into(), &3.into(), &100.into(), &1.5.into()),
+        "pushed through discovery, defaults filled in: {app}"
+    );
     assert_eq!(
         app["backend_policy"]["circuit_breaker_state"], "forced_open",
         "{app}"
@@ -180,7 +193,7 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
     )
     .await;
 
-    // What the proxy does not enforce yet is refused at apply, naming the field.
+    // A setting that would do nothing is refused at apply, naming the field.
     let refused = cp
         .ctl(
             &["apply", "-f", "-"],
@@ -193,7 +206,7 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
     assert!(
         refused
             .stderr
-            .contains("spec.outlier_detection.interval_ms: not enforced by shoal-proxy yet"),
+            .contains("spec.outlier_detection.interval_ms: only used with success_rate"),
         "{}",
         refused.stderr
     );

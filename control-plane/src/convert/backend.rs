@@ -7,7 +7,7 @@ use super::{by_value, enumeration, millis, nonzero, qualified_only, service_ref,
 use crate::model::validate::FieldError;
 use crate::model::{
     BackendPolicy, BreakerOverride, CircuitBreaker, ConnectionLimits, HashKey, LoadBalancer,
-    LoadBalancingAlgorithm, OutlierDetection,
+    LoadBalancingAlgorithm, OutlierDetection, SuccessRateEjection,
 };
 
 qualified_only!(v1::BackendPolicy => BackendPolicy: backend_policy);
@@ -26,6 +26,7 @@ pub(super) fn backend_policy(
                     Some(self::hash_key(source).map_err(|e| e.within("load_balancer.hash_key"))?)
                 }
             },
+            slow_start: millis(lb.slow_start_ms),
         }),
     };
     let breaker = match wire.circuit_breaker {
@@ -58,6 +59,11 @@ pub(super) fn backend_policy(
             interval: millis(o.interval_ms),
             base_ejection_time: millis(o.base_ejection_time_ms),
             max_ejection_percent: nonzero(o.max_ejection_percent),
+            success_rate: o.success_rate.map(|r| SuccessRateEjection {
+                minimum_hosts: nonzero(r.minimum_hosts),
+                request_volume: nonzero(r.request_volume),
+                stdev_factor: nonzero(r.stdev_factor),
+            }),
         }),
         circuit_breaker: breaker,
     })
@@ -112,6 +118,7 @@ impl From<&BackendPolicy> for v1::BackendPolicy {
                     HashKey::SourceIp => hash_key::Source::SourceIp(true),
                 }),
             }),
+            slow_start_ms: to_millis(lb.slow_start),
         });
         Self {
             service: policy.service.to_string(),
@@ -131,6 +138,11 @@ impl From<&BackendPolicy> for v1::BackendPolicy {
                     interval_ms: to_millis(o.interval),
                     base_ejection_time_ms: to_millis(o.base_ejection_time),
                     max_ejection_percent: o.max_ejection_percent.unwrap_or(0.0),
+                    success_rate: o.success_rate.as_ref().map(|r| v1::SuccessRateEjection {
+                        minimum_hosts: r.minimum_hosts.unwrap_or(0),
+                        request_volume: r.request_volume.unwrap_or(0),
+                        stdev_factor: r.stdev_factor.unwrap_or(0.0),
+                    }),
                 }),
             circuit_breaker: policy
                 .circuit_breaker

@@ -26,6 +26,8 @@ pub struct LoadBalancer {
     pub algorithm: Option<LoadBalancingAlgorithm>,
     /// What ring hashing hashes; required with, and only with, [`LoadBalancingAlgorithm::RingHash`].
     pub hash_key: Option<HashKey>,
+    /// Slow start: a new or readmitted endpoint's share of traffic grows linearly over this window.
+    pub slow_start: Option<Duration>,
 }
 
 /// A load-balancing algorithm.
@@ -72,14 +74,28 @@ pub struct ConnectionLimits {
 /// Passive health checking; `None` fields take the proxy defaults.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OutlierDetection {
-    /// Eject after this many consecutive failures; `None` disables ejection.
+    /// Eject after this many consecutive failures; `None` disables this kind of ejection.
     pub consecutive_5xx: Option<u32>,
-    /// How often ejections are evaluated and expired.
+    /// How often success rates are evaluated (only with [`Self::success_rate`]).
     pub interval: Option<Duration>,
     /// Duration of the first ejection (the n-th lasts n times this).
     pub base_ejection_time: Option<Duration>,
     /// Never eject more than this percentage (0–100] of the endpoints.
     pub max_ejection_percent: Option<f64>,
+    /// Ejection by success rate relative to the peers; `None`: off.
+    pub success_rate: Option<SuccessRateEjection>,
+}
+
+/// Ejection of endpoints whose success rate over an interval is far below their peers' (Envoy's model);
+/// `None` fields take the proxy defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SuccessRateEjection {
+    /// Endpoints with enough requests needed for an evaluation (default 5).
+    pub minimum_hosts: Option<u32>,
+    /// Requests an endpoint must serve in the interval to be evaluated (default 100).
+    pub request_volume: Option<u32>,
+    /// Standard deviations below the mean success rate that eject (default 1.9).
+    pub stdev_factor: Option<f64>,
 }
 
 /// Circuit breaker for the whole service, per client proxy.

@@ -156,6 +156,7 @@ pub fn every_kind() -> Vec<Resource> {
         load_balancer: Some(LoadBalancer {
             algorithm: Some(LoadBalancingAlgorithm::RingHash),
             hash_key: Some(HashKey::Header("x-user".to_owned())),
+            slow_start: Some(Duration::from_secs(30)),
         }),
         limits: Some(ConnectionLimits {
             max_connections: Some(100),
@@ -166,6 +167,10 @@ pub fn every_kind() -> Vec<Resource> {
             consecutive_5xx: Some(5),
             interval: Some(Duration::from_secs(10)),
             max_ejection_percent: Some(50.0),
+            success_rate: Some(SuccessRateEjection {
+                minimum_hosts: Some(3),
+                ..SuccessRateEjection::default()
+            }),
             ..OutlierDetection::default()
         }),
         circuit_breaker: Some(CircuitBreaker {

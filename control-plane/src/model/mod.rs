@@ -16,7 +16,7 @@ use std::fmt;
 
 pub use backend::{
     BackendPolicy, BreakerOverride, CircuitBreaker, ConnectionLimits, HashKey, LoadBalancer,
-    LoadBalancingAlgorithm, OutlierDetection,
+    LoadBalancingAlgorithm, OutlierDetection, SuccessRateEjection,
 };
 pub use chaos::{FaultAbort, FaultDelay, FaultInjection, Mirror};
 pub use inbound::{

@@ -43,6 +43,10 @@ pub(crate) struct BackendPolicy {
     /// `SHOAL_CONNECT_TIMEOUT` (TCP alone).
     #[serde(serialize_with = "crate::state::serialize_duration_opt")]
     pub(crate) connect_timeout: Option<Duration>,
+    /// Slow start: a new or readmitted endpoint's share grows linearly over this window (applied
+    /// by the balancer).
+    #[serde(serialize_with = "crate::state::serialize_duration_opt")]
+    pub(crate) slow_start: Option<Duration>,
 }
 
 impl BackendPolicy {
@@ -54,6 +58,7 @@ impl BackendPolicy {
             circuit_breaker: None,
             outlier_detection: None,
             connect_timeout: None,
+            slow_start: None,
         }
     }
 }

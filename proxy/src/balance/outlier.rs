@@ -4,26 +4,46 @@
 //! ejected; once that time passes it gets one probe request — readmitted if it succeeds, ejected
 //! again (for longer) if it fails. At most `max_ejection_percent` of the endpoints are ejected at
 //! once, and always at least one endpoint stays (Envoy's outlier detection and Linkerd's failure
-//! accrual work this way).
+//! accrual work this way). Success-rate ejection (`success_rate`) ejects the same way, from an
+//! evaluation every interval (`super::success_rate`).
 //!
 //! The state of each endpoint lives in its `Load`, so it survives state snapshots like the rest
 //! of what the balancer learnt.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::success_rate::SuccessRateConfig;
+
 /// Outlier detection settings, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct OutlierConfig {
-    /// Failures in a row that eject an endpoint.
-    pub(crate) consecutive_failures: u32,
+    /// Failures in a row that eject an endpoint (`None`: only the success rate ejects).
+    pub(crate) consecutive_failures: Option<u32>,
     /// The first ejection's length; the n-th lasts n times this.
     #[serde(serialize_with = "crate::state::serialize_duration")]
     pub(crate) base_ejection_time: Duration,
     /// The most endpoints ejected at once, in percent of the ready ones (at least one may be).
     pub(crate) max_ejection_percent: f64,
+    /// Ejection by success rate relative to the peers, evaluated every interval.
+    pub(crate) success_rate: Option<SuccessRateConfig>,
+    /// The backend's qualified name, the metrics' `service` label.
+    #[serde(skip)]
+    pub(crate) service: Arc<str>,
+}
+
+/// Why an endpoint was ejected (the `reason` label of `shoal_outlier_ejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EjectionReason {
+    /// `consecutive_5xx` failures in a row.
+    ConsecutiveFailures,
+    /// The probe after its ejection time failed: ejected again, for longer.
+    ProbeFailed,
+    /// Its success rate over an interval was far below its peers'.
+    SuccessRate,
 }
 
 /// Defaults (the proto's).
@@ -37,6 +57,21 @@ impl OutlierConfig {
         let by_percent = (ready as f64 * self.max_ejection_percent / 100.0).floor() as usize;
         by_percent.max(1).min(ready.saturating_sub(1))
     }
+
+    /// Counts an ejection of one of the backend's endpoints.
+    pub(crate) fn ejected(&self, reason: EjectionReason) {
+        let reason = match reason {
+            EjectionReason::ConsecutiveFailures => "consecutive_failures",
+            EjectionReason::ProbeFailed => "probe_failed",
+            EjectionReason::SuccessRate => "success_rate",
+        };
+        metrics::counter!(
+            crate::metrics::names::OUTLIER_EJECTIONS,
+            "service" => self.service.to_string(),
+            "reason" => reason,
+        )
+        .increment(1);
+    }
 }
 
 /// One endpoint's outlier state.
@@ -48,6 +83,12 @@ pub(crate) struct Health {
     ejections: AtomicU32,
     /// A probe request is in flight (the ejection time passed).
     probing: AtomicBool,
+    /// Exchanges and failures since the last success-rate evaluation (counted only with it).
+    window_requests: AtomicU32,
+    window_failures: AtomicU32,
+    /// The success rate of the last evaluated interval, stored as the bits of 1 + rate (0: none,
+    /// the endpoint had too few exchanges or success-rate ejection is off).
+    success_rate: AtomicU64,
 }
 
 /// What a pick may do with an endpoint.
@@ -105,19 +146,29 @@ impl Health {
             self.ejected_until_ns.store(0, Ordering::Relaxed);
             return false;
         }
+        if config.success_rate.is_some() {
+            self.window_requests.fetch_add(1, Ordering::Relaxed);
+            if failed {
+                self.window_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if !failed {
             self.consecutive.store(0, Ordering::Relaxed);
             return false;
         }
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= config.consecutive_failures && !self.is_ejected() && may_eject() {
+        let Some(limit) = config.consecutive_failures else {
+            return false;
+        };
+        if n >= limit && !self.is_ejected() && may_eject() {
             self.eject(now_ns, config);
             return true;
         }
         false
     }
 
-    fn eject(&self, now_ns: u64, config: &OutlierConfig) {
+    /// Ejects the endpoint at `now_ns` for its next ejection time.
+    pub(crate) fn eject(&self, now_ns: u64, config: &OutlierConfig) {
         let times = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let length = config.base_ejection_time.saturating_mul(times);
         self.ejected_until_ns.store(
@@ -130,5 +181,26 @@ impl Health {
     /// Times ejected so far (`/config`).
     pub(crate) fn ejections(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Takes the exchanges and failures counted since the last call.
+    pub(crate) fn take_window(&self) -> (u32, u32) {
+        let requests = self.window_requests.swap(0, Ordering::Relaxed);
+        let failures = self.window_failures.swap(0, Ordering::Relaxed);
+        (requests, failures)
+    }
+
+    /// Records the last interval's success rate.
+    pub(crate) fn set_success_rate(&self, rate: Option<f64>) {
+        let bits = rate.map_or(0, |r| (1.0 + r).to_bits());
+        self.success_rate.store(bits, Ordering::Relaxed);
+    }
+
+    /// The last evaluated interval's success rate (`/config`).
+    pub(crate) fn success_rate(&self) -> Option<f64> {
+        match self.success_rate.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(f64::from_bits(bits) - 1.0),
+        }
     }
 }

@@ -6,6 +6,7 @@ fn ep(port: u16, weight: u32, ready: bool) -> Endpoint {
         weight,
         ready,
         identity: None,
+        zone: String::new(),
     }
 }
 
@@ -211,4 +212,142 @@ fn a_retry_avoids_the_endpoint_that_failed() {
     let b = Balancer::p2c(&[ep(1, 1, true)]);
     let only = b.pick().unwrap().addr;
     assert_eq!(b.pick_avoiding(Some(only)).unwrap().addr, only);
+}
+
+fn success_rate_config(max_ejection_percent: f64) -> OutlierConfig {
+    OutlierConfig {
+        consecutive_failures: None,
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent,
+        success_rate: Some(SuccessRateConfig {
+            interval: Duration::from_secs(3600),
+            minimum_hosts: 5,
+            request_volume: 10,
+            stdev_factor: 0.5,
+        }),
+        service: "app.default".into(),
+    }
+}
+
+/// Sends `n` requests round robin, failing those to the ports in `failing` every `every` turns.
+fn exchange(b: &Balancer, n: usize, failing: &[(u16, usize)]) {
+    for k in 0..n {
+        let p = b.pick().unwrap();
+        let fails = failing
+            .iter()
+            .any(|&(port, every)| p.addr.port() == port && k % every == 0);
+        b.report(&p, fails);
+    }
+}
+
+#[tokio::test]
+async fn success_rate_ejects_the_worst_outliers_within_the_cap() {
+    let endpoints: Vec<_> = (1..=5).map(|port| ep(port, 1, true)).collect();
+    let b = Balancer::new(
+        &endpoints,
+        Algorithm::RoundRobin,
+        Some(success_rate_config(20.0)),
+    );
+    b.start(None, "app.default");
+    // 100 requests round robin, 20 each: port 1 gets requests 0, 5, 10, … and fails the even
+    // ones (rate 0.5); port 2 gets 1, 6, 11, … and fails the multiples of 3 (7 of 20: 0.65).
+    exchange(&b, 100, &[(1, 2), (2, 3)]);
+    b.evaluation.get().unwrap().evaluate();
+    let ejected: Vec<bool> = b
+        .ready
+        .iter()
+        .map(|r| r.load().health.is_ejected())
+        .collect();
+    // 20 % of five: one — the worst (port 1 at 0.5 is below port 2's rate).
+    assert_eq!(ejected, [true, false, false, false, false]);
+    let rates: Vec<_> = b
+        .ready
+        .iter()
+        .map(|r| r.load().health.success_rate())
+        .collect();
+    assert!(rates[2..].iter().all(|r| *r == Some(1.0)), "{rates:?}");
+    // The next interval: the ejected endpoint takes no part; four left are below the minimum.
+    exchange(&b, 100, &[(2, 3)]);
+    b.evaluation.get().unwrap().evaluate();
+    assert!(!b.ready[1].load().health.is_ejected());
+    assert_eq!(b.ready[0].load().health.success_rate(), None);
+}
+
+#[tokio::test]
+async fn the_evaluation_survives_an_update_with_the_same_settings() {
+    let endpoints: Vec<_> = (1..=5).map(|port| ep(port, 1, true)).collect();
+    let config = Some(success_rate_config(20.0));
+    let old = Balancer::new(&endpoints, Algorithm::RoundRobin, config.clone());
+    old.start(None, "app.default");
+    exchange(&old, 100, &[(1, 2)]);
+    let mut more = endpoints.clone();
+    more.push(ep(6, 1, true));
+    let new = Balancer::new(&more, Algorithm::RoundRobin, config);
+    new.inherit(&old);
+    new.start(None, "app.default");
+    let evaluation = new.evaluation.get().unwrap();
+    assert!(Arc::ptr_eq(evaluation, old.evaluation.get().unwrap()));
+    // The counts of the old snapshot's requests are judged with the new snapshot's endpoints.
+    evaluation.evaluate();
+    assert!(new.ready[0].load().health.is_ejected());
+    let changed = Balancer::new(
+        &more,
+        Algorithm::RoundRobin,
+        Some(success_rate_config(50.0)),
+    );
+    changed.inherit(&new);
+    changed.start(None, "app.default");
+    assert!(!Arc::ptr_eq(changed.evaluation.get().unwrap(), evaluation));
+}
+
+#[test]
+fn slow_start_is_a_load_penalty_for_p2c_and_least_request() {
+    for algorithm in [Algorithm::P2cEwma, Algorithm::LeastRequest] {
+        let b = Balancer::new(&[ep(1, 1, true), ep(2, 1, true)], algorithm, None)
+            .with_slow_start(Some(Duration::from_secs(60)));
+        let warming = b.ready[1].load();
+        warming.warmup.begin(warming.now_ns());
+        // Requests held in flight: the warming endpoint (a tenth of its weight) costs as much as
+        // the warm one only with a tenth of its requests in flight.
+        let held: Vec<_> = (0..110).map(|_| b.pick().unwrap()).collect();
+        let to_warming = held.iter().filter(|p| p.addr.port() == 2).count();
+        assert!(
+            (8..=12).contains(&to_warming),
+            "{algorithm:?}: {to_warming} of 110"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readmitted_endpoint_warms_up_again() {
+    let outlier = OutlierConfig {
+        consecutive_failures: Some(1),
+        base_ejection_time: Duration::from_secs(1),
+        max_ejection_percent: 50.0,
+        success_rate: None,
+        service: "app.default".into(),
+    };
+    let window = Duration::from_secs(10);
+    let b = Balancer::new(
+        &[ep(1, 1, true), ep(2, 1, true)],
+        Algorithm::RoundRobin,
+        Some(outlier),
+    )
+    .with_slow_start(Some(window));
+    let first = b.pick().unwrap();
+    assert_eq!(first.addr.port(), 1);
+    b.report(&first, true);
+    let load = b.ready[0].load().clone();
+    assert!(load.health.is_ejected());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // The ejection time passed: its probe succeeds and readmits it at a small share.
+    let probe = (0..4)
+        .map(|_| b.pick().unwrap())
+        .find(|p| p.probe)
+        .expect("a probe");
+    b.report(&probe, false);
+    assert!(!load.health.is_ejected());
+    assert_eq!(load.warmup.share(load.now_ns(), window), 0.1);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(load.warmup.share(load.now_ns(), window), 0.5);
 }

@@ -45,6 +45,7 @@ pub mod env {
     pub const UPSTREAM_IDLE_TIMEOUT: &str = "SHOAL_UPSTREAM_IDLE_TIMEOUT";
     pub const STATE_FILE: &str = "SHOAL_STATE_FILE";
     pub const SERVICE_NAME: &str = "SHOAL_SERVICE_NAME";
+    pub const ZONE: &str = "SHOAL_ZONE";
     pub const LOG: &str = "SHOAL_LOG";
     pub const LOG_FORMAT: &str = "SHOAL_LOG_FORMAT";
     pub const ACCESS_LOG: &str = "SHOAL_ACCESS_LOG";
@@ -293,6 +294,8 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The service this proxy sits beside.
     pub service_name: String,
+    /// The zone (failure domain) this proxy runs in: balancing prefers endpoints of the same zone.
+    pub zone: Option<String>,
     /// Initial log filter.
     pub log: String,
     /// Log format.
@@ -381,6 +384,7 @@ impl Config {
             http,
             state_file: r.opt_string(env::STATE_FILE).map(PathBuf::from),
             service_name: r.string(env::SERVICE_NAME, "unknown"),
+            zone: r.opt_string(env::ZONE).filter(|z| !z.is_empty()),
             log: r.string(env::LOG, "info"),
             log_format,
             access_log: r.bool(env::ACCESS_LOG, false)?,

@@ -13,7 +13,7 @@ use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::inbound::rate_limit::{OverrideSpec, RateLimitSpec, Scope, Side, Unit};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{
-    BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
+    BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec, SuccessRateSpec,
 };
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::filter::{HeaderModifierSpec, HeaderValueSpec, PathModifierSpec, RedirectSpec};
@@ -398,6 +398,7 @@ fn endpoint_spec(e: &v1::Endpoint, at: &str) -> Result<EndpointSpec, String> {
         weight: e.weight.max(1),
         ready: e.ready,
         identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
+        zone: e.zone.clone(),
     })
 }
 
@@ -494,7 +495,7 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
 }
 
 /// The state description of a `BackendPolicy`: the parts this proxy enforces. A part it does not
-/// (ring hashing, connection limits other than the cap on requests, outlier detection) is refused,
+/// (ring hashing, connection limits other than the cap on requests) is refused,
 /// naming the field — the control plane refuses them at `apply` too, so only a control plane
 /// newer than this proxy sends them.
 fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, String> {
@@ -515,7 +516,10 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
             if lb.hash_key.is_some() {
                 return not_enforced("load_balancer.hash_key");
             }
-            Some(LoadBalancerSpec { algorithm })
+            Some(LoadBalancerSpec {
+                algorithm,
+                slow_start: (lb.slow_start_ms > 0).then(|| Duration::from_millis(lb.slow_start_ms)),
+            })
         }
     };
     let limits = match &p.limits {
@@ -542,15 +546,17 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
         }
     };
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
-    let outlier_detection = match &p.outlier_detection {
-        None => None,
-        Some(o) if o.interval_ms > 0 => return not_enforced("outlier_detection.interval_ms"),
-        Some(o) => Some(OutlierSpec {
-            consecutive_5xx: (o.consecutive_5xx > 0).then_some(o.consecutive_5xx),
-            base_ejection_time: ms(o.base_ejection_time_ms),
-            max_ejection_percent: (o.max_ejection_percent != 0.0).then_some(o.max_ejection_percent),
+    let outlier_detection = p.outlier_detection.as_ref().map(|o| OutlierSpec {
+        consecutive_5xx: (o.consecutive_5xx > 0).then_some(o.consecutive_5xx),
+        interval: ms(o.interval_ms),
+        base_ejection_time: ms(o.base_ejection_time_ms),
+        max_ejection_percent: (o.max_ejection_percent != 0.0).then_some(o.max_ejection_percent),
+        success_rate: o.success_rate.as_ref().map(|r| SuccessRateSpec {
+            minimum_hosts: (r.minimum_hosts > 0).then_some(r.minimum_hosts),
+            request_volume: (r.request_volume > 0).then_some(r.request_volume),
+            stdev_factor: (r.stdev_factor != 0.0).then_some(r.stdev_factor),
         }),
-    };
+    });
     let circuit_breaker = p.circuit_breaker.as_ref().map(|b| BreakerSpec {
         failure_ratio_threshold: (b.failure_ratio_threshold != 0.0)
             .then_some(b.failure_ratio_threshold),
@@ -1247,6 +1253,55 @@ mod tests {
                 assert_eq!(u.rejected, [], "{}", case.line);
             }
         }
+    }
+
+    #[test]
+    fn outlier_detection_slow_start_and_zones_are_taken_from_the_wire() {
+        let policy = v1::BackendPolicy {
+            service: "web.default".into(),
+            load_balancer: Some(v1::LoadBalancer {
+                slow_start_ms: 5000,
+                ..Default::default()
+            }),
+            outlier_detection: Some(v1::OutlierDetection {
+                interval_ms: 2000,
+                success_rate: Some(v1::SuccessRateEjection {
+                    minimum_hosts: 3,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let resolved = backend_policy_spec(&policy).unwrap().resolve("p").unwrap();
+        assert_eq!(resolved.slow_start, Some(Duration::from_secs(5)));
+        let outlier = resolved.outlier_detection.unwrap();
+        assert_eq!(outlier.consecutive_failures, None);
+        let rate = outlier.success_rate.unwrap();
+        assert_eq!(
+            (rate.interval, rate.minimum_hosts, rate.request_volume),
+            (Duration::from_secs(2), 3, 100)
+        );
+        // An interval without success_rate would do nothing: rejected, naming the field.
+        let mut useless = policy.clone();
+        useless.outlier_detection = Some(v1::OutlierDetection {
+            consecutive_5xx: 5,
+            interval_ms: 2000,
+            ..Default::default()
+        });
+        let error = backend_policy_spec(&useless)
+            .unwrap()
+            .resolve("p")
+            .unwrap_err();
+        assert!(error.contains("p.outlier_detection.interval"), "{error}");
+
+        let endpoint = v1::Endpoint {
+            address: "10.0.0.1".into(),
+            port: 80,
+            zone: "zone-a".into(),
+            ..Default::default()
+        };
+        assert_eq!(endpoint_spec(&endpoint, "e").unwrap().zone, "zone-a");
     }
 
     /// proto/testdata/pushed-resource-checks.txt: a proxy rejects exactly what the control plane

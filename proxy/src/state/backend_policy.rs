@@ -11,7 +11,11 @@ use crate::backend::{
     Algorithm, BackendPolicy, BreakerConfig, BreakerOverride, DEFAULT_BREAKER_MIN_REQUESTS,
     DEFAULT_BREAKER_OPEN, DEFAULT_BREAKER_PROBES, DEFAULT_BREAKER_WINDOW,
 };
-use crate::balance::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
+use crate::balance::{
+    DEFAULT_BASE_EJECTION, DEFAULT_INTERVAL, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_HOSTS,
+    DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR, MAX_STDEV_FACTOR, OutlierConfig,
+    SuccessRateConfig,
+};
 
 /// One backend policy as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,12 +36,31 @@ pub(crate) struct BackendPolicySpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutlierSpec {
-    /// Failures in a row (5xx or upstream errors) that eject an endpoint; required.
+    /// Failures in a row (5xx or upstream errors) that eject an endpoint; this or
+    /// `success_rate` is required.
+    #[serde(default)]
     pub(crate) consecutive_5xx: Option<u32>,
+    /// How often success rates are evaluated (only with `success_rate`).
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) interval: Option<Duration>,
     #[serde(default, with = "humantime_opt")]
     pub(crate) base_ejection_time: Option<Duration>,
     #[serde(default)]
     pub(crate) max_ejection_percent: Option<f64>,
+    #[serde(default)]
+    pub(crate) success_rate: Option<SuccessRateSpec>,
+}
+
+/// Ejection by success rate relative to the peers, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SuccessRateSpec {
+    #[serde(default)]
+    pub(crate) minimum_hosts: Option<u32>,
+    #[serde(default)]
+    pub(crate) request_volume: Option<u32>,
+    #[serde(default)]
+    pub(crate) stdev_factor: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +68,9 @@ pub(crate) struct OutlierSpec {
 pub(crate) struct LoadBalancerSpec {
     #[serde(default)]
     pub(crate) algorithm: Algorithm,
+    /// A new or readmitted endpoint's share of traffic grows over this window.
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -93,6 +119,8 @@ impl BackendPolicySpec {
             limits.max_concurrent_requests,
         )?;
         in_range("limits.connect_timeout", limits.connect_timeout)?;
+        let slow_start = self.load_balancer.as_ref().and_then(|lb| lb.slow_start);
+        in_range("load_balancer.slow_start", slow_start)?;
         let circuit_breaker = match &self.circuit_breaker {
             None => None,
             Some(b) => {
@@ -126,12 +154,41 @@ impl BackendPolicySpec {
             None => None,
             Some(o) => {
                 let at = format!("{at}.outlier_detection");
-                let consecutive = match o.consecutive_5xx {
-                    Some(n) if n > 0 => n,
-                    _ => {
-                        return Err(format!(
-                            "{at}.consecutive_5xx: required and positive (failures in a row that eject an endpoint)"
-                        ));
+                positive("outlier_detection.consecutive_5xx", o.consecutive_5xx)?;
+                if o.consecutive_5xx.is_none() && o.success_rate.is_none() {
+                    return Err(format!(
+                        "{at}: ejects nothing: set consecutive_5xx (failures in a row that eject an endpoint), success_rate or both"
+                    ));
+                }
+                in_range("outlier_detection.interval", o.interval)?;
+                if o.interval.is_some() && o.success_rate.is_none() {
+                    return Err(format!(
+                        "{at}.interval: only used with success_rate (how often success rates are evaluated)"
+                    ));
+                }
+                let success_rate = match &o.success_rate {
+                    None => None,
+                    Some(r) => {
+                        positive(
+                            "outlier_detection.success_rate.minimum_hosts",
+                            r.minimum_hosts,
+                        )?;
+                        positive(
+                            "outlier_detection.success_rate.request_volume",
+                            r.request_volume,
+                        )?;
+                        let factor = r.stdev_factor.unwrap_or(DEFAULT_STDEV_FACTOR);
+                        if !(factor > 0.0 && factor <= MAX_STDEV_FACTOR) {
+                            return Err(format!(
+                                "{at}.success_rate.stdev_factor: {factor} is not in (0, {MAX_STDEV_FACTOR}]"
+                            ));
+                        }
+                        Some(SuccessRateConfig {
+                            interval: o.interval.unwrap_or(DEFAULT_INTERVAL),
+                            minimum_hosts: r.minimum_hosts.unwrap_or(DEFAULT_MINIMUM_HOSTS),
+                            request_volume: r.request_volume.unwrap_or(DEFAULT_REQUEST_VOLUME),
+                            stdev_factor: factor,
+                        })
                     }
                 };
                 in_range("outlier_detection.base_ejection_time", o.base_ejection_time)?;
@@ -144,9 +201,11 @@ impl BackendPolicySpec {
                     ));
                 }
                 Some(OutlierConfig {
-                    consecutive_failures: consecutive,
+                    consecutive_failures: o.consecutive_5xx,
                     base_ejection_time: o.base_ejection_time.unwrap_or(DEFAULT_BASE_EJECTION),
                     max_ejection_percent: percent,
+                    success_rate,
+                    service: "".into(),
                 })
             }
         };
@@ -159,6 +218,7 @@ impl BackendPolicySpec {
             circuit_breaker,
             outlier_detection,
             connect_timeout: limits.connect_timeout,
+            slow_start,
         })
     }
 }

@@ -38,6 +38,8 @@ pub struct Store {
     current: ArcSwap<State>,
     status: ArcSwap<SyncStatus>,
     version: AtomicU64,
+    /// This proxy's zone (`SHOAL_ZONE`): balancers prefer endpoints of it.
+    zone: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Store {
@@ -50,7 +52,14 @@ impl Store {
                 ..SyncStatus::default()
             }),
             version: AtomicU64::new(0),
+            zone: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets this proxy's zone, before the first state is stored: every balancer of a state stored
+    /// afterwards prefers endpoints of it.
+    pub fn set_zone(&self, zone: &str) {
+        let _ = self.zone.set(zone.into());
     }
 
     /// The state to route one request or connection by.
@@ -70,6 +79,7 @@ impl Store {
     pub fn replace(&self, mut state: State) -> u64 {
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         state.inherit_runtime(&self.current.load());
+        state.start_runtime(self.zone.get());
         self.current.store(Arc::new(state));
         let mut status = (**self.status.load()).clone();
         status.version = version;

@@ -42,6 +42,9 @@ pub struct Endpoint {
     /// (plain text).
     #[serde(serialize_with = "serialize_identity")]
     pub identity: Option<SpiffeId>,
+    /// Its zone (failure domain); empty when unknown.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub zone: String,
 }
 
 fn serialize_identity<S: serde::Serializer>(
@@ -309,6 +312,16 @@ impl State {
             outbound_rate_limits: FastMap::default(),
             by_authority,
             by_addr,
+        }
+    }
+
+    /// Starts what runs beside the requests for each service (success-rate evaluations, the
+    /// preference for endpoints in `zone`), once the state is about to serve: after
+    /// [`Self::inherit_runtime`].
+    pub fn start_runtime(&self, zone: Option<&Arc<str>>) {
+        for s in &self.services {
+            s.balancer
+                .start(zone, &format!("{}.{}", s.name, s.namespace));
         }
     }
 

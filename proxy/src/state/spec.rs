@@ -17,7 +17,7 @@ use super::model::{
     ValueMatch,
 };
 use crate::backend::{BackendPolicy, BackendRuntime};
-use crate::balance::Balancer;
+use crate::balance::{Balancer, OutlierConfig};
 use crate::inbound::rate_limit::{Limiter, RateLimitSpec, Side};
 use crate::metrics::RequestMetrics;
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
@@ -83,6 +83,9 @@ pub(crate) struct EndpointSpec {
     /// endpoints outside the mesh.
     #[serde(default)]
     pub(crate) identity: Option<String>,
+    /// Its zone (failure domain), for zone-aware balancing (`SHOAL_ZONE`).
+    #[serde(default)]
+    pub(crate) zone: String,
 }
 
 pub(crate) fn one() -> u32 {
@@ -670,6 +673,7 @@ fn build_service(
             weight: e.weight,
             ready: e.ready,
             identity,
+            zone: e.zone.clone(),
         })
         .collect();
     let policy = policy.unwrap_or_else(BackendPolicy::none);
@@ -678,8 +682,12 @@ fn build_service(
         balancer: Balancer::new(
             &endpoints,
             policy.load_balancer,
-            policy.outlier_detection.clone(),
-        ),
+            policy.outlier_detection.clone().map(|o| OutlierConfig {
+                service: qualified.as_str().into(),
+                ..o
+            }),
+        )
+        .with_slow_start(policy.slow_start),
         backend: BackendRuntime::new(policy),
         fault,
         metrics: RequestMetrics::outbound(&qualified, "default", &qualified),

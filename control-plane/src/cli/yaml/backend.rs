@@ -29,12 +29,51 @@ plain_message! {
 }
 
 plain_message! {
-    /// `outlier_detection`: passive health checking.
-    Outliers => v1::OutlierDetection {
-        consecutive_5xx: u32,
-        interval_ms: u64,
-        base_ejection_time_ms: u64,
-        max_ejection_percent: f64,
+    /// `outlier_detection.success_rate`: ejection by success rate relative to the peers.
+    SuccessRate => v1::SuccessRateEjection {
+        minimum_hosts: u32,
+        request_volume: u32,
+        stdev_factor: f64,
+    }
+}
+
+/// `outlier_detection`: passive health checking.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Outliers {
+    #[serde(skip_serializing_if = "is_zero")]
+    consecutive_5xx: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    interval_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    base_ejection_time_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    max_ejection_percent: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    success_rate: Option<SuccessRate>,
+}
+
+impl From<Outliers> for v1::OutlierDetection {
+    fn from(yaml: Outliers) -> Self {
+        Self {
+            consecutive_5xx: yaml.consecutive_5xx,
+            interval_ms: yaml.interval_ms,
+            base_ejection_time_ms: yaml.base_ejection_time_ms,
+            max_ejection_percent: yaml.max_ejection_percent,
+            success_rate: yaml.success_rate.map(Into::into),
+        }
+    }
+}
+
+impl From<&v1::OutlierDetection> for Outliers {
+    fn from(wire: &v1::OutlierDetection) -> Self {
+        Self {
+            consecutive_5xx: wire.consecutive_5xx,
+            interval_ms: wire.interval_ms,
+            base_ejection_time_ms: wire.base_ejection_time_ms,
+            max_ejection_percent: wire.max_ejection_percent,
+            success_rate: wire.success_rate.as_ref().map(Into::into),
+        }
     }
 }
 
@@ -61,6 +100,8 @@ struct LoadBalancer {
     /// One of `header`, `cookie`, `query_parameter`, `source_ip: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     hash_key: Option<HashKey>,
+    #[serde(skip_serializing_if = "is_zero")]
+    slow_start_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +143,7 @@ impl SpecYaml for BackendPolicySpec {
                     HashKey::SourceIp(s) => Source::SourceIp(s),
                 }),
             }),
+            slow_start_ms: lb.slow_start_ms,
         });
         let circuit_breaker = self.circuit_breaker.map(|b| v1::CircuitBreaker {
             failure_ratio_threshold: b.failure_ratio_threshold,
@@ -135,6 +177,7 @@ impl SpecYaml for BackendPolicySpec {
                     Source::SourceIp(s) => HashKey::SourceIp(s),
                 },
             ),
+            slow_start_ms: lb.slow_start_ms,
         });
         let circuit_breaker = policy.circuit_breaker.as_ref().map(|b| Breaker {
             failure_ratio_threshold: b.failure_ratio_threshold,

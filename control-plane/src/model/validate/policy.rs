@@ -10,9 +10,13 @@ use crate::model::{
 /// Most rules in one authorization policy; proxies evaluate them on every request.
 pub const MAX_AUTHORIZATION_RULES: usize = 1024;
 
+/// Largest `outlier_detection.success_rate.stdev_factor`: beyond it nothing is ever ejected.
+pub const MAX_STDEV_FACTOR: f64 = 10.0;
+
 impl Checker<'_> {
     pub(super) fn backend_policy(&mut self, policy: &BackendPolicy) {
         if let Some(lb) = &policy.load_balancer {
+            self.duration("spec.load_balancer.slow_start_ms", lb.slow_start);
             let ring = lb.algorithm == Some(LoadBalancingAlgorithm::RingHash);
             match (&lb.hash_key, ring) {
                 (None, true) => {
@@ -48,7 +52,26 @@ impl Checker<'_> {
         if let Some(outlier) = &policy.outlier_detection {
             let field = "spec.outlier_detection";
             self.positive(&format!("{field}.consecutive_5xx"), outlier.consecutive_5xx);
+            if outlier.consecutive_5xx.is_none() && outlier.success_rate.is_none() {
+                let reason = "ejects nothing: set consecutive_5xx, success_rate or both";
+                self.error(field, reason);
+            }
             self.duration(&format!("{field}.interval_ms"), outlier.interval);
+            if outlier.interval.is_some() && outlier.success_rate.is_none() {
+                let reason = "only used with success_rate (how often success rates are evaluated); set success_rate or remove it";
+                self.error(format!("{field}.interval_ms"), reason);
+            }
+            if let Some(rate) = &outlier.success_rate {
+                let field = format!("{field}.success_rate");
+                self.positive(&format!("{field}.minimum_hosts"), rate.minimum_hosts);
+                self.positive(&format!("{field}.request_volume"), rate.request_volume);
+                if let Some(factor) = rate.stdev_factor
+                    && !(factor > 0.0 && factor <= MAX_STDEV_FACTOR)
+                {
+                    let reason = format!("{factor} is not in (0, {MAX_STDEV_FACTOR}]");
+                    self.error(format!("{field}.stdev_factor"), reason);
+                }
+            }
             let base = outlier.base_ejection_time;
             self.duration(&format!("{field}.base_ejection_time_ms"), base);
             if let Some(percent) = outlier.max_ejection_percent {

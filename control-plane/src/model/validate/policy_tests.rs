@@ -70,6 +70,7 @@ fn backend_policy_errors_name_their_field() {
         load_balancer: Some(LoadBalancer {
             algorithm: Some(LoadBalancingAlgorithm::RingHash),
             hash_key: None,
+            slow_start: Some(Duration::from_secs(100_000)),
         }),
         limits: Some(ConnectionLimits {
             max_connections: Some(0),
@@ -94,6 +95,11 @@ fn backend_policy_errors_name_their_field() {
     assert_structure_rejects(spec(), "spec.limits.max_connections", "must be positive");
     assert_structure_rejects(
         spec(),
+        "spec.load_balancer.slow_start_ms",
+        "longer than the maximum",
+    );
+    assert_structure_rejects(
+        spec(),
         "spec.outlier_detection.max_ejection_percent",
         "percentage",
     );
@@ -111,12 +117,64 @@ fn backend_policy_errors_name_their_field() {
     key_without_ring.load_balancer = Some(LoadBalancer {
         algorithm: None,
         hash_key: Some(HashKey::SourceIp),
+        slow_start: None,
     });
     let spec = Spec::BackendPolicy(key_without_ring);
     assert_structure_rejects(
         spec,
         "spec.load_balancer.hash_key",
         "only used with algorithm RING_HASH",
+    );
+}
+
+#[test]
+fn outlier_detection_errors_name_their_field() {
+    let with = |outlier: OutlierDetection| {
+        Spec::BackendPolicy(BackendPolicy {
+            service: svc("backend"),
+            load_balancer: None,
+            limits: None,
+            outlier_detection: Some(outlier),
+            circuit_breaker: None,
+        })
+    };
+    let rate = |stdev_factor: Option<f64>| SuccessRateEjection {
+        minimum_hosts: Some(0),
+        request_volume: Some(10),
+        stdev_factor,
+    };
+    assert_structure_rejects(
+        with(OutlierDetection::default()),
+        "spec.outlier_detection",
+        "ejects nothing",
+    );
+    let interval = OutlierDetection {
+        consecutive_5xx: Some(5),
+        interval: Some(Duration::from_secs(1)),
+        ..OutlierDetection::default()
+    };
+    assert_structure_rejects(
+        with(interval),
+        "spec.outlier_detection.interval_ms",
+        "only used with success_rate",
+    );
+    let hosts = OutlierDetection {
+        success_rate: Some(rate(None)),
+        ..OutlierDetection::default()
+    };
+    assert_structure_rejects(
+        with(hosts),
+        "spec.outlier_detection.success_rate.minimum_hosts",
+        "must be positive",
+    );
+    let factor = OutlierDetection {
+        success_rate: Some(rate(Some(11.0))),
+        ..OutlierDetection::default()
+    };
+    assert_structure_rejects(
+        with(factor),
+        "spec.outlier_detection.success_rate.stdev_factor",
+        "not in (0, 10]",
     );
 }
 

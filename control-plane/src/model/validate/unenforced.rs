@@ -71,13 +71,6 @@ pub const FIELDS: &[UnenforcedField] = &[
         strip: strip_connection_limits,
     },
     UnenforcedField {
-        kind: ResourceKind::BackendPolicy,
-        field: "spec.outlier_detection.interval_ms",
-        why: "the proxy evaluates ejections on every exchange, not on an interval",
-        find: outlier_detection,
-        strip: strip_outlier_detection,
-    },
-    UnenforcedField {
         kind: ResourceKind::Route,
         field: "spec.rules[].backends[].port",
         why: "the proxy calls a backend on the port the request came in on",
@@ -210,20 +203,6 @@ fn strip_connection_limits(spec: &mut Spec) {
         l.max_connections = None;
         l.max_pending_requests = None;
         l.max_requests_per_connection = None;
-    }
-}
-
-fn outlier_detection(spec: &Spec) -> Vec<String> {
-    let outlier = backend_policy(spec).and_then(|p| p.outlier_detection.as_ref());
-    match outlier {
-        Some(o) if o.interval.is_some() => vec!["spec.outlier_detection.interval_ms".to_owned()],
-        _ => Vec::new(),
-    }
-}
-
-fn strip_outlier_detection(spec: &mut Spec) {
-    if let Some(o) = backend_policy_mut(spec).and_then(|p| p.outlier_detection.as_mut()) {
-        o.interval = None;
     }
 }
 
