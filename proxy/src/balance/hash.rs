@@ -240,9 +240,9 @@ impl Balancer {
                 continue;
             }
             fallback.get_or_insert(i);
-            let Some(_) = &self.outlier else {
+            if self.outlier.is_none() {
                 return Some(self.picked(i, false));
-            };
+            }
             if let Some((i, probe)) = self.usable(i) {
                 return Some(self.picked(i, probe));
             }
