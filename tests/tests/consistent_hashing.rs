@@ -164,15 +164,16 @@ async fn an_endpoint_registered_through_the_control_plane_takes_about_one_in_n_k
         ))
         .await;
     assert!(
-        applied.stdout.contains("backendpolicy/web.default created")
-            || applied.stdout.contains("backend_policy/web.default created"),
+        applied.stdout.contains("backend-policy/web.default created"),
         "{applied:?}"
     );
     let proxy = cp.proxy_builder("hash-proxy").start().await;
-    let mut client = H1Client::connect(proxy.outbound()).await.unwrap();
     let keys: Vec<String> = (0..400).map(|k| format!("user-{k}")).collect();
-    // The policy may arrive after the service: wait until the keys stick.
+    // The first request subscribes to the service (and waits for it); the policy may arrive
+    // after the endpoints: wait until the balancer hashes.
     eventually(WAIT, "the ring hash policy applied", || async {
+        let mut c = H1Client::connect(proxy.outbound()).await.unwrap();
+        ask(&mut c, "web", "/", &[("x-user", "someone")]).await;
         let config = proxy.config().await;
         let services = config["state"]["services"].as_array().cloned().unwrap_or_default();
         match services.iter().find(|s| s["name"] == "web") {
@@ -181,6 +182,7 @@ async fn an_endpoint_registered_through_the_control_plane_takes_about_one_in_n_k
         }
     })
     .await;
+    let mut client = H1Client::connect(proxy.outbound()).await.unwrap();
     let before = placement(&mut client, &keys).await;
     assert_eq!(before, placement(&mut client, &keys).await, "keys moved");
     assert!(!before.contains(&"e4".to_string()));
@@ -199,6 +201,7 @@ async fn an_endpoint_registered_through_the_control_plane_takes_about_one_in_n_k
         if n == Some(5) { Ok(()) } else { Err(format!("{n:?} endpoints")) }
     })
     .await;
+    let mut client = H1Client::connect(proxy.outbound()).await.unwrap();
     let after = placement(&mut client, &keys).await;
     let moved: Vec<usize> = (0..keys.len()).filter(|&k| before[k] != after[k]).collect();
     for &k in &moved {
