@@ -137,7 +137,9 @@ async fn ring_hash_without_a_key_is_refused_naming_the_field() {
         .unwrap();
     let text = format!("{}{}", exited.stdout, exited.stderr);
     assert!(
-        text.contains("backend_policies[0].load_balancer.hash_key: required with algorithm ring_hash"),
+        text.contains(
+            "backend_policies[0].load_balancer.hash_key: required with algorithm ring_hash"
+        ),
         "{text}"
     );
 }
@@ -164,7 +166,9 @@ async fn an_endpoint_registered_through_the_control_plane_takes_about_one_in_n_k
         ))
         .await;
     assert!(
-        applied.stdout.contains("backend-policy/web.default created"),
+        applied
+            .stdout
+            .contains("backend-policy/web.default created"),
         "{applied:?}"
     );
     let proxy = cp.proxy_builder("hash-proxy").start().await;
@@ -175,7 +179,10 @@ async fn an_endpoint_registered_through_the_control_plane_takes_about_one_in_n_k
         let mut c = H1Client::connect(proxy.outbound()).await.unwrap();
         ask(&mut c, "web", "/", &[("x-user", "someone")]).await;
         let config = proxy.config().await;
-        let services = config["state"]["services"].as_array().cloned().unwrap_or_default();
+        let services = config["state"]["services"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         match services.iter().find(|s| s["name"] == "web") {
             Some(s) if s["load_balancer"]["algorithm"] == "ring_hash" => Ok(()),
             other => Err(format!("{other:?}")),
@@ -191,21 +198,36 @@ async fn an_endpoint_registered_through_the_control_plane_takes_about_one_in_n_k
         .apply(registration_yaml("web-4", "web", addrs[4], None).trim_start_matches("---\n"))
         .await;
     assert!(registered.stdout.contains("created"), "{registered:?}");
-    eventually(WAIT, "the fifth endpoint in the proxy's balancer", || async {
-        let config = proxy.config().await;
-        let services = config["state"]["services"].as_array().cloned().unwrap_or_default();
-        let n = services
-            .iter()
-            .find(|s| s["name"] == "web")
-            .and_then(|s| s["load_balancer"]["endpoints"].as_array().map(Vec::len));
-        if n == Some(5) { Ok(()) } else { Err(format!("{n:?} endpoints")) }
-    })
+    eventually(
+        WAIT,
+        "the fifth endpoint in the proxy's balancer",
+        || async {
+            let config = proxy.config().await;
+            let services = config["state"]["services"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let n = services
+                .iter()
+                .find(|s| s["name"] == "web")
+                .and_then(|s| s["load_balancer"]["endpoints"].as_array().map(Vec::len));
+            if n == Some(5) {
+                Ok(())
+            } else {
+                Err(format!("{n:?} endpoints"))
+            }
+        },
+    )
     .await;
     let mut client = H1Client::connect(proxy.outbound()).await.unwrap();
     let after = placement(&mut client, &keys).await;
     let moved: Vec<usize> = (0..keys.len()).filter(|&k| before[k] != after[k]).collect();
     for &k in &moved {
-        assert_eq!(after[k], "e4", "key {} moved between old endpoints", keys[k]);
+        assert_eq!(
+            after[k], "e4",
+            "key {} moved between old endpoints",
+            keys[k]
+        );
     }
     // Ideally 1/5 of 400 = 80; the ring's and the sample's variance are well inside ± 40.
     assert!(
@@ -268,7 +290,11 @@ async fn an_ejected_endpoints_keys_move_and_come_back_when_it_is_readmitted() {
     }
     for (i, &k) in victim_keys.iter().enumerate() {
         let again = ask(&mut client, "header.example", "/", &[("x-user", &keys[k])]).await;
-        assert_eq!(again, moved_to[i], "key {} is not stable while e3 is out", keys[k]);
+        assert_eq!(
+            again, moved_to[i],
+            "key {} is not stable while e3 is out",
+            keys[k]
+        );
     }
 
     // e3 recovers; after the ejection time a probe readmits it and its keys come back.

@@ -230,7 +230,11 @@ impl Balancer {
     /// endpoint) — or, without a key or a ring, [`Balancer::pick_avoiding`]'s. When every
     /// endpoint on the walk is out, the key's own endpoint all the same (as for the other
     /// algorithms, at least one endpoint always gets the request).
-    pub(crate) fn pick_hashed(&self, key: Option<u64>, avoid: Option<SocketAddr>) -> Option<Picked> {
+    pub(crate) fn pick_hashed(
+        &self,
+        key: Option<u64>,
+        avoid: Option<SocketAddr>,
+    ) -> Option<Picked> {
         let (Some(ring), Some(key)) = (&self.ring, key) else {
             return self.pick_avoiding(avoid);
         };

@@ -1097,7 +1097,10 @@ mod tests {
             Some(crate::balance::HashKey::Cookie("session".into()))
         );
         for (key, want) in [
-            (None, "load_balancer.hash_key: required with algorithm ring_hash"),
+            (
+                None,
+                "load_balancer.hash_key: required with algorithm ring_hash",
+            ),
             (
                 Some(v1::hash_key::Source::Header("bad header".into())),
                 "load_balancer.hash_key.header: \"bad header\" is not a header name",

@@ -13,9 +13,7 @@ use crate::backend::{
 };
 use http::HeaderName;
 
-use crate::balance::{
-    DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, HashKey, OutlierConfig,
-};
+use crate::balance::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, HashKey, OutlierConfig};
 
 /// One backend policy as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,12 +72,20 @@ impl HashKeySpec {
     fn resolve(&self, at: &str) -> Result<HashKey, String> {
         let named = |field: &str, name: &str| {
             if name.is_empty() {
-                Err(format!("{at}.{field}: must name a {}", field.replace('_', " ")))
+                Err(format!(
+                    "{at}.{field}: must name a {}",
+                    field.replace('_', " ")
+                ))
             } else {
                 Ok(name.to_owned())
             }
         };
-        match (&self.header, &self.cookie, &self.query_parameter, self.source_ip) {
+        match (
+            &self.header,
+            &self.cookie,
+            &self.query_parameter,
+            self.source_ip,
+        ) {
             (Some(h), None, None, None) => HeaderName::from_bytes(h.as_bytes())
                 .map(HashKey::Header)
                 .map_err(|_| format!("{at}.header: {h:?} is not a header name")),

@@ -19,7 +19,10 @@ fn placement(endpoints: &[(u16, u32)]) -> Vec<u16> {
     let ring = Ring::new(&weighted);
     (0..KEYS)
         .map(|k| {
-            let i = ring.walk(hash(format!("user-{k}").as_bytes())).next().unwrap();
+            let i = ring
+                .walk(hash(format!("user-{k}").as_bytes()))
+                .next()
+                .unwrap();
             weighted[i].0.port()
         })
         .collect()
@@ -74,7 +77,10 @@ fn removing_an_endpoint_moves_only_its_keys() {
     let after = placement(&[(1, 1), (2, 1), (4, 1), (5, 1)]);
     for k in 0..KEYS {
         if before[k] != 3 {
-            assert_eq!(before[k], after[k], "key {k} moved off a remaining endpoint");
+            assert_eq!(
+                before[k], after[k],
+                "key {k} moved off a remaining endpoint"
+            );
         }
     }
     let theirs = before.iter().filter(|&&p| p == 3).count();
@@ -143,7 +149,10 @@ fn keys_come_from_a_header_a_cookie_a_query_parameter_or_the_client() {
     assert_eq!(HashKey::SourceIp.hash(&req, other_port), by_source);
 
     // No key (or an empty one): no hash, the default algorithm picks.
-    let bare = request("/a?users=alice&user=", &[("cookie", "sessionx=alice; session")]);
+    let bare = request(
+        "/a?users=alice&user=",
+        &[("cookie", "sessionx=alice; session")],
+    );
     for key in [&header, &cookie, &query] {
         assert_eq!(key.hash(&bare, client), None, "{key:?}");
     }
@@ -200,7 +209,10 @@ async fn an_ejected_endpoint_passes_its_keys_to_the_next_and_gets_them_back() {
 
     tokio::time::advance(Duration::from_secs(11)).await;
     let probe = b.pick_hashed(Some(keys[0]), None).unwrap();
-    assert_eq!(probe.addr, victim, "the probe goes to the returning endpoint");
+    assert_eq!(
+        probe.addr, victim,
+        "the probe goes to the returning endpoint"
+    );
     b.report(&probe, false);
     drop(probe);
     let after: Vec<SocketAddr> = keys
@@ -219,8 +231,9 @@ fn a_retry_goes_to_the_next_endpoint_on_the_ring_and_no_key_falls_back() {
     assert_ne!(retry, home);
     assert_eq!(b.pick_hashed(key, Some(home)).unwrap().addr, retry);
     // Without a key, requests spread (P2C-EWMA).
-    let spread: std::collections::HashSet<_> =
-        (0..200).map(|_| b.pick_hashed(None, None).unwrap().addr).collect();
+    let spread: std::collections::HashSet<_> = (0..200)
+        .map(|_| b.pick_hashed(None, None).unwrap().addr)
+        .collect();
     assert!(spread.len() > 1, "{spread:?}");
     // One endpoint: a retry goes to it all the same.
     let one = Balancer::new(&[ep(1)], Algorithm::RingHash, None);

@@ -32,8 +32,8 @@ where
         let conn = req.conn;
         let backend = &req.target.service;
         // Ring hash: the request's key, if it carries it (else the default algorithm picks).
-        let key = (backend.backend.policy.hash_key.as_ref())
-            .and_then(|k| k.hash(&req.http, conn.client));
+        let key =
+            (backend.backend.policy.hash_key.as_ref()).and_then(|k| k.hash(&req.http, conn.client));
         let Some(mut picked) = backend.balancer.pick_hashed(key, req.target.avoid) else {
             return Exchange::failed(ProxyError::new(
                 Reason::NoEndpoints,
