@@ -3,7 +3,8 @@
 //! value keep landing on one endpoint while different keys spread; a request without the key is
 //! balanced as usual; an endpoint registered through a real control plane (`shoalctl apply`)
 //! takes about 1/N of the keys and no key moves between the others; an endpoint ejected by outlier
-//! detection passes its keys on and gets them back when readmitted.
+//! detection passes its keys on and gets them back when readmitted; opaque TCP connections are
+//! placed by the client's address under `source_ip`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use shoal_tests::backend::text_response;
 use shoal_tests::client::{H1Client, empty, request};
 use shoal_tests::control_plane::{ControlPlaneBuilder, registration_yaml, service_yaml};
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -309,4 +311,57 @@ async fn an_ejected_endpoints_keys_move_and_come_back_when_it_is_readmitted() {
         let now = ask(&mut client, "header.example", "/", &[("x-user", key)]).await;
         assert_eq!(now, home[k], "key {key} after e3 came back");
     }
+}
+
+/// One opaque connection from `source` through `proxy`'s outbound target: a line echoed back.
+async fn opaque_from(proxy: &Proxy, source: [u8; 4]) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut s = socket.connect(proxy.outbound()).await.unwrap();
+    // Not HTTP, not TLS: detection decides "opaque" from the first bytes.
+    s.write_all(b"hello, opaque world\n").await.unwrap();
+    let mut buf = [0u8; 20];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("no echo within 10s")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_is_placed_by_the_clients_address_under_source_ip() {
+    let mut echoes = Vec::new();
+    for _ in 0..4 {
+        echoes.push(shoal_tests::TcpBackend::echo().await);
+    }
+    let list: String = echoes
+        .iter()
+        .map(|e| format!("\n      - address: \"{}\"", e.addr()))
+        .collect();
+    // The outbound target is the service's virtual address: opaque connections to it are balanced.
+    let proxy = ProxyBuilder::new()
+        .outbound_target("127.0.0.1:9")
+        .state(&format!(
+            "services:\n  - name: db\n    port: 9\n    addresses: [127.0.0.1]\n    endpoints:{list}\n\
+             backend_policies:\n  - service: db\n    load_balancer: {{algorithm: ring_hash, hash_key: {{source_ip: true}}}}\n"
+        ))
+        .start()
+        .await;
+    let accepted = || echoes.iter().map(|e| e.accepted()).collect::<Vec<_>>();
+    for _ in 0..10 {
+        opaque_from(&proxy, [127, 0, 0, 1]).await;
+    }
+    let one = accepted();
+    assert_eq!(
+        one.iter().filter(|&&n| n == 10).count(),
+        1,
+        "ten connections from one client on one endpoint: {one:?}"
+    );
+    for last in 2..=31 {
+        opaque_from(&proxy, [127, 0, 0, last]).await;
+    }
+    let spread = accepted();
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 3,
+        "30 more clients on {spread:?}"
+    );
 }
