@@ -296,10 +296,10 @@ impl Balancer {
     /// Outlier detection's say on endpoint `j`: in balancing, or due a probe (which this request
     /// takes), or `None`: out.
     fn usable(&self, j: usize) -> Option<(usize, bool)> {
-        let health = &self.ready[j].load().health;
-        match health.standing(self.ready[j].load().now_ns()) {
+        let load = self.ready[j].load();
+        match load.health.standing(load.now_ns()) {
             Standing::Healthy => Some((j, false)),
-            Standing::Probe if health.start_probe() => Some((j, true)),
+            Standing::Probe if load.health.start_probe() => Some((j, true)),
             Standing::Probe | Standing::Out => None,
         }
     }
