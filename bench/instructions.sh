@@ -8,14 +8,17 @@
 # rather than instructions still needs run.py on a quiet machine.
 #
 # usage: bench/instructions.sh [--scenario h1|h2c] [--path inbound|outbound] [--route|--policies]
-#                              [--requests N] [--keep DIR] BINARY [BINARY...]
+#                              [--lb ALGORITHM] [--requests N] [--keep DIR] BINARY [BINARY...]
 #   Each binary runs in front of bench-backend under callgrind: `inbound` (default) is explicit
 #   inbound, as in run.py; `outbound` is the explicit outbound listener with a state file naming
 #   two backends as the endpoints of service `bench` (requests carry `Host: bench`): route lookup
 #   and balancer. --policies (outbound) adds the resilience stack to that service: a route rule with
 #   a retry policy (budget), and a backend policy with a cap on requests in flight and a circuit
 #   breaker — every stage does its per-request work, none fires. --route adds the same route rule
-#   without the policies (the baseline --policies is compared with).
+#   without the policies (the baseline --policies is compared with). --lb ALGORITHM (outbound, not
+#   with --policies) gives the service a backend policy with that load-balancing algorithm;
+#   `ring_hash` hashes the header `x-user`, which every request carries (one key: the same endpoint
+#   every time; the lookup costs the same for any key).
 #   after 1,000 warm-up requests the counters are zeroed, N requests (default 10,000) run with
 #   h2load (h1: --h1 -c10; h2c: -c10 -m10), and the total is divided by N.
 #   Extra proxy settings: SHOAL_* variables in the environment are passed on.
@@ -24,6 +27,7 @@ set -euo pipefail
 
 scenario=h1
 policies=""
+lb=""
 path=inbound
 requests=10000
 keep=""
@@ -35,7 +39,8 @@ while [[ $# -gt 0 ]]; do
         --keep) keep=$2; shift 2 ;;
         --policies) policies=all; shift ;;
         --route) policies=route; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --lb) lb=$2; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         --*) echo "instructions.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -52,6 +57,10 @@ done
 repo=$(cd "$(dirname "$0")/.." && pwd)
 host=()
 [[ $path == outbound ]] && host=(-H ":authority: bench")
+if [[ -n $lb ]]; then
+    [[ $path == outbound && $policies != all ]] || { echo "instructions.sh: --lb needs --path outbound and no --policies" >&2; exit 2; }
+    host+=(-H "x-user: alice")
+fi
 backend_bin=${CARGO_TARGET_DIR:-$repo/target}/release/bench-backend
 [[ -x $backend_bin ]] || { echo "instructions.sh: build it first: cargo build --release -p shoal-bench" >&2; exit 2; }
 
@@ -85,6 +94,11 @@ for bin in "$@"; do
             if [[ $policies == all ]]; then
                 printf '        retry: {attempts: 2}\nbackend_policies:\n  - service: bench\n    limits: {max_concurrent_requests: 10000}\n    circuit_breaker: {failure_ratio_threshold: 0.5}\n' \
                     >>"$work/state.$n.yaml"
+            fi
+            if [[ $lb == ring_hash ]]; then
+                printf 'backend_policies:\n  - service: bench\n    load_balancer: {algorithm: ring_hash, hash_key: {header: x-user}}\n' >>"$work/state.$n.yaml"
+            elif [[ -n $lb ]]; then
+                printf 'backend_policies:\n  - service: bench\n    load_balancer: {algorithm: %s}\n' "$lb" >>"$work/state.$n.yaml"
             fi
             listener=(SHOAL_OUTBOUND_MODE=explicit SHOAL_OUTBOUND_ADDR="127.0.0.1:$pport"
                       SHOAL_INBOUND_MODE=off SHOAL_STATE_FILE="$work/state.$n.yaml") ;;

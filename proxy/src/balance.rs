@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+mod hash;
 mod outlier;
 mod slow_start;
 mod success_rate;
@@ -28,6 +29,7 @@ mod zone;
 use crate::backend::Algorithm;
 use crate::state::Endpoint;
 use crate::tls::SpiffeId;
+pub(crate) use hash::HashKey;
 pub(crate) use outlier::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
 use outlier::{EjectionReason, Health, Standing};
 use slow_start::Warmup;
@@ -64,6 +66,8 @@ pub(crate) struct Balancer {
     /// Round robin: the running sums of the ready endpoints' weights, and the turn.
     cumulative: Vec<u64>,
     turn: AtomicU64,
+    /// Ring hash: the ring of the ready endpoints (`balance::hash`).
+    ring: Option<hash::Ring>,
 }
 
 /// A ready endpoint as configured, and its load (created on first use, or inherited).
@@ -224,6 +228,10 @@ impl Balancer {
                 .collect(),
             _ => Vec::new(),
         };
+        let ring = (algorithm == Algorithm::RingHash).then(|| {
+            let weighted: Vec<_> = ready.iter().map(|r| (r.addr, r.weight as u32)).collect();
+            hash::Ring::new(&weighted)
+        });
         Self {
             ready,
             algorithm,
@@ -234,6 +242,7 @@ impl Balancer {
             local: OnceLock::new(),
             cumulative,
             turn: AtomicU64::new(0),
+            ring,
         }
     }
 
@@ -302,6 +311,7 @@ impl Balancer {
     }
 
     /// The endpoint for the next request, or `None` when no endpoint is ready.
+    #[cfg(test)]
     pub(crate) fn pick(&self) -> Option<Picked> {
         self.pick_avoiding(None)
     }
@@ -345,31 +355,38 @@ impl Balancer {
             None => (i, false),
             Some(_) => self.in_balancing(i, skip),
         };
+        Some(self.picked(i, probe))
+    }
+
+    /// Ready endpoint `i` as this request's pick, counted in flight.
+    fn picked(&self, i: usize, probe: bool) -> Picked {
         let r = &self.ready[i];
         let load = r.load().clone();
         load.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Picked {
+        Picked {
             addr: r.addr,
             identity: r.identity.clone(),
             load,
             probe,
-        })
+        }
+    }
+
+    /// Outlier detection's say on endpoint `j`: in balancing, or due a probe (which this request
+    /// takes), or `None`: out.
+    fn usable(&self, j: usize) -> Option<(usize, bool)> {
+        let load = self.ready[j].load();
+        match load.health.standing(load.now_ns()) {
+            Standing::Healthy => Some((j, false)),
+            Standing::Probe if load.health.start_probe() => Some((j, true)),
+            Standing::Probe | Standing::Out => None,
+        }
     }
 
     /// Outlier detection's say on a pick: `i` if it is in balancing (or due a probe, which this
     /// request becomes), else another endpoint that is, from a random start; `i` all the same when
     /// none is (the cap keeps at least one endpoint, but probes can be out on every one).
     fn in_balancing(&self, i: usize, skip: Option<usize>) -> (usize, bool) {
-        let now_ns = self.ready[i].load().now_ns();
-        let usable = |j: usize| {
-            let health = &self.ready[j].load().health;
-            match health.standing(now_ns) {
-                Standing::Healthy => Some((j, false)),
-                Standing::Probe if health.start_probe() => Some((j, true)),
-                Standing::Probe | Standing::Out => None,
-            }
-        };
-        if let Some(found) = usable(i) {
+        if let Some(found) = self.usable(i) {
             return found;
         }
         let n = self.ready.len();
@@ -377,7 +394,7 @@ impl Balancer {
         (0..n)
             .map(|k| (start + k) % n)
             .filter(|&j| j != i && Some(j) != skip)
-            .find_map(usable)
+            .find_map(|j| self.usable(j))
             .unwrap_or((i, false))
     }
 

@@ -166,7 +166,9 @@ pub(crate) async fn carry(
                 return;
             };
             let upstream = match direction {
-                Direction::Outbound => crate::outbound::resolve_opaque(&shared, dst).await,
+                Direction::Outbound => {
+                    crate::outbound::resolve_opaque(&shared, dst, conn.peer).await
+                }
                 Direction::Inbound => crate::tcp::Upstream::plain(dst),
             };
             let http = &shared.config.http;

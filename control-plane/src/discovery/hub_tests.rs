@@ -58,7 +58,7 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
     }
     assert!(
         refused[1].starts_with(
-            "backend-policy backend.default: spec.load_balancer.algorithm: not enforced"
+            "backend-policy backend.default: spec.limits.max_connections: not enforced"
         ),
         "{refused:#?}"
     );
@@ -79,6 +79,13 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
         .expect("outlier detection pushed");
     assert_eq!(outlier.interval_ms, 10_000, "{policy:?}");
     assert!(outlier.success_rate.is_some(), "{policy:?}");
+    let lb = policy.load_balancer.as_ref().expect("load balancer pushed");
+    assert_eq!(
+        lb.algorithm,
+        shoal_proto::v1::LoadBalancingAlgorithm::RingHash as i32,
+        "ring hashing is enforced now: pushed with its key"
+    );
+    assert!(lb.hash_key.is_some(), "{policy:?}");
     assert!(hub.entry(&key(T::AuthorizationPolicy, name)).is_some());
     let pushed = hub
         .entry(&key(T::Route, name))

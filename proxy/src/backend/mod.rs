@@ -27,12 +27,18 @@ pub(crate) enum Algorithm {
     RoundRobin,
     /// Of two endpoints drawn at random, the one with fewer requests in flight (÷ weight).
     LeastRequest,
+    /// Consistent hashing of the policy's `hash_key` onto a ring of the endpoints
+    /// (`balance::hash`); a request without the key is balanced as by `P2cEwma`.
+    RingHash,
 }
 
 /// A backend's resolved policy (defaults filled in), as `/config` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct BackendPolicy {
     pub(crate) load_balancer: Algorithm,
+    /// What `RingHash` hashes (set with it, and only with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hash_key: Option<crate::balance::HashKey>,
     /// The bulkhead: requests in flight to the backend (sent, response head not yet back) beyond
     /// which a request is answered 503 `backend-overloaded` at once.
     pub(crate) max_concurrent_requests: Option<u32>,
@@ -54,6 +60,7 @@ impl BackendPolicy {
     pub(crate) fn none() -> Self {
         Self {
             load_balancer: Algorithm::default(),
+            hash_key: None,
             max_concurrent_requests: None,
             circuit_breaker: None,
             outlier_detection: None,

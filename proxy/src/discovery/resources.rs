@@ -13,7 +13,8 @@ use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::inbound::rate_limit::{OverrideSpec, RateLimitSpec, Scope, Side, Unit};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{
-    BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec, SuccessRateSpec,
+    BackendPolicySpec, BreakerSpec, HashKeySpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
+    SuccessRateSpec,
 };
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::filter::{HeaderModifierSpec, HeaderValueSpec, PathModifierSpec, RedirectSpec};
@@ -495,7 +496,7 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
 }
 
 /// The state description of a `BackendPolicy`: the parts this proxy enforces. A part it does not
-/// (ring hashing, connection limits other than the cap on requests) is refused,
+/// (connection limits other than the cap on requests) is refused,
 /// naming the field — the control plane refuses them at `apply` too, so only a control plane
 /// newer than this proxy sends them.
 fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, String> {
@@ -509,15 +510,25 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
                 ) => Algorithm::P2cEwma,
                 Ok(v1::LoadBalancingAlgorithm::RoundRobin) => Algorithm::RoundRobin,
                 Ok(v1::LoadBalancingAlgorithm::LeastRequest) => Algorithm::LeastRequest,
-                Ok(v1::LoadBalancingAlgorithm::RingHash) | Err(_) => {
-                    return not_enforced("load_balancer.algorithm");
-                }
+                Ok(v1::LoadBalancingAlgorithm::RingHash) => Algorithm::RingHash,
+                Err(_) => return not_enforced("load_balancer.algorithm"),
             };
-            if lb.hash_key.is_some() {
-                return not_enforced("load_balancer.hash_key");
-            }
+            // Checked with the rest by `resolve`: required with ring_hash, and only with it.
+            let hash_key = lb.hash_key.as_ref().map(|k| {
+                use v1::hash_key::Source;
+                let mut spec = HashKeySpec::default();
+                match &k.source {
+                    Some(Source::Header(h)) => spec.header = Some(h.clone()),
+                    Some(Source::Cookie(c)) => spec.cookie = Some(c.clone()),
+                    Some(Source::QueryParameter(q)) => spec.query_parameter = Some(q.clone()),
+                    Some(Source::SourceIp(b)) => spec.source_ip = Some(*b),
+                    None => {}
+                }
+                spec
+            });
             Some(LoadBalancerSpec {
                 algorithm,
+                hash_key,
                 slow_start: (lb.slow_start_ms > 0).then(|| Duration::from_millis(lb.slow_start_ms)),
             })
         }
@@ -1114,6 +1125,62 @@ mod tests {
                 u.rejected[0].error
             );
             assert!(u.next.map.is_empty(), "{want}");
+        }
+    }
+
+    #[test]
+    fn ring_hash_is_taken_with_a_key_and_refused_without_one_naming_the_field() {
+        let policy = |hash_key: Option<v1::hash_key::Source>| {
+            res(
+                ResourceType::BackendPolicy,
+                "web.default",
+                Payload::BackendPolicy(v1::BackendPolicy {
+                    service: "web.default".into(),
+                    load_balancer: Some(v1::LoadBalancer {
+                        algorithm: v1::LoadBalancingAlgorithm::RingHash as i32,
+                        hash_key: hash_key.map(|source| v1::HashKey {
+                            source: Some(source),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            )
+        };
+        let web = res(ResourceType::Service, "web.default", service("web", 80));
+        let u = update(
+            &Resources::default(),
+            vec![
+                web.clone(),
+                policy(Some(v1::hash_key::Source::Cookie("session".into()))),
+            ],
+        );
+        assert!(u.rejected.is_empty(), "{:?}", u.rejected);
+        let svc = u.state.by_authority("web:80").unwrap();
+        assert_eq!(svc.backend.policy.load_balancer, Algorithm::RingHash);
+        assert_eq!(
+            svc.backend.policy.hash_key,
+            Some(crate::balance::HashKey::Cookie("session".into()))
+        );
+        for (key, want) in [
+            (
+                None,
+                "load_balancer.hash_key: required with algorithm ring_hash",
+            ),
+            (
+                Some(v1::hash_key::Source::Header("bad header".into())),
+                "load_balancer.hash_key.header: \"bad header\" is not a header name",
+            ),
+            (
+                Some(v1::hash_key::Source::SourceIp(false)),
+                "load_balancer.hash_key.source_ip: must be true when set",
+            ),
+        ] {
+            let u = update(&Resources::default(), vec![web.clone(), policy(key)]);
+            assert_eq!(u.rejected.len(), 1, "{want}");
+            let error = &u.rejected[0].error;
+            assert!(error.starts_with("backend_policy web.default: "), "{error}");
+            assert!(error.contains(want), "{error} / {want}");
         }
     }
 

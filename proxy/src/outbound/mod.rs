@@ -34,14 +34,26 @@ pub async fn handle(shared: Arc<Shared>, conn: Accepted) {
 /// For opaque traffic to a known service, pick one of its endpoints (asking the control plane
 /// about the address the first time), over mTLS when the endpoint is in the mesh; anything else
 /// goes where it was going, in plain text.
-pub(crate) async fn resolve_opaque(shared: &Shared, dst: std::net::SocketAddr) -> Upstream {
+/// Under ring hashing by `source_ip`, the client's address (`client`) picks the endpoint; the other
+/// keys are HTTP's, so opaque connections are balanced by the default algorithm.
+pub(crate) async fn resolve_opaque(
+    shared: &Shared,
+    dst: std::net::SocketAddr,
+    client: std::net::SocketAddr,
+) -> Upstream {
     // HTTP requests are routed per request; this only decides where opaque bytes go.
     let pick = |state: &crate::state::State, bound: Option<&(String, u16)>| {
         let svc = state.by_addr(&dst).or_else(|| {
             bound.and_then(|(svc, port)| state.by_authority(&format!("{svc}:{port}")))
         })?;
         // Only the choice: an opaque connection's length says nothing of the endpoint's speed.
-        let mut picked = svc.balancer.pick()?;
+        let key = match svc.backend.policy.hash_key {
+            Some(crate::balance::HashKey::SourceIp) => {
+                Some(crate::balance::HashKey::source(client))
+            }
+            _ => None,
+        };
+        let mut picked = svc.balancer.pick_hashed(key, None)?;
         Some(Upstream {
             addr: picked.addr,
             tls: mesh_identity(shared, svc, picked.identity.take()),

@@ -11,9 +11,11 @@ use crate::backend::{
     Algorithm, BackendPolicy, BreakerConfig, BreakerOverride, DEFAULT_BREAKER_MIN_REQUESTS,
     DEFAULT_BREAKER_OPEN, DEFAULT_BREAKER_PROBES, DEFAULT_BREAKER_WINDOW,
 };
+use http::HeaderName;
+
 use crate::balance::{
     DEFAULT_BASE_EJECTION, DEFAULT_INTERVAL, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_HOSTS,
-    DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR, MAX_STDEV_FACTOR, OutlierConfig,
+    DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR, HashKey, MAX_STDEV_FACTOR, OutlierConfig,
     SuccessRateConfig,
 };
 
@@ -71,6 +73,59 @@ pub(crate) struct LoadBalancerSpec {
     /// A new or readmitted endpoint's share of traffic grows over this window.
     #[serde(default, with = "humantime_opt")]
     pub(crate) slow_start: Option<Duration>,
+    /// What `ring_hash` hashes: exactly one of the fields (the control plane's `HashKey` oneof).
+    #[serde(default)]
+    pub(crate) hash_key: Option<HashKeySpec>,
+}
+
+/// A ring hash's key as written: `{header: x-user}`, `{cookie: session}`,
+/// `{query_parameter: user}` or `{source_ip: true}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HashKeySpec {
+    #[serde(default)]
+    pub(crate) header: Option<String>,
+    #[serde(default)]
+    pub(crate) cookie: Option<String>,
+    #[serde(default)]
+    pub(crate) query_parameter: Option<String>,
+    #[serde(default)]
+    pub(crate) source_ip: Option<bool>,
+}
+
+impl HashKeySpec {
+    /// The key, checked; errors name the field under `at` (`….load_balancer.hash_key`).
+    fn resolve(&self, at: &str) -> Result<HashKey, String> {
+        let named = |field: &str, name: &str| {
+            if name.is_empty() {
+                Err(format!(
+                    "{at}.{field}: must name a {}",
+                    field.replace('_', " ")
+                ))
+            } else {
+                Ok(name.to_owned())
+            }
+        };
+        match (
+            &self.header,
+            &self.cookie,
+            &self.query_parameter,
+            self.source_ip,
+        ) {
+            (Some(h), None, None, None) => HeaderName::from_bytes(h.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("{at}.header: {h:?} is not a header name")),
+            (None, Some(c), None, None) => named("cookie", c).map(HashKey::Cookie),
+            (None, None, Some(q), None) => named("query_parameter", q).map(HashKey::QueryParameter),
+            (None, None, None, Some(true)) => Ok(HashKey::SourceIp),
+            (None, None, None, Some(false)) => {
+                Err(format!("{at}.source_ip: must be true when set"))
+            }
+            _ => Err(format!(
+                "{at}: exactly one of header, cookie, query_parameter or source_ip"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -209,11 +264,28 @@ impl BackendPolicySpec {
                 })
             }
         };
+        let (algorithm, hash_key) = match &self.load_balancer {
+            None => (Algorithm::default(), None),
+            Some(lb) => {
+                let at = format!("{at}.load_balancer.hash_key");
+                let key = match (&lb.hash_key, lb.algorithm == Algorithm::RingHash) {
+                    (Some(key), true) => Some(key.resolve(&at)?),
+                    (None, false) => None,
+                    (None, true) => {
+                        return Err(format!(
+                            "{at}: required with algorithm ring_hash (what to hash: a header, cookie, query_parameter or source_ip)"
+                        ));
+                    }
+                    (Some(_), false) => {
+                        return Err(format!("{at}: only used with algorithm ring_hash"));
+                    }
+                };
+                (lb.algorithm, key)
+            }
+        };
         Ok(BackendPolicy {
-            load_balancer: self
-                .load_balancer
-                .as_ref()
-                .map_or_else(Algorithm::default, |lb| lb.algorithm),
+            load_balancer: algorithm,
+            hash_key,
             max_concurrent_requests: limits.max_concurrent_requests,
             circuit_breaker,
             outlier_detection,

@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use super::FieldError;
-use crate::model::{BackendPolicy, LoadBalancingAlgorithm, Resource, ResourceKind, Route, Spec};
+use crate::model::{BackendPolicy, Resource, ResourceKind, Route, Spec};
 
 /// Where an operator reads what is refused and why.
 const SEE: &str = "see docs/shoalctl.md#refused-until-enforced";
@@ -56,13 +56,6 @@ pub const KINDS: &[UnenforcedKind] = &[UnenforcedKind {
 
 /// The fields refused until the proxy enforces them. Delete an entry when it does.
 pub const FIELDS: &[UnenforcedField] = &[
-    UnenforcedField {
-        kind: ResourceKind::BackendPolicy,
-        field: "spec.load_balancer.algorithm: ring_hash",
-        why: "consistent hashing arrives with the resilience work; round_robin, least_request and p2c_ewma are enforced",
-        find: ring_hash,
-        strip: strip_ring_hash,
-    },
     UnenforcedField {
         kind: ResourceKind::BackendPolicy,
         field: "spec.limits.{max_connections,max_pending_requests,max_requests_per_connection}",
@@ -156,27 +149,6 @@ fn backend_policy_mut(spec: &mut Spec) -> Option<&mut BackendPolicy> {
     match spec {
         Spec::BackendPolicy(policy) => Some(policy),
         _ => None,
-    }
-}
-
-fn ring_hash(spec: &Spec) -> Vec<String> {
-    let lb = backend_policy(spec).and_then(|p| p.load_balancer.as_ref());
-    let mut found = Vec::new();
-    if lb.is_some_and(|lb| lb.algorithm == Some(LoadBalancingAlgorithm::RingHash)) {
-        found.push("spec.load_balancer.algorithm".to_owned());
-    }
-    if lb.is_some_and(|lb| lb.hash_key.is_some()) {
-        found.push("spec.load_balancer.hash_key".to_owned());
-    }
-    found
-}
-
-fn strip_ring_hash(spec: &mut Spec) {
-    if let Some(lb) = backend_policy_mut(spec).and_then(|p| p.load_balancer.as_mut()) {
-        if lb.algorithm == Some(LoadBalancingAlgorithm::RingHash) {
-            lb.algorithm = None;
-        }
-        lb.hash_key = None;
     }
 }
 

@@ -118,7 +118,7 @@ fn every_unenforced_field_is_set_by_the_full_fixture_and_refused() {
         }
     }
     let fields: Vec<_> = FIELDS.iter().map(|f| f.field).collect();
-    assert_eq!(fields.len(), 3, "{fields:?}");
+    assert_eq!(fields.len(), 2, "{fields:?}");
 }
 
 #[test]
@@ -149,8 +149,8 @@ fn discovery_gets_only_the_enforced_part() {
     assert!(limits.max_connections.is_none() && limits.connect_timeout.is_some());
     let lb = part.load_balancer.as_ref().expect("load balancer kept");
     assert!(
-        lb.algorithm.is_none() && lb.hash_key.is_none(),
-        "ring hash stripped"
+        lb.algorithm == Some(LoadBalancingAlgorithm::RingHash) && lb.hash_key.is_some(),
+        "ring hash kept: the proxy enforces it"
     );
 
     let full = resource("backend", "default", Spec::Route(route_with_unenforced()));

@@ -1,5 +1,5 @@
 //! The balance stage: picks the backend's endpoint (`crate::balance`, P2C over peak-EWMA
-//! latency), decides how to speak to it (mTLS and HTTP/2 between proxies), and reports the
+//! latency by default; by the request's key under ring hashing), decides how to speak to it (mTLS and HTTP/2 between proxies), and reports the
 //! exchange's latency back to the balancer.
 
 use std::time::Duration;
@@ -31,7 +31,10 @@ where
     async fn call(&self, req: Req<'c, Backend>) -> Exchange {
         let conn = req.conn;
         let backend = &req.target.service;
-        let Some(mut picked) = backend.balancer.pick_avoiding(req.target.avoid) else {
+        // Ring hash: the request's key, if it carries it (else the default algorithm picks).
+        let key =
+            (backend.backend.policy.hash_key.as_ref()).and_then(|k| k.hash(&req.http, conn.client));
+        let Some(mut picked) = backend.balancer.pick_hashed(key, req.target.avoid) else {
             return Exchange::failed(ProxyError::new(
                 Reason::NoEndpoints,
                 format!(
