@@ -42,6 +42,9 @@ pub(crate) struct Balancer {
     algorithm: Algorithm,
     /// Outlier detection, when the backend policy asks for it.
     outlier: Option<OutlierConfig>,
+    /// `shoal_outlier_ejections_total` and `shoal_outlier_ejected_endpoints`, with outlier
+    /// detection.
+    outlier_metrics: Option<(metrics::Counter, metrics::Gauge)>,
     /// Round robin: the running sums of the ready endpoints' weights, and the turn.
     cumulative: Vec<u64>,
     turn: AtomicU64,
@@ -172,12 +175,13 @@ impl Drop for Picked {
 }
 
 impl Balancer {
-    /// A balancer over the ready endpoints of `endpoints`, picking with `algorithm`, ejecting
-    /// outliers when `outlier` is set.
+    /// A balancer over the ready endpoints of `endpoints` of `service` (a metrics label),
+    /// picking with `algorithm`, ejecting outliers when `outlier` is set.
     pub(crate) fn new(
         endpoints: &[Endpoint],
         algorithm: Algorithm,
         outlier: Option<OutlierConfig>,
+        service: &str,
     ) -> Self {
         let ready: Vec<Ready> = endpoints
             .iter()
@@ -199,10 +203,18 @@ impl Balancer {
                 .collect(),
             _ => Vec::new(),
         };
+        let outlier_metrics = outlier.as_ref().map(|_| {
+            use crate::metrics::names::{OUTLIER_EJECTED, OUTLIER_EJECTIONS};
+            (
+                metrics::counter!(OUTLIER_EJECTIONS, "service" => service.to_string()),
+                metrics::gauge!(OUTLIER_EJECTED, "service" => service.to_string()),
+            )
+        });
         Self {
             ready,
             algorithm,
             outlier,
+            outlier_metrics,
             cumulative,
             turn: AtomicU64::new(0),
         }
@@ -310,24 +322,34 @@ impl Balancer {
             return;
         };
         let load = &picked.load;
-        // Counting the ejected endpoints walks them all: only for a failure that would eject.
-        let may_eject = || {
-            let ejected = self
-                .ready
+        // Counting the ejected endpoints walks them all: only for a failure that would eject,
+        // and when an endpoint's standing changed.
+        let ejected_now = || {
+            self.ready
                 .iter()
                 .filter(|r| r.load().health.is_ejected())
-                .count();
-            ejected < config.max_ejected(self.ready.len())
+                .count()
         };
-        if load
+        let may_eject = || ejected_now() < config.max_ejected(self.ready.len());
+        let ejected = load
             .health
-            .record(failed, picked.probe, load.now_ns(), config, may_eject)
-        {
+            .record(failed, picked.probe, load.now_ns(), config, may_eject);
+        if ejected {
             tracing::warn!(
                 endpoint = %picked.addr,
                 ejections = load.health.ejections(),
                 "endpoint ejected from load balancing by outlier detection"
             );
+        }
+        // A probe that succeeded readmitted its endpoint.
+        let readmitted = picked.probe && !ejected;
+        if let Some((ejections, gauge)) = &self.outlier_metrics
+            && (ejected || readmitted)
+        {
+            if ejected {
+                ejections.increment(1);
+            }
+            gauge.set(ejected_now() as f64);
         }
     }
 

@@ -164,6 +164,7 @@ fn round_robin_takes_turns_by_weight() {
         &[ep(1, 1, true), ep(2, 3, true)],
         Algorithm::RoundRobin,
         None,
+        "test",
     );
     let mut seen = std::collections::HashMap::new();
     for _ in 0..400 {
@@ -178,6 +179,7 @@ fn least_request_avoids_the_busy_endpoint() {
         &[ep(1, 1, true), ep(2, 1, true)],
         Algorithm::LeastRequest,
         None,
+        "test",
     );
     // Hold requests on whichever endpoint is picked first; the next picks go to the other.
     let first = b.pick().unwrap();
@@ -197,6 +199,7 @@ fn a_retry_avoids_the_endpoint_that_failed() {
             &[ep(1, 1, true), ep(2, 1, true), ep(3, 1, true)],
             algorithm,
             None,
+            "test",
         );
         let avoid = b.pick().unwrap().addr;
         for _ in 0..50 {

@@ -36,6 +36,8 @@ pub(crate) struct Dest {
     pub(crate) metrics: Option<std::sync::Arc<crate::metrics::RequestMetrics>>,
     /// A backend policy's connect timeout (TCP and mTLS), instead of `SHOAL_CONNECT_TIMEOUT`.
     pub(crate) connect_timeout: Option<std::time::Duration>,
+    /// A backend policy's connection limits.
+    pub(crate) gate: Option<std::sync::Arc<crate::endpoint::ConnGate>>,
 }
 
 impl Timed for Dest {
@@ -79,6 +81,7 @@ impl<'c> Service<Req<'c, Dest>> for Send {
                         upgrade,
                         dest.connect_timeout,
                         counted,
+                        dest.gate.as_ref(),
                     )
                     .await
             }

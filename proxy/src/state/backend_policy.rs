@@ -1,5 +1,6 @@
 //! `backend_policies` of the state description: a backend service's load-balancing algorithm,
-//! bulkhead cap and circuit breaker, as written (the state file, or a `BackendPolicy` from
+//! bulkhead caps (requests, connections, pending requests, requests per connection, retries) and
+//! circuit breaker, as written (the state file, or a `BackendPolicy` from
 //! discovery), checked and resolved into `backend::BackendPolicy`.
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use crate::backend::{
     DEFAULT_BREAKER_OPEN, DEFAULT_BREAKER_PROBES, DEFAULT_BREAKER_WINDOW,
 };
 use crate::balance::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
+use crate::endpoint::ConnLimits;
 
 /// One backend policy as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +54,14 @@ pub(crate) struct LoadBalancerSpec {
 pub(crate) struct LimitsSpec {
     #[serde(default)]
     pub(crate) max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_concurrent_retries: Option<u32>,
     #[serde(default, with = "humantime_opt")]
     pub(crate) connect_timeout: Option<Duration>,
 }
@@ -88,10 +98,18 @@ impl BackendPolicySpec {
             _ => Ok(()),
         };
         let limits = self.limits.clone().unwrap_or_default();
-        positive(
-            "limits.max_concurrent_requests",
-            limits.max_concurrent_requests,
-        )?;
+        for (field, value) in [
+            ("max_concurrent_requests", limits.max_concurrent_requests),
+            ("max_connections", limits.max_connections),
+            ("max_pending_requests", limits.max_pending_requests),
+            (
+                "max_requests_per_connection",
+                limits.max_requests_per_connection,
+            ),
+            ("max_concurrent_retries", limits.max_concurrent_retries),
+        ] {
+            positive(&format!("limits.{field}"), value)?;
+        }
         in_range("limits.connect_timeout", limits.connect_timeout)?;
         let circuit_breaker = match &self.circuit_breaker {
             None => None,
@@ -159,6 +177,12 @@ impl BackendPolicySpec {
             circuit_breaker,
             outlier_detection,
             connect_timeout: limits.connect_timeout,
+            connections: ConnLimits {
+                max_connections: limits.max_connections,
+                max_pending_requests: limits.max_pending_requests,
+                max_requests_per_connection: limits.max_requests_per_connection,
+            },
+            max_concurrent_retries: limits.max_concurrent_retries,
         })
     }
 }

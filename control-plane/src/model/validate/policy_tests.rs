@@ -73,6 +73,7 @@ fn backend_policy_errors_name_their_field() {
         }),
         limits: Some(ConnectionLimits {
             max_connections: Some(0),
+            max_concurrent_retries: Some(0),
             ..ConnectionLimits::default()
         }),
         outlier_detection: Some(OutlierDetection {
@@ -92,6 +93,11 @@ fn backend_policy_errors_name_their_field() {
         "required with algorithm RING_HASH",
     );
     assert_structure_rejects(spec(), "spec.limits.max_connections", "must be positive");
+    assert_structure_rejects(
+        spec(),
+        "spec.limits.max_concurrent_retries",
+        "must be positive",
+    );
     assert_structure_rejects(
         spec(),
         "spec.outlier_detection.max_ejection_percent",

@@ -65,13 +65,6 @@ pub const FIELDS: &[UnenforcedField] = &[
     },
     UnenforcedField {
         kind: ResourceKind::BackendPolicy,
-        field: "spec.limits.{max_connections,max_pending_requests,max_requests_per_connection}",
-        why: "of the limits, only max_concurrent_requests and connect_timeout_ms are enforced yet",
-        find: connection_limits,
-        strip: strip_connection_limits,
-    },
-    UnenforcedField {
-        kind: ResourceKind::BackendPolicy,
         field: "spec.outlier_detection.interval_ms",
         why: "the proxy evaluates ejections on every exchange, not on an interval",
         find: outlier_detection,
@@ -184,32 +177,6 @@ fn strip_ring_hash(spec: &mut Spec) {
             lb.algorithm = None;
         }
         lb.hash_key = None;
-    }
-}
-
-fn connection_limits(spec: &Spec) -> Vec<String> {
-    let Some(l) = backend_policy(spec).and_then(|p| p.limits.as_ref()) else {
-        return Vec::new();
-    };
-    [
-        ("max_connections", l.max_connections.is_some()),
-        ("max_pending_requests", l.max_pending_requests.is_some()),
-        (
-            "max_requests_per_connection",
-            l.max_requests_per_connection.is_some(),
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, set)| *set)
-    .map(|(field, _)| format!("spec.limits.{field}"))
-    .collect()
-}
-
-fn strip_connection_limits(spec: &mut Spec) {
-    if let Some(l) = backend_policy_mut(spec).and_then(|p| p.limits.as_mut()) {
-        l.max_connections = None;
-        l.max_pending_requests = None;
-        l.max_requests_per_connection = None;
     }
 }
 
