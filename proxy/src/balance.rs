@@ -379,7 +379,7 @@ impl Balancer {
     /// A P2C-EWMA balancer (tests).
     #[cfg(test)]
     pub(crate) fn p2c(endpoints: &[Endpoint]) -> Self {
-        Self::new(endpoints, Algorithm::P2cEwma, None)
+        Self::new(endpoints, Algorithm::P2cEwma, None, "test")
     }
 
     /// Number of ready endpoints.

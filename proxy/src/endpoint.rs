@@ -65,6 +65,15 @@ fn entry<V: Default>(map: &Mutex<PeerMap<Arc<V>>>, peer: &Peer) -> Arc<V> {
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
+/// What a backend policy says about connecting to its endpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ConnPolicy<'a> {
+    /// Bounds TCP and mTLS together, instead of `SHOAL_CONNECT_TIMEOUT` (TCP alone).
+    pub(crate) connect_timeout: Option<Duration>,
+    /// The connection limits.
+    pub(crate) gate: Option<&'a Arc<ConnGate>>,
+}
+
 /// Which HTTP version to speak to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -150,8 +159,8 @@ impl Clients {
 
     /// Sends `req` to `peer`, returning the response head (its body streams). `upgrade`: the
     /// request asks to switch protocols (HTTP/1: its connection is not pooled again). A re-send
-    /// of a request the upstream never processed counts in `metrics`. `gate`: the backend
-    /// policy's connection limits.
+    /// of a request the upstream never processed counts in `metrics`. `policy`: the backend
+    /// policy's connect timeout and connection limits.
     ///
     /// Not an `async fn`: the chosen exchange's own future is returned, so a request's future
     /// does not hold a second copy of the request and is not copied once more (≈1.8 KiB).
@@ -161,10 +170,13 @@ impl Clients {
         version: Version,
         req: Request<RequestBody>,
         upgrade: bool,
-        connect_timeout: Option<Duration>,
+        policy: ConnPolicy<'a>,
         metrics: &'a RequestMetrics,
-        gate: Option<&'a Arc<ConnGate>>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
+        let ConnPolicy {
+            connect_timeout,
+            gate,
+        } = policy;
         match version {
             Version::Http1 => Either::Left(self.send_h1(peer, req, upgrade, connect_timeout, gate)),
             Version::Http2 => {

@@ -124,7 +124,7 @@ async fn over_the_caps(proxy: &Proxy, slow: &HttpBackend, delay: Duration) {
 
     // The fourth: no connection, no room to wait: refused at once.
     let started = Instant::now();
-    let fourth = get(&proxy).await;
+    let fourth = get(proxy).await;
     let took = started.elapsed();
     assert_eq!(
         (fourth.status.as_u16(), reason(&fourth).as_deref()),
@@ -167,6 +167,31 @@ async fn max_requests_per_connection_rotates_the_upstream_connections() {
         policy_state(&config)["policy"]["max_requests_per_connection"],
         3,
         "{config}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_rotates_http2_connections_too() {
+    let backend = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let proxy = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&format!(
+            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    protocol: http2\n    \
+             endpoints: [{{ address: \"{}\" }}]\n\
+             backend_policies:\n  - service: app\n    limits: {{max_requests_per_connection: 3, max_connections: 1}}\n",
+            backend.addr()
+        ))
+        .start()
+        .await;
+    for i in 0..9 {
+        let resp = get(&proxy).await;
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+    }
+    assert_eq!(backend.count(), 9);
+    assert_eq!(
+        backend.connections(),
+        3,
+        "no new stream after 3 on an HTTP/2 connection: a new one every 3 requests"
     );
 }
 

@@ -79,9 +79,11 @@ impl<'c> Service<Req<'c, Dest>> for Send {
                         dest.version,
                         http,
                         upgrade,
-                        dest.connect_timeout,
+                        crate::endpoint::ConnPolicy {
+                            connect_timeout: dest.connect_timeout,
+                            gate: dest.gate.as_ref(),
+                        },
                         counted,
-                        dest.gate.as_ref(),
                     )
                     .await
             }
