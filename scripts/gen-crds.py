@@ -270,6 +270,7 @@ BACKEND_POLICY = obj(
                 "max_concurrent_requests": count(),
                 "max_requests_per_connection": count(),
                 "connect_timeout_ms": ms(),
+                "max_concurrent_retries": count(),
             }
         ),
         "outlier_detection": obj(

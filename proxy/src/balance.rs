@@ -405,21 +405,26 @@ impl Balancer {
             return;
         };
         let load = &picked.load;
-        // Counting the ejected endpoints walks them all: only for a failure that would eject.
-        let may_eject = || {
-            let ejected = self
-                .ready
+        // Counting the ejected endpoints walks them all: only for a failure that would eject,
+        // and when an endpoint's standing changed.
+        let ejected_now = || {
+            self.ready
                 .iter()
                 .filter(|r| r.load().health.is_ejected())
-                .count();
-            ejected < config.max_ejected(self.ready.len())
+                .count()
         };
+        let may_eject = || ejected_now() < config.max_ejected(self.ready.len());
         let ejected = load
             .health
             .record(failed, picked.probe, load.now_ns(), config, may_eject);
-        if picked.probe && !ejected && self.slow_start.is_some() {
-            // Readmitted: back to a small share, growing.
+        // A probe that succeeded readmitted its endpoint.
+        let readmitted = picked.probe && !ejected;
+        if readmitted && self.slow_start.is_some() {
+            // Back to a small share, growing.
             load.warmup.begin(load.now_ns());
+        }
+        if ejected || readmitted {
+            config.ejected_now(ejected_now());
         }
         if ejected {
             config.ejected(if picked.probe {

@@ -11,6 +11,11 @@
 //! connection the server closed meanwhile is detected before use, and a request that could not
 //! be written on a reused connection is retried once on a fresh one (it never reached the
 //! server, so this is safe for any method).
+//!
+//! A backend policy's connection limits ([`limits`]) count both kinds of connection per backend:
+//! a new connection needs a permit, and one that carried `max_requests_per_connection` requests is
+//! retired (HTTP/1: not pooled again, so it closes; HTTP/2: no new streams, and it closes once its
+//! streams end).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod http2;
+mod limits;
+
+pub(crate) use limits::{ConnGate, ConnLimits};
+use limits::{ConnPermit, Opened};
 
 use futures_util::future::Either;
 use http::{Request, Response};
@@ -56,6 +65,15 @@ fn entry<V: Default>(map: &Mutex<PeerMap<Arc<V>>>, peer: &Peer) -> Arc<V> {
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
+/// What a backend policy says about connecting to its endpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ConnPolicy<'a> {
+    /// Bounds TCP and mTLS together, instead of `SHOAL_CONNECT_TIMEOUT` (TCP alone).
+    pub(crate) connect_timeout: Option<Duration>,
+    /// The connection limits.
+    pub(crate) gate: Option<&'a Arc<ConnGate>>,
+}
+
 /// Which HTTP version to speak to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -74,10 +92,24 @@ pub struct Clients {
     h2: Mutex<PeerMap<Arc<http2::Slot>>>,
 }
 
+/// An idle HTTP/1 connection: its handle, since when it is idle, and how many requests it carried.
+type Idle = (http1::SendRequest<RequestBody>, Instant, u32);
+
 #[derive(Debug, Default)]
-struct H1Pool {
+pub(crate) struct H1Pool {
     /// Oldest first: the connection released longest ago is the likeliest to be ready again.
-    idle: Mutex<std::collections::VecDeque<(http1::SendRequest<RequestBody>, Instant)>>,
+    idle: Mutex<std::collections::VecDeque<Idle>>,
+}
+
+impl H1Pool {
+    fn has_idle(&self) -> bool {
+        !lock(&self.idle).is_empty()
+    }
+
+    /// Closes the connection idle longest (dropping its handle ends it); whether there was one.
+    fn close_one_idle(&self) -> bool {
+        lock(&self.idle).pop_front().is_some()
+    }
 }
 
 /// Returns an HTTP/1 connection to its pool when the response body is complete.
@@ -85,14 +117,31 @@ struct H1Pool {
 pub struct Release {
     tx: http1::SendRequest<RequestBody>,
     pool: Arc<H1Pool>,
+    /// Requests the connection carried, this one included.
+    uses: u32,
+    /// The backend's connection limits, when its policy sets them.
+    gate: Option<Arc<ConnGate>>,
 }
 
 impl Release {
-    /// Puts the connection back for reuse.
+    /// Puts the connection back for reuse — unless it carried the backend policy's
+    /// `max_requests_per_connection`: then dropping it closes it.
     pub fn release(self) {
-        let mut idle = lock(&self.pool.idle);
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push_back((self.tx, Instant::now()));
+        let gate = self.gate.as_deref();
+        if gate
+            .and_then(ConnGate::max_per_connection)
+            .is_some_and(|max| self.uses >= max)
+        {
+            return;
+        }
+        {
+            let mut idle = lock(&self.pool.idle);
+            if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                idle.push_back((self.tx, Instant::now(), self.uses));
+            }
+        }
+        if let Some(gate) = gate {
+            gate.released();
         }
     }
 }
@@ -110,23 +159,35 @@ impl Clients {
 
     /// Sends `req` to `peer`, returning the response head (its body streams). `upgrade`: the
     /// request asks to switch protocols (HTTP/1: its connection is not pooled again). A re-send
-    /// of a request the upstream never processed counts in `metrics`.
+    /// of a request the upstream never processed counts in `metrics`. `policy`: the backend
+    /// policy's connect timeout and connection limits.
     ///
     /// Not an `async fn`: the chosen exchange's own future is returned, so a request's future
     /// does not hold a second copy of the request and is not copied once more (≈1.8 KiB).
-    pub fn send<'a>(
+    pub(crate) fn send<'a>(
         &'a self,
         peer: &'a Peer,
         version: Version,
         req: Request<RequestBody>,
         upgrade: bool,
-        connect_timeout: Option<Duration>,
+        policy: ConnPolicy<'a>,
         metrics: &'a RequestMetrics,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
+        let ConnPolicy {
+            connect_timeout,
+            gate,
+        } = policy;
         match version {
-            Version::Http1 => Either::Left(self.send_h1(peer, req, upgrade, connect_timeout)),
-            Version::Http2 => Either::Right(self.send_h2(peer, req, connect_timeout, metrics)),
+            Version::Http1 => Either::Left(self.send_h1(peer, req, upgrade, connect_timeout, gate)),
+            Version::Http2 => {
+                Either::Right(self.send_h2(peer, req, connect_timeout, metrics, gate))
+            }
         }
+    }
+
+    /// Until when a request may wait for a connection at a backend's cap: its connect timeout.
+    fn wait_until(&self, connect_timeout: Option<Duration>) -> Instant {
+        Instant::now() + connect_timeout.unwrap_or(self.cfg.connect_timeout)
     }
 
     /// A connection to `peer`: `connect_timeout` (a backend policy's) bounds TCP and mTLS
@@ -169,10 +230,13 @@ impl Clients {
         entry(&self.h1, peer)
     }
 
+    /// A new connection to `peer`; `permit` (the backend's connection limits) is held until it
+    /// ends.
     async fn connect_h1(
         &self,
         peer: &Peer,
         connect_timeout: Option<Duration>,
+        permit: Option<ConnPermit>,
     ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
         let addr = peer.0;
         let io = TokioIo::new(self.connect_io(peer, Alpn::Http1, connect_timeout).await?);
@@ -193,20 +257,54 @@ impl Clients {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
             }
+            drop(permit);
         });
         Ok(tx)
     }
 
-    /// A ready pooled connection, or `None`.
-    async fn checkout_h1(&self, pool: &H1Pool) -> Option<http1::SendRequest<RequestBody>> {
+    /// A ready pooled connection and the requests it carried, or `None`.
+    async fn checkout_h1(&self, pool: &H1Pool) -> Option<(http1::SendRequest<RequestBody>, u32)> {
         loop {
-            let (mut tx, since) = lock(&pool.idle).pop_front()?;
+            let (mut tx, since, uses) = lock(&pool.idle).pop_front()?;
             if tx.is_closed() || since.elapsed() > self.cfg.upstream_idle_timeout {
                 continue;
             }
             // The connection finishes its previous exchange asynchronously: wait for it.
             if tx.ready().await.is_ok() {
-                return Some(tx);
+                return Some((tx, uses));
+            }
+        }
+    }
+
+    /// A new HTTP/1 connection under the backend's connection limits: at its cap, the request
+    /// waits as a pending one, and takes a pooled connection released meanwhile (`Ok(.., true)`).
+    async fn connect_h1_gated(
+        &self,
+        peer: &Peer,
+        pool: &Arc<H1Pool>,
+        connect_timeout: Option<Duration>,
+        gate: Option<&Arc<ConnGate>>,
+    ) -> Result<(http1::SendRequest<RequestBody>, u32, bool), ProxyError> {
+        let Some(gate) = gate else {
+            return Ok((
+                self.connect_h1(peer, connect_timeout, None).await?,
+                0,
+                false,
+            ));
+        };
+        gate.track(pool);
+        let until = self.wait_until(connect_timeout);
+        loop {
+            match gate.open(until, Some(pool)).await? {
+                Opened::Permit(permit) => {
+                    let tx = self.connect_h1(peer, connect_timeout, Some(permit)).await?;
+                    return Ok((tx, 0, false));
+                }
+                Opened::Released => {
+                    if let Some((tx, uses)) = self.checkout_h1(pool).await {
+                        return Ok((tx, uses, true));
+                    }
+                }
             }
         }
     }
@@ -217,18 +315,15 @@ impl Clients {
         mut req: Request<RequestBody>,
         upgrade: bool,
         connect_timeout: Option<Duration>,
+        gate: Option<&Arc<ConnGate>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
         let pool = self.h1_pool(peer);
-        let mut reused = true;
-        let mut tx = match self.checkout_h1(&pool).await {
-            Some(tx) => tx,
-            None => {
-                reused = false;
-                // Boxed here and below: connecting is the cold path, and inline it would make
-                // every request's future (moved around by hyper and the runtime) larger.
-                Box::pin(self.connect_h1(peer, connect_timeout)).await?
-            }
+        let (mut tx, mut uses, mut reused) = match self.checkout_h1(&pool).await {
+            Some((tx, uses)) => (tx, uses, true),
+            // Boxed here and below: connecting is the cold path, and inline it would make
+            // every request's future (moved around by hyper and the runtime) larger.
+            None => Box::pin(self.connect_h1_gated(peer, &pool, connect_timeout, gate)).await?,
         };
         let resp = loop {
             match tx.try_send_request(req).await {
@@ -237,8 +332,10 @@ impl Clients {
                     // Never written: the pooled connection was closed under us. Try a new one.
                     Some(r) if reused => {
                         req = r;
-                        reused = false;
-                        tx = Box::pin(self.connect_h1(peer, connect_timeout)).await?;
+                        // The closed connection's permit is freed when its task ends.
+                        (tx, uses, reused) =
+                            Box::pin(self.connect_h1_gated(peer, &pool, connect_timeout, gate))
+                                .await?;
                     }
                     _ => {
                         let err = e.into_error();
@@ -274,7 +371,12 @@ impl Clients {
             ));
         }
         let reusable = !upgrade && parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
-        let release = reusable.then(|| Release { tx, pool });
+        let release = reusable.then(|| Release {
+            tx,
+            pool,
+            uses: uses + 1,
+            gate: gate.cloned(),
+        });
         Ok(Response::from_parts(
             parts,
             ResponseBody::upstream(body, release),
@@ -286,7 +388,7 @@ impl Clients {
         let limit = self.cfg.upstream_idle_timeout;
         lock(&self.h1).retain(|_, pool| {
             let mut idle = lock(&pool.idle);
-            idle.retain(|(tx, since)| !tx.is_closed() && since.elapsed() <= limit);
+            idle.retain(|(tx, since, _)| !tx.is_closed() && since.elapsed() <= limit);
             !idle.is_empty() || Arc::strong_count(pool) > 1
         });
         lock(&self.h2).retain(|_, slot| slot.sweep() || Arc::strong_count(slot) > 1);

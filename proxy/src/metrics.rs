@@ -36,7 +36,14 @@ pub mod names {
     pub const RETRIES: &str = "shoal_retries_total";
     pub const RETRIES_RECOVERED: &str = "shoal_retries_recovered_total";
     pub const RETRIES_SKIPPED: &str = "shoal_retries_skipped_total";
+    pub const BACKEND_OVERLOADED: &str = "shoal_backend_overloaded_total";
+    pub const BACKEND_IN_FLIGHT: &str = "shoal_backend_requests_in_flight";
+    pub const BACKEND_PENDING: &str = "shoal_backend_requests_pending";
+    pub const BACKEND_CONNECTIONS: &str = "shoal_backend_connections_open";
+    pub const CIRCUIT_STATE: &str = "shoal_backend_circuit_state";
+    pub const CIRCUIT_TRANSITIONS: &str = "shoal_backend_circuit_transitions_total";
     pub const OUTLIER_EJECTIONS: &str = "shoal_outlier_ejections_total";
+    pub const OUTLIER_EJECTED: &str = "shoal_outlier_ejected_endpoints";
     pub const ZONE_FAILOVERS: &str = "shoal_zone_failovers_total";
 }
 
@@ -120,7 +127,35 @@ fn describe() {
     );
     describe_counter!(
         RETRIES_SKIPPED,
-        "Retries a policy allowed but the proxy did not send, by service (the service the caller named), route (the rule) and reason (budget_exhausted, body_too_large, deadline)"
+        "Retries a policy allowed but the proxy did not send, by service (the service the caller named), route (the rule) and reason (budget_exhausted, body_too_large, deadline, concurrent_retries)"
+    );
+    describe_counter!(
+        BACKEND_OVERLOADED,
+        "Requests a backend policy's cap refused with 503 backend-overloaded, by service and limit (max_concurrent_requests, max_pending_requests, max_connections: waited its connect timeout for a connection)"
+    );
+    describe_gauge!(
+        BACKEND_IN_FLIGHT,
+        "Requests in flight to a service under its backend policy's limits.max_concurrent_requests, by service"
+    );
+    describe_gauge!(
+        BACKEND_PENDING,
+        "Requests waiting for a connection at a service's limits.max_connections, by service"
+    );
+    describe_gauge!(
+        BACKEND_CONNECTIONS,
+        "Connections open to a service's endpoints under its backend policy's connection limits, by service"
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "A service's circuit breaker: 0 closed, 1 open, 2 half-open (forced open shows 1, forced closed 0), by service"
+    );
+    describe_counter!(
+        CIRCUIT_TRANSITIONS,
+        "Circuit breaker transitions, by service and to (open, half_open, closed)"
+    );
+    describe_gauge!(
+        OUTLIER_EJECTED,
+        "Endpoints currently ejected by outlier detection (probing included), by service"
     );
     describe_counter!(
         OUTLIER_EJECTIONS,
@@ -135,6 +170,12 @@ fn describe() {
         "Inbound authorization decisions, by policy (the protected service), deciding rule (or default) and decision"
     );
     crate::identity::describe_metrics();
+}
+
+/// Counts a request a backend policy's cap refused (a cold path: the counter is looked up here).
+pub fn backend_overloaded(service: &str, limit: &'static str) {
+    counter!(names::BACKEND_OVERLOADED, "service" => service.to_string(), "limit" => limit)
+        .increment(1);
 }
 
 /// Traffic direction, a metric label.

@@ -126,7 +126,7 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
         .await
         .success();
     cp.apply(&backend_policy(
-        "  load_balancer: {algorithm: round_robin, slow_start_ms: 5000}\n  limits: {max_concurrent_requests: 50}\n  circuit_breaker: {override: force_open}\n  \
+        "  load_balancer: {algorithm: round_robin, slow_start_ms: 5000}\n  limits: {max_concurrent_requests: 50, max_connections: 4, max_pending_requests: 8, max_requests_per_connection: 100, max_concurrent_retries: 2}\n  circuit_breaker: {override: force_open}\n  \
          outlier_detection: {interval_ms: 2000, success_rate: {minimum_hosts: 3, stdev_factor: 1.5}}\n",
     ))
     .await
@@ -164,6 +164,16 @@ async fn a_backend_policy_applied_with_shoalctl_is_enforced_and_changes_live() {
     );
     assert_eq!(
         app["backend_policy"]["circuit_breaker_state"], "forced_open",
+        "{app}"
+    );
+    // The connection limits and the retry cap reach the proxy through discovery.
+    let policy = &app["backend_policy"]["policy"];
+    assert_eq!(policy["max_connections"], 4, "{app}");
+    assert_eq!(policy["max_pending_requests"], 8, "{app}");
+    assert_eq!(policy["max_requests_per_connection"], 100, "{app}");
+    assert_eq!(policy["max_concurrent_retries"], 2, "{app}");
+    assert_eq!(
+        app["backend_policy"]["connections"]["max_connections"], 4,
         "{app}"
     );
 

@@ -53,6 +53,7 @@ pub(super) fn backend_policy(
             max_concurrent_requests: nonzero(l.max_concurrent_requests),
             max_requests_per_connection: nonzero(l.max_requests_per_connection),
             connect_timeout: millis(l.connect_timeout_ms),
+            max_concurrent_retries: nonzero(l.max_concurrent_retries),
         }),
         outlier_detection: wire.outlier_detection.map(|o| OutlierDetection {
             consecutive_5xx: nonzero(o.consecutive_5xx),
@@ -129,6 +130,7 @@ impl From<&BackendPolicy> for v1::BackendPolicy {
                 max_concurrent_requests: l.max_concurrent_requests.unwrap_or(0),
                 max_requests_per_connection: l.max_requests_per_connection.unwrap_or(0),
                 connect_timeout_ms: to_millis(l.connect_timeout),
+                max_concurrent_retries: l.max_concurrent_retries.unwrap_or(0),
             }),
             outlier_detection: policy
                 .outlier_detection

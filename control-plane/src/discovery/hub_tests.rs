@@ -34,13 +34,13 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
         store.create_unenforced(full).expect("route");
     }
 
-    // A restart: the store opens with all of it, and `apply` would refuse two of them today.
+    // A restart: the store opens with all of it, and `apply` would refuse one of them today.
     let store = Store::open(&path).expect("reopen");
     assert_eq!(store.list(None, None).resources.len(), 7);
     let refused: Vec<String> = (warn_unenforced(&store).iter())
         .map(ToString::to_string)
         .collect();
-    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
     assert!(
         refused[0]
             .starts_with("route backend.default: spec.rules[0].backends[0].port: not enforced"),
@@ -56,12 +56,6 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
             "{port}"
         );
     }
-    assert!(
-        refused[1].starts_with(
-            "backend-policy backend.default: spec.limits.max_connections: not enforced"
-        ),
-        "{refused:#?}"
-    );
 
     let hub = Hub::new();
     hub.reload(&store);

@@ -69,6 +69,8 @@ pub struct ConnectionLimits {
     pub max_requests_per_connection: Option<u32>,
     /// Deadline for establishing a connection (TCP + TLS).
     pub connect_timeout: Option<Duration>,
+    /// Retries in flight to the service; a retry beyond it is not sent.
+    pub max_concurrent_retries: Option<u32>,
 }
 
 /// Passive health checking; `None` fields take the proxy defaults.

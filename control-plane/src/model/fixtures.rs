@@ -161,6 +161,7 @@ pub fn every_kind() -> Vec<Resource> {
         limits: Some(ConnectionLimits {
             max_connections: Some(100),
             connect_timeout: Some(Duration::from_millis(500)),
+            max_concurrent_retries: Some(3),
             ..ConnectionLimits::default()
         }),
         outlier_detection: Some(OutlierDetection {

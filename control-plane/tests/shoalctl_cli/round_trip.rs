@@ -131,8 +131,8 @@ fn documented_examples_apply_or_are_refused_as_documented() {
     );
     assert_eq!(
         refused.len(),
-        3,
-        "a route with backend ports, a backend policy with refused fields, a Mirror"
+        2,
+        "a route with backend ports, a Mirror"
     );
     // The services the examples refer to besides `backend`.
     let extra = "kind: Service\nmetadata: {name: backend-v2}\nspec: {ports: [{port: 8080}]}\n---\nkind: Service\nmetadata: {name: backend-shadow}\nspec: {ports: [{port: 8080}]}\n";

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use metrics::{Counter, Gauge};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -68,6 +69,29 @@ pub(crate) struct Breaker {
     /// Requests and failures while closed.
     counts: Window,
     epoch: Instant,
+    metrics: BreakerMetrics,
+}
+
+/// `shoal_backend_circuit_state` (0 closed, 1 open, 2 half-open) and the transitions into each.
+#[derive(Debug)]
+struct BreakerMetrics {
+    state: Gauge,
+    to_open: Counter,
+    to_half_open: Counter,
+    to_closed: Counter,
+}
+
+impl BreakerMetrics {
+    fn new(service: &str) -> Self {
+        use crate::metrics::names::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS};
+        let to = |state: &'static str| metrics::counter!(CIRCUIT_TRANSITIONS, "service" => service.to_string(), "to" => state);
+        Self {
+            state: metrics::gauge!(CIRCUIT_STATE, "service" => service.to_string()),
+            to_open: to("open"),
+            to_half_open: to("half_open"),
+            to_closed: to("closed"),
+        }
+    }
 }
 
 /// What the breaker decided for one request.
@@ -84,8 +108,8 @@ pub(crate) enum Admission {
 }
 
 impl Breaker {
-    /// A closed breaker.
-    pub(crate) fn new(config: BreakerConfig) -> Self {
+    /// A closed breaker of `service` (its metrics' label).
+    pub(crate) fn new(config: BreakerConfig, service: &str) -> Self {
         Self {
             counts: Window::new(config.window),
             config,
@@ -93,7 +117,19 @@ impl Breaker {
             opened_ns: AtomicU64::new(0),
             probes: AtomicU32::new(0),
             epoch: Instant::now(),
+            metrics: BreakerMetrics::new(service),
         }
+    }
+
+    /// Sets the state gauge under the operator's override `force` (forced open shows as open,
+    /// forced closed as closed).
+    pub(crate) fn show_state(&self, force: BreakerOverride) {
+        let state = match force {
+            BreakerOverride::ForceOpen => OPEN,
+            BreakerOverride::ForceClosed => CLOSED,
+            BreakerOverride::None => self.state.load(Ordering::Relaxed),
+        };
+        self.metrics.state.set(f64::from(state));
     }
 
     fn ns(&self, now: Instant) -> u64 {
@@ -118,12 +154,14 @@ impl Breaker {
                     return Admission::Refused;
                 }
                 // The first request after the open period turns it half-open.
-                let _ = self.state.compare_exchange(
-                    OPEN,
-                    HALF_OPEN,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
+                if self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.metrics.state.set(f64::from(HALF_OPEN));
+                    self.metrics.to_half_open.increment(1);
+                }
                 self.probe()
             }
             _ => self.probe(),
@@ -172,6 +210,8 @@ impl Breaker {
                     .is_ok()
                 {
                     self.counts.clear();
+                    self.metrics.state.set(f64::from(CLOSED));
+                    self.metrics.to_closed.increment(1);
                     tracing::info!("circuit breaker closed: a probe request succeeded");
                 }
             }
@@ -194,6 +234,8 @@ impl Breaker {
             .is_ok()
         {
             self.opened_ns.store(self.ns(now), Ordering::Relaxed);
+            self.metrics.state.set(f64::from(OPEN));
+            self.metrics.to_open.increment(1);
             tracing::warn!(
                 open_for = ?self.config.open_duration,
                 "circuit breaker opened: requests fail fast with circuit-open"

@@ -1,8 +1,10 @@
-//! A backend service's policy (`BackendPolicy`): how its endpoints are picked, the bulkhead cap on
-//! its requests in flight, and its circuit breaker — with the runtime state they keep (the count in
-//! flight, the breaker's state and window), which outlives state snapshots
-//! ([`BackendRuntime::inherit`]). The stage that enforces caps and the breaker is
-//! `outbound::http::backend`; the algorithm is `balance`'s.
+//! A backend service's policy (`BackendPolicy`): how its endpoints are picked, the bulkhead caps
+//! (requests in flight, connections, pending requests, requests per connection, retries in
+//! flight), and its circuit breaker — with the runtime state they keep (the counts, the breaker's
+//! state and window), which outlives state snapshots ([`BackendRuntime::inherit`]). The stage
+//! that enforces the cap on requests and the breaker is `outbound::http::backend`; the connection
+//! limits are `endpoint::limits`'; the cap on retries is the retry stage's; the algorithm is
+//! `balance`'s.
 
 mod breaker;
 
@@ -10,8 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use metrics::Gauge;
 use serde::Serialize;
 use tokio::time::Instant;
+
+use crate::endpoint::{ConnGate, ConnLimits};
 
 use breaker::{Admission, Breaker};
 pub(crate) use breaker::{BreakerConfig, BreakerOverride};
@@ -53,6 +58,11 @@ pub(crate) struct BackendPolicy {
     /// by the balancer).
     #[serde(serialize_with = "crate::state::serialize_duration_opt")]
     pub(crate) slow_start: Option<Duration>,
+    /// Connections, requests waiting for one, requests per connection.
+    #[serde(flatten)]
+    pub(crate) connections: ConnLimits,
+    /// Retries in flight to the backend beyond which a retry is skipped (the failure returned).
+    pub(crate) max_concurrent_retries: Option<u32>,
 }
 
 impl BackendPolicy {
@@ -66,6 +76,8 @@ impl BackendPolicy {
             outlier_detection: None,
             connect_timeout: None,
             slow_start: None,
+            connections: ConnLimits::default(),
+            max_concurrent_retries: None,
         }
     }
 }
@@ -74,14 +86,21 @@ impl BackendPolicy {
 #[derive(Debug)]
 pub(crate) struct BackendRuntime {
     pub(crate) policy: BackendPolicy,
+    /// The service's qualified name (metrics and errors).
+    service: String,
     state: OnceLock<Arc<RuntimeState>>,
+    /// Connection accounting, when the policy limits connections.
+    gate: OnceLock<Arc<ConnGate>>,
+    /// Retries in flight, when the policy caps them.
+    retries: OnceLock<Arc<AtomicU32>>,
 }
 
 /// What a backend's policy counts at run time; outlives snapshots.
 #[derive(Debug)]
 struct RuntimeState {
     /// Requests in flight (counted only under a cap).
-    in_flight: Arc<AtomicU32>,
+    in_flight: AtomicU32,
+    in_flight_gauge: Gauge,
     breaker: Option<Breaker>,
 }
 
@@ -126,12 +145,41 @@ impl Drop for Admitted {
 }
 
 impl BackendRuntime {
-    /// Runtime state for `policy`, created on first use.
-    pub(crate) fn new(policy: BackendPolicy) -> Self {
+    /// Runtime state for `service`'s `policy`, created on first use.
+    pub(crate) fn new(policy: BackendPolicy, service: &str) -> Self {
         Self {
             policy,
+            service: service.to_string(),
             state: OnceLock::new(),
+            gate: OnceLock::new(),
+            retries: OnceLock::new(),
         }
+    }
+
+    /// The connection limits' accounting, when the policy sets any.
+    pub(crate) fn gate(&self) -> Option<&Arc<ConnGate>> {
+        if !self.policy.connections.any() {
+            return None;
+        }
+        Some(
+            self.gate
+                .get_or_init(|| ConnGate::new(&self.service, &self.policy.connections)),
+        )
+    }
+
+    /// A slot for one retry under the policy's `max_concurrent_retries` (held until the retry's
+    /// exchange ends); `Err(max)` when that many are in flight. Without a cap, always a slot.
+    pub(crate) fn retry_slot(&self) -> Result<RetrySlot, u32> {
+        let Some(max) = self.policy.max_concurrent_retries else {
+            return Ok(RetrySlot(None));
+        };
+        let count = self.retries.get_or_init(Arc::default);
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| max)?;
+        Ok(RetrySlot(Some(count.clone())))
     }
 
     /// Whether the policy has anything for the backend stage to do.
@@ -141,17 +189,33 @@ impl BackendRuntime {
 
     fn state(&self) -> &Arc<RuntimeState> {
         self.state.get_or_init(|| {
+            let breaker = self.policy.circuit_breaker.as_ref().map(|c| {
+                let b = Breaker::new(c.clone(), &self.service);
+                b.show_state(c.force);
+                b
+            });
             Arc::new(RuntimeState {
-                in_flight: Arc::default(),
-                breaker: self.policy.circuit_breaker.clone().map(Breaker::new),
+                in_flight: AtomicU32::new(0),
+                in_flight_gauge: metrics::gauge!(crate::metrics::names::BACKEND_IN_FLIGHT, "service" => self.service.clone()),
+                breaker,
             })
         })
     }
 
     /// Takes over `previous`'s state when the policy counts the same way (same breaker settings
     /// but for the override), so an update that does not touch the policy keeps the breaker's
-    /// state and the count in flight. Called before the snapshot serves a request.
+    /// state and the count in flight. The connection and retry counts always carry over (the
+    /// new limits apply to them). Called before the snapshot serves a request.
     pub(crate) fn inherit(&self, previous: &BackendRuntime) {
+        if let Some(gate) = previous.gate.get()
+            && self.policy.connections.any()
+        {
+            gate.set_limits(&self.policy.connections);
+            let _ = self.gate.set(gate.clone());
+        }
+        if let Some(retries) = previous.retries.get() {
+            let _ = self.retries.set(retries.clone());
+        }
         let Some(old) = previous.state.get() else {
             return;
         };
@@ -164,6 +228,9 @@ impl BackendRuntime {
             _ => false,
         };
         if same {
+            if let (Some(b), Some(c)) = (&old.breaker, &self.policy.circuit_breaker) {
+                b.show_state(c.force);
+            }
             let _ = self.state.set(old.clone());
         }
     }
@@ -182,7 +249,8 @@ impl BackendRuntime {
             None => None,
             Some(max) => {
                 let before = state.in_flight.fetch_add(1, Ordering::Relaxed);
-                let guard = InFlight(state.in_flight.clone());
+                state.in_flight_gauge.increment(1.0);
+                let guard = InFlight(state.clone());
                 if before >= max {
                     // `guard` gives the slot back; the breaker's admission is abandoned.
                     drop(guard);
@@ -190,6 +258,7 @@ impl BackendRuntime {
                         _in_flight: None,
                         breaker,
                     });
+                    crate::metrics::backend_overloaded(&self.service, "max_concurrent_requests");
                     return Err(Refusal::Overloaded(max));
                 }
                 Some(guard)
@@ -202,16 +271,23 @@ impl BackendRuntime {
     }
 }
 
-/// `/config`: the policy, the requests in flight and the breaker's state.
+/// `/config`: the policy, the counts against its caps (requests in flight, connections open,
+/// requests pending, retries in flight) and the breaker's state.
 impl Serialize for BackendRuntime {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let state = self.state.get();
-        let mut s = ser.serialize_struct("BackendRuntime", 3)?;
+        let mut s = ser.serialize_struct("BackendRuntime", 6)?;
         s.serialize_field("policy", &self.policy)?;
         s.serialize_field(
             "in_flight",
             &state.map_or(0, |st| st.in_flight.load(Ordering::Relaxed)),
+        )?;
+        let gate = self.gate().map(|g| g.usage());
+        s.serialize_field("connections", &gate)?;
+        s.serialize_field(
+            "retries_in_flight",
+            &self.retries.get().map_or(0, |r| r.load(Ordering::Relaxed)),
         )?;
         let breaker = match (
             state.and_then(|st| st.breaker.as_ref()),
@@ -228,11 +304,24 @@ impl Serialize for BackendRuntime {
 
 /// One request counted under a backend's cap, until dropped.
 #[derive(Debug)]
-struct InFlight(Arc<AtomicU32>);
+struct InFlight(Arc<RuntimeState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight_gauge.decrement(1.0);
+    }
+}
+
+/// One retry counted under a backend's `max_concurrent_retries`, until dropped.
+#[derive(Debug)]
+pub(crate) struct RetrySlot(Option<Arc<AtomicU32>>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

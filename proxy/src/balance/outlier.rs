@@ -74,6 +74,18 @@ impl OutlierConfig {
     }
 }
 
+impl OutlierConfig {
+    /// Sets `shoal_outlier_ejected_endpoints`: `count` of the backend's endpoints are ejected now
+    /// (at an ejection or a readmission, a cold path: the gauge is looked up here).
+    pub(crate) fn ejected_now(&self, count: usize) {
+        metrics::gauge!(
+            crate::metrics::names::OUTLIER_EJECTED,
+            "service" => self.service.to_string(),
+        )
+        .set(count as f64);
+    }
+}
+
 /// One endpoint's outlier state.
 #[derive(Debug, Default)]
 pub(crate) struct Health {

@@ -132,7 +132,12 @@ impl Evaluation {
             .config
             .max_ejected(members.len())
             .saturating_sub(ejected);
-        for i in outliers(&windows, config).into_iter().take(room) {
+        let outliers = outliers(&windows, config);
+        if !outliers.is_empty() {
+            self.config
+                .ejected_now(ejected + outliers.len().min(room));
+        }
+        for i in outliers.into_iter().take(room) {
             let (addr, load) = &members[i];
             load.health.eject(load.now_ns(), &self.config);
             self.config.ejected(EjectionReason::SuccessRate);

@@ -495,10 +495,8 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
     Ok(payload)
 }
 
-/// The state description of a `BackendPolicy`: the parts this proxy enforces. A part it does not
-/// (connection limits other than the cap on requests) is refused,
-/// naming the field — the control plane refuses them at `apply` too, so only a control plane
-/// newer than this proxy sends them.
+/// The state description of a `BackendPolicy`. A part this proxy does not know (an algorithm
+/// added by a newer control plane) is refused, naming the field.
 fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, String> {
     let not_enforced = |field: &str| Err(format!("{field}: not enforced by this proxy"));
     let load_balancer = match &p.load_balancer {
@@ -536,21 +534,13 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
     let limits = match &p.limits {
         None => None,
         Some(l) => {
-            for (field, set) in [
-                ("limits.max_connections", l.max_connections > 0),
-                ("limits.max_pending_requests", l.max_pending_requests > 0),
-                (
-                    "limits.max_requests_per_connection",
-                    l.max_requests_per_connection > 0,
-                ),
-            ] {
-                if set {
-                    return not_enforced(field);
-                }
-            }
+            let set = |v: u32| (v > 0).then_some(v);
             Some(LimitsSpec {
-                max_concurrent_requests: (l.max_concurrent_requests > 0)
-                    .then_some(l.max_concurrent_requests),
+                max_concurrent_requests: set(l.max_concurrent_requests),
+                max_connections: set(l.max_connections),
+                max_pending_requests: set(l.max_pending_requests),
+                max_requests_per_connection: set(l.max_requests_per_connection),
+                max_concurrent_retries: set(l.max_concurrent_retries),
                 connect_timeout: (l.connect_timeout_ms > 0)
                     .then(|| Duration::from_millis(l.connect_timeout_ms)),
             })

@@ -24,6 +24,7 @@ use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body;
 use tokio::time::Instant;
 
+use super::limits::{ConnGate, ConnPermit, Opened};
 use super::{Clients, Peer, UpstreamIo, lock};
 use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
@@ -82,7 +83,15 @@ impl Slot {
     /// Opens a stream for `head` on the live connection, through the slot's own handle: a clone
     /// per request would take the h2 connection's lock twice more. `head` is taken only when it
     /// is sent.
-    fn try_send(&self, cx: &mut Context<'_>, head: &mut Request<()>, eos: bool) -> Attempt {
+    /// `max_streams`: the backend policy's `max_requests_per_connection`; the connection that
+    /// opened that many streams leaves the slot (no new streams; it closes once they end).
+    fn try_send(
+        &self,
+        cx: &mut Context<'_>,
+        head: &mut Request<()>,
+        eos: bool,
+        max_streams: Option<u32>,
+    ) -> Attempt {
         let mut cur = lock(&self.current);
         let Some(h) = cur.as_mut().filter(|h| !h.is_closed()) else {
             return Attempt::None;
@@ -100,7 +109,15 @@ impl Slot {
         if sent.is_ok() && h.tx.poll_ready(cx).is_pending() {
             h.tx = h.tx.clone();
         }
-        Attempt::Sent(sent, h.id)
+        let id = h.id;
+        if sent.is_ok() {
+            h.streams += 1;
+            if max_streams.is_some_and(|max| h.streams >= max) {
+                // Dropping the slot's handle: h2 ends the connection once its streams end.
+                *cur = None;
+            }
+        }
+        Attempt::Sent(sent, id)
     }
 
     /// Marks connection number `id` unusable (it failed or is going away), and forgets it if it
@@ -121,6 +138,8 @@ struct Handle {
     closed: Arc<AtomicBool>,
     /// The connection's number in its slot.
     id: u64,
+    /// Streams opened on it.
+    streams: u32,
 }
 
 impl Handle {
@@ -137,12 +156,21 @@ impl Clients {
         peer: &Peer,
         slot: &Slot,
         connect_timeout: Option<Duration>,
+        gate: Option<&Arc<ConnGate>>,
     ) -> Result<(), ProxyError> {
         let addr = peer.0;
         let _connecting = slot.connecting.lock().await;
         if slot.has_live() {
             return Ok(());
         }
+        // At the backend's cap on connections, the request waits as a pending one.
+        let permit: Option<ConnPermit> = match gate {
+            None => None,
+            Some(gate) => match gate.open(self.wait_until(connect_timeout), None).await? {
+                Opened::Permit(p) => Some(p),
+                Opened::Released => unreachable!("no pool to release into"),
+            },
+        };
         let io = self.connect_io(peer, Alpn::H2, connect_timeout).await?;
         let (tx, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
@@ -164,9 +192,14 @@ impl Clients {
                 )
             })?;
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(conn, closed.clone(), addr));
+        tokio::spawn(drive(conn, closed.clone(), addr, permit));
         let id = slot.generation.fetch_add(1, Ordering::Relaxed);
-        *lock(&slot.current) = Some(Handle { tx, closed, id });
+        *lock(&slot.current) = Some(Handle {
+            tx,
+            closed,
+            id,
+            streams: 0,
+        });
         Ok(())
     }
 
@@ -177,6 +210,7 @@ impl Clients {
         req: Request<RequestBody>,
         connect_timeout: Option<Duration>,
         metrics: &RequestMetrics,
+        gate: Option<&Arc<ConnGate>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let addr = peer.0;
         let slot = super::entry(&self.h2, peer);
@@ -213,7 +247,7 @@ impl Clients {
         let mut resent = 0;
         loop {
             let (id, sent) = self
-                .open_stream(peer, &slot, &mut head, eos, connect_timeout)
+                .open_stream(peer, &slot, &mut head, eos, connect_timeout, gate)
                 .await?;
             // The next attempt's head and body, when the upstream never processed this one and
             // it can be sent again.
@@ -302,18 +336,20 @@ impl Clients {
         head: &mut Request<()>,
         eos: bool,
         connect_timeout: Option<Duration>,
+        gate: Option<&Arc<ConnGate>>,
     ) -> Result<(u64, Result<(ResponseFuture, SendStream<Bytes>), h2::Error>), ProxyError> {
         let addr = peer.0;
+        let max_streams = gate.and_then(|g| g.max_per_connection());
         let mut retried = false;
         let mut connected = false;
         loop {
-            let (e, id) = match with_context(|cx| slot.try_send(cx, head, eos)).await {
+            let (e, id) = match with_context(|cx| slot.try_send(cx, head, eos, max_streams)).await {
                 Attempt::Sent(sent, id) => return Ok((id, sent)),
                 Attempt::Unusable(e, id) => (e, id),
                 // Cold path, boxed so the per-request future stays small. The new connection
                 // is the slot's: the next attempt uses it (or finds it failed already).
                 Attempt::None if !connected => {
-                    Box::pin(self.connect_h2(peer, slot, connect_timeout)).await?;
+                    Box::pin(self.connect_h2(peer, slot, connect_timeout, gate)).await?;
                     connected = true;
                     continue;
                 }
@@ -406,8 +442,13 @@ fn exchange_error(addr: SocketAddr, err: &h2::Error) -> ProxyError {
 }
 
 /// Drives one upstream connection until it ends, pinging it every [`PING_INTERVAL`]; marks it
-/// closed for the next request.
-async fn drive(mut conn: Connection<UpstreamIo, Bytes>, closed: Arc<AtomicBool>, addr: SocketAddr) {
+/// closed for the next request, and frees its `permit` (the backend's connection limits).
+async fn drive(
+    mut conn: Connection<UpstreamIo, Bytes>,
+    closed: Arc<AtomicBool>,
+    addr: SocketAddr,
+    permit: Option<ConnPermit>,
+) {
     let mut pinger = conn.ping_pong();
     let timer = tokio::time::sleep(PING_INTERVAL);
     tokio::pin!(timer);
@@ -445,4 +486,5 @@ async fn drive(mut conn: Connection<UpstreamIo, Bytes>, closed: Arc<AtomicBool>,
         }
     }
     closed.store(true, Ordering::Relaxed);
+    drop(permit);
 }

@@ -36,6 +36,8 @@ pub(crate) struct Dest {
     pub(crate) metrics: Option<std::sync::Arc<crate::metrics::RequestMetrics>>,
     /// A backend policy's connect timeout (TCP and mTLS), instead of `SHOAL_CONNECT_TIMEOUT`.
     pub(crate) connect_timeout: Option<std::time::Duration>,
+    /// A backend policy's connection limits.
+    pub(crate) gate: Option<std::sync::Arc<crate::endpoint::ConnGate>>,
 }
 
 impl Timed for Dest {
@@ -77,7 +79,10 @@ impl<'c> Service<Req<'c, Dest>> for Send {
                         dest.version,
                         http,
                         upgrade,
-                        dest.connect_timeout,
+                        crate::endpoint::ConnPolicy {
+                            connect_timeout: dest.connect_timeout,
+                            gate: dest.gate.as_ref(),
+                        },
                         counted,
                     )
                     .await

@@ -143,6 +143,7 @@ where
             orig_http1: false,
             metrics: None,
             connect_timeout: None,
+            gate: None,
         };
         let (req, ()) = req.retarget(dest);
         self.0.call(req).await.counted_in(metrics(conn))

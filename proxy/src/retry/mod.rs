@@ -150,6 +150,9 @@ pub(crate) struct RetryMetrics {
     pub(crate) body_too_large: Counter,
     /// Retries not sent because the request's deadline would pass first.
     pub(crate) deadline: Counter,
+    /// Retries not sent because the backend policy's `limits.max_concurrent_retries` retries were
+    /// in flight.
+    pub(crate) concurrent_retries: Counter,
 }
 
 impl RetryMetrics {
@@ -161,6 +164,7 @@ impl RetryMetrics {
             budget_exhausted: skipped("budget_exhausted"),
             body_too_large: skipped("body_too_large"),
             deadline: skipped("deadline"),
+            concurrent_retries: skipped("concurrent_retries"),
         }
     }
 }

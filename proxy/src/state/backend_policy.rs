@@ -1,5 +1,6 @@
 //! `backend_policies` of the state description: a backend service's load-balancing algorithm,
-//! bulkhead cap and circuit breaker, as written (the state file, or a `BackendPolicy` from
+//! bulkhead caps (requests, connections, pending requests, requests per connection, retries) and
+//! circuit breaker, as written (the state file, or a `BackendPolicy` from
 //! discovery), checked and resolved into `backend::BackendPolicy`.
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::balance::{
     DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR, HashKey, MAX_STDEV_FACTOR, OutlierConfig,
     SuccessRateConfig,
 };
+use crate::endpoint::ConnLimits;
 
 /// One backend policy as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +135,14 @@ impl HashKeySpec {
 pub(crate) struct LimitsSpec {
     #[serde(default)]
     pub(crate) max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_concurrent_retries: Option<u32>,
     #[serde(default, with = "humantime_opt")]
     pub(crate) connect_timeout: Option<Duration>,
 }
@@ -169,10 +179,18 @@ impl BackendPolicySpec {
             _ => Ok(()),
         };
         let limits = self.limits.clone().unwrap_or_default();
-        positive(
-            "limits.max_concurrent_requests",
-            limits.max_concurrent_requests,
-        )?;
+        for (field, value) in [
+            ("max_concurrent_requests", limits.max_concurrent_requests),
+            ("max_connections", limits.max_connections),
+            ("max_pending_requests", limits.max_pending_requests),
+            (
+                "max_requests_per_connection",
+                limits.max_requests_per_connection,
+            ),
+            ("max_concurrent_retries", limits.max_concurrent_retries),
+        ] {
+            positive(&format!("limits.{field}"), value)?;
+        }
         in_range("limits.connect_timeout", limits.connect_timeout)?;
         let slow_start = self.load_balancer.as_ref().and_then(|lb| lb.slow_start);
         in_range("load_balancer.slow_start", slow_start)?;
@@ -291,6 +309,12 @@ impl BackendPolicySpec {
             outlier_detection,
             connect_timeout: limits.connect_timeout,
             slow_start,
+            connections: ConnLimits {
+                max_connections: limits.max_connections,
+                max_pending_requests: limits.max_pending_requests,
+                max_requests_per_connection: limits.max_requests_per_connection,
+            },
+            max_concurrent_retries: limits.max_concurrent_retries,
         })
     }
 }

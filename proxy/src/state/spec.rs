@@ -688,7 +688,7 @@ fn build_service(
             }),
         )
         .with_slow_start(policy.slow_start),
-        backend: BackendRuntime::new(policy),
+        backend: BackendRuntime::new(policy, &qualified),
         fault,
         metrics: RequestMetrics::outbound(&qualified, "default", &qualified),
         name: s.name,

@@ -25,6 +25,7 @@ plain_message! {
         max_concurrent_requests: u32,
         max_requests_per_connection: u32,
         connect_timeout_ms: u64,
+        max_concurrent_retries: u32,
     }
 }
 

@@ -48,6 +48,8 @@ impl Checker<'_> {
                 &format!("{field}.connect_timeout_ms"),
                 limits.connect_timeout,
             );
+            let retries = limits.max_concurrent_retries;
+            self.positive(&format!("{field}.max_concurrent_retries"), retries);
         }
         if let Some(outlier) = &policy.outlier_detection {
             let field = "spec.outlier_detection";

@@ -74,6 +74,7 @@ fn backend_policy_errors_name_their_field() {
         }),
         limits: Some(ConnectionLimits {
             max_connections: Some(0),
+            max_concurrent_retries: Some(0),
             ..ConnectionLimits::default()
         }),
         outlier_detection: Some(OutlierDetection {
@@ -97,6 +98,11 @@ fn backend_policy_errors_name_their_field() {
         spec(),
         "spec.load_balancer.slow_start_ms",
         "longer than the maximum",
+    );
+    assert_structure_rejects(
+        spec(),
+        "spec.limits.max_concurrent_retries",
+        "must be positive",
     );
     assert_structure_rejects(
         spec(),

@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use super::FieldError;
-use crate::model::{BackendPolicy, Resource, ResourceKind, Route, Spec};
+use crate::model::{Resource, ResourceKind, Route, Spec};
 
 /// Where an operator reads what is refused and why.
 const SEE: &str = "see docs/shoalctl.md#refused-until-enforced";
@@ -56,13 +56,6 @@ pub const KINDS: &[UnenforcedKind] = &[UnenforcedKind {
 
 /// The fields refused until the proxy enforces them. Delete an entry when it does.
 pub const FIELDS: &[UnenforcedField] = &[
-    UnenforcedField {
-        kind: ResourceKind::BackendPolicy,
-        field: "spec.limits.{max_connections,max_pending_requests,max_requests_per_connection}",
-        why: "of the limits, only max_concurrent_requests and connect_timeout_ms are enforced yet",
-        find: connection_limits,
-        strip: strip_connection_limits,
-    },
     UnenforcedField {
         kind: ResourceKind::Route,
         field: "spec.rules[].backends[].port",
@@ -135,46 +128,6 @@ fn route(spec: &Spec) -> Option<&Route> {
     match spec {
         Spec::Route(route) => Some(route),
         _ => None,
-    }
-}
-
-fn backend_policy(spec: &Spec) -> Option<&BackendPolicy> {
-    match spec {
-        Spec::BackendPolicy(policy) => Some(policy),
-        _ => None,
-    }
-}
-
-fn backend_policy_mut(spec: &mut Spec) -> Option<&mut BackendPolicy> {
-    match spec {
-        Spec::BackendPolicy(policy) => Some(policy),
-        _ => None,
-    }
-}
-
-fn connection_limits(spec: &Spec) -> Vec<String> {
-    let Some(l) = backend_policy(spec).and_then(|p| p.limits.as_ref()) else {
-        return Vec::new();
-    };
-    [
-        ("max_connections", l.max_connections.is_some()),
-        ("max_pending_requests", l.max_pending_requests.is_some()),
-        (
-            "max_requests_per_connection",
-            l.max_requests_per_connection.is_some(),
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, set)| *set)
-    .map(|(field, _)| format!("spec.limits.{field}"))
-    .collect()
-}
-
-fn strip_connection_limits(spec: &mut Spec) {
-    if let Some(l) = backend_policy_mut(spec).and_then(|p| p.limits.as_mut()) {
-        l.max_connections = None;
-        l.max_pending_requests = None;
-        l.max_requests_per_connection = None;
     }
 }
 

@@ -17,7 +17,7 @@ fn at(b: &Breaker, secs: f64) -> Instant {
 
 #[test]
 fn opens_at_the_failure_ratio_then_probes_then_closes() {
-    let b = Breaker::new(config(BreakerOverride::None));
+    let b = Breaker::new(config(BreakerOverride::None), "test");
     // Under min_requests nothing opens, whatever the ratio.
     for _ in 0..3 {
         assert_eq!(b.admit(at(&b, 0.1), b.config.force), Admission::Counted);
@@ -50,7 +50,7 @@ fn opens_at_the_failure_ratio_then_probes_then_closes() {
 
 #[test]
 fn a_failed_probe_opens_it_again() {
-    let b = Breaker::new(config(BreakerOverride::None));
+    let b = Breaker::new(config(BreakerOverride::None), "test");
     for _ in 0..4 {
         b.record(Admission::Counted, true, at(&b, 0.1));
     }
@@ -68,7 +68,7 @@ fn a_failed_probe_opens_it_again() {
 
 #[test]
 fn old_failures_leave_the_window() {
-    let b = Breaker::new(config(BreakerOverride::None));
+    let b = Breaker::new(config(BreakerOverride::None), "test");
     for _ in 0..3 {
         b.record(Admission::Counted, true, at(&b, 0.5));
     }
@@ -79,10 +79,10 @@ fn old_failures_leave_the_window() {
 
 #[test]
 fn overrides_win() {
-    let b = Breaker::new(config(BreakerOverride::ForceOpen));
+    let b = Breaker::new(config(BreakerOverride::ForceOpen), "test");
     assert_eq!(b.admit(at(&b, 0.0), b.config.force), Admission::Refused);
     assert_eq!(b.state_name(b.config.force), "forced_open");
-    let b = Breaker::new(config(BreakerOverride::ForceClosed));
+    let b = Breaker::new(config(BreakerOverride::ForceClosed), "test");
     for _ in 0..10 {
         assert_eq!(b.admit(at(&b, 0.0), b.config.force), Admission::Uncounted);
         b.record(Admission::Uncounted, true, at(&b, 0.0));

@@ -67,6 +67,7 @@ where
             orig_http1,
             metrics: None,
             connect_timeout: backend.backend.policy.connect_timeout,
+            gate: backend.backend.gate().cloned(),
         };
         let start = req.start;
         let (mut req, backend) = req.retarget(dest);

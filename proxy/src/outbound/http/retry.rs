@@ -1,8 +1,9 @@
 //! The retry stage: a route rule's retry policy (`crate::retry`). Each attempt re-enters the
 //! balancer, which avoids the endpoint the previous attempt failed on; attempts are spaced by
 //! exponential backoff with full jitter (or the upstream's `Retry-After` / gRPC pushback), never
-//! start when the request's deadline would pass first, and only while the rule's budget allows, so
-//! retries cannot multiply load during an outage.
+//! start when the request's deadline would pass first, and only while the rule's budget allows and
+//! the backend policy's `limits.max_concurrent_retries` is not reached, so retries cannot multiply
+//! load during an outage.
 //!
 //! What is retried: the policy's conditions (connect failure, refused stream, reset, 5xx, gateway
 //! errors, listed statuses, gRPC UNAVAILABLE / RESOURCE_EXHAUSTED, the per-try timeout), for
@@ -111,6 +112,9 @@ where
     let deadline = [deadline, grpc_deadline].into_iter().flatten().min();
     let mut avoid = None;
     let mut n = 1;
+    // The backend policy's `max_concurrent_retries`: held from the retry's decision until its
+    // exchange ends (the next decision, or the return).
+    let mut _retry_slot = None;
     loop {
         let body = match &replay {
             None => RequestBody::Empty,
@@ -184,10 +188,17 @@ where
             policy.metrics.deadline.increment(1);
             return exchange;
         }
+        // Released before asking for the next one: this retry's exchange is over.
+        _retry_slot = None;
+        let Ok(slot) = target.service.backend.retry_slot() else {
+            policy.metrics.concurrent_retries.increment(1);
+            return exchange;
+        };
         if !policy.budget.withdraw(now) {
             policy.metrics.budget_exhausted.increment(1);
             return exchange;
         }
+        _retry_slot = Some(slot);
         avoid = exchange.upstream;
         // The failed attempt's response is dropped here (its connection with it, if its body was
         // still coming) before the wait.

@@ -69,6 +69,7 @@ where
                     orig_http1: false,
                     metrics: None,
                     connect_timeout: None,
+                    gate: None,
                 };
                 let (req, ()) = req.retarget(dest);
                 self.passthrough
