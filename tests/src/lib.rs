@@ -35,6 +35,7 @@ pub mod client;
 pub mod control_plane;
 pub mod fake_kube;
 pub mod grpc;
+pub mod kube_mesh;
 pub mod metrics_doc;
 pub mod netns;
 pub mod pki;

@@ -310,6 +310,7 @@ impl ControlPlane {
         let webhook_addr = self.webhook_addr().map(|a| a.to_string());
         let prometheus = metrics::recorder();
         let (close, closing) = watch::channel(false);
+        let kubernetes_policies = self.kubernetes.is_some();
         let parts = discovery(
             self.push_interval,
             self.disconnected_grace,
@@ -319,11 +320,14 @@ impl ControlPlane {
             &self.identity,
             closing.clone(),
         );
-        let admin = AdminService::with_identity(
+        let mut admin = AdminService::with_identity(
             self.store.clone(),
             parts.status,
             Some(self.identity.clone()),
         );
+        if kubernetes_policies {
+            admin = admin.with_policies_from_kubernetes();
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let clients = discovery_tls::BundleClientVerifier::new(
             Arc::new(rustls::crypto::ring::default_provider()),
