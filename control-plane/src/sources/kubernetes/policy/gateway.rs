@@ -13,6 +13,8 @@
 //!   `timeouts.backendRequest`, `sessionPersistence`, `hostnames`, a parentRef's `port` or `sectionName`,
 //!   a backend in another namespace) refuses the whole route: `Accepted=False`, reason `UnsupportedValue`,
 //!   naming the field. Nothing is dropped silently.
+//! - `backendRefs[].port` (required by the Gateway API) must be the parent Service's only port: a proxy calls a
+//!   backend on the port the request came in on, so another port (or a Service with several) is refused.
 //! - The Shoal route built is checked by `model::validate::validate` like any other; a refusal names the
 //!   Shoal field it translated to.
 //! - A Shoal `Route` resource for the same Service takes precedence: the Gateway API routes for it are not
@@ -417,11 +419,19 @@ impl Served {
                 }
                 continue;
             }
+            let mut rules = Vec::new();
+            for id in ids {
+                match same_port(&self.accepted[id].rules, services.get(&service.to_string())) {
+                    Ok(mut own) => rules.append(&mut own),
+                    Err(message) => {
+                        conditions
+                            .insert((id.clone(), service.clone()), ("UnsupportedValue", message));
+                    }
+                }
+            }
             let route = Route {
                 parent: service.clone(),
-                rules: (ids.iter())
-                    .flat_map(|id| self.accepted[id].rules.iter().cloned())
-                    .collect(),
+                rules,
             };
             let resource = resource(route.clone());
             match validate::validate(&resource, &catalog) {
@@ -496,6 +506,43 @@ impl Served {
         }
         self.routes = routes;
     }
+}
+
+/// `rules` without their backends' ports, which the Gateway API requires and Shoal leaves out: a proxy calls a
+/// backend on the port the request came in on, so a `backendRefs[].port` is served only when it is that port
+/// for sure: the parent Service's only port. Otherwise the field is refused.
+fn same_port(rules: &[RouteRule], parent: Option<&Service>) -> Result<Vec<RouteRule>, String> {
+    let mut rules = rules.to_vec();
+    let Some(parent) = parent else {
+        // Unknown parent: validation refuses the route for that anyway.
+        return Ok(rules);
+    };
+    let only = match parent.ports.as_slice() {
+        [only] => Some(only.port),
+        _ => None,
+    };
+    for (i, rule) in rules.iter_mut().enumerate() {
+        for (j, backend) in rule.backends.iter_mut().enumerate() {
+            match (backend.port, only) {
+                (None, _) => {}
+                (Some(port), Some(only)) if port == only => backend.port = None,
+                (Some(port), _) => {
+                    return Err(format!(
+                        "spec.rules[{i}].backendRefs[{j}].port: {port}: shoal-proxy calls a backend on the port the \
+                         request came in on, so the port must be the only port of Service {} ({})",
+                        parent.qualified(),
+                        parent
+                            .ports
+                            .iter()
+                            .map(|p| p.port.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    Ok(rules)
 }
 
 /// A Shoal route as a resource named after its service.
