@@ -720,10 +720,19 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
         .unwrap()
 }
 
+/// A Status's `reason` as the API server spells it (clients match on it: kube-rs's `get_opt` on `NotFound`).
+fn reason(code: StatusCode) -> String {
+    match code {
+        StatusCode::NOT_FOUND => "NotFound".to_owned(),
+        StatusCode::CONFLICT => "Conflict".to_owned(),
+        other => other.canonical_reason().unwrap_or("").replace(' ', ""),
+    }
+}
+
 fn status(code: StatusCode, message: &str) -> Response<Body> {
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": code.canonical_reason(), "code": code.as_u16()
+        "message": message, "reason": reason(code), "code": code.as_u16()
     });
     json_response(code, &body)
 }

@@ -123,6 +123,7 @@ fn discovery(
     store: &Store,
     sources: Option<crate::sources::Sources>,
     kubernetes: Option<KubernetesSource>,
+    namespace: &str,
     identity: &Identity,
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
@@ -139,10 +140,16 @@ fn discovery(
         hub.clone(),
         closing.clone(),
     ));
+    // With several replicas (Kubernetes mode), only the holder of the Lease runs CA rotation; alone, this one.
+    let leader = match &kubernetes {
+        Some(kubernetes) => kubernetes.elect(namespace, closing.clone()),
+        None => watch::channel(true).1,
+    };
     tokio::spawn(bundle::upkeep(
         identity.clone(),
         hub.clone(),
         bundle::UPKEEP_INTERVAL,
+        leader,
         closing.clone(),
     ));
     // Endpoint sources (SHOAL_CP_ENDPOINTS_FILE) publish into the same hub as the store.
@@ -176,6 +183,8 @@ pub struct ControlPlane {
     sources: Option<crate::sources::Sources>,
     /// The Kubernetes source, its client built in `bind` so that a bad setting stops start-up.
     kubernetes: Option<KubernetesSource>,
+    /// The control plane's namespace (`SHOAL_CP_NAMESPACE`): where its Lease is, in Kubernetes mode.
+    namespace: String,
     /// The CA and join tokens, loaded (or created) in `bind`.
     identity: Identity,
     /// See [`Config::push_interval`].
@@ -245,6 +254,7 @@ impl ControlPlane {
             store,
             sources,
             kubernetes,
+            namespace: config.namespace.clone(),
             identity,
             server_cert,
             discovery_plaintext: config.discovery_plaintext,
@@ -317,6 +327,7 @@ impl ControlPlane {
             &self.store,
             self.sources,
             self.kubernetes,
+            &self.namespace,
             &self.identity,
             closing.clone(),
         );

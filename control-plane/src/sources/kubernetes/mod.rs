@@ -12,6 +12,7 @@
 //! `410 Gone` relists. Failures are retried with backoff (0.8 s doubling to 30 s, jittered).
 
 mod cluster;
+pub mod lease;
 mod policy;
 mod translate;
 
@@ -125,6 +126,21 @@ impl KubernetesSource {
             client,
             trust_domain,
         })
+    }
+}
+
+impl KubernetesSource {
+    /// Starts the election for the Lease that gives one replica the CA-rotation state machine ([`lease`]);
+    /// the receiver says whether this replica holds it. The replica's identity is its host name (the pod's
+    /// name in Kubernetes) and process id.
+    pub fn elect(
+        &self,
+        namespace: &str,
+        closing: signal::Receiver<bool>,
+    ) -> signal::Receiver<bool> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "shoal-control-plane".to_owned());
+        let identity = format!("{host}_{}", std::process::id());
+        lease::elect(self.client.clone(), namespace, identity, closing)
     }
 }
 
