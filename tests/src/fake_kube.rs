@@ -1,23 +1,31 @@
 //! A fake Kubernetes API server speaking the real list/watch protocol, over HTTP/1.1 on 127.0.0.1 (plain, or
-//! TLS with a test CA's certificate), for the control plane's Kubernetes source (`tests/tests/kube_discovery.rs`).
+//! TLS with a test CA's certificate), for the control plane's Kubernetes source (`tests/tests/kube_discovery.rs`,
+//! `kube_policy.rs`, `kube_gateway.rs`, `kube_ha.rs`).
 //!
-//! It serves cluster-wide lists and watches of Services (`/api/v1/services`), Pods (`/api/v1/pods`) and
-//! EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`):
+//! It serves cluster-wide lists and watches of every kind in [`KINDS`]: Services (`/api/v1/services`), Pods
+//! (`/api/v1/pods`), EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`), Shoal's eight custom resources
+//! (`/apis/shoal.io/v1alpha1/<plural>`) and the Gateway API's `HTTPRoute` and `GRPCRoute`; a kind is added by
+//! one line there.
 //!
 //! - a list answers every object with the current `metadata.resourceVersion` (one counter for all kinds, as
-//!   etcd's revision is);
+//!   etcd's revision is); `metadata.generation` counts spec changes;
 //! - `?watch=1&resourceVersion=N` answers a chunked stream of JSON watch events (`ADDED`, `MODIFIED`,
 //!   `DELETED`): first every event of the kind after `N`, then each new one as it happens;
 //!   `allowWatchBookmarks=true` lets [`FakeKube::bookmark`] send `BOOKMARK`s;
 //! - a watch from a version older than the kept history ([`FakeKube::compact`]) gets one `ERROR` event with
 //!   a `410 Gone` Status and ends, as the real API server answers;
+//! - `PATCH .../namespaces/<ns>/<plural>/<name>/status` (JSON merge patch) changes only the status, sends
+//!   `MODIFIED`, and is recorded ([`FakeKube::status_patches`]);
+//! - Leases (`coordination.k8s.io/v1`): get, create, update, with `409 Conflict` for a stale
+//!   `resourceVersion` or an existing name ([`FakeKube::lease`]);
 //! - every request must carry `Authorization: Bearer <token>` (401 otherwise).
 //!
 //! And what a test needs to provoke: [`FakeKube::drop_watches`] cuts every watch connection without a
 //! final chunk (a broken connection), [`FakeKube::end_watches`] ends them cleanly (a watch timeout),
 //! [`FakeKube::expire_watches`] ends them with `410 Gone`,
 //! [`FakeKube::pause_lists`] holds list requests until [`FakeKube::resume_lists`]; and what it needs to
-//! check: the lists and watches each kind received ([`FakeKube::requests`]).
+//! check: the lists and watches each kind received ([`FakeKube::requests`]), an object as it is now
+//! ([`FakeKube::get`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
