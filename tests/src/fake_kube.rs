@@ -503,7 +503,7 @@ impl Server {
         if let Some(rest) = path.strip_prefix(LEASES_PREFIX) {
             return self.lease(req, rest).await;
         }
-        if let Some((collection, namespace, name)) = status_path(&path) {
+        if let Some((collection, namespace, name)) = status_path(path) {
             if req.method() != http::Method::PATCH {
                 return status(StatusCode::METHOD_NOT_ALLOWED, "status: PATCH only");
             }

@@ -122,8 +122,8 @@ fn discovery(
     disconnected_grace: Duration,
     store: &Store,
     sources: Option<crate::sources::Sources>,
-    kubernetes: Option<KubernetesSource>,
-    namespace: &str,
+    // With the control plane's namespace, where its Lease is.
+    kubernetes: Option<(KubernetesSource, &str)>,
     identity: &Identity,
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
@@ -142,7 +142,7 @@ fn discovery(
     ));
     // With several replicas (Kubernetes mode), only the holder of the Lease runs CA rotation; alone, this one.
     let leader = match &kubernetes {
-        Some(kubernetes) => kubernetes.elect(namespace, closing.clone()),
+        Some((kubernetes, namespace)) => kubernetes.elect(namespace, closing.clone()),
         None => watch::channel(true).1,
     };
     tokio::spawn(bundle::upkeep(
@@ -157,7 +157,7 @@ fn discovery(
         sources.start(&hub, closing.clone());
     }
     // ... and so does the Kubernetes source (SHOAL_CP_KUBERNETES=true).
-    if let Some(kubernetes) = kubernetes {
+    if let Some((kubernetes, _)) = kubernetes {
         crate::sources::spawn(Box::new(kubernetes), hub.clone(), closing.clone());
     }
     let on_close = hub.clone();
@@ -326,8 +326,7 @@ impl ControlPlane {
             self.disconnected_grace,
             &self.store,
             self.sources,
-            self.kubernetes,
-            &self.namespace,
+            self.kubernetes.map(|k| (k, self.namespace.as_str())),
             &self.identity,
             closing.clone(),
         );
