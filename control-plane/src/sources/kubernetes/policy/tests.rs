@@ -135,3 +135,32 @@ fn gateway_durations() {
         assert_eq!(duration(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn a_route_status_keeps_other_controllers_entries_and_its_transition_time() {
+    use super::status::{CONTROLLER, Condition, StatusPatch};
+    let parent = json!({"group": "", "kind": "Service", "name": "web"});
+    let other = json!({"parentRef": {"kind": "Gateway", "name": "edge"},
+                       "controllerName": "example.com/gateway", "conditions": []});
+    let ours = json!({"parentRef": parent, "controllerName": CONTROLLER, "conditions": [{
+        "type": "Accepted", "status": "True", "reason": "Accepted", "message": "old",
+        "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    let status = json!({"parents": [other, ours]});
+    let condition = Condition::accepted(2, "served as the route of service web.default");
+    let patch = StatusPatch::gateway(
+        super::HTTP_ROUTES,
+        "default",
+        "web",
+        &status,
+        vec![(parent, condition)],
+    );
+    let parents = patch.body["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert_eq!(parents[0]["controllerName"], "example.com/gateway");
+    let written = &parents[1]["conditions"][0];
+    assert_eq!(written["observedGeneration"], 2);
+    assert_eq!(
+        written["lastTransitionTime"], "2026-01-01T00:00:00Z",
+        "the status did not change: neither does its transition time"
+    );
+}
