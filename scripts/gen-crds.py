@@ -468,7 +468,7 @@ def crd(kind, plural, short, spec, columns, doc):
                     "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
                     "conditions": CONDITIONS,
                 },
-                description="Written by the control plane (CRD store, pending): whether the spec was accepted",
+                description="Written by the control plane: whether the spec was accepted (condition Accepted, reason Accepted or Invalid)",
             ),
         },
         required=["spec"],

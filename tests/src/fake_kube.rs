@@ -1,16 +1,23 @@
 //! A fake Kubernetes API server speaking the real list/watch protocol, over HTTP/1.1 on 127.0.0.1 (plain, or
-//! TLS with a test CA's certificate), for the control plane's Kubernetes source (`tests/tests/kube_discovery.rs`).
+//! TLS with a test CA's certificate), for the control plane's Kubernetes source (`tests/tests/kube_discovery.rs`,
+//! `kube_policy.rs`, `kube_gateway.rs`, `kube_ha.rs`).
 //!
-//! It serves cluster-wide lists and watches of Services (`/api/v1/services`), Pods (`/api/v1/pods`) and
-//! EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`):
+//! It serves cluster-wide lists and watches of every kind in [`KINDS`]: Services (`/api/v1/services`), Pods
+//! (`/api/v1/pods`), EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`), Shoal's eight custom resources
+//! (`/apis/shoal.io/v1alpha1/<plural>`) and the Gateway API's `HTTPRoute` and `GRPCRoute`; a kind is added by
+//! one line there.
 //!
 //! - a list answers every object with the current `metadata.resourceVersion` (one counter for all kinds, as
-//!   etcd's revision is);
+//!   etcd's revision is); `metadata.generation` counts spec changes;
 //! - `?watch=1&resourceVersion=N` answers a chunked stream of JSON watch events (`ADDED`, `MODIFIED`,
 //!   `DELETED`): first every event of the kind after `N`, then each new one as it happens;
 //!   `allowWatchBookmarks=true` lets [`FakeKube::bookmark`] send `BOOKMARK`s;
 //! - a watch from a version older than the kept history ([`FakeKube::compact`]) gets one `ERROR` event with
 //!   a `410 Gone` Status and ends, as the real API server answers;
+//! - `PATCH .../namespaces/<ns>/<plural>/<name>/status` (JSON merge patch) changes only the status, sends
+//!   `MODIFIED`, and is recorded ([`FakeKube::status_patches`]);
+//! - Leases (`coordination.k8s.io/v1`): get, create, update, with `409 Conflict` for a stale
+//!   `resourceVersion` or an existing name ([`FakeKube::lease`]);
 //! - every request must carry `Authorization: Bearer <token>` (401 otherwise);
 //! - TokenReviews are answered by [`crate::fake_kube_tokenreview`] ([`FakeKube::token_reviews`]).
 //!
@@ -18,7 +25,8 @@
 //! final chunk (a broken connection), [`FakeKube::end_watches`] ends them cleanly (a watch timeout),
 //! [`FakeKube::expire_watches`] ends them with `410 Gone`,
 //! [`FakeKube::pause_lists`] holds list requests until [`FakeKube::resume_lists`]; and what it needs to
-//! check: the lists and watches each kind received ([`FakeKube::requests`]).
+//! check: the lists and watches each kind received ([`FakeKube::requests`]), an object as it is now
+//! ([`FakeKube::get`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -37,8 +45,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::fake_kube_tokenreview::{self as token_review, TokenReviews};
 
-/// The kinds the fake serves: path, `kind`, `apiVersion`.
-const KINDS: [(&str, &str, &str); 3] = [
+/// The kinds the fake serves: collection path, `kind`, `apiVersion`. A kind is named by `kind` alone where that
+/// is unique, else as `group/Kind` (`shoal.io/Service`; plain `Service` is the core one).
+const KINDS: [(&str, &str, &str); 13] = [
     ("/api/v1/services", "Service", "v1"),
     ("/api/v1/pods", "Pod", "v1"),
     (
@@ -46,7 +55,61 @@ const KINDS: [(&str, &str, &str); 3] = [
         "EndpointSlice",
         "discovery.k8s.io/v1",
     ),
+    ("/apis/shoal.io/v1alpha1/services", "Service", SHOAL),
+    (
+        "/apis/shoal.io/v1alpha1/endpointregistrations",
+        "EndpointRegistration",
+        SHOAL,
+    ),
+    ("/apis/shoal.io/v1alpha1/routes", "Route", SHOAL),
+    (
+        "/apis/shoal.io/v1alpha1/backendpolicies",
+        "BackendPolicy",
+        SHOAL,
+    ),
+    (
+        "/apis/shoal.io/v1alpha1/authorizationpolicies",
+        "AuthorizationPolicy",
+        SHOAL,
+    ),
+    ("/apis/shoal.io/v1alpha1/ratelimits", "RateLimit", SHOAL),
+    (
+        "/apis/shoal.io/v1alpha1/faultinjections",
+        "FaultInjection",
+        SHOAL,
+    ),
+    ("/apis/shoal.io/v1alpha1/mirrors", "Mirror", SHOAL),
+    (
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "HTTPRoute",
+        GATEWAY,
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        "GRPCRoute",
+        GATEWAY,
+    ),
 ];
+
+/// The `apiVersion` of Shoal's custom resources.
+pub const SHOAL: &str = "shoal.io/v1alpha1";
+/// The `apiVersion` of the Gateway API kinds served.
+pub const GATEWAY: &str = "gateway.networking.k8s.io/v1";
+
+/// The collection path of a kind named `Kind` or `group/Kind` (see [`KINDS`]).
+fn kind_path(name: &str) -> &'static str {
+    let (group, kind) = match name.split_once('/') {
+        Some((group, kind)) => (Some(group), kind),
+        None => (None, name),
+    };
+    KINDS
+        .iter()
+        .find(|(_, k, api_version)| {
+            *k == kind && group.is_none_or(|g| api_version.starts_with(&format!("{g}/")))
+        })
+        .unwrap_or_else(|| panic!("the fake does not serve {name}"))
+        .0
+}
 
 /// A watch stream's next chunk, or `Err`: cut the connection.
 type Chunk = Result<Bytes, std::io::Error>;
@@ -69,6 +132,8 @@ struct Kind {
     /// Open watches, and whether each asked for bookmarks (`allowWatchBookmarks=true`).
     watchers: Vec<(mpsc::UnboundedSender<Chunk>, bool)>,
     requests: Requests,
+    /// Status patches received: namespace, name, body.
+    status_patches: Vec<(String, String, Value)>,
 }
 
 struct State {
@@ -76,6 +141,10 @@ struct State {
     /// Watches from a version below this get `410 Gone` (history compacted).
     oldest: u64,
     kinds: BTreeMap<&'static str, Kind>,
+    /// Leases (coordination.k8s.io/v1) by namespace and name.
+    leases: BTreeMap<(String, String), Value>,
+    /// Lease writes refused with 409 Conflict.
+    lease_conflicts: usize,
 }
 
 /// The fake API server; stops when dropped.
@@ -122,6 +191,8 @@ impl FakeKube {
                 .iter()
                 .map(|(path, ..)| (*path, Kind::default()))
                 .collect(),
+            leases: BTreeMap::new(),
+            lease_conflicts: 0,
         }));
         let lists_open = watch::channel(true).0;
         let reviews = Arc::new(TokenReviews::default());
@@ -187,7 +258,9 @@ impl FakeKube {
     }
 
     /// Creates or replaces an object (`ADDED` or `MODIFIED` to the watches of its kind); returns its new
-    /// `resourceVersion`.
+    /// `resourceVersion`. As the API server does for kinds with a status subresource, the object keeps the
+    /// status it had (a test writes status only through [`Self::patch_status`]'s path), and
+    /// `metadata.generation` counts the changes of everything but the status and metadata (1 when created).
     pub fn apply(&self, mut object: Value) -> u64 {
         let path = path_of(&object);
         let key = key_of(&object);
@@ -196,6 +269,21 @@ impl FakeKube {
         let version = state.version;
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         let kind = state.kinds.get_mut(path).unwrap();
+        let generation = match kind.objects.get(&key) {
+            None => 1,
+            Some(old) => {
+                let generation = old["metadata"]["generation"].as_u64().unwrap_or(1);
+                if let Some(status) = old.get("status") {
+                    object["status"] = status.clone();
+                }
+                if content(old) == content(&object) {
+                    generation
+                } else {
+                    generation + 1
+                }
+            }
+        };
+        object["metadata"]["generation"] = json!(generation);
         let ty = if kind.objects.insert(key, object.clone()).is_some() {
             "MODIFIED"
         } else {
@@ -205,13 +293,10 @@ impl FakeKube {
         version
     }
 
-    /// Deletes the object of `kind` (`Service`, `Pod`, `EndpointSlice`) `namespace/name` (`DELETED`).
+    /// Deletes the object of `kind` (`Service`, `Pod`, `EndpointSlice`, `Route`, `shoal.io/Service`, ...)
+    /// `namespace/name` (`DELETED`).
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        let path = KINDS
-            .iter()
-            .find(|(_, k, _)| *k == kind)
-            .expect("a served kind")
-            .0;
+        let path = kind_path(kind);
         let mut state = self.state.lock().unwrap();
         state.version += 1;
         let version = state.version;
@@ -221,6 +306,36 @@ impl FakeKube {
             .unwrap_or_else(|| panic!("no {kind} {namespace}/{name} to delete"));
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         table.event(version, "DELETED", object);
+    }
+
+    /// The object of `kind` `namespace/name` as the API server holds it now (with its status).
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let path = kind_path(kind);
+        let state = self.state.lock().unwrap();
+        (state.kinds[path].objects)
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The status patches `kind` received, in order: the object's namespace, name and the patch's body.
+    pub fn status_patches(&self, kind: &str) -> Vec<(String, String, Value)> {
+        let path = kind_path(kind);
+        self.state.lock().unwrap().kinds[path]
+            .status_patches
+            .clone()
+    }
+
+    /// The Lease `namespace/name`, if one was created.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        (state.leases)
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// How many Lease writes (create or update) were refused with `409 Conflict`.
+    pub fn lease_conflicts(&self) -> usize {
+        self.state.lock().unwrap().lease_conflicts
     }
 
     /// Sends every open watch that asked for bookmarks a `BOOKMARK` at the current version.
@@ -282,13 +397,9 @@ impl FakeKube {
         }
     }
 
-    /// Open watch connections of `kind` (`Service`, `Pod`, `EndpointSlice`).
+    /// Open watch connections of `kind` (`Service`, `Pod`, `EndpointSlice`, ...).
     pub fn open_watches(&self, kind: &str) -> usize {
-        let path = KINDS
-            .iter()
-            .find(|(_, k, _)| *k == kind)
-            .expect("a served kind")
-            .0;
+        let path = kind_path(kind);
         let mut state = self.state.lock().unwrap();
         let watchers = &mut state.kinds.get_mut(path).unwrap().watchers;
         watchers.retain(|(w, _)| !w.is_closed());
@@ -305,13 +416,9 @@ impl FakeKube {
         self.lists_open.send_replace(true);
     }
 
-    /// What `kind` (`Service`, `Pod`, `EndpointSlice`) received so far.
+    /// What `kind` (`Service`, `Pod`, `EndpointSlice`, ...) received so far.
     pub fn requests(&self, kind: &str) -> Requests {
-        let path = KINDS
-            .iter()
-            .find(|(_, k, _)| *k == kind)
-            .expect("a served kind")
-            .0;
+        let path = kind_path(kind);
         self.state.lock().unwrap().kinds[path].requests.clone()
     }
 }
@@ -341,11 +448,42 @@ fn gone() -> Value {
 
 fn path_of(object: &Value) -> &'static str {
     let kind = object["kind"].as_str().expect("the object names its kind");
+    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
     KINDS
         .iter()
-        .find(|(_, k, _)| *k == kind)
-        .expect("a served kind")
+        .find(|(_, k, v)| *k == kind && *v == api_version)
+        .unwrap_or_else(|| panic!("the fake does not serve {api_version} {kind}"))
         .0
+}
+
+/// What `metadata.generation` counts: the object without its metadata and status.
+fn content(object: &Value) -> Value {
+    let mut content = object.clone();
+    if let Some(map) = content.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    content
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch.as_object() {
+        Some(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let map = target.as_object_mut().unwrap();
+            for (name, value) in fields {
+                if value.is_null() {
+                    map.remove(name);
+                } else {
+                    merge(map.entry(name.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        None => *target = patch.clone(),
+    }
 }
 
 fn key_of(object: &Value) -> (String, String) {
@@ -377,12 +515,22 @@ impl Server {
             let (code, body) = self.reviews.handle(req).await;
             return json_response(code, &body);
         }
-        let path = req.uri().path();
+        let path = req.uri().path().to_owned();
+        let path = path.as_str();
+        if let Some(rest) = path.strip_prefix(LEASES_PREFIX) {
+            return self.lease(req, rest).await;
+        }
+        if let Some((collection, namespace, name)) = status_path(path) {
+            if req.method() != http::Method::PATCH {
+                return status(StatusCode::METHOD_NOT_ALLOWED, "status: PATCH only");
+            }
+            return self.patch_status(req, collection, namespace, name).await;
+        }
         let Some((path, kind, api_version)) = KINDS.iter().find(|(p, ..)| *p == path).copied()
         else {
             return status(
                 StatusCode::NOT_FOUND,
-                "the fake serves services, pods and endpointslices only",
+                "the fake serves the kinds of fake_kube::KINDS (cluster-wide), their status, and Leases",
             );
         };
         let query: BTreeMap<String, String> = (req.uri().query().unwrap_or_default().split('&'))
@@ -398,6 +546,118 @@ impl Server {
             self.watch(path, &from, bookmarks)
         } else {
             self.list(path, kind, api_version).await
+        }
+    }
+
+    /// `PATCH .../namespaces/{ns}/{plural}/{name}/status` with a JSON merge patch: only the patch's
+    /// `status` is applied (as the status subresource does), a `MODIFIED` event goes out, and the patch is
+    /// recorded for [`FakeKube::status_patches`].
+    async fn patch_status(
+        &self,
+        req: Request<Incoming>,
+        collection: &'static str,
+        namespace: String,
+        name: String,
+    ) -> Response<Body> {
+        let merge_patch = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/merge-patch+json");
+        let Ok(body) = req.into_body().collect().await else {
+            return status(StatusCode::BAD_REQUEST, "unreadable body");
+        };
+        let Ok(patch) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return status(StatusCode::BAD_REQUEST, "the body is not JSON");
+        };
+        if !merge_patch {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the fake takes merge patches only",
+            );
+        }
+        let mut state = self.state.lock().unwrap();
+        state.version += 1;
+        let version = state.version;
+        let kind = state.kinds.get_mut(collection).unwrap();
+        let key = (namespace.clone(), name.clone());
+        let Some(object) = kind.objects.get_mut(&key) else {
+            return status(StatusCode::NOT_FOUND, "no such object");
+        };
+        if let Some(patch_status) = patch.get("status") {
+            merge(&mut object["status"], patch_status);
+        }
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let object = object.clone();
+        kind.status_patches.push((namespace, name, patch));
+        kind.event(version, "MODIFIED", object.clone());
+        json_response(StatusCode::OK, &object)
+    }
+
+    /// Leases: `GET`/`PUT` `{ns}/leases/{name}`, `POST` `{ns}/leases`. A `PUT` must carry the current
+    /// `metadata.resourceVersion` and a `POST` must name a new Lease (`409 Conflict` otherwise), as optimistic
+    /// concurrency on the real API server.
+    async fn lease(&self, req: Request<Incoming>, rest: &str) -> Response<Body> {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (namespace, name) = match parts.as_slice() {
+            [ns, "leases"] => (ns.to_string(), None),
+            [ns, "leases", name] => (ns.to_string(), Some(name.to_string())),
+            _ => return status(StatusCode::NOT_FOUND, "not a Lease path"),
+        };
+        let method = req.method().clone();
+        let body = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return status(StatusCode::BAD_REQUEST, "unreadable body"),
+        };
+        let mut state = self.state.lock().unwrap();
+        match (method, name) {
+            (http::Method::GET, Some(name)) => match state.leases.get(&(namespace, name)) {
+                Some(lease) => json_response(StatusCode::OK, lease),
+                None => status(StatusCode::NOT_FOUND, "leases not found"),
+            },
+            (http::Method::POST, None) | (http::Method::PUT, Some(_)) => {
+                let creating = rest.ends_with("/leases");
+                let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+                    return status(StatusCode::BAD_REQUEST, "the body is not JSON");
+                };
+                let Some(name) = lease["metadata"]["name"].as_str().map(str::to_owned) else {
+                    return status(StatusCode::BAD_REQUEST, "metadata.name is required");
+                };
+                let key = (namespace.clone(), name);
+                let current = state.leases.get(&key).map(|l| {
+                    l["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                });
+                let conflict = match (&current, creating) {
+                    (Some(_), true) => true,
+                    (None, false) => {
+                        return status(StatusCode::NOT_FOUND, "leases not found");
+                    }
+                    (Some(current), false) => {
+                        lease["metadata"]["resourceVersion"].as_str() != Some(current.as_str())
+                    }
+                    (None, true) => false,
+                };
+                if conflict {
+                    state.lease_conflicts += 1;
+                    return status(
+                        StatusCode::CONFLICT,
+                        "Operation cannot be fulfilled on leases: the object has been modified",
+                    );
+                }
+                state.version += 1;
+                lease["metadata"]["namespace"] = json!(namespace);
+                lease["metadata"]["resourceVersion"] = json!(state.version.to_string());
+                state.leases.insert(key, lease.clone());
+                let code = if creating {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                json_response(code, &lease)
+            }
+            _ => status(StatusCode::METHOD_NOT_ALLOWED, "Leases: GET, POST, PUT"),
         }
     }
 
@@ -455,6 +715,24 @@ impl Server {
     }
 }
 
+/// The prefix of Lease paths (namespaced).
+const LEASES_PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/";
+
+/// `<group path>/namespaces/{ns}/{plural}/{name}/status` of a served kind: its collection path, namespace and
+/// name.
+fn status_path(path: &str) -> Option<(&'static str, String, String)> {
+    let rest = path.strip_suffix("/status")?;
+    let (group, rest) = rest.split_once("/namespaces/")?;
+    let mut parts = rest.split('/');
+    let (namespace, plural, name) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let collection = format!("{group}/{plural}");
+    let found = KINDS.iter().find(|(p, ..)| *p == collection)?.0;
+    Some((found, namespace.to_owned(), name.to_owned()))
+}
+
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
@@ -467,10 +745,19 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
         .unwrap()
 }
 
+/// A Status's `reason` as the API server spells it (clients match on it: kube-rs's `get_opt` on `NotFound`).
+fn reason(code: StatusCode) -> String {
+    match code {
+        StatusCode::NOT_FOUND => "NotFound".to_owned(),
+        StatusCode::CONFLICT => "Conflict".to_owned(),
+        other => other.canonical_reason().unwrap_or("").replace(' ', ""),
+    }
+}
+
 fn status(code: StatusCode, message: &str) -> Response<Body> {
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": code.canonical_reason(), "code": code.as_u16()
+        "message": message, "reason": reason(code), "code": code.as_u16()
     });
     json_response(code, &body)
 }

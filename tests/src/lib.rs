@@ -20,8 +20,11 @@
 //!   of sleeping and hoping.
 //! - [`admission`]: AdmissionReviews over HTTPS to the sidecar injector, an RFC 6902 patch applier and
 //!   `kubernetes-validate`.
-//! - [`fake_kube`]: a fake Kubernetes API server (list + watch of Services, Pods and EndpointSlices, with
-//!   bookmarks, `410 Gone` and cut connections) for the control plane's Kubernetes source.
+//! - [`fake_kube`]: a fake Kubernetes API server (list + watch of Services, Pods, EndpointSlices, Shoal's custom
+//!   resources and Gateway API routes, with bookmarks, `410 Gone` and cut connections; status patches; Leases)
+//!   for the control plane's Kubernetes source.
+//! - [`kube_mesh`]: a control plane in Kubernetes mode on the fake, a proxy, Services with real backends, and
+//!   waits on the `Accepted` condition.
 //! - [`up`]: `shoal up` as a child process, its ready file, and the processes of its group in `/proc`.
 //! - [`process`]: child processes with captured output, killed on drop (the proxy, `prometheus`),
 //!   and temporary directories removed on drop.
@@ -36,6 +39,7 @@ pub mod control_plane;
 pub mod fake_kube;
 pub mod fake_kube_tokenreview;
 pub mod grpc;
+pub mod kube_mesh;
 pub mod metrics_doc;
 pub mod netns;
 pub mod pki;

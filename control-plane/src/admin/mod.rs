@@ -55,6 +55,8 @@ struct Inner {
     closing: tokio::sync::watch::Sender<bool>,
     /// The CA and join tokens; `None` for an embedded control plane without identity (and older tests).
     identity: Option<crate::identity::Identity>,
+    /// Policies come from Kubernetes custom resources: writes of every kind but registrations are refused.
+    kubernetes_policies: std::sync::atomic::AtomicBool,
 }
 
 impl AdminService {
@@ -88,10 +90,18 @@ impl AdminService {
             registrations,
             closing,
             identity,
+            kubernetes_policies: std::sync::atomic::AtomicBool::new(false),
         };
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Refuses writes of every kind but endpoint registrations, naming kubectl: in Kubernetes mode the
+    /// custom resources are the source of truth (docs/kubernetes.md, "Policy as custom resources").
+    pub fn with_policies_from_kubernetes(self) -> Self {
+        (self.inner.kubernetes_policies).store(true, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// The tonic server for this service, to add to a `tonic::transport::Server`.

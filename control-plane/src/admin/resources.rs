@@ -120,6 +120,20 @@ impl AdminService {
         op: &'static str,
         write: impl FnOnce(&Store) -> store::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
+        // In Kubernetes mode the custom resources are the source of truth: one place to write policies.
+        // Registrations stay (workloads outside the cluster register and heartbeat here).
+        if self
+            .inner
+            .kubernetes_policies
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && kind != ResourceKind::EndpointRegistration
+        {
+            return Err(Status::failed_precondition(format!(
+                "{op} {kind}: this control plane reads its policies from Kubernetes (SHOAL_CP_KUBERNETES=true); \
+                 use kubectl with the shoal.io/v1alpha1 custom resources (docs/kubernetes.md, \
+                 \"Policy as custom resources\")"
+            )));
+        }
         let store = self.inner.store.clone();
         let result = tokio::task::spawn_blocking(move || write(&store))
             .await

@@ -55,6 +55,7 @@ pub async fn upkeep(
     identity: Identity,
     hub: std::sync::Arc<Hub>,
     interval: Duration,
+    leader: watch::Receiver<bool>,
     mut closing: watch::Receiver<bool>,
 ) {
     let started = identity.clock.unix_seconds();
@@ -65,6 +66,10 @@ pub async fn upkeep(
         tokio::select! {
             _ = tick.tick() => {}
             _ = closing.wait_for(|c| *c) => return,
+        }
+        // Another replica holds the Lease and runs the rotation (sources::kubernetes::lease).
+        if !*leader.borrow() {
+            continue;
         }
         propagation::advance(&identity, &hub, started).await;
         let now = identity.clock.unix_seconds();

@@ -122,7 +122,8 @@ fn discovery(
     disconnected_grace: Duration,
     store: &Store,
     sources: Option<crate::sources::Sources>,
-    kubernetes: Option<KubernetesSource>,
+    // With the control plane's namespace, where its Lease is.
+    kubernetes: Option<(KubernetesSource, &str)>,
     identity: &Identity,
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
@@ -139,10 +140,16 @@ fn discovery(
         hub.clone(),
         closing.clone(),
     ));
+    // With several replicas (Kubernetes mode), only the holder of the Lease runs CA rotation; alone, this one.
+    let leader = match &kubernetes {
+        Some((kubernetes, namespace)) => kubernetes.elect(namespace, closing.clone()),
+        None => watch::channel(true).1,
+    };
     tokio::spawn(bundle::upkeep(
         identity.clone(),
         hub.clone(),
         bundle::UPKEEP_INTERVAL,
+        leader,
         closing.clone(),
     ));
     // Endpoint sources (SHOAL_CP_ENDPOINTS_FILE) publish into the same hub as the store.
@@ -151,10 +158,10 @@ fn discovery(
     }
     // ... and so does the Kubernetes source (SHOAL_CP_KUBERNETES=true), whose client also reviews proxies'
     // service-account tokens for Certify.
-    let token_verifier = kubernetes.as_ref().map(|k| {
+    let token_verifier = kubernetes.as_ref().map(|(k, _)| {
         Arc::new(k.token_verifier()) as Arc<dyn crate::identity::credentials::CredentialVerifier>
     });
-    if let Some(kubernetes) = kubernetes {
+    if let Some((kubernetes, _)) = kubernetes {
         crate::sources::spawn(Box::new(kubernetes), hub.clone(), closing.clone());
     }
     let on_close = hub.clone();
@@ -180,6 +187,8 @@ pub struct ControlPlane {
     sources: Option<crate::sources::Sources>,
     /// The Kubernetes source, its client built in `bind` so that a bad setting stops start-up.
     kubernetes: Option<KubernetesSource>,
+    /// The control plane's namespace (`SHOAL_CP_NAMESPACE`): where its Lease is, in Kubernetes mode.
+    namespace: String,
     /// The CA and join tokens, loaded (or created) in `bind`.
     identity: Identity,
     /// See [`Config::push_interval`].
@@ -249,6 +258,7 @@ impl ControlPlane {
             store,
             sources,
             kubernetes,
+            namespace: config.namespace.clone(),
             identity,
             server_cert,
             discovery_plaintext: config.discovery_plaintext,
@@ -314,20 +324,24 @@ impl ControlPlane {
         let webhook_addr = self.webhook_addr().map(|a| a.to_string());
         let prometheus = metrics::recorder();
         let (close, closing) = watch::channel(false);
+        let kubernetes_policies = self.kubernetes.is_some();
         let parts = discovery(
             self.push_interval,
             self.disconnected_grace,
             &self.store,
             self.sources,
-            self.kubernetes,
+            self.kubernetes.map(|k| (k, self.namespace.as_str())),
             &self.identity,
             closing.clone(),
         );
-        let admin = AdminService::with_identity(
+        let mut admin = AdminService::with_identity(
             self.store.clone(),
             parts.status,
             Some(self.identity.clone()),
         );
+        if kubernetes_policies {
+            admin = admin.with_policies_from_kubernetes();
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let clients = discovery_tls::BundleClientVerifier::new(
             Arc::new(rustls::crypto::ring::default_provider()),

@@ -122,6 +122,12 @@ impl Publisher {
         };
     }
 
+    /// Replaces what the catalog source `source` contributes (the policy resources a source serves, named
+    /// by that source: `kubernetes-crd/...`).
+    pub fn set_source(&self, source: &str, contributions: Vec<(Key, Contribution)>) {
+        self.hub.set_source(source, contributions);
+    }
+
     /// Sets `service`'s endpoints from this source (qualified name `name.namespace`). An empty list
     /// withdraws them. Of endpoints with the same address, port and service port, the first is kept.
     pub fn set(&mut self, service: &str, endpoints: Vec<Endpoint>) {

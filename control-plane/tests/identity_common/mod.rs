@@ -74,6 +74,8 @@ pub async fn start_in(dir: tempfile::TempDir) -> Mesh {
         identity.clone(),
         hub.clone(),
         Duration::from_millis(20),
+        // The only replica: it runs the rotation.
+        tokio::sync::watch::channel(true).1,
         closing.clone(),
     ));
 

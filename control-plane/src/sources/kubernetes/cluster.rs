@@ -118,6 +118,11 @@ impl<T: Clone + PartialEq> Table<T> {
         self.synced
     }
 
+    /// Every object, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ObjKey, &T)> {
+        self.current.iter()
+    }
+
     /// Number of objects.
     pub(crate) fn len(&self) -> usize {
         self.current.len()
@@ -202,6 +207,13 @@ impl Cluster {
             }
         }
         touched
+    }
+
+    /// The Services served, by qualified name (what policies are checked against).
+    pub(crate) fn service_definitions(&self) -> BTreeMap<String, model::Service> {
+        (self.services.iter())
+            .map(|(_, s)| (s.qualified().to_string(), s.clone()))
+            .collect()
     }
 
     /// Every Service with something to publish (a Service object, or slices).

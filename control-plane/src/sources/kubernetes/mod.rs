@@ -13,6 +13,8 @@
 //! `410 Gone` relists. Failures are retried with backoff (0.8 s doubling to 30 s, jittered).
 
 mod cluster;
+pub mod lease;
+mod policy;
 mod token_review;
 mod translate;
 
@@ -27,6 +29,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client};
@@ -147,6 +150,21 @@ impl KubernetesSource {
     }
 }
 
+impl KubernetesSource {
+    /// Starts the election for the Lease that gives one replica the CA-rotation state machine ([`lease`]);
+    /// the receiver says whether this replica holds it. The replica's identity is its host name (the pod's
+    /// name in Kubernetes) and process id.
+    pub fn elect(
+        &self,
+        namespace: &str,
+        closing: signal::Receiver<bool>,
+    ) -> signal::Receiver<bool> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "shoal-control-plane".to_owned());
+        let identity = format!("{host}_{}", std::process::id());
+        lease::elect(self.client.clone(), namespace, identity, closing)
+    }
+}
+
 async fn read(path: &Path, setting: &str) -> Result<Vec<u8>, KubernetesError> {
     tokio::fs::read(path)
         .await
@@ -178,6 +196,8 @@ enum Kind {
     Services,
     Slices,
     Pods,
+    /// A policy kind: its index in `policy::WATCHED`.
+    Policy(usize),
 }
 
 impl Kind {
@@ -187,6 +207,7 @@ impl Kind {
             Self::Services => "services",
             Self::Slices => "endpointslices",
             Self::Pods => "pods",
+            Self::Policy(index) => policy::WATCHED[index].label,
         }
     }
 
@@ -203,6 +224,7 @@ impl Kind {
             Self::Services => Update::Services(event(marker)),
             Self::Slices => Update::Slices(event(marker)),
             Self::Pods => Update::Pods(event(marker)),
+            Self::Policy(index) => Update::Policy(index, event(marker)),
         }
     }
 }
@@ -219,6 +241,8 @@ enum Update {
     Services(Event<crate::model::Service>),
     Slices(Event<translate::Slice>),
     Pods(Event<String>),
+    /// A policy object (Shoal custom resource, Gateway API route) of `policy::WATCHED[index]`.
+    Policy(usize, Event<policy::Watched>),
     /// A failed list or watch (retried with backoff), and the kind it was for.
     Failed(Kind, watcher::Error),
 }
@@ -236,6 +260,7 @@ impl Update {
             Self::Services(e) => Self::Services(listed(e)),
             Self::Slices(e) => Self::Slices(listed(e)),
             Self::Pods(e) => Self::Pods(listed(e)),
+            Self::Policy(index, e) => Self::Policy(index, listed(e)),
             failed => failed,
         }
     }
@@ -270,10 +295,46 @@ where
         .boxed()
 }
 
+/// A watcher of all objects of `policy::WATCHED[index]` in the cluster.
+fn watch_policy(client: &Client, index: usize) -> BoxStream<'static, Update> {
+    let resource = policy::WATCHED[index].api_resource();
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let kind = Kind::Policy(index);
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |event| match event {
+            Ok(WatchEvent::Init) => kind.update(Marker::ListStart),
+            Ok(WatchEvent::InitDone) => kind.update(Marker::ListDone),
+            Ok(WatchEvent::InitApply(obj)) => Update::Policy(
+                index,
+                Event::Apply(key_of(&obj.metadata), Some(policy::Watched::of(&obj))),
+            )
+            .listed(),
+            Ok(WatchEvent::Apply(obj)) => Update::Policy(
+                index,
+                Event::Apply(key_of(&obj.metadata), Some(policy::Watched::of(&obj))),
+            ),
+            Ok(WatchEvent::Delete(obj)) => kind.update(Marker::Deleted(key_of(&obj.metadata))),
+            Err(e) => Update::Failed(kind, e),
+        })
+        .boxed()
+}
+
 /// Applies `update` to `cluster`: the kind, whether a list completed, and the Services touched; `None` for
 /// a failure (logged and counted here).
-fn apply(cluster: &mut Cluster, update: Update) -> Option<(Kind, bool, BTreeSet<ObjKey>)> {
+fn apply(
+    cluster: &mut Cluster,
+    policies: &mut policy::Policies,
+    update: Update,
+) -> Option<(Kind, bool, BTreeSet<ObjKey>)> {
     Some(match update {
+        Update::Policy(index, e) => {
+            let ends = e.ends_list();
+            if !policies.event(index, e) && !ends {
+                return None;
+            }
+            (Kind::Policy(index), ends, BTreeSet::new())
+        }
         Update::Services(e) => (Kind::Services, e.ends_list(), cluster.service_event(e)),
         Update::Slices(e) => (Kind::Slices, e.ends_list(), cluster.slice_event(e)),
         Update::Pods(e) => (Kind::Pods, e.ends_list(), cluster.pod_event(e)),
@@ -323,9 +384,14 @@ impl EndpointSource for KubernetesSource {
                 let identity = translate::pod_identity(pod, &trust_domain);
                 Update::Pods(Event::Apply(key_of(&pod.metadata), identity))
             });
-            let mut updates = futures_util::stream::select_all([services, slices, pods]);
+            let mut streams = vec![services, slices, pods];
+            streams.extend((0..policy::WATCHED.len()).map(|index| watch_policy(&client, index)));
+            let mut updates = futures_util::stream::select_all(streams);
+            let status = policy::status::writer(client.clone());
             let mut cluster = Cluster::default();
+            let mut policies = policy::Policies::default();
             let mut published_once = false;
+            let mut policies_evaluated = false;
             loop {
                 let update = tokio::select! {
                     update = updates.next() => match update {
@@ -334,7 +400,8 @@ impl EndpointSource for KubernetesSource {
                     },
                     _ = closing.wait_for(|c| *c) => return,
                 };
-                let Some((kind, listed, touched)) = apply(&mut cluster, update) else {
+                let Some((kind, listed, touched)) = apply(&mut cluster, &mut policies, update)
+                else {
                     continue;
                 };
                 if listed {
@@ -346,6 +413,7 @@ impl EndpointSource for KubernetesSource {
                 if !cluster.synced() {
                     continue;
                 }
+                let first = !published_once;
                 let touched = if published_once {
                     touched
                 } else {
@@ -359,6 +427,24 @@ impl EndpointSource for KubernetesSource {
                     cluster.all_services()
                 };
                 publish(&mut publisher, &cluster, &touched);
+                // Policies are checked against the Services: again when a policy or a Service changed.
+                let reevaluate = first
+                    || matches!(kind, Kind::Policy(_))
+                    || (kind == Kind::Services && !touched.is_empty());
+                if reevaluate {
+                    let outcome = policies.evaluate(&cluster.service_definitions());
+                    for (source, contributions) in outcome.sources {
+                        publisher.set_source(&source, contributions);
+                    }
+                    for patch in outcome.patches {
+                        let _ = status.send(patch);
+                    }
+                    if !policies_evaluated && policies.synced() {
+                        policies_evaluated = true;
+                        let counts = policies.counts();
+                        tracing::info!(?counts, "kubernetes policies synced");
+                    }
+                }
             }
         }
         .boxed()
