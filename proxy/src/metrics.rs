@@ -36,6 +36,8 @@ pub mod names {
     pub const RETRIES: &str = "shoal_retries_total";
     pub const RETRIES_RECOVERED: &str = "shoal_retries_recovered_total";
     pub const RETRIES_SKIPPED: &str = "shoal_retries_skipped_total";
+    pub const SPANS_EXPORTED: &str = "shoal_tracing_spans_exported_total";
+    pub const SPANS_DROPPED: &str = "shoal_tracing_spans_dropped_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -121,6 +123,14 @@ fn describe() {
         "Retries a policy allowed but the proxy did not send, by service (the service the caller named), route (the rule) and reason (budget_exhausted, body_too_large, deadline)"
     );
     describe_counter!(
+        SPANS_EXPORTED,
+        "Trace spans the OTLP collector accepted (docs/tracing.md)"
+    );
+    describe_counter!(
+        SPANS_DROPPED,
+        "Trace spans dropped, by reason: queue_full (SHOAL_TRACING_MAX_QUEUE reached), export_failed (the collector refused them or did not answer)"
+    );
+    describe_counter!(
         AUTHZ,
         "Inbound authorization decisions, by policy (the protected service), deciding rule (or default) and decision"
     );
@@ -145,6 +155,17 @@ impl Direction {
             Direction::Outbound => "outbound",
         }
     }
+}
+
+/// Spans the collector accepted (docs/tracing.md).
+pub fn spans_exported() -> Counter {
+    counter!(names::SPANS_EXPORTED)
+}
+
+/// Spans dropped: `queue_full` (the export queue was at `SHOAL_TRACING_MAX_QUEUE`) or
+/// `export_failed` (the collector refused them or did not answer).
+pub fn spans_dropped(reason: &'static str) -> Counter {
+    counter!(names::SPANS_DROPPED, "reason" => reason)
 }
 
 /// Counts an error the proxy handled itself.
@@ -228,6 +249,14 @@ impl RequestMetrics {
             Label::new("route", "default"),
             Label::new("tls", tls),
         ])
+    }
+
+    /// The value of the target's label `key` (`service`, `route`, `backend`), if it has one.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|l| l.key() == key)
+            .map(|l| l.value())
     }
 
     fn with_labels(labels: Vec<Label>) -> Arc<Self> {
