@@ -168,7 +168,13 @@ fn is_hex(s: &[u8], len: usize) -> bool {
 /// Decodes lower-case hex digits (already validated) into `out`, right-aligned: a 16-digit B3
 /// trace id fills the last 8 bytes of a 16-byte id.
 fn unhex_into(out: &mut [u8], hex: &[u8]) {
-    let digit = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
+    let digit = |b: u8| {
+        if b.is_ascii_digit() {
+            b - b'0'
+        } else {
+            b - b'a' + 10
+        }
+    };
     let skip = out.len().saturating_sub(hex.len() / 2);
     for (o, pair) in out[skip..].iter_mut().zip(hex.chunks_exact(2)) {
         *o = (digit(pair[0]) << 4) | digit(pair[1]);

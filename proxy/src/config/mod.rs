@@ -19,8 +19,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use parse::ConfigError;
-pub use tracing::TracingConfig;
 use parse::{Reader, parse_ports};
+pub use tracing::TracingConfig;
 
 /// Names of every environment variable, in one place.
 pub mod env {

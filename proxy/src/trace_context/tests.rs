@@ -130,7 +130,11 @@ fn the_span_follows_the_sampled_flag_and_the_callers_span_is_its_parent() {
         );
         let tp = get(&h, "traceparent");
         let own = u64::from_str_radix(&tp[36..52], 16).unwrap();
-        assert_eq!(own.to_be_bytes(), ids.span.span, "the next hop's parent is this span");
+        assert_eq!(
+            own.to_be_bytes(),
+            ids.span.span,
+            "the next hop's parent is this span"
+        );
     }
 }
 
