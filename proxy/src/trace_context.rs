@@ -236,14 +236,14 @@ pub fn propagate(headers: &mut HeaderMap, root_ratio: f64) -> TraceIds {
         }
     }
     let span = new_span_id();
+    let draw = || root_ratio >= 1.0 || (root_ratio > 0.0 && fastrand::f64() < root_ratio);
     let mut incoming = if w3c_in { w3c(headers, span) } else { None };
-    if b3_in && let Some(t) = b3_single(headers, span) {
+    if b3_in && let Some(t) = b3_single(headers, span, draw) {
         incoming.get_or_insert(t);
     }
     if b3_multi_in && let Some(t) = b3_multi(headers, span) {
         incoming.get_or_insert(t);
     }
-    let draw = || root_ratio >= 1.0 || (root_ratio > 0.0 && fastrand::f64() < root_ratio);
     let (trace_id, parent, sampled) = match incoming {
         Some(i) => (i.trace, i.parent, i.sampled.unwrap_or_else(draw)),
         None => {
@@ -318,7 +318,12 @@ fn w3c(headers: &mut HeaderMap, span: [u8; 8]) -> Option<Incoming> {
 }
 
 /// `b3: {TraceId}-{SpanId}[-{Sampled}[-{ParentSpanId}]]`, or a bare sampling decision.
-fn b3_single(headers: &mut HeaderMap, span: [u8; 8]) -> Option<Incoming> {
+/// Without a sampling field, `draw` decides, and the field forwarded says what it decided.
+fn b3_single(
+    headers: &mut HeaderMap,
+    span: [u8; 8],
+    draw: impl FnOnce() -> bool,
+) -> Option<Incoming> {
     let v = headers.get(&B3)?.as_bytes().to_vec();
     let mut parts = v.split(|&b| b == b'-');
     let trace = parts.next()?;
@@ -331,19 +336,25 @@ fn b3_single(headers: &mut HeaderMap, span: [u8; 8]) -> Option<Incoming> {
     out.extend_from_slice(trace);
     out.push(b'-');
     out.extend_from_slice(&hex_span(span));
-    if let Some(s) = sampled {
-        out.push(b'-');
-        out.extend_from_slice(s);
-    } else {
-        // The parent field needs a sampling field before it; "d"ebug is not implied.
-        out.extend_from_slice(b"-1");
-    }
+    let decided = match sampled {
+        Some(s) => {
+            out.push(b'-');
+            out.extend_from_slice(s);
+            b3_sampled(Some(s))
+        }
+        None => {
+            // The parent field needs a sampling field before it: this hop's decision.
+            let sampled = draw();
+            out.extend_from_slice(if sampled { b"-1" } else { b"-0" });
+            Some(sampled)
+        }
+    };
     out.push(b'-');
     out.extend_from_slice(parent);
     let incoming = Incoming {
         trace: TraceId::from_hex(trace),
         parent: Some(span_id_of(parent)),
-        sampled: b3_sampled(sampled),
+        sampled: decided,
     };
     headers.insert(B3.clone(), value(&out));
     Some(incoming)

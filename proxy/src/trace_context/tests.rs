@@ -168,8 +168,11 @@ fn b3_sampling_fields_and_short_trace_ids() {
     h.insert("x-b3-spanid", "00f067aa0ba902b7".parse().unwrap());
     h.insert("x-b3-sampled", "1".parse().unwrap());
     assert!(propagate(&mut h, 0.0).span.sampled);
-    // No decision: the ratio decides.
-    let mut h = HeaderMap::new();
-    h.insert("b3", "a3ce929d0e0e4736-00f067aa0ba902b7".parse().unwrap());
-    assert!(propagate(&mut h, 1.0).span.sampled);
+    // No decision: the ratio decides, and the next hop is told.
+    for (ratio, field) in [(1.0, "1"), (0.0, "0")] {
+        let mut h = HeaderMap::new();
+        h.insert("b3", "a3ce929d0e0e4736-00f067aa0ba902b7".parse().unwrap());
+        assert_eq!(propagate(&mut h, ratio).span.sampled, ratio == 1.0);
+        assert_eq!(get(&h, "b3").split('-').nth(2), Some(field));
+    }
 }
