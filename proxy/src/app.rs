@@ -214,6 +214,9 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
             "shutdown grace period (SHOAL_SHUTDOWN_GRACE) ended with connections still open; closing them"
         );
     }
+    if let Some(spans) = &shared.spans {
+        spans.final_export().await;
+    }
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //! backend — into a bounded channel with `try_send`. A full queue drops the span and counts it;
 //! nothing on the request path waits. An unsampled request costs a branch. The background task
 //! (`export`) batches, converts to OTLP (`record`) and exports with a timeout, backing off while
-//! the collector fails.
+//! the collector fails. At shutdown, once requests have drained, what is queued is exported once
+//! (`Spans::final_export`).
 
 mod export;
 mod record;
@@ -35,6 +36,8 @@ pub(crate) struct Spans {
     ratio: f64,
     queue: mpsc::Sender<SpanRecord>,
     dropped_full: Counter,
+    flush: Arc<export::Flush>,
+    export_timeout: Duration,
 }
 
 impl Spans {
@@ -43,16 +46,27 @@ impl Spans {
     pub(crate) fn start(config: &Config) -> Option<Arc<Self>> {
         let tracing = config.tracing.as_ref()?;
         let (queue, rx) = mpsc::channel(tracing.max_queue);
+        let flush = Arc::new(export::Flush::default());
         tokio::spawn(export::run(
             export::Exporter::new(tracing, record::resource(config, tracing)),
             rx,
             tracing.clone(),
+            flush.clone(),
         ));
         Some(Arc::new(Self {
             ratio: tracing.sampling_ratio,
             queue,
             dropped_full: crate::metrics::spans_dropped("queue_full"),
+            flush,
+            export_timeout: tracing.export_timeout,
         }))
+    }
+
+    /// At shutdown, once requests have drained: exports what is queued (one attempt, within the
+    /// export timeout and at most 2 s, so a collector that is down does not hold the exit).
+    pub(crate) async fn final_export(&self) {
+        let limit = self.export_timeout.min(Duration::from_secs(2));
+        self.flush.final_export(limit).await;
     }
 
     /// The share of requests without a sampling decision that are sampled.

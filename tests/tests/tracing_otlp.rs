@@ -368,3 +368,35 @@ async fn a_collector_that_is_down_costs_requests_nothing_and_drops_are_counted()
     assert_eq!(tracing["max_queue"], 1, "{config}");
     assert_eq!(tracing["sampling_ratio"], 1.0, "{config}");
 }
+
+#[tokio::test]
+async fn spans_still_queued_are_exported_at_shutdown() {
+    let collector = OtlpReceiver::start().await;
+    let upstream = HttpBackend::respond(|_| text_response(200, "ok")).await;
+    let mut proxy = traced(
+        ProxyBuilder::new().both_explicit(upstream.addr()),
+        "client",
+        collector.addr(),
+        "1",
+    )
+    // Nothing would be exported for a minute but for the shutdown.
+    .env("SHOAL_TRACING_FLUSH_INTERVAL", "1m")
+    .start()
+    .await;
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    assert_eq!(
+        get(
+            &proxy,
+            &upstream.addr().to_string(),
+            &[("traceparent", &traceparent)]
+        )
+        .await,
+        200
+    );
+    assert!(collector.spans().is_empty());
+    proxy.signal("TERM").unwrap();
+    let status = proxy.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let spans = collector.wait_for_trace(TRACE_ID, 1).await;
+    assert_eq!(spans[0].parent, CALLER_SPAN);
+}

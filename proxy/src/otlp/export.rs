@@ -11,7 +11,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -99,25 +101,53 @@ impl Exporter {
     }
 }
 
-/// Batches and exports until every sender is gone (the proxy is shutting down).
+/// Asks the exporter for a last export of what is queued (at shutdown), and hears when it is done.
+#[derive(Debug, Default)]
+pub(super) struct Flush {
+    asked: Notify,
+    done: Notify,
+}
+
+impl Flush {
+    /// Asks for the final export and waits for it, at most `limit`.
+    pub(super) async fn final_export(&self, limit: Duration) {
+        self.asked.notify_one();
+        let _ = tokio::time::timeout(limit, self.done.notified()).await;
+    }
+}
+
+/// Batches and exports until the final flush is asked for or every sender is gone.
 pub(super) async fn run(
     mut exporter: Exporter,
     mut queue: mpsc::Receiver<SpanRecord>,
     config: TracingConfig,
+    flush: Arc<Flush>,
 ) {
     let mut backoff = BACKOFF.0;
-    loop {
+    let mut last = false;
+    while !last {
         let mut batch = Vec::with_capacity(config.batch_size);
-        if queue.recv_many(&mut batch, config.batch_size).await == 0 {
-            return;
+        tokio::select! {
+            n = queue.recv_many(&mut batch, config.batch_size) => if n == 0 { return },
+            () = flush.asked.notified() => last = true,
         }
         let flush_at = Instant::now() + config.flush_interval;
         while batch.len() < config.batch_size {
             let now = Instant::now();
+            if last {
+                // Everything queued, in batches, one attempt each.
+                while let Ok(span) = queue.try_recv() {
+                    batch.push(span);
+                }
+                break;
+            }
             if now >= flush_at {
                 break;
             }
-            tokio::time::sleep((flush_at - now).min(FILL_TICK)).await;
+            tokio::select! {
+                () = tokio::time::sleep((flush_at - now).min(FILL_TICK)) => {}
+                () = flush.asked.notified() => last = true,
+            }
             while batch.len() < config.batch_size {
                 match queue.try_recv() {
                     Ok(span) => batch.push(span),
@@ -125,12 +155,31 @@ pub(super) async fn run(
                 }
             }
         }
-        if exporter.export(batch, config.export_timeout).await {
-            backoff = BACKOFF.0;
-        } else {
-            // Spans keep queueing meanwhile, up to SHOAL_TRACING_MAX_QUEUE; past it they drop.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF.1);
+        for chunk in chunks(batch, config.batch_size) {
+            if exporter.export(chunk, config.export_timeout).await {
+                backoff = BACKOFF.0;
+            } else if !last {
+                // Spans keep queueing meanwhile, up to SHOAL_TRACING_MAX_QUEUE; past it they drop.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = flush.asked.notified() => last = true,
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
         }
     }
+    flush.done.notify_one();
+}
+
+/// `batch` in export requests of at most `size` spans.
+fn chunks(mut batch: Vec<SpanRecord>, size: usize) -> Vec<Vec<SpanRecord>> {
+    let mut out = Vec::new();
+    while batch.len() > size {
+        let rest = batch.split_off(size);
+        out.push(std::mem::replace(&mut batch, rest));
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
 }
