@@ -33,8 +33,8 @@ pub struct TraceIds {
 /// This hop's place in the trace, as its exported span shows it.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanContext {
-    /// The trace id (a 64-bit B3 id is left-padded with zeros, as OpenTelemetry does).
-    pub trace: [u8; 16],
+    /// The trace id.
+    pub trace: TraceId,
     /// This hop's span id: the parent id the next hop receives.
     pub span: [u8; 8],
     /// The caller's span id, when the request carried one.
@@ -69,6 +69,14 @@ impl TraceId {
             hex,
             len: len as u8,
         }
+    }
+
+    /// The 16 bytes (a 64-bit B3 id is left-padded with zeros, as OpenTelemetry does). Decoded
+    /// only for a span that is exported, off the request path.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut out = [0; 16];
+        unhex_into(&mut out, &self.hex[..usize::from(self.len)]);
+        out
     }
 
     /// The hex digits.
@@ -251,10 +259,8 @@ pub fn propagate(headers: &mut HeaderMap, root_ratio: f64) -> TraceIds {
             (start_trace(headers, span, sampled), None, sampled)
         }
     };
-    let mut trace = [0; 16];
-    unhex_into(&mut trace, trace_id.as_str().as_bytes());
     let span = SpanContext {
-        trace,
+        trace: trace_id,
         span,
         parent,
         sampled,

@@ -144,7 +144,7 @@ impl SpanRecord {
         };
         let name = format!("{} {}", end.direction.as_str(), self.method.as_str());
         Span {
-            trace_id: end.ctx.trace.to_vec(),
+            trace_id: end.ctx.trace.to_bytes().to_vec(),
             span_id: end.ctx.span.to_vec(),
             parent_span_id: end.ctx.parent.map(|p| p.to_vec()).unwrap_or_default(),
             // W3C trace flags: sampled.
