@@ -1,7 +1,7 @@
 //! Handling one HTTP request: trace context, the direction's stack (`inbound::http`,
 //! `outbound::http`), then the response for this hop — upgrades spliced, hop-by-hop fields
-//! dropped, this hop's HTTP version — or the proxy's own explanation of what failed, counted and
-//! logged.
+//! dropped, this hop's HTTP version — or the proxy's own explanation of what failed, counted,
+//! logged, and (when sampled) queued for export as the hop's span (`otlp`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
