@@ -24,10 +24,11 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
     let start = Instant::now();
     let spans = conn.shared.spans.as_deref();
     let ids = trace_context::propagate(req.headers_mut(), spans.map_or(0.0, Spans::ratio));
-    // Only a sampled request pays for its span (a copy of its method, target and authority).
+    // Only a sampled request pays for its span (a copy of its method, target and authority),
+    // boxed so that every request's future stays small (it is moved as a whole).
     let span = spans
         .filter(|_| ids.span.sampled)
-        .map(|s| (s, SpanStart::of(&req)));
+        .map(|s| (s, Box::new(SpanStart::of(&req))));
     let access = conn.shared.config.access_log.then(|| AccessLine::new(&req));
     let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
