@@ -100,7 +100,7 @@ impl SpanStart {
     }
 
     /// The finished span.
-    pub(crate) fn finish(self: Box<Self>, end: End) -> SpanRecord {
+    pub(crate) fn finish(self, end: End) -> SpanRecord {
         let duration = end.started.elapsed();
         SpanRecord {
             start: SystemTime::now() - duration,

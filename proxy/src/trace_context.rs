@@ -73,7 +73,7 @@ impl TraceId {
 
     /// The 16 bytes (a 64-bit B3 id is left-padded with zeros, as OpenTelemetry does). Decoded
     /// only for a span that is exported, off the request path.
-    pub fn to_bytes(&self) -> [u8; 16] {
+    pub fn to_bytes(self) -> [u8; 16] {
         let mut out = [0; 16];
         unhex_into(&mut out, &self.hex[..usize::from(self.len)]);
         out

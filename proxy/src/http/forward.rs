@@ -66,7 +66,7 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         access,
     );
     if let Some((spans, span)) = span {
-        spans.submit(span.finish(End {
+        spans.submit((*span).finish(End {
             direction: conn.direction,
             ctx: ids.span,
             started: start,
