@@ -52,6 +52,8 @@ pub struct Shared {
     pub own_service: String,
     /// The proxy's own listener addresses (forwarding to one would loop).
     own_addrs: Vec<SocketAddr>,
+    /// The span exporter, when `SHOAL_TRACING_OTLP_ENDPOINT` is set.
+    pub(crate) spans: Option<Arc<crate::otlp::Spans>>,
 }
 
 impl Shared {
@@ -157,6 +159,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         identity,
         own_service: format!("{}.{}", config.service_name, config.namespace),
         own_addrs: own_addrs.clone(),
+        spans: crate::otlp::Spans::start(&config),
         store,
         config: config.clone(),
     });
@@ -213,6 +216,9 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
             still_open = trigger.watchers(),
             "shutdown grace period (SHOAL_SHUTDOWN_GRACE) ended with connections still open; closing them"
         );
+    }
+    if let Some(spans) = &shared.spans {
+        spans.final_export().await;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@
 //!    `endpoint` (pooled upstream connections).
 //! 7. `tcp` — opaque forwarding with half-close.
 //!
-//! Cross-cutting: `trace_context`, `metrics`, `errors` (the one place errors become
+//! Cross-cutting: `trace_context`, `otlp` (spans to a collector), `metrics`, `errors` (the one place errors become
 //! responses is `http::respond`), `admin`, `state` (the store discovery feeds), [`config`],
 //! `drain` (graceful shutdown), `discovery` (the control-plane client feeding `state`),
 //! [`init`] (iptables for transparent capture), `identity` (the workload certificate and its
@@ -47,6 +47,7 @@ pub mod init;
 pub(crate) mod io;
 pub mod logging;
 pub(crate) mod metrics;
+pub(crate) mod otlp;
 pub(crate) mod state;
 mod sync;
 pub(crate) mod trace_context;

@@ -45,6 +45,8 @@ pub mod names {
     pub const OUTLIER_EJECTIONS: &str = "shoal_outlier_ejections_total";
     pub const OUTLIER_EJECTED: &str = "shoal_outlier_ejected_endpoints";
     pub const ZONE_FAILOVERS: &str = "shoal_zone_failovers_total";
+    pub const SPANS_EXPORTED: &str = "shoal_tracing_spans_exported_total";
+    pub const SPANS_DROPPED: &str = "shoal_tracing_spans_dropped_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -166,6 +168,14 @@ fn describe() {
         "Requests balanced over every endpoint of a backend because too few endpoints of the proxy's zone were in balancing, by service (the backend) and zone (SHOAL_ZONE)"
     );
     describe_counter!(
+        SPANS_EXPORTED,
+        "Trace spans the OTLP collector accepted (docs/tracing.md)"
+    );
+    describe_counter!(
+        SPANS_DROPPED,
+        "Trace spans dropped, by reason: queue_full (SHOAL_TRACING_MAX_QUEUE reached), export_failed (the collector refused them or did not answer)"
+    );
+    describe_counter!(
         AUTHZ,
         "Inbound authorization decisions, by policy (the protected service), deciding rule (or default) and decision"
     );
@@ -196,6 +206,17 @@ impl Direction {
             Direction::Outbound => "outbound",
         }
     }
+}
+
+/// Spans the collector accepted (docs/tracing.md).
+pub fn spans_exported() -> Counter {
+    counter!(names::SPANS_EXPORTED)
+}
+
+/// Spans dropped: `queue_full` (the export queue was at `SHOAL_TRACING_MAX_QUEUE`) or
+/// `export_failed` (the collector refused them or did not answer).
+pub fn spans_dropped(reason: &'static str) -> Counter {
+    counter!(names::SPANS_DROPPED, "reason" => reason)
 }
 
 /// Counts an error the proxy handled itself.
@@ -279,6 +300,14 @@ impl RequestMetrics {
             Label::new("route", "default"),
             Label::new("tls", tls),
         ])
+    }
+
+    /// The value of the target's label `key` (`service`, `route`, `backend`), if it has one.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|l| l.key() == key)
+            .map(|l| l.value())
     }
 
     fn with_labels(labels: Vec<Label>) -> Arc<Self> {

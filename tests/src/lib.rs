@@ -18,6 +18,8 @@
 //!   byte-exact tests.
 //! - [`wait`]: [`eventually`] and [`assert_eventually!`]: poll a condition until a deadline instead
 //!   of sleeping and hoping.
+//! - [`otlp`]: a real OTLP/gRPC trace receiver ([`otlp::OtlpReceiver`]) recording the spans proxies
+//!   export.
 //! - [`admission`]: AdmissionReviews over HTTPS to the sidecar injector, an RFC 6902 patch applier and
 //!   `kubernetes-validate`.
 //! - [`fake_kube`]: a fake Kubernetes API server (list + watch of Services, Pods, EndpointSlices, Shoal's custom
@@ -42,6 +44,7 @@ pub mod grpc;
 pub mod kube_mesh;
 pub mod metrics_doc;
 pub mod netns;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod prom;

@@ -9,6 +9,7 @@
 mod control_plane;
 mod identity;
 mod parse;
+mod tracing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 pub use parse::ConfigError;
 use parse::{Reader, parse_ports};
+pub use tracing::TracingConfig;
 
 /// Names of every environment variable, in one place.
 pub mod env {
@@ -66,6 +68,13 @@ pub mod env {
     pub const INBOUND_TLS_MODE: &str = "SHOAL_INBOUND_TLS_MODE";
     pub const CONTROL_PLANE_TRUST_ANCHORS_FILE: &str = "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE";
     pub const CONTROL_PLANE_IDENTITY: &str = "SHOAL_CONTROL_PLANE_IDENTITY";
+    pub const TRACING_OTLP_ENDPOINT: &str = "SHOAL_TRACING_OTLP_ENDPOINT";
+    pub const TRACING_SAMPLING_RATIO: &str = "SHOAL_TRACING_SAMPLING_RATIO";
+    pub const TRACING_BATCH_SIZE: &str = "SHOAL_TRACING_BATCH_SIZE";
+    pub const TRACING_FLUSH_INTERVAL: &str = "SHOAL_TRACING_FLUSH_INTERVAL";
+    pub const TRACING_MAX_QUEUE: &str = "SHOAL_TRACING_MAX_QUEUE";
+    pub const TRACING_EXPORT_TIMEOUT: &str = "SHOAL_TRACING_EXPORT_TIMEOUT";
+    pub const TRACING_RESOURCE_ATTRIBUTES: &str = "SHOAL_TRACING_RESOURCE_ATTRIBUTES";
 
     /// Every setting the proxy reads (an unknown `SHOAL_` key in the config file is an error).
     pub const ALL: &[&str] = &[
@@ -110,6 +119,13 @@ pub mod env {
         INBOUND_TLS_MODE,
         CONTROL_PLANE_TRUST_ANCHORS_FILE,
         CONTROL_PLANE_IDENTITY,
+        TRACING_OTLP_ENDPOINT,
+        TRACING_SAMPLING_RATIO,
+        TRACING_BATCH_SIZE,
+        TRACING_FLUSH_INTERVAL,
+        TRACING_MAX_QUEUE,
+        TRACING_EXPORT_TIMEOUT,
+        TRACING_RESOURCE_ATTRIBUTES,
     ];
 }
 
@@ -317,6 +333,8 @@ pub struct Config {
     pub namespace: String,
     /// The workload's service account (`SHOAL_SERVICE_ACCOUNT`).
     pub service_account: String,
+    /// Span export over OTLP; `None` without `SHOAL_TRACING_OTLP_ENDPOINT`.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Serialises a duration in humantime form (for `/config`).
@@ -395,6 +413,7 @@ impl Config {
             inbound_tls_mode: identity::inbound_tls_mode(&r)?,
             namespace: String::new(),
             service_account: String::new(),
+            tracing: tracing::tracing(&r)?,
         };
         let (namespace, service_account) = workload(&r)?;
         config.discovery = discovery(&r, &namespace, &service_account)?;

@@ -109,6 +109,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A fraction from 0 to 1 (`0.25`, or `25%`).
+    pub(super) fn ratio(&self, name: &str, default: f64) -> Result<f64, ConfigError> {
+        let Some(raw) = self.raw(name) else {
+            return Ok(default);
+        };
+        let parsed = match raw.strip_suffix('%') {
+            Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+            None => raw.parse::<f64>(),
+        };
+        match parsed {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+            _ => Err(self.invalid(name, raw, "a ratio from 0 to 1, such as 0.01 (or 1%)")),
+        }
+    }
+
     pub(super) fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
             None => Ok(default),

@@ -309,3 +309,64 @@ fn control_plane_tls_settings_are_validated() {
     .to_string();
     assert!(err.contains("SHOAL_CONTROL_PLANE_IDENTITY"), "{err}");
 }
+
+#[test]
+fn tracing_settings_are_off_by_default_and_validated() {
+    assert!(cfg(&[]).unwrap().tracing.is_none());
+    let t = cfg(&[("SHOAL_TRACING_OTLP_ENDPOINT", "collector:4317")])
+        .unwrap()
+        .tracing
+        .unwrap();
+    assert_eq!(t.endpoint, "http://collector:4317");
+    assert_eq!(t.sampling_ratio, 0.01);
+    assert_eq!((t.batch_size, t.max_queue), (512, 2048));
+    assert_eq!(t.flush_interval, Duration::from_secs(5));
+    assert_eq!(t.export_timeout, Duration::from_secs(10));
+    let t = cfg(&[
+        ("SHOAL_TRACING_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+        ("SHOAL_TRACING_SAMPLING_RATIO", "25%"),
+        ("SHOAL_TRACING_RESOURCE_ATTRIBUTES", "a=1, b = two"),
+    ])
+    .unwrap()
+    .tracing
+    .unwrap();
+    assert_eq!(t.sampling_ratio, 0.25);
+    assert_eq!(
+        t.resource_attributes,
+        [("a".into(), "1".into()), ("b".into(), "two".into())]
+    );
+    for (pairs, expected) in [
+        (
+            &[("SHOAL_TRACING_OTLP_ENDPOINT", "https://collector:4317")][..],
+            "plaintext only",
+        ),
+        (
+            &[("SHOAL_TRACING_OTLP_ENDPOINT", "collector")][..],
+            "HOST:PORT or http://HOST:PORT",
+        ),
+        (
+            &[
+                ("SHOAL_TRACING_OTLP_ENDPOINT", "c:4317"),
+                ("SHOAL_TRACING_SAMPLING_RATIO", "1.5"),
+            ][..],
+            "SHOAL_TRACING_SAMPLING_RATIO",
+        ),
+        (
+            &[
+                ("SHOAL_TRACING_OTLP_ENDPOINT", "c:4317"),
+                ("SHOAL_TRACING_MAX_QUEUE", "10"),
+            ][..],
+            "a full batch must fit",
+        ),
+        (
+            &[
+                ("SHOAL_TRACING_OTLP_ENDPOINT", "c:4317"),
+                ("SHOAL_TRACING_RESOURCE_ATTRIBUTES", "novalue"),
+            ][..],
+            "`novalue` is not one",
+        ),
+    ] {
+        let err = cfg(pairs).unwrap_err().to_string();
+        assert!(err.contains(expected), "{pairs:?}: {err}");
+    }
+}

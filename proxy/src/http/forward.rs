@@ -1,9 +1,10 @@
 //! Handling one HTTP request: trace context, the direction's stack (`inbound::http`,
 //! `outbound::http`), then the response for this hop — upgrades spliced, hop-by-hop fields
-//! dropped, this hop's HTTP version — or the proxy's own explanation of what failed, counted and
-//! logged.
+//! dropped, this hop's HTTP version — or the proxy's own explanation of what failed, counted,
+//! logged, and (when sampled) queued for export as the hop's span (`otlp`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, Version as HttpVersion};
@@ -15,12 +16,19 @@ use super::stack::{Req, Service};
 use super::{Conn, Downstream, respond};
 use crate::errors::{ProxyError, Reason};
 use crate::metrics::{Direction, RequestMetrics};
+use crate::otlp::{End, SpanStart, Spans};
 use crate::trace_context::{self, TraceIds};
 
 /// Handles one request; never fails (every error becomes a response).
 pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<ResponseBody> {
     let start = Instant::now();
-    let ids = trace_context::propagate(req.headers_mut());
+    let spans = conn.shared.spans.as_deref();
+    let ids = trace_context::propagate(req.headers_mut(), spans.map_or(0.0, Spans::ratio));
+    // Only a sampled request pays for its span (a copy of its method, target and authority),
+    // boxed so that every request's future stays small (it is moved as a whole).
+    let span = spans
+        .filter(|_| ids.span.sampled)
+        .map(|s| (s, Box::new(SpanStart::of(&req))));
     let access = conn.shared.config.access_log.then(|| AccessLine::new(&req));
     let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -46,9 +54,9 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
     let result = result.map(|resp| for_this_hop(conn, resp, on_upgrade));
     let metrics = exchange
         .metrics
-        .as_deref()
+        .as_ref()
         .unwrap_or_else(|| unrouted_metrics(conn));
-    finish(
+    let (resp, reason) = finish(
         conn,
         result,
         &ids,
@@ -56,7 +64,21 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         metrics,
         exchange.upstream,
         access,
-    )
+    );
+    if let Some((spans, span)) = span {
+        spans.submit((*span).finish(End {
+            direction: conn.direction,
+            ctx: ids.span,
+            started: start,
+            status: resp.status().as_u16(),
+            reason,
+            client: conn.client,
+            endpoint: exchange.upstream,
+            metrics: metrics.clone(),
+            retried: exchange.retried,
+        }));
+    }
+    resp
 }
 
 /// The upstream's response as this hop sends it: a protocol switch spliced to the client,
@@ -82,7 +104,7 @@ fn for_this_hop(
 
 /// Where a request that no stage counted is counted: one that never reached a destination, an
 /// inbound request, one passing through.
-pub(crate) fn unrouted_metrics(conn: &Conn) -> &RequestMetrics {
+pub(crate) fn unrouted_metrics(conn: &Conn) -> &Arc<RequestMetrics> {
     match conn.direction {
         Direction::Inbound => crate::inbound::http::metrics(conn),
         Direction::Outbound => &conn.shared.passthrough_metrics,
@@ -110,8 +132,9 @@ pub fn reject_too_many_headers(
 /// Answers a request refused before routing with `err` (status, `shoal-proxy-error`), counted and
 /// logged like every proxy error.
 fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Response<ResponseBody> {
-    let ids = trace_context::propagate(req.headers_mut());
-    finish(
+    // Refused before its head was even read whole: no span (a malformed request is not traced).
+    let ids = trace_context::propagate(req.headers_mut(), 0.0);
+    let (resp, _) = finish(
         conn,
         Err(err),
         &ids,
@@ -119,7 +142,8 @@ fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Respon
         unrouted_metrics(conn),
         None,
         None,
-    )
+    );
+    resp
 }
 
 fn finish(
@@ -130,7 +154,7 @@ fn finish(
     metrics: &RequestMetrics,
     upstream: Option<SocketAddr>,
     access: Option<AccessLine>,
-) -> Response<ResponseBody> {
+) -> (Response<ResponseBody>, Option<Reason>) {
     let (resp, reason) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
@@ -146,7 +170,7 @@ fn finish(
     if let Some(line) = access {
         line.log(conn, &resp, ids, upstream, reason, elapsed);
     }
-    resp
+    (resp, reason)
 }
 
 /// What an access-log line needs from the request (captured only when access logs are on).

@@ -93,6 +93,7 @@ impl<'c> Service<Req<'c, Dest>> for Send {
             result,
             metrics: dest.metrics,
             upstream,
+            retried: Vec::new(),
         }
     }
 }

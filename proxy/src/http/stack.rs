@@ -137,6 +137,38 @@ pub(crate) struct Exchange {
     pub(crate) metrics: Option<Arc<RequestMetrics>>,
     /// The endpoint it was sent to, once one was chosen.
     pub(crate) upstream: Option<SocketAddr>,
+    /// The attempts the retry stage gave up on before this one (empty, and unallocated, unless
+    /// the request was retried): the trace span's events.
+    pub(crate) retried: Vec<FailedAttempt>,
+}
+
+/// An attempt that failed and was retried.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailedAttempt {
+    /// When the retry stage saw its outcome.
+    pub(crate) at: Instant,
+    /// The status it got (the proxy's own for an error).
+    pub(crate) status: u16,
+    /// The proxy's error reason, if it failed without a response.
+    pub(crate) reason: Option<crate::errors::Reason>,
+    /// The endpoint it was sent to.
+    pub(crate) endpoint: Option<SocketAddr>,
+}
+
+impl FailedAttempt {
+    /// The outcome of `exchange`, seen now.
+    pub(crate) fn of(exchange: &Exchange) -> Self {
+        let (status, reason) = match &exchange.result {
+            Ok(resp) => (resp.status().as_u16(), None),
+            Err(e) => (e.kind.status().as_u16(), Some(e.kind)),
+        };
+        Self {
+            at: Instant::now(),
+            status,
+            reason,
+            endpoint: exchange.upstream,
+        }
+    }
 }
 
 impl Exchange {
@@ -146,6 +178,7 @@ impl Exchange {
             result: Err(err),
             metrics: None,
             upstream: None,
+            retried: Vec::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::headers::copy_head;
 use crate::http::replay::Replay;
-use crate::http::stack::{Exchange, Req, Service, stage};
+use crate::http::stack::{Exchange, FailedAttempt, Req, Service, stage};
 use crate::retry::{Retry as Policy, RetryOn};
 
 /// Upstream: which attempt a retry is (2 for the first retry); absent on a first attempt, which
@@ -55,7 +55,10 @@ where
             return self.0.call(req).await;
         }
         // Boxed: only rules with a policy pay for the retry loop's state.
-        Box::pin(attempts(&self.0, req, policy)).await
+        let mut retried = Vec::new();
+        let mut exchange = Box::pin(attempts(&self.0, req, policy, &mut retried)).await;
+        exchange.retried = retried;
+        exchange
     }
 }
 
@@ -85,8 +88,14 @@ fn is_grpc(req: &Request<RequestBody>) -> bool {
 }
 
 /// Sends the request until an attempt succeeds, fails in a way the policy does not retry, or a
-/// limit (attempts, budget, deadline, body) stops it; returns the last attempt's exchange.
-async fn attempts<'c, S>(inner: &S, req: Req<'c, Backend>, policy: Arc<Policy>) -> Exchange
+/// limit (attempts, budget, deadline, body) stops it; returns the last attempt's exchange, and
+/// the attempts it retried in `retried`.
+async fn attempts<'c, S>(
+    inner: &S,
+    req: Req<'c, Backend>,
+    policy: Arc<Policy>,
+    retried: &mut Vec<FailedAttempt>,
+) -> Exchange
 where
     S: Service<Req<'c, Backend>> + Sync,
 {
@@ -200,6 +209,7 @@ where
         }
         _retry_slot = Some(slot);
         avoid = exchange.upstream;
+        retried.push(FailedAttempt::of(&exchange));
         // The failed attempt's response is dropped here (its connection with it, if its body was
         // still coming) before the wait.
         drop(exchange);

@@ -179,6 +179,10 @@ fn rule_of(rule: &Value, namespace: &str, grpc: bool) -> Result<RouteRule, Unsup
         backends,
         timeout,
         retry: None,
+        // Gateway API filters are refused above for now (they map one to one, a later change).
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
     })
 }
 

@@ -24,6 +24,7 @@ fn answered(status: u16, headers: &[(&str, &str)]) -> Exchange {
         result: Ok(resp.body(ResponseBody::local("")).unwrap()),
         metrics: None,
         upstream: None,
+        retried: Vec::new(),
     }
 }
 
