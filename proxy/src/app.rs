@@ -52,6 +52,8 @@ pub struct Shared {
     pub own_service: String,
     /// The proxy's own listener addresses (forwarding to one would loop).
     own_addrs: Vec<SocketAddr>,
+    /// Mirror copies in flight (`outbound::http::mirror`), under `SHOAL_MIRROR_MAX_IN_FLIGHT`.
+    pub(crate) mirrors_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -154,6 +156,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         identity,
         own_service: format!("{}.{}", config.service_name, config.namespace),
         own_addrs: own_addrs.clone(),
+        mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
         store,
         config: config.clone(),
     });

@@ -85,6 +85,7 @@ fn service_keys(qualified: &str) -> Vec<Key> {
         ResourceType::Route,
         ResourceType::BackendPolicy,
         ResourceType::FaultInjection,
+        ResourceType::Mirror,
     ]
     .into_iter()
     .map(|t| (t as i32, qualified.to_string()))

@@ -16,6 +16,7 @@ use crate::state::backend_policy::{
     BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
 };
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
+use crate::state::mirror::MirrorSpec;
 use crate::state::spec::{
     self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
     ServiceSpec,
@@ -310,6 +311,21 @@ impl Resources {
                 _ => None,
             })
             .collect();
+        // A mirror waits for its shadow service like a route for its backends: subscribed to,
+        // applied once it arrives (the target's requests flow meanwhile, uncopied).
+        let mut mirrors = Vec::new();
+        for ((_, name), (_, payload)) in &self.map {
+            let Payload::Mirror(m) = payload else {
+                continue;
+            };
+            if !known.contains(&m.mirror_service) {
+                missing.push(m.mirror_service.clone());
+                continue;
+            }
+            if known.contains(name) {
+                mirrors.push(mirror_spec(m));
+            }
+        }
         Ok((
             FileSpec {
                 services,
@@ -318,6 +334,7 @@ impl Resources {
                 backend_policies,
                 faults,
                 rate_limits,
+                mirrors,
             },
             missing,
         ))
@@ -485,7 +502,25 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
             }
             rate_limit_spec(r).resolve("")?;
         }
-        Payload::Mirror(_) | Payload::Address(_) => {}
+        Payload::Mirror(m) => {
+            if m.target_service != key.1 {
+                return Err(format!(
+                    "target_service: `{}` is not the resource's name",
+                    m.target_service
+                ));
+            }
+            if !m.mirror_service.contains('.') {
+                return Err(format!(
+                    "mirror_service: `{}` is not a qualified name (name.namespace)",
+                    m.mirror_service
+                ));
+            }
+            if m.mirror_port > u32::from(u16::MAX) {
+                return Err(format!("mirror_port: {} is not a port", m.mirror_port));
+            }
+            mirror_spec(m).resolve("")?;
+        }
+        Payload::Address(_) => {}
     }
     Ok(payload)
 }
@@ -585,6 +620,18 @@ fn rate_limit_spec(r: &v1::RateLimit) -> RateLimitSpec {
             v1::RateLimitScope::PerClient => Scope::PerClient,
             v1::RateLimitScope::Global | v1::RateLimitScope::Unspecified => Scope::Global,
         },
+    }
+}
+
+/// The state description of a `Mirror` (validated by the state builder).
+fn mirror_spec(m: &v1::Mirror) -> MirrorSpec {
+    MirrorSpec {
+        service: m.target_service.clone(),
+        mirror: m.mirror_service.clone(),
+        // Out of range is refused by `check`; 0 means the request's port.
+        port: u16::try_from(m.mirror_port).ok().filter(|p| *p != 0),
+        percent: m.percent,
+        compare_headers: m.compare_headers.clone(),
     }
 }
 

@@ -8,6 +8,7 @@
 pub(crate) mod backend_policy;
 pub(crate) mod fault;
 pub mod file;
+pub(crate) mod mirror;
 mod model;
 pub(crate) mod spec;
 

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! route       destination (virtual IP or authority) → service → route rule; else passthrough
-//!  └ split    weighted pick of the rule's backend; the exchange counts in its metrics
+//!  └ mirror   a share copied to the service's shadow (its own task, through `shadow_stack`),
+//!    │        the shadow's answer compared with the primary's; the client never waits for it
+//!    └ split    weighted pick of the rule's backend; the exchange counts in its metrics
 //!     └ timeout   the rule's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
 //!      └ fault    the named service's injected delays and aborts (chaos experiments)
 //!        └ retry      the rule's retry policy: budget, backoff, deadline; each attempt re-enters
@@ -18,6 +20,7 @@
 mod backend;
 mod balance;
 mod fault;
+mod mirror;
 mod retry;
 mod route;
 mod split;
@@ -35,7 +38,19 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
         .push(fault::FaultLayer)
         .push(TimeoutLayer)
         .push(split::SplitLayer)
+        .push(mirror::MirrorLayer::new(shadow_stack()))
         .into_inner();
     let passthrough = Stack::new(Send).push(TimeoutLayer).into_inner();
     route::Route::new(known, passthrough)
+}
+
+/// The stack a mirror's copies go through to the shadow: the path of a request to a backend,
+/// without faults and retries (a copy is sent once).
+fn shadow_stack()
+-> impl for<'c> Service<Req<'c, split::Backend>> + std::marker::Send + Sync + 'static {
+    Stack::new(Send)
+        .push(balance::BalanceLayer)
+        .push(backend::BackendLayer)
+        .push(TimeoutLayer)
+        .into_inner()
 }
