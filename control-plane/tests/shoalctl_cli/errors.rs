@@ -21,13 +21,12 @@ fn what_the_proxy_does_not_enforce_is_refused_naming_the_field() {
             "error: route/backend.default (document 3): server rejected the request (INVALID_ARGUMENT): \
              route backend.default: spec.rules[0].backends[1].port: not enforced by shoal-proxy yet; remove it (the proxy calls a \
              backend on the port the request came in on; see docs/shoalctl.md#refused-until-enforced)",
-            "mirror backend.default: kind: Mirror is not enforced by shoal-proxy yet; remove this resource",
             "backend-policy backend.default: spec.limits.max_connections: not enforced by shoal-proxy yet",
             see,
-            "3 of 7 resources were not applied",
+            "2 of 6 resources were not applied",
         ],
     );
-    for kind in ["route", "mirror", "backendpolicy"] {
+    for kind in ["route", "backendpolicy"] {
         expect(
             &shoalctl(&cp.admin, &["get", kind, "backend"], ""),
             1,
