@@ -1214,6 +1214,59 @@ mod tests {
         assert_eq!(u.next.held().len(), 5);
     }
 
+    #[test]
+    fn a_mirror_waits_for_its_shadow_and_a_bad_one_is_nacked_naming_the_field() {
+        let mirror = |headers: &[&str]| {
+            res(
+                ResourceType::Mirror,
+                "web.default",
+                Payload::Mirror(v1::Mirror {
+                    target_service: "web.default".into(),
+                    mirror_service: "web-shadow.default".into(),
+                    mirror_port: 0,
+                    percent: 25.0,
+                    compare_headers: headers.iter().map(|h| h.to_string()).collect(),
+                }),
+            )
+        };
+        let u = update(
+            &Resources::default(),
+            vec![
+                res(ResourceType::Service, "web.default", service("web", 80)),
+                mirror(&["content-type"]),
+            ],
+        );
+        assert_eq!(u.rejected, []);
+        assert_eq!(u.missing, vec!["web-shadow.default".to_string()]);
+        let web = u.state.by_authority("web:80").unwrap().clone();
+        assert!(web.mirror.get().is_none(), "the mirror waits for its shadow");
+
+        let u = update(
+            &u.next,
+            vec![res(
+                ResourceType::Service,
+                "web-shadow.default",
+                service("web-shadow", 80),
+            )],
+        );
+        let web = u.state.by_authority("web:80").unwrap().clone();
+        let applied = web.mirror.get().expect("applied once the shadow arrived");
+        assert_eq!((applied.name.as_str(), applied.port), ("web-shadow.default", 80));
+        assert_eq!(applied.percent, 25.0);
+
+        let u = update(&u.next, vec![mirror(&["Content-Type"])]);
+        assert_eq!(u.rejected.len(), 1, "{:?}", u.rejected);
+        assert!(
+            u.rejected[0]
+                .error
+                .contains("compare_headers[0]: header name \"Content-Type\" must be lower-case"),
+            "{}",
+            u.rejected[0].error
+        );
+        let web = u.state.by_authority("web:80").unwrap().clone();
+        assert!(web.mirror.get().is_some(), "the last good version is kept");
+    }
+
     /// proto/testdata/authority-conflicts.txt: a service claiming an authority the held one has
     /// is rejected, and nothing else is, as the control plane refuses it at `apply`.
     #[test]
