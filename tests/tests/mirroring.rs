@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_tests::backend::text_response;
-use shoal_tests::client::{H1Client, empty, full, request};
+use shoal_tests::client::{H1Client, H2Client, empty, full, request};
 use shoal_tests::control_plane::{ControlPlaneBuilder, MeshClient, service_yaml};
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, eventually};
 
@@ -189,6 +189,17 @@ async fn mismatches_are_counted_by_the_part_that_differed() {
         let resp = client.send(req).await.unwrap();
         assert_eq!(resp.text(), format!("payload {i}"));
     }
+    // HTTP/2 from the client: its request body copied from the h2 stream, its response hashed.
+    let h2 = H2Client::connect(proxy.outbound()).await.unwrap();
+    for i in 0..5 {
+        let req = request("POST", "http://echoed.example/h2", None)
+            .body(full(format!("h2 payload {i}")))
+            .unwrap();
+        assert_eq!(
+            h2.send(req).await.unwrap().text(),
+            format!("h2 payload {i}")
+        );
+    }
     // Over the replay limit (64 KiB): sent to the primary, not mirrored.
     let big = "x".repeat(100 * 1024);
     let req = request("POST", "/big", Some("echoed.example"))
@@ -222,7 +233,7 @@ async fn mismatches_are_counted_by_the_part_that_differed() {
         .wait_metric(
             REQUESTS,
             &[("service", "echoed.default"), ("result", "match")],
-            10.0,
+            15.0,
         )
         .await;
     proxy
@@ -264,11 +275,16 @@ async fn mismatches_are_counted_by_the_part_that_differed() {
         0.0
     );
     // The copies carried the primary's bodies; the large one was never sent.
-    let bodies: Vec<_> = same.requests().iter().map(|r| r.body.clone()).collect();
-    assert_eq!(bodies.len(), 10);
-    for (i, b) in bodies.iter().enumerate() {
-        assert_eq!(b, format!("payload {i}").as_bytes());
-    }
+    let mut bodies: Vec<_> = (same.requests().iter())
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    bodies.sort();
+    let mut expected: Vec<_> = (0..10)
+        .map(|i| format!("payload {i}"))
+        .chain((0..5).map(|i| format!("h2 payload {i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(bodies, expected);
 }
 
 /// A value that differs from one call to the next.

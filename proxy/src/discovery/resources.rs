@@ -1239,7 +1239,10 @@ mod tests {
         assert_eq!(u.rejected, []);
         assert_eq!(u.missing, vec!["web-shadow.default".to_string()]);
         let web = u.state.by_authority("web:80").unwrap().clone();
-        assert!(web.mirror.get().is_none(), "the mirror waits for its shadow");
+        assert!(
+            web.mirror.get().is_none(),
+            "the mirror waits for its shadow"
+        );
 
         let u = update(
             &u.next,
@@ -1251,7 +1254,10 @@ mod tests {
         );
         let web = u.state.by_authority("web:80").unwrap().clone();
         let applied = web.mirror.get().expect("applied once the shadow arrived");
-        assert_eq!((applied.name.as_str(), applied.port), ("web-shadow.default", 80));
+        assert_eq!(
+            (applied.name.as_str(), applied.port),
+            ("web-shadow.default", 80)
+        );
         assert_eq!(applied.percent, 25.0);
 
         let u = update(&u.next, vec![mirror(&["Content-Type"])]);
