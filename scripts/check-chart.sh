@@ -3,7 +3,7 @@
 # examples; `helm lint` and `helm template` for each values variant; every rendered manifest validated with
 # `kubernetes-validate --strict` for Kubernetes 1.28 (the oldest the chart supports) and the newest version
 # kubernetes-validate ships; the dashboard's PromQL parsed by promtool; the combinations the chart refuses
-# are refused. Exit 1 on any failure, including a missing tool. `.ci/run` installs the tools and runs this.
+# are refused; the walkthrough's manifests validated too. Exit 1 on any failure, including a missing tool. `.ci/run` installs the tools and runs this.
 #
 #   scripts/check-chart.sh            # HELM=/path/to/helm to use another helm binary
 set -euo pipefail
@@ -95,6 +95,14 @@ for setting in "${settings[@]}"; do
 done
 echo "   ${#settings[@]} settings known: ${settings[*]}"
 
+echo "-- docs/kubernetes-walkthrough.md's manifests (docs/examples/walkthrough; route.yaml is shoalctl's, tested in tests/tests/walkthrough_examples.rs)"
+walkthrough=(docs/examples/walkthrough/{namespace,web,client}.yaml)
+for version in "$OLDEST" "$NEWEST"; do
+  kubernetes-validate --strict --quiet -k "$version" "${walkthrough[@]}" >"$work/validate.log" 2>&1 && ! grep -q . "$work/validate.log" ||
+    { cat "$work/validate.log"; fail "kubernetes-validate (walkthrough, Kubernetes $version)"; }
+done
+echo "   ${#walkthrough[@]} files valid"
+
 echo "-- combinations the chart refuses"
 refuse() {
   local why=$1
@@ -109,6 +117,7 @@ refuse "needs controlPlane.persistence.enabled=false" --set controlPlane.replica
 refuse "needs ca.existingSecret" --set controlPlane.replicas=3 --set controlPlane.persistence.enabled=false
 refuse "expected Fail or Ignore" --set injector.failurePolicy=Maybe
 refuse "expected helm or cert-manager" --set injector.certificate.source=vault
+refuse "needs controlPlane.kubernetesDiscovery=true" --set injector.enabled=true --set controlPlane.kubernetesDiscovery=false
 
 echo "-- the Grafana dashboard's queries parse (promtool)"
 python3 - "$chart/dashboards/shoal-golden.json" >"$work/rules.yaml" <<'EOF'

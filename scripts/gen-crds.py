@@ -141,6 +141,59 @@ RETRY_ON = enum(
     "per_try_timeout", "grpc_unavailable", "grpc_resource_exhausted",
 )
 
+ROUTE_MATCH = obj(
+    {
+        "path": one_key(
+            {"exact": PATH_LITERAL, "prefix": PATH_LITERAL, "regex": REGEX},
+            "one of exact, prefix or regex",
+        ),
+        "headers": array(HEADER_MATCH),
+        "method": HTTP_TOKEN,
+    },
+    minProperties=1,
+    description="all of its fields must hold; an empty match is refused "
+                "(leave `matches` out to match every request)",
+)
+
+# validate/filter.rs: header names a route may not edit (hop-by-hop, framing, routing, the mesh's own).
+PROTECTED_HEADERS = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+                     "host", "content-length", "proxy-authorization"]
+EDITABLE_HEADER = {
+    **HTTP_TOKEN,
+    "maxLength": 256,
+    "description": "an HTTP header name; not hop-by-hop, host, content-length or shoal-*",
+    "x-kubernetes-validations": [{
+        "rule": "!self.lowerAscii().startsWith('shoal-') && !(self.lowerAscii() in "
+                + json.dumps(PROTECTED_HEADERS).replace('"', "'") + ")",
+        "message": "hop-by-hop, routing and mesh (shoal-*) headers cannot be edited",
+    }],
+}
+HEADER_VALUE = obj(
+    {"name": EDITABLE_HEADER,
+     "value": {"type": "string", "pattern": "^[\\t -~]*$", "description": "visible ASCII, spaces, tabs"}},
+    required=["name", "value"],
+)
+HEADER_MODIFIER = obj(
+    {"set": array(HEADER_VALUE, maxItems=64), "add": array(HEADER_VALUE, maxItems=64),
+     "remove": array(EDITABLE_HEADER, maxItems=64)},
+    minProperties=1,
+    description="remove, then set (replace), then add (append); each header named once, at most 64 edits",
+)
+REDIRECT_PATH = {"type": "string", "pattern": "^/[!-~]*$", "description": "starts with /; no ?, # or whitespace"}
+REQUEST_REDIRECT = obj(
+    {
+        "scheme": enum("http", "https", description="left out: the request's"),
+        "hostname": HOST_NAME,
+        "port": OPTIONAL_PORT,
+        "path": one_key(
+            {"replace_full_path": REDIRECT_PATH, "replace_prefix_match": REDIRECT_PATH},
+            "one of replace_full_path or replace_prefix_match (every match of the rule a path prefix)",
+        ),
+        "status_code": {"type": "integer", "enum": [0, 301, 302, 303, 307, 308], "description": "0 or left out: 302"},
+    },
+    description="answered by the calling proxy; the rule then has no backends, retry or request header edits",
+)
+
 ROUTE = obj(
     {
         "parent_service": SERVICE_REF,
@@ -148,21 +201,7 @@ ROUTE = obj(
             obj(
                 {
                     "name": DNS_LABEL,
-                    "matches": array(
-                        obj(
-                            {
-                                "path": one_key(
-                                    {"exact": PATH_LITERAL, "prefix": PATH_LITERAL, "regex": REGEX},
-                                    "one of exact, prefix or regex",
-                                ),
-                                "headers": array(HEADER_MATCH),
-                                "method": HTTP_TOKEN,
-                            },
-                            minProperties=1,
-                            description="all of its fields must hold; an empty match is refused "
-                                        "(leave `matches` out to match every request)",
-                        )
-                    ),
+                    "matches": array(ROUTE_MATCH),
                     "backends": array(
                         obj(
                             {
@@ -189,6 +228,9 @@ ROUTE = obj(
                             "retry_non_idempotent": {"type": "boolean"},
                         }
                     ),
+                    "request_header_modifier": HEADER_MODIFIER,
+                    "response_header_modifier": HEADER_MODIFIER,
+                    "request_redirect": REQUEST_REDIRECT,
                 }
             ),
             minItems=1,
@@ -283,7 +325,24 @@ RATE_LIMIT = obj(
         "unit": enum("second", "minute", "hour", description="left out: second"),
         "burst": {"type": "integer", "format": "int64", "minimum": 0,
                   "description": "0 or left out: requests_per_unit"},
-        "scope": enum("global", "per_client", description="left out: global"),
+        "scope": enum("global", "per_client", description="left out: global; outbound limits: global only"),
+        "matches": array(ROUTE_MATCH, description="the requests the limit counts; left out: every request"),
+        "overrides": array(
+            obj(
+                {
+                    "identity": SPIFFE_ID,
+                    "requests_per_unit": {"type": "integer", "format": "int64", "minimum": 0,
+                                          "description": "0: this caller is not limited"},
+                    "burst": {"type": "integer", "format": "int64", "minimum": 0,
+                              "description": "0 or left out: requests_per_unit"},
+                },
+                required=["identity"],
+            ),
+            description="callers with a rate of their own (inbound limits only)",
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["identity"]},
+        ),
+        "side": enum("inbound", "outbound",
+                     description="left out: inbound (the service's proxies); outbound: each calling proxy"),
     },
     required=["target_service"],
 )
@@ -301,6 +360,7 @@ FAULT_INJECTION = obj(
              "http_status": {"type": "integer", "minimum": 200, "maximum": 599}},
             required=["http_status"],
         ),
+        "matches": array(ROUTE_MATCH, description="the requests the faults may hit; left out: every request"),
     },
     required=["target_service"],
     # "injects nothing: set `delay`, `abort` or both"

@@ -2,7 +2,7 @@
 //! control plane's tests: both run every case, so what a proxy would reject when a resource is pushed is
 //! refused by the control plane at `apply` (see that file for the format and the verdicts).
 
-use crate::v1::{self, discovery_resource::Payload, header_match, path_match};
+use crate::v1::{self, discovery_resource::Payload, header_match, path_match, path_modifier};
 
 const CASES: &str = include_str!("../testdata/pushed-resource-checks.txt");
 
@@ -118,6 +118,46 @@ fn route(field: &str, value: &str, line: &str) -> Payload {
         "rules" => {
             rules = Some(Vec::new());
             v1::RouteMatch::default()
+        }
+        "request_header.set" => {
+            rule.request_header_modifier = Some(v1::HeaderModifier {
+                set: vec![v1::HeaderValue {
+                    name: value.to_owned(),
+                    value: "1".to_owned(),
+                }],
+                ..Default::default()
+            });
+            path(path_match::Kind::Prefix("/".to_owned()))
+        }
+        "response_header.remove" => {
+            rule.response_header_modifier = Some(v1::HeaderModifier {
+                remove: vec![value.to_owned()],
+                ..Default::default()
+            });
+            path(path_match::Kind::Prefix("/".to_owned()))
+        }
+        redirect if redirect.starts_with("redirect.") => {
+            let mut to = v1::RequestRedirect::default();
+            let modifier = |kind| Some(v1::PathModifier { kind: Some(kind) });
+            match redirect {
+                "redirect.status" => to.status_code = number(value, line) as u32,
+                "redirect.scheme" => to.scheme = value.to_owned(),
+                "redirect.hostname" => to.hostname = value.to_owned(),
+                "redirect.full_path" => {
+                    to.path = modifier(path_modifier::Kind::ReplaceFullPath(value.to_owned()))
+                }
+                "redirect.prefix" => {
+                    to.path = modifier(path_modifier::Kind::ReplacePrefixMatch(value.to_owned()))
+                }
+                // A redirect beside a backend (`value` names it).
+                "redirect.backend" => rule.backends[0].service = value.to_owned(),
+                _ => panic!("{line}: unknown route field {field}"),
+            }
+            if redirect != "redirect.backend" {
+                rule.backends.clear();
+            }
+            rule.request_redirect = Some(to);
+            path(path_match::Kind::Prefix("/".to_owned()))
         }
         _ => panic!("{line}: unknown route field {field}"),
     };

@@ -11,7 +11,8 @@
 //!   `allowWatchBookmarks=true` lets [`FakeKube::bookmark`] send `BOOKMARK`s;
 //! - a watch from a version older than the kept history ([`FakeKube::compact`]) gets one `ERROR` event with
 //!   a `410 Gone` Status and ends, as the real API server answers;
-//! - every request must carry `Authorization: Bearer <token>` (401 otherwise).
+//! - every request must carry `Authorization: Bearer <token>` (401 otherwise);
+//! - TokenReviews are answered by [`crate::fake_kube_tokenreview`] ([`FakeKube::token_reviews`]).
 //!
 //! And what a test needs to provoke: [`FakeKube::drop_watches`] cuts every watch connection without a
 //! final chunk (a broken connection), [`FakeKube::end_watches`] ends them cleanly (a watch timeout),
@@ -33,6 +34,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+use crate::fake_kube_tokenreview::{self as token_review, TokenReviews};
 
 /// The kinds the fake serves: path, `kind`, `apiVersion`.
 const KINDS: [(&str, &str, &str); 3] = [
@@ -83,6 +86,7 @@ pub struct FakeKube {
     lists_open: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     scheme: &'static str,
+    reviews: Arc<TokenReviews>,
 }
 
 impl Drop for FakeKube {
@@ -120,7 +124,9 @@ impl FakeKube {
                 .collect(),
         }));
         let lists_open = watch::channel(true).0;
+        let reviews = Arc::new(TokenReviews::default());
         let server = Server {
+            reviews: reviews.clone(),
             state: state.clone(),
             token: token.to_owned(),
             lists_open: lists_open.subscribe(),
@@ -161,7 +167,13 @@ impl FakeKube {
             lists_open,
             task,
             scheme,
+            reviews,
         }
+    }
+
+    /// The tokens its TokenReview endpoint accepts, and the reviews it answered.
+    pub fn token_reviews(&self) -> &TokenReviews {
+        &self.reviews
     }
 
     /// `http://127.0.0.1:<port>` (`https://` with TLS), for `SHOAL_CP_KUBERNETES_API_URL`.
@@ -344,6 +356,7 @@ fn key_of(object: &Value) -> (String, String) {
 
 #[derive(Clone)]
 struct Server {
+    reviews: Arc<TokenReviews>,
     state: Arc<Mutex<State>>,
     token: String,
     lists_open: watch::Receiver<bool>,
@@ -359,6 +372,10 @@ impl Server {
             != Some(bearer.as_bytes())
         {
             return status(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+        if req.uri().path() == token_review::PATH {
+            let (code, body) = self.reviews.handle(req).await;
+            return json_response(code, &body);
         }
         let path = req.uri().path();
         let Some((path, kind, api_version)) = KINDS.iter().find(|(p, ..)| *p == path).copied()

@@ -34,6 +34,7 @@ pub mod backend;
 pub mod client;
 pub mod control_plane;
 pub mod fake_kube;
+pub mod fake_kube_tokenreview;
 pub mod grpc;
 pub mod metrics_doc;
 pub mod netns;

@@ -1,7 +1,9 @@
 //! Sidecar injection end to end: the real control plane serves the admission webhook over HTTPS with a
 //! certificate from files; real `AdmissionReview`s are POSTed to it, the returned JSONPatch is applied with
 //! the tests' own RFC 6902 code, and the patched pod is validated against Kubernetes 1.28's schemas with
-//! `kubernetes-validate --strict`. `shoalctl inject` runs as the real binary on multi-document input.
+//! `kubernetes-validate --strict`. `shoalctl inject` runs as the real binary on multi-document input. A proxy
+//! started with the injected settings certifies itself with its projected token (TokenReview at the fake API
+//! server).
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shoal_tests::admission::{apply_patch, base64_decode, kubernetes_validate, post, review};
 use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, http_get, shoalctl};
+use shoal_tests::fake_kube::FakeKube;
 use shoal_tests::pki::{TestCa, write_atomically};
 use shoal_tests::process::TempDir;
 use shoal_tests::{eventually, metric_value};
@@ -50,6 +53,11 @@ struct Webhook {
 
 impl Webhook {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with more control-plane settings.
+    async fn start_with(settings: &[(&str, String)]) -> Self {
         let dir = TempDir::new("webhook").unwrap();
         let ca = TestCa::new("webhook-ca");
         let leaf = ca.issue_without_spiffe(SERVICE_DNS);
@@ -62,13 +70,15 @@ impl Webhook {
             "image: registry.example/shoal/shoal-proxy:test\nlog_format: json\n",
         )
         .unwrap();
-        let cp = ControlPlaneBuilder::new()
+        let mut cp = ControlPlaneBuilder::new()
             .env("SHOAL_CP_WEBHOOK_ADDR", "127.0.0.1:0")
             .env("SHOAL_CP_WEBHOOK_CERT_FILE", cert.display())
             .env("SHOAL_CP_WEBHOOK_KEY_FILE", key.display())
-            .env("SHOAL_CP_INJECTOR_CONFIG_FILE", config.display())
-            .start()
-            .await;
+            .env("SHOAL_CP_INJECTOR_CONFIG_FILE", config.display());
+        for (key, value) in settings {
+            cp = cp.env(key, value);
+        }
+        let cp = cp.start().await;
         Self { cp, ca, dir }
     }
 
@@ -192,6 +202,17 @@ async fn the_webhook_injects_a_valid_native_sidecar_and_refuses_bad_annotations(
         anchors
     );
     assert_eq!(patched["spec"]["volumes"][1]["name"], "shoal-trust-anchors");
+    // The proxy's credential: the pod's service-account token, projected for the control plane's audience.
+    assert_eq!(
+        patched["spec"]["volumes"][2],
+        json!({"name": "shoal-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "shoal", "expirationSeconds": 3600, "path": "token"}}]}})
+    );
+    assert_eq!(
+        env(proxy, "SHOAL_IDENTITY_TOKEN_FILE"),
+        "/var/run/shoal/token/token"
+    );
+    assert_eq!(env(proxy, "SHOAL_IDENTITY_TOKEN_KIND"), "kubernetes");
     // kubernetes-validate wants a name, which the API server generates from generateName.
     let mut named = patched.clone();
     named["metadata"]["name"] = json!("web-7d4b9c-x2x9z");
@@ -543,6 +564,8 @@ async fn the_chart_wires_the_webhook_to_the_server_and_its_config_is_what_the_in
             "SHOAL_CP_INJECTOR_CONFIG_FILE",
             "/etc/shoal/injector/injector.yaml",
         ),
+        // The audience the control plane checks is the one the injector requests the token for (below).
+        ("SHOAL_CP_KUBERNETES_AUDIENCES", "shoal"),
     ] {
         assert!(
             cp_env.contains(&expected),
@@ -589,6 +612,13 @@ async fn the_chart_wires_the_webhook_to_the_server_and_its_config_is_what_the_in
     assert_eq!(proxy["securityContext"]["runAsUser"], 2000);
     assert_eq!(proxy["resources"]["limits"]["cpu"], "1");
     assert_eq!(env(proxy, "SHOAL_LOG_FORMAT"), "json");
+    let token = (pod["spec"]["volumes"].as_array().unwrap().iter())
+        .find(|v| v["name"] == "shoal-token")
+        .expect("the projected token volume");
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": "shoal", "expirationSeconds": 3600, "path": "token"})
+    );
     assert_eq!(
         env(init_container(&pod, "shoal-init"), "SHOAL_INIT_PROXY_UID"),
         "2000"
@@ -652,7 +682,21 @@ fn resolved_env(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_injected_sidecar_settings_start_a_proxy_that_verifies_and_reaches_the_control_plane() {
-    let hook = Webhook::start().await;
+    // The control plane in Kubernetes mode, reviewing tokens at the fake API server, which knows the token
+    // the kubelet would project for shop/web with the injected volume's audience.
+    let kube = FakeKube::start("cp-token").await;
+    let cp_dir = TempDir::new("webhook-kube").unwrap();
+    let cp_token = cp_dir.path().join("cp-token");
+    std::fs::write(&cp_token, kube.token()).unwrap();
+    let hook = Webhook::start_with(&[
+        ("SHOAL_CP_KUBERNETES", "true".to_owned()),
+        ("SHOAL_CP_KUBERNETES_API_URL", kube.url()),
+        (
+            "SHOAL_CP_KUBERNETES_TOKEN_FILE",
+            cp_token.display().to_string(),
+        ),
+    ])
+    .await;
     let pod = web_pod(json!({}));
     let mut patched = pod.clone();
     apply_patch(
@@ -666,6 +710,22 @@ async fn the_injected_sidecar_settings_start_a_proxy_that_verifies_and_reaches_t
     let anchors = hook.dir.path().join("anchors.pem");
     let annotation = &patched["metadata"]["annotations"]["shoal.io/trust-anchors"];
     std::fs::write(&anchors, annotation.as_str().unwrap()).unwrap();
+    // What the projected token volume does: a token for the audience it names, as a file.
+    let token_volume = (patched["spec"]["volumes"].as_array().unwrap().iter())
+        .find(|v| v["name"] == "shoal-token")
+        .unwrap();
+    let audience = token_volume["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+        .as_str()
+        .unwrap();
+    kube.token_reviews().register(
+        "projected-web-token",
+        "shop",
+        "web",
+        "web-7d4b9c-x2x9z",
+        &[audience],
+    );
+    let token = hook.dir.path().join("token");
+    std::fs::write(&token, "projected-web-token").unwrap();
     let mut builder = shoal_tests::ProxyBuilder::new()
         .inbound_transparent()
         .outbound_transparent();
@@ -674,27 +734,37 @@ async fn the_injected_sidecar_settings_start_a_proxy_that_verifies_and_reaches_t
             // The Service's DNS name does not resolve here, and listeners bind free loopback ports.
             "SHOAL_DISCOVERY_ADDR" => builder.env(key, hook.cp.discovery_url()),
             "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE" => builder.env(key, anchors.display()),
+            "SHOAL_IDENTITY_TOKEN_FILE" => builder.env(key, token.display()),
             "SHOAL_OUTBOUND_ADDR" | "SHOAL_INBOUND_ADDR" | "SHOAL_ADMIN_ADDR" => builder,
             // Everything else exactly as injected: the control plane's identity, the workload's
             // namespace, service account, proxy id, service name, log settings.
             _ => builder.env(key, value),
         };
     }
-    let _proxy = builder.start().await;
+    // Ready means certified: the injected settings got the workload its service account's identity.
+    let proxy = builder.start().await;
+    assert_eq!(
+        proxy.config().await["identity"]["spiffe_id"],
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
     let id = "web-7d4b9c-x2x9z.shop";
+    // mTLS: the proxy verified the control plane's certificate against the injected anchors and identity, and
+    // presents its workload certificate on the discovery stream.
     let status = eventually(
         Duration::from_secs(15),
-        "the proxy in shoalctl status",
+        "the proxy in shoalctl status over mTLS",
         || async {
-            hook.cp
-                .proxy_status_json(id)
-                .await
-                .ok_or("not connected yet")
+            match hook.cp.proxy_status_json(id).await {
+                Some(s) if s["transport"] == "MTLS" => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
         },
     )
     .await;
-    // TLS: the proxy verified the control plane's certificate against the injected anchors and identity.
-    assert_eq!(status["transport"], "TLS", "{status}");
+    assert_eq!(
+        status["verifiedIdentity"], "spiffe://cluster.local/ns/shop/sa/web",
+        "{status}"
+    );
     assert!(
         status.to_string().contains("shop"),
         "the workload's namespace: {status}"

@@ -59,6 +59,8 @@ resources:
 discovery_addr: "https://{{ include "shoal.name" . }}.{{ .Release.Namespace }}.svc:15010"
 control_plane_identity: "spiffe://{{ .Values.controlPlane.trustDomain }}/ns/{{ .Release.Namespace }}/sa/shoal-control-plane"
 scrape_annotations: {{ $p.scrapeAnnotations }}
+token_audience: {{ .Values.controlPlane.tokenAudience | quote }}
+token_expiration_seconds: {{ $p.tokenExpirationSeconds }}
 {{- end }}
 
 {{/* Refuse combinations that would install something that cannot work, saying why. */}}
@@ -69,6 +71,9 @@ scrape_annotations: {{ $p.scrapeAnnotations }}
 {{- end -}}
 {{- if and (gt (int $cp.replicas) 1) (not .Values.ca.existingSecret) -}}
 {{- fail "controlPlane.replicas > 1 needs ca.existingSecret: each replica has its own store, so with generated roots each would run a different CA and proxies served by one replica would not trust workloads certified by another" -}}
+{{- end -}}
+{{- if and .Values.injector.enabled (not $cp.kubernetesDiscovery) -}}
+{{- fail "injector.enabled needs controlPlane.kubernetesDiscovery=true: injected proxies certify themselves with their projected service-account token, which the control plane verifies with TokenReview only in Kubernetes mode" -}}
 {{- end -}}
 {{- if not (has .Values.injector.failurePolicy (list "Fail" "Ignore")) -}}
 {{- fail (printf "injector.failurePolicy %q: expected Fail or Ignore" .Values.injector.failurePolicy) -}}

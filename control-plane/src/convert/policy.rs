@@ -10,7 +10,8 @@ use super::{
 use crate::model::validate::FieldError;
 use crate::model::{
     AuthorizationAction, AuthorizationPolicy, AuthorizationRule, FaultAbort, FaultDelay,
-    FaultInjection, IdentityMatch, Mirror, RateLimit, RateLimitScope, RateLimitUnit,
+    FaultInjection, IdentityMatch, Mirror, RateLimit, RateLimitOverride, RateLimitScope,
+    RateLimitSide, RateLimitUnit,
 };
 
 qualified_only!(
@@ -110,6 +111,18 @@ pub(super) fn rate_limit(wire: v1::RateLimit, ns: Option<&str>) -> Result<RateLi
             v1::RateLimitScope::Unspecified | v1::RateLimitScope::Global => RateLimitScope::Global,
             v1::RateLimitScope::PerClient => RateLimitScope::PerClient,
         },
+        matches: each(wire.matches, "matches", super::route::route_match)?,
+        overrides: (wire.overrides.into_iter())
+            .map(|o| RateLimitOverride {
+                identity: o.identity,
+                requests_per_unit: o.requests_per_unit,
+                burst: nonzero(o.burst),
+            })
+            .collect(),
+        side: match enumeration(wire.side, "side")? {
+            v1::RateLimitSide::Unspecified | v1::RateLimitSide::Inbound => RateLimitSide::Inbound,
+            v1::RateLimitSide::Outbound => RateLimitSide::Outbound,
+        },
     })
 }
 
@@ -128,6 +141,21 @@ impl From<&RateLimit> for v1::RateLimit {
             scope: match limit.scope {
                 RateLimitScope::Global => v1::RateLimitScope::Global,
                 RateLimitScope::PerClient => v1::RateLimitScope::PerClient,
+            }
+            .into(),
+            matches: (limit.matches.iter())
+                .map(super::route::match_to_wire)
+                .collect(),
+            overrides: (limit.overrides.iter())
+                .map(|o| v1::RateLimitOverride {
+                    identity: o.identity.clone(),
+                    requests_per_unit: o.requests_per_unit,
+                    burst: o.burst.unwrap_or(0),
+                })
+                .collect(),
+            side: match limit.side {
+                RateLimitSide::Inbound => v1::RateLimitSide::Inbound,
+                RateLimitSide::Outbound => v1::RateLimitSide::Outbound,
             }
             .into(),
         }
@@ -156,6 +184,7 @@ pub(super) fn fault_injection(
                 })?,
             }),
         },
+        matches: each(wire.matches, "matches", super::route::route_match)?,
     })
 }
 
@@ -171,6 +200,9 @@ impl From<&FaultInjection> for v1::FaultInjection {
                 percent: a.percent,
                 http_status: a.http_status.into(),
             }),
+            matches: (fault.matches.iter())
+                .map(super::route::match_to_wire)
+                .collect(),
         }
     }
 }

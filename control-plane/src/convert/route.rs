@@ -1,15 +1,15 @@
 //! Wire conversions for routes: rules, matches, weighted backends and retry policies.
 
 use shoal_proto::v1;
-use v1::{header_match, path_match};
+use v1::{header_match, path_match, path_modifier};
 
 use super::{
     by_value, each, enumeration, millis, nonzero, optional_port, service_ref, text, to_millis,
 };
 use crate::model::validate::FieldError;
 use crate::model::{
-    HeaderMatch, PathMatch, RetryOn, RetryPolicy, Route, RouteMatch, RouteRule, ValueMatch,
-    WeightedBackend,
+    HeaderMatch, HeaderModifier, PathMatch, PathModifier, RequestRedirect, RetryOn, RetryPolicy,
+    Route, RouteMatch, RouteRule, ValueMatch, WeightedBackend,
 };
 
 impl TryFrom<v1::Route> for Route {
@@ -46,10 +46,55 @@ fn rule(wire: v1::RouteRule, namespace: Option<&str>) -> Result<RouteRule, Field
             .map(retry)
             .transpose()
             .map_err(|e| e.within("retry"))?,
+        request_headers: wire.request_header_modifier.map(header_modifier),
+        response_headers: wire.response_header_modifier.map(header_modifier),
+        redirect: wire
+            .request_redirect
+            .map(redirect)
+            .transpose()
+            .map_err(|e| e.within("request_redirect"))?,
     })
 }
 
-fn route_match(wire: v1::RouteMatch) -> Result<RouteMatch, FieldError> {
+fn header_modifier(wire: v1::HeaderModifier) -> HeaderModifier {
+    let pairs =
+        |values: Vec<v1::HeaderValue>| values.into_iter().map(|h| (h.name, h.value)).collect();
+    HeaderModifier {
+        set: pairs(wire.set),
+        add: pairs(wire.add),
+        remove: wire.remove,
+    }
+}
+
+fn redirect(wire: v1::RequestRedirect) -> Result<RequestRedirect, FieldError> {
+    let path = match wire.path.map(|p| p.kind) {
+        None => None,
+        Some(None) => {
+            let reason = "set one of replace_full_path or replace_prefix_match";
+            return Err(FieldError::new("path", reason));
+        }
+        Some(Some(path_modifier::Kind::ReplaceFullPath(p))) => {
+            Some(PathModifier::ReplaceFullPath(p))
+        }
+        Some(Some(path_modifier::Kind::ReplacePrefixMatch(p))) => {
+            Some(PathModifier::ReplacePrefixMatch(p))
+        }
+    };
+    Ok(RequestRedirect {
+        scheme: text(wire.scheme),
+        hostname: text(wire.hostname),
+        port: optional_port(wire.port, "port")?,
+        path,
+        status_code: match wire.status_code {
+            0 => None,
+            code => Some(u16::try_from(code).map_err(|_| {
+                FieldError::new("status_code", format!("{code} is not an HTTP status"))
+            })?),
+        },
+    })
+}
+
+pub(super) fn route_match(wire: v1::RouteMatch) -> Result<RouteMatch, FieldError> {
     let path = match wire.path.map(|p| p.kind) {
         None => None,
         Some(None) => return Err(FieldError::new("path", "set one of exact, prefix or regex")),
@@ -150,10 +195,43 @@ fn rule_to_wire(rule: &RouteRule) -> v1::RouteRule {
             .collect(),
         timeout_ms: to_millis(rule.timeout),
         retry: rule.retry.as_ref().map(retry_to_wire),
+        request_header_modifier: rule.request_headers.as_ref().map(header_modifier_to_wire),
+        response_header_modifier: rule.response_headers.as_ref().map(header_modifier_to_wire),
+        request_redirect: rule.redirect.as_ref().map(redirect_to_wire),
     }
 }
 
-fn match_to_wire(entry: &RouteMatch) -> v1::RouteMatch {
+fn header_modifier_to_wire(edits: &HeaderModifier) -> v1::HeaderModifier {
+    let pairs = |values: &[(String, String)]| {
+        (values.iter())
+            .map(|(name, value)| v1::HeaderValue {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    };
+    v1::HeaderModifier {
+        set: pairs(&edits.set),
+        add: pairs(&edits.add),
+        remove: edits.remove.clone(),
+    }
+}
+
+fn redirect_to_wire(redirect: &RequestRedirect) -> v1::RequestRedirect {
+    let kind = redirect.path.as_ref().map(|path| match path {
+        PathModifier::ReplaceFullPath(p) => path_modifier::Kind::ReplaceFullPath(p.clone()),
+        PathModifier::ReplacePrefixMatch(p) => path_modifier::Kind::ReplacePrefixMatch(p.clone()),
+    });
+    v1::RequestRedirect {
+        scheme: redirect.scheme.clone().unwrap_or_default(),
+        hostname: redirect.hostname.clone().unwrap_or_default(),
+        port: redirect.port.unwrap_or(0).into(),
+        path: kind.map(|kind| v1::PathModifier { kind: Some(kind) }),
+        status_code: redirect.status_code.unwrap_or(0).into(),
+    }
+}
+
+pub(super) fn match_to_wire(entry: &RouteMatch) -> v1::RouteMatch {
     let kind = entry.path.as_ref().map(|path| match path {
         PathMatch::Exact(path) => path_match::Kind::Exact(path.clone()),
         PathMatch::Prefix(path) => path_match::Kind::Prefix(path.clone()),

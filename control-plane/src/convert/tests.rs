@@ -49,6 +49,21 @@ fn every_kind_round_trips_through_the_wire() {
 }
 
 #[test]
+fn a_redirect_rule_round_trips_through_the_wire() {
+    let mut route = fixtures::route();
+    route.rules[0].backends.clear();
+    route.rules[0].request_headers = None;
+    route.rules[0].redirect = Some(crate::model::RequestRedirect {
+        scheme: Some("https".into()),
+        hostname: Some("example.com".into()),
+        port: Some(8443),
+        path: Some(crate::model::PathModifier::ReplacePrefixMatch("/v3".into())),
+        status_code: Some(308),
+    });
+    assert_eq!(Route::try_from(v1::Route::from(&route)), Ok(route));
+}
+
+#[test]
 fn discovery_payloads_round_trip() {
     let route = fixtures::route_with_unenforced();
     assert_eq!(Route::try_from(v1::Route::from(&route)), Ok(route));

@@ -71,10 +71,17 @@ impl Identity {
         })
     }
 
-    /// The `Identity` gRPC service, verifying join tokens (Kubernetes tokens are refused until the
-    /// Kubernetes integration passes its verifier to [`CertifyService::new`]).
-    pub fn certify_service(&self) -> CertifyService {
-        CertifyService::new(self.ca.clone(), Arc::new(self.join_tokens.clone()), None)
+    /// The `Identity` gRPC service, verifying join tokens, and Kubernetes tokens with `kubernetes` (the
+    /// TokenReview verifier when `SHOAL_CP_KUBERNETES=true`; without it they are refused, saying so).
+    pub fn certify_service(
+        &self,
+        kubernetes: Option<Arc<dyn credentials::CredentialVerifier>>,
+    ) -> CertifyService {
+        CertifyService::new(
+            self.ca.clone(),
+            Arc::new(self.join_tokens.clone()),
+            kubernetes,
+        )
     }
 }
 

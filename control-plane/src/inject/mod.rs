@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 pub use template::{Amounts, ControlPlaneRef, Ports, Resources, Template};
 
 use annotations::{INJECT, Overrides};
-use sidecar::{ANCHORS_VOLUME, INIT_NAME, Inputs, PROXY_NAME};
+use sidecar::{ANCHORS_VOLUME, INIT_NAME, Inputs, PROXY_NAME, TOKEN_VOLUME};
 
 /// The namespace whose pods are never injected (the cluster's own components).
 pub const KUBE_SYSTEM: &str = "kube-system";
@@ -173,10 +173,13 @@ impl Injector {
             }
             None => ops.push(patch::add("/spec/initContainers", json!([init, proxy]))),
         }
-        let volume = sidecar::anchors_volume();
+        let volumes = [
+            sidecar::anchors_volume(),
+            sidecar::token_volume(&self.template),
+        ];
         match spec.get("volumes").and_then(Value::as_array) {
-            Some(_) => ops.push(patch::add("/spec/volumes/-", volume)),
-            None => ops.push(patch::add("/spec/volumes", json!([volume]))),
+            Some(_) => ops.extend(volumes.map(|v| patch::add("/spec/volumes/-", v))),
+            None => ops.push(patch::add("/spec/volumes", json!(volumes))),
         }
         let mut added = Map::new();
         added.insert(
@@ -267,10 +270,12 @@ fn already_injected(spec: &Map<String, Value>) -> Result<bool, Denied> {
             )));
         }
     }
-    if volumes.contains(&ANCHORS_VOLUME) {
-        return Err(Denied(format!(
-            "the pod has a volume named {ANCHORS_VOLUME}, which the sidecar injector adds: rename it, or opt the pod out with {INJECT}=disabled"
-        )));
+    for name in [ANCHORS_VOLUME, TOKEN_VOLUME] {
+        if volumes.contains(&name) {
+            return Err(Denied(format!(
+                "the pod has a volume named {name}, which the sidecar injector adds: rename it, or opt the pod out with {INJECT}=disabled"
+            )));
+        }
     }
     Ok(false)
 }

@@ -1,4 +1,4 @@
-//! The containers and the volume the injector adds: `shoal-init` (iptables, as root with NET_ADMIN/NET_RAW
+//! The containers and the volumes the injector adds: `shoal-init` (iptables, as root with NET_ADMIN/NET_RAW
 //! only) and `shoal-proxy`, a native sidecar (an init container with `restartPolicy: Always`) whose startup
 //! probe on the admin `/ready` holds back the containers after it until the proxy is ready.
 
@@ -16,6 +16,11 @@ pub const ANCHORS_VOLUME: &str = "shoal-trust-anchors";
 /// Where the proxy finds the trust anchors (`SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE`).
 pub const ANCHORS_DIR: &str = "/var/run/shoal/trust-anchors";
 const ANCHORS_FILE: &str = "anchors.pem";
+/// The projected service-account token volume: the proxy's credential for `Certify`.
+pub const TOKEN_VOLUME: &str = "shoal-token";
+/// Where the proxy finds its token (`SHOAL_IDENTITY_TOKEN_FILE`); the kubelet rewrites it before it expires.
+pub const TOKEN_DIR: &str = "/var/run/shoal/token";
+const TOKEN_FILE: &str = "token";
 
 /// What the sidecar is built from: the template, the pod's annotations, and where the control plane is.
 pub(crate) struct Inputs<'a> {
@@ -92,6 +97,13 @@ pub(crate) fn proxy_container(i: &Inputs<'_>) -> Value {
             format!("{ANCHORS_DIR}/{ANCHORS_FILE}"),
         ),
         var("SHOAL_CONTROL_PLANE_IDENTITY", i.control_plane_identity),
+        // The certificate comes from the control plane's CA (at SHOAL_DISCOVERY_ADDR) for this token, which
+        // it verifies with TokenReview.
+        var(
+            "SHOAL_IDENTITY_TOKEN_FILE",
+            format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+        ),
+        var("SHOAL_IDENTITY_TOKEN_KIND", "kubernetes"),
         field("SHOAL_NAMESPACE", "metadata.namespace"),
         field("SHOAL_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         // Not a proxy setting (so no SHOAL_ prefix): only expanded into SHOAL_PROXY_ID below, since `$(VAR)`
@@ -136,7 +148,10 @@ pub(crate) fn proxy_container(i: &Inputs<'_>) -> Value {
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": ANCHORS_VOLUME, "mountPath": ANCHORS_DIR, "readOnly": true}],
+        "volumeMounts": [
+            {"name": ANCHORS_VOLUME, "mountPath": ANCHORS_DIR, "readOnly": true},
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
+        ],
     })
 }
 
@@ -148,6 +163,18 @@ pub(crate) fn anchors_volume() -> Value {
             "path": ANCHORS_FILE,
             "fieldRef": {"fieldPath": format!("metadata.annotations['{TRUST_ANCHORS}']")},
         }]},
+    })
+}
+
+/// The volume projecting the pod's service-account token for the control plane's audience.
+pub(crate) fn token_volume(t: &Template) -> Value {
+    json!({
+        "name": TOKEN_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": t.token_audience,
+            "expirationSeconds": t.token_expiration_seconds,
+            "path": TOKEN_FILE,
+        }}]},
     })
 }
 

@@ -34,6 +34,12 @@ pub struct Template {
     /// `prometheus.io/scrape`, `/port`, `/path` annotations for the proxy's `/metrics`, added to pods that set
     /// none of their own. Default `true`.
     pub scrape_annotations: bool,
+    /// The audience of the projected service-account token the proxy certifies itself with; must be one of
+    /// the control plane's `SHOAL_CP_KUBERNETES_AUDIENCES`. Default `shoal`.
+    pub token_audience: String,
+    /// How long the kubelet makes that token valid (`expirationSeconds`; it rewrites the file at 80 % of it).
+    /// At least 600 (the Kubernetes minimum). Default 3600.
+    pub token_expiration_seconds: u32,
 }
 
 /// The proxy's listener ports (and `shoal-proxy init`'s matching flags).
@@ -100,6 +106,8 @@ impl Default for Template {
             discovery_addr: None,
             control_plane_identity: None,
             scrape_annotations: true,
+            token_audience: crate::sources::kubernetes::DEFAULT_AUDIENCE.to_owned(),
+            token_expiration_seconds: 3600,
         }
     }
 }
@@ -201,6 +209,19 @@ impl Template {
                     "resources.requests.{name} {request} is more than resources.limits.{name} {limit}"
                 ));
             }
+        }
+        if self.token_audience.is_empty() || self.token_audience.contains(char::is_whitespace) {
+            return Err(format!(
+                "token_audience {:?}: expected an audience such as shoal (one of the control plane's \
+                 SHOAL_CP_KUBERNETES_AUDIENCES)",
+                self.token_audience
+            ));
+        }
+        if self.token_expiration_seconds < 600 {
+            return Err(format!(
+                "token_expiration_seconds {}: expected at least 600 (Kubernetes refuses shorter projected tokens)",
+                self.token_expiration_seconds
+            ));
         }
         if let Some(addr) = &self.discovery_addr {
             check_control_plane_url(addr).map_err(|e| format!("discovery_addr {addr:?}: {e}"))?;

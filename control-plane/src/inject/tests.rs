@@ -124,6 +124,12 @@ fn a_pod_gets_the_init_container_and_the_native_sidecar_before_its_own_init_cont
         ("SHOAL_ADMIN_ADDR", json!("0.0.0.0:15021")),
         ("SHOAL_LOG", json!("info")),
         ("SHOAL_LOG_FORMAT", json!("plain")),
+        // Certified by the control plane's CA with the projected token below (TokenReview).
+        (
+            "SHOAL_IDENTITY_TOKEN_FILE",
+            json!("/var/run/shoal/token/token"),
+        ),
+        ("SHOAL_IDENTITY_TOKEN_KIND", json!("kubernetes")),
     ] {
         assert_eq!(env(proxy, name), Some(&value), "{name}");
     }
@@ -134,7 +140,10 @@ fn a_pod_gets_the_init_container_and_the_native_sidecar_before_its_own_init_cont
     );
     assert_eq!(
         proxy["volumeMounts"],
-        json!([{"name": "shoal-trust-anchors", "mountPath": "/var/run/shoal/trust-anchors", "readOnly": true}])
+        json!([
+            {"name": "shoal-trust-anchors", "mountPath": "/var/run/shoal/trust-anchors", "readOnly": true},
+            {"name": "shoal-token", "mountPath": "/var/run/shoal/token", "readOnly": true},
+        ])
     );
 
     let init = container(&out, "shoal-init");
@@ -165,7 +174,9 @@ fn a_pod_gets_the_init_container_and_the_native_sidecar_before_its_own_init_cont
         json!([{"name": "shoal-trust-anchors", "downwardAPI": {"items": [{
             "path": "anchors.pem",
             "fieldRef": {"fieldPath": "metadata.annotations['shoal.io/trust-anchors']"},
-        }]}}])
+        }]}}, {"name": "shoal-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "shoal", "expirationSeconds": 3600, "path": "token",
+        }}]}}])
     );
     assert_eq!(
         out["metadata"]["annotations"],
@@ -207,6 +218,7 @@ fn missing_lists_and_maps_are_created_whole() {
     let out = injected(&p);
     assert_eq!(out["spec"]["volumes"][0]["name"], "data");
     assert_eq!(out["spec"]["volumes"][1]["name"], "shoal-trust-anchors");
+    assert_eq!(out["spec"]["volumes"][2]["name"], "shoal-token");
 }
 
 #[test]
@@ -431,6 +443,9 @@ fn names_the_injector_needs_are_not_taken_silently() {
     let mut p = pod(json!({}));
     p["spec"]["volumes"] = json!([{"name": "shoal-trust-anchors", "emptyDir": {}}]);
     assert!(denied(&p).contains("volume named shoal-trust-anchors"));
+    let mut p = pod(json!({}));
+    p["spec"]["volumes"] = json!([{"name": "shoal-token", "emptyDir": {}}]);
+    assert!(denied(&p).contains("volume named shoal-token"));
 }
 
 #[test]
@@ -439,7 +454,8 @@ fn the_template_is_checked_and_applied() {
         "image: registry.example/shoal-proxy:1\nimage_pull_policy: Always\nuid: 2000\n\
          ports: {outbound: 16001, inbound: 16006, admin: 16021}\nlog_format: json\n\
          resources: {requests: {cpu: 50m}, limits: {}}\n\
-         discovery_addr: https://cp.mesh.svc:15010\nscrape_annotations: false\n",
+         discovery_addr: https://cp.mesh.svc:15010\nscrape_annotations: false\n\
+         token_audience: mesh\ntoken_expiration_seconds: 7200\n",
     )
     .unwrap();
     let cp = ControlPlaneRef {
@@ -472,6 +488,13 @@ fn the_template_is_checked_and_applied() {
     assert_eq!(
         env(proxy, "SHOAL_OUTBOUND_ADDR"),
         Some(&json!("127.0.0.1:16001"))
+    );
+    let token = (out["spec"]["volumes"].as_array().unwrap().iter())
+        .find(|v| v["name"] == "shoal-token")
+        .unwrap();
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": "mesh", "expirationSeconds": 7200, "path": "token"})
     );
     let init = container(&out, "shoal-init");
     assert_eq!(env(init, "SHOAL_INIT_PROXY_UID"), Some(&json!("2000")));
@@ -508,6 +531,12 @@ fn the_template_is_checked_and_applied() {
         ),
         ("discovery_addr: shoal-control-plane", "discovery_addr"),
         ("control_plane_identity: cp", "control_plane_identity"),
+        ("token_audience: ''", "token_audience"),
+        ("token_audience: 'a b'", "token_audience"),
+        (
+            "token_expiration_seconds: 599",
+            "token_expiration_seconds 599",
+        ),
     ] {
         let error = bad(yaml).err().unwrap_or_else(|| panic!("{yaml} accepted"));
         assert!(error.contains(field), "{yaml}: {error}");

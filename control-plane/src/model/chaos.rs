@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::ServiceRef;
+use super::{RouteMatch, ServiceRef};
 
 /// Deliberate failures injected into requests to a service; delay and abort are drawn independently.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +13,8 @@ pub struct FaultInjection {
     pub delay: Option<FaultDelay>,
     /// Answer a share of requests with an error; `None`: no abort. At least one of the two is set.
     pub abort: Option<FaultAbort>,
+    /// Which requests the faults may hit: any entry matching (a route rule's conditions); empty: every request.
+    pub matches: Vec<RouteMatch>,
 }
 
 /// Delay a share of requests before forwarding them.

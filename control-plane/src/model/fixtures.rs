@@ -66,6 +66,16 @@ pub fn route() -> Route {
         backends: vec![backend("backend-v1", 90), backend("backend-v2", 10)],
         timeout: Some(Duration::from_secs(2)),
         retry: None,
+        request_headers: Some(HeaderModifier {
+            set: vec![("x-route".to_owned(), "canary".to_owned())],
+            add: vec![("x-trace-tag".to_owned(), "v2".to_owned())],
+            remove: vec!["x-debug".to_owned()],
+        }),
+        response_headers: Some(HeaderModifier {
+            remove: vec!["x-internal".to_owned()],
+            ..HeaderModifier::default()
+        }),
+        redirect: None,
     };
     let default = RouteRule {
         name: String::new(),
@@ -73,6 +83,9 @@ pub fn route() -> Route {
         backends: vec![backend("backend-v1", 1)],
         timeout: None,
         retry: None,
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
     };
     Route {
         parent: svc("backend"),
@@ -184,6 +197,16 @@ pub fn every_kind() -> Vec<Resource> {
         unit: RateLimitUnit::Minute,
         burst: Some(20),
         scope: RateLimitScope::PerClient,
+        matches: vec![RouteMatch {
+            path: Some(PathMatch::Prefix("/api".to_owned())),
+            ..RouteMatch::default()
+        }],
+        overrides: vec![RateLimitOverride {
+            identity: "spiffe://cluster.local/ns/shop/sa/batch".to_owned(),
+            requests_per_unit: 1000,
+            burst: None,
+        }],
+        side: RateLimitSide::Inbound,
     };
     let fault = FaultInjection {
         target: svc("backend"),
@@ -195,6 +218,13 @@ pub fn every_kind() -> Vec<Resource> {
             percent: 1.5,
             http_status: 503,
         }),
+        matches: vec![RouteMatch {
+            headers: vec![HeaderMatch {
+                name: "x-chaos".to_owned(),
+                value: ValueMatch::Exact("on".to_owned()),
+            }],
+            ..RouteMatch::default()
+        }],
     };
     let mirror = Mirror {
         target: svc("backend"),

@@ -64,6 +64,33 @@ pub struct RateLimit {
     pub burst: Option<u64>,
     /// Who shares a bucket.
     pub scope: RateLimitScope,
+    /// Which requests the limit counts (a route rule's conditions, any matching); empty: every request.
+    pub matches: Vec<super::RouteMatch>,
+    /// Callers with a rate of their own (inbound limits only).
+    pub overrides: Vec<RateLimitOverride>,
+    /// Which proxies enforce the limit.
+    pub side: RateLimitSide,
+}
+
+/// A caller's own rate under a rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitOverride {
+    /// The caller's SPIFFE id.
+    pub identity: String,
+    /// Its sustained rate per the limit's unit; 0: not limited.
+    pub requests_per_unit: u64,
+    /// Its bucket size; `None` means its `requests_per_unit`.
+    pub burst: Option<u64>,
+}
+
+/// Which proxies enforce a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateLimitSide {
+    /// The service's own proxies (also the wire's unset value).
+    #[default]
+    Inbound,
+    /// Every calling proxy, for its own requests to the service.
+    Outbound,
 }
 
 /// The time unit of a rate limit.

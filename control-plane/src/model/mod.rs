@@ -21,12 +21,12 @@ pub use backend::{
 pub use chaos::{FaultAbort, FaultDelay, FaultInjection, Mirror};
 pub use inbound::{
     AuthorizationAction, AuthorizationPolicy, AuthorizationRule, IdentityMatch, RateLimit,
-    RateLimitScope, RateLimitUnit,
+    RateLimitOverride, RateLimitScope, RateLimitSide, RateLimitUnit,
 };
 pub use names::{DEFAULT_NAMESPACE, ServiceRef, dns_label, host_name, http_token, spiffe_id};
 pub use route::{
-    HeaderMatch, PathMatch, RetryOn, RetryPolicy, Route, RouteMatch, RouteRule, ValueMatch,
-    WeightedBackend,
+    HeaderMatch, HeaderModifier, PathMatch, PathModifier, RequestRedirect, RetryOn, RetryPolicy,
+    Route, RouteMatch, RouteRule, ValueMatch, WeightedBackend,
 };
 pub use service::{
     Endpoint, EndpointRegistration, Endpoints, Protocol, Service, ServicePort, TlsMode,

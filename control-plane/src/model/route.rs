@@ -26,6 +26,47 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     /// Retries; `None` means no retries.
     pub retry: Option<RetryPolicy>,
+    /// Header edits made to matching requests before they are sent; `None`: none.
+    pub request_headers: Option<HeaderModifier>,
+    /// Header edits made to the responses on their way back; `None`: none.
+    pub response_headers: Option<HeaderModifier>,
+    /// Answer matching requests with this redirect instead of forwarding them (the rule has no backends).
+    pub redirect: Option<RequestRedirect>,
+}
+
+/// Edits to a message's headers (Gateway API's `HTTPHeaderFilter`): remove, then set, then add.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderModifier {
+    /// Replace the header's values with this one.
+    pub set: Vec<(String, String)>,
+    /// Append this value.
+    pub add: Vec<(String, String)>,
+    /// Remove every value of the header.
+    pub remove: Vec<String>,
+}
+
+/// A redirect the calling proxy answers (Gateway API's `HTTPRequestRedirectFilter`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestRedirect {
+    /// `http` or `https`; `None` keeps the request's.
+    pub scheme: Option<String>,
+    /// `None` keeps the request's host.
+    pub hostname: Option<String>,
+    /// `None` keeps the request's port (or the scheme's default when `scheme` is set).
+    pub port: Option<u16>,
+    /// `None` keeps the request's path.
+    pub path: Option<PathModifier>,
+    /// 301, 302, 303, 307 or 308; `None` means 302.
+    pub status_code: Option<u16>,
+}
+
+/// How a redirect rewrites the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathModifier {
+    /// Replace the whole path.
+    ReplaceFullPath(String),
+    /// Replace the path prefix the rule matched.
+    ReplacePrefixMatch(String),
 }
 
 /// Conditions on a request; all set conditions must hold, and at least one must be set.

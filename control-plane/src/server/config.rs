@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::identity::spiffe::TrustDomain;
-use crate::sources::kubernetes::{IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE, KubernetesConfig};
+use crate::sources::kubernetes::{
+    DEFAULT_AUDIENCE, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE, KubernetesConfig,
+};
 
 /// Shortest and longest workload certificate lifetimes accepted in [`env::CERT_TTL`].
 pub const CERT_TTL_BOUNDS: (Duration, Duration) = (
@@ -84,6 +86,8 @@ pub mod env {
     pub const KUBERNETES_TOKEN_FILE: &str = "SHOAL_CP_KUBERNETES_TOKEN_FILE";
     /// The API server's CA bundle (PEM); default the pod's service account `ca.crt`. Only for `https://`.
     pub const KUBERNETES_CA_FILE: &str = "SHOAL_CP_KUBERNETES_CA_FILE";
+    /// Audiences a proxy's projected service-account token must be for (comma-separated); default `shoal`.
+    pub const KUBERNETES_AUDIENCES: &str = "SHOAL_CP_KUBERNETES_AUDIENCES";
     /// Set by Kubernetes in every pod: the API server's Service address (not a Shoal setting).
     pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
     /// Set by Kubernetes in every pod: the API server's Service port (not a Shoal setting).
@@ -119,6 +123,7 @@ pub mod env {
         KUBERNETES_API_URL,
         KUBERNETES_TOKEN_FILE,
         KUBERNETES_CA_FILE,
+        KUBERNETES_AUDIENCES,
     ];
 }
 
@@ -489,6 +494,7 @@ fn kubernetes(settings: &Settings) -> Result<Option<KubernetesConfig>, ConfigErr
         env::KUBERNETES_API_URL,
         env::KUBERNETES_TOKEN_FILE,
         env::KUBERNETES_CA_FILE,
+        env::KUBERNETES_AUDIENCES,
     ];
     if !enabled {
         for setting in own {
@@ -563,8 +569,10 @@ fn kubernetes(settings: &Settings) -> Result<Option<KubernetesConfig>, ConfigErr
             });
         }
     };
+    let audiences = audiences(settings)?;
     Ok(Some(KubernetesConfig {
         api_url,
+        audiences,
         token_file: PathBuf::from(
             settings
                 .get(env::KUBERNETES_TOKEN_FILE)
@@ -572,6 +580,28 @@ fn kubernetes(settings: &Settings) -> Result<Option<KubernetesConfig>, ConfigErr
         ),
         ca_file,
     }))
+}
+
+/// `SHOAL_CP_KUBERNETES_AUDIENCES`: the audiences a proxy's token must be for, as the TokenReview asks.
+fn audiences(settings: &Settings) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = settings.get(env::KUBERNETES_AUDIENCES) else {
+        return Ok(vec![DEFAULT_AUDIENCE.to_owned()]);
+    };
+    let audiences: Vec<String> = raw.split(',').map(|a| a.trim().to_owned()).collect();
+    if audiences
+        .iter()
+        .any(|a| a.is_empty() || a.contains(char::is_whitespace))
+    {
+        return Err(ConfigError::Invalid {
+            setting: env::KUBERNETES_AUDIENCES,
+            value: raw.to_owned(),
+            expected:
+                "one or more audiences separated by commas, such as `shoal` (the audience of the \
+                       proxies' projected service-account tokens)"
+                    .to_owned(),
+        });
+    }
+    Ok(audiences)
 }
 
 /// The webhook is on when both files are named; its other settings without them would do nothing, so they
@@ -767,6 +797,7 @@ mod tests {
                 api_url: "https://10.96.0.1:443".to_owned(),
                 token_file: PathBuf::from(IN_CLUSTER_TOKEN_FILE),
                 ca_file: Some(PathBuf::from(IN_CLUSTER_CA_FILE)),
+                audiences: vec!["shoal".to_owned()],
             }
         );
         let v6 = config(&[
@@ -807,6 +838,7 @@ mod tests {
             env::KUBERNETES_API_URL,
             env::KUBERNETES_TOKEN_FILE,
             env::KUBERNETES_CA_FILE,
+            env::KUBERNETES_AUDIENCES,
         ] {
             refused(&[(setting, "x")], setting, "SHOAL_CP_KUBERNETES=true");
         }
@@ -833,6 +865,20 @@ mod tests {
             env::KUBERNETES_CA_FILE,
             "only with an https://",
         );
+        let plain = [
+            (env::KUBERNETES, "true"),
+            (env::KUBERNETES_API_URL, "http://127.0.0.1:8001"),
+        ];
+        let with = |audiences: &'static str| {
+            let mut pairs = plain.to_vec();
+            pairs.push((env::KUBERNETES_AUDIENCES, audiences));
+            pairs
+        };
+        let two = config(&with("shoal, mesh")).unwrap().kubernetes.unwrap();
+        assert_eq!(two.audiences, ["shoal", "mesh"]);
+        for bad in ["shoal,", ",", "sho al"] {
+            refused(&with(bad), env::KUBERNETES_AUDIENCES, "audiences");
+        }
     }
 
     #[test]

@@ -149,7 +149,11 @@ fn discovery(
     if let Some(sources) = sources {
         sources.start(&hub, closing.clone());
     }
-    // ... and so does the Kubernetes source (SHOAL_CP_KUBERNETES=true).
+    // ... and so does the Kubernetes source (SHOAL_CP_KUBERNETES=true), whose client also reviews proxies'
+    // service-account tokens for Certify.
+    let token_verifier = kubernetes.as_ref().map(|k| {
+        Arc::new(k.token_verifier()) as Arc<dyn crate::identity::credentials::CredentialVerifier>
+    });
     if let Some(kubernetes) = kubernetes {
         crate::sources::spawn(Box::new(kubernetes), hub.clone(), closing.clone());
     }
@@ -159,7 +163,7 @@ fn discovery(
         on_close.shutdown();
     });
     let routes = Routes::new(crate::discovery::DiscoveryService::new(hub.clone()).into_server())
-        .add_service(identity.certify_service().into_server());
+        .add_service(identity.certify_service(token_verifier).into_server());
     DiscoveryParts {
         routes,
         status: hub,

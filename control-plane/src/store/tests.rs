@@ -42,6 +42,9 @@ fn route(parent: &str, to: &str) -> Resource {
         backends: vec![backend(to, 1)],
         timeout: None,
         retry: None,
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
     };
     let spec = Spec::Route(Route {
         parent: svc(parent),

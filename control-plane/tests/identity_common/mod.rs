@@ -81,7 +81,7 @@ pub async fn start_in(dir: tempfile::TempDir) -> Mesh {
     let discovery_addr = format!("http://{}", discovery.local_addr().unwrap());
     let server = Server::builder()
         .add_service(DiscoveryService::new(hub.clone()).into_server())
-        .add_service(identity.certify_service().into_server())
+        .add_service(identity.certify_service(None).into_server())
         .serve_with_incoming(TcpIncoming::from(discovery));
     tokio::spawn(server);
 

@@ -85,6 +85,9 @@ fn service_keys(qualified: &str) -> Vec<Key> {
         ResourceType::Route,
         ResourceType::BackendPolicy,
         ResourceType::FaultInjection,
+        // Its outbound limits; its inbound ones are kept by its own proxies (which subscribe to
+        // their own service's), and a caller ignores them.
+        ResourceType::RateLimit,
         ResourceType::Mirror,
     ]
     .into_iter()

@@ -10,12 +10,13 @@ use shoal_proto::v1::{self, ResourceType, discovery_resource::Payload};
 use crate::backend::{Algorithm, BreakerOverride};
 use crate::identity::parse_cert;
 use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
-use crate::inbound::rate_limit::{RateLimitSpec, Scope, Unit};
+use crate::inbound::rate_limit::{OverrideSpec, RateLimitSpec, Scope, Side, Unit};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{
     BackendPolicySpec, BreakerSpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
 };
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
+use crate::state::filter::{HeaderModifierSpec, HeaderValueSpec, PathModifierSpec, RedirectSpec};
 use crate::state::mirror::MirrorSpec;
 use crate::state::spec::{
     self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
@@ -500,7 +501,9 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
                     r.target_service
                 ));
             }
-            rate_limit_spec(r).resolve("")?;
+            let spec = rate_limit_spec(r);
+            spec.matches("")?;
+            spec.resolve("")?;
         }
         Payload::Mirror(m) => {
             if m.target_service != key.1 {
@@ -620,6 +623,18 @@ fn rate_limit_spec(r: &v1::RateLimit) -> RateLimitSpec {
             v1::RateLimitScope::PerClient => Scope::PerClient,
             v1::RateLimitScope::Global | v1::RateLimitScope::Unspecified => Scope::Global,
         },
+        matches: r.matches.iter().map(match_spec).collect(),
+        overrides: (r.overrides.iter())
+            .map(|o| OverrideSpec {
+                identity: o.identity.clone(),
+                requests_per_unit: o.requests_per_unit,
+                burst: (o.burst > 0).then_some(o.burst),
+            })
+            .collect(),
+        side: match v1::RateLimitSide::try_from(r.side).unwrap_or_default() {
+            v1::RateLimitSide::Outbound => Side::Outbound,
+            v1::RateLimitSide::Inbound | v1::RateLimitSide::Unspecified => Side::Inbound,
+        },
     }
 }
 
@@ -647,6 +662,7 @@ fn fault_spec(f: &v1::FaultInjection) -> FaultSpec {
             percent: a.percent,
             http_status: u16::try_from(a.http_status).unwrap_or(0),
         }),
+        matches: f.matches.iter().map(match_spec).collect(),
     }
 }
 
@@ -745,42 +761,83 @@ fn retry_spec(r: &v1::RetryPolicy, at: &str) -> Result<RetrySpec, String> {
     })
 }
 
+/// A wire route match as the state file says it (checked by the state builder).
+fn match_spec(m: &v1::RouteMatch) -> MatchSpec {
+    let mut spec = MatchSpec {
+        path_prefix: None,
+        path_exact: None,
+        path_regex: None,
+        method: (!m.method.is_empty()).then(|| m.method.clone()),
+        headers: HashMap::new(),
+        header_regex: HashMap::new(),
+    };
+    match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(v1::path_match::Kind::Exact(p)) => spec.path_exact = Some(p.clone()),
+        Some(v1::path_match::Kind::Prefix(p)) => spec.path_prefix = Some(p.clone()),
+        Some(v1::path_match::Kind::Regex(p)) => spec.path_regex = Some(p.clone()),
+        None => {}
+    }
+    for h in &m.headers {
+        match &h.value {
+            Some(v1::header_match::Value::Exact(v)) => {
+                spec.headers.insert(h.name.clone(), v.clone())
+            }
+            Some(v1::header_match::Value::Regex(v)) => {
+                spec.header_regex.insert(h.name.clone(), v.clone())
+            }
+            None => spec.header_regex.insert(h.name.clone(), ".*".into()),
+        };
+    }
+    spec
+}
+
+/// A wire header modifier as the state file says it (checked by the state builder).
+fn modifier_spec(m: &v1::HeaderModifier) -> HeaderModifierSpec {
+    let pairs = |values: &[v1::HeaderValue]| {
+        (values.iter())
+            .map(|h| HeaderValueSpec {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    HeaderModifierSpec {
+        set: pairs(&m.set),
+        add: pairs(&m.add),
+        remove: m.remove.clone(),
+    }
+}
+
+/// A wire redirect as the state file says it (0 and empty: unset; checked by the state builder,
+/// which refuses an out-of-range port or status, here made 0).
+fn redirect_spec(r: &v1::RequestRedirect) -> RedirectSpec {
+    RedirectSpec {
+        scheme: (!r.scheme.is_empty()).then(|| r.scheme.clone()),
+        hostname: (!r.hostname.is_empty()).then(|| r.hostname.clone()),
+        port: (r.port != 0).then(|| u16::try_from(r.port).unwrap_or(0)),
+        path: match r.path.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(v1::path_modifier::Kind::ReplaceFullPath(p)) => Some(PathModifierSpec {
+                replace_full_path: Some(p.clone()),
+                replace_prefix_match: None,
+            }),
+            Some(v1::path_modifier::Kind::ReplacePrefixMatch(p)) => Some(PathModifierSpec {
+                replace_full_path: None,
+                replace_prefix_match: Some(p.clone()),
+            }),
+            // A path with neither is refused by the state builder, naming it.
+            None if r.path.is_some() => Some(PathModifierSpec::default()),
+            None => None,
+        },
+        status_code: (r.status_code != 0).then(|| u16::try_from(r.status_code).unwrap_or(0)),
+    }
+}
+
 fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
     let mut rules = Vec::new();
     for rule in &r.rules {
-        let matches = rule
-            .matches
-            .iter()
-            .map(|m| {
-                let mut spec = MatchSpec {
-                    path_prefix: None,
-                    path_exact: None,
-                    path_regex: None,
-                    method: (!m.method.is_empty()).then(|| m.method.clone()),
-                    headers: HashMap::new(),
-                    header_regex: HashMap::new(),
-                };
-                match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
-                    Some(v1::path_match::Kind::Exact(p)) => spec.path_exact = Some(p.clone()),
-                    Some(v1::path_match::Kind::Prefix(p)) => spec.path_prefix = Some(p.clone()),
-                    Some(v1::path_match::Kind::Regex(p)) => spec.path_regex = Some(p.clone()),
-                    None => {}
-                }
-                for h in &m.headers {
-                    match &h.value {
-                        Some(v1::header_match::Value::Exact(v)) => {
-                            spec.headers.insert(h.name.clone(), v.clone())
-                        }
-                        Some(v1::header_match::Value::Regex(v)) => {
-                            spec.header_regex.insert(h.name.clone(), v.clone())
-                        }
-                        None => spec.header_regex.insert(h.name.clone(), ".*".into()),
-                    };
-                }
-                spec
-            })
-            .collect();
-        let backends = if rule.backends.is_empty() {
+        let matches = rule.matches.iter().map(match_spec).collect();
+        // Empty means the parent itself, except for a redirect, which sends nothing.
+        let backends = if rule.backends.is_empty() && rule.request_redirect.is_none() {
             vec![BackendSpec {
                 service: parent.to_string(),
                 weight: 1,
@@ -805,6 +862,9 @@ fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
                 .as_ref()
                 .map(|r| retry_spec(r, &at))
                 .transpose()?,
+            request_header_modifier: rule.request_header_modifier.as_ref().map(modifier_spec),
+            response_header_modifier: rule.response_header_modifier.as_ref().map(modifier_spec),
+            request_redirect: rule.request_redirect.as_ref().map(redirect_spec),
         });
     }
     Ok(RouteSpec {

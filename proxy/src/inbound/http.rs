@@ -77,14 +77,15 @@ where
                 .then(|| state.rate_limits.get(&conn.shared.own_service))
                 .flatten();
             match limiter {
-                None => Ok(()),
-                Some(limiter) => limiter.admit(
+                Some(limiter) if limiter.counts(&req.http) => limiter.admit(
+                    conn.client_id.as_ref().map(|id| id.as_str()),
                     || match &conn.client_id {
                         Some(id) => Cow::Borrowed(id.as_str()),
                         None => Cow::Owned(conn.client.ip().to_string()),
                     },
                     req.start,
                 ),
+                _ => Ok(()),
             }
         };
         match limited {
@@ -97,28 +98,15 @@ where
 /// The answer to a request over its service's rate limit.
 fn rate_limited(req: &Req<'_, ()>, wait: std::time::Duration) -> ProxyError {
     let conn = req.conn;
-    let mut err = ProxyError::new(
-        Reason::RateLimited,
-        format!(
-            "{} is over the rate limit of service {}; retry in {:.3} s (see rate_limits in /config)",
-            conn.client_id
-                .as_ref()
-                .map_or_else(|| conn.client.ip().to_string(), ToString::to_string),
-            conn.shared.own_service,
-            wait.as_secs_f64()
-        ),
+    let message = format!(
+        "{} is over the rate limit of service {}; retry in {:.3} s (see rate_limits in /config)",
+        conn.client_id
+            .as_ref()
+            .map_or_else(|| conn.client.ip().to_string(), ToString::to_string),
+        conn.shared.own_service,
+        wait.as_secs_f64()
     );
-    err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-    let grpc = req
-        .http
-        .headers()
-        .get(::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
-        // RESOURCE_EXHAUSTED: gRPC's status for a quota.
-        err.grpc_status = Some(8);
-    }
-    err
+    super::rate_limit::refusal(message, wait, req.http.headers())
 }
 
 stage! {

@@ -4,6 +4,11 @@
 //! caller without one). A request finding its bucket empty is answered 429 `rate-limited` with
 //! `Retry-After` (a gRPC call gets RESOURCE_EXHAUSTED), never reaching the app.
 //!
+//! A limit may count only some requests (`matches`, a route rule's conditions: per route), and
+//! give some callers a rate of their own (`overrides`, by SPIFFE id: their own bucket). With
+//! `side: outbound` the *calling* proxies keep the bucket, each for its own requests to the
+//! service (`outbound::http::rate_limit`), instead of the service's proxies.
+//!
 //! Each proxy enforces its own buckets, so N instances admit up to N times the limit. The buckets
 //! outlive state snapshots while the limit's settings stay ([`Limiter::inherit`]).
 
@@ -15,6 +20,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::errors::{ProxyError, Reason};
+use crate::state::Match;
+use crate::state::spec::{MatchSpec, build_match};
 use crate::sync::lock;
 
 /// The most per-client buckets kept; beyond it, full (idle) buckets are dropped first.
@@ -46,6 +54,46 @@ pub(crate) struct RateLimitSpec {
     pub(crate) burst: Option<u64>,
     #[serde(default)]
     pub(crate) scope: Scope,
+    /// Which requests count (a route rule's matches); empty: every request.
+    #[serde(default)]
+    pub(crate) matches: Vec<MatchSpec>,
+    /// Callers with a rate of their own (inbound limits only).
+    #[serde(default)]
+    pub(crate) overrides: Vec<OverrideSpec>,
+    #[serde(default)]
+    pub(crate) side: Side,
+}
+
+/// A caller's own rate, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OverrideSpec {
+    /// The caller's SPIFFE id.
+    pub(crate) identity: String,
+    /// Its rate per the limit's unit; 0: not limited.
+    pub(crate) requests_per_unit: u64,
+    /// Its bucket size; default its `requests_per_unit`.
+    #[serde(default)]
+    pub(crate) burst: Option<u64>,
+}
+
+/// Which proxies enforce a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Side {
+    /// The service's own proxies.
+    #[default]
+    Inbound,
+    /// Each calling proxy, for its own requests to the service.
+    Outbound,
+}
+
+/// A caller's own rate, checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Override {
+    pub(crate) identity: String,
+    pub(crate) requests_per_unit: u64,
+    pub(crate) burst: u64,
 }
 
 /// The time unit of a rate.
@@ -76,6 +124,9 @@ pub(crate) struct RateLimit {
     pub(crate) unit: Unit,
     pub(crate) burst: u64,
     pub(crate) scope: Scope,
+    pub(crate) side: Side,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) overrides: Vec<Override>,
 }
 
 impl RateLimitSpec {
@@ -89,6 +140,39 @@ impl RateLimitSpec {
         } else {
             format!("{}.default", self.service)
         };
+        if self.side == Side::Outbound && self.scope == Scope::PerClient {
+            return Err(format!(
+                "{at}.scope: an outbound limit is kept by each caller for its own requests: global only"
+            ));
+        }
+        if self.side == Side::Outbound && !self.overrides.is_empty() {
+            return Err(format!("{at}.overrides: inbound limits only"));
+        }
+        let mut overrides: Vec<Override> = Vec::with_capacity(self.overrides.len());
+        for (i, o) in self.overrides.iter().enumerate() {
+            if crate::tls::SpiffeId::parse(&o.identity).is_err() {
+                return Err(format!(
+                    "{at}.overrides[{i}].identity: `{}` is not a SPIFFE id",
+                    o.identity
+                ));
+            }
+            if overrides.iter().any(|p| p.identity == o.identity) {
+                return Err(format!(
+                    "{at}.overrides[{i}].identity: `{}` has two overrides",
+                    o.identity
+                ));
+            }
+            if o.burst == Some(0) {
+                return Err(format!(
+                    "{at}.overrides[{i}].burst: must be positive when set"
+                ));
+            }
+            overrides.push(Override {
+                identity: o.identity.clone(),
+                requests_per_unit: o.requests_per_unit,
+                burst: o.burst.unwrap_or(o.requests_per_unit),
+            });
+        }
         if self.requests_per_unit == 0 {
             return Ok(None);
         }
@@ -98,8 +182,32 @@ impl RateLimitSpec {
             unit: self.unit,
             burst: self.burst.unwrap_or(self.requests_per_unit),
             scope: self.scope,
+            side: self.side,
+            overrides,
         }))
     }
+
+    /// The limit's compiled `matches`; errors name the field under `at`.
+    pub(crate) fn matches(&self, at: &str) -> Result<Vec<Match>, String> {
+        (self.matches.iter().enumerate())
+            .map(|(i, m)| build_match(m.clone(), &format!("{at}.matches[{i}]")))
+            .collect()
+    }
+}
+
+/// The answer to a request over a limit (either side): 429 `rate-limited` with `Retry-After`, or
+/// RESOURCE_EXHAUSTED for a gRPC call.
+pub(crate) fn refusal(message: String, wait: Duration, headers: &http::HeaderMap) -> ProxyError {
+    let mut err = ProxyError::new(Reason::RateLimited, message);
+    err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // RESOURCE_EXHAUSTED: gRPC's status for a quota.
+        err.grpc_status = Some(8);
+    }
+    err
 }
 
 /// One bucket.
@@ -114,15 +222,19 @@ struct Bucket {
 pub(crate) struct Limiter {
     #[serde(flatten)]
     pub(crate) limit: RateLimit,
+    /// The requests the limit counts; empty: every request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<Match>,
     #[serde(skip)]
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
 }
 
 impl Limiter {
-    /// Full buckets for `limit`.
-    pub(crate) fn new(limit: RateLimit) -> Self {
+    /// Full buckets for `limit`, counting the requests `matches` selects (empty: every request).
+    pub(crate) fn new(limit: RateLimit, matches: Vec<Match>) -> Self {
         Self {
             limit,
+            matches,
             buckets: Arc::default(),
         }
     }
@@ -134,26 +246,43 @@ impl Limiter {
         }
     }
 
-    /// Tokens per second.
-    fn rate(&self) -> f64 {
-        self.limit.requests_per_unit as f64 / self.limit.unit.duration().as_secs_f64()
+    /// Whether the limit counts this request (its `matches`).
+    pub(crate) fn counts<B>(&self, req: &http::Request<B>) -> bool {
+        self.matches.is_empty()
+            || (self.matches.iter())
+                .any(|m| m.matches(req.method(), req.uri().path(), req.headers()))
     }
 
     /// Takes a token for a request from `client` (its identity or address, asked only for a
     /// per-client limit); `Err` with how long until a token is back when the bucket is empty.
     /// A bucket that exists is found without allocating.
+    /// A caller with an override (by its proven `identity`) takes from its own bucket, keyed by
+    /// that identity (which then never keys a per-client bucket of the limit's rate).
     pub(crate) fn admit<'k>(
         &self,
+        identity: Option<&str>,
         client: impl FnOnce() -> Cow<'k, str>,
         now: Instant,
     ) -> Result<(), Duration> {
-        let key = match self.limit.scope {
-            Scope::Global => Cow::Borrowed(""),
-            Scope::PerClient => client(),
+        let own = identity.and_then(|id| self.limit.overrides.iter().find(|o| o.identity == id));
+        let (key, per_unit, burst) = match own {
+            Some(o) if o.requests_per_unit == 0 => return Ok(()),
+            Some(o) => (
+                Cow::Borrowed(o.identity.as_str()),
+                o.requests_per_unit,
+                o.burst,
+            ),
+            None => {
+                let key = match self.limit.scope {
+                    Scope::Global => Cow::Borrowed(""),
+                    Scope::PerClient => client(),
+                };
+                (key, self.limit.requests_per_unit, self.limit.burst)
+            }
         };
         let key = key.as_ref();
-        let capacity = self.limit.burst as f64;
-        let rate = self.rate();
+        let capacity = burst as f64;
+        let rate = per_unit as f64 / self.limit.unit.duration().as_secs_f64();
         let mut buckets = lock(&self.buckets);
         if !buckets.contains_key(key) {
             if buckets.len() >= MAX_CLIENTS {
@@ -193,13 +322,38 @@ mod tests {
     use super::*;
 
     fn limiter(per_second: u64, burst: u64, scope: Scope) -> Limiter {
-        Limiter::new(RateLimit {
-            service: "app.default".into(),
-            requests_per_unit: per_second,
-            unit: Unit::Second,
-            burst,
-            scope,
-        })
+        Limiter::new(
+            RateLimit {
+                service: "app.default".into(),
+                requests_per_unit: per_second,
+                unit: Unit::Second,
+                burst,
+                scope,
+                side: Side::Inbound,
+                overrides: Vec::new(),
+            },
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn an_override_has_its_own_bucket_and_rate() {
+        let mut l = limiter(1, 1, Scope::Global);
+        let batch = "spiffe://cluster.local/ns/shop/sa/batch";
+        l.limit.overrides = vec![Override {
+            identity: batch.into(),
+            requests_per_unit: 3,
+            burst: 3,
+        }];
+        let t0 = Instant::now();
+        let admitted = |id: Option<&str>| {
+            (0..10)
+                .filter(|_| l.admit(id, || "".into(), t0).is_ok())
+                .count()
+        };
+        assert_eq!(admitted(Some(batch)), 3);
+        assert_eq!(admitted(Some("spiffe://cluster.local/ns/shop/sa/web")), 1);
+        assert_eq!(admitted(None), 0, "the global bucket is spent");
     }
 
     #[test]
@@ -207,16 +361,16 @@ mod tests {
         let l = limiter(10, 5, Scope::Global);
         let t0 = Instant::now();
         let admitted = (0..20)
-            .filter(|_| l.admit(|| "a".into(), t0).is_ok())
+            .filter(|_| l.admit(None, || "a".into(), t0).is_ok())
             .count();
         assert_eq!(admitted, 5, "the burst");
-        let wait = l.admit(|| "a".into(), t0).unwrap_err();
+        let wait = l.admit(None, || "a".into(), t0).unwrap_err();
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         // One second later, ten more tokens (capped at the burst of five).
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(
             (0..20)
-                .filter(|_| l.admit(|| "b".into(), t1).is_ok())
+                .filter(|_| l.admit(None, || "b".into(), t1).is_ok())
                 .count(),
             5
         );
@@ -224,7 +378,7 @@ mod tests {
         let t2 = t1 + Duration::from_millis(100);
         assert_eq!(
             (0..20)
-                .filter(|_| l.admit(|| "c".into(), t2).is_ok())
+                .filter(|_| l.admit(None, || "c".into(), t2).is_ok())
                 .count(),
             1
         );
@@ -236,13 +390,13 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(
             (0..5)
-                .filter(|_| l.admit(|| "a".into(), t0).is_ok())
+                .filter(|_| l.admit(None, || "a".into(), t0).is_ok())
                 .count(),
             2
         );
         assert_eq!(
             (0..5)
-                .filter(|_| l.admit(|| "b".into(), t0).is_ok())
+                .filter(|_| l.admit(None, || "b".into(), t0).is_ok())
                 .count(),
             2
         );
@@ -250,20 +404,28 @@ mod tests {
 
     #[test]
     fn per_minute_rates() {
-        let l = Limiter::new(RateLimit {
-            service: "app.default".into(),
-            requests_per_unit: 60,
-            unit: Unit::Minute,
-            burst: 1,
-            scope: Scope::Global,
-        });
+        let l = Limiter::new(
+            RateLimit {
+                service: "app.default".into(),
+                requests_per_unit: 60,
+                unit: Unit::Minute,
+                burst: 1,
+                scope: Scope::Global,
+                side: Side::Inbound,
+                overrides: Vec::new(),
+            },
+            Vec::new(),
+        );
         let t0 = Instant::now();
-        assert!(l.admit(|| "".into(), t0).is_ok());
-        let wait = l.admit(|| "".into(), t0).unwrap_err();
+        assert!(l.admit(None, || "".into(), t0).is_ok());
+        let wait = l.admit(None, || "".into(), t0).unwrap_err();
         assert!(
             wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
-        assert!(l.admit(|| "".into(), t0 + Duration::from_secs(1)).is_ok());
+        assert!(
+            l.admit(None, || "".into(), t0 + Duration::from_secs(1))
+                .is_ok()
+        );
     }
 }

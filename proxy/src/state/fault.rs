@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::humantime_opt;
+use super::model::Match;
+use super::spec::{MatchSpec, build_match, humantime_opt};
 
 /// One service's faults as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,6 +19,9 @@ pub(crate) struct FaultSpec {
     pub(crate) delay: Option<DelaySpec>,
     #[serde(default)]
     pub(crate) abort: Option<AbortSpec>,
+    /// Which requests the faults may hit (a route rule's matches); empty: every request.
+    #[serde(default)]
+    pub(crate) matches: Vec<MatchSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,12 +40,24 @@ pub(crate) struct AbortSpec {
 }
 
 /// A service's faults, checked (what `/config` shows).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Fault {
     /// Share of requests delayed (0–100), and by how long.
     pub(crate) delay: Option<(f64, Duration)>,
     /// Share of requests answered with this status (0–100) instead of being sent.
     pub(crate) abort: Option<(f64, u16)>,
+    /// The requests the faults may hit: any of these matching; empty: every request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) matches: Vec<Match>,
+}
+
+impl Fault {
+    /// Whether the faults may hit this request (its scope); the shares are drawn after.
+    pub(crate) fn scoped_to<B>(&self, req: &http::Request<B>) -> bool {
+        self.matches.is_empty()
+            || (self.matches.iter())
+                .any(|m| m.matches(req.method(), req.uri().path(), req.headers()))
+    }
 }
 
 impl FaultSpec {
@@ -89,6 +105,13 @@ impl FaultSpec {
                 Some((p, a.http_status))
             }
         };
-        Ok(Fault { delay, abort })
+        let matches = (self.matches.iter().enumerate())
+            .map(|(i, m)| build_match(m.clone(), &format!("{at}.matches[{i}]")))
+            .collect::<Result<_, _>>()?;
+        Ok(Fault {
+            delay,
+            abort,
+            matches,
+        })
     }
 }

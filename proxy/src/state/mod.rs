@@ -8,6 +8,7 @@
 pub(crate) mod backend_policy;
 pub(crate) mod fault;
 pub mod file;
+pub(crate) mod filter;
 pub(crate) mod mirror;
 mod model;
 pub(crate) mod spec;
@@ -19,7 +20,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use model::{Endpoint, FastMap, Protocol, RouteRule, Service, State};
-pub(crate) use model::{serialize_duration, serialize_duration_opt};
+pub(crate) use model::{Match, serialize_duration, serialize_duration_opt};
 
 /// Where the current state came from and how its last update went (shown in `/config`).
 #[derive(Debug, Clone, Default, Serialize)]

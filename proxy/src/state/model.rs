@@ -164,7 +164,7 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => {
@@ -243,6 +243,21 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     /// Retries of failed requests, with its budget (`None`: no retries).
     pub(crate) retry: Option<Arc<crate::retry::Retry>>,
+    /// Header edits made to the rule's requests before they are sent.
+    #[serde(
+        rename = "request_header_modifier",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) request_headers: Option<super::filter::HeaderEdits>,
+    /// Header edits made to the responses on their way back (shared with the requests in flight).
+    #[serde(
+        rename = "response_header_modifier",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) response_headers: Option<Arc<super::filter::HeaderEdits>>,
+    /// The redirect the proxy answers the rule's requests with, instead of sending them.
+    #[serde(rename = "request_redirect", skip_serializing_if = "Option::is_none")]
+    pub(crate) redirect: Option<super::filter::Redirect>,
 }
 
 impl RouteRule {
@@ -275,6 +290,9 @@ pub struct State {
     pub authorization: FastMap<String, Arc<crate::inbound::authz::Policy>>,
     /// Inbound rate limits by protected service (`name.namespace`), with their buckets.
     pub(crate) rate_limits: FastMap<String, Arc<crate::inbound::rate_limit::Limiter>>,
+    /// Outbound rate limits by called service (`name.namespace`): this proxy's own buckets for
+    /// its requests to each.
+    pub(crate) outbound_rate_limits: FastMap<String, Arc<crate::inbound::rate_limit::Limiter>>,
     #[serde(skip)]
     by_authority: FastMap<String, Arc<Service>>,
     #[serde(skip)]
@@ -299,6 +317,7 @@ impl State {
             routes,
             authorization: FastMap::default(),
             rate_limits: FastMap::default(),
+            outbound_rate_limits: FastMap::default(),
             by_authority,
             by_addr,
         }
@@ -308,12 +327,19 @@ impl State {
     /// namespace and port), and each route rule's retry budget (same service, route and rule
     /// position). An update that does not touch a service or rule leaves what was learnt alone.
     pub fn inherit_runtime(&mut self, previous: &State) {
-        for (service, limiter) in &mut self.rate_limits {
-            // A limiter just built holds the only reference to itself.
-            if let (Some(new), Some(old)) =
-                (Arc::get_mut(limiter), previous.rate_limits.get(service))
-            {
-                new.inherit(old);
+        let sides = [
+            (&mut self.rate_limits, &previous.rate_limits),
+            (
+                &mut self.outbound_rate_limits,
+                &previous.outbound_rate_limits,
+            ),
+        ];
+        for (limits, before) in sides {
+            for (service, limiter) in limits.iter_mut() {
+                // A limiter just built holds the only reference to itself.
+                if let (Some(new), Some(old)) = (Arc::get_mut(limiter), before.get(service)) {
+                    new.inherit(old);
+                }
             }
         }
         if previous.services.is_empty() {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::backend_policy::BackendPolicySpec;
 use super::fault::{Fault, FaultSpec};
+use super::filter::{HeaderEdits, HeaderModifierSpec, Redirect, RedirectSpec};
 use super::mirror::{Mirror, MirrorSpec};
 use super::model::{
     Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
@@ -18,7 +19,7 @@ use super::model::{
 };
 use crate::backend::{BackendPolicy, BackendRuntime};
 use crate::balance::Balancer;
-use crate::inbound::rate_limit::{Limiter, RateLimitSpec};
+use crate::inbound::rate_limit::{Limiter, RateLimitSpec, Side};
 use crate::metrics::{MirrorMetrics, RequestMetrics};
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
 use crate::tls::{SpiffeId, TlsMode};
@@ -112,12 +113,69 @@ pub(crate) struct RuleSpec {
     pub(crate) name: Option<String>,
     #[serde(default)]
     pub(crate) matches: Vec<MatchSpec>,
+    /// Required unless the rule has a `request_redirect` (then absent).
+    #[serde(default)]
     pub(crate) backends: Vec<BackendSpec>,
     #[serde(default, with = "humantime_opt")]
     pub(crate) timeout: Option<Duration>,
     /// Retries of the rule's failed requests (docs/resilience.md); none when absent.
     #[serde(default)]
     pub(crate) retry: Option<RetrySpec>,
+    /// Header edits made to the rule's requests before they are sent.
+    #[serde(default)]
+    pub(crate) request_header_modifier: Option<HeaderModifierSpec>,
+    /// Header edits made to the responses on their way back.
+    #[serde(default)]
+    pub(crate) response_header_modifier: Option<HeaderModifierSpec>,
+    /// Answer the rule's requests with this redirect instead of sending them.
+    #[serde(default)]
+    pub(crate) request_redirect: Option<RedirectSpec>,
+}
+
+/// A rule's filters, checked.
+pub(crate) struct Filters {
+    request_headers: Option<HeaderEdits>,
+    response_headers: Option<Arc<HeaderEdits>>,
+    redirect: Option<Redirect>,
+}
+
+impl RuleSpec {
+    /// Checks the rule's filters against its compiled `matches`; errors name the field under `at`.
+    fn filters(&self, at: &str, matches: &[Match]) -> Result<Filters, String> {
+        let edits = |spec: &Option<HeaderModifierSpec>, field: &str| {
+            spec.as_ref()
+                .map(|m| m.resolve(&format!("{at}.{field}")))
+                .transpose()
+        };
+        let redirect = match &self.request_redirect {
+            None => None,
+            Some(r) => {
+                let answered = "the proxy answers the redirect itself, so nothing is sent";
+                if !self.backends.is_empty() {
+                    return Err(format!(
+                        "{at}.backends: a rule with a request_redirect has no backends: {answered}"
+                    ));
+                }
+                if self.retry.is_some() {
+                    return Err(format!(
+                        "{at}.retry: a rule with a request_redirect has no retry: {answered}"
+                    ));
+                }
+                if self.request_header_modifier.is_some() {
+                    return Err(format!(
+                        "{at}.request_header_modifier: a rule with a request_redirect has no request header edits: {answered}"
+                    ));
+                }
+                Some(r.resolve(&format!("{at}.request_redirect"), matches)?)
+            }
+        };
+        Ok(Filters {
+            request_headers: edits(&self.request_header_modifier, "request_header_modifier")?,
+            response_headers: edits(&self.response_header_modifier, "response_header_modifier")?
+                .map(Arc::new),
+            redirect,
+        })
+    }
 }
 
 /// A rule's retry policy as written: unset fields take the defaults of `crate::retry`.
@@ -282,7 +340,7 @@ fn regex(pattern: &str, field: &str) -> Result<regex::Regex, String> {
         .map_err(|e| format!("{field}: invalid regular expression `{pattern}`: {e}"))
 }
 
-fn build_match(m: MatchSpec, at: &str) -> Result<Match, String> {
+pub(crate) fn build_match(m: MatchSpec, at: &str) -> Result<Match, String> {
     let paths = [&m.path_prefix, &m.path_exact, &m.path_regex]
         .iter()
         .filter(|p| p.is_some())
@@ -376,7 +434,10 @@ pub(crate) fn check_route(r: &RouteSpec, at: &str) -> Result<Vec<Vec<Match>>, St
                 return Err(format!("{at}.backends[{k}].weight: at most 1000000"));
             }
         }
-        if rule.backends.iter().map(|b| b.weight).sum::<u32>() == 0 {
+        rule.filters(&at, &matches)?;
+        if rule.request_redirect.is_none()
+            && rule.backends.iter().map(|b| b.weight).sum::<u32>() == 0
+        {
             return Err(format!(
                 "{at}.backends: weights sum to 0 (or no backends): nothing could be served"
             ));
@@ -476,7 +537,18 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
             let label = rule.name.as_deref().unwrap_or(&r.name);
             for parent in parents {
                 let mut backends = Vec::new();
-                for (k, b) in rule.backends.iter().enumerate() {
+                let filters = rule.filters(&at, &matches)?;
+                // A redirect rule sends nothing; its answers count under the parent service.
+                let parent_only = [BackendSpec {
+                    service: parent.qualified_name(),
+                    weight: 1,
+                }];
+                let targets = if filters.redirect.is_some() {
+                    &parent_only[..]
+                } else {
+                    &rule.backends[..]
+                };
+                for (k, b) in targets.iter().enumerate() {
                     let entries = lookup(&b.service).ok_or_else(|| {
                         format!(
                             "{at}.backends[{k}].service: unknown service `{}`",
@@ -511,6 +583,9 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                         ))),
                         None => None,
                     },
+                    request_headers: filters.request_headers,
+                    response_headers: filters.response_headers,
+                    redirect: filters.redirect,
                 });
             }
         }
@@ -520,17 +595,22 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     state.authorization = authorization;
     for (i, r) in spec.rate_limits.iter().enumerate() {
         let at = format!("rate_limits[{i}]");
+        let matches = r.matches(&at)?;
         let Some(limit) = r.resolve(&at)? else {
             continue;
         };
         let service = limit.service.clone();
-        if state
-            .rate_limits
-            .insert(service.clone(), Arc::new(Limiter::new(limit)))
+        let side = limit.side;
+        let limits = match side {
+            Side::Inbound => &mut state.rate_limits,
+            Side::Outbound => &mut state.outbound_rate_limits,
+        };
+        if limits
+            .insert(service.clone(), Arc::new(Limiter::new(limit, matches)))
             .is_some()
         {
             return Err(format!(
-                "{at}.service: {service} already has a rate limit (one per service)"
+                "{at}.service: {service} already has a rate limit on the {side:?} side (one per service and side)"
             ));
         }
     }

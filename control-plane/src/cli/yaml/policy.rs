@@ -6,6 +6,7 @@ use v1::resource::Spec as Wire;
 
 use super::SpecYaml;
 use super::common::{is_zero, plain_message, wire_enum};
+use super::route::{Match, match_from_wire, match_to_wire};
 
 wire_enum! {
     /// `default_action` and a rule's `action`.
@@ -20,6 +21,16 @@ wire_enum! {
 wire_enum! {
     /// `scope` of a rate limit; left out: `global`.
     Scope => v1::RateLimitScope { Global, PerClient }
+}
+
+wire_enum! {
+    /// `side` of a rate limit; left out: `inbound`.
+    Side => v1::RateLimitSide { Inbound, Outbound }
+}
+
+plain_message! {
+    /// One of a rate limit's `overrides`: a caller's own rate.
+    Override => v1::RateLimitOverride { identity: String, requests_per_unit: u64, burst: u64 }
 }
 
 /// `kind: AuthorizationPolicy`.
@@ -124,16 +135,30 @@ pub(super) struct RateLimitSpec {
     burst: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<Scope>,
+    /// Which requests the limit counts: a route rule's `matches`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<Match>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    overrides: Vec<Override>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    side: Option<Side>,
 }
 
 impl SpecYaml for RateLimitSpec {
     fn into_wire(self) -> Result<Wire, String> {
+        let mut matches = Vec::with_capacity(self.matches.len());
+        for (m, matched) in self.matches.into_iter().enumerate() {
+            matches.push(match_to_wire(matched, &format!("spec.matches[{m}]"))?);
+        }
         Ok(Wire::RateLimit(v1::RateLimit {
             target_service: self.target_service,
             requests_per_unit: self.requests_per_unit,
             unit: Unit::to_wire(self.unit),
             burst: self.burst,
             scope: Scope::to_wire(self.scope),
+            matches,
+            overrides: self.overrides.into_iter().map(Into::into).collect(),
+            side: Side::to_wire(self.side),
         }))
     }
 
@@ -147,6 +172,9 @@ impl SpecYaml for RateLimitSpec {
             unit: Unit::from_wire(limit.unit),
             burst: limit.burst,
             scope: Scope::from_wire(limit.scope),
+            matches: limit.matches.iter().map(match_from_wire).collect(),
+            overrides: limit.overrides.iter().map(Into::into).collect(),
+            side: Side::from_wire(limit.side),
         })
     }
 }
@@ -170,14 +198,22 @@ pub(super) struct FaultInjectionSpec {
     delay: Option<Delay>,
     #[serde(skip_serializing_if = "Option::is_none")]
     abort: Option<Abort>,
+    /// Which requests the faults may hit: a route rule's `matches`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<Match>,
 }
 
 impl SpecYaml for FaultInjectionSpec {
     fn into_wire(self) -> Result<Wire, String> {
+        let mut matches = Vec::with_capacity(self.matches.len());
+        for (m, matched) in self.matches.into_iter().enumerate() {
+            matches.push(match_to_wire(matched, &format!("spec.matches[{m}]"))?);
+        }
         Ok(Wire::FaultInjection(v1::FaultInjection {
             target_service: self.target_service,
             delay: self.delay.map(Into::into),
             abort: self.abort.map(Into::into),
+            matches,
         }))
     }
 
@@ -189,6 +225,7 @@ impl SpecYaml for FaultInjectionSpec {
             target_service: fault.target_service.clone(),
             delay: fault.delay.as_ref().map(Into::into),
             abort: fault.abort.as_ref().map(Into::into),
+            matches: fault.matches.iter().map(match_from_wire).collect(),
         })
     }
 }

@@ -36,11 +36,59 @@ struct Rule {
     timeout_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry: Option<Retry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_header_modifier: Option<HeaderModifier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_header_modifier: Option<HeaderModifier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_redirect: Option<Redirect>,
+}
+
+/// `request_header_modifier` / `response_header_modifier`: `set` and `add` are lists of `{name, value}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HeaderModifier {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    set: Vec<HeaderValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    add: Vec<HeaderValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    remove: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Match {
+struct HeaderValue {
+    name: String,
+    value: String,
+}
+
+/// `request_redirect`; `path` is one of `replace_full_path`, `replace_prefix_match`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Redirect {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    scheme: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    hostname: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    port: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<PathModifier>,
+    #[serde(skip_serializing_if = "is_zero")]
+    status_code: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PathModifier {
+    ReplaceFullPath(String),
+    ReplacePrefixMatch(String),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct Match {
     /// One of `exact`, `prefix`, `regex`: `path: {prefix: /api}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<PathMatch>,
@@ -121,6 +169,9 @@ impl SpecYaml for RouteSpec {
                 backends: rule.backends.into_iter().map(backend_to_wire).collect(),
                 timeout_ms: rule.timeout_ms,
                 retry: rule.retry.map(retry_to_wire),
+                request_header_modifier: rule.request_header_modifier.map(modifier_to_wire),
+                response_header_modifier: rule.response_header_modifier.map(modifier_to_wire),
+                request_redirect: rule.request_redirect.map(redirect_to_wire),
             });
         }
         Ok(Wire::Route(v1::Route {
@@ -139,6 +190,13 @@ impl SpecYaml for RouteSpec {
             backends: rule.backends.iter().map(backend_from_wire).collect(),
             timeout_ms: rule.timeout_ms,
             retry: rule.retry.as_ref().map(retry_from_wire),
+            request_header_modifier: rule
+                .request_header_modifier
+                .as_ref()
+                .map(modifier_from_wire),
+            response_header_modifier: (rule.response_header_modifier.as_ref())
+                .map(modifier_from_wire),
+            request_redirect: rule.request_redirect.as_ref().map(redirect_from_wire),
         });
         Some(Self {
             parent_service: route.parent_service.clone(),
@@ -147,7 +205,7 @@ impl SpecYaml for RouteSpec {
     }
 }
 
-fn match_to_wire(matched: Match, at: &str) -> Result<v1::RouteMatch, String> {
+pub(super) fn match_to_wire(matched: Match, at: &str) -> Result<v1::RouteMatch, String> {
     use v1::header_match::Value;
     let mut headers = Vec::with_capacity(matched.headers.len());
     for (h, header) in matched.headers.into_iter().enumerate() {
@@ -179,7 +237,7 @@ fn match_to_wire(matched: Match, at: &str) -> Result<v1::RouteMatch, String> {
     })
 }
 
-fn match_from_wire(matched: &v1::RouteMatch) -> Match {
+pub(super) fn match_from_wire(matched: &v1::RouteMatch) -> Match {
     use v1::header_match::Value;
     let path = matched
         .path
@@ -257,5 +315,69 @@ fn retry_from_wire(retry: &v1::RetryPolicy) -> Retry {
         budget_ratio: retry.budget_ratio,
         budget_min_retries_per_second: retry.budget_min_retries_per_second,
         retry_non_idempotent: retry.retry_non_idempotent,
+    }
+}
+
+fn modifier_to_wire(edits: HeaderModifier) -> v1::HeaderModifier {
+    let pairs = |values: Vec<HeaderValue>| {
+        (values.into_iter())
+            .map(|h| v1::HeaderValue {
+                name: h.name,
+                value: h.value,
+            })
+            .collect()
+    };
+    v1::HeaderModifier {
+        set: pairs(edits.set),
+        add: pairs(edits.add),
+        remove: edits.remove,
+    }
+}
+
+fn modifier_from_wire(edits: &v1::HeaderModifier) -> HeaderModifier {
+    let pairs = |values: &[v1::HeaderValue]| {
+        (values.iter())
+            .map(|h| HeaderValue {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    HeaderModifier {
+        set: pairs(&edits.set),
+        add: pairs(&edits.add),
+        remove: edits.remove.clone(),
+    }
+}
+
+fn redirect_to_wire(redirect: Redirect) -> v1::RequestRedirect {
+    use v1::path_modifier::Kind;
+    v1::RequestRedirect {
+        scheme: redirect.scheme,
+        hostname: redirect.hostname,
+        port: redirect.port,
+        path: redirect.path.map(|path| v1::PathModifier {
+            kind: Some(match path {
+                PathModifier::ReplaceFullPath(p) => Kind::ReplaceFullPath(p),
+                PathModifier::ReplacePrefixMatch(p) => Kind::ReplacePrefixMatch(p),
+            }),
+        }),
+        status_code: redirect.status_code,
+    }
+}
+
+fn redirect_from_wire(redirect: &v1::RequestRedirect) -> Redirect {
+    use v1::path_modifier::Kind;
+    Redirect {
+        scheme: redirect.scheme.clone(),
+        hostname: redirect.hostname.clone(),
+        port: redirect.port,
+        path: (redirect.path.as_ref())
+            .and_then(|p| p.kind.clone())
+            .map(|kind| match kind {
+                Kind::ReplaceFullPath(p) => PathModifier::ReplaceFullPath(p),
+                Kind::ReplacePrefixMatch(p) => PathModifier::ReplacePrefixMatch(p),
+            }),
+        status_code: redirect.status_code,
     }
 }

@@ -26,6 +26,12 @@ spec:
     - {service: backend}
     timeout_ms: 2000
     retry: {attempts: 3, retry_on: [connect_failure, gateway_error]}
+    request_header_modifier:
+      set: [{name: x-route, value: canary}]
+      remove: [x-debug]
+    response_header_modifier: {add: [{name: x-served-by, value: mesh}]}
+  - matches: [{path: {prefix: /old}}]
+    request_redirect: {scheme: https, path: {replace_prefix_match: /new}, status_code: 301}
 ---
 ---
 kind: BackendPolicy
@@ -54,6 +60,19 @@ fn reads_every_document_and_skips_empty_ones() {
         Some(v1::header_match::Value::Exact("1".into()))
     );
     assert_eq!(parsed[2].index, 3);
+    let redirect = spec.rules[1].request_redirect.as_ref().expect("a redirect");
+    assert_eq!(
+        (redirect.scheme.as_str(), redirect.status_code),
+        ("https", 301)
+    );
+    let edits = rule
+        .request_header_modifier
+        .as_ref()
+        .expect("request edits");
+    assert_eq!(
+        (edits.set[0].value.as_str(), edits.remove.len()),
+        ("canary", 1)
+    );
 }
 
 #[test]

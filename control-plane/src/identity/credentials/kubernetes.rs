@@ -62,9 +62,16 @@ impl CredentialVerifier for KubernetesTokens {
             } else {
                 &result.error
             };
-            // The API server says "expired" in its error for expired tokens; keep that distinction.
+            // The API server says "expired" in its error for expired tokens, and names the audiences for a
+            // token requested for others (a pod's default token, not the projected one): keep both apart.
             return Err(if why.contains("expired") {
                 Refusal::Expired(format!("Kubernetes service-account token rejected: {why}"))
+            } else if why.contains("audience") {
+                Refusal::Malformed(format!(
+                    "Kubernetes service-account token rejected: it is not for the audience {:?} \
+                     (SHOAL_CP_KUBERNETES_AUDIENCES; the proxy must use a projected token requested for it): {why}",
+                    self.audiences
+                ))
             } else {
                 Refusal::Unknown(format!("Kubernetes service-account token rejected: {why}"))
             });
@@ -161,6 +168,22 @@ mod tests {
         };
         let refused = verifier(Ok(expired)).verify("jwt", &web).await.unwrap_err();
         assert_eq!(refused.reason(), "expired_credential");
+        let not_ours = TokenReviewResult {
+            authenticated: false,
+            error: "[invalid bearer token, token audiences [\"api\"] is invalid for the target audiences [\"shoal\"]]".into(),
+            ..ok("").unwrap()
+        };
+        let refused = verifier(Ok(not_ours))
+            .verify("jwt", &web)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason(), "invalid_credential");
+        assert!(
+            refused
+                .to_string()
+                .contains("SHOAL_CP_KUBERNETES_AUDIENCES"),
+            "{refused}"
+        );
         let down = verifier(Err("connection refused".into()))
             .verify("jwt", &web)
             .await

@@ -19,6 +19,9 @@
 mod authority;
 #[cfg(test)]
 mod authority_tests;
+mod filter;
+#[cfg(test)]
+mod filter_tests;
 mod policy;
 #[cfg(test)]
 mod policy_tests;

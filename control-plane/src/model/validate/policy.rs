@@ -4,7 +4,7 @@ use super::Checker;
 use crate::model::{AuthorizationPolicy, AuthorizationRule};
 use crate::model::{
     BackendPolicy, FaultInjection, HashKey, IdentityMatch, LoadBalancingAlgorithm, Mirror,
-    RateLimit, dns_label, host_name, http_token, spiffe_id,
+    RateLimit, RateLimitScope, RateLimitSide, dns_label, host_name, http_token, spiffe_id,
 };
 
 /// Most rules in one authorization policy; proxies evaluate them on every request.
@@ -143,6 +143,32 @@ impl Checker<'_> {
         if limit.burst == Some(0) {
             self.error("spec.burst", "must be positive when set");
         }
+        for (i, entry) in limit.matches.iter().enumerate() {
+            self.route_match(&format!("spec.matches[{i}]"), entry);
+        }
+        let outbound = limit.side == RateLimitSide::Outbound;
+        if outbound && limit.scope == RateLimitScope::PerClient {
+            let reason = "an outbound limit is kept by each calling proxy for its own requests: the caller is always the same; use `global`";
+            self.error("spec.scope", reason);
+        }
+        if outbound && !limit.overrides.is_empty() {
+            let reason = "overrides give callers their own rate at the service's proxies: inbound limits only";
+            self.error("spec.overrides", reason);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, o) in limit.overrides.iter().enumerate() {
+            let field = format!("spec.overrides[{i}]");
+            if let Err(reason) = spiffe_id(&o.identity) {
+                let id = &o.identity;
+                self.error(format!("{field}.identity"), format!("{id:?} {reason}"));
+            } else if !seen.insert(o.identity.as_str()) {
+                let reason = format!("{:?} has two overrides", o.identity);
+                self.error(format!("{field}.identity"), reason);
+            }
+            if o.burst == Some(0) {
+                self.error(format!("{field}.burst"), "must be positive when set");
+            }
+        }
     }
 
     pub(super) fn fault_injection(&mut self, fault: &FaultInjection) {
@@ -159,6 +185,9 @@ impl Checker<'_> {
                 let reason = format!("{} is not an HTTP status in 200–599", abort.http_status);
                 self.error("spec.abort.http_status", reason);
             }
+        }
+        for (i, entry) in fault.matches.iter().enumerate() {
+            self.route_match(&format!("spec.matches[{i}]"), entry);
         }
     }
 

@@ -145,8 +145,43 @@ fn inbound_policy_errors_name_their_field() {
         unit: RateLimitUnit::Second,
         burst: Some(0),
         scope: RateLimitScope::Global,
+        matches: Vec::new(),
+        overrides: Vec::new(),
+        side: RateLimitSide::Inbound,
     };
-    assert_structure_rejects(Spec::RateLimit(limit), "spec.burst", "must be positive");
+    assert_structure_rejects(
+        Spec::RateLimit(limit.clone()),
+        "spec.burst",
+        "must be positive",
+    );
+    let scoped = RateLimit {
+        matches: vec![RouteMatch::default()],
+        overrides: vec![
+            RateLimitOverride {
+                identity: "spiffe://cluster.local/ns/shop/sa/batch".into(),
+                requests_per_unit: 5,
+                burst: Some(0),
+            },
+            RateLimitOverride {
+                identity: "batch".into(),
+                requests_per_unit: 5,
+                burst: None,
+            },
+        ],
+        ..limit.clone()
+    };
+    let spec = Spec::RateLimit(scoped.clone());
+    assert_rejects(spec.clone(), "spec.matches[0]", "empty match");
+    assert_rejects(spec.clone(), "spec.overrides[0].burst", "must be positive");
+    assert_rejects(spec, "spec.overrides[1].identity", "spiffe://");
+    let outbound = RateLimit {
+        side: RateLimitSide::Outbound,
+        scope: RateLimitScope::PerClient,
+        ..scoped
+    };
+    let spec = Spec::RateLimit(outbound);
+    assert_rejects(spec.clone(), "spec.scope", "calling proxy");
+    assert_rejects(spec, "spec.overrides", "inbound limits only");
 }
 
 #[test]

@@ -72,9 +72,10 @@ impl Checker<'_> {
         if let Some(retry) = &rule.retry {
             self.retry(&format!("{field}.retry"), retry, rule.timeout);
         }
+        self.filters(field, rule);
     }
 
-    fn route_match(&mut self, field: &str, entry: &RouteMatch) {
+    pub(super) fn route_match(&mut self, field: &str, entry: &RouteMatch) {
         if entry.is_empty() {
             let reason =
                 "empty match (no path, headers or method); omit `matches` to match every request";

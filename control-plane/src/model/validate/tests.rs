@@ -244,6 +244,7 @@ pub(super) fn fault() -> FaultInjection {
             duration: Duration::from_millis(100),
         }),
         abort: None,
+        matches: Vec::new(),
     }
 }
 

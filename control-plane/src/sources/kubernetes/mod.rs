@@ -4,6 +4,7 @@
 //! - [`translate`]: the mapping of each object to Shoal's model, pure.
 //! - [`cluster`]: the watched objects and the indexes from an event to the Services it touches; relists are
 //!   collected on the side and applied as a difference.
+//! - [`token_review`]: the TokenReview client that verifies proxies' service-account tokens for `Certify`.
 //! - this module: the API client (in-cluster service account by default), the three watchers and the loop
 //!   that publishes what changed.
 //!
@@ -12,7 +13,10 @@
 //! `410 Gone` relists. Failures are retried with backoff (0.8 s doubling to 30 s, jittered).
 
 mod cluster;
+mod token_review;
 mod translate;
+
+pub use token_review::KubeTokenReview;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,10 @@ pub const IN_CLUSTER_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/servicea
 /// The in-cluster API server's CA bundle, the default of `SHOAL_CP_KUBERNETES_CA_FILE`.
 pub const IN_CLUSTER_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
+/// The audience proxies' projected tokens are requested for and checked against, the default of
+/// `SHOAL_CP_KUBERNETES_AUDIENCES` (and of the injector's `token_audience`).
+pub const DEFAULT_AUDIENCE: &str = "shoal";
+
 /// How to reach the API server (the `SHOAL_CP_KUBERNETES_*` settings, checked by `server::config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {
@@ -47,6 +55,8 @@ pub struct KubernetesConfig {
     pub token_file: PathBuf,
     /// CA bundle (PEM) the API server's certificate must chain to; `None` for an `http://` URL.
     pub ca_file: Option<PathBuf>,
+    /// Audiences a proxy's service-account token must be for (TokenReview `spec.audiences`).
+    pub audiences: Vec<String>,
 }
 
 /// The API server cannot be used as configured; the message names the setting.
@@ -58,6 +68,7 @@ pub struct KubernetesError(String);
 pub struct KubernetesSource {
     client: Client,
     trust_domain: TrustDomain,
+    audiences: Vec<String>,
 }
 
 impl std::fmt::Debug for KubernetesSource {
@@ -122,7 +133,17 @@ impl KubernetesSource {
         Ok(Self {
             client,
             trust_domain,
+            audiences: config.audiences.clone(),
         })
+    }
+
+    /// The verifier of proxies' projected service-account tokens: TokenReview through this source's client,
+    /// for the configured audiences (`SHOAL_CP_KUBERNETES_AUDIENCES`).
+    pub fn token_verifier(&self) -> crate::identity::credentials::KubernetesTokens {
+        crate::identity::credentials::KubernetesTokens::new(
+            std::sync::Arc::new(KubeTokenReview::new(self.client.clone())),
+            self.audiences.clone(),
+        )
     }
 }
 
@@ -283,6 +304,7 @@ impl EndpointSource for KubernetesSource {
         let KubernetesSource {
             client,
             trust_domain,
+            ..
         } = *self;
         async move {
             let services = watch::<KubeService>(&client, Kind::Services, |svc| {

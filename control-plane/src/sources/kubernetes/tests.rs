@@ -5,6 +5,7 @@ fn settings(dir: &Path, url: &str, ca: Option<&str>) -> KubernetesConfig {
         api_url: url.to_owned(),
         token_file: dir.join("token"),
         ca_file: ca.map(|name| dir.join(name)),
+        audiences: vec![DEFAULT_AUDIENCE.to_owned()],
     }
 }
 

@@ -2,7 +2,9 @@
 //! a share of the requests to a service (chaos experiments). A delayed request waits, then goes on
 //! (the route's timeout runs meanwhile); an aborted one is answered with the configured status and
 //! `shoal-proxy-error: fault-injected`, never sent (a gRPC client maps the status to its code, 503
-//! → UNAVAILABLE). A service without faults costs one branch. It runs below the split, so an
+//! → UNAVAILABLE). A fault may be scoped by `matches` (path, method, headers: a route rule's
+//! conditions), so that only e.g. requests with `x-chaos: on` are hit. A service without faults
+//! costs one branch. It runs below the split, so an
 //! aborted request counts under the backend the split chose, like any other failure.
 
 use super::split::Backend;
@@ -24,28 +26,27 @@ where
     S: Service<Req<'c, Backend>> + Sync,
 {
     async fn call(&self, req: Req<'c, Backend>) -> Exchange {
-        let Some(named) = &req.target.faulty else {
-            return self.0.call(req).await;
+        // Drawn before the request moves on; a request outside the faults' scope is never hit.
+        let (abort, delay) = match req.target.faulty.as_deref().and_then(|s| s.fault.as_ref()) {
+            Some(fault) if fault.scoped_to(&req.http) => (
+                fault.abort.filter(|&(percent, _)| hit(percent)),
+                fault.delay.filter(|&(percent, _)| hit(percent)),
+            ),
+            _ => return self.0.call(req).await,
         };
-        let Some(fault) = named.fault.clone() else {
-            return self.0.call(req).await;
-        };
-        if let Some((percent, status)) = fault.abort
-            && hit(percent)
-        {
+        if let Some((percent, status)) = abort {
+            let name =
+                (req.target.faulty.as_deref()).map_or_else(String::new, |s| s.qualified_name());
             let err = ProxyError::new(
                 Reason::FaultInjected,
                 format!(
-                    "a fault injection on service {} aborts {percent} % of its requests with {status}; this request was one (see fault_injection in /config)",
-                    named.qualified_name()
+                    "a fault injection on service {name} aborts {percent} % of its requests with {status}; this request was one (see fault_injection in /config)"
                 ),
             )
             .with_status(status);
             return Exchange::failed(err);
         }
-        if let Some((percent, delay)) = fault.delay
-            && hit(percent)
-        {
+        if let Some((_, delay)) = delay {
             tokio::time::sleep(delay).await;
         }
         self.0.call(req).await

@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! route       destination (virtual IP or authority) → service → route rule; else passthrough
-//!  └ mirror   a share copied to the service's shadow (its own task, through `shadow_stack`),
-//!    │        the shadow's answer compared with the primary's; the client never waits for it
-//!    └ split    weighted pick of the rule's backend; the exchange counts in its metrics
+//!  └ filter   the rule's filters: a redirect answered here; request header edits (once, above
+//!   │         the retries); response header edits on the way back
+//!   └ rate limit  the called service's outbound rate limit: over it, 429 here, never sent
+//!   └ mirror  a share copied to the service's shadow (its own task, through `shadow_stack`),
+//!   │         the shadow's answer compared with the primary's; the client never waits for it
+//!   └ split   weighted pick of the rule's backend; the exchange counts in its metrics
 //!     └ timeout   the rule's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
-//!      └ fault    the named service's injected delays and aborts (chaos experiments)
+//!      └ fault    the named service's injected delays and aborts (chaos experiments), scoped
+//!        │        by matches when the fault has them
 //!        └ retry      the rule's retry policy: budget, backoff, deadline; each attempt re-enters
 //!           │         the stages below (another endpoint where there is one)
 //!           └ backend    the backend policy's cap on requests in flight and circuit breaker
@@ -14,13 +18,15 @@
 //!                 └ send    shape for the wire, pooled connection (mTLS to mesh peers)
 //! ```
 //!
-//! A request to a destination the state does not know skips split and balance: it passes
+//! A request to a destination the state does not know skips filter, split and balance: it passes
 //! through (timeout → send) to where the app was going.
 
 mod backend;
 mod balance;
 mod fault;
+mod filter;
 mod mirror;
+mod rate_limit;
 mod retry;
 mod route;
 mod split;
@@ -39,6 +45,8 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
         .push(TimeoutLayer)
         .push(split::SplitLayer)
         .push(mirror::MirrorLayer::new(shadow_stack()))
+        .push(rate_limit::OutboundRateLimitLayer)
+        .push(filter::FilterLayer)
         .into_inner();
     let passthrough = Stack::new(Send).push(TimeoutLayer).into_inner();
     route::Route::new(known, passthrough)
