@@ -7,7 +7,7 @@
 # CPU, the same syscalls for every build) and cache effects, so a change that moves memory around
 # rather than instructions still needs run.py on a quiet machine.
 #
-# usage: bench/instructions.sh [--scenario h1|h2c] [--path inbound|outbound] [--route|--policies]
+# usage: bench/instructions.sh [--scenario h1|h2c] [--path inbound|outbound] [--route|--policies|--mirror]
 #                              [--lb ALGORITHM] [--requests N] [--keep DIR] BINARY [BINARY...]
 #   Each binary runs in front of bench-backend under callgrind: `inbound` (default) is explicit
 #   inbound, as in run.py; `outbound` is the explicit outbound listener with a state file naming
@@ -18,7 +18,9 @@
 #   without the policies (the baseline --policies is compared with). --lb ALGORITHM (outbound, not
 #   with --policies) gives the service a backend policy with that load-balancing algorithm;
 #   `ring_hash` hashes the header `x-user`, which every request carries (one key: the same endpoint
-#   every time; the lookup costs the same for any key).
+#   every time; the lookup costs the same for any key). --mirror adds that route rule
+#   and a Mirror copying every request to a shadow service (a third backend) and comparing the
+#   answers: the instructions of the copy, its task and the comparison are in the figure.
 #   after 1,000 warm-up requests the counters are zeroed, N requests (default 10,000) run with
 #   h2load (h1: --h1 -c10; h2c: -c10 -m10), and the total is divided by N.
 #   Extra proxy settings: SHOAL_* variables in the environment are passed on.
@@ -40,7 +42,8 @@ while [[ $# -gt 0 ]]; do
         --policies) policies=all; shift ;;
         --route) policies=route; shift ;;
         --lb) lb=$2; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --mirror) policies=mirror; shift ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         --*) echo "instructions.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -88,6 +91,15 @@ for bin in "$@"; do
             pids+=("$!")
             printf 'services:\n  - name: bench\n    port: 80\n    endpoints:\n      - address: "127.0.0.1:%s"\n      - address: "127.0.0.1:%s"\n' \
                 "$bport" "$bport2" >"$work/state.$n.yaml"
+            if [[ $policies == mirror ]]; then
+                bport3=$(free_port)
+                "$backend_bin" "127.0.0.1:$bport3" 2>/dev/null &
+                pids+=("$!")
+                printf '  - name: bench-shadow\n    port: 80\n    endpoints:\n      - address: "127.0.0.1:%s"\n' \
+                    "$bport3" >>"$work/state.$n.yaml"
+                printf 'mirrors:\n  - {service: bench, mirror: bench-shadow, percent: 100, compare_headers: [content-type]}\n' \
+                    >>"$work/state.$n.yaml"
+            fi
             if [[ -n $policies ]]; then
                 printf 'routes:\n  - name: bench\n    service: bench\n    rules:\n      - backends: [{service: bench}]\n' >>"$work/state.$n.yaml"
             fi

@@ -135,6 +135,8 @@ INVALID = [
     ("Mirror", ["spec", "percent"], -1, "not a percentage from 0 to 100"),
     ("Mirror", ["spec", "mirror_service"], DELETE, "required: a service name"),
     ("Mirror", ["spec", "mirror_port"], 70000, "not a port"),
+    ("Mirror", ["spec", "compare_headers"], ["Content-Type"], "must be lower-case"),
+    ("Mirror", ["spec", "compare_headers"], ["x"] * 33, "at most 32"),
 ]
 
 

@@ -387,6 +387,12 @@ MIRROR = obj(
         "mirror_service": SERVICE_REF,
         "mirror_port": OPTIONAL_PORT,
         "percent": percent("share of requests copied"),
+        # validate/policy.rs: MAX_COMPARE_HEADERS, lower-case header names, each once.
+        "compare_headers": array(
+            {"type": "string", "pattern": "^[a-z0-9!#$%&'*+.^_`|~-]+$"},
+            maxItems=32,
+            **{"x-kubernetes-list-type": "set"},
+        ),
     },
     required=["target_service", "mirror_service"],
     **{"x-kubernetes-validations": [{

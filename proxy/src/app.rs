@@ -54,6 +54,8 @@ pub struct Shared {
     own_addrs: Vec<SocketAddr>,
     /// The span exporter, when `SHOAL_TRACING_OTLP_ENDPOINT` is set.
     pub(crate) spans: Option<Arc<crate::otlp::Spans>>,
+    /// Mirror copies in flight (`outbound::http::mirror`), under `SHOAL_MIRROR_MAX_IN_FLIGHT`.
+    pub(crate) mirrors_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -160,6 +162,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         own_service: format!("{}.{}", config.service_name, config.namespace),
         own_addrs: own_addrs.clone(),
         spans: crate::otlp::Spans::start(&config),
+        mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
         store,
         config: config.clone(),
     });

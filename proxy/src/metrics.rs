@@ -47,6 +47,9 @@ pub mod names {
     pub const ZONE_FAILOVERS: &str = "shoal_zone_failovers_total";
     pub const SPANS_EXPORTED: &str = "shoal_tracing_spans_exported_total";
     pub const SPANS_DROPPED: &str = "shoal_tracing_spans_dropped_total";
+    pub const MIRROR_REQUESTS: &str = "shoal_mirror_requests_total";
+    pub const MIRROR_MISMATCHES: &str = "shoal_mirror_mismatches_total";
+    pub const MIRROR_SKIPPED: &str = "shoal_mirror_skipped_total";
 }
 
 /// Latency buckets (seconds): sub-millisecond resolution where a sidecar hop lives, up to 10 s.
@@ -174,6 +177,18 @@ fn describe() {
     describe_counter!(
         SPANS_DROPPED,
         "Trace spans dropped, by reason: queue_full (SHOAL_TRACING_MAX_QUEUE reached), export_failed (the collector refused them or did not answer)"
+    );
+    describe_counter!(
+        MIRROR_REQUESTS,
+        "Requests a mirror policy selected for copying, by service (the service the caller named), route (the rule), mirror (the shadow service) and result (match, mismatch, failed: the shadow gave no complete answer, skipped)"
+    );
+    describe_counter!(
+        MIRROR_MISMATCHES,
+        "Parts of a mirrored response that differed from the primary's, by service, route, mirror and part (status, header, body); one mismatched request counts once per part that differed"
+    );
+    describe_counter!(
+        MIRROR_SKIPPED,
+        "Mirror copies not sent or not compared, by service, route, mirror and reason (in_flight_limit: SHOAL_MIRROR_MAX_IN_FLIGHT copies were already in flight; body_too_large: the request body is over 64 KiB; primary_incomplete: the primary request or response did not complete)"
     );
     describe_counter!(
         AUTHZ,
@@ -419,5 +434,56 @@ impl ConnMetrics {
         counter!(names::TCP_READ_BYTES, "direction" => d, "protocol" => protocol).increment(read);
         counter!(names::TCP_WRITE_BYTES, "direction" => d, "protocol" => protocol)
             .increment(written);
+    }
+}
+
+/// The mirror counters of one (service, route, mirror), registered when the state is built.
+#[derive(Debug)]
+pub(crate) struct MirrorMetrics {
+    /// The shadow answered like the primary.
+    pub(crate) matched: Counter,
+    /// It answered differently (the parts below say how).
+    pub(crate) mismatched: Counter,
+    /// It gave no complete answer (no endpoint, an error, a timeout, a broken body).
+    pub(crate) failed: Counter,
+    /// The copy was skipped (the reasons below say why).
+    pub(crate) skipped: Counter,
+    /// Mismatches per part.
+    pub(crate) status: Counter,
+    pub(crate) header: Counter,
+    pub(crate) body: Counter,
+    /// Skips per reason.
+    pub(crate) in_flight_limit: Counter,
+    pub(crate) body_too_large: Counter,
+    pub(crate) primary_incomplete: Counter,
+}
+
+impl MirrorMetrics {
+    /// The handles of `service`'s requests on `route` mirrored to `mirror`.
+    pub(crate) fn new(service: &str, route: &str, mirror: &str) -> Self {
+        let labels = || {
+            [
+                Label::new("service", service.to_string()),
+                Label::new("route", route.to_string()),
+                Label::new("mirror", mirror.to_string()),
+            ]
+        };
+        let with = |name: &'static str, key: &'static str, value: &'static str| {
+            let mut l = labels().to_vec();
+            l.push(Label::from_static_parts(key, value));
+            metrics::counter!(name, l)
+        };
+        Self {
+            matched: with(names::MIRROR_REQUESTS, "result", "match"),
+            mismatched: with(names::MIRROR_REQUESTS, "result", "mismatch"),
+            failed: with(names::MIRROR_REQUESTS, "result", "failed"),
+            skipped: with(names::MIRROR_REQUESTS, "result", "skipped"),
+            status: with(names::MIRROR_MISMATCHES, "part", "status"),
+            header: with(names::MIRROR_MISMATCHES, "part", "header"),
+            body: with(names::MIRROR_MISMATCHES, "part", "body"),
+            in_flight_limit: with(names::MIRROR_SKIPPED, "reason", "in_flight_limit"),
+            body_too_large: with(names::MIRROR_SKIPPED, "reason", "body_too_large"),
+            primary_incomplete: with(names::MIRROR_SKIPPED, "reason", "primary_incomplete"),
+        }
     }
 }

@@ -101,15 +101,19 @@ async fn refused_resources_are_named_and_serve_nothing() {
         typo["message"].as_str().unwrap().contains("rulez"),
         "{typo}"
     );
+    // What no proxy enforces yet (a backend's port) is refused like at `shoalctl apply`, naming the field.
     mesh.kube.apply(shoal(
-        "Mirror",
-        "copy",
-        json!({"target_service": "web", "mirror_service": "web-v1", "percent": 10}),
+        "Route",
+        "ported",
+        json!({"parent_service": "web-v2", "rules": [{"backends": [{"service": "web-v1", "port": 8080}]}]}),
     ));
-    let mirror = mesh.wait_condition("Mirror", "copy", "False", 1).await;
+    let ported = mesh.wait_condition("Route", "ported", "False", 1).await;
     assert!(
-        mirror["message"].as_str().unwrap().contains("kind"),
-        "{mirror}"
+        ported["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.rules[0].backends[0].port"),
+        "{ported}"
     );
 
     // The route's backend appears: the same object is now accepted and served, without a new generation.

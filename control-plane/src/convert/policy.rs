@@ -213,6 +213,7 @@ pub(super) fn mirror(wire: v1::Mirror, ns: Option<&str>) -> Result<Mirror, Field
         mirror: service_ref(&wire.mirror_service, ns, "mirror_service")?,
         port: optional_port(wire.mirror_port, "mirror_port")?,
         percent: wire.percent,
+        compare_headers: wire.compare_headers,
     })
 }
 
@@ -223,6 +224,7 @@ impl From<&Mirror> for v1::Mirror {
             mirror_service: mirror.mirror.to_string(),
             mirror_port: mirror.port.unwrap_or(0).into(),
             percent: mirror.percent,
+            compare_headers: mirror.compare_headers.clone(),
         }
     }
 }

@@ -35,7 +35,8 @@ pub struct FaultAbort {
     pub http_status: u16,
 }
 
-/// Copy a share of a service's requests to another service, fire and forget.
+/// Copy a share of a service's requests to another service, fire and forget; the calling proxy compares
+/// the mirror's responses with the target's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mirror {
     /// The service whose requests are mirrored.
@@ -46,4 +47,6 @@ pub struct Mirror {
     pub port: Option<u16>,
     /// Share of requests copied, 0–100.
     pub percent: f64,
+    /// Response header names (lower-case) compared besides the status and the body hash.
+    pub compare_headers: Vec<String>,
 }

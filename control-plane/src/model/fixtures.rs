@@ -237,6 +237,7 @@ pub fn every_kind() -> Vec<Resource> {
         mirror: svc("mirror"),
         port: Some(8080),
         percent: 10.0,
+        compare_headers: vec!["content-type".into()],
     };
     resources.extend([
         resource(

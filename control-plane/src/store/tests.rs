@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
 use crate::model::fixtures::{backend, resource, service_resource, svc};
-use crate::model::{Mirror, Route, RouteRule, Spec};
+use crate::model::{Route, RouteRule, Spec};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub(super) struct TempDir(PathBuf);
@@ -51,16 +51,6 @@ fn route(parent: &str, to: &str) -> Resource {
         rules: vec![rule],
     });
     resource(parent, "default", spec)
-}
-
-fn mirror(target: &str, to: &str) -> Resource {
-    let spec = Spec::Mirror(Mirror {
-        target: svc(target),
-        mirror: svc(to),
-        port: None,
-        percent: 5.0,
-    });
-    resource(target, "default", spec)
 }
 
 #[test]
@@ -204,16 +194,6 @@ fn what_the_proxy_does_not_enforce_is_refused_and_never_stored() {
     for name in ["backend", "shadow"] {
         store.create(service_resource(name)).expect("service");
     }
-    let error = store
-        .apply(mirror("backend", "shadow"), None)
-        .expect_err("mirrors are not enforced");
-    assert!(matches!(error, Error::Invalid(_)), "{error}");
-    assert!(
-        error
-            .to_string()
-            .contains("mirror backend.default: kind: Mirror is not enforced by shoal-proxy yet"),
-        "{error}"
-    );
     let mut ported = route("backend", "shadow");
     if let Spec::Route(r) = &mut ported.spec {
         r.rules[0].backends[0].port = Some(8080);

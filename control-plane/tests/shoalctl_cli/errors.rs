@@ -21,18 +21,15 @@ fn what_the_proxy_does_not_enforce_is_refused_naming_the_field() {
             "error: route/backend.default (document 3): server rejected the request (INVALID_ARGUMENT): \
              route backend.default: spec.rules[0].backends[1].port: not enforced by shoal-proxy yet; remove it (the proxy calls a \
              backend on the port the request came in on; see docs/shoalctl.md#refused-until-enforced)",
-            "mirror backend.default: kind: Mirror is not enforced by shoal-proxy yet; remove this resource",
             see,
-            "2 of 6 resources were not applied",
+            "1 of 5 resources were not applied",
         ],
     );
-    for kind in ["route", "mirror"] {
-        expect(
-            &shoalctl(&cp.admin, &["get", kind, "backend"], ""),
-            1,
-            &["NOT_FOUND"],
-        );
-    }
+    expect(
+        &shoalctl(&cp.admin, &["get", "route", "backend"], ""),
+        1,
+        &["NOT_FOUND"],
+    );
     let route = "kind: Route\nmetadata: {name: backend}\nspec:\n  parent_service: backend\n  rules:\n  - backends: [{service: backend, weight: 90}, {service: backend-v2, weight: 10}]\n    timeout_ms: 2000\n";
     expect(
         &shoalctl(&cp.admin, &["apply", "-f", "-"], route),

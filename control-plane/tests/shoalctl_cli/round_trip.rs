@@ -126,13 +126,13 @@ fn documented_examples_apply_or_are_refused_as_documented() {
     let (accepted, refused) = (yaml_examples(accepted), yaml_examples(refused));
     assert_eq!(
         accepted.len(),
-        7,
-        "Service, EndpointRegistration, Route, AuthorizationPolicy, RateLimit, FaultInjection, BackendPolicy"
+        8,
+        "Service, EndpointRegistration, Route, AuthorizationPolicy, RateLimit, FaultInjection, BackendPolicy, Mirror"
     );
     assert_eq!(
         refused.len(),
-        2,
-        "a route with backend ports, a Mirror"
+        1,
+        "a route with backend ports"
     );
     // The services the examples refer to besides `backend`.
     let extra = "kind: Service\nmetadata: {name: backend-v2}\nspec: {ports: [{port: 8080}]}\n---\nkind: Service\nmetadata: {name: backend-shadow}\nspec: {ports: [{port: 8080}]}\n";
@@ -141,7 +141,7 @@ fn documented_examples_apply_or_are_refused_as_documented() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(dir.path());
     let out = expect(&shoalctl(&cp.admin, &["apply", "-f", "-"], &yaml), 0, &[]);
-    assert_eq!(out.lines().count(), 9, "{out}");
+    assert_eq!(out.lines().count(), 10, "{out}");
     // Every documented Service field was stored, not dropped: the port's and the service's
     // `tls_mode` come back as written.
     expect(

@@ -45,6 +45,7 @@ pub mod env {
     pub const CONNECT_TIMEOUT: &str = "SHOAL_CONNECT_TIMEOUT";
     pub const RESPONSE_TIMEOUT: &str = "SHOAL_RESPONSE_TIMEOUT";
     pub const UPSTREAM_IDLE_TIMEOUT: &str = "SHOAL_UPSTREAM_IDLE_TIMEOUT";
+    pub const MIRROR_MAX_IN_FLIGHT: &str = "SHOAL_MIRROR_MAX_IN_FLIGHT";
     pub const STATE_FILE: &str = "SHOAL_STATE_FILE";
     pub const SERVICE_NAME: &str = "SHOAL_SERVICE_NAME";
     pub const ZONE: &str = "SHOAL_ZONE";
@@ -97,6 +98,7 @@ pub mod env {
         CONNECT_TIMEOUT,
         RESPONSE_TIMEOUT,
         UPSTREAM_IDLE_TIMEOUT,
+        MIRROR_MAX_IN_FLIGHT,
         STATE_FILE,
         SERVICE_NAME,
         LOG,
@@ -284,6 +286,8 @@ pub struct HttpConfig {
     /// Idle pooled upstream connections are closed after this.
     #[serde(with = "parse::duration_serde")]
     pub upstream_idle_timeout: Duration,
+    /// Mirror copies in flight at once; a copy over it is skipped (never queued).
+    pub mirror_max_in_flight: usize,
 }
 
 /// The whole proxy configuration, typed and validated.
@@ -381,6 +385,7 @@ impl Config {
             connect_timeout: r.duration_min(env::CONNECT_TIMEOUT, "1s", 1)?,
             response_timeout: r.opt_duration(env::RESPONSE_TIMEOUT, "30s")?,
             upstream_idle_timeout: r.duration_min(env::UPSTREAM_IDLE_TIMEOUT, "90s", 1)?,
+            mirror_max_in_flight: r.int_in(env::MIRROR_MAX_IN_FLIGHT, 100, 1..=100_000)?,
         };
         let log_format = match r.string(env::LOG_FORMAT, "plain").as_str() {
             "plain" => LogFormat::Plain,

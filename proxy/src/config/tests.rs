@@ -23,6 +23,24 @@ fn defaults_are_documented_values() {
     assert_eq!(c.http.response_timeout, Some(Duration::from_secs(30)));
     assert_eq!(c.shutdown_grace, Duration::from_secs(25));
     assert_eq!(c.worker_threads, 1);
+    assert_eq!(c.http.mirror_max_in_flight, 100);
+}
+
+#[test]
+fn the_mirror_cap_is_bounded() {
+    assert_eq!(
+        cfg(&[("SHOAL_MIRROR_MAX_IN_FLIGHT", "5")])
+            .unwrap()
+            .http
+            .mirror_max_in_flight,
+        5
+    );
+    for bad in ["0", "100001", "many"] {
+        let err = cfg(&[("SHOAL_MIRROR_MAX_IN_FLIGHT", bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SHOAL_MIRROR_MAX_IN_FLIGHT"), "{err}");
+    }
 }
 
 #[test]

@@ -88,6 +88,7 @@ fn service_keys(qualified: &str) -> Vec<Key> {
         // Its outbound limits; its inbound ones are kept by its own proxies (which subscribe to
         // their own service's), and a caller ignores them.
         ResourceType::RateLimit,
+        ResourceType::Mirror,
     ]
     .into_iter()
     .map(|t| (t as i32, qualified.to_string()))

@@ -18,6 +18,7 @@ use crate::state::backend_policy::{
 };
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::filter::{HeaderModifierSpec, HeaderValueSpec, PathModifierSpec, RedirectSpec};
+use crate::state::mirror::MirrorSpec;
 use crate::state::spec::{
     self, BackendSpec, EndpointSpec, FileSpec, MatchSpec, RetrySpec, RouteSpec, RuleSpec,
     ServiceSpec,
@@ -312,6 +313,21 @@ impl Resources {
                 _ => None,
             })
             .collect();
+        // A mirror waits for its shadow service like a route for its backends: subscribed to,
+        // applied once it arrives (the target's requests flow meanwhile, uncopied).
+        let mut mirrors = Vec::new();
+        for ((_, name), (_, payload)) in &self.map {
+            let Payload::Mirror(m) = payload else {
+                continue;
+            };
+            if !known.contains(&m.mirror_service) {
+                missing.push(m.mirror_service.clone());
+                continue;
+            }
+            if known.contains(name) {
+                mirrors.push(mirror_spec(m));
+            }
+        }
         Ok((
             FileSpec {
                 services,
@@ -320,6 +336,7 @@ impl Resources {
                 backend_policies,
                 faults,
                 rate_limits,
+                mirrors,
             },
             missing,
         ))
@@ -490,7 +507,25 @@ pub(crate) fn check<'a>(key: &Key, payload: Option<&'a Payload>) -> Result<&'a P
             spec.matches("")?;
             spec.resolve("")?;
         }
-        Payload::Mirror(_) | Payload::Address(_) => {}
+        Payload::Mirror(m) => {
+            if m.target_service != key.1 {
+                return Err(format!(
+                    "target_service: `{}` is not the resource's name",
+                    m.target_service
+                ));
+            }
+            if !m.mirror_service.contains('.') {
+                return Err(format!(
+                    "mirror_service: `{}` is not a qualified name (name.namespace)",
+                    m.mirror_service
+                ));
+            }
+            if m.mirror_port > u32::from(u16::MAX) {
+                return Err(format!("mirror_port: {} is not a port", m.mirror_port));
+            }
+            mirror_spec(m).resolve("")?;
+        }
+        Payload::Address(_) => {}
     }
     Ok(payload)
 }
@@ -607,6 +642,18 @@ fn rate_limit_spec(r: &v1::RateLimit) -> RateLimitSpec {
             v1::RateLimitSide::Outbound => Side::Outbound,
             v1::RateLimitSide::Inbound | v1::RateLimitSide::Unspecified => Side::Inbound,
         },
+    }
+}
+
+/// The state description of a `Mirror` (validated by the state builder).
+fn mirror_spec(m: &v1::Mirror) -> MirrorSpec {
+    MirrorSpec {
+        service: m.target_service.clone(),
+        mirror: m.mirror_service.clone(),
+        // Out of range is refused by `check`; 0 means the request's port.
+        port: u16::try_from(m.mirror_port).ok().filter(|p| *p != 0),
+        percent: m.percent,
+        compare_headers: m.compare_headers.clone(),
     }
 }
 
@@ -1288,6 +1335,65 @@ mod tests {
             "weight 0 never picked"
         );
         assert_eq!(u.next.held().len(), 5);
+    }
+
+    #[test]
+    fn a_mirror_waits_for_its_shadow_and_a_bad_one_is_nacked_naming_the_field() {
+        let mirror = |headers: &[&str]| {
+            res(
+                ResourceType::Mirror,
+                "web.default",
+                Payload::Mirror(v1::Mirror {
+                    target_service: "web.default".into(),
+                    mirror_service: "web-shadow.default".into(),
+                    mirror_port: 0,
+                    percent: 25.0,
+                    compare_headers: headers.iter().map(|h| h.to_string()).collect(),
+                }),
+            )
+        };
+        let u = update(
+            &Resources::default(),
+            vec![
+                res(ResourceType::Service, "web.default", service("web", 80)),
+                mirror(&["content-type"]),
+            ],
+        );
+        assert_eq!(u.rejected, []);
+        assert_eq!(u.missing, vec!["web-shadow.default".to_string()]);
+        let web = u.state.by_authority("web:80").unwrap().clone();
+        assert!(
+            web.mirror.get().is_none(),
+            "the mirror waits for its shadow"
+        );
+
+        let u = update(
+            &u.next,
+            vec![res(
+                ResourceType::Service,
+                "web-shadow.default",
+                service("web-shadow", 80),
+            )],
+        );
+        let web = u.state.by_authority("web:80").unwrap().clone();
+        let applied = web.mirror.get().expect("applied once the shadow arrived");
+        assert_eq!(
+            (applied.name.as_str(), applied.port),
+            ("web-shadow.default", 80)
+        );
+        assert_eq!(applied.percent, 25.0);
+
+        let u = update(&u.next, vec![mirror(&["Content-Type"])]);
+        assert_eq!(u.rejected.len(), 1, "{:?}", u.rejected);
+        assert!(
+            u.rejected[0]
+                .error
+                .contains("compare_headers[0]: header name \"Content-Type\" must be lower-case"),
+            "{}",
+            u.rejected[0].error
+        );
+        let web = u.state.by_authority("web:80").unwrap().clone();
+        assert!(web.mirror.get().is_some(), "the last good version is kept");
     }
 
     /// proto/testdata/authority-conflicts.txt: a service claiming an authority the held one has

@@ -10,8 +10,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::digest::Observer;
 use super::h2body::{BodyError, Pipe, PipeEnd, RecvBody};
 use super::replay::ReplayBody;
+use super::tee::{CopiedBody, TeeBody};
 use crate::endpoint::Release;
 use crate::io::InFlight;
 
@@ -27,6 +29,10 @@ pub enum RequestBody {
     Replay(ReplayBody),
     /// No body: a retried attempt of a request that had none.
     Empty,
+    /// A body the mirror stage copies as it streams ([`super::tee`]).
+    Tee(Box<TeeBody>),
+    /// The mirror's copy of a request body ([`super::tee`]).
+    Copied(Box<CopiedBody>),
 }
 
 impl Body for RequestBody {
@@ -42,6 +48,8 @@ impl Body for RequestBody {
             RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Tee(b) => Pin::new(&mut **b).poll_frame(cx),
+            RequestBody::Copied(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -51,6 +59,8 @@ impl Body for RequestBody {
             RequestBody::H2(b) => b.is_end_stream(),
             RequestBody::Replay(b) => b.is_end_stream(),
             RequestBody::Empty => true,
+            RequestBody::Tee(b) => b.is_end_stream(),
+            RequestBody::Copied(b) => b.is_end_stream(),
         }
     }
 
@@ -60,6 +70,8 @@ impl Body for RequestBody {
             RequestBody::H2(b) => b.size_hint(),
             RequestBody::Replay(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Tee(b) => b.size_hint(),
+            RequestBody::Copied(b) => b.size_hint(),
         }
     }
 }
@@ -70,6 +82,8 @@ pub struct ResponseBody {
     kind: Kind,
     /// Keeps the downstream connection from being parked while the body streams.
     in_flight: Option<InFlight>,
+    /// Hashes the body on its way to the client (a mirrored request's primary response).
+    digest: Option<Box<Observer>>,
 }
 
 #[derive(Debug)]
@@ -95,6 +109,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Upstream { body, release },
             in_flight: None,
+            digest: None,
         }
     }
 
@@ -103,6 +118,7 @@ impl ResponseBody {
         Self {
             kind: Kind::H2 { body, request },
             in_flight: None,
+            digest: None,
         }
     }
 
@@ -111,6 +127,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Local(None),
             in_flight: None,
+            digest: None,
         }
     }
 
@@ -119,6 +136,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Local(Some(text.into())),
             in_flight: None,
+            digest: None,
         }
     }
 
@@ -126,10 +144,45 @@ impl ResponseBody {
     pub fn set_in_flight(&mut self, guard: InFlight) {
         self.in_flight = Some(guard);
     }
+
+    /// Hashes the body as it streams; `observer` gets the sum at its end.
+    pub(crate) fn observe(&mut self, observer: Observer) {
+        self.digest = Some(Box::new(observer));
+    }
+
+    /// Feeds what was polled to the digest.
+    fn feed_digest(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BodyError>>>) {
+        let end = match polled {
+            Poll::Pending => return,
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(d) = &mut self.digest {
+                    d.fail();
+                }
+                return;
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(data)) = (&mut self.digest, frame.data_ref()) {
+                    d.data(data);
+                }
+                self.is_end_stream()
+            }
+        };
+        if end && let Some(d) = &mut self.digest {
+            d.end();
+        }
+    }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if self.digest.is_some()
+            && self.kind_ended()
+            && let Some(d) = &mut self.digest
+        {
+            // A complete body hyper never polled (see below) was received whole.
+            d.end();
+        }
         // hyper never polls a body that is already complete (Content-Length: 0, 204, 304, HEAD):
         // such a connection is released here.
         if let Kind::Upstream { body, release } = &mut self.kind
@@ -149,7 +202,38 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = this.poll_kind(cx);
+        if this.digest.is_some() {
+            this.feed_digest(&polled);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind_ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::H2 { body, .. } => body.size_hint(),
+            Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+impl ResponseBody {
+    fn kind_ended(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::H2 { body, .. } => body.is_end_stream(),
+            Kind::Local(data) => data.is_none(),
+        }
+    }
+
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.kind {
             Kind::Upstream { body, release } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 let done = match &polled {
@@ -176,22 +260,6 @@ impl Body for ResponseBody {
                 Pin::new(body).poll_frame(cx).map_err(BodyError::from)
             }
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream { body, .. } => body.is_end_stream(),
-            Kind::H2 { body, .. } => body.is_end_stream(),
-            Kind::Local(data) => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Upstream { body, .. } => body.size_hint(),
-            Kind::H2 { body, .. } => body.size_hint(),
-            Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod deadline;
+pub(crate) mod digest;
 mod forward;
 mod h2_server;
 pub mod h2body;
@@ -11,6 +12,7 @@ pub(crate) mod replay;
 mod respond;
 pub(crate) mod send;
 pub(crate) mod stack;
+pub(crate) mod tee;
 pub(crate) mod timeout;
 
 use std::convert::Infallible;

@@ -9,6 +9,7 @@ pub(crate) mod backend_policy;
 pub(crate) mod fault;
 pub mod file;
 pub(crate) mod filter;
+pub(crate) mod mirror;
 mod model;
 pub(crate) mod spec;
 

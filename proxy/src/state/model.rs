@@ -47,6 +47,13 @@ pub struct Endpoint {
     pub zone: String,
 }
 
+fn serialize_mirror<S: serde::Serializer>(
+    m: &std::sync::OnceLock<super::mirror::Mirror>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    m.get().serialize(ser)
+}
+
 fn serialize_identity<S: serde::Serializer>(
     id: &Option<SpiffeId>,
     ser: S,
@@ -91,6 +98,10 @@ pub struct Service {
     /// Faults injected into requests to this service (chaos experiments).
     #[serde(rename = "fault_injection")]
     pub(crate) fault: Option<super::fault::Fault>,
+    /// The share of its requests copied to a shadow service and compared (parallel run); set
+    /// once, while the state is built (after every service exists).
+    #[serde(serialize_with = "serialize_mirror")]
+    pub(crate) mirror: std::sync::OnceLock<super::mirror::Mirror>,
     /// Request metrics for traffic that matched no route rule (route `default`, the service its
     /// own backend).
     #[serde(skip)]

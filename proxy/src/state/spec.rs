@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::backend_policy::BackendPolicySpec;
 use super::fault::{Fault, FaultSpec};
 use super::filter::{HeaderEdits, HeaderModifierSpec, Redirect, RedirectSpec};
+use super::mirror::{Mirror, MirrorSpec};
 use super::model::{
     Backend, Endpoint, HeaderMatch, Match, PathMatch, Protocol, RouteRule, Service, State,
     ValueMatch,
@@ -19,7 +20,7 @@ use super::model::{
 use crate::backend::{BackendPolicy, BackendRuntime};
 use crate::balance::{Balancer, OutlierConfig};
 use crate::inbound::rate_limit::{Limiter, RateLimitSpec, Side};
-use crate::metrics::RequestMetrics;
+use crate::metrics::{MirrorMetrics, RequestMetrics};
 use crate::retry::{self, Retry, RetryOn, RetryPolicy};
 use crate::tls::{SpiffeId, TlsMode};
 
@@ -42,6 +43,9 @@ pub(crate) struct FileSpec {
     /// Inbound rate limits, one per protected service.
     #[serde(default)]
     pub(crate) rate_limits: Vec<RateLimitSpec>,
+    /// Request mirroring to a shadow service, one entry per service.
+    #[serde(default)]
+    pub(crate) mirrors: Vec<MirrorSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -589,6 +593,7 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
             }
         }
     }
+    resolve_mirrors(&spec.mirrors, &by_name, &routes)?;
     let mut state = State::new(services, routes);
     state.authorization = authorization;
     for (i, r) in spec.rate_limits.iter().enumerate() {
@@ -615,13 +620,62 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
     Ok(state)
 }
 
-/// `name` → `name.default`; a qualified name stays.
-fn qualify(service: &str) -> String {
-    if service.contains('.') {
-        service.to_string()
-    } else {
-        format!("{service}.default")
+use super::mirror::qualify;
+
+/// Sets each mirrored service's [`Mirror`] (every port entry of it), once every service and
+/// route exists: the shadow is looked up by name and port, and the counters are registered per
+/// route label of the service's rules.
+fn resolve_mirrors(
+    mirrors: &[MirrorSpec],
+    by_name: &HashMap<String, Vec<Arc<Service>>>,
+    routes: &[Vec<RouteRule>],
+) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for (i, m) in mirrors.iter().enumerate() {
+        let at = format!("mirrors[{i}]");
+        let terms = m.resolve(&at)?;
+        let name = qualify(&m.service);
+        if !seen.insert(name.clone()) {
+            return Err(format!(
+                "{at}.service: {name} already has a mirror (one per service)"
+            ));
+        }
+        let targets = by_name
+            .get(&name)
+            .ok_or_else(|| format!("{at}.service: unknown service `{}`", m.service))?;
+        let shadow_name = qualify(&m.mirror);
+        let shadows = by_name
+            .get(&shadow_name)
+            .ok_or_else(|| format!("{at}.mirror: unknown service `{}`", m.mirror))?;
+        for target in targets {
+            let shadow = match terms.port {
+                Some(port) => shadows.iter().find(|s| s.port == port).ok_or_else(|| {
+                    format!("{at}.port: service {shadow_name} has no port {port}")
+                })?,
+                // The request's port, as a route's backend: that entry when it has one.
+                None => shadows
+                    .iter()
+                    .find(|s| s.port == target.port)
+                    .unwrap_or(&shadows[0]),
+            };
+            let rules = routes.get(target.id).map_or(&[][..], Vec::as_slice);
+            let metrics = std::iter::once("default")
+                .chain(rules.iter().map(|r| r.route.as_str()))
+                .map(|route| MirrorMetrics::new(&name, route, &shadow_name))
+                .collect();
+            let mirror = Mirror {
+                name: shadow_name.clone(),
+                port: shadow.port,
+                shadow: shadow.id,
+                percent: terms.percent,
+                compare_headers: terms.compare_headers.clone(),
+                metrics,
+            };
+            // Built once per state: the cell is empty.
+            let _ = target.mirror.set(mirror);
+        }
     }
+    Ok(())
 }
 
 fn build_service(
@@ -690,6 +744,7 @@ fn build_service(
         .with_slow_start(policy.slow_start),
         backend: BackendRuntime::new(policy, &qualified),
         fault,
+        mirror: std::sync::OnceLock::new(),
         metrics: RequestMetrics::outbound(&qualified, "default", &qualified),
         name: s.name,
         namespace: s.namespace,

@@ -232,7 +232,7 @@ impl SpecYaml for FaultInjectionSpec {
 
 plain_message! {
     /// `kind: Mirror`.
-    MirrorSpec => v1::Mirror { target_service: String, mirror_service: String, mirror_port: u32, percent: f64 }
+    MirrorSpec => v1::Mirror { target_service: String, mirror_service: String, mirror_port: u32, percent: f64, compare_headers: Vec<String> }
 }
 
 impl SpecYaml for MirrorSpec {

@@ -12,6 +12,9 @@ pub const MAX_AUTHORIZATION_RULES: usize = 1024;
 
 /// Largest `outlier_detection.success_rate.stdev_factor`: beyond it nothing is ever ejected.
 pub const MAX_STDEV_FACTOR: f64 = 10.0;
+/// The most response headers a mirror compares (each costs its calling proxy a lookup per mirrored
+/// response).
+pub const MAX_COMPARE_HEADERS: usize = 32;
 
 impl Checker<'_> {
     pub(super) fn backend_policy(&mut self, policy: &BackendPolicy) {
@@ -224,5 +227,22 @@ impl Checker<'_> {
             self.port("spec.mirror_port", 0);
         }
         self.percent("spec.percent", mirror.percent);
+        if mirror.compare_headers.len() > MAX_COMPARE_HEADERS {
+            let reason = format!(
+                "{} names; at most {MAX_COMPARE_HEADERS}",
+                mirror.compare_headers.len()
+            );
+            self.error("spec.compare_headers", reason);
+        }
+        for (i, name) in mirror.compare_headers.iter().enumerate() {
+            let field = format!("spec.compare_headers[{i}]");
+            if let Err(reason) = http_token(name) {
+                self.error(field, format!("header name {name:?} {reason}"));
+            } else if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.error(field, format!("header name {name:?} must be lower-case"));
+            } else if mirror.compare_headers[..i].contains(name) {
+                self.error(field, format!("{name:?} is listed twice"));
+            }
+        }
     }
 }

@@ -278,6 +278,7 @@ fn chaos_policy_errors_name_their_field() {
         mirror: svc("backend"),
         port: None,
         percent: f64::NAN,
+        compare_headers: vec!["content-type".into(), "X-Version".into(), "a b".into()],
     };
     assert_structure_rejects(
         Spec::Mirror(mirror.clone()),
@@ -285,6 +286,25 @@ fn chaos_policy_errors_name_their_field() {
         "mirrors to itself",
     );
     assert_structure_rejects(Spec::Mirror(mirror.clone()), "spec.percent", "NaN");
+    assert_structure_rejects(
+        Spec::Mirror(mirror.clone()),
+        "spec.compare_headers[1]",
+        "must be lower-case",
+    );
+    assert_structure_rejects(
+        Spec::Mirror(mirror.clone()),
+        "spec.compare_headers[2]",
+        "header name \"a b\"",
+    );
+    let twice = Mirror {
+        compare_headers: vec!["etag".into(), "etag".into()],
+        ..mirror.clone()
+    };
+    assert_structure_rejects(
+        Spec::Mirror(twice),
+        "spec.compare_headers[1]",
+        "listed twice",
+    );
     let unknown = Mirror {
         mirror: svc("shadow"),
         ..mirror

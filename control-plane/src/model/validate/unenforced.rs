@@ -48,11 +48,7 @@ pub struct UnenforcedField {
 }
 
 /// The kinds refused until the proxy enforces them. Delete an entry when it does.
-pub const KINDS: &[UnenforcedKind] = &[UnenforcedKind {
-    kind: ResourceKind::Mirror,
-    yaml: "Mirror",
-    arrives: "traffic mirroring arrives after the resilience work",
-}];
+pub const KINDS: &[UnenforcedKind] = &[];
 
 /// The fields refused until the proxy enforces them. Delete an entry when it does.
 pub const FIELDS: &[UnenforcedField] = &[

@@ -5,6 +5,8 @@
 //!  └ filter   the rule's filters: a redirect answered here; request header edits (once, above
 //!   │         the retries); response header edits on the way back
 //!   └ rate limit  the called service's outbound rate limit: over it, 429 here, never sent
+//!   └ mirror  a share copied to the service's shadow (its own task, through `shadow_stack`),
+//!   │         the shadow's answer compared with the primary's; the client never waits for it
 //!   └ split   weighted pick of the rule's backend; the exchange counts in its metrics
 //!     └ timeout   the rule's timeout (or SHOAL_RESPONSE_TIMEOUT) over everything below
 //!      └ fault    the named service's injected delays and aborts (chaos experiments), scoped
@@ -23,6 +25,7 @@ mod backend;
 mod balance;
 mod fault;
 mod filter;
+mod mirror;
 mod rate_limit;
 mod retry;
 mod route;
@@ -41,9 +44,21 @@ pub(crate) fn stack() -> impl for<'c> Service<Req<'c, ()>> {
         .push(fault::FaultLayer)
         .push(TimeoutLayer)
         .push(split::SplitLayer)
+        .push(mirror::MirrorLayer::new(shadow_stack()))
         .push(rate_limit::OutboundRateLimitLayer)
         .push(filter::FilterLayer)
         .into_inner();
     let passthrough = Stack::new(Send).push(TimeoutLayer).into_inner();
     route::Route::new(known, passthrough)
+}
+
+/// The stack a mirror's copies go through to the shadow: the path of a request to a backend,
+/// without faults and retries (a copy is sent once).
+fn shadow_stack()
+-> impl for<'c> Service<Req<'c, split::Backend>> + std::marker::Send + Sync + 'static {
+    Stack::new(Send)
+        .push(balance::BalanceLayer)
+        .push(backend::BackendLayer)
+        .push(TimeoutLayer)
+        .into_inner()
 }

@@ -29,6 +29,11 @@ pub(super) struct Routed {
 }
 
 impl Routed {
+    /// Index of the matched route rule in the service's rules, if any.
+    pub(super) fn rule_index(&self) -> Option<usize> {
+        self.rule
+    }
+
     /// The matched route rule, if any.
     pub(super) fn rule(&self) -> Option<&crate::state::RouteRule> {
         let i = self.rule?;
