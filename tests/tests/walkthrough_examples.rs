@@ -1,9 +1,9 @@
 //! The manifests of docs/kubernetes-walkthrough.md (`docs/examples/walkthrough/`) are what the walkthrough says:
 //! the Kubernetes ones pass `kubernetes-validate --strict` for the chart's oldest Kubernetes as written and once
 //! injected (`shoalctl inject`, the webhook's mutation), each injected pod getting its projected token; the
-//! traffic shift of step 5, as the Shoal `Route` custom resource (`route.yaml`) and as the Gateway API
-//! `HTTPRoute` (`httproute.yaml`), is accepted by the real control plane in Kubernetes mode (over the fake API
-//! server) and splits a real proxy's calls between web.yaml's Services.
+//! traffic shift of step 5, as the Shoal `Route` custom resource (`route.yaml`, which also passes the CRD's
+//! schema) and as the Gateway API `HTTPRoute` (`httproute.yaml`), is accepted by the real control plane in
+//! Kubernetes mode (over the fake API server) and splits a real proxy's calls between web.yaml's Services.
 
 use std::path::PathBuf;
 
@@ -64,6 +64,30 @@ async fn the_walkthroughs_manifests_are_valid_and_injectable() {
             out.stdout
         );
     }
+}
+
+/// `route.yaml` passes the `Route` CRD's OpenAPI schema (charts/shoal/crds), as the API server checks it at
+/// `kubectl apply` (scripts/check-crd-examples.py, with jsonschema).
+#[test]
+fn the_walkthroughs_route_passes_its_crd_schema() {
+    let root = shoal_tests::proxy::workspace_root();
+    let out = std::process::Command::new("python3")
+        .arg(root.join("scripts/check-crd-examples.py"))
+        .arg(root.join("charts/shoal/crds"))
+        .arg(root.join("docs/shoalctl.md"))
+        .arg(example("route.yaml"))
+        .output()
+        .expect("python3 runs scripts/check-crd-examples.py (needs PyYAML and jsonschema)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: Route manifest") && stdout.contains("walkthrough/route.yaml passes"),
+        "{stdout}"
+    );
 }
 
 /// The YAML documents of a walkthrough file, as the API server receives them.
