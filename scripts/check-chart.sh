@@ -35,8 +35,8 @@ echo "-- CRDs are what scripts/gen-crds.py writes"
 python3 scripts/gen-crds.py "$work/crds"
 diff -ru "$chart/crds" "$work/crds" || fail "charts/shoal/crds differ from scripts/gen-crds.py's output: run scripts/gen-crds.py and commit"
 
-echo "-- CRD schemas against docs/shoalctl.md's examples"
-python3 scripts/check-crd-examples.py "$chart/crds" docs/shoalctl.md >"$work/examples.log" ||
+echo "-- CRD schemas against docs/shoalctl.md's examples and the walkthrough's Route"
+python3 scripts/check-crd-examples.py "$chart/crds" docs/shoalctl.md docs/examples/walkthrough/route.yaml >"$work/examples.log" ||
   { cat "$work/examples.log"; fail "CRD schema check"; }
 grep -c '^ok' "$work/examples.log" | sed 's/$/ checks passed/'
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Checks the CRDs' schemas against documents: every example of docs/shoalctl.md ("The YAML format"), as a
 custom resource, must pass its kind's schema, and each known-invalid variant below must fail it, as the
-control plane refuses it. Runs the OpenAPI schemas with jsonschema (which ignores the x-kubernetes-*
-extensions: the CEL rules are not evaluated here).
+control plane refuses it; and every shoal.io document of the MANIFEST files (Kubernetes manifests, e.g.
+docs/examples/walkthrough/route.yaml) must pass its kind's schema. Runs the OpenAPI schemas with jsonschema
+(which ignores the x-kubernetes-* extensions: the CEL rules are not evaluated here).
 
-Usage: check-crd-examples.py CRD_DIR SHOALCTL_MD
+Usage: check-crd-examples.py CRD_DIR SHOALCTL_MD [MANIFEST...]
 """
 
 import copy
@@ -140,9 +141,35 @@ INVALID = [
 ]
 
 
+def check_manifests(schemas, paths):
+    """Whether every shoal.io document of the manifests at `paths` passes its kind's schema (printing each)."""
+    failed = False
+    for path in paths:
+        with open(path) as f:
+            docs = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+        ours = [d for d in docs if str(d.get("apiVersion", "")).startswith("shoal.io/")]
+        if not ours:
+            print(f"FAIL: {path} has no {GROUP_VERSION} document")
+            failed = True
+        for doc in ours:
+            kind = doc.get("kind")
+            if doc["apiVersion"] != GROUP_VERSION or kind not in schemas:
+                print(f"FAIL: {path}: {doc['apiVersion']} {kind} is not a kind of the CRDs")
+                failed = True
+                continue
+            problems = errors(schemas, doc)
+            if problems:
+                print(f"FAIL: the {kind} of {path} does not pass its CRD: {problems}")
+                failed = True
+            else:
+                print(f"ok: {kind} manifest {path} passes")
+    return failed
+
+
 def main():
     crd_dir, markdown_path = sys.argv[1], sys.argv[2]
     schemas = load_schemas(crd_dir)
+    manifests_failed = check_manifests(schemas, sys.argv[3:])
     with open(markdown_path) as f:
         every = doc_examples(f.read())
     # Every example must pass its CRD; the invalid variants start from each kind's first (fullest)
@@ -183,7 +210,7 @@ def main():
         else:
             failed = True
             print(f"FAIL: {kind} {'.'.join(map(str, path))} = {shown} passes the CRD; the control plane refuses it ({why})")
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed or manifests_failed else 0)
 
 
 if __name__ == "__main__":

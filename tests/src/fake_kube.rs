@@ -204,13 +204,17 @@ impl FakeKube {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
+            // The connections belong to the accept task: dropping the fake aborts it and so ends
+            // them too, so a client's kept-alive connection cannot go on talking to a stopped server.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                while connections.try_join_next().is_some() {}
                 let server = server.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |req| {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.handle(req).await) }

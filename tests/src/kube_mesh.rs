@@ -153,8 +153,8 @@ impl KubeMesh {
             .await;
     }
 
-    /// Waits until the object's `Accepted` condition (Shoal custom resource: `status.conditions`) has
-    /// `status` and `observedGeneration` `generation`; returns it.
+    /// Waits until the object's `Accepted` condition (Shoal custom resource in `default`: `status.conditions`)
+    /// has `status` and `observedGeneration` `generation`; returns it.
     pub async fn wait_condition(
         &self,
         kind: &str,
@@ -162,11 +162,24 @@ impl KubeMesh {
         status: &str,
         generation: u64,
     ) -> Value {
+        self.wait_condition_in("default", kind, name, status, generation)
+            .await
+    }
+
+    /// [`Self::wait_condition`] for an object in `namespace`.
+    pub async fn wait_condition_in(
+        &self,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+        status: &str,
+        generation: u64,
+    ) -> Value {
         eventually(
             DEADLINE,
-            &format!("{kind} {name}: Accepted={status} at generation {generation}"),
+            &format!("{kind} {namespace}/{name}: Accepted={status} at generation {generation}"),
             || async {
-                let object = self.kube.get(kind, "default", name);
+                let object = self.kube.get(kind, namespace, name);
                 let status_field = object.as_ref().map(|o| o["status"].clone());
                 let condition = status_field
                     .as_ref()
@@ -186,4 +199,38 @@ impl KubeMesh {
         )
         .await
     }
+}
+
+/// The `Accepted` condition of Shoal's entry in the `HTTPRoute` `namespace/name`'s `status.parents`, once it has
+/// `status` at `generation` (the entry's `parentRef` names the Service `web`).
+pub async fn wait_parent(
+    kube: &FakeKube,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    generation: u64,
+) -> Value {
+    eventually(
+        DEADLINE,
+        &format!("HTTPRoute {namespace}/{name}: Accepted={status} at generation {generation}"),
+        || async {
+            let object = kube.get("HTTPRoute", namespace, name).unwrap();
+            let parents = object["status"]["parents"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ours = parents
+                .iter()
+                .find(|p| p["controllerName"] == "shoal.io/mesh");
+            let condition = ours.and_then(|p| accepted(&p["conditions"]));
+            match condition {
+                Some(c) if c["status"] == status && c["observedGeneration"] == generation => {
+                    assert_eq!(ours.unwrap()["parentRef"]["name"], "web");
+                    Ok(c)
+                }
+                _ => Err(object["status"].clone()),
+            }
+        },
+    )
+    .await
 }

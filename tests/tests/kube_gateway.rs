@@ -1,13 +1,13 @@
 //! Gateway API routes attached to a Service (GAMMA): the real control plane in Kubernetes mode against the fake
 //! API server, a real proxy and real backends. An `HTTPRoute` with a header match and weights steers the
-//! proxy's traffic and gets `Accepted=True` in `status.parents`; an unsupported filter is named in the status and
-//! nothing of that route is served; a Shoal `Route` for the same Service takes precedence.
+//! proxy's traffic and gets `Accepted=True` in `status.parents`; an unsupported filter (`URLRewrite`) is named in
+//! the status and the last accepted version keeps serving; a Shoal `Route` for the same Service takes
+//! precedence. The header modifier and redirect filters are enforced by the proxy.
 
 use serde_json::{Value, json};
 use shoal_tests::client::{H1Client, empty, request};
 use shoal_tests::fake_kube::FakeKube;
-use shoal_tests::kube_mesh::{DEADLINE, KubeMesh, TOKEN, accepted, backend_service, shoal};
-use shoal_tests::wait::eventually;
+use shoal_tests::kube_mesh::{self, KubeMesh, TOKEN, backend_service, shoal};
 
 fn http_route(name: &str, rules: Value) -> Value {
     json!({
@@ -20,32 +20,9 @@ fn http_route(name: &str, rules: Value) -> Value {
     })
 }
 
-/// The `Accepted` condition of Shoal's entry in the route's `status.parents`, once it has `status` at
-/// `generation`.
+/// Shoal's `Accepted` condition in the `HTTPRoute` `default/name`'s `status.parents`.
 async fn wait_parent(kube: &FakeKube, name: &str, status: &str, generation: u64) -> Value {
-    eventually(
-        DEADLINE,
-        &format!("HTTPRoute {name}: Accepted={status} at generation {generation}"),
-        || async {
-            let object = kube.get("HTTPRoute", "default", name).unwrap();
-            let parents = object["status"]["parents"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let ours = parents
-                .iter()
-                .find(|p| p["controllerName"] == "shoal.io/mesh");
-            let condition = ours.and_then(|p| accepted(&p["conditions"]));
-            match condition {
-                Some(c) if c["status"] == status && c["observedGeneration"] == generation => {
-                    assert_eq!(ours.unwrap()["parentRef"]["name"], "web");
-                    Ok(c)
-                }
-                _ => Err(object["status"].clone()),
-            }
-        },
-    )
-    .await
+    kube_mesh::wait_parent(kube, "default", name, status, generation).await
 }
 
 /// `GET /` to `web` with `x-canary: yes`: the answer's body.
@@ -106,12 +83,16 @@ async fn an_http_route_matches_headers_splits_by_weight_and_reports_its_status()
     mesh.wait_all("web", "web-v2").await;
 
     // An unsupported filter: the route is refused naming the field; its last accepted version stays.
-    route["spec"]["rules"][1]["filters"] = json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "a", "value": "b"}]}}]);
+    route["spec"]["rules"][1]["filters"] =
+        json!([{"type": "URLRewrite", "urlRewrite": {"hostname": "elsewhere"}}]);
     mesh.kube.apply(route.clone());
     let refused = wait_parent(&mesh.kube, "web", "False", 3).await;
     assert_eq!(refused["reason"], "UnsupportedValue", "{refused}");
     let message = refused["message"].as_str().unwrap();
-    assert!(message.contains("spec.rules[1].filters"), "{message}");
+    assert!(
+        message.contains("spec.rules[1].filters[0].type: URLRewrite"),
+        "{message}"
+    );
     mesh.wait_all("web", "web-v2").await;
 
     // A new route with a query parameter match: refused, and nothing of it is served.
@@ -150,4 +131,68 @@ async fn an_http_route_matches_headers_splits_by_weight_and_reports_its_status()
     let conflicted = wait_parent(&mesh.kube, "web", "False", 4).await;
     assert_eq!(conflicted["reason"], "Conflicted", "{conflicted}");
     mesh.wait_all("web", "web-v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_route_filters_edit_headers_and_answer_redirects() {
+    let kube = FakeKube::start(TOKEN).await;
+    let _web = backend_service(&kube, "web", "10.96.0.10").await;
+    let v1 = backend_service(&kube, "web-v1", "10.96.0.11").await;
+    let mut route = http_route(
+        "web",
+        json!([
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+             "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                 "scheme": "https", "hostname": "new.example", "statusCode": 301,
+                 "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
+            {"backendRefs": [{"name": "web-v1", "port": 80}],
+             "filters": [
+                 {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                     "set": [{"name": "x-env", "value": "prod"}], "remove": ["x-debug"]}},
+                 {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                     "add": [{"name": "x-route", "value": "gateway"}]}}
+             ]}
+        ]),
+    );
+    route["spec"]["parentRefs"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("port");
+    kube.apply(route.clone());
+    let mut mesh = KubeMesh::start(kube).await;
+    let condition = wait_parent(&mesh.kube, "web", "True", 1).await;
+    assert_eq!(condition["reason"], "Accepted", "{condition}");
+    mesh.wait_all("web", "web-v1").await;
+
+    // The request header edits reach the upstream; the response's come back to the client.
+    let mut client = H1Client::connect(mesh.proxy.outbound()).await.unwrap();
+    let req = request("GET", "/", Some("web"))
+        .header("x-debug", "yes")
+        .header("x-env", "dev")
+        .body(empty())
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-route"), Some("gateway"));
+    assert_eq!(resp.text(), "web-v1");
+    let seen = v1.last();
+    assert_eq!(seen.header_all("x-env"), ["prod"]);
+    assert_eq!(seen.header("x-debug"), None);
+
+    // The redirect is answered by the proxy: nothing is sent upstream.
+    let before = v1.count();
+    let resp = mesh.client.get("web", "/old/page?q=1").await.unwrap();
+    assert_eq!(resp.status, 301, "{:?}", resp.headers);
+    assert_eq!(
+        resp.header("location"),
+        Some("https://new.example/new/page?q=1")
+    );
+    assert_eq!(v1.count(), before);
+    let config = mesh.proxy.config().await;
+    assert!(
+        config["state"]["routes"]
+            .to_string()
+            .contains("new.example"),
+        "{config}"
+    );
 }

@@ -248,7 +248,22 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_api_server_is_unavailable_not_a_bad_token() {
     let (kube, cp, dir) = cluster().await;
+    let url = kube.url();
+    let addr: std::net::SocketAddr = url.split("://").nth(1).unwrap().parse().unwrap();
     drop(kube);
+    // Hold the port, bound but not listening, so connections are refused: another test's fake API
+    // server must not take it over (it would answer the review: "token rejected").
+    let _hold = shoal_tests::wait::eventually(
+        std::time::Duration::from_secs(10),
+        "the fake API server's port to be free",
+        || async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            Ok::<_, std::io::Error>(socket)
+        },
+    )
+    .await;
     let file = token_file(dir.path(), "token", "token-web");
     let p = proxy(&cp, "web", "web", &file).unready().start().await;
     let error = refused(&p, "Unavailable").await;

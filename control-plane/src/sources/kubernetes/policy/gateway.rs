@@ -9,10 +9,12 @@
 //! - What translates: path matches (`Exact`, `PathPrefix`, `RegularExpression`), header matches (`Exact`,
 //!   `RegularExpression`), `method`; for gRPC, `method.service` / `method.method` (`Exact` or
 //!   `RegularExpression`) as the path `/<service>/<method>`; `backendRefs` to Services with `port` and
-//!   `weight`; `timeouts.request`; the rule's `name`. Anything else (filters, query parameter matches,
-//!   `timeouts.backendRequest`, `sessionPersistence`, `hostnames`, a parentRef's `port` or `sectionName`,
-//!   a backend in another namespace) refuses the whole route: `Accepted=False`, reason `UnsupportedValue`,
-//!   naming the field. Nothing is dropped silently.
+//!   `weight`; `timeouts.request`; the rule's `name`; an `HTTPRoute` rule's `RequestHeaderModifier`,
+//!   `ResponseHeaderModifier` and `RequestRedirect` filters ([`filter`]). Anything else (other filters, a
+//!   GRPCRoute's or a backend's filters, query parameter matches, `timeouts.backendRequest`,
+//!   `sessionPersistence`, `hostnames`, a parentRef's `port` or `sectionName`, a backend in another namespace)
+//!   refuses the whole route: `Accepted=False`, reason `UnsupportedValue`, naming the field. Nothing is dropped
+//!   silently.
 //! - `backendRefs[].port` (required by the Gateway API) must be the parent Service's only port: a proxy calls a
 //!   backend on the port the request came in on, so another port (or a Service with several) is refused.
 //! - The Shoal route built is checked by `model::validate::validate` like any other; a refusal names the
@@ -20,6 +22,8 @@
 //! - A Shoal `Route` resource for the same Service takes precedence: the Gateway API routes for it are not
 //!   served, and say so (`Accepted=False`, reason `Conflicted`, naming the Route).
 //! - An update that is refused keeps the last accepted translation of that route served.
+
+mod filter;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -130,7 +134,7 @@ fn refuse_set(object: &Value, fields: &[&str], why: &str) -> Result<(), Unsuppor
 fn rule_of(rule: &Value, namespace: &str, grpc: bool) -> Result<RouteRule, Unsupported> {
     refuse_set(
         rule,
-        &["filters", "sessionPersistence", "retry"],
+        &["sessionPersistence", "retry"],
         "not enforced by shoal-proxy for Gateway API routes",
     )?;
     let mut timeout = None;
@@ -173,16 +177,16 @@ fn rule_of(rule: &Value, namespace: &str, grpc: bool) -> Result<RouteRule, Unsup
     {
         backends.push(backend(b, namespace).map_err(|e| format!("backendRefs[{i}].{e}"))?);
     }
+    let filters = filter::filters(rule, grpc)?;
     Ok(RouteRule {
         name: rule["name"].as_str().unwrap_or_default().to_owned(),
         matches,
         backends,
         timeout,
         retry: None,
-        // Gateway API filters are refused above for now (they map one to one, a later change).
-        request_headers: None,
-        response_headers: None,
-        redirect: None,
+        request_headers: filters.request_headers,
+        response_headers: filters.response_headers,
+        redirect: filters.redirect,
     })
 }
 

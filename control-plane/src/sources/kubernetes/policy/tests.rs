@@ -7,7 +7,10 @@ use serde_json::json;
 
 use super::crd::convert;
 use super::gateway::{duration, translate};
-use crate::model::{HeaderMatch, PathMatch, ResourceKind, ServiceRef, Spec, ValueMatch};
+use crate::model::{
+    HeaderMatch, HeaderModifier, PathMatch, PathModifier, RequestRedirect, ResourceKind, Route,
+    ServiceRef, Spec, ValueMatch, fixtures, validate,
+};
 
 #[test]
 fn a_custom_resource_converts_like_a_document() {
@@ -76,8 +79,46 @@ fn what_does_not_translate_is_named() {
     let route = |rule: serde_json::Value| json!({"parentRefs": [{"kind": "Service", "name": "web"}], "rules": [rule]});
     let cases = [
         (
+            route(json!({"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "a"}}]})),
+            "spec.rules[0].filters[0].type: URLRewrite",
+        ),
+        (
+            route(json!({"filters": [{"type": "RequestMirror"}]})),
+            "spec.rules[0].filters[0].type: RequestMirror",
+        ),
+        (
+            route(json!({"filters": [{"type": "ExtensionRef"}]})),
+            "spec.rules[0].filters[0].type: ExtensionRef",
+        ),
+        (
             route(json!({"filters": [{"type": "RequestHeaderModifier"}]})),
-            "spec.rules[0].filters",
+            "spec.rules[0].filters[0].requestHeaderModifier: required",
+        ),
+        (
+            route(json!({"filters": [
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["a"]}},
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["b"]}}
+            ]})),
+            "spec.rules[0].filters[1].type: a second ResponseHeaderModifier",
+        ),
+        (
+            route(
+                json!({"filters": [{"type": "RequestRedirect", "requestRedirect": {"port": 70000}}]}),
+            ),
+            "spec.rules[0].filters[0].requestRedirect.port",
+        ),
+        (
+            route(json!({"filters": [{"type": "RequestRedirect",
+                                      "requestRedirect": {"path": {"type": "Strip"}}}]})),
+            "spec.rules[0].filters[0].requestRedirect.path.type",
+        ),
+        (
+            route(
+                json!({"backendRefs": [{"name": "b", "port": 80, "filters": [
+                    {"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["a"]}}
+                ]}]}),
+            ),
+            "spec.rules[0].backendRefs[0].filters",
         ),
         (
             route(json!({"matches": [{"queryParams": [{"name": "a", "value": "b"}]}]})),
@@ -102,6 +143,92 @@ fn what_does_not_translate_is_named() {
     }
     let gateway_only = json!({"parentRefs": [{"kind": "Gateway", "name": "edge"}]});
     assert_eq!(translate(&gateway_only, "default", false), Ok(None));
+}
+
+#[test]
+fn http_route_filters_become_the_rules_filters() {
+    let spec = json!({"parentRefs": [{"kind": "Service", "name": "web"}], "rules": [
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+         "filters": [{"type": "RequestRedirect", "requestRedirect": {
+             "scheme": "https", "hostname": "new.example", "port": 8443, "statusCode": 301,
+             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
+        {"matches": [{"path": {"type": "Exact", "value": "/moved"}}],
+         "filters": [{"type": "RequestRedirect", "requestRedirect": {
+             "path": {"type": "ReplaceFullPath", "replaceFullPath": "/here"}}}]},
+        {"backendRefs": [{"name": "web-v1", "port": 80}],
+         "filters": [
+             {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                 "set": [{"name": "x-env", "value": "prod"}], "add": [{"name": "x-tag", "value": "mesh"}],
+                 "remove": ["x-debug"]}},
+             {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["x-internal"]}}
+         ]}
+    ]});
+    let t = translate(&spec, "default", false).unwrap().unwrap();
+    assert_eq!(
+        t.rules[0].redirect,
+        Some(RequestRedirect {
+            scheme: Some("https".into()),
+            hostname: Some("new.example".into()),
+            port: Some(8443),
+            path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
+            status_code: Some(301),
+        })
+    );
+    assert!(t.rules[0].backends.is_empty() && t.rules[0].request_headers.is_none());
+    assert_eq!(
+        t.rules[1].redirect.as_ref().unwrap().path,
+        Some(PathModifier::ReplaceFullPath("/here".into()))
+    );
+    assert_eq!(t.rules[1].redirect.as_ref().unwrap().status_code, None);
+    assert_eq!(
+        t.rules[2].request_headers,
+        Some(HeaderModifier {
+            set: vec![("x-env".into(), "prod".into())],
+            add: vec![("x-tag".into(), "mesh".into())],
+            remove: vec!["x-debug".into()],
+        })
+    );
+    assert_eq!(
+        t.rules[2].response_headers,
+        Some(HeaderModifier {
+            remove: vec!["x-internal".into()],
+            ..HeaderModifier::default()
+        })
+    );
+    assert_eq!(t.rules[2].redirect, None);
+
+    // The values are the Shoal validation's to judge, which names the Shoal field (the backends' ports are
+    // checked and left out before, by `same_port`).
+    let mut t = t;
+    t.rules[2].backends[0].port = None;
+    let route = Route {
+        parent: ServiceRef::new("web", "default"),
+        rules: t.rules,
+    };
+    let mut bad = route.clone();
+    bad.rules[2].request_headers.as_mut().unwrap().set[0].0 = "host".into();
+    let resource = |route: Route| fixtures::resource("web", "default", Spec::Route(route));
+    let services = vec![fixtures::service("web"), fixtures::service("web-v1")];
+    assert_eq!(validate::validate(&resource(route), &services), Ok(()));
+    let error = validate::validate(&resource(bad), &services).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("spec.rules[2].request_header_modifier.set[0].name"),
+        "{error}"
+    );
+}
+
+#[test]
+fn grpc_route_filters_are_refused() {
+    let spec = json!({"parentRefs": [{"kind": "Service", "name": "greeter"}], "rules": [
+        {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["a"]}}]}
+    ]});
+    let error = translate(&spec, "default", true).unwrap_err();
+    assert!(
+        error.starts_with("spec.rules[0].filters[0].type"),
+        "{error}"
+    );
 }
 
 #[test]
