@@ -303,7 +303,14 @@ async fn changes(
                 !done.is_empty()
             },
         )
-        .await?;
+        .await
+        .with_context(|| {
+            format!(
+                "the fake API server has {} EndpointSlice watches open; it received {:?}",
+                kube.open_watches("EndpointSlice"),
+                kube.requests("EndpointSlice")
+            )
+        })?;
         latencies.extend(done.iter().map(|d| d.latency));
         // A short gap, so consecutive changes are separate pushes rather than one queue.
         tokio::time::sleep(Duration::from_millis(20)).await;
