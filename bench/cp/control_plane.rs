@@ -34,18 +34,27 @@ pub struct ControlPlane {
     data_dir: PathBuf,
     log: PathBuf,
     cpu: Option<usize>,
+    /// Settings beyond the listeners' and the data directory's (Kubernetes mode: the API server).
+    env: Vec<(String, String)>,
     child: Child,
     /// Where it listens (the same across restarts).
     pub addrs: Addrs,
     /// Time from spawning the process to its `control plane ready` line.
     pub startup: Duration,
+    /// When the process was spawned.
+    pub spawned: Instant,
 }
 
 impl ControlPlane {
     /// Copies `binary` into `dir` (a concurrent `cargo build` cannot swap it mid-run) and starts it
     /// on a fresh data directory there, with every listener on a free loopback port, pinned to
-    /// `cpu` with `taskset` when given.
-    pub async fn start(binary: &Path, dir: &Path, cpu: Option<usize>) -> Result<Self> {
+    /// `cpu` with `taskset` when given, with the extra settings `env`.
+    pub async fn start(
+        binary: &Path,
+        dir: &Path,
+        cpu: Option<usize>,
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
         if !binary.exists() {
             bail!(
                 "control-plane binary {} not found: build it with `cargo build --release -p shoal-control-plane` \
@@ -62,12 +71,14 @@ impl ControlPlane {
             discovery: any,
             metrics: any,
         };
+        let spawned = Instant::now();
         let (child, addrs, startup) = spawn(
             &copy,
             &dir.join("data"),
             &dir.join("control-plane.log"),
             cpu,
             any,
+            &env,
         )
         .await?;
         Ok(Self {
@@ -75,9 +86,11 @@ impl ControlPlane {
             data_dir: dir.join("data"),
             log: dir.join("control-plane.log"),
             cpu,
+            env,
             child,
             addrs,
             startup,
+            spawned,
         })
     }
 
@@ -105,18 +118,47 @@ impl ControlPlane {
 
     /// Starts a new process on the same data directory and addresses; returns when it is ready.
     pub async fn restart(&mut self) -> Result<()> {
+        self.spawned = Instant::now();
         let (child, addrs, startup) = spawn(
             &self.binary,
             &self.data_dir,
             &self.log,
             self.cpu,
             self.addrs,
+            &self.env,
         )
         .await?;
         self.child = child;
         self.addrs = addrs;
         self.startup = startup;
         Ok(())
+    }
+
+    /// Waits until a line of its log contains `needle` (the log file is read every 10 ms); returns
+    /// when it was seen, and the line.
+    pub async fn wait_for_log(
+        &self,
+        needle: &str,
+        deadline: Duration,
+    ) -> Result<(Instant, String)> {
+        let started = Instant::now();
+        loop {
+            let text = tokio::fs::read_to_string(&self.log)
+                .await
+                .with_context(|| format!("cannot read {}", self.log.display()))?;
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return Ok((Instant::now(), line.to_owned()));
+            }
+            // Fails when the process is gone.
+            self.sample()?;
+            if started.elapsed() > deadline {
+                bail!(
+                    "the control plane did not log `{needle}` within {deadline:?} (see {})",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The control plane's own `/metrics` text.
@@ -145,6 +187,7 @@ async fn spawn(
     log: &Path,
     cpu: Option<usize>,
     addrs: Addrs,
+    env: &[(String, String)],
 ) -> Result<(Child, Addrs, Duration)> {
     let mut cmd = match cpu {
         Some(cpu) => {
@@ -165,6 +208,7 @@ async fn spawn(
         .env("SHOAL_CP_DISCOVERY_PLAINTEXT", "true")
         // The default log level (info), as deployed: one line per proxy connect and disconnect.
         .env("SHOAL_LOG_FORMAT", "json")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

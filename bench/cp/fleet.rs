@@ -85,8 +85,22 @@ pub fn service_keys(qualified: &str) -> [Key; 3] {
     .map(|t| (t as i32, qualified.to_owned()))
 }
 
-/// The marker a resource carries (see `seed`): the route's timeout, the highest endpoint weight.
-fn marker(r: &wire::Resource) -> u64 {
+/// Where an `Endpoints` resource carries the benchmark's marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointMarker {
+    /// The highest endpoint weight (registrations written through the Admin API, see `seed`).
+    Weight,
+    /// The highest endpoint port above `base` (EndpointSlices, whose endpoints all have weight 1;
+    /// see `kube`).
+    Port {
+        /// The port of marker 0.
+        base: u16,
+    },
+}
+
+/// The marker a resource carries (see `seed`): the route's timeout, the highest endpoint weight
+/// (or port).
+fn marker(r: &wire::Resource, endpoint_marker: EndpointMarker) -> u64 {
     if let Some(route) = &r.route {
         return route
             .rules
@@ -94,11 +108,11 @@ fn marker(r: &wire::Resource) -> u64 {
             .map_or(0, |rule| rule.timeout_ms.saturating_sub(ROUTE_MARKER_BASE));
     }
     r.endpoints.as_ref().map_or(0, |e| {
-        e.endpoints
-            .iter()
-            .map(|e| u64::from(e.weight))
-            .max()
-            .unwrap_or(0)
+        let of = |e: &wire::Endpoint| match endpoint_marker {
+            EndpointMarker::Weight => u64::from(e.weight),
+            EndpointMarker::Port { base } => u64::from(e.port.saturating_sub(u32::from(base))),
+        };
+        e.endpoints.iter().map(of).max().unwrap_or(0)
     })
 }
 
@@ -120,6 +134,7 @@ struct Proxy {
     index: usize,
     addr: SocketAddr,
     keys: Vec<Key>,
+    endpoint_marker: EndpointMarker,
     /// Held resources: key → (version, marker).
     held: HashMap<Key, (String, u64)>,
     tracker: Arc<Tracker>,
@@ -130,7 +145,8 @@ struct Proxy {
 
 impl Fleet {
     /// Starts `n` proxies against `addr` on the runtime `on`, each subscribing to the services `plan`
-    /// gives it; at most `connect_concurrency` initial connections are opened at once.
+    /// gives it and reading endpoint markers from `endpoint_marker`; at most `connect_concurrency`
+    /// initial connections are opened at once.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         on: &tokio::runtime::Handle,
@@ -139,6 +155,7 @@ impl Fleet {
         services: usize,
         addr: SocketAddr,
         tracker: Arc<Tracker>,
+        endpoint_marker: EndpointMarker,
         connect_concurrency: usize,
     ) -> Self {
         let counters = Arc::new(Counters::default());
@@ -155,6 +172,7 @@ impl Fleet {
                 index,
                 addr,
                 keys,
+                endpoint_marker,
                 held: HashMap::new(),
                 tracker: tracker.clone(),
                 counters: counters.clone(),
@@ -343,7 +361,7 @@ impl Proxy {
         for r in &response.resources {
             let Some(k) = &r.key else { continue };
             let key = (k.r#type, k.name.clone());
-            let new = marker(r);
+            let new = marker(r, self.endpoint_marker);
             let old = self
                 .held
                 .insert(key.clone(), (r.version.clone(), new))

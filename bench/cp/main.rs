@@ -12,9 +12,12 @@
 //! - [`tracker`]: which proxies ACKed which marker, and when the last one did.
 //! - [`wire`]: the part of a discovery response the simulated proxies decode.
 //! - [`phases`]: the measurements; [`report`]: the JSON and the table.
+//! - [`kube`]: `cp-bench kubernetes`, the control plane's Kubernetes source against the fake API
+//!   server of the integration tests (sync time, memory, EndpointSlice change → ACKs).
 
 mod control_plane;
 mod fleet;
+mod kube;
 mod os;
 mod phases;
 mod report;
@@ -23,6 +26,7 @@ mod stats;
 mod tracker;
 mod wire;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +40,12 @@ use crate::report::{Machine, Report};
 
 /// Benchmark the Shoal control plane with simulated proxies.
 #[derive(Debug, Clone, Parser, serde::Serialize)]
-#[command(name = "cp-bench", version)]
+#[command(name = "cp-bench", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    /// Another benchmark than the default (the Admin-API-fed control plane).
+    #[command(subcommand)]
+    #[serde(skip)]
+    mode: Option<Mode>,
     /// Simulated proxies (one HTTP/2 connection and discovery stream each).
     #[arg(long, default_value_t = 1000)]
     proxies: usize,
@@ -79,6 +87,14 @@ struct Args {
     keep_tmp: bool,
 }
 
+/// The benchmarks besides the default one.
+#[derive(Debug, Clone, clap::Subcommand)]
+enum Mode {
+    /// The control plane in Kubernetes mode against a fake API server: first sync, memory, and
+    /// EndpointSlice change → every subscribed proxy's ACK.
+    Kubernetes(kube::KubeArgs),
+}
+
 impl Args {
     fn check(&self) -> Result<()> {
         if self.proxies == 0 {
@@ -106,21 +122,26 @@ impl Args {
         }
         Ok(())
     }
+}
 
-    fn cp_binary(&self) -> PathBuf {
-        self.cp_bin.clone().unwrap_or_else(|| {
-            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(|t| workspace.join(t))
-                .unwrap_or_else(|| workspace.join("target"));
-            target.join("release").join("shoal-control-plane")
-        })
-    }
+/// `--cp-bin`, or target/release/shoal-control-plane of this workspace.
+fn cp_binary(cp_bin: &Option<PathBuf>) -> PathBuf {
+    cp_bin.clone().unwrap_or_else(|| {
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|t| workspace.join(t))
+            .unwrap_or_else(|| workspace.join("target"));
+        target.join("release").join("shoal-control-plane")
+    })
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(args) {
+    let mut args = Args::parse();
+    let result = match args.mode.take() {
+        Some(Mode::Kubernetes(kube)) => kube::run(kube),
+        None => run(args),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cp-bench: {e:#}");
@@ -131,8 +152,33 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> Result<()> {
     args.check()?;
+    let (no_pin, proxies) = (args.no_pin, args.proxies);
+    with_runtimes(no_pin, proxies, move |fleet, placement| {
+        bench(args, fleet, placement)
+    })
+}
+
+/// Which CPUs the parts run on.
+#[derive(Debug, Clone)]
+struct Placement {
+    /// The CPUs this process may use.
+    cpus: Vec<usize>,
+    /// The control plane's (`None`: not pinned).
+    cp_cpu: Option<usize>,
+    /// The simulated proxies' and the benchmark's own.
+    proxies_cpu: Option<usize>,
+}
+
+/// Pins this process (unless `no_pin`), raises the descriptor limit for `proxies` connections, and
+/// runs `bench` on a current-thread runtime, handing it the runtime of the simulated proxies (a
+/// thread of its own on the same CPU).
+fn with_runtimes<F, Fut>(no_pin: bool, proxies: usize, bench: F) -> Result<()>
+where
+    F: FnOnce(tokio::runtime::Handle, Placement) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     let cpus = os::allowed_cpus();
-    let (cp_cpu, proxies_cpu) = if args.no_pin {
+    let (cp_cpu, proxies_cpu) = if no_pin {
         (None, None)
     } else if cpus.len() >= 2 {
         (Some(cpus[1]), Some(cpus[0]))
@@ -144,7 +190,7 @@ fn run(args: Args) -> Result<()> {
         // Before the runtime starts: its threads inherit the mask.
         os::pin_to(cpu)?;
     }
-    os::ensure_descriptors(args.proxies as u64 + 512)?;
+    os::ensure_descriptors(proxies as u64 + 512)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -166,7 +212,12 @@ fn run(args: Args) -> Result<()> {
             })
         })
         .context("cannot start the proxies' thread")?;
-    let result = runtime.block_on(bench(args, &fleet, cpus, cp_cpu, proxies_cpu));
+    let placement = Placement {
+        cpus,
+        cp_cpu,
+        proxies_cpu,
+    };
+    let result = runtime.block_on(bench(fleet, placement));
     let _ = stop.send(());
     let _ = fleet_thread.join();
     result
@@ -174,11 +225,14 @@ fn run(args: Args) -> Result<()> {
 
 async fn bench(
     args: Args,
-    fleet_runtime: &tokio::runtime::Handle,
-    cpus: Vec<usize>,
-    cp_cpu: Option<usize>,
-    proxies_cpu: Option<usize>,
+    fleet_runtime: tokio::runtime::Handle,
+    placement: Placement,
 ) -> Result<()> {
+    let Placement {
+        cpus,
+        cp_cpu,
+        proxies_cpu,
+    } = placement;
     let load_start = os::load_average();
     let mut tmp = tempfile::Builder::new().prefix("cp-bench-").tempdir()?;
     if args.keep_tmp {
@@ -186,7 +240,8 @@ async fn bench(
         tmp.disable_cleanup(true);
         eprintln!("cp-bench: keeping {}", tmp.path().display());
     }
-    let mut cp = ControlPlane::start(&args.cp_binary(), tmp.path(), cp_cpu).await?;
+    let mut cp =
+        ControlPlane::start(&cp_binary(&args.cp_bin), tmp.path(), cp_cpu, Vec::new()).await?;
     let startup = cp.startup;
     let per_service = args.endpoints / args.services;
     eprintln!(
@@ -221,12 +276,13 @@ async fn bench(
 
     let settle = Duration::from_secs_f64(args.settle_seconds);
     let (fleet, connect) = phases::connect(
-        fleet_runtime,
+        &fleet_runtime,
         &cp,
         args.proxies,
         args.subscriptions,
         args.services,
         tracker.clone(),
+        fleet::EndpointMarker::Weight,
         settle,
     )
     .await?;

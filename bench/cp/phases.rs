@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
 use crate::control_plane::{ControlPlane, metric_sum, require_metric};
-use crate::fleet::Fleet;
+use crate::fleet::{EndpointMarker, Fleet};
 use crate::report::{Churn, Connect, Push, Resync};
 use crate::seed::{self, qualified, wait_until};
 use crate::stats::Latency;
@@ -63,6 +63,7 @@ async fn wait_synced(fleet: &Fleet, n: usize, sessions: u64, deadline: Duration)
 }
 
 /// Connects the fleet and measures memory and CPU per proxy.
+#[allow(clippy::too_many_arguments)]
 pub async fn connect(
     on: &tokio::runtime::Handle,
     cp: &ControlPlane,
@@ -70,11 +71,21 @@ pub async fn connect(
     m: usize,
     services: usize,
     tracker: Arc<Tracker>,
+    endpoint_marker: EndpointMarker,
     settle: Duration,
 ) -> Result<(Fleet, Connect)> {
     let before = cp.sample()?;
     let started = Instant::now();
-    let fleet = Fleet::start(on, n, m, services, cp.addrs.discovery, tracker, 100);
+    let fleet = Fleet::start(
+        on,
+        n,
+        m,
+        services,
+        cp.addrs.discovery,
+        tracker,
+        endpoint_marker,
+        100,
+    );
     wait_synced(&fleet, n, 1, Duration::from_secs(300)).await?;
     let seconds = started.elapsed().as_secs_f64();
     let connected = cp.sample()?;

@@ -149,7 +149,8 @@ pub struct Resync {
     pub rss_kib: u64,
 }
 
-fn verdict(ok: bool) -> &'static str {
+/// The target column's word.
+pub fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 

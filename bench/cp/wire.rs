@@ -49,9 +49,12 @@ pub struct Endpoints {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// `shoal.v1.Endpoint`: the weight.
+/// `shoal.v1.Endpoint`: the port and the weight.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Endpoint {
+    /// The Kubernetes mode's marker (see `kube`).
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
     /// The churn marker (see `seed`).
     #[prost(uint32, tag = "3")]
     pub weight: u32,
@@ -124,6 +127,10 @@ mod tests {
         assert_eq!(
             light.resources[0].endpoints.as_ref().unwrap().endpoints[0].weight,
             9
+        );
+        assert_eq!(
+            light.resources[0].endpoints.as_ref().unwrap().endpoints[0].port,
+            8080
         );
         assert_eq!(
             light.resources[1].route.as_ref().unwrap().rules[0].timeout_ms,

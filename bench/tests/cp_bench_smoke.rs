@@ -1,5 +1,5 @@
-//! `cp-bench` runs end to end at tiny scale (3 proxies × 2 services) against the real control
-//! plane, and its JSON holds the figures of every phase.
+//! `cp-bench` and `cp-bench kubernetes` run end to end at tiny scale against the real control
+//! plane, and their JSON holds the figures of every phase.
 
 use std::process::Command;
 
@@ -68,4 +68,67 @@ fn cp_bench_runs_end_to_end_at_tiny_scale() {
     assert_eq!(num("/resync/proxies_synced"), 3.0);
     // Nothing changed across the restart: nothing is sent again.
     assert_eq!(num("/resync/resources_resent"), 0.0);
+}
+
+/// `cp-bench kubernetes` runs end to end at tiny scale (3 proxies, 6 services, 20 pods, 3 changes)
+/// against the real control plane in Kubernetes mode, and its JSON holds the figures of every phase.
+#[test]
+fn cp_bench_kubernetes_runs_end_to_end_at_tiny_scale() {
+    let cp = shoal_tests::control_plane::control_plane_binary().expect("control-plane binary");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("out.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_cp-bench"))
+        .args([
+            "kubernetes",
+            "--services",
+            "6",
+            "--pods",
+            "20",
+            "--proxies",
+            "3",
+            "--subscriptions",
+            "2",
+            "--changes",
+            "3",
+            "--settle-seconds",
+            "0.2",
+            "--no-pin",
+        ])
+        .arg("--cp-bin")
+        .arg(&cp)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run cp-bench kubernetes");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cp-bench kubernetes failed:\n{stderr}\n{stdout}"
+    );
+    assert!(
+        stdout.contains("| EndpointSlice change → last ACK |"),
+        "no table:\n{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+            .expect("valid JSON");
+    let num = |path: &str| -> f64 {
+        report
+            .pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{path} missing in {report:#}"))
+    };
+    // 6 Services, 6 EndpointSlices, 20 Pods; the control plane holds them all.
+    assert_eq!(num("/fill/objects"), 32.0);
+    assert_eq!(num("/sync/services"), 6.0);
+    assert_eq!(num("/sync/endpoint_slices"), 6.0);
+    assert_eq!(num("/sync/meshed_pods"), 20.0);
+    assert!(num("/sync/hwm_kib") > 0.0);
+    assert_eq!(num("/connect/cp_connected_gauge"), 3.0);
+    assert_eq!(num("/connect/keys_per_proxy"), 6.0);
+    // Every change reached every proxy.
+    assert_eq!(num("/changes/latency/count"), 3.0);
+    assert_eq!(num("/changes/subscribers"), 3.0);
+    assert!(num("/changes/latency/max_ms") > 0.0);
 }

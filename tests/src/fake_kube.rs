@@ -1,6 +1,7 @@
 //! A fake Kubernetes API server speaking the real list/watch protocol, over HTTP/1.1 on 127.0.0.1 (plain, or
 //! TLS with a test CA's certificate), for the control plane's Kubernetes source (`tests/tests/kube_discovery.rs`,
-//! `kube_policy.rs`, `kube_gateway.rs`, `kube_ha.rs`).
+//! `kube_policy.rs`, `kube_gateway.rs`, `kube_ha.rs`), and for the Kubernetes mode of the control-plane
+//! benchmark (`cp-bench kubernetes`, bench/cp/kube).
 //!
 //! It serves cluster-wide lists and watches of every kind in [`KINDS`]: Services (`/api/v1/services`), Pods
 //! (`/api/v1/pods`), EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`), Shoal's eight custom resources
