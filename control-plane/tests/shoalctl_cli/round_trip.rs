@@ -129,11 +129,7 @@ fn documented_examples_apply_or_are_refused_as_documented() {
         7,
         "Service, EndpointRegistration, Route, AuthorizationPolicy, RateLimit, FaultInjection, BackendPolicy"
     );
-    assert_eq!(
-        refused.len(),
-        2,
-        "a route with backend ports, a Mirror"
-    );
+    assert_eq!(refused.len(), 2, "a route with backend ports, a Mirror");
     // The services the examples refer to besides `backend`.
     let extra = "kind: Service\nmetadata: {name: backend-v2}\nspec: {ports: [{port: 8080}]}\n---\nkind: Service\nmetadata: {name: backend-shadow}\nspec: {ports: [{port: 8080}]}\n";
     let yaml = format!("{extra}---\n{}", accepted.join("---\n"));

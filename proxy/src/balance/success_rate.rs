@@ -134,8 +134,7 @@ impl Evaluation {
             .saturating_sub(ejected);
         let outliers = outliers(&windows, config);
         if !outliers.is_empty() {
-            self.config
-                .ejected_now(ejected + outliers.len().min(room));
+            self.config.ejected_now(ejected + outliers.len().min(room));
         }
         for i in outliers.into_iter().take(room) {
             let (addr, load) = &members[i];

@@ -248,7 +248,7 @@ async fn success_rate_ejects_the_worst_outliers_within_the_cap() {
         Algorithm::RoundRobin,
         Some(success_rate_config(20.0)),
     );
-    b.start(None, "app.default");
+    b.start(None, "app.default", None);
     // 100 requests round robin, 20 each: port 1 gets requests 0, 5, 10, … and fails the even
     // ones (rate 0.5); port 2 gets 1, 6, 11, … and fails the multiples of 3 (7 of 20: 0.65).
     exchange(&b, 100, &[(1, 2), (2, 3)]);
@@ -278,13 +278,13 @@ async fn the_evaluation_survives_an_update_with_the_same_settings() {
     let endpoints: Vec<_> = (1..=5).map(|port| ep(port, 1, true)).collect();
     let config = Some(success_rate_config(20.0));
     let old = Balancer::new(&endpoints, Algorithm::RoundRobin, config.clone());
-    old.start(None, "app.default");
+    old.start(None, "app.default", None);
     exchange(&old, 100, &[(1, 2)]);
     let mut more = endpoints.clone();
     more.push(ep(6, 1, true));
     let new = Balancer::new(&more, Algorithm::RoundRobin, config);
     new.inherit(&old);
-    new.start(None, "app.default");
+    new.start(None, "app.default", None);
     let evaluation = new.evaluation.get().unwrap();
     assert!(Arc::ptr_eq(evaluation, old.evaluation.get().unwrap()));
     // The counts of the old snapshot's requests are judged with the new snapshot's endpoints.
@@ -296,7 +296,7 @@ async fn the_evaluation_survives_an_update_with_the_same_settings() {
         Some(success_rate_config(50.0)),
     );
     changed.inherit(&new);
-    changed.start(None, "app.default");
+    changed.start(None, "app.default", None);
     assert!(!Arc::ptr_eq(changed.evaluation.get().unwrap(), evaluation));
 }
 

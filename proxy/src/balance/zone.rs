@@ -51,7 +51,8 @@ impl Local {
             return None;
         }
         let balancer = Balancer::new(&ready, backend.algorithm, backend.outlier.clone())
-            .with_slow_start(backend.slow_start);
+            .with_slow_start(backend.slow_start)
+            .with_health_check(backend.health_check.clone());
         for (r, local) in (backend.ready.iter().filter(|r| *r.zone == **zone)).zip(&balancer.ready)
         {
             let _ = local.load.set(r.load().clone());
@@ -71,7 +72,7 @@ impl Local {
     /// Whether enough of the zone's endpoints are in balancing (not ejected) to prefer it.
     pub(crate) fn preferred(&self) -> bool {
         let healthy = (self.balancer.ready.iter())
-            .filter(|r| !r.load().health.is_ejected())
+            .filter(|r| !r.load().health.is_ejected() && !r.load().checked.is_unhealthy())
             .count();
         healthy > 0 && healthy * 100 >= self.total * MIN_HEALTHY_PERCENT
     }

@@ -577,6 +577,8 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
         limits,
         circuit_breaker,
         outlier_detection,
+        // The proto's BackendPolicy has no health checks yet: the state file's alone.
+        health_check: None,
     })
 }
 

@@ -27,6 +27,8 @@ pub enum RequestBody {
     Replay(ReplayBody),
     /// No body: a retried attempt of a request that had none.
     Empty,
+    /// A small body the proxy made (a health check's gRPC request), sent in one frame.
+    Bytes(Option<Bytes>),
 }
 
 impl Body for RequestBody {
@@ -42,6 +44,7 @@ impl Body for RequestBody {
             RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -51,6 +54,7 @@ impl Body for RequestBody {
             RequestBody::H2(b) => b.is_end_stream(),
             RequestBody::Replay(b) => b.is_end_stream(),
             RequestBody::Empty => true,
+            RequestBody::Bytes(b) => b.is_none(),
         }
     }
 
@@ -60,6 +64,7 @@ impl Body for RequestBody {
             RequestBody::H2(b) => b.size_hint(),
             RequestBody::Replay(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

@@ -55,15 +55,13 @@ pub const KINDS: &[UnenforcedKind] = &[UnenforcedKind {
 }];
 
 /// The fields refused until the proxy enforces them. Delete an entry when it does.
-pub const FIELDS: &[UnenforcedField] = &[
-    UnenforcedField {
-        kind: ResourceKind::Route,
-        field: "spec.rules[].backends[].port",
-        why: "the proxy calls a backend on the port the request came in on",
-        find: route_backend_ports,
-        strip: strip_route_backend_ports,
-    },
-];
+pub const FIELDS: &[UnenforcedField] = &[UnenforcedField {
+    kind: ResourceKind::Route,
+    field: "spec.rules[].backends[].port",
+    why: "the proxy calls a backend on the port the request came in on",
+    find: route_backend_ports,
+    strip: strip_route_backend_ports,
+}];
 
 /// One error per unenforced kind or field that `spec` uses; empty when the proxy enforces all of it.
 pub fn refusals(spec: &Spec) -> Vec<FieldError> {

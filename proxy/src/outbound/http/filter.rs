@@ -41,6 +41,7 @@ where
                 result: Ok(resp),
                 metrics,
                 upstream: None,
+                retried: Vec::new(),
             };
         }
         let response_edits = rule.response_headers.clone();
