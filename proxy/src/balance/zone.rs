@@ -100,7 +100,7 @@ mod tests {
         let zone: Arc<str> = "a".into();
         let endpoints = [ep(1, "a", true), ep(2, "a", false), ep(3, "b", true)];
         let b = Balancer::new(&endpoints, Algorithm::RoundRobin, None);
-        b.start(Some(&zone), "app.default");
+        b.start(Some(&zone), "app.default", None);
         let local = b.local.get().unwrap().as_ref().unwrap();
         assert_eq!((local.total, local.balancer.ready.len()), (2, 1));
         assert!(local.preferred(), "one of two is half");
@@ -123,7 +123,7 @@ mod tests {
             ep(3, "b", true),
         ];
         let b = Balancer::new(&fewer, Algorithm::RoundRobin, None);
-        b.start(Some(&zone), "app.default");
+        b.start(Some(&zone), "app.default", None);
         let picked: Vec<u16> = (0..10).map(|_| b.pick().unwrap().addr.port()).collect();
         assert!(
             picked.contains(&3),
@@ -139,7 +139,7 @@ mod tests {
             [ep(1, "b", true), ep(2, "", true)],
         ] {
             let b = Balancer::new(&endpoints, Algorithm::RoundRobin, None);
-            b.start(Some(&zone), "app.default");
+            b.start(Some(&zone), "app.default", None);
             assert!(b.local.get().unwrap().is_none());
         }
     }
