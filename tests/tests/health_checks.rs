@@ -62,6 +62,17 @@ async fn health(proxy: &Proxy) -> Vec<String> {
         .collect()
 }
 
+/// The `health` of the endpoint at `addr` in `/config`.
+async fn health_of(proxy: &Proxy, addr: SocketAddr) -> String {
+    let config = proxy.config().await;
+    let endpoints = config["state"]["services"][0]["load_balancer"]["endpoints"].clone();
+    (endpoints.as_array().into_iter().flatten())
+        .find(|e| e["address"] == addr.to_string())
+        .map_or("absent".into(), |e| {
+            e["health"].as_str().unwrap_or("absent").to_string()
+        })
+}
+
 async fn wait_health(proxy: &Proxy, want: &[&str]) {
     eventually(WAIT, &format!("health {want:?}"), || async {
         let h = health(proxy).await;
@@ -257,4 +268,71 @@ async fn an_invalid_health_check_is_refused_naming_the_field() {
         let text = format!("{}{}", exited.stdout, exited.stderr);
         assert!(text.contains(field), "{policy}: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_applied_with_shoalctl_is_enforced_and_shown() {
+    use shoal_tests::control_plane::{ControlPlaneBuilder, MeshClient, service_yaml};
+    let bad = checked(&Arc::new(AtomicBool::new(false))).await;
+    let good = checked(&Arc::new(AtomicBool::new(true))).await;
+    let cp = ControlPlaneBuilder::new().start().await;
+    cp.apply(&service_yaml("app", 80, &[bad.addr(), good.addr()]))
+        .await
+        .success();
+    let policy = |spec: &str| {
+        format!(
+            "kind: BackendPolicy\nmetadata: {{name: app}}\nspec:\n  service: app\n  health_check: {spec}\n"
+        )
+    };
+    // Exactly one of http or grpc: refused at apply, naming the field.
+    let refused = cp
+        .ctl(
+            &["apply", "-f", "-"],
+            Some(&policy("{http: {path: /healthz}, grpc: {}}")),
+        )
+        .await;
+    assert_eq!(refused.code(), Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("health_check"),
+        "{}",
+        refused.stderr
+    );
+    cp.apply(&policy(
+        "{http: {path: /healthz}, interval_ms: 100, unhealthy_threshold: 2}",
+    ))
+    .await
+    .success();
+    let proxy = cp.proxy_builder("hc-proxy").start().await;
+    let mut client = MeshClient::new(proxy.outbound());
+    assert_eq!(client.get("app", "/").await.unwrap().status, 200);
+    // The control plane orders the endpoints its own way: by address here.
+    eventually(
+        WAIT,
+        "the failing endpoint unhealthy, its peer healthy",
+        || async {
+            let h = (
+                health_of(&proxy, bad.addr()).await,
+                health_of(&proxy, good.addr()).await,
+            );
+            if h == ("unhealthy".into(), "healthy".into()) {
+                Ok(())
+            } else {
+                Err(h)
+            }
+        },
+    )
+    .await;
+    let config = proxy.config().await;
+    let shown = &config["state"]["services"][0]["load_balancer"]["health_check"];
+    assert_eq!(shown["unhealthy_threshold"], 2, "{shown}");
+    assert_eq!(shown["interval"], "100ms", "{shown}");
+    let before = traffic(&bad);
+    for _ in 0..10 {
+        assert_eq!(client.get("app", "/").await.unwrap().status, 200);
+    }
+    assert_eq!(
+        traffic(&bad),
+        before,
+        "no traffic to the unhealthy endpoint"
+    );
 }

@@ -122,8 +122,8 @@ impl HealthCheckSpec {
             _ => return Err(format!("{at}: exactly one of http or grpc")),
         };
         let in_range = |field: &str, d: Option<Duration>, default: Duration| match d {
-            Some(d) if d.is_zero() || d > Duration::from_secs(3600) => {
-                Err(format!("{at}.{field}: must be between 1ms and 1h"))
+            Some(d) if d.is_zero() || d > Duration::from_secs(24 * 3600) => {
+                Err(format!("{at}.{field}: must be between 1ms and 24h"))
             }
             d => Ok(d.unwrap_or(default)),
         };
