@@ -336,3 +336,56 @@ async fn a_health_check_applied_with_shoalctl_is_enforced_and_shown() {
         "no traffic to the unhealthy endpoint"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshed_endpoint_is_probed_over_mtls() {
+    use shoal_tests::control_plane::{ControlPlaneBuilder, MeshClient};
+    const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
+    let cp = ControlPlaneBuilder::new().start().await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let app = checked(&healthy).await;
+    // Strict mTLS inbound: a plaintext probe could not reach the app.
+    let server = ProxyBuilder::new()
+        .inbound_explicit(app.addr())
+        .env("SHOAL_DISCOVERY_ADDR", cp.discovery_url())
+        .env(
+            "SHOAL_CONTROL_PLANE_TRUST_ANCHORS_FILE",
+            cp.anchors_file().display(),
+        )
+        .env("SHOAL_PROXY_ID", "web")
+        .env("SHOAL_SERVICE_NAME", "web")
+        .env("SHOAL_SERVICE_ACCOUNT", "web")
+        .env("SHOAL_IDENTITY_TOKEN", cp.join_token("web", None).await)
+        .env("SHOAL_INBOUND_TLS_MODE", "strict")
+        .start()
+        .await;
+    let inbound = server.inbound();
+    cp.apply(&format!(
+        "kind: Service\nmetadata: {{name: web}}\nspec:\n  ports: [{{port: 80}}]\n---\nkind: EndpointRegistration\nmetadata: {{name: web-0}}\nspec: {{service: web, address: {}, port: {}, identity: \"{WEB_ID}\"}}\n---\n\
+         kind: BackendPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  health_check: {{http: {{path: /healthz}}, interval_ms: 100, healthy_threshold: 1, unhealthy_threshold: 1}}\n",
+        inbound.ip(),
+        inbound.port()
+    ))
+    .await
+    .success();
+    let client = cp
+        .joining_proxy("frontend", "frontend", None)
+        .await
+        .start()
+        .await;
+    let mut c = MeshClient::new(client.outbound());
+    assert_eq!(c.get("web", "/").await.unwrap().status, 200);
+    wait_health(&client, &["healthy"]).await;
+    let probes: Vec<_> = (app.requests().into_iter())
+        .filter(|r| r.header("shoal-health-check").is_some())
+        .collect();
+    let probe = probes.last().expect("a probe reached the app");
+    assert_eq!(probe.uri.path(), "/healthz");
+    // Through the caller's mTLS: the app learns the prober's identity.
+    assert_eq!(
+        probe.header("shoal-client-id"),
+        Some("spiffe://cluster.local/ns/default/sa/frontend")
+    );
+    healthy.store(false, Ordering::SeqCst);
+    wait_health(&client, &["unhealthy"]).await;
+}
