@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Keeps `BackendPolicy` (and the payload enums holding it) small: most policies have none.
+        .boxed(".shoal.v1.BackendPolicy.health_check")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -119,6 +119,8 @@ INVALID = [
     ("BackendPolicy", ["spec", "outlier_detection", "max_ejection_percent"], 101, "not a percentage from 0 to 100"),
     ("BackendPolicy", ["spec", "outlier_detection", "success_rate", "stdev_factor"], 11, "not in (0, 10]"),
     ("BackendPolicy", ["spec", "circuit_breaker", "override"], "open", "unknown override"),
+    ("BackendPolicy", ["spec", "health_check", "http", "path"], "healthz", "not a request path starting with /"),
+    ("BackendPolicy", ["spec", "health_check", "http", "expected_statuses", "end"], 600, "not a range of statuses"),
     ("AuthorizationPolicy", ["spec", "rules", 0, "action"], DELETE, "action: required: ALLOW or DENY"),
     ("AuthorizationPolicy", ["spec", "rules", 0, "from", 0], {"namespace": "Shop"}, "namespace must be lowercase"),
     ("AuthorizationPolicy", ["spec", "rules", 0, "to_ports"], [0], "port 0 is not a valid port"),

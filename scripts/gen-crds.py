@@ -293,6 +293,37 @@ BACKEND_POLICY = obj(
                 ),
             }
         ),
+        "health_check": obj(
+            {
+                "http": obj(
+                    {
+                        "path": {"type": "string", "pattern": "^/\\S*$",
+                                 "description": "the probe's GET path: starts with /, no whitespace"},
+                        "expected_statuses": obj(
+                            {
+                                "start": {"type": "integer", "minimum": 100, "maximum": 599},
+                                "end": {"type": "integer", "minimum": 100, "maximum": 599},
+                            },
+                            required=["start", "end"],
+                            description="statuses counted healthy, both ends included; left out: 200-399",
+                        ),
+                    },
+                    required=["path"],
+                ),
+                "grpc": obj(
+                    {"service": {"type": "string",
+                                 "description": "grpc.health.v1.Health/Check's service; empty or left out: the server"}}
+                ),
+                "interval_ms": ms("milliseconds, at most 24 h, between rounds of probes; 0 or left out: 10 s"),
+                "timeout_ms": ms("milliseconds, at most 24 h, per probe; 0 or left out: 1 s"),
+                "healthy_threshold": count("passing probes in a row that bring an endpoint back; 0 or left out: 2"),
+                "unhealthy_threshold": count("failing probes in a row that take it out; 0 or left out: 3"),
+            },
+            **{"x-kubernetes-validations": [{
+                "rule": "has(self.http) != has(self.grpc)",
+                "message": "exactly one of http or grpc",
+            }]},
+        ),
         "circuit_breaker": obj(
             {
                 "failure_ratio_threshold": ratio("failure share that opens the breaker, (0, 1]"),

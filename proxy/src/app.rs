@@ -111,9 +111,6 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
     if let Some(zone) = &config.zone {
         store.set_zone(zone);
     }
-    if let Some(path) = &config.state_file {
-        state::file::load_into(&store, path).map_err(|e| format!("{}: {e}", env::STATE_FILE))?;
-    }
     let outbound_target = resolve_target(&config)?;
     // One connector for discovery and Certify: both verify the control plane the same way.
     let control_plane = ControlPlane::new(config.control_plane_tls.clone());
@@ -124,6 +121,17 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         ),
         None => None,
     };
+    // Health checks probe endpoints through the clients requests use (mTLS included): set
+    // before the first state is stored.
+    let clients = Clients::new(config.http.clone(), identity.clone());
+    store.set_prober(crate::balance::Prober::new(
+        clients.clone(),
+        identity.is_some(),
+        config.server_first_ports.clone(),
+    ));
+    if let Some(path) = &config.state_file {
+        state::file::load_into(&store, path).map_err(|e| format!("{}: {e}", env::STATE_FILE))?;
+    }
     let discovery = config
         .discovery
         .clone()
@@ -148,7 +156,7 @@ pub async fn run(config: Config, log: LogHandle) -> Result<(), String> {
 
     let (trigger, watch) = drain::channel();
     let shared = Arc::new(Shared {
-        clients: Clients::new(config.http.clone(), identity.clone()),
+        clients,
         inbound_metrics: RequestMetrics::inbound(&config.service_name, false),
         inbound_mtls_metrics: RequestMetrics::inbound(&config.service_name, true),
         passthrough_metrics: RequestMetrics::outbound("passthrough", "default", "passthrough"),

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod hash;
+mod health_check;
 mod outlier;
 mod slow_start;
 mod success_rate;
@@ -30,6 +31,13 @@ use crate::backend::Algorithm;
 use crate::state::Endpoint;
 use crate::tls::SpiffeId;
 pub(crate) use hash::HashKey;
+pub use health_check::Prober;
+pub(crate) use health_check::Target;
+use health_check::{Checked, Checker, Verdict};
+pub(crate) use health_check::{
+    DEFAULT_EXPECTED_STATUSES, DEFAULT_HC_INTERVAL, DEFAULT_HC_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD,
+    DEFAULT_UNHEALTHY_THRESHOLD, HealthCheckConfig, ProbeKind,
+};
 pub(crate) use outlier::{DEFAULT_BASE_EJECTION, DEFAULT_MAX_EJECTION_PERCENT, OutlierConfig};
 use outlier::{EjectionReason, Health, Standing};
 use slow_start::Warmup;
@@ -58,6 +66,10 @@ pub(crate) struct Balancer {
     evaluation: OnceLock<Arc<Evaluation>>,
     /// Slow start's window, when the backend policy asks for it (`slow_start`).
     slow_start: Option<Duration>,
+    /// Active health checking, when the backend policy asks for it (`health_check`).
+    health_check: Option<HealthCheckConfig>,
+    /// Its checker, started by [`Balancer::start`].
+    checker: OnceLock<Arc<Checker>>,
     /// The zone of every endpoint, ready or not (empty: unknown).
     zones: Vec<String>,
     /// The endpoints of this proxy's zone, preferred while enough are in balancing (set by
@@ -94,6 +106,8 @@ pub(crate) struct Load {
     in_flight: AtomicU32,
     /// Outlier detection's view of the endpoint.
     health: Health,
+    /// Active health checks' view of the endpoint.
+    checked: Checked,
     /// Slow start: since when it warms up.
     warmup: Warmup,
     /// The peak-EWMA latency estimate, in nanoseconds (an `f64`'s bits).
@@ -113,6 +127,7 @@ impl Load {
         Self {
             in_flight: AtomicU32::new(0),
             health: Health::default(),
+            checked: Checked::default(),
             warmup: Warmup::default(),
             rtt_ns: AtomicU64::new(rtt_ns.to_bits()),
             updated_ns: AtomicU64::new(0),
@@ -238,6 +253,8 @@ impl Balancer {
             outlier,
             evaluation: OnceLock::new(),
             slow_start: None,
+            health_check: None,
+            checker: OnceLock::new(),
             zones: endpoints.iter().map(|e| e.zone.clone()).collect(),
             local: OnceLock::new(),
             cumulative,
@@ -251,6 +268,17 @@ impl Balancer {
     pub(crate) fn with_slow_start(mut self, window: Option<Duration>) -> Self {
         self.slow_start = window;
         self
+    }
+
+    /// With active health checks (`health_check`): endpoints failing them leave the pick set.
+    pub(crate) fn with_health_check(mut self, config: Option<HealthCheckConfig>) -> Self {
+        self.health_check = config;
+        self
+    }
+
+    /// Whether anything may take endpoints out of the pick set (outlier detection, health checks).
+    fn filters(&self) -> bool {
+        self.outlier.is_some() || self.health_check.is_some()
     }
 
     /// Takes over the load of every endpoint `previous` also had (same address), so what was
@@ -286,16 +314,37 @@ impl Balancer {
         {
             let _ = self.evaluation.set(old.clone());
         }
+        // The same health check settings: the checker (its task and timing) carries on.
+        if let Some(old) = previous.checker.get()
+            && self.health_check.as_ref() == Some(old.config())
+        {
+            let _ = self.checker.set(old.clone());
+        }
     }
 
     /// Starts what runs beside the requests once the snapshot is about to serve (after
     /// [`Self::inherit`]): the preference for endpoints in this proxy's `zone`, and the
     /// success-rate evaluation, handed this snapshot's endpoints.
     /// `service`: the backend's qualified name (metrics).
-    pub(crate) fn start(&self, zone: Option<&Arc<str>>, service: &str) {
+    pub(crate) fn start(
+        &self,
+        zone: Option<&Arc<str>>,
+        service: &str,
+        probes: Option<(Target, Option<&Arc<Prober>>)>,
+    ) {
         let _ = self
             .local
             .set(zone.and_then(|z| Local::new(self, z, service)));
+        if let (Some(config), Some((target, prober))) = (&self.health_check, probes) {
+            let checker = self
+                .checker
+                .get_or_init(|| Checker::spawn(config.clone(), target.clone(), prober));
+            let members = self
+                .ready
+                .iter()
+                .map(|r| (r.addr, r.identity.clone(), r.load().clone()));
+            checker.set_members(members.collect(), target);
+        }
         let Some(config) = self.outlier.as_ref().filter(|o| o.success_rate.is_some()) else {
             return;
         };
@@ -351,9 +400,9 @@ impl Balancer {
                 self.cheaper(a, b)
             }
         };
-        let (i, probe) = match &self.outlier {
-            None => (i, false),
-            Some(_) => self.in_balancing(i, skip),
+        let (i, probe) = match self.filters() {
+            false => (i, false),
+            true => self.in_balancing(i, skip),
         };
         Some(self.picked(i, probe))
     }
@@ -375,6 +424,9 @@ impl Balancer {
     /// takes), or `None`: out.
     fn usable(&self, j: usize) -> Option<(usize, bool)> {
         let load = self.ready[j].load();
+        if load.checked.is_unhealthy() {
+            return None;
+        }
         match load.health.standing(load.now_ns()) {
             Standing::Healthy => Some((j, false)),
             Standing::Probe if load.health.start_probe() => Some((j, true)),
@@ -382,7 +434,7 @@ impl Balancer {
         }
     }
 
-    /// Outlier detection's say on a pick: `i` if it is in balancing (or due a probe, which this
+    /// Outlier detection's and health checks' say on a pick: `i` if it is in balancing (or due a probe, which this
     /// request becomes), else another endpoint that is, from a random start; `i` all the same when
     /// none is (the cap keeps at least one endpoint, but probes can be out on every one).
     fn in_balancing(&self, i: usize, skip: Option<usize>) -> (usize, bool) {
@@ -534,6 +586,10 @@ impl serde::Serialize for Balancer {
             /// With success-rate ejection: the last interval's rate (`null`: too few requests).
             #[serde(skip_serializing_if = "Option::is_none")]
             success_rate: Option<Option<f64>>,
+            /// With health checks: healthy, unhealthy (out of balancing) or unknown (not yet
+            /// decided: in balancing).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            health: Option<Verdict>,
             /// Its zone, when known.
             #[serde(skip_serializing_if = "str::is_empty")]
             zone: &'a str,
@@ -563,6 +619,10 @@ impl serde::Serialize for Balancer {
                         .outlier
                         .as_ref()
                         .map(|_| load.map_or(0, |l| l.health.ejections())),
+                    health: self
+                        .health_check
+                        .as_ref()
+                        .map(|_| load.map_or(Verdict::Unknown, |l| l.checked.verdict())),
                     success_rate: rated.then(|| load.and_then(|l| l.health.success_rate())),
                     slow_start_share: self
                         .slow_start
@@ -570,13 +630,14 @@ impl serde::Serialize for Balancer {
                 }
             })
             .collect();
-        let mut s = ser.serialize_struct("Balancer", 5)?;
+        let mut s = ser.serialize_struct("Balancer", 6)?;
         s.serialize_field("algorithm", &self.algorithm)?;
         s.serialize_field("outlier_detection", &self.outlier)?;
         let slow_start = self
             .slow_start
             .map(|d| humantime::format_duration(d).to_string());
         s.serialize_field("slow_start", &slow_start)?;
+        s.serialize_field("health_check", &self.health_check)?;
         #[derive(serde::Serialize)]
         struct LocalZone<'a> {
             zone: &'a str,

@@ -45,6 +45,8 @@ pub mod names {
     pub const OUTLIER_EJECTIONS: &str = "shoal_outlier_ejections_total";
     pub const OUTLIER_EJECTED: &str = "shoal_outlier_ejected_endpoints";
     pub const ZONE_FAILOVERS: &str = "shoal_zone_failovers_total";
+    pub const HEALTH_CHECKS: &str = "shoal_health_checks_total";
+    pub const ENDPOINTS_UNHEALTHY: &str = "shoal_endpoints_unhealthy";
     pub const SPANS_EXPORTED: &str = "shoal_tracing_spans_exported_total";
     pub const SPANS_DROPPED: &str = "shoal_tracing_spans_dropped_total";
     pub const MIRROR_REQUESTS: &str = "shoal_mirror_requests_total";
@@ -165,6 +167,14 @@ fn describe() {
     describe_counter!(
         OUTLIER_EJECTIONS,
         "Endpoints ejected from load balancing by outlier detection, by service (the backend) and reason (consecutive_failures, success_rate, probe_failed: ejected again after its probe failed)"
+    );
+    describe_counter!(
+        HEALTH_CHECKS,
+        "Active health check probes, by service (the backend) and result (healthy, unhealthy)"
+    );
+    describe_gauge!(
+        ENDPOINTS_UNHEALTHY,
+        "Endpoints currently out of load balancing because their active health checks failed, by service"
     );
     describe_counter!(
         ZONE_FAILOVERS,

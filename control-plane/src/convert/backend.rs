@@ -6,8 +6,8 @@ use v1::hash_key;
 use super::{by_value, enumeration, millis, nonzero, qualified_only, service_ref, to_millis};
 use crate::model::validate::FieldError;
 use crate::model::{
-    BackendPolicy, BreakerOverride, CircuitBreaker, ConnectionLimits, HashKey, LoadBalancer,
-    LoadBalancingAlgorithm, OutlierDetection, SuccessRateEjection,
+    BackendPolicy, BreakerOverride, CircuitBreaker, ConnectionLimits, HashKey, HealthCheck,
+    HealthProbe, LoadBalancer, LoadBalancingAlgorithm, OutlierDetection, SuccessRateEjection,
 };
 
 qualified_only!(v1::BackendPolicy => BackendPolicy: backend_policy);
@@ -67,7 +67,68 @@ pub(super) fn backend_policy(
             }),
         }),
         circuit_breaker: breaker,
+        health_check: match wire.health_check {
+            None => None,
+            Some(h) => Some(Box::new(health_check(*h)?)),
+        },
     })
+}
+
+fn health_check(wire: v1::HealthCheck) -> Result<HealthCheck, FieldError> {
+    let probe = match (wire.http, wire.grpc) {
+        (Some(http), None) => HealthProbe::Http {
+            path: http.path,
+            expected_statuses: http.expected_statuses.map(|r| (r.start, r.end)),
+        },
+        (None, Some(grpc)) => HealthProbe::Grpc {
+            service: grpc.service,
+        },
+        _ => {
+            return Err(FieldError::new(
+                "health_check",
+                "set exactly one of http or grpc",
+            ));
+        }
+    };
+    Ok(HealthCheck {
+        probe,
+        interval: millis(wire.interval_ms),
+        timeout: millis(wire.timeout_ms),
+        healthy_threshold: nonzero(wire.healthy_threshold),
+        unhealthy_threshold: nonzero(wire.unhealthy_threshold),
+    })
+}
+
+impl From<&HealthCheck> for v1::HealthCheck {
+    fn from(check: &HealthCheck) -> Self {
+        let (http, grpc) = match &check.probe {
+            HealthProbe::Http {
+                path,
+                expected_statuses,
+            } => (
+                Some(v1::HttpHealthCheck {
+                    path: path.clone(),
+                    expected_statuses: expected_statuses
+                        .map(|(start, end)| v1::StatusRange { start, end }),
+                }),
+                None,
+            ),
+            HealthProbe::Grpc { service } => (
+                None,
+                Some(v1::GrpcHealthCheck {
+                    service: service.clone(),
+                }),
+            ),
+        };
+        Self {
+            http,
+            grpc,
+            interval_ms: to_millis(check.interval),
+            timeout_ms: to_millis(check.timeout),
+            healthy_threshold: check.healthy_threshold.unwrap_or(0),
+            unhealthy_threshold: check.unhealthy_threshold.unwrap_or(0),
+        }
+    }
 }
 
 fn algorithm(wire: v1::LoadBalancingAlgorithm) -> Option<LoadBalancingAlgorithm> {
@@ -164,6 +225,7 @@ impl From<&BackendPolicy> for v1::BackendPolicy {
                     }
                     .into(),
                 }),
+            health_check: policy.health_check.as_deref().map(|h| Box::new(h.into())),
         }
     }
 }

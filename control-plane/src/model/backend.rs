@@ -17,6 +17,40 @@ pub struct BackendPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// Circuit breaker for the whole service.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Active health checking (boxed: most policies have none).
+    pub health_check: Option<Box<HealthCheck>>,
+}
+
+/// Active health checks of a service's endpoints; `None` fields take the proxy defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What a probe asks.
+    pub probe: HealthProbe,
+    /// Between rounds of probes (default 10 s).
+    pub interval: Option<Duration>,
+    /// Per probe (default 1 s).
+    pub timeout: Option<Duration>,
+    /// Passing probes in a row that bring an endpoint back (default 2).
+    pub healthy_threshold: Option<u32>,
+    /// Failing probes in a row that take it out (default 3).
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// What a health check probe asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// `GET path`, healthy when the status is within `expected_statuses` (default 200-399).
+    Http {
+        /// The request path.
+        path: String,
+        /// Statuses counted healthy, both ends included.
+        expected_statuses: Option<(u32, u32)>,
+    },
+    /// `grpc.health.v1.Health/Check` for `service` (empty: the whole server), healthy when SERVING.
+    Grpc {
+        /// The service asked about.
+        service: String,
+    },
 }
 
 /// How a request picks an endpoint.

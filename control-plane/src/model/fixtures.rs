@@ -180,6 +180,16 @@ pub fn every_kind() -> Vec<Resource> {
             manual_override: Some(BreakerOverride::ForceClosed),
             ..CircuitBreaker::default()
         }),
+        health_check: Some(Box::new(HealthCheck {
+            probe: HealthProbe::Http {
+                path: "/healthz".to_owned(),
+                expected_statuses: Some((200, 299)),
+            },
+            interval: Some(Duration::from_secs(5)),
+            timeout: None,
+            healthy_threshold: Some(2),
+            unhealthy_threshold: None,
+        })),
     };
     let authorization = AuthorizationPolicy {
         target: svc("backend"),

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use backend::{
-    BackendPolicy, BreakerOverride, CircuitBreaker, ConnectionLimits, HashKey, LoadBalancer,
-    LoadBalancingAlgorithm, OutlierDetection, SuccessRateEjection,
+    BackendPolicy, BreakerOverride, CircuitBreaker, ConnectionLimits, HashKey, HealthCheck,
+    HealthProbe, LoadBalancer, LoadBalancingAlgorithm, OutlierDetection, SuccessRateEjection,
 };
 pub use chaos::{FaultAbort, FaultDelay, FaultInjection, Mirror};
 pub use inbound::{

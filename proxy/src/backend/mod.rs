@@ -63,6 +63,8 @@ pub(crate) struct BackendPolicy {
     pub(crate) connections: ConnLimits,
     /// Retries in flight to the backend beyond which a retry is skipped (the failure returned).
     pub(crate) max_concurrent_retries: Option<u32>,
+    /// Active health checks of the endpoints (applied by the balancer).
+    pub(crate) health_check: Option<crate::balance::HealthCheckConfig>,
 }
 
 impl BackendPolicy {
@@ -78,6 +80,7 @@ impl BackendPolicy {
             slow_start: None,
             connections: ConnLimits::default(),
             max_concurrent_retries: None,
+            health_check: None,
         }
     }
 }

@@ -244,7 +244,7 @@ impl Balancer {
                 continue;
             }
             fallback.get_or_insert(i);
-            if self.outlier.is_none() {
+            if !self.filters() {
                 return Some(self.picked(i, false));
             }
             if let Some((i, probe)) = self.usable(i) {

@@ -248,7 +248,7 @@ async fn success_rate_ejects_the_worst_outliers_within_the_cap() {
         Algorithm::RoundRobin,
         Some(success_rate_config(20.0)),
     );
-    b.start(None, "app.default");
+    b.start(None, "app.default", None);
     // 100 requests round robin, 20 each: port 1 gets requests 0, 5, 10, … and fails the even
     // ones (rate 0.5); port 2 gets 1, 6, 11, … and fails the multiples of 3 (7 of 20: 0.65).
     exchange(&b, 100, &[(1, 2), (2, 3)]);
@@ -278,13 +278,13 @@ async fn the_evaluation_survives_an_update_with_the_same_settings() {
     let endpoints: Vec<_> = (1..=5).map(|port| ep(port, 1, true)).collect();
     let config = Some(success_rate_config(20.0));
     let old = Balancer::new(&endpoints, Algorithm::RoundRobin, config.clone());
-    old.start(None, "app.default");
+    old.start(None, "app.default", None);
     exchange(&old, 100, &[(1, 2)]);
     let mut more = endpoints.clone();
     more.push(ep(6, 1, true));
     let new = Balancer::new(&more, Algorithm::RoundRobin, config);
     new.inherit(&old);
-    new.start(None, "app.default");
+    new.start(None, "app.default", None);
     let evaluation = new.evaluation.get().unwrap();
     assert!(Arc::ptr_eq(evaluation, old.evaluation.get().unwrap()));
     // The counts of the old snapshot's requests are judged with the new snapshot's endpoints.
@@ -296,7 +296,7 @@ async fn the_evaluation_survives_an_update_with_the_same_settings() {
         Some(success_rate_config(50.0)),
     );
     changed.inherit(&new);
-    changed.start(None, "app.default");
+    changed.start(None, "app.default", None);
     assert!(!Arc::ptr_eq(changed.evaluation.get().unwrap(), evaluation));
 }
 
@@ -350,4 +350,71 @@ async fn a_readmitted_endpoint_warms_up_again() {
     assert_eq!(load.warmup.share(load.now_ns(), window), 0.1);
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(load.warmup.share(load.now_ns(), window), 0.5);
+}
+
+/// Health check settings for tests: one failure takes an endpoint out.
+fn health_check_config() -> HealthCheckConfig {
+    HealthCheckConfig {
+        kind: ProbeKind::Grpc {
+            service: String::new(),
+        },
+        interval: DEFAULT_HC_INTERVAL,
+        timeout: DEFAULT_HC_TIMEOUT,
+        healthy_threshold: 1,
+        unhealthy_threshold: 1,
+    }
+}
+
+#[test]
+fn unhealthy_endpoints_leave_the_pick_set_but_one_is_always_kept() {
+    for algorithm in [
+        Algorithm::P2cEwma,
+        Algorithm::RoundRobin,
+        Algorithm::LeastRequest,
+    ] {
+        let b = Balancer::new(
+            &[ep(1, 1, true), ep(2, 1, true), ep(3, 1, true)],
+            algorithm,
+            None,
+        )
+        .with_health_check(Some(health_check_config()));
+        let config = health_check_config();
+        b.ready[0].load().checked.record(false, &config);
+        b.ready[1].load().checked.record(false, &config);
+        for _ in 0..50 {
+            assert_eq!(b.pick().unwrap().addr.port(), 3, "{algorithm:?}");
+        }
+        // All unhealthy: panic mode, balancing ignores health (P2C by cost: not necessarily all).
+        b.ready[2].load().checked.record(false, &config);
+        let ports: std::collections::HashSet<u16> =
+            (0..100).map(|_| b.pick().unwrap().addr.port()).collect();
+        assert!(ports.len() >= 2, "{algorithm:?}: {ports:?}");
+        // Back after passing.
+        b.ready[0].load().checked.record(true, &config);
+        for _ in 0..50 {
+            assert_eq!(b.pick().unwrap().addr.port(), 1, "{algorithm:?}");
+        }
+    }
+}
+
+#[test]
+fn health_checks_carry_over_updates_that_keep_their_settings() {
+    let new = || {
+        Balancer::new(&[ep(1, 1, true), ep(2, 1, true)], Algorithm::P2cEwma, None)
+            .with_health_check(Some(health_check_config()))
+    };
+    let old = new();
+    old.ready[0]
+        .load()
+        .checked
+        .record(false, &health_check_config());
+    let next = new();
+    next.inherit(&old);
+    assert!(
+        next.ready[0].load().checked.is_unhealthy(),
+        "the verdict stays"
+    );
+    for _ in 0..20 {
+        assert_eq!(next.pick().unwrap().addr.port(), 2);
+    }
 }

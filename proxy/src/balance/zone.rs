@@ -51,7 +51,8 @@ impl Local {
             return None;
         }
         let balancer = Balancer::new(&ready, backend.algorithm, backend.outlier.clone())
-            .with_slow_start(backend.slow_start);
+            .with_slow_start(backend.slow_start)
+            .with_health_check(backend.health_check.clone());
         for (r, local) in (backend.ready.iter().filter(|r| *r.zone == **zone)).zip(&balancer.ready)
         {
             let _ = local.load.set(r.load().clone());
@@ -71,7 +72,7 @@ impl Local {
     /// Whether enough of the zone's endpoints are in balancing (not ejected) to prefer it.
     pub(crate) fn preferred(&self) -> bool {
         let healthy = (self.balancer.ready.iter())
-            .filter(|r| !r.load().health.is_ejected())
+            .filter(|r| !r.load().health.is_ejected() && !r.load().checked.is_unhealthy())
             .count();
         healthy > 0 && healthy * 100 >= self.total * MIN_HEALTHY_PERCENT
     }
@@ -99,7 +100,7 @@ mod tests {
         let zone: Arc<str> = "a".into();
         let endpoints = [ep(1, "a", true), ep(2, "a", false), ep(3, "b", true)];
         let b = Balancer::new(&endpoints, Algorithm::RoundRobin, None);
-        b.start(Some(&zone), "app.default");
+        b.start(Some(&zone), "app.default", None);
         let local = b.local.get().unwrap().as_ref().unwrap();
         assert_eq!((local.total, local.balancer.ready.len()), (2, 1));
         assert!(local.preferred(), "one of two is half");
@@ -122,7 +123,7 @@ mod tests {
             ep(3, "b", true),
         ];
         let b = Balancer::new(&fewer, Algorithm::RoundRobin, None);
-        b.start(Some(&zone), "app.default");
+        b.start(Some(&zone), "app.default", None);
         let picked: Vec<u16> = (0..10).map(|_| b.pick().unwrap().addr.port()).collect();
         assert!(
             picked.contains(&3),
@@ -138,7 +139,7 @@ mod tests {
             [ep(1, "b", true), ep(2, "", true)],
         ] {
             let b = Balancer::new(&endpoints, Algorithm::RoundRobin, None);
-            b.start(Some(&zone), "app.default");
+            b.start(Some(&zone), "app.default", None);
             assert!(b.local.get().unwrap().is_none());
         }
     }

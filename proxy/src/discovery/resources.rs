@@ -13,8 +13,8 @@ use crate::inbound::authz::{self, Action, IdentityMatchSpec, PolicySpec};
 use crate::inbound::rate_limit::{OverrideSpec, RateLimitSpec, Scope, Side, Unit};
 use crate::retry::RetryOn;
 use crate::state::backend_policy::{
-    BackendPolicySpec, BreakerSpec, HashKeySpec, LimitsSpec, LoadBalancerSpec, OutlierSpec,
-    SuccessRateSpec,
+    BackendPolicySpec, BreakerSpec, GrpcCheckSpec, HashKeySpec, HealthCheckSpec, HttpCheckSpec,
+    LimitsSpec, LoadBalancerSpec, OutlierSpec, StatusRangeSpec, SuccessRateSpec,
 };
 use crate::state::fault::{AbortSpec, DelaySpec, FaultSpec};
 use crate::state::filter::{HeaderModifierSpec, HeaderValueSpec, PathModifierSpec, RedirectSpec};
@@ -612,6 +612,23 @@ fn backend_policy_spec(p: &v1::BackendPolicy) -> Result<BackendPolicySpec, Strin
         limits,
         circuit_breaker,
         outlier_detection,
+        health_check: p.health_check.as_ref().map(|h| HealthCheckSpec {
+            http: h.http.as_ref().map(|http| HttpCheckSpec {
+                path: http.path.clone(),
+                // Out of u16: refused by the range check, naming the field.
+                expected_statuses: http.expected_statuses.as_ref().map(|r| StatusRangeSpec {
+                    start: u16::try_from(r.start).unwrap_or(u16::MAX),
+                    end: u16::try_from(r.end).unwrap_or(u16::MAX),
+                }),
+            }),
+            grpc: h.grpc.as_ref().map(|g| GrpcCheckSpec {
+                service: g.service.clone(),
+            }),
+            interval: ms(h.interval_ms),
+            timeout: ms(h.timeout_ms),
+            healthy_threshold: (h.healthy_threshold > 0).then_some(h.healthy_threshold),
+            unhealthy_threshold: (h.unhealthy_threshold > 0).then_some(h.unhealthy_threshold),
+        }),
     })
 }
 
@@ -1416,6 +1433,64 @@ mod tests {
                 assert_eq!(u.rejected, [], "{}", case.line);
             }
         }
+    }
+
+    #[test]
+    fn health_checks_are_taken_from_the_wire_and_rechecked() {
+        let with = |check: v1::HealthCheck| v1::BackendPolicy {
+            service: "web.default".into(),
+            health_check: Some(Box::new(check)),
+            ..Default::default()
+        };
+        let grpc = v1::HealthCheck {
+            grpc: Some(v1::GrpcHealthCheck {
+                service: "web".into(),
+            }),
+            timeout_ms: 500,
+            ..Default::default()
+        };
+        let resolved = backend_policy_spec(&with(grpc))
+            .unwrap()
+            .resolve("p")
+            .unwrap();
+        let check = resolved.health_check.unwrap();
+        assert_eq!(
+            check.kind,
+            crate::balance::ProbeKind::Grpc {
+                service: "web".into()
+            }
+        );
+        assert_eq!(
+            (
+                check.interval,
+                check.timeout,
+                check.healthy_threshold,
+                check.unhealthy_threshold
+            ),
+            (Duration::from_secs(10), Duration::from_millis(500), 2, 3)
+        );
+        // Statuses out of range (a u32 on the wire): refused, naming the field.
+        let http = v1::HealthCheck {
+            http: Some(v1::HttpHealthCheck {
+                path: "/healthz".into(),
+                expected_statuses: Some(v1::StatusRange {
+                    start: 200,
+                    end: 70_000,
+                }),
+            }),
+            ..Default::default()
+        };
+        let error = (backend_policy_spec(&with(http)).unwrap().resolve("p")).unwrap_err();
+        assert!(
+            error.contains("p.health_check.http.expected_statuses"),
+            "{error}"
+        );
+        let neither = backend_policy_spec(&with(v1::HealthCheck::default()));
+        let error = neither.unwrap().resolve("p").unwrap_err();
+        assert!(
+            error.contains("p.health_check: exactly one of http or grpc"),
+            "{error}"
+        );
     }
 
     #[test]

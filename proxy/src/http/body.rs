@@ -33,6 +33,8 @@ pub enum RequestBody {
     Tee(Box<TeeBody>),
     /// The mirror's copy of a request body ([`super::tee`]).
     Copied(Box<CopiedBody>),
+    /// A small body the proxy made (a health check's gRPC request), sent in one frame.
+    Bytes(Option<Bytes>),
 }
 
 impl Body for RequestBody {
@@ -50,6 +52,7 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Tee(b) => Pin::new(&mut **b).poll_frame(cx),
             RequestBody::Copied(b) => Pin::new(&mut **b).poll_frame(cx),
+            RequestBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -61,6 +64,7 @@ impl Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Tee(b) => b.is_end_stream(),
             RequestBody::Copied(b) => b.is_end_stream(),
+            RequestBody::Bytes(b) => b.is_none(),
         }
     }
 
@@ -72,6 +76,7 @@ impl Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Tee(b) => b.size_hint(),
             RequestBody::Copied(b) => b.size_hint(),
+            RequestBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

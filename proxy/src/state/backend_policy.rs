@@ -15,9 +15,11 @@ use crate::backend::{
 use http::HeaderName;
 
 use crate::balance::{
-    DEFAULT_BASE_EJECTION, DEFAULT_INTERVAL, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_HOSTS,
-    DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR, HashKey, MAX_STDEV_FACTOR, OutlierConfig,
-    SuccessRateConfig,
+    DEFAULT_BASE_EJECTION, DEFAULT_EXPECTED_STATUSES, DEFAULT_HC_INTERVAL, DEFAULT_HC_TIMEOUT,
+    DEFAULT_HEALTHY_THRESHOLD, DEFAULT_INTERVAL, DEFAULT_MAX_EJECTION_PERCENT,
+    DEFAULT_MINIMUM_HOSTS, DEFAULT_REQUEST_VOLUME, DEFAULT_STDEV_FACTOR,
+    DEFAULT_UNHEALTHY_THRESHOLD, HashKey, HealthCheckConfig, MAX_STDEV_FACTOR, OutlierConfig,
+    ProbeKind, SuccessRateConfig,
 };
 use crate::endpoint::ConnLimits;
 
@@ -35,6 +37,116 @@ pub(crate) struct BackendPolicySpec {
     pub(crate) circuit_breaker: Option<BreakerSpec>,
     #[serde(default)]
     pub(crate) outlier_detection: Option<OutlierSpec>,
+    #[serde(default)]
+    pub(crate) health_check: Option<HealthCheckSpec>,
+}
+
+/// Active health checks as written: exactly one of `http` or `grpc`, and the timing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheckSpec {
+    #[serde(default)]
+    pub(crate) http: Option<HttpCheckSpec>,
+    #[serde(default)]
+    pub(crate) grpc: Option<GrpcCheckSpec>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) interval: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    pub(crate) timeout: Option<Duration>,
+    #[serde(default)]
+    pub(crate) healthy_threshold: Option<u32>,
+    #[serde(default)]
+    pub(crate) unhealthy_threshold: Option<u32>,
+}
+
+/// An HTTP check: `GET path`, healthy when the status is within `expected_statuses`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpCheckSpec {
+    pub(crate) path: String,
+    #[serde(default)]
+    pub(crate) expected_statuses: Option<StatusRangeSpec>,
+}
+
+/// A range of HTTP statuses, both ends included.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusRangeSpec {
+    pub(crate) start: u16,
+    pub(crate) end: u16,
+}
+
+/// A gRPC check: `grpc.health.v1.Health/Check` for `service` (empty: the whole server).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrpcCheckSpec {
+    #[serde(default)]
+    pub(crate) service: String,
+}
+
+impl HealthCheckSpec {
+    /// The checks, checked; errors name the field under `at` (`….health_check`).
+    fn resolve(&self, at: &str) -> Result<HealthCheckConfig, String> {
+        let kind = match (&self.http, &self.grpc) {
+            (Some(h), None) => {
+                if !h.path.starts_with('/')
+                    || http::uri::PathAndQuery::try_from(h.path.as_str()).is_err()
+                {
+                    return Err(format!(
+                        "{at}.http.path: {:?} is not a request path starting with /",
+                        h.path
+                    ));
+                }
+                let expected = match h.expected_statuses {
+                    None => DEFAULT_EXPECTED_STATUSES,
+                    Some(r)
+                        if (100..=599).contains(&r.start) && (r.start..=599).contains(&r.end) =>
+                    {
+                        (r.start, r.end)
+                    }
+                    Some(r) => {
+                        return Err(format!(
+                            "{at}.http.expected_statuses: {}-{} is not a range of statuses within 100-599",
+                            r.start, r.end
+                        ));
+                    }
+                };
+                ProbeKind::Http {
+                    path: h.path.clone(),
+                    expected_statuses: expected,
+                }
+            }
+            (None, Some(g)) => ProbeKind::Grpc {
+                service: g.service.clone(),
+            },
+            _ => return Err(format!("{at}: exactly one of http or grpc")),
+        };
+        let in_range = |field: &str, d: Option<Duration>, default: Duration| match d {
+            Some(d) if d.is_zero() || d > Duration::from_secs(24 * 3600) => {
+                Err(format!("{at}.{field}: must be between 1ms and 24h"))
+            }
+            d => Ok(d.unwrap_or(default)),
+        };
+        let threshold = |field: &str, v: Option<u32>, default: u32| match v {
+            Some(0) => Err(format!("{at}.{field}: must be positive when set")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        Ok(HealthCheckConfig {
+            kind,
+            interval: in_range("interval", self.interval, DEFAULT_HC_INTERVAL)?,
+            timeout: in_range("timeout", self.timeout, DEFAULT_HC_TIMEOUT)?,
+            healthy_threshold: threshold(
+                "healthy_threshold",
+                self.healthy_threshold,
+                DEFAULT_HEALTHY_THRESHOLD,
+            )?,
+            unhealthy_threshold: threshold(
+                "unhealthy_threshold",
+                self.unhealthy_threshold,
+                DEFAULT_UNHEALTHY_THRESHOLD,
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -315,6 +427,10 @@ impl BackendPolicySpec {
                 max_requests_per_connection: limits.max_requests_per_connection,
             },
             max_concurrent_retries: limits.max_concurrent_retries,
+            health_check: match &self.health_check {
+                None => None,
+                Some(h) => Some(h.resolve(&format!("{at}.health_check"))?),
+            },
         })
     }
 }

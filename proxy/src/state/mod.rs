@@ -41,6 +41,8 @@ pub struct Store {
     version: AtomicU64,
     /// This proxy's zone (`SHOAL_ZONE`): balancers prefer endpoints of it.
     zone: std::sync::OnceLock<Arc<str>>,
+    /// How health checks reach endpoints (the process's clients).
+    prober: std::sync::OnceLock<Arc<crate::balance::Prober>>,
 }
 
 impl Store {
@@ -54,6 +56,7 @@ impl Store {
             }),
             version: AtomicU64::new(0),
             zone: std::sync::OnceLock::new(),
+            prober: std::sync::OnceLock::new(),
         })
     }
 
@@ -61,6 +64,12 @@ impl Store {
     /// afterwards prefers endpoints of it.
     pub fn set_zone(&self, zone: &str) {
         let _ = self.zone.set(zone.into());
+    }
+
+    /// Sets how health checks reach endpoints, before the first state is stored: the backends of
+    /// a state stored afterwards with `health_check` are probed through it.
+    pub fn set_prober(&self, prober: Arc<crate::balance::Prober>) {
+        let _ = self.prober.set(prober);
     }
 
     /// The state to route one request or connection by.
@@ -80,7 +89,7 @@ impl Store {
     pub fn replace(&self, mut state: State) -> u64 {
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         state.inherit_runtime(&self.current.load());
-        state.start_runtime(self.zone.get());
+        state.start_runtime(self.zone.get(), self.prober.get());
         self.current.store(Arc::new(state));
         let mut status = (**self.status.load()).clone();
         status.version = version;

@@ -329,10 +329,33 @@ impl State {
     /// Starts what runs beside the requests for each service (success-rate evaluations, the
     /// preference for endpoints in `zone`), once the state is about to serve: after
     /// [`Self::inherit_runtime`].
-    pub fn start_runtime(&self, zone: Option<&Arc<str>>) {
+    /// `prober`: how health checks reach the endpoints (`None`: nothing is probed).
+    pub fn start_runtime(
+        &self,
+        zone: Option<&Arc<str>>,
+        prober: Option<&Arc<crate::balance::Prober>>,
+    ) {
         for s in &self.services {
-            s.balancer
-                .start(zone, &format!("{}.{}", s.name, s.namespace));
+            let qualified = format!("{}.{}", s.name, s.namespace);
+            let target = |prober: &crate::balance::Prober| {
+                // As `outbound::mesh_identity` decides for requests.
+                let server_first = prober.server_first_ports.binary_search(&s.port).is_ok();
+                let mtls = s.tls_mode != Some(TlsMode::Disabled)
+                    && (!server_first || s.tls_mode == Some(TlsMode::Strict));
+                crate::balance::Target {
+                    service: qualified.as_str().into(),
+                    authority: format!("{qualified}:{}", s.port),
+                    version: match s.protocol {
+                        Protocol::Http2 => crate::endpoint::Version::Http2,
+                        _ => crate::endpoint::Version::Http1,
+                    },
+                    mtls,
+                    connect_timeout: s.backend.policy.connect_timeout,
+                    metrics: s.metrics.clone(),
+                }
+            };
+            let probes = prober.map(|p| (target(p), Some(p)));
+            s.balancer.start(zone, &qualified, probes);
         }
     }
 

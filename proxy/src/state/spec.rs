@@ -741,7 +741,8 @@ fn build_service(
                 ..o
             }),
         )
-        .with_slow_start(policy.slow_start),
+        .with_slow_start(policy.slow_start)
+        .with_health_check(policy.health_check.clone()),
         backend: BackendRuntime::new(policy, &qualified),
         fault,
         mirror: std::sync::OnceLock::new(),

@@ -1,4 +1,4 @@
-//! YAML of `BackendPolicy`: load balancing, limits, outlier detection, circuit breaker.
+//! YAML of `BackendPolicy`: load balancing, limits, outlier detection, circuit breaker, health checks.
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::v1;
@@ -78,6 +78,80 @@ impl From<&v1::OutlierDetection> for Outliers {
     }
 }
 
+plain_message! {
+    /// `health_check.http.expected_statuses`: both ends included.
+    StatusRange => v1::StatusRange {
+        start: u32,
+        end: u32,
+    }
+}
+
+plain_message! {
+    /// `health_check.grpc`: `grpc.health.v1.Health/Check`.
+    GrpcCheck => v1::GrpcHealthCheck {
+        service: String,
+    }
+}
+
+/// `health_check.http`: `GET path`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HttpCheck {
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_statuses: Option<StatusRange>,
+}
+
+/// `health_check`: active health checks (exactly one of `http` or `grpc`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HealthCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<HttpCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc: Option<GrpcCheck>,
+    #[serde(skip_serializing_if = "is_zero")]
+    interval_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    timeout_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    healthy_threshold: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    unhealthy_threshold: u32,
+}
+
+impl From<HealthCheck> for v1::HealthCheck {
+    fn from(yaml: HealthCheck) -> Self {
+        Self {
+            http: yaml.http.map(|h| v1::HttpHealthCheck {
+                path: h.path,
+                expected_statuses: h.expected_statuses.map(Into::into),
+            }),
+            grpc: yaml.grpc.map(Into::into),
+            interval_ms: yaml.interval_ms,
+            timeout_ms: yaml.timeout_ms,
+            healthy_threshold: yaml.healthy_threshold,
+            unhealthy_threshold: yaml.unhealthy_threshold,
+        }
+    }
+}
+
+impl From<&v1::HealthCheck> for HealthCheck {
+    fn from(wire: &v1::HealthCheck) -> Self {
+        Self {
+            http: wire.http.as_ref().map(|h| HttpCheck {
+                path: h.path.clone(),
+                expected_statuses: h.expected_statuses.as_ref().map(Into::into),
+            }),
+            grpc: wire.grpc.as_ref().map(Into::into),
+            interval_ms: wire.interval_ms,
+            timeout_ms: wire.timeout_ms,
+            healthy_threshold: wire.healthy_threshold,
+            unhealthy_threshold: wire.unhealthy_threshold,
+        }
+    }
+}
+
 /// `kind: BackendPolicy`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -91,6 +165,8 @@ pub(super) struct BackendPolicySpec {
     outlier_detection: Option<Outliers>,
     #[serde(skip_serializing_if = "Option::is_none")]
     circuit_breaker: Option<Breaker>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -160,6 +236,7 @@ impl SpecYaml for BackendPolicySpec {
             limits: self.limits.map(Into::into),
             outlier_detection: self.outlier_detection.map(Into::into),
             circuit_breaker,
+            health_check: self.health_check.map(|h| Box::new(h.into())),
         }))
     }
 
@@ -194,6 +271,7 @@ impl SpecYaml for BackendPolicySpec {
             limits: policy.limits.as_ref().map(Into::into),
             outlier_detection: policy.outlier_detection.as_ref().map(Into::into),
             circuit_breaker,
+            health_check: policy.health_check.as_deref().map(Into::into),
         })
     }
 }

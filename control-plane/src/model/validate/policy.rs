@@ -3,8 +3,9 @@
 use super::Checker;
 use crate::model::{AuthorizationPolicy, AuthorizationRule};
 use crate::model::{
-    BackendPolicy, FaultInjection, HashKey, IdentityMatch, LoadBalancingAlgorithm, Mirror,
-    RateLimit, RateLimitScope, RateLimitSide, dns_label, host_name, http_token, spiffe_id,
+    BackendPolicy, FaultInjection, HashKey, HealthCheck, HealthProbe, IdentityMatch,
+    LoadBalancingAlgorithm, Mirror, RateLimit, RateLimitScope, RateLimitSide, dns_label, host_name,
+    http_token, spiffe_id,
 };
 
 /// Most rules in one authorization policy; proxies evaluate them on every request.
@@ -88,6 +89,9 @@ impl Checker<'_> {
                 }
             }
         }
+        if let Some(check) = &policy.health_check {
+            self.health_check(check);
+        }
         if let Some(breaker) = &policy.circuit_breaker {
             let field = "spec.circuit_breaker";
             if let Some(ratio) = breaker.failure_ratio_threshold {
@@ -99,6 +103,40 @@ impl Checker<'_> {
             let probes = breaker.half_open_max_requests;
             self.positive(&format!("{field}.half_open_max_requests"), probes);
         }
+    }
+
+    fn health_check(&mut self, check: &HealthCheck) {
+        let field = "spec.health_check";
+        match &check.probe {
+            HealthProbe::Http {
+                path,
+                expected_statuses,
+            } => {
+                if !path.starts_with('/')
+                    || http::uri::PathAndQuery::try_from(path.as_str()).is_err()
+                {
+                    let reason = format!("{path:?} is not a request path starting with /");
+                    self.error(format!("{field}.http.path"), reason);
+                }
+                if let Some((start, end)) = *expected_statuses
+                    && !((100..=599).contains(&start) && (start..=599).contains(&end))
+                {
+                    let reason = format!("{start}-{end} is not a range of statuses within 100-599");
+                    self.error(format!("{field}.http.expected_statuses"), reason);
+                }
+            }
+            HealthProbe::Grpc { .. } => {}
+        }
+        self.duration(&format!("{field}.interval_ms"), check.interval);
+        self.duration(&format!("{field}.timeout_ms"), check.timeout);
+        self.positive(
+            &format!("{field}.healthy_threshold"),
+            check.healthy_threshold,
+        );
+        self.positive(
+            &format!("{field}.unhealthy_threshold"),
+            check.unhealthy_threshold,
+        );
     }
 
     fn hash_key(&mut self, key: &HashKey) {

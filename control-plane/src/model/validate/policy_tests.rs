@@ -86,6 +86,7 @@ fn backend_policy_errors_name_their_field() {
             open_duration: Some(Duration::from_secs(100_000)),
             ..CircuitBreaker::default()
         }),
+        health_check: None,
     };
     let spec = || Spec::BackendPolicy(ring_without_key.clone());
     assert_structure_rejects(
@@ -142,6 +143,7 @@ fn outlier_detection_errors_name_their_field() {
             limits: None,
             outlier_detection: Some(outlier),
             circuit_breaker: None,
+            health_check: None,
         })
     };
     let rate = |stdev_factor: Option<f64>| SuccessRateEjection {
@@ -313,5 +315,52 @@ fn chaos_policy_errors_name_their_field() {
         Spec::Mirror(unknown),
         "spec.mirror_service",
         "unknown service shadow.default",
+    );
+}
+
+#[test]
+fn health_check_errors_name_their_field() {
+    let with = |probe: HealthProbe, unhealthy_threshold: Option<u32>| {
+        Spec::BackendPolicy(BackendPolicy {
+            service: svc("backend"),
+            load_balancer: None,
+            limits: None,
+            outlier_detection: None,
+            circuit_breaker: None,
+            health_check: Some(Box::new(HealthCheck {
+                probe,
+                interval: Some(Duration::from_secs(100_000)),
+                timeout: None,
+                healthy_threshold: None,
+                unhealthy_threshold,
+            })),
+        })
+    };
+    let http = |path: &str, expected_statuses| HealthProbe::Http {
+        path: path.to_owned(),
+        expected_statuses,
+    };
+    assert_structure_rejects(
+        with(http("healthz", None), None),
+        "spec.health_check.http.path",
+        "not a request path",
+    );
+    assert_structure_rejects(
+        with(http("/healthz", Some((300, 200))), None),
+        "spec.health_check.http.expected_statuses",
+        "300-200",
+    );
+    let grpc = HealthProbe::Grpc {
+        service: String::new(),
+    };
+    assert_structure_rejects(
+        with(grpc.clone(), Some(0)),
+        "spec.health_check.unhealthy_threshold",
+        "must be positive",
+    );
+    assert_structure_rejects(
+        with(grpc, None),
+        "spec.health_check.interval_ms",
+        "longer than the maximum",
     );
 }
