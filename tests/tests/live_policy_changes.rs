@@ -385,11 +385,10 @@ async fn every_policy_changes_under_traffic_without_a_failed_request_and_keeps_r
 }
 
 /// A split naming a service the proxy does not hold yet: the proxy subscribes to it and, until it
-/// arrives, leaves the whole route out of its state (`discovery/resources.rs`, `to_spec`), so the
-/// rule's retry budget starts again (and, for that moment, the service's requests go without the
-/// route's retries, timeout and split). Fails today: the budget is back at its fresh value.
+/// arrives, keeps serving the route's previous version (`discovery/resources.rs`, `superseded`),
+/// so the rule's retries, timeout and retry budget carry on. (Before, the whole route left the
+/// state meanwhile and the budget started again at its fresh value.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: a route naming a service not yet held is dropped until it arrives, losing its retry budget"]
 async fn a_split_to_a_service_not_yet_held_keeps_the_retry_budget() {
     let app = HttpBackend::respond(|_| text_response(200, "ok")).await;
     let v2 = HttpBackend::respond(|_| text_response(200, "ok")).await;

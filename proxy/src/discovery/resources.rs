@@ -33,6 +33,9 @@ pub type Key = (i32, String);
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
     map: HashMap<Key, (String, Payload)>,
+    /// Per service, the route version replaced by one that names a service not held yet: it keeps
+    /// serving (with its runtime state: retry budgets) until the new version's services arrive.
+    superseded: HashMap<String, v1::Route>,
 }
 
 /// One resource of a response the proxy refused, and why.
@@ -51,7 +54,7 @@ pub(crate) struct Update {
     /// The state `next` builds.
     pub(crate) state: State,
     /// Services that routes name but the proxy does not hold yet (to subscribe to; their routes
-    /// wait until they arrive).
+    /// wait until they arrive, a replaced version serving meanwhile).
     pub(crate) missing: Vec<String>,
     /// Every key the response answered, rejected ones included: waiters must not hang on them.
     pub(crate) answered: Vec<Key>,
@@ -138,6 +141,7 @@ impl Resources {
             next.put(k, v.clone());
         }
         if let Ok((state, missing)) = next.build(None) {
+            next.settle();
             return Ok(Update {
                 next,
                 state,
@@ -173,6 +177,7 @@ impl Resources {
             }
             changes = failed.into_iter().map(|(c, _)| c).collect();
         }
+        next.settle();
         Ok(Update {
             next,
             state: built.0,
@@ -183,10 +188,41 @@ impl Resources {
     }
 
     fn put(&mut self, key: &Key, value: Option<(String, Payload)>) {
-        match value {
+        let replaced = match value {
             Some(v) => self.map.insert(key.clone(), v),
-            None => self.map.remove(key),
+            None => {
+                self.superseded.remove(&key.1);
+                self.map.remove(key)
+            }
         };
+        // A route replaced while the previous one still serves: the first of a series of updates
+        // waiting for a service is the one that keeps serving.
+        if let Some((_, Payload::Route(old))) = replaced
+            && key.0 == ResourceType::Route as i32
+            && self.get(key).is_some()
+        {
+            self.superseded.entry(key.1.clone()).or_insert(old);
+        }
+    }
+
+    /// Forgets the superseded routes whose successor now builds (every service it names is held).
+    fn settle(&mut self) {
+        let known = self.services();
+        let map = &self.map;
+        self.superseded.retain(|name, _| {
+            match map.get(&(ResourceType::Route as i32, name.clone())) {
+                Some((_, Payload::Route(r))) => !absent(r, &known).is_empty(),
+                _ => false,
+            }
+        });
+    }
+
+    /// The names of the services held.
+    fn services(&self) -> HashSet<String> {
+        (self.map.keys())
+            .filter(|(ty, _)| *ty == ResourceType::Service as i32)
+            .map(|(_, name)| name.clone())
+            .collect()
     }
 
     /// The state these resources build, and the services routes wait for; the service named
@@ -265,18 +301,20 @@ impl Resources {
             let (true, Payload::Route(r)) = (*ty == ResourceType::Route as i32, payload) else {
                 continue;
             };
-            let wanted: Vec<&str> = r
-                .rules
-                .iter()
-                .flat_map(|rule| rule.backends.iter().map(|b| b.service.as_str()))
-                .collect();
-            let absent: Vec<String> = wanted
-                .iter()
-                .filter(|s| !known.contains(**s))
-                .map(|s| s.to_string())
-                .collect();
-            if !known.contains(name) || !absent.is_empty() {
-                missing.extend(absent);
+            let waiting = absent(r, &known);
+            if !known.contains(name) {
+                missing.extend(waiting);
+                continue;
+            }
+            if !waiting.is_empty() {
+                missing.extend(waiting);
+                // The version it replaces serves meanwhile, if that one builds.
+                match self.superseded.get(name) {
+                    Some(old) if absent(old, &known).is_empty() => {
+                        routes.push(route_spec(name, old)?);
+                    }
+                    _ => {}
+                }
                 continue;
             }
             routes.push(route_spec(name, r)?);
@@ -854,6 +892,15 @@ fn redirect_spec(r: &v1::RequestRedirect) -> RedirectSpec {
         },
         status_code: (r.status_code != 0).then(|| u16::try_from(r.status_code).unwrap_or(0)),
     }
+}
+
+/// The services `route` sends traffic to that are not in `known`.
+fn absent(route: &v1::Route, known: &HashSet<String>) -> Vec<String> {
+    (route.rules.iter())
+        .flat_map(|rule| rule.backends.iter().map(|b| &b.service))
+        .filter(|s| !known.contains(*s))
+        .cloned()
+        .collect()
 }
 
 fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
