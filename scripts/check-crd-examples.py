@@ -133,6 +133,8 @@ INVALID = [
     ("FaultInjection", ["spec", "delay", "percent"], 120, "not a percentage from 0 to 100"),
     ("FaultInjection", ["spec", "delay", "duration_ms"], 0, "must be positive"),
     ("FaultInjection", ["spec", "abort", "http_status"], 100, "not an HTTP status in 200-599"),
+    ("FaultInjection", ["spec", "abort", "grpc_status"], 17, "not a gRPC status in 1-16"),
+    ("FaultInjection", ["spec", "abort"], {"percent": 1}, "set `http_status`, `grpc_status` or both"),
     ("FaultInjection", ["spec"], {"target_service": "backend"}, "injects nothing"),
     ("FaultInjection", ["spec", "matches", 0], {}, "empty match"),
     ("Mirror", ["spec", "percent"], -1, "not a percentage from 0 to 100"),

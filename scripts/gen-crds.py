@@ -402,8 +402,11 @@ FAULT_INJECTION = obj(
         ),
         "abort": obj(
             {"percent": percent("share of requests aborted"),
-             "http_status": {"type": "integer", "minimum": 200, "maximum": 599}},
-            required=["http_status"],
+             "http_status": {"type": "integer", "minimum": 200, "maximum": 599},
+             # A gRPC code, 1-16 (OK is no abort).
+             "grpc_status": {"type": "integer", "minimum": 1, "maximum": 16}},
+            # "abort: set `http_status`, `grpc_status` or both"
+            anyOf=[{"required": ["http_status"]}, {"required": ["grpc_status"]}],
         ),
         "matches": array(ROUTE_MATCH, description="the requests the faults may hit; left out: every request"),
     },

@@ -1,11 +1,13 @@
 //! Fault injection from the static state file, on the calling side: aborts answer with the
 //! configured status and never reach the backend, at the configured share; delays hold requests
-//! for their duration, inside the route's timeout.
+//! for their duration, inside the route's timeout; a gRPC call aborted with a `grpc_status` gets it
+//! in a trailers-only answer.
 
 use std::time::{Duration, Instant};
 
 use shoal_tests::backend::text_response;
-use shoal_tests::client::{H1Client, empty, request};
+use shoal_tests::client::{H1Client, H2Client, empty, request};
+use shoal_tests::grpc::{self, GrpcBackend, msg};
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
 
 async fn proxy(backend: &HttpBackend, extra: &str) -> Proxy {
@@ -61,7 +63,7 @@ async fn aborts_answer_the_configured_status_at_the_configured_share() {
     let config = proxy.config().await;
     assert_eq!(
         config["state"]["services"][0]["fault_injection"]["abort"],
-        serde_json::json!([30.0, 503]),
+        serde_json::json!({"percent": 30.0, "http_status": 503}),
         "{config}"
     );
 }
@@ -114,4 +116,86 @@ async fn delays_hold_requests_within_the_route_timeout() {
     assert_eq!(resp.status, 504);
     assert_eq!(resp.header("shoal-proxy-error"), Some("response-timeout"));
     assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn grpc_aborts_answer_the_grpc_status_and_http_requests_the_http_status() {
+    // `app` sets both statuses; `bare` only the gRPC one, so its HTTP requests get 503.
+    let backend = GrpcBackend::start().await;
+    let addr = backend.addr();
+    let proxy = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&format!(
+            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:\n      - address: \"{addr}\"\n\
+             \x20 - name: bare\n    port: 80\n    hosts: [bare.example]\n    endpoints:\n      - address: \"{addr}\"\n\
+             faults:\n  - service: app\n    abort: {{percent: 100, http_status: 429, grpc_status: 14}}\n\
+             \x20 - service: bare\n    abort: {{percent: 100, grpc_status: 14}}\n"
+        ))
+        .start()
+        .await;
+
+    // A real gRPC client sees UNAVAILABLE, with the proxy's reason.
+    let mut client = grpc::client_with_origin(proxy.outbound(), "http://app.example").await;
+    let status = client.unary(msg("hello")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "fault-injected", "{status:?}");
+
+    // On the wire: HTTP 200, trailers-only (the status in the head, no body).
+    let h2 = H2Client::connect(proxy.outbound()).await.unwrap();
+    for host in ["app.example", "bare.example"] {
+        let resp = h2
+            .send(
+                request("POST", &format!("http://{host}/echo.Echo/Unary"), None)
+                    .header("content-type", "application/grpc+proto")
+                    .header("te", "trailers")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200, "{host}: gRPC errors ride a 200");
+        assert_eq!(resp.header("grpc-status"), Some("14"), "{host}");
+        assert_eq!(
+            resp.header("grpc-message"),
+            Some("fault-injected"),
+            "{host}"
+        );
+        assert_eq!(resp.header("shoal-proxy-error"), Some("fault-injected"));
+        assert!(resp.body.is_empty(), "{host}: trailers-only");
+    }
+
+    // Plain HTTP requests get the HTTP status; 503 where only the gRPC one is set.
+    let mut h1 = H1Client::connect(proxy.outbound()).await.unwrap();
+    for (host, status) in [("app.example", 429), ("bare.example", 503)] {
+        let resp = h1
+            .send(request("GET", "/", Some(host)).body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status, status, "{host}");
+        assert_eq!(resp.header("shoal-proxy-error"), Some("fault-injected"));
+        assert_eq!(resp.header("grpc-status"), None, "{host}");
+    }
+
+    assert!(
+        backend.recorder().calls().is_empty(),
+        "aborted calls are never sent"
+    );
+    let config = proxy.config().await;
+    let services = config["state"]["services"].as_array().unwrap();
+    let abort_of = |name: &str| {
+        services
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["fault_injection"]["abort"].clone())
+    };
+    assert_eq!(
+        abort_of("app"),
+        Some(serde_json::json!({"percent": 100.0, "http_status": 429, "grpc_status": 14})),
+        "{config}"
+    );
+    assert_eq!(
+        abort_of("bare"),
+        Some(serde_json::json!({"percent": 100.0, "http_status": 503, "grpc_status": 14})),
+        "{config}"
+    );
 }

@@ -160,7 +160,7 @@ async fn filters_applied_with_shoalctl_are_enforced_and_bad_ones_refused() {
     .await
     .success();
     cp.apply(
-        "kind: FaultInjection\nmetadata: {name: app}\nspec:\n  target_service: app\n  abort: {percent: 100, http_status: 503}\n  matches: [{headers: [{name: x-chaos, exact: \"on\"}]}]\n",
+        "kind: FaultInjection\nmetadata: {name: app}\nspec:\n  target_service: app\n  abort: {percent: 100, grpc_status: 14}\n  matches: [{headers: [{name: x-chaos, exact: \"on\"}]}]\n",
     )
     .await
     .success();
@@ -184,12 +184,22 @@ async fn filters_applied_with_shoalctl_are_enforced_and_bad_ones_refused() {
     let seen = backend.last();
     assert_eq!(seen.header_all("x-set"), ["mesh"]);
     assert_eq!(seen.header("x-secret"), None);
+    // Only `grpc_status` applied: plain HTTP gets the default 503, a gRPC call its code.
     let resp = get("/", &[("x-chaos", "on")]).await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.header("shoal-proxy-error"), Some("fault-injected"));
+    let resp = get(
+        "/echo.Echo/Unary",
+        &[("x-chaos", "on"), ("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("grpc-status"), Some("14"));
     assert_eq!(resp.header("shoal-proxy-error"), Some("fault-injected"));
     assert_eq!(
         backend.count(),
         1,
-        "the scoped fault's request was not sent"
+        "the scoped fault's requests were not sent"
     );
 
     // Refused at apply, naming the field.

@@ -125,7 +125,14 @@ pub(super) fn details(resource: &v1::Resource) -> String {
                 parts.push(format!("delay {}% {}ms", d.percent, d.duration_ms));
             }
             if let Some(a) = &f.abort {
-                parts.push(format!("abort {}% {}", a.percent, a.http_status));
+                let mut statuses = Vec::new();
+                if a.http_status != 0 {
+                    statuses.push(a.http_status.to_string());
+                }
+                if a.grpc_status != 0 {
+                    statuses.push(format!("grpc {}", a.grpc_status));
+                }
+                parts.push(format!("abort {}% {}", a.percent, statuses.join(" ")));
             }
             parts.join(", ")
         }

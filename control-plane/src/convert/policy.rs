@@ -176,12 +176,19 @@ pub(super) fn fault_injection(
             None => None,
             Some(a) => Some(FaultAbort {
                 percent: a.percent,
-                http_status: u16::try_from(a.http_status).map_err(|_| {
-                    FieldError::new(
-                        "abort.http_status",
-                        format!("{} is not an HTTP status", a.http_status),
-                    )
-                })?,
+                // 0 is unset on the wire.
+                http_status: match a.http_status {
+                    0 => None,
+                    s => Some(u16::try_from(s).map_err(|_| {
+                        FieldError::new("abort.http_status", format!("{s} is not an HTTP status"))
+                    })?),
+                },
+                grpc_status: match a.grpc_status {
+                    0 => None,
+                    c => Some(u8::try_from(c).map_err(|_| {
+                        FieldError::new("abort.grpc_status", format!("{c} is not a gRPC status"))
+                    })?),
+                },
             }),
         },
         matches: each(wire.matches, "matches", super::route::route_match)?,
@@ -198,7 +205,8 @@ impl From<&FaultInjection> for v1::FaultInjection {
             }),
             abort: fault.abort.as_ref().map(|a| v1::FaultAbort {
                 percent: a.percent,
-                http_status: a.http_status.into(),
+                http_status: a.http_status.map_or(0, u32::from),
+                grpc_status: a.grpc_status.map_or(0, u32::from),
             }),
             matches: (fault.matches.iter())
                 .map(super::route::match_to_wire)

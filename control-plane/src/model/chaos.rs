@@ -26,13 +26,17 @@ pub struct FaultDelay {
     pub duration: Duration,
 }
 
-/// Answer a share of requests with an error status.
+/// Answer a share of requests with an error status. At least one of the statuses is set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultAbort {
     /// Share of requests aborted, 0–100.
     pub percent: f64,
-    /// HTTP status of the answer (200–599).
-    pub http_status: u16,
+    /// HTTP status of the answer (200–599); `None`: 503 (then `grpc_status` is set). gRPC requests get
+    /// it too when `grpc_status` is `None`.
+    pub http_status: Option<u16>,
+    /// gRPC code (1–16) a gRPC request is answered with, in a trailers-only HTTP 200; `None`: gRPC
+    /// requests get `http_status` like any other.
+    pub grpc_status: Option<u8>,
 }
 
 /// Copy a share of a service's requests to another service, fire and forget; the calling proxy compares

@@ -232,7 +232,8 @@ pub fn every_kind() -> Vec<Resource> {
         }),
         abort: Some(FaultAbort {
             percent: 1.5,
-            http_status: 503,
+            http_status: Some(503),
+            grpc_status: Some(14),
         }),
         matches: vec![RouteMatch {
             headers: vec![HeaderMatch {

@@ -722,7 +722,11 @@ fn fault_spec(f: &v1::FaultInjection) -> FaultSpec {
         }),
         abort: f.abort.as_ref().map(|a| AbortSpec {
             percent: a.percent,
-            http_status: u16::try_from(a.http_status).unwrap_or(0),
+            // 0 is unset on the wire; out of range is refused by `resolve` (naming the field).
+            http_status: (a.http_status != 0)
+                .then(|| u16::try_from(a.http_status).unwrap_or(u16::MAX)),
+            grpc_status: (a.grpc_status != 0)
+                .then(|| u8::try_from(a.grpc_status).unwrap_or(u8::MAX)),
         }),
         matches: f.matches.iter().map(match_spec).collect(),
     }

@@ -72,6 +72,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Whether a request is a gRPC call (content-type `application/grpc`, `application/grpc+proto`, …):
+/// the proxy answers those with a gRPC status instead of an HTTP error status.
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
 pub(crate) fn authority_of<B>(req: &http::Request<B>) -> Option<&str> {
     req.uri()

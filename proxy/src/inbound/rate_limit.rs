@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::errors::{ProxyError, Reason};
+use crate::http::headers::is_grpc;
 use crate::state::Match;
 use crate::state::spec::{MatchSpec, build_match};
 use crate::sync::lock;
@@ -200,10 +201,7 @@ impl RateLimitSpec {
 pub(crate) fn refusal(message: String, wait: Duration, headers: &http::HeaderMap) -> ProxyError {
     let mut err = ProxyError::new(Reason::RateLimited, message);
     err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-    let grpc = headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if is_grpc(headers) {
         // RESOURCE_EXHAUSTED: gRPC's status for a quota.
         err.grpc_status = Some(8);
     }

@@ -186,7 +186,7 @@ plain_message! {
 
 plain_message! {
     /// `abort`: a share of requests answered with an error.
-    Abort => v1::FaultAbort { percent: f64, http_status: u32 }
+    Abort => v1::FaultAbort { percent: f64, http_status: u32, grpc_status: u32 }
 }
 
 /// `kind: FaultInjection`.

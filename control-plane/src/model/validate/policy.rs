@@ -243,9 +243,20 @@ impl Checker<'_> {
         }
         if let Some(abort) = &fault.abort {
             self.percent("spec.abort.percent", abort.percent);
-            if !(200..=599).contains(&abort.http_status) {
-                let reason = format!("{} is not an HTTP status in 200–599", abort.http_status);
+            if abort.http_status.is_none() && abort.grpc_status.is_none() {
+                self.error("spec.abort", "set `http_status`, `grpc_status` or both");
+            }
+            if let Some(status) = abort.http_status
+                && !(200..=599).contains(&status)
+            {
+                let reason = format!("{status} is not an HTTP status in 200–599");
                 self.error("spec.abort.http_status", reason);
+            }
+            if let Some(code) = abort.grpc_status
+                && !(1..=16).contains(&code)
+            {
+                let reason = format!("{code} is not a gRPC status in 1–16 (0, OK, is no abort)");
+                self.error("spec.abort.grpc_status", reason);
             }
         }
         for (i, entry) in fault.matches.iter().enumerate() {

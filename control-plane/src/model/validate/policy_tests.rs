@@ -260,7 +260,8 @@ fn chaos_policy_errors_name_their_field() {
     let abort = FaultInjection {
         abort: Some(FaultAbort {
             percent: 101.0,
-            http_status: 600,
+            http_status: Some(600),
+            grpc_status: Some(17),
         }),
         ..fault()
     };
@@ -270,9 +271,27 @@ fn chaos_policy_errors_name_their_field() {
         "101",
     );
     assert_structure_rejects(
-        Spec::FaultInjection(abort),
+        Spec::FaultInjection(abort.clone()),
         "spec.abort.http_status",
         "200–599",
+    );
+    assert_structure_rejects(
+        Spec::FaultInjection(abort),
+        "spec.abort.grpc_status",
+        "1–16",
+    );
+    let no_status = FaultInjection {
+        abort: Some(FaultAbort {
+            percent: 1.0,
+            http_status: None,
+            grpc_status: None,
+        }),
+        ..fault()
+    };
+    assert_structure_rejects(
+        Spec::FaultInjection(no_status),
+        "spec.abort",
+        "`http_status`, `grpc_status` or both",
     );
 
     let mirror = Mirror {

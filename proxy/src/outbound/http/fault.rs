@@ -1,14 +1,17 @@
 //! The fault stage: the delays and aborts a `FaultInjection` asks the calling proxy to inject into
 //! a share of the requests to a service (chaos experiments). A delayed request waits, then goes on
-//! (the route's timeout runs meanwhile); an aborted one is answered with the configured status and
-//! `shoal-proxy-error: fault-injected`, never sent (a gRPC client maps the status to its code, 503
-//! → UNAVAILABLE). A fault may be scoped by `matches` (path, method, headers: a route rule's
+//! (the route's timeout runs meanwhile); an aborted one is answered with `shoal-proxy-error:
+//! fault-injected`, never sent: a gRPC call (content-type `application/grpc*`) with the abort's
+//! `grpc_status` in a trailers-only HTTP 200 when one is set (`http::respond`, as a rate limit answers
+//! RESOURCE_EXHAUSTED), any other request with the abort's HTTP status (a gRPC client maps it, 503 →
+//! UNAVAILABLE). A fault may be scoped by `matches` (path, method, headers: a route rule's
 //! conditions), so that only e.g. requests with `x-chaos: on` are hit. A service without faults
 //! costs one branch. It runs below the split, so an
 //! aborted request counts under the backend the split chose, like any other failure.
 
 use super::split::Backend;
 use crate::errors::{ProxyError, Reason};
+use crate::http::headers::is_grpc;
 use crate::http::stack::{Exchange, Req, Service, stage};
 
 stage! {
@@ -29,21 +32,28 @@ where
         // Drawn before the request moves on; a request outside the faults' scope is never hit.
         let (abort, delay) = match req.target.faulty.as_deref().and_then(|s| s.fault.as_ref()) {
             Some(fault) if fault.scoped_to(&req.http) => (
-                fault.abort.filter(|&(percent, _)| hit(percent)),
+                fault.abort.filter(|a| hit(a.percent)),
                 fault.delay.filter(|&(percent, _)| hit(percent)),
             ),
             _ => return self.0.call(req).await,
         };
-        if let Some((percent, status)) = abort {
+        if let Some(abort) = abort {
             let name =
                 (req.target.faulty.as_deref()).map_or_else(String::new, |s| s.qualified_name());
-            let err = ProxyError::new(
+            let grpc = abort.grpc_status.filter(|_| is_grpc(req.http.headers()));
+            let answer = grpc.map_or_else(
+                || abort.http_status.to_string(),
+                |code| format!("gRPC status {code}"),
+            );
+            let mut err = ProxyError::new(
                 Reason::FaultInjected,
                 format!(
-                    "a fault injection on service {name} aborts {percent} % of its requests with {status}; this request was one (see fault_injection in /config)"
+                    "a fault injection on service {name} aborts {} % of its requests with {answer}; this request was one (see fault_injection in /config)",
+                    abort.percent
                 ),
             )
-            .with_status(status);
+            .with_status(abort.http_status);
+            err.grpc_status = grpc;
             return Exchange::failed(err);
         }
         if let Some((_, delay)) = delay {

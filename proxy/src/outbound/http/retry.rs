@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::split::Backend;
 use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
-use crate::http::headers::copy_head;
+use crate::http::headers::{copy_head, is_grpc};
 use crate::http::replay::Replay;
 use crate::http::stack::{Exchange, FailedAttempt, Req, Service, stage};
 use crate::retry::{Retry as Policy, RetryOn};
@@ -76,15 +76,9 @@ fn may_retry(req: &Request<RequestBody>, policy: &Policy) -> bool {
                 | Method::PUT
                 | Method::DELETE
         )
-        || (is_grpc(req)
+        || (is_grpc(req.headers())
             && (p.retries_on(RetryOn::GrpcUnavailable)
                 || p.retries_on(RetryOn::GrpcResourceExhausted)))
-}
-
-fn is_grpc(req: &Request<RequestBody>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Sends the request until an attempt succeeds, fails in a way the policy does not retry, or a
