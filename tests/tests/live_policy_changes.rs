@@ -323,7 +323,7 @@ async fn every_policy_changes_under_traffic_without_a_failed_request_and_keeps_r
         &proxy,
         "the fault injection",
         "kind: FaultInjection\nmetadata: {name: app}\nspec:\n  target_service: app\n  abort: {percent: 0, http_status: 500}\n  matches:\n  - headers: [{name: x-chaos, exact: \"on\"}]\n",
-        |app, _, _| app["fault_injection"]["abort"][1] == 500,
+        |app, _, _| app["fault_injection"]["abort"]["http_status"] == 500,
     )
     .await;
     traffic(50).await;
