@@ -23,6 +23,8 @@ pub mod v1 {
 
 pub mod authority;
 
+pub mod filters;
+
 /// Test cases both sides run: what a proxy rejects when pushed, the control plane refuses at `apply`.
 #[cfg(feature = "test-util")]
 pub mod checks;

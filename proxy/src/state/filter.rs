@@ -5,26 +5,9 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
+use shoal_proto::filters::{MAX_HEADER_EDITS, REDIRECT_STATUSES, protected_header};
 
 use super::model::{Match, PathMatch};
-
-/// Most edits in one header modifier (the control plane's bound).
-const MAX_HEADER_EDITS: usize = 64;
-
-/// Headers no rule may edit: hop-by-hop fields, the framing, and the authority the request was
-/// routed by (the control plane's list, `validate/filter.rs`); `shoal-*` are the mesh's own.
-const PROTECTED: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-    "content-length",
-    "proxy-authorization",
-];
 
 /// A header and its value, as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -88,10 +71,8 @@ impl HeaderModifierSpec {
         let mut name = |name: &str, field: String| -> Result<HeaderName, String> {
             let parsed = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("{field}: `{name}` is not a header name"))?;
-            if parsed.as_str().starts_with("shoal-") || PROTECTED.contains(&parsed.as_str()) {
-                return Err(format!(
-                    "{field}: `{name}` is a hop-by-hop, routing or mesh (`shoal-*`) header, which a route cannot edit"
-                ));
+            if let Some(reason) = protected_header(parsed.as_str()) {
+                return Err(format!("{field}: `{name}` {reason}"));
             }
             if seen.contains(&parsed) {
                 return Err(format!("{field}: `{name}` is edited twice"));
@@ -220,7 +201,7 @@ impl RedirectSpec {
             }
         }
         let code = self.status_code.unwrap_or(302);
-        if ![301, 302, 303, 307, 308].contains(&code) {
+        if !REDIRECT_STATUSES.contains(&code) {
             return Err(format!(
                 "{at}.status_code: {code} is not a redirect status: 301, 302, 303, 307 or 308"
             ));

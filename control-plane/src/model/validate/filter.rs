@@ -2,41 +2,12 @@
 
 use std::collections::HashSet;
 
+use shoal_proto::filters::{MAX_HEADER_EDITS, REDIRECT_STATUSES, protected_header};
+
 use super::Checker;
 use crate::model::{
     HeaderModifier, PathMatch, PathModifier, RequestRedirect, RouteRule, host_name, http_token,
 };
-
-/// Most edits in one header modifier (set + add + remove).
-const MAX_HEADER_EDITS: usize = 64;
-/// The redirect statuses a rule may answer with (Gateway API's set, plus 303).
-const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
-
-/// Headers no rule may edit: hop-by-hop fields (they belong to one connection, and the proxy strips them
-/// anyway), the framing and the authority the request was already routed by.
-const PROTECTED: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-    "content-length",
-    "proxy-authorization",
-];
-
-/// Why a header name cannot be edited, if it cannot (shared by the request and response edits).
-fn protected_header(name: &str) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    if lower.starts_with("shoal-") {
-        return Some("is one of the mesh's own `shoal-*` headers, which the proxies set and strip");
-    }
-    PROTECTED
-        .contains(&lower.as_str())
-        .then_some("is a hop-by-hop, framing or routing header, which a route cannot edit")
-}
 
 impl Checker<'_> {
     /// The filters of the rule at `field` (`spec.rules[i]`).
