@@ -115,6 +115,10 @@ fn route(field: &str, value: &str, line: &str) -> Payload {
             rule.backends[0].weight = number(value, line) as u32;
             path(path_match::Kind::Prefix("/".to_owned()))
         }
+        "backend.port" => {
+            rule.backends[0].port = number(value, line) as u32;
+            path(path_match::Kind::Prefix("/".to_owned()))
+        }
         "rules" => {
             rules = Some(Vec::new());
             v1::RouteMatch::default()

@@ -101,18 +101,16 @@ async fn refused_resources_are_named_and_serve_nothing() {
         typo["message"].as_str().unwrap().contains("rulez"),
         "{typo}"
     );
-    // What no proxy enforces yet (a backend's port) is refused like at `shoalctl apply`, naming the field.
+    // A backend port its service lacks is refused like at `shoalctl apply`, naming the field.
     mesh.kube.apply(shoal(
         "Route",
         "ported",
-        json!({"parent_service": "web-v2", "rules": [{"backends": [{"service": "web-v1", "port": 8080}]}]}),
+        json!({"parent_service": "web-v2", "rules": [{"backends": [{"service": "web-v1", "port": 9999}]}]}),
     ));
     let ported = mesh.wait_condition("Route", "ported", "False", 1).await;
+    let message = ported["message"].as_str().unwrap();
     assert!(
-        ported["message"]
-            .as_str()
-            .unwrap()
-            .contains("spec.rules[0].backends[0].port"),
+        message.contains("spec.rules[0].backends[0].port") && message.contains("has no port 9999"),
         "{ported}"
     );
 

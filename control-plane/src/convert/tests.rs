@@ -65,7 +65,7 @@ fn a_redirect_rule_round_trips_through_the_wire() {
 
 #[test]
 fn discovery_payloads_round_trip() {
-    let route = fixtures::route_with_unenforced();
+    let route = fixtures::route_full();
     assert_eq!(Route::try_from(v1::Route::from(&route)), Ok(route));
     let service = fixtures::service("backend");
     assert_eq!(

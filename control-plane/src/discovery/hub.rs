@@ -13,7 +13,6 @@ use tokio::sync::broadcast;
 use super::catalog::{Catalog, Contribution, Entry, Key, KeyMap, key};
 use super::registry::Registry;
 use super::stream::Mailbox;
-use crate::model::validate::{Invalid, unenforced};
 use crate::model::{Resource, ResourceKind, ServiceRef, Spec};
 use crate::store::{Change, Store};
 
@@ -242,40 +241,6 @@ fn source_name(r: &Resource) -> String {
     format!("{prefix}{}/{}/{}", k.kind, k.namespace, k.name)
 }
 
-/// Logs one warning per stored resource that `apply` refuses today because shoal-proxy does not enforce
-/// (part of) it: a store written before the refusal (`validate::unenforced`) may hold such resources. The
-/// control plane keeps serving; discovery pushes only what the proxy enforces of them ([`contributions`]).
-/// Returns those resources, each with its refused kind or fields.
-pub fn warn_unenforced(store: &Store) -> Vec<Invalid> {
-    let listing = store.list(None, None);
-    let found: Vec<Invalid> = (listing.resources.iter())
-        .filter_map(|stored| {
-            let errors = unenforced::refusals(&stored.resource.spec);
-            (!errors.is_empty()).then(|| Invalid {
-                subject: stored.resource.key().to_string(),
-                errors,
-            })
-        })
-        .collect();
-    for invalid in &found {
-        let fields: Vec<&str> = invalid.errors.iter().map(|e| e.field.as_str()).collect();
-        let pushed = if fields == ["kind"] {
-            "not pushed to proxies"
-        } else {
-            "pushed to proxies without these fields"
-        };
-        tracing::warn!(
-            resource = %invalid.subject,
-            fields = %fields.join(", "),
-            pushed,
-            error = %invalid,
-            "stored resource is no longer accepted: shoal-proxy does not enforce it yet; apply it without the \
-             refused fields, or delete it"
-        );
-    }
-    found
-}
-
 /// Logs one warning per stored service answering to a host (with the port) that a service before it, in key
 /// order, already answers to: a store written before `apply` refused such services may hold them. Proxies
 /// holding both NACK one; the control plane keeps serving and pushing both. Returns the warnings.
@@ -318,14 +283,9 @@ pub fn warn_conflicting_hosts(store: &Store) -> Vec<String> {
     warnings
 }
 
-/// What a stored resource contributes to the catalog: only what shoal-proxy enforces of it (nothing of a
-/// kind it does not enforce yet, a route without its retries: see `validate::unenforced`).
+/// What a stored resource contributes to the catalog.
 pub fn contributions(r: &Resource) -> Vec<(Key, Contribution)> {
     use v1::ResourceType as T;
-    let Some(r) = unenforced::enforced(r) else {
-        return Vec::new();
-    };
-    let r = &*r;
     let whole = |ty: T, name: String, p: Payload| (key(ty, name), Contribution::Whole(p));
     match &r.spec {
         Spec::Service(s) => {

@@ -50,8 +50,8 @@ pub fn svc(name: &str) -> ServiceRef {
 }
 
 /// A route for `backend.default`: `/v2` (with header `x-canary: yes`) split 90/10 between `backend-v1` and
-/// `backend-v2`, with a timeout; everything else to `backend-v1`. Only what shoal-proxy enforces (no retries,
-/// no backend ports: see [`route_with_unenforced`]).
+/// `backend-v2`, with a timeout; everything else to `backend-v1` (no retries, no backend ports: see
+/// [`route_full`]).
 pub fn route() -> Route {
     let canary = RouteRule {
         name: "canary".to_owned(),
@@ -105,9 +105,8 @@ pub fn retry_policy() -> RetryPolicy {
     }
 }
 
-/// [`route`] with every field the model has, those shoal-proxy does not enforce yet included (refused at
-/// apply, see `validate::unenforced`): retries on the canary rule, and every backend on port 8080.
-pub fn route_with_unenforced() -> Route {
+/// [`route`] with every field the model has: retries on the canary rule, and every backend on port 8080.
+pub fn route_full() -> Route {
     let mut route = route();
     route.rules[0].retry = Some(retry_policy());
     for backend in route.rules.iter_mut().flat_map(|r| &mut r.backends) {
@@ -133,9 +132,7 @@ pub fn catalog() -> Vec<Service> {
 }
 
 /// One valid resource of every kind (the services of [`catalog`] included), with every field set, for round
-/// trips. Some kinds and fields are refused at apply until shoal-proxy enforces them (`validate::unenforced`):
-/// these pass [`validate_structure`](super::validate::validate_structure), not
-/// [`validate`](super::validate::validate).
+/// trips.
 pub fn every_kind() -> Vec<Resource> {
     let mut resources: Vec<_> = catalog()
         .into_iter()
@@ -256,7 +253,7 @@ pub fn every_kind() -> Vec<Resource> {
             "default",
             Spec::EndpointRegistration(registration),
         ),
-        resource("backend", "default", Spec::Route(route_with_unenforced())),
+        resource("backend", "default", Spec::Route(route_full())),
         resource("backend", "default", Spec::BackendPolicy(backend_policy)),
         resource(
             "backend",

@@ -128,8 +128,6 @@ fn discovery(
     mut closing: watch::Receiver<bool>,
 ) -> DiscoveryParts {
     let hub = crate::discovery::Hub::with_settings(push_interval, disconnected_grace);
-    // A store from before a refusal may hold what the proxy does not enforce: warn, push only the rest.
-    crate::discovery::hub::warn_unenforced(store);
     // ... or services claiming one host, which proxies holding both NACK.
     crate::discovery::hub::warn_conflicting_hosts(store);
     tokio::spawn(hub.clone().follow(store.clone()));

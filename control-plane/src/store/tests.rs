@@ -188,7 +188,7 @@ fn invalid_resources_are_never_stored() {
 }
 
 #[test]
-fn what_the_proxy_does_not_enforce_is_refused_and_never_stored() {
+fn an_invalid_resource_is_refused_and_never_stored() {
     let dir = TempDir::new();
     let store = Store::open(dir.db()).expect("open");
     for name in ["backend", "shadow"] {
@@ -196,17 +196,18 @@ fn what_the_proxy_does_not_enforce_is_refused_and_never_stored() {
     }
     let mut ported = route("backend", "shadow");
     if let Spec::Route(r) = &mut ported.spec {
-        r.rules[0].backends[0].port = Some(8080);
+        r.rules[0].backends[0].port = Some(9999);
     }
     let error = store
         .apply(ported, None)
-        .expect_err("backend ports are not enforced");
+        .expect_err("the backend has no port 9999");
     assert!(
-        error.to_string().contains(
-            "route backend.default: spec.rules[0].backends[0].port: not enforced by shoal-proxy yet"
-        ),
+        error
+            .to_string()
+            .contains("route backend.default: spec.rules[0].backends[0].port: "),
         "{error}"
     );
+    assert!(error.to_string().contains("has no port 9999"), "{error}");
     assert_eq!(store.revision(), 2, "nothing written");
     assert_eq!(store.list(None, None).resources.len(), 2);
 }

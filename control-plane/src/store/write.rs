@@ -30,14 +30,6 @@ impl Store {
         self.write_checked(resource, mode, validate::validate)
     }
 
-    /// Creates `resource` as a control plane from before `validate::unenforced` did: with the structural
-    /// checks only, so a test can hold what is refused today (a store that survived the upgrade).
-    #[cfg(test)]
-    pub(crate) fn create_unenforced(&self, resource: Resource) -> Result<StoredResource> {
-        self.write_checked(resource, Mode::Create, validate::validate_structure)
-            .map(|(stored, _)| stored)
-    }
-
     /// Creates `resource` without any validation, as a control plane from before a cross-resource check did
     /// (two services claiming one host), so a test can hold what no check lets in today.
     #[cfg(test)]

@@ -2,16 +2,23 @@
 
 use super::harness::{ControlPlane, expect, shoalctl, text};
 
-const UNENFORCED: &str = include_str!("unenforced.yaml");
+/// Two services on port 8080 and a route between them whose canary backend names `{port}`.
+fn ported_route(port: u16) -> String {
+    format!(
+        "kind: Service\nmetadata: {{name: backend}}\nspec: {{ports: [{{port: 8080}}]}}\n---\n\
+         kind: Service\nmetadata: {{name: backend-v2}}\nspec: {{ports: [{{port: 8080}}, {{port: 9443}}]}}\n---\n\
+         kind: Route\nmetadata: {{name: backend}}\nspec:\n  parent_service: backend\n  rules:\n  \
+         - backends: [{{service: backend, weight: 90}}, {{service: backend-v2, weight: 10, port: {port}}}]\n"
+    )
+}
 
-/// What shoal-proxy does not enforce yet is refused at `apply`, each document naming its kind or field, and
-/// nothing of it is stored; the same route without those fields is accepted.
+/// A backend's port must be one of its service's: another is refused naming the field, and nothing of the
+/// route is stored; one it has is accepted.
 #[test]
-fn what_the_proxy_does_not_enforce_is_refused_naming_the_field() {
+fn a_backend_port_the_service_lacks_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = ControlPlane::start(dir.path());
-    let see = "see docs/shoalctl.md#refused-until-enforced";
-    let out = shoalctl(&cp.admin, &["apply", "-f", "-"], UNENFORCED);
+    let out = shoalctl(&cp.admin, &["apply", "-f", "-"], &ported_route(9090));
     expect(
         &out,
         1,
@@ -19,10 +26,8 @@ fn what_the_proxy_does_not_enforce_is_refused_naming_the_field() {
             "service/backend.default created",
             "service/backend-v2.default created",
             "error: route/backend.default (document 3): server rejected the request (INVALID_ARGUMENT): \
-             route backend.default: spec.rules[0].backends[1].port: not enforced by shoal-proxy yet; remove it (the proxy calls a \
-             backend on the port the request came in on; see docs/shoalctl.md#refused-until-enforced)",
-            see,
-            "1 of 5 resources were not applied",
+             route backend.default: spec.rules[0].backends[1].port: service backend-v2.default has no port 9090",
+            "1 of 3 resources were not applied",
         ],
     );
     expect(
@@ -30,11 +35,15 @@ fn what_the_proxy_does_not_enforce_is_refused_naming_the_field() {
         1,
         &["NOT_FOUND"],
     );
-    let route = "kind: Route\nmetadata: {name: backend}\nspec:\n  parent_service: backend\n  rules:\n  - backends: [{service: backend, weight: 90}, {service: backend-v2, weight: 10}]\n    timeout_ms: 2000\n";
     expect(
-        &shoalctl(&cp.admin, &["apply", "-f", "-"], route),
+        &shoalctl(&cp.admin, &["apply", "-f", "-"], &ported_route(9443)),
         0,
-        &["route/backend.default created (version 5)"],
+        &["route/backend.default created"],
+    );
+    expect(
+        &shoalctl(&cp.admin, &["get", "route", "backend", "-o", "yaml"], ""),
+        0,
+        &["port: 9443"],
     );
     cp.stop();
 }

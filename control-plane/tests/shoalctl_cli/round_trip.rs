@@ -114,22 +114,17 @@ fn apply_get_delete_round_trip() {
     cp.stop();
 }
 
-/// The examples in docs/shoalctl.md: one per kind and the route's retries. Those before "Refused until
-/// enforced" are accepted by the server as written; those after are refused, naming the kind or field.
+/// The examples in docs/shoalctl.md, one per kind, are accepted by the server as written.
 #[test]
-fn documented_examples_apply_or_are_refused_as_documented() {
+fn documented_examples_apply_as_written() {
     let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/shoalctl.md");
     let docs = std::fs::read_to_string(docs).expect("docs/shoalctl.md");
-    let (accepted, refused) = docs
-        .split_once("\n## Refused until enforced\n")
-        .expect("docs/shoalctl.md has a section \"Refused until enforced\"");
-    let (accepted, refused) = (yaml_examples(accepted), yaml_examples(refused));
+    let accepted = yaml_examples(&docs);
     assert_eq!(
         accepted.len(),
         8,
         "Service, EndpointRegistration, Route, AuthorizationPolicy, RateLimit, FaultInjection, BackendPolicy, Mirror"
     );
-    assert_eq!(refused.len(), 1, "a route with backend ports");
     // The services the examples refer to besides `backend`.
     let extra = "kind: Service\nmetadata: {name: backend-v2}\nspec: {ports: [{port: 8080}]}\n---\nkind: Service\nmetadata: {name: backend-shadow}\nspec: {ports: [{port: 8080}]}\n";
     let yaml = format!("{extra}---\n{}", accepted.join("---\n"));
@@ -150,13 +145,6 @@ fn documented_examples_apply_or_are_refused_as_documented() {
             "virtual_addresses:",
         ],
     );
-    for example in refused {
-        expect(
-            &shoalctl(&cp.admin, &["apply", "-f", "-"], example),
-            1,
-            &["INVALID_ARGUMENT", "not enforced by shoal-proxy yet"],
-        );
-    }
     cp.stop();
 }
 

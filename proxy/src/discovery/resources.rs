@@ -898,6 +898,22 @@ fn redirect_spec(r: &v1::RequestRedirect) -> RedirectSpec {
     }
 }
 
+/// A route's backend; its `port` 0 means the request's port.
+fn backend_spec(b: &v1::WeightedBackend, at: &str) -> Result<BackendSpec, String> {
+    let port = match b.port {
+        0 => None,
+        port => Some(
+            u16::try_from(port)
+                .map_err(|_| format!("{at}.port: {port} is not a port (1–65535)"))?,
+        ),
+    };
+    Ok(BackendSpec {
+        service: b.service.clone(),
+        weight: b.weight,
+        port,
+    })
+}
+
 /// The services `route` sends traffic to that are not in `known`.
 fn absent(route: &v1::Route, known: &HashSet<String>) -> Vec<String> {
     (route.rules.iter())
@@ -916,15 +932,13 @@ fn route_spec(parent: &str, r: &v1::Route) -> Result<RouteSpec, String> {
             vec![BackendSpec {
                 service: parent.to_string(),
                 weight: 1,
+                port: None,
             }]
         } else {
-            rule.backends
-                .iter()
-                .map(|b| BackendSpec {
-                    service: b.service.clone(),
-                    weight: b.weight,
-                })
-                .collect()
+            let at = format!("rules[{}]", rules.len());
+            (rule.backends.iter().enumerate())
+                .map(|(k, b)| backend_spec(b, &format!("{at}.backends[{k}]")))
+                .collect::<Result<_, _>>()?
         };
         let at = format!("rules[{}].retry", rules.len());
         rules.push(RuleSpec {

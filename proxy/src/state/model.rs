@@ -121,6 +121,9 @@ pub struct Backend {
     /// The service traffic goes to.
     #[serde(serialize_with = "serialize_service_name")]
     pub service: Arc<Service>,
+    /// The port of `service` called (the route's backend `port`, else the request's port when the
+    /// service has it, else its first); shown in `/config`.
+    pub port: u16,
     /// Relative share.
     pub weight: u32,
     /// Request metrics of the rule's requests sent to this backend.

@@ -315,6 +315,10 @@ pub(crate) struct BackendSpec {
     pub(crate) service: String,
     #[serde(default = "one")]
     pub(crate) weight: u32,
+    /// The backend service's port to call; `None`: the port the request came in on (when the backend
+    /// has it, else its first port).
+    #[serde(default)]
+    pub(crate) port: Option<u16>,
 }
 
 pub(crate) mod humantime_opt {
@@ -545,6 +549,7 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                 let parent_only = [BackendSpec {
                     service: parent.qualified_name(),
                     weight: 1,
+                    port: None,
                 }];
                 let targets = if filters.redirect.is_some() {
                     &parent_only[..]
@@ -558,12 +563,22 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                             b.service
                         )
                     })?;
-                    let service = entries
-                        .iter()
-                        .find(|e| e.port == parent.port)
-                        .unwrap_or(&entries[0])
-                        .clone();
+                    let service = match b.port {
+                        Some(port) => entries.iter().find(|e| e.port == port).ok_or_else(|| {
+                            format!(
+                                "{at}.backends[{k}].port: service {} has no port {port}",
+                                b.service
+                            )
+                        })?,
+                        // The request's port when the backend has it (a canary with the same ports).
+                        None => entries
+                            .iter()
+                            .find(|e| e.port == parent.port)
+                            .unwrap_or(&entries[0]),
+                    }
+                    .clone();
                     backends.push(Backend {
+                        port: service.port,
                         metrics: RequestMetrics::outbound(
                             &parent.qualified_name(),
                             label,

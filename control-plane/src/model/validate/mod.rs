@@ -12,9 +12,8 @@
 //! what a proxy would NACK is refused at `apply`; `proxy_rules` runs the cases both sides share
 //! (proto/testdata/pushed-resource-checks.txt).
 //!
-//! What a proxy does not enforce yet is refused too, in one place: [`unenforced`] lists those kinds and
-//! fields. [`validate`] is the check every write passes: the structural checks ([`validate_structure`], kept
-//! for the kinds and fields refused today so they are ready when the proxy enforces them) plus those refusals.
+//! Every kind and field the model has is enforced by shoal-proxy: a new one lands in the same change as the
+//! proxy's enforcement, or is refused here naming the field.
 
 mod authority;
 #[cfg(test)]
@@ -31,9 +30,6 @@ mod route;
 mod service;
 #[cfg(test)]
 mod tests;
-pub mod unenforced;
-#[cfg(test)]
-mod unenforced_tests;
 
 use std::fmt;
 use std::time::Duration;
@@ -132,31 +128,9 @@ impl Catalog for Vec<Service> {
     }
 }
 
-/// Checks `resource` before it is stored: refuses what shoal-proxy does not enforce yet ([`unenforced`]), and
-/// checks the rest against its own rules and the services in `catalog` ([`validate_structure`]). The
-/// refusals come first; a structural error inside a refused kind or field is left out (it must go anyway).
+/// Checks `resource` before it is stored, against its own rules and the services in `catalog`; every error at
+/// once.
 pub fn validate(resource: &Resource, catalog: &dyn Catalog) -> Result<(), Invalid> {
-    let refused = unenforced::refusals(&resource.spec);
-    let structure = validate_structure(resource, catalog);
-    if refused.is_empty() {
-        return structure;
-    }
-    let mut errors = refused;
-    if let Err(invalid) = structure {
-        let kept = (invalid.errors.into_iter())
-            .filter(|e| !errors.iter().any(|r| unenforced::covers(r, &e.field)))
-            .collect::<Vec<_>>();
-        errors.extend(kept);
-    }
-    Err(Invalid {
-        subject: resource.key().to_string(),
-        errors,
-    })
-}
-
-/// Checks `resource` against its own rules and the services in `catalog`, whether or not the proxy enforces
-/// its kind and fields yet (the structural half of [`validate`]).
-pub fn validate_structure(resource: &Resource, catalog: &dyn Catalog) -> Result<(), Invalid> {
     let mut check = Checker {
         errors: Vec::new(),
         catalog,

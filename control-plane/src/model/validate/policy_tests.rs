@@ -1,11 +1,9 @@
-//! Validation errors of services, registrations and policies name their field. The kinds refused until
-//! shoal-proxy enforces them (backend policies, rate limits, fault injection, mirroring) are checked by the
-//! structural validation alone, which stays for the day they are enforced.
+//! Validation errors of services, registrations and policies name their field.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use super::tests::{assert_rejects, assert_structure_rejects, check, fault, registration};
+use super::tests::{assert_rejects, check, fault, registration};
 use crate::model::fixtures::{self, svc};
 use crate::model::*;
 
@@ -89,33 +87,33 @@ fn backend_policy_errors_name_their_field() {
         health_check: None,
     };
     let spec = || Spec::BackendPolicy(ring_without_key.clone());
-    assert_structure_rejects(
+    assert_rejects(
         spec(),
         "spec.load_balancer.hash_key",
         "required with algorithm RING_HASH",
     );
-    assert_structure_rejects(spec(), "spec.limits.max_connections", "must be positive");
-    assert_structure_rejects(
+    assert_rejects(spec(), "spec.limits.max_connections", "must be positive");
+    assert_rejects(
         spec(),
         "spec.load_balancer.slow_start_ms",
         "longer than the maximum",
     );
-    assert_structure_rejects(
+    assert_rejects(
         spec(),
         "spec.limits.max_concurrent_retries",
         "must be positive",
     );
-    assert_structure_rejects(
+    assert_rejects(
         spec(),
         "spec.outlier_detection.max_ejection_percent",
         "percentage",
     );
-    assert_structure_rejects(
+    assert_rejects(
         spec(),
         "spec.circuit_breaker.failure_ratio_threshold",
         "ratio",
     );
-    assert_structure_rejects(
+    assert_rejects(
         spec(),
         "spec.circuit_breaker.open_duration_ms",
         "longer than the maximum",
@@ -127,7 +125,7 @@ fn backend_policy_errors_name_their_field() {
         slow_start: None,
     });
     let spec = Spec::BackendPolicy(key_without_ring);
-    assert_structure_rejects(
+    assert_rejects(
         spec,
         "spec.load_balancer.hash_key",
         "only used with algorithm RING_HASH",
@@ -151,7 +149,7 @@ fn outlier_detection_errors_name_their_field() {
         request_volume: Some(10),
         stdev_factor,
     };
-    assert_structure_rejects(
+    assert_rejects(
         with(OutlierDetection::default()),
         "spec.outlier_detection",
         "ejects nothing",
@@ -161,7 +159,7 @@ fn outlier_detection_errors_name_their_field() {
         interval: Some(Duration::from_secs(1)),
         ..OutlierDetection::default()
     };
-    assert_structure_rejects(
+    assert_rejects(
         with(interval),
         "spec.outlier_detection.interval_ms",
         "only used with success_rate",
@@ -170,7 +168,7 @@ fn outlier_detection_errors_name_their_field() {
         success_rate: Some(rate(None)),
         ..OutlierDetection::default()
     };
-    assert_structure_rejects(
+    assert_rejects(
         with(hosts),
         "spec.outlier_detection.success_rate.minimum_hosts",
         "must be positive",
@@ -179,7 +177,7 @@ fn outlier_detection_errors_name_their_field() {
         success_rate: Some(rate(Some(11.0))),
         ..OutlierDetection::default()
     };
-    assert_structure_rejects(
+    assert_rejects(
         with(factor),
         "spec.outlier_detection.success_rate.stdev_factor",
         "not in (0, 10]",
@@ -215,7 +213,7 @@ fn inbound_policy_errors_name_their_field() {
         overrides: Vec::new(),
         side: RateLimitSide::Inbound,
     };
-    assert_structure_rejects(
+    assert_rejects(
         Spec::RateLimit(limit.clone()),
         "spec.burst",
         "must be positive",
@@ -256,7 +254,7 @@ fn chaos_policy_errors_name_their_field() {
         delay: None,
         ..fault()
     };
-    assert_structure_rejects(Spec::FaultInjection(nothing), "spec", "injects nothing");
+    assert_rejects(Spec::FaultInjection(nothing), "spec", "injects nothing");
     let abort = FaultInjection {
         abort: Some(FaultAbort {
             percent: 101.0,
@@ -265,17 +263,17 @@ fn chaos_policy_errors_name_their_field() {
         }),
         ..fault()
     };
-    assert_structure_rejects(
+    assert_rejects(
         Spec::FaultInjection(abort.clone()),
         "spec.abort.percent",
         "101",
     );
-    assert_structure_rejects(
+    assert_rejects(
         Spec::FaultInjection(abort.clone()),
         "spec.abort.http_status",
         "200–599",
     );
-    assert_structure_rejects(
+    assert_rejects(
         Spec::FaultInjection(abort),
         "spec.abort.grpc_status",
         "1–16",
@@ -288,7 +286,7 @@ fn chaos_policy_errors_name_their_field() {
         }),
         ..fault()
     };
-    assert_structure_rejects(
+    assert_rejects(
         Spec::FaultInjection(no_status),
         "spec.abort",
         "`http_status`, `grpc_status` or both",
@@ -301,18 +299,18 @@ fn chaos_policy_errors_name_their_field() {
         percent: f64::NAN,
         compare_headers: vec!["content-type".into(), "X-Version".into(), "a b".into()],
     };
-    assert_structure_rejects(
+    assert_rejects(
         Spec::Mirror(mirror.clone()),
         "spec.mirror_service",
         "mirrors to itself",
     );
-    assert_structure_rejects(Spec::Mirror(mirror.clone()), "spec.percent", "NaN");
-    assert_structure_rejects(
+    assert_rejects(Spec::Mirror(mirror.clone()), "spec.percent", "NaN");
+    assert_rejects(
         Spec::Mirror(mirror.clone()),
         "spec.compare_headers[1]",
         "must be lower-case",
     );
-    assert_structure_rejects(
+    assert_rejects(
         Spec::Mirror(mirror.clone()),
         "spec.compare_headers[2]",
         "header name \"a b\"",
@@ -321,7 +319,7 @@ fn chaos_policy_errors_name_their_field() {
         compare_headers: vec!["etag".into(), "etag".into()],
         ..mirror.clone()
     };
-    assert_structure_rejects(
+    assert_rejects(
         Spec::Mirror(twice),
         "spec.compare_headers[1]",
         "listed twice",
@@ -330,7 +328,7 @@ fn chaos_policy_errors_name_their_field() {
         mirror: svc("shadow"),
         ..mirror
     };
-    assert_structure_rejects(
+    assert_rejects(
         Spec::Mirror(unknown),
         "spec.mirror_service",
         "unknown service shadow.default",
@@ -359,12 +357,12 @@ fn health_check_errors_name_their_field() {
         path: path.to_owned(),
         expected_statuses,
     };
-    assert_structure_rejects(
+    assert_rejects(
         with(http("healthz", None), None),
         "spec.health_check.http.path",
         "not a request path",
     );
-    assert_structure_rejects(
+    assert_rejects(
         with(http("/healthz", Some((300, 200))), None),
         "spec.health_check.http.expected_statuses",
         "300-200",
@@ -372,12 +370,12 @@ fn health_check_errors_name_their_field() {
     let grpc = HealthProbe::Grpc {
         service: String::new(),
     };
-    assert_structure_rejects(
+    assert_rejects(
         with(grpc.clone(), Some(0)),
         "spec.health_check.unhealthy_threshold",
         "must be positive",
     );
-    assert_structure_rejects(
+    assert_rejects(
         with(grpc, None),
         "spec.health_check.interval_ms",
         "longer than the maximum",

@@ -10,7 +10,10 @@ use crate::model::{AuthorizationPolicy, EndpointRegistration, Route, Service, Sp
 
 #[test]
 fn what_a_proxy_rejects_is_refused_at_apply() {
-    let catalog = vec![service("web")];
+    // web.default on port 80, as the cases describe it.
+    let mut web = service("web");
+    web.ports[0].port = 80;
+    let catalog = vec![web];
     for case in cases() {
         let spec = match case.payload.clone() {
             Payload::Route(r) => Route::try_from(r).map(Spec::Route),

@@ -1,12 +1,10 @@
-//! Every validation error names its field; valid resources of every kind pass the structural checks. Routes
-//! and durations here, the other kinds in `policy_tests`, the refusal of what shoal-proxy does not enforce
-//! yet in `unenforced_tests`. Kinds and fields refused today keep their structural tests, through
-//! [`validate_structure`], for the day the proxy enforces them.
+//! Every validation error names its field; valid resources of every kind pass. Routes and durations here, the
+//! other kinds in `policy_tests`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use super::{Invalid, validate, validate_structure};
+use super::{Invalid, validate};
 use crate::model::fixtures::{self, backend, catalog, resource, retry_policy, route, svc};
 use crate::model::*;
 
@@ -15,21 +13,10 @@ pub(super) fn check(spec: Spec) -> Result<(), Invalid> {
     validate(&resource("backend", "default", spec), &catalog())
 }
 
-/// [`check`] with the structural checks only, for kinds and fields refused until the proxy enforces them.
-pub(super) fn check_structure(spec: Spec) -> Result<(), Invalid> {
-    validate_structure(&resource("backend", "default", spec), &catalog())
-}
-
 /// Asserts that `spec` is rejected with an error at `field` whose reason contains `reason`.
 #[track_caller]
 pub(super) fn assert_rejects(spec: Spec, field: &str, reason: &str) {
     assert_error(check(spec), field, reason);
-}
-
-/// [`assert_rejects`] by the structural checks alone (a kind or field refused until the proxy enforces it).
-#[track_caller]
-pub(super) fn assert_structure_rejects(spec: Spec, field: &str, reason: &str) {
-    assert_error(check_structure(spec), field, reason);
 }
 
 #[track_caller]
@@ -51,9 +38,9 @@ fn route_with(change: impl FnOnce(&mut Route)) -> Spec {
 }
 
 #[test]
-fn every_kind_of_valid_resource_passes_the_structural_checks() {
+fn every_kind_of_valid_resource_with_every_field_passes() {
     for resource in fixtures::every_kind() {
-        let result = validate_structure(&resource, &catalog());
+        let result = validate(&resource, &catalog());
         assert_eq!(result, Ok(()), "{}", resource.key());
     }
 }
@@ -118,15 +105,17 @@ fn route_errors_name_their_field() {
         "spec.rules[0].backends[1].service",
         "unknown service nope.default",
     );
-    // A backend's port is refused until the proxy enforces it; its structural checks stay.
+    // A backend's port must be one of the backend service's.
     let no_port = route_with(|r| r.rules[0].backends[0].port = Some(9090));
-    assert_structure_rejects(
+    assert_rejects(
         no_port,
         "spec.rules[0].backends[0].port",
         "has no port 9090",
     );
     let zero_port = route_with(|r| r.rules[0].backends[0].port = Some(0));
-    assert_structure_rejects(zero_port, "spec.rules[0].backends[0].port", "port 0");
+    assert_rejects(zero_port, "spec.rules[0].backends[0].port", "port 0");
+    let ported = route_with(|r| r.rules[0].backends[0].port = Some(8080));
+    assert_eq!(check(ported), Ok(()), "a port of the backend service");
     let heavy = route_with(|r| r.rules[0].backends[0].weight = 2_000_000);
     assert_rejects(heavy, "spec.rules[0].backends[0].weight", "maximum");
     let regex = route_with(|r| r.rules[0].matches[0].path = Some(PathMatch::Regex("(/a".into())));
@@ -172,7 +161,7 @@ fn durations_must_be_positive_and_sane() {
     assert_rejects(zero, "spec.rules[0].timeout_ms", "must be positive");
     let mut fault = fault();
     fault.delay.as_mut().expect("delay").duration = Duration::ZERO;
-    assert_structure_rejects(
+    assert_rejects(
         Spec::FaultInjection(fault),
         "spec.delay.duration_ms",
         "must be positive",
@@ -193,30 +182,30 @@ fn retry_errors_name_their_field() {
             r.rules[0].retry = Some(policy);
         })
     };
-    assert_eq!(check_structure(retry(|_| {})), Ok(()));
-    assert_structure_rejects(
+    assert_eq!(check(retry(|_| {})), Ok(()));
+    assert_rejects(
         retry(|p| p.attempts = Some(0)),
         "spec.rules[0].retry.attempts",
         "1–10",
     );
-    assert_structure_rejects(
+    assert_rejects(
         retry(|p| p.attempts = Some(11)),
         "spec.rules[0].retry.attempts",
         "1–10",
     );
     let per_try = retry(|p| p.per_try_timeout = Some(Duration::from_secs(3)));
     let field = "spec.rules[0].retry.per_try_timeout_ms";
-    assert_structure_rejects(per_try, field, "longer than the rule's timeout_ms, 2000 ms");
+    assert_rejects(per_try, field, "longer than the rule's timeout_ms, 2000 ms");
     let backoff = retry(|p| p.backoff_base = Some(Duration::from_secs(1)));
-    assert_structure_rejects(
+    assert_rejects(
         backoff,
         "spec.rules[0].retry.backoff_base_ms",
         "more than the backoff maximum",
     );
     let ratio = retry(|p| p.budget_ratio = Some(1.5));
-    assert_structure_rejects(ratio, "spec.rules[0].retry.budget_ratio", "not a ratio");
+    assert_rejects(ratio, "spec.rules[0].retry.budget_ratio", "not a ratio");
     let status = retry(|p| p.retryable_status_codes = vec![503, 600]);
-    assert_structure_rejects(
+    assert_rejects(
         status,
         "spec.rules[0].retry.retryable_status_codes[1]",
         "600",

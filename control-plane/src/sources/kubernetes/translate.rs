@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::identity::spiffe::{TrustDomain, WorkloadId};
-use crate::model::validate::validate_structure;
+use crate::model::validate::validate;
 use crate::model::{self, Endpoint, Metadata, Protocol, Resource, ServicePort, Spec};
 
 /// The label the EndpointSlice controller puts on every slice, naming its Service.
@@ -109,7 +109,7 @@ pub(crate) fn service(svc: &KubeService) -> Result<Option<model::Service>, Strin
         },
         spec: Spec::Service(service.clone()),
     };
-    validate_structure(&resource, &Vec::new()).map_err(|invalid| invalid.to_string())?;
+    validate(&resource, &Vec::new()).map_err(|invalid| invalid.to_string())?;
     Ok(Some(service))
 }
 

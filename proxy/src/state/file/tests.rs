@@ -103,6 +103,10 @@ fn errors_name_the_field() {
             "not a duration",
         ),
         (
+            "services: [{name: a, port: 80}]\nroutes: [{name: r, service: a, rules: [{backends: [{service: a, port: 81}]}]}]",
+            "routes[0].rules[0].backends[0].port: service a has no port 81",
+        ),
+        (
             "services: [{name: a, port: 80, colour: red}]",
             "unknown field `colour`",
         ),
@@ -114,6 +118,43 @@ fn errors_name_the_field() {
             "for {text:?}: got {err:?}, want {want:?}"
         );
     }
+}
+
+/// A backend's `port` picks that port of the backend service; without it, the request's port when the
+/// backend has it, else the backend's first port.
+#[test]
+fn a_backend_port_picks_that_port_of_the_backend() {
+    let state = parse(
+        r#"
+services:
+  - {name: web, port: 80}
+  - {name: web, port: 8080}
+  - {name: api, port: 80}
+  - {name: api, port: 9090}
+routes:
+  - name: web
+    service: web
+    rules:
+      - matches: [{path_prefix: /admin}]
+        backends: [{service: api, port: 9090}]
+      - backends: [{service: api}]
+"#,
+    )
+    .unwrap();
+    let headers = http::HeaderMap::new();
+    let called = |port: u16, path: &str| {
+        let web = state.by_authority(&format!("web:{port}")).unwrap();
+        let rule = state
+            .route(web, &http::Method::GET, path, &headers)
+            .unwrap();
+        let backend = &rule.backends[rule.pick_backend()].service;
+        (backend.name.clone(), backend.port)
+    };
+    assert_eq!(called(80, "/admin"), ("api".into(), 9090));
+    assert_eq!(called(8080, "/admin"), ("api".into(), 9090));
+    assert_eq!(called(80, "/"), ("api".into(), 80));
+    // web:8080 → api has no 8080: its first port.
+    assert_eq!(called(8080, "/"), ("api".into(), 80));
 }
 
 #[test]
