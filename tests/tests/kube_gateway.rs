@@ -7,8 +7,9 @@
 //! client's answers come from the primary; Gateway API routes whose CRDs are installed only after the control
 //! plane started are picked up then.
 
+use prost::Message as _;
 use serde_json::{Value, json};
-use shoal_tests::client::{H1Client, empty, request};
+use shoal_tests::client::{H1Client, H2Client, empty, full, request};
 use shoal_tests::fake_kube::FakeKube;
 use shoal_tests::grpc::pb::EchoRequest;
 use shoal_tests::grpc::{GrpcBackend, client_with_origin};
@@ -260,7 +261,7 @@ async fn grpc_route_header_filters_reach_the_grpc_upstream_and_its_trailers_only
                 {"type": "RequestHeaderModifier", "requestHeaderModifier": {
                     "set": [{"name": "x-tenant", "value": "blue"}], "remove": ["x-debug"]}},
                 {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
-                    "add": [{"name": "x-served-by", "value": "mesh"}]}}
+                    "add": [{"name": "x-route", "value": "gateway"}]}}
             ]}]
         }
     }));
@@ -284,14 +285,14 @@ async fn grpc_route_header_filters_reach_the_grpc_upstream_and_its_trailers_only
         let req = call("hello", 0);
         async move {
             let answer = client.unary(req).await.map_err(|e| e.to_string())?;
-            match answer.metadata().get("x-served-by") {
+            match answer.metadata().get("x-route") {
                 Some(_) => Ok(answer),
-                None => Err(format!("no x-served-by yet: {:?}", answer.metadata())),
+                None => Err(format!("no x-route yet: {:?}", answer.metadata())),
             }
         }
     })
     .await;
-    assert_eq!(answer.metadata().get("x-served-by").unwrap(), "mesh");
+    assert_eq!(answer.metadata().get("x-route").unwrap(), "gateway");
     assert_eq!(answer.get_ref().message, "hello");
     let seen = greeter.calls_of("Unary").pop().unwrap();
     assert_eq!(seen.metadata.get("x-tenant").unwrap(), "blue");
@@ -302,12 +303,43 @@ async fn grpc_route_header_filters_reach_the_grpc_upstream_and_its_trailers_only
     let status = client.unary(call("fail", 5)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     assert_eq!(
-        status.metadata().get("x-served-by").unwrap(),
-        "mesh",
+        status.metadata().get("x-route").unwrap(),
+        "gateway",
         "{status:?}"
     );
     let seen = greeter.calls_of("Unary").pop().unwrap();
     assert_eq!(seen.metadata.get("x-tenant").unwrap(), "blue");
+
+    // On the wire: HTTP 200, trailers-only (grpc-status and the added header in the one head, no body, no
+    // trailers).
+    let message = EchoRequest {
+        fail_code: 5,
+        ..EchoRequest::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend(u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend(message);
+    let h2 = H2Client::connect(mesh.proxy.outbound()).await.unwrap();
+    let resp = h2
+        .send(
+            request("POST", "http://greeter/shoal.test.v1.Echo/Unary", None)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(full(framed))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("grpc-status"), Some("5"), "{:?}", resp.headers);
+    assert_eq!(
+        resp.header("x-route"),
+        Some("gateway"),
+        "{:?}",
+        resp.headers
+    );
+    assert!(resp.body.is_empty() && resp.trailers.is_none(), "{resp:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
