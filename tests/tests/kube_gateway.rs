@@ -3,8 +3,8 @@
 //! proxy's traffic and gets `Accepted=True` in `status.parents`; an unsupported filter (`URLRewrite`) is named in
 //! the status and the last accepted version keeps serving; a Shoal `Route` for the same Service takes
 //! precedence. The header modifier and redirect filters are enforced by the proxy, for a `GRPCRoute` too (on a
-//! real gRPC upstream); an `HTTPRoute`'s `RequestMirror` copies the requests to the shadow Service while the
-//! client's answers come from the primary; Gateway API routes whose CRDs are installed only after the control
+//! real gRPC upstream); an `HTTPRoute`'s and a `GRPCRoute`'s `RequestMirror` copy the requests to the shadow
+//! Service while the client's answers come from the primary; Gateway API routes whose CRDs are installed only after the control
 //! plane started are picked up then.
 
 use prost::Message as _;
@@ -340,6 +340,62 @@ async fn grpc_route_header_filters_reach_the_grpc_upstream_and_its_trailers_only
         resp.headers
     );
     assert!(resp.body.is_empty() && resp.trailers.is_none(), "{resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_route_request_mirror_copies_the_calls_to_the_shadow() {
+    let kube = FakeKube::start(TOKEN).await;
+    let greeter = GrpcBackend::start().await;
+    let shadow = GrpcBackend::start().await;
+    grpc_service(&kube, "greeter", "10.96.0.20", greeter.addr().port());
+    grpc_service(&kube, "greeter-shadow", "10.96.0.21", shadow.addr().port());
+    kube.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "greeter", "namespace": "default"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "greeter"}],
+            "rules": [{"filters": [{"type": "RequestMirror", "requestMirror": {
+                "backendRef": {"name": "greeter-shadow", "port": 80}, "percent": 100}}]}]
+        }
+    }));
+    let mesh = KubeMesh::start(kube).await;
+    let condition = wait_grpc_parent(&mesh.kube, "greeter", "True", 1).await;
+    assert_eq!(condition["reason"], "Accepted", "{condition}");
+    let mut client = client_with_origin(mesh.proxy.outbound(), "http://greeter").await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while shadow.calls_of("Unary").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no copy reached the shadow"
+        );
+        client.unary(EchoRequest::default()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Each call is answered by the primary and copied once to the shadow, marked as a copy.
+    let counted = |backend: &GrpcBackend| {
+        (backend.calls_of("Unary").iter())
+            .filter(|c| c.metadata.get("x-batch").is_some_and(|v| v == "counted"))
+            .count()
+    };
+    for i in 0..5 {
+        let mut req = tonic::Request::new(EchoRequest {
+            message: format!("m{i}"),
+            ..EchoRequest::default()
+        });
+        req.metadata_mut()
+            .insert("x-batch", "counted".parse().unwrap());
+        let answer = client.unary(req).await.unwrap();
+        assert_eq!(answer.get_ref().message, format!("m{i}"));
+    }
+    assert_eq!(counted(&greeter), 5);
+    eventually_true(DEADLINE, "5 copies on the shadow", || {
+        let copies = counted(&shadow);
+        async move { copies == 5 }
+    })
+    .await;
+    let copy = shadow.calls_of("Unary").pop().unwrap();
+    assert_eq!(copy.metadata.get("shoal-mirror").unwrap(), "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
