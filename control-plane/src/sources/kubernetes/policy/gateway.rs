@@ -460,8 +460,20 @@ impl Served {
                 }
                 continue;
             }
-            let with_rules: Vec<(&ObjId, &Translated)> =
-                ids.iter().map(|id| (id, &self.accepted[id])).collect();
+            // Each route's rules for this Service (backend ports checked), then the mirror they ask for together.
+            let mut own_rules: Vec<(&ObjId, Vec<RouteRule>)> = Vec::new();
+            for id in ids {
+                match same_port(&self.accepted[id].rules, services.get(&service.to_string())) {
+                    Ok(own) => own_rules.push((id, own)),
+                    Err(message) => {
+                        conditions
+                            .insert((id.clone(), service.clone()), ("UnsupportedValue", message));
+                    }
+                }
+            }
+            let with_rules: Vec<(&ObjId, &Translated)> = (own_rules.iter())
+                .map(|(id, _)| (*id, &self.accepted[*id]))
+                .collect();
             let mirror = match mirror::of_service(service, &with_rules, shoal_mirrors, &catalog) {
                 Ok(mirror) => mirror,
                 Err((reason, message)) => {
@@ -475,19 +487,9 @@ impl Served {
                     None
                 }
             };
-            let ids: Vec<&ObjId> = (ids.iter())
-                .filter(|id| !conditions.contains_key(&((*id).clone(), service.clone())))
-                .collect();
-            let mut rules = Vec::new();
-            for id in ids.iter().copied() {
-                match same_port(&self.accepted[id].rules, services.get(&service.to_string())) {
-                    Ok(mut own) => rules.append(&mut own),
-                    Err(message) => {
-                        conditions
-                            .insert((id.clone(), service.clone()), ("UnsupportedValue", message));
-                    }
-                }
-            }
+            own_rules.retain(|(id, _)| !conditions.contains_key(&((*id).clone(), service.clone())));
+            let ids: Vec<&ObjId> = own_rules.iter().map(|(id, _)| *id).collect();
+            let rules: Vec<RouteRule> = own_rules.into_iter().flat_map(|(_, own)| own).collect();
             let route = Route {
                 parent: service.clone(),
                 rules,
@@ -500,9 +502,10 @@ impl Served {
                 Err(invalid) => {
                     let message = format!("translated to a Shoal route that is refused: {invalid}");
                     for id in ids {
-                        conditions
-                            .entry((id.clone(), service.clone()))
-                            .or_insert(("UnsupportedValue", message.clone()));
+                        conditions.insert(
+                            (id.clone(), service.clone()),
+                            ("UnsupportedValue", message.clone()),
+                        );
                     }
                 }
             }

@@ -371,6 +371,34 @@ fn a_mirror_the_service_cannot_serve_alike_refuses_the_routes_asking_for_it() {
 }
 
 #[test]
+fn the_mirror_is_judged_on_the_rules_served_for_the_service() {
+    // The catch-all rule's route is refused for its backend port: the other route's rule alone does not
+    // match every request, so its mirror is refused too.
+    let catch_all = http_route(
+        json!([{"backendRefs": [{"name": "web-v1", "port": 9090}], "filters": [shadow(50)]}]),
+    );
+    let partial = http_route(json!([{"matches": [{"method": "GET"}], "filters": [shadow(50)]}]));
+    let outcome = evaluate(&[(HTTP_ROUTES, "a", catch_all), (HTTP_ROUTES, "b", partial)]);
+    let a = condition(&outcome, HTTP_ROUTES, "a");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.rules[0].backendRefs[0].port: 9090"),
+        "{a}"
+    );
+    let b = condition(&outcome, HTTP_ROUTES, "b");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("also those no rule matches"),
+        "{b}"
+    );
+    assert_eq!(served_mirror(&outcome, "web"), None);
+}
+
+#[test]
 fn a_shoal_mirror_takes_precedence_over_request_mirror_filters() {
     let mirror = json!({"target_service": "web", "mirror_service": "web-v1", "percent": 10});
     let route = http_route(
