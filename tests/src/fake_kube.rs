@@ -25,7 +25,8 @@
 //! And what a test needs to provoke: [`FakeKube::drop_watches`] cuts every watch connection without a
 //! final chunk (a broken connection), [`FakeKube::end_watches`] ends them cleanly (a watch timeout),
 //! [`FakeKube::expire_watches`] ends them with `410 Gone`,
-//! [`FakeKube::pause_lists`] holds list requests until [`FakeKube::resume_lists`]; and what it needs to
+//! [`FakeKube::pause_lists`] holds list requests until [`FakeKube::resume_lists`], [`FakeKube::uninstall`]
+//! answers a kind 404 as for a CRD not installed (until [`FakeKube::install`]); and what it needs to
 //! check: the lists and watches each kind received ([`FakeKube::requests`]), an object as it is now
 //! ([`FakeKube::get`]).
 
@@ -146,6 +147,8 @@ struct State {
     leases: BTreeMap<(String, String), Value>,
     /// Lease writes refused with 409 Conflict.
     lease_conflicts: usize,
+    /// Kinds whose CRD is not installed ([`FakeKube::uninstall`]): answered 404, by collection path.
+    uninstalled: Vec<&'static str>,
 }
 
 /// The fake API server; stops when dropped.
@@ -194,6 +197,7 @@ impl FakeKube {
                 .collect(),
             leases: BTreeMap::new(),
             lease_conflicts: 0,
+            uninstalled: Vec::new(),
         }));
         let lists_open = watch::channel(true).0;
         let reviews = Arc::new(TokenReviews::default());
@@ -421,6 +425,22 @@ impl FakeKube {
         self.lists_open.send_replace(true);
     }
 
+    /// Answers lists and watches of `kind` (a custom resource) `404 page not found`, as the API server does
+    /// for a CRD that is not installed, until [`Self::install`]; they are still counted in [`Self::requests`].
+    pub fn uninstall(&self, kind: &str) {
+        self.state.lock().unwrap().uninstalled.push(kind_path(kind));
+    }
+
+    /// Serves `kind` again (its CRD installed).
+    pub fn install(&self, kind: &str) {
+        let path = kind_path(kind);
+        self.state
+            .lock()
+            .unwrap()
+            .uninstalled
+            .retain(|p| *p != path);
+    }
+
     /// What `kind` (`Service`, `Pod`, `EndpointSlice`, ...) received so far.
     pub fn requests(&self, kind: &str) -> Requests {
         let path = kind_path(kind);
@@ -538,6 +558,19 @@ impl Server {
                 "the fake serves the kinds of fake_kube::KINDS (cluster-wide), their status, and Leases",
             );
         };
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.uninstalled.contains(&path) {
+                state.kinds.get_mut(path).unwrap().requests.lists += 1;
+                // Plain text, not a Status: the API server's answer for a path it does not serve.
+                let body = Full::new(Bytes::from_static(b"404 page not found\n"));
+                return Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(body.map_err(|never| match never {}).boxed_unsync())
+                    .unwrap();
+            }
+        }
         let query: BTreeMap<String, String> = (req.uri().query().unwrap_or_default().split('&'))
             .filter_map(|pair| pair.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))

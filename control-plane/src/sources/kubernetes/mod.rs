@@ -320,6 +320,11 @@ fn watch_policy(client: &Client, index: usize) -> BoxStream<'static, Update> {
         .boxed()
 }
 
+/// Whether `error` is a first list answered 404: the kind is not served (a CRD not installed).
+fn not_installed(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404)
+}
+
 /// Applies `update` to `cluster`: the kind, whether a list completed, and the Services touched; `None` for
 /// a failure (logged and counted here).
 fn apply(
@@ -330,10 +335,35 @@ fn apply(
     Some(match update {
         Update::Policy(index, e) => {
             let ends = e.ends_list();
+            if ends && policies.listed(index) {
+                let kind = policy::WATCHED[index].label;
+                metrics::gauge!("shoal_cp_kubernetes_crd_missing", "kind" => kind).set(0.0);
+                tracing::info!(
+                    kind,
+                    "the API server serves {kind} now; its objects are read"
+                );
+            }
             if !policies.event(index, e) && !ends {
                 return None;
             }
             (Kind::Policy(index), ends, BTreeSet::new())
+        }
+        Update::Failed(Kind::Policy(index), error) if not_installed(&error) => {
+            let kind = policy::WATCHED[index].label;
+            metrics::counter!("shoal_cp_kubernetes_watch_errors_total", "kind" => kind)
+                .increment(1);
+            if !policies.not_installed(index) {
+                tracing::debug!(kind, %error, "still not installed");
+                return None;
+            }
+            metrics::gauge!("shoal_cp_kubernetes_crd_missing", "kind" => kind).set(1.0);
+            tracing::warn!(
+                kind,
+                "the API server does not serve {kind} (404): its CustomResourceDefinition is not installed, so \
+                 none are read; it is listed again with backoff (at most every 30 s) and its objects are served \
+                 once it is installed"
+            );
+            (Kind::Policy(index), false, BTreeSet::new())
         }
         Update::Services(e) => (Kind::Services, e.ends_list(), cluster.service_event(e)),
         Update::Slices(e) => (Kind::Slices, e.ends_list(), cluster.slice_event(e)),
@@ -442,7 +472,8 @@ impl EndpointSource for KubernetesSource {
                     if !policies_evaluated && policies.synced() {
                         policies_evaluated = true;
                         let counts = policies.counts();
-                        tracing::info!(?counts, "kubernetes policies synced");
+                        let not_installed = policies.missing();
+                        tracing::info!(?counts, ?not_installed, "kubernetes policies synced");
                     }
                 }
             }

@@ -147,12 +147,13 @@ impl Served {
         services
     }
 
-    /// The services a served Shoal Route is for: the Gateway API's routes for them are not served.
-    pub(crate) fn route_targets(&self) -> BTreeMap<ServiceRef, ResourceKey> {
+    /// The services a served Shoal policy of `kind` is for (a Route, a Mirror: the Gateway API's routes, or
+    /// their `RequestMirror` filters, are not served for them).
+    pub(crate) fn targets(&self, kind: ResourceKind) -> BTreeMap<ServiceRef, ResourceKey> {
         (self.served.iter())
-            .filter_map(|(key, (resource, _))| match &resource.spec {
-                Spec::Route(route) => Some((route.parent.clone(), key.clone())),
-                _ => None,
+            .filter(|(key, _)| key.kind == kind)
+            .filter_map(|(key, (resource, _))| {
+                Some((resource.spec.policy_target()?.clone(), key.clone()))
             })
             .collect()
     }

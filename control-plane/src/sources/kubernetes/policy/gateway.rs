@@ -9,12 +9,16 @@
 //! - What translates: path matches (`Exact`, `PathPrefix`, `RegularExpression`), header matches (`Exact`,
 //!   `RegularExpression`), `method`; for gRPC, `method.service` / `method.method` (`Exact` or
 //!   `RegularExpression`) as the path `/<service>/<method>`; `backendRefs` to Services with `port` and
-//!   `weight`; `timeouts.request`; the rule's `name`; an `HTTPRoute` rule's `RequestHeaderModifier`,
-//!   `ResponseHeaderModifier` and `RequestRedirect` filters ([`filter`]). Anything else (other filters, a
-//!   GRPCRoute's or a backend's filters, query parameter matches, `timeouts.backendRequest`,
+//!   `weight`; `timeouts.request`; the rule's `name`; the `RequestHeaderModifier` and `ResponseHeaderModifier`
+//!   filters of both kinds and an `HTTPRoute`'s `RequestRedirect` ([`filter`]). Anything else (`URLRewrite`,
+//!   `ExtensionRef`, a backend's filters, query parameter matches, `timeouts.backendRequest`,
 //!   `sessionPersistence`, `hostnames`, a parentRef's `port` or `sectionName`, a backend in another namespace)
 //!   refuses the whole route: `Accepted=False`, reason `UnsupportedValue`, naming the field. Nothing is dropped
 //!   silently.
+//! - `RequestMirror` (both kinds) becomes the Service's Shoal `Mirror` when every rule attached to the Service
+//!   mirrors the same way, as a Shoal mirror is per service ([`mirror`]); otherwise, or when a Shoal `Mirror`
+//!   for the Service is served (`Conflicted`: it takes precedence), the routes with the filter are refused
+//!   for that Service, naming it.
 //! - `backendRefs[].port` (required by the Gateway API) must be the parent Service's only port: a proxy calls a
 //!   backend on the port the request came in on, so another port (or a Service with several) is refused.
 //! - The Shoal route built is checked by `model::validate::validate` like any other; a refusal names the
@@ -24,6 +28,7 @@
 //! - An update that is refused keeps the last accepted translation of that route served.
 
 mod filter;
+mod mirror;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,10 +40,12 @@ use super::{GRPC_ROUTES, HTTP_ROUTES, ObjId, Outcome, Watched};
 use crate::discovery::hub::contributions;
 use crate::model::validate;
 use crate::model::{
-    HeaderMatch, Metadata, PathMatch, Resource, ResourceKey, Route, RouteMatch, RouteRule, Service,
-    ServiceRef, Spec, ValueMatch, WeightedBackend,
+    HeaderMatch, Metadata, Mirror, PathMatch, Resource, ResourceKey, Route, RouteMatch, RouteRule,
+    Service, ServiceRef, Spec, ValueMatch, WeightedBackend,
 };
 use crate::sources::kubernetes::cluster::Table;
+
+pub(crate) use filter::RuleMirror;
 
 /// The prefix of the catalog sources of routes translated from the Gateway API.
 pub(crate) const SOURCE_PREFIX: &str = "kubernetes-gateway/";
@@ -50,6 +57,8 @@ pub(crate) struct Translated {
     pub(crate) parents: Vec<(Value, ServiceRef)>,
     /// The rules, in order.
     pub(crate) rules: Vec<RouteRule>,
+    /// Each rule's `RequestMirror`, if any (a Shoal mirror is per service: see [`mirror`]).
+    pub(crate) mirrors: Vec<Option<RuleMirror>>,
 }
 
 /// An error at a field of the Gateway API object (`spec.rules[0].filters`).
@@ -105,12 +114,20 @@ pub(crate) fn translate(
     let empty = Vec::new();
     let rules = spec["rules"].as_array().unwrap_or(&empty);
     let mut out = Vec::with_capacity(rules.len());
+    let mut mirrors = Vec::with_capacity(rules.len());
     for (i, rule) in rules.iter().enumerate() {
-        out.push(rule_of(rule, namespace, grpc).map_err(|e| format!("spec.rules[{i}].{e}"))?);
+        let (rule, mut mirror) =
+            rule_of(rule, namespace, grpc).map_err(|e| format!("spec.rules[{i}].{e}"))?;
+        if let Some(m) = &mut mirror {
+            m.field = format!("spec.rules[{i}].{}", m.field);
+        }
+        out.push(rule);
+        mirrors.push(mirror);
     }
     Ok(Some(Translated {
         parents,
         rules: out,
+        mirrors,
     }))
 }
 
@@ -131,7 +148,12 @@ fn refuse_set(object: &Value, fields: &[&str], why: &str) -> Result<(), Unsuppor
     Ok(())
 }
 
-fn rule_of(rule: &Value, namespace: &str, grpc: bool) -> Result<RouteRule, Unsupported> {
+/// A rule and its `RequestMirror`.
+fn rule_of(
+    rule: &Value,
+    namespace: &str,
+    grpc: bool,
+) -> Result<(RouteRule, Option<RuleMirror>), Unsupported> {
     refuse_set(
         rule,
         &["sessionPersistence", "retry"],
@@ -177,8 +199,8 @@ fn rule_of(rule: &Value, namespace: &str, grpc: bool) -> Result<RouteRule, Unsup
     {
         backends.push(backend(b, namespace).map_err(|e| format!("backendRefs[{i}].{e}"))?);
     }
-    let filters = filter::filters(rule, grpc)?;
-    Ok(RouteRule {
+    let filters = filter::filters(rule, namespace, grpc)?;
+    let rule = RouteRule {
         name: rule["name"].as_str().unwrap_or_default().to_owned(),
         matches,
         backends,
@@ -187,7 +209,8 @@ fn rule_of(rule: &Value, namespace: &str, grpc: bool) -> Result<RouteRule, Unsup
         request_headers: filters.request_headers,
         response_headers: filters.response_headers,
         redirect: filters.redirect,
-    })
+    };
+    Ok((rule, filters.mirror))
 }
 
 fn http_match(m: &Value) -> Result<RouteMatch, Unsupported> {
@@ -273,6 +296,7 @@ fn headers(m: &Value) -> Result<Vec<HeaderMatch>, Unsupported> {
     Ok(out)
 }
 
+/// A `backendRef` to a Service of `namespace` (errors start at the field: `port: ...`).
 fn backend(b: &Value, namespace: &str) -> Result<WeightedBackend, Unsupported> {
     refuse_set(
         b,
@@ -356,18 +380,27 @@ pub(crate) fn duration(text: &str) -> Option<Duration> {
 #[derive(Debug, Default)]
 pub(crate) struct Served {
     accepted: BTreeMap<ObjId, Translated>,
-    routes: BTreeMap<ServiceRef, Route>,
+    routes: BTreeMap<ServiceRef, ServiceRoute>,
+}
+
+/// What the Gateway API routes attached to one Service serve: its Shoal route, and its mirror when the
+/// routes' `RequestMirror` filters translate ([`mirror`]).
+#[derive(Debug, Clone, PartialEq)]
+struct ServiceRoute {
+    route: Route,
+    mirror: Option<Mirror>,
 }
 
 impl Served {
     /// Re-evaluates every `HTTPRoute` and `GRPCRoute` (see the module's doc) against the known `services` and
-    /// the services with a Shoal Route (`shoal_routes`); adds changed catalog sources and wanted conditions
-    /// to `outcome`.
+    /// the services with a Shoal Route (`shoal_routes`) or Mirror (`shoal_mirrors`); adds changed catalog
+    /// sources and wanted conditions to `outcome`.
     pub(crate) fn evaluate(
         &mut self,
         tables: &[Table<Watched>; 10],
         services: &BTreeMap<String, Service>,
         shoal_routes: &BTreeMap<ServiceRef, ResourceKey>,
+        shoal_mirrors: &BTreeMap<ServiceRef, ResourceKey>,
         outcome: &mut Outcome,
     ) {
         let mut objects: Vec<(ObjId, &Watched)> = Vec::new();
@@ -416,7 +449,7 @@ impl Served {
         let catalog: Vec<Service> = services.values().cloned().collect();
         // Per (route, service): the condition.
         let mut conditions: BTreeMap<(ObjId, ServiceRef), (&'static str, String)> = BTreeMap::new();
-        let mut routes: BTreeMap<ServiceRef, Route> = BTreeMap::new();
+        let mut routes: BTreeMap<ServiceRef, ServiceRoute> = BTreeMap::new();
         for (service, ids) in &attached {
             if let Some(route) = shoal_routes.get(service) {
                 for id in ids {
@@ -427,24 +460,44 @@ impl Served {
                 }
                 continue;
             }
-            let mut rules = Vec::new();
+            // Each route's rules for this Service (backend ports checked), then the mirror they ask for together.
+            let mut own_rules: Vec<(&ObjId, Vec<RouteRule>)> = Vec::new();
             for id in ids {
                 match same_port(&self.accepted[id].rules, services.get(&service.to_string())) {
-                    Ok(mut own) => rules.append(&mut own),
+                    Ok(own) => own_rules.push((id, own)),
                     Err(message) => {
                         conditions
                             .insert((id.clone(), service.clone()), ("UnsupportedValue", message));
                     }
                 }
             }
+            let with_rules: Vec<(&ObjId, &Translated)> = (own_rules.iter())
+                .map(|(id, _)| (*id, &self.accepted[*id]))
+                .collect();
+            let mirror = match mirror::of_service(service, &with_rules, shoal_mirrors, &catalog) {
+                Ok(mirror) => mirror,
+                Err((reason, message)) => {
+                    // The routes asking for the mirror are not served for this Service; the others are.
+                    for (id, translated) in &with_rules {
+                        if translated.mirrors.iter().any(Option::is_some) {
+                            let key = ((*id).clone(), service.clone());
+                            conditions.insert(key, (reason, message.clone()));
+                        }
+                    }
+                    None
+                }
+            };
+            own_rules.retain(|(id, _)| !conditions.contains_key(&((*id).clone(), service.clone())));
+            let ids: Vec<&ObjId> = own_rules.iter().map(|(id, _)| *id).collect();
+            let rules: Vec<RouteRule> = own_rules.into_iter().flat_map(|(_, own)| own).collect();
             let route = Route {
                 parent: service.clone(),
                 rules,
             };
-            let resource = resource(route.clone());
-            match validate::validate(&resource, &catalog) {
+            let as_resource = resource(service, Spec::Route(route.clone()));
+            match validate::validate(&as_resource, &catalog) {
                 Ok(()) => {
-                    routes.insert(service.clone(), route);
+                    routes.insert(service.clone(), ServiceRoute { route, mirror });
                 }
                 Err(invalid) => {
                     let message = format!("translated to a Shoal route that is refused: {invalid}");
@@ -508,7 +561,17 @@ impl Served {
                 continue;
             }
             let contributed = new
-                .map(|r| contributions(&resource(r.clone())))
+                .map(|served| {
+                    let mut out =
+                        contributions(&resource(service, Spec::Route(served.route.clone())));
+                    if let Some(mirror) = &served.mirror {
+                        out.extend(contributions(&resource(
+                            service,
+                            Spec::Mirror(mirror.clone()),
+                        )));
+                    }
+                    out
+                })
                 .unwrap_or_default();
             outcome.sources.push((source, contributed));
         }
@@ -553,14 +616,17 @@ fn same_port(rules: &[RouteRule], parent: Option<&Service>) -> Result<Vec<RouteR
     Ok(rules)
 }
 
-/// A Shoal route as a resource named after its service.
-fn resource(route: Route) -> Resource {
+/// A Shoal policy for `service` as a resource named after it.
+fn resource(service: &ServiceRef, spec: Spec) -> Resource {
     Resource {
         metadata: Metadata {
-            name: route.parent.name.clone(),
-            namespace: route.parent.namespace.clone(),
+            name: service.name.clone(),
+            namespace: service.namespace.clone(),
             ..Metadata::default()
         },
-        spec: Spec::Route(route),
+        spec,
     }
 }
+
+#[cfg(test)]
+mod tests;

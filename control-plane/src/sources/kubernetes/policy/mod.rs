@@ -18,7 +18,7 @@ pub(crate) mod crd;
 pub(crate) mod gateway;
 pub(crate) mod status;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value;
@@ -159,6 +159,8 @@ pub(crate) struct Policies {
     gateway: gateway::Served,
     /// Status patches already sent, so one is not repeated before its own watch event arrives.
     sent: status::Sent,
+    /// The kinds the API server does not serve (its list answered 404: the CRD is not installed), by index.
+    missing: BTreeSet<usize>,
 }
 
 /// What an evaluation changes: catalog sources and status patches.
@@ -176,6 +178,28 @@ impl Policies {
         !self.tables[index].apply(event).is_empty()
     }
 
+    /// The API server answered the list of kind `index` 404: its CustomResourceDefinition is not installed.
+    /// A kind never listed counts as listed with no objects, so the other kinds are served and the policies
+    /// sync; a kind listed before keeps what it had (a 404 may be passing, as while a CRD is replaced).
+    /// Whether this is news (it was served until now).
+    pub(crate) fn not_installed(&mut self, index: usize) -> bool {
+        if !self.tables[index].synced() {
+            self.tables[index].apply(Event::Relist);
+            self.tables[index].apply(Event::RelistDone);
+        }
+        self.missing.insert(index)
+    }
+
+    /// Kind `index` was listed; whether it was missing until now (its CRD was installed since).
+    pub(crate) fn listed(&mut self, index: usize) -> bool {
+        self.missing.remove(&index)
+    }
+
+    /// The kinds whose CRD is not installed (logs).
+    pub(crate) fn missing(&self) -> Vec<&'static str> {
+        self.missing.iter().map(|i| WATCHED[*i].label).collect()
+    }
+
     /// Whether every kind completed its first list.
     pub(crate) fn synced(&self) -> bool {
         self.tables.iter().all(Table::synced)
@@ -187,9 +211,9 @@ impl Policies {
     pub(crate) fn evaluate(&mut self, kubernetes: &BTreeMap<String, Service>) -> Outcome {
         let mut outcome = Outcome::default();
         let services = self.crds.evaluate(&self.tables, kubernetes, &mut outcome);
-        let routes = self.crds.route_targets();
-        self.gateway
-            .evaluate(&self.tables, &services, &routes, &mut outcome);
+        let routes = self.crds.targets(ResourceKind::Route);
+        let mirrors = self.crds.targets(ResourceKind::Mirror);
+        (self.gateway).evaluate(&self.tables, &services, &routes, &mirrors, &mut outcome);
         outcome.patches = self.sent.filter(&self.tables, outcome.patches);
         outcome
     }

@@ -84,7 +84,7 @@ fn what_does_not_translate_is_named() {
         ),
         (
             route(json!({"filters": [{"type": "RequestMirror"}]})),
-            "spec.rules[0].filters[0].type: RequestMirror",
+            "spec.rules[0].filters[0].requestMirror: required",
         ),
         (
             route(json!({"filters": [{"type": "ExtensionRef"}]})),
@@ -220,18 +220,6 @@ fn http_route_filters_become_the_rules_filters() {
 }
 
 #[test]
-fn grpc_route_filters_are_refused() {
-    let spec = json!({"parentRefs": [{"kind": "Service", "name": "greeter"}], "rules": [
-        {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["a"]}}]}
-    ]});
-    let error = translate(&spec, "default", true).unwrap_err();
-    assert!(
-        error.starts_with("spec.rules[0].filters[0].type"),
-        "{error}"
-    );
-}
-
-#[test]
 fn grpc_methods_become_paths() {
     let spec = json!({"parentRefs": [{"kind": "Service", "name": "greeter"}], "rules": [
         {"matches": [{"method": {"service": "hello.Greeter", "method": "SayHello"}},
@@ -290,4 +278,32 @@ fn a_route_status_keeps_other_controllers_entries_and_its_transition_time() {
         written["lastTransitionTime"], "2026-01-01T00:00:00Z",
         "the status did not change: neither does its transition time"
     );
+}
+
+#[test]
+fn a_kind_not_installed_counts_as_listed_empty_is_news_once_and_keeps_what_was_listed() {
+    use super::{GRPC_ROUTES, HTTP_ROUTES, Policies, Watched};
+    use crate::sources::kubernetes::cluster::Event;
+    let mut policies = Policies::default();
+    assert!(policies.not_installed(HTTP_ROUTES), "news");
+    assert!(policies.tables[HTTP_ROUTES].synced());
+    assert_eq!(policies.tables[HTTP_ROUTES].len(), 0);
+    assert!(!policies.not_installed(HTTP_ROUTES), "said once");
+    assert_eq!(policies.missing(), ["httproutes.gateway.networking.k8s.io"]);
+    assert!(policies.listed(HTTP_ROUTES), "installed since");
+    assert!(!policies.listed(HTTP_ROUTES));
+    assert!(policies.missing().is_empty());
+
+    // A kind listed before keeps its objects through a 404.
+    let watched = Watched {
+        generation: 1,
+        spec: json!({}),
+        status: serde_json::Value::Null,
+    };
+    let key = ("default".to_owned(), "greeter".to_owned());
+    policies.event(GRPC_ROUTES, Event::Relist);
+    policies.event(GRPC_ROUTES, Event::Listed(key, Some(watched)));
+    policies.event(GRPC_ROUTES, Event::RelistDone);
+    assert!(policies.not_installed(GRPC_ROUTES));
+    assert_eq!(policies.tables[GRPC_ROUTES].len(), 1);
 }
