@@ -19,8 +19,8 @@
 //!   mirrors the same way, as a Shoal mirror is per service ([`mirror`]); otherwise, or when a Shoal `Mirror`
 //!   for the Service is served (`Conflicted`: it takes precedence), the routes with the filter are refused
 //!   for that Service, naming it.
-//! - `backendRefs[].port` (required by the Gateway API) must be the parent Service's only port: a proxy calls a
-//!   backend on the port the request came in on, so another port (or a Service with several) is refused.
+//! - `backendRefs[].port` (required by the Gateway API) is the backend Service's port the proxy calls, as a Shoal
+//!   route backend's `port`; one the Service does not have is refused naming the field.
 //! - The Shoal route built is checked by `model::validate::validate` like any other; a refusal names the
 //!   Shoal field it translated to.
 //! - A Shoal `Route` resource for the same Service takes precedence: the Gateway API routes for it are not
@@ -463,8 +463,9 @@ impl Served {
             // Each route's rules for this Service (backend ports checked), then the mirror they ask for together.
             let mut own_rules: Vec<(&ObjId, Vec<RouteRule>)> = Vec::new();
             for id in ids {
-                match same_port(&self.accepted[id].rules, services.get(&service.to_string())) {
-                    Ok(own) => own_rules.push((id, own)),
+                let own = &self.accepted[id].rules;
+                match backend_ports(own, services) {
+                    Ok(()) => own_rules.push((id, own.clone())),
                     Err(message) => {
                         conditions
                             .insert((id.clone(), service.clone()), ("UnsupportedValue", message));
@@ -579,41 +580,28 @@ impl Served {
     }
 }
 
-/// `rules` without their backends' ports, which the Gateway API requires and Shoal leaves out: a proxy calls a
-/// backend on the port the request came in on, so a `backendRefs[].port` is served only when it is that port
-/// for sure: the parent Service's only port. Otherwise the field is refused.
-fn same_port(rules: &[RouteRule], parent: Option<&Service>) -> Result<Vec<RouteRule>, String> {
-    let mut rules = rules.to_vec();
-    let Some(parent) = parent else {
-        // Unknown parent: validation refuses the route for that anyway.
-        return Ok(rules);
-    };
-    let only = match parent.ports.as_slice() {
-        [only] => Some(only.port),
-        _ => None,
-    };
-    for (i, rule) in rules.iter_mut().enumerate() {
-        for (j, backend) in rule.backends.iter_mut().enumerate() {
-            match (backend.port, only) {
-                (None, _) => {}
-                (Some(port), Some(only)) if port == only => backend.port = None,
-                (Some(port), _) => {
-                    return Err(format!(
-                        "spec.rules[{i}].backendRefs[{j}].port: {port}: shoal-proxy calls a backend on the port the \
-                         request came in on, so the port must be the only port of Service {} ({})",
-                        parent.qualified(),
-                        parent
-                            .ports
-                            .iter()
-                            .map(|p| p.port.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
+/// Checks that every `backendRefs[].port` (required by the Gateway API) is a port of its backend Service, so the
+/// refusal names the Gateway API field, before the mirror is decided (a route refused here cannot lend its
+/// catch-all rule to another route's mirror). An unknown backend is left to the Shoal validation.
+fn backend_ports(rules: &[RouteRule], services: &BTreeMap<String, Service>) -> Result<(), String> {
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, backend) in rule.backends.iter().enumerate() {
+            let (Some(port), Some(service)) =
+                (backend.port, services.get(&backend.service.to_string()))
+            else {
+                continue;
+            };
+            if !service.ports.iter().any(|p| p.port == port) {
+                let ports: Vec<String> = service.ports.iter().map(|p| p.port.to_string()).collect();
+                return Err(format!(
+                    "spec.rules[{i}].backendRefs[{j}].port: {port} is not a port of Service {} ({})",
+                    service.qualified(),
+                    ports.join(", ")
+                ));
             }
         }
     }
-    Ok(rules)
+    Ok(())
 }
 
 /// A Shoal policy for `service` as a resource named after it.

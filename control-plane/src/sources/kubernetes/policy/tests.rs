@@ -197,8 +197,7 @@ fn http_route_filters_become_the_rules_filters() {
     );
     assert_eq!(t.rules[2].redirect, None);
 
-    // The values are the Shoal validation's to judge, which names the Shoal field (the backends' ports are
-    // checked and left out before, by `same_port`).
+    // The values are the Shoal validation's to judge, which names the Shoal field.
     let mut t = t;
     t.rules[2].backends[0].port = None;
     let route = Route {

@@ -423,3 +423,29 @@ fn a_shoal_mirror_takes_precedence_over_request_mirror_filters() {
         "the Shoal Mirror is served"
     );
 }
+
+#[test]
+fn a_backend_refs_port_is_the_port_the_proxy_calls() {
+    let route = http_route(json!([{"backendRefs": [{"name": "web-v1", "port": 8080}]}]));
+    let outcome = evaluate(&[(HTTP_ROUTES, "ported", route)]);
+    assert_eq!(condition(&outcome, HTTP_ROUTES, "ported")["status"], "True");
+    let source = format!("{}web.default", super::SOURCE_PREFIX);
+    let pushed = (outcome.sources.iter())
+        .filter(|(s, _)| *s == source)
+        .flat_map(|(_, contributed)| contributed)
+        .find_map(|(_, c)| match c {
+            Contribution::Whole(Payload::Route(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the route is served");
+    assert_eq!(pushed.rules[0].backends[0].port, 8080, "{pushed:?}");
+
+    let elsewhere = http_route(json!([{"backendRefs": [{"name": "web-v1", "port": 9443}]}]));
+    let outcome = evaluate(&[(HTTP_ROUTES, "elsewhere", elsewhere)]);
+    let refused = condition(&outcome, HTTP_ROUTES, "elsewhere");
+    assert_eq!(
+        refused["message"],
+        "spec.rules[0].backendRefs[0].port: 9443 is not a port of Service web-v1.default (8080)",
+        "{refused}"
+    );
+}
