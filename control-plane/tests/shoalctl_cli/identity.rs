@@ -313,9 +313,12 @@ fn ca_settings_that_cannot_work_stop_start_up() {
     let (code, stderr) = run(&[("SHOAL_CP_CA_CERT_FILE", cert)]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("SHOAL_CP_CA_KEY_FILE"), "{stderr}");
-    let (code, stderr) = run(&[("SHOAL_CP_CERT_TTL", "1m")]);
+    let (code, stderr) = run(&[("SHOAL_CP_CERT_TTL", "5s")]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("SHOAL_CP_CERT_TTL=\"1m\""), "{stderr}");
+    assert!(
+        stderr.contains("SHOAL_CP_CERT_TTL=\"5s\"") && stderr.contains("from 10s to 30d"),
+        "{stderr}"
+    );
 
     // With the key private, the control plane runs an intermediate under the operator's root.
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
