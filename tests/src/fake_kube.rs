@@ -146,6 +146,8 @@ struct State {
     leases: BTreeMap<(String, String), Value>,
     /// Lease writes refused with 409 Conflict.
     lease_conflicts: usize,
+    /// Every authenticated request: its method and path with the query (for the RBAC check, kube_rbac.rs).
+    calls: Vec<(http::Method, String)>,
 }
 
 /// The fake API server; stops when dropped.
@@ -194,6 +196,7 @@ impl FakeKube {
                 .collect(),
             leases: BTreeMap::new(),
             lease_conflicts: 0,
+            calls: Vec::new(),
         }));
         let lists_open = watch::channel(true).0;
         let reviews = Arc::new(TokenReviews::default());
@@ -336,6 +339,11 @@ impl FakeKube {
         (state.leases)
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// Every authenticated request so far (TokenReviews included): method, and path with its query.
+    pub fn calls(&self) -> Vec<(http::Method, String)> {
+        self.state.lock().unwrap().calls.clone()
     }
 
     /// How many Lease writes (create or update) were refused with `409 Conflict`.
@@ -516,6 +524,8 @@ impl Server {
         {
             return status(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
+        let call = (req.method().clone(), req.uri().to_string());
+        self.state.lock().unwrap().calls.push(call);
         if req.uri().path() == token_review::PATH {
             let (code, body) = self.reviews.handle(req).await;
             return json_response(code, &body);
