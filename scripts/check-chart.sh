@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks charts/shoal offline (no cluster): the CRDs match scripts/gen-crds.py and accept docs/shoalctl.md's
 # examples; `helm lint` and `helm template` for each values variant; every rendered manifest validated with
-# `kubernetes-validate --strict` for Kubernetes 1.28 (the oldest the chart supports) and the newest version
-# kubernetes-validate ships; the dashboard's PromQL parsed by promtool; the combinations the chart refuses
+# `kubernetes-validate --strict` for every Kubernetes version from 1.28 (the oldest the chart supports) to the
+# newest kubernetes-validate ships; the dashboard's PromQL parsed by promtool; the combinations the chart refuses
 # are refused; the walkthrough's manifests validated too. Exit 1 on any failure, including a missing tool. `.ci/run` installs the tools and runs this.
 #
 #   scripts/check-chart.sh            # HELM=/path/to/helm to use another helm binary
@@ -18,15 +18,18 @@ for tool in "$HELM" kubernetes-validate python3 promtool; do
   command -v "$tool" >/dev/null || fail "$tool not found: run .ci/run as root once (it installs helm, kubernetes-validate and promtool), or see charts/shoal/README.md"
 done
 python3 -c 'import jsonschema, yaml' 2>/dev/null || fail "python3 lacks jsonschema/yaml (installed with kubernetes-validate)"
-# The newest Kubernetes version whose schemas this kubernetes-validate ships.
-NEWEST=$(python3 - <<'EOF'
-import os, re, kubernetes_validate
+# Every Kubernetes version from $OLDEST whose schemas this kubernetes-validate ships, oldest first.
+mapfile -t VERSIONS < <(python3 - "$OLDEST" <<'EOF'
+import os, re, sys, kubernetes_validate
 d = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema")
+key = lambda v: tuple(map(int, v.split(".")))
 versions = {m.group(1) for m in (re.match(r"v(\d+\.\d+\.\d+)-local-strict$", n) for n in os.listdir(d)) if m}
-print(max(versions, key=lambda v: tuple(map(int, v.split(".")))))
+print("\n".join(sorted((v for v in versions if key(v) >= key(sys.argv[1])), key=key)))
 EOF
 )
-echo "helm $("$HELM" version --template '{{.Version}}'), kubernetes-validate $(kubernetes-validate --version | awk '{print $NF}'), schemas $OLDEST and $NEWEST"
+((${#VERSIONS[@]})) && [ "${VERSIONS[0]}" = "$OLDEST" ] || fail "kubernetes-validate ships no schemas for Kubernetes $OLDEST"
+NEWEST=${VERSIONS[-1]}
+echo "helm $("$HELM" version --template '{{.Version}}'), kubernetes-validate $(kubernetes-validate --version | awk '{print $NF}'), schemas ${VERSIONS[*]}"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -56,7 +59,7 @@ for entry in "${variants[@]}"; do
   name=${entry%%|*}
   # shellcheck disable=SC2206 # the arguments are word-split on purpose
   args=(${entry#*|})
-  echo "-- $name: helm lint, helm template, kubernetes-validate --strict $OLDEST and $NEWEST"
+  echo "-- $name: helm lint, helm template, kubernetes-validate --strict $OLDEST to $NEWEST"
   "$HELM" lint --strict "$chart" "${args[@]}" >"$work/lint.log" || { cat "$work/lint.log"; fail "helm lint ($name)"; }
   out="$work/$name"
   mkdir -p "$out"
@@ -64,7 +67,7 @@ for entry in "${variants[@]}"; do
     --output-dir "$out" "${args[@]}" >/dev/null || fail "helm template ($name)"
   mapfile -t files < <(find "$out" -name '*.yaml' | sort)
   ((${#files[@]})) || fail "helm template ($name) rendered nothing"
-  for version in "$OLDEST" "$NEWEST"; do
+  for version in "${VERSIONS[@]}"; do
     if ! kubernetes-validate --strict --quiet -k "$version" "${files[@]}" >"$work/validate.log" 2>&1; then
       cat "$work/validate.log"
       fail "kubernetes-validate ($name, Kubernetes $version)"
@@ -97,7 +100,7 @@ echo "   ${#settings[@]} settings known: ${settings[*]}"
 
 echo "-- docs/kubernetes-walkthrough.md's manifests (docs/examples/walkthrough; route.yaml is shoalctl's, tested in tests/tests/walkthrough_examples.rs)"
 walkthrough=(docs/examples/walkthrough/{namespace,web,client}.yaml)
-for version in "$OLDEST" "$NEWEST"; do
+for version in "${VERSIONS[@]}"; do
   kubernetes-validate --strict --quiet -k "$version" "${walkthrough[@]}" >"$work/validate.log" 2>&1 && ! grep -q . "$work/validate.log" ||
     { cat "$work/validate.log"; fail "kubernetes-validate (walkthrough, Kubernetes $version)"; }
 done

@@ -149,6 +149,8 @@ struct State {
     lease_conflicts: usize,
     /// Kinds whose CRD is not installed ([`FakeKube::uninstall`]): answered 404, by collection path.
     uninstalled: Vec<&'static str>,
+    /// Every authenticated request: its method and path with the query (for the RBAC check, kube_rbac.rs).
+    calls: Vec<(http::Method, String)>,
 }
 
 /// The fake API server; stops when dropped.
@@ -198,6 +200,7 @@ impl FakeKube {
             leases: BTreeMap::new(),
             lease_conflicts: 0,
             uninstalled: Vec::new(),
+            calls: Vec::new(),
         }));
         let lists_open = watch::channel(true).0;
         let reviews = Arc::new(TokenReviews::default());
@@ -340,6 +343,11 @@ impl FakeKube {
         (state.leases)
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// Every authenticated request so far (TokenReviews included): method, and path with its query.
+    pub fn calls(&self) -> Vec<(http::Method, String)> {
+        self.state.lock().unwrap().calls.clone()
     }
 
     /// How many Lease writes (create or update) were refused with `409 Conflict`.
@@ -536,6 +544,8 @@ impl Server {
         {
             return status(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
+        let call = (req.method().clone(), req.uri().to_string());
+        self.state.lock().unwrap().calls.push(call);
         if req.uri().path() == token_review::PATH {
             let (code, body) = self.reviews.handle(req).await;
             return json_response(code, &body);

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -33,8 +34,8 @@ struct Registered {
 struct Inner {
     tokens: BTreeMap<String, Registered>,
     failure: Option<StatusCode>,
-    /// Every review received: the token (as sent) and whether it was authenticated.
-    reviews: Vec<(String, bool)>,
+    /// Every review received: the token (as sent), whether it was authenticated, and when.
+    reviews: Vec<(String, bool, Instant)>,
 }
 
 /// The tokens the fake API server knows, and the reviews it answered.
@@ -77,7 +78,19 @@ impl TokenReviews {
 
     /// The reviews received so far: each token and whether it was authenticated.
     pub fn reviews(&self) -> Vec<(String, bool)> {
-        self.inner.lock().unwrap().reviews.clone()
+        let inner = self.inner.lock().unwrap();
+        (inner.reviews.iter())
+            .map(|(token, ok, _)| (token.clone(), *ok))
+            .collect()
+    }
+
+    /// When `token` was reviewed, in order, and whether it was authenticated each time.
+    pub fn reviews_of(&self, token: &str) -> Vec<(bool, Instant)> {
+        let inner = self.inner.lock().unwrap();
+        (inner.reviews.iter())
+            .filter(|(t, _, _)| t == token)
+            .map(|(_, ok, at)| (*ok, *at))
+            .collect()
     }
 
     /// Answers one request to [`PATH`]: the status code and the JSON body.
@@ -137,7 +150,10 @@ impl TokenReviews {
                             "username": format!("system:serviceaccount:{}:{}", t.namespace, t.service_account),
                             "uid": format!("uid-{}-{}", t.namespace, t.service_account),
                             "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", t.namespace), "system:authenticated"],
-                            "extra": {"authentication.kubernetes.io/pod-name": [t.pod]},
+                            "extra": {
+                                "authentication.kubernetes.io/pod-name": [t.pod],
+                                "authentication.kubernetes.io/pod-uid": [format!("uid-{}", t.pod)],
+                            },
                         },
                         "audiences": shared,
                     })
@@ -145,7 +161,7 @@ impl TokenReviews {
             }
         };
         let authenticated = status["authenticated"] == true;
-        inner.reviews.push((token, authenticated));
+        inner.reviews.push((token, authenticated, Instant::now()));
         let mut answer = review;
         answer["status"] = status;
         (StatusCode::CREATED, answer)

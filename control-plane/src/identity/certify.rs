@@ -8,7 +8,7 @@ use shoal_proto::v1::identity_server::{Identity as IdentityRpc, IdentityServer};
 use tonic::{Request, Response, Status};
 
 use super::ca::{Ca, Csr};
-use super::credentials::{CredentialVerifier, Refusal};
+use super::credentials::{CredentialVerifier, Granted, Refusal};
 use super::metrics;
 use super::spiffe::WorkloadId;
 
@@ -60,7 +60,7 @@ impl CertifyService {
                     status: refusal.status(td),
                 },
             )?;
-            return self.issue(csr, granted).await;
+            return self.issue(csr, Granted::identity(granted)).await;
         }
         let (verifier, credential) = match &req.credential {
             Some(v1::certify_request::Credential::JoinToken(token)) => {
@@ -92,15 +92,18 @@ impl CertifyService {
     }
 
     /// Signs `csr` for `granted`.
-    async fn issue(&self, csr: Csr, granted: WorkloadId) -> Result<v1::CertifyResponse, Refused> {
-        let (ca, csr_id) = (self.ca.clone(), granted.clone());
+    async fn issue(&self, csr: Csr, granted: Granted) -> Result<v1::CertifyResponse, Refused> {
+        let (ca, csr_id) = (self.ca.clone(), granted.identity);
         // Signing is a few hundred microseconds of ECDSA: off the async workers with the rest of the CA.
         let issued = tokio::task::spawn_blocking(move || ca.issue(&csr, &csr_id))
             .await
             .map_err(|e| Refused::unavailable(format!("signing failed: {e}")))?
             .map_err(|e| Refused::unavailable(format!("signing failed: {e}")))?;
+        let (pod, pod_uid) = granted.pod.map(|p| (p.name, p.uid)).unzip();
         tracing::info!(
             spiffe_id = %issued.spiffe_id,
+            pod,
+            pod_uid,
             not_after = issued.not_after,
             root = %issued.root_fingerprint,
             "workload certificate issued"

@@ -141,6 +141,30 @@ pub fn shoalctl(server: &str, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("shoalctl finishes")
 }
 
+/// Runs `command` (a control plane given settings that must stop its start-up) to its exit, 20 s at most: a
+/// setting accepted by mistake fails the test naming the command instead of leaving it running forever.
+pub fn exit_of(command: &mut Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("killed");
+            panic!(
+                "{command:?} still running after 20 s: its settings were accepted\nstderr: {}",
+                text(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("exited")
+}
+
 /// Output bytes as text.
 pub fn text(output: &[u8]) -> String {
     String::from_utf8_lossy(output).into_owned()

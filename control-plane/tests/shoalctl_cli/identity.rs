@@ -5,7 +5,7 @@ use std::process::Command;
 
 use shoal_proto::v1;
 
-use super::harness::{CONTROL_PLANE, ControlPlane, expect, http_get, shoalctl, text};
+use super::harness::{CONTROL_PLANE, ControlPlane, exit_of, expect, http_get, shoalctl, text};
 
 fn ca_status(server: &str) -> serde_json::Value {
     let out = expect(
@@ -290,14 +290,14 @@ fn ca_settings_that_cannot_work_stop_start_up() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let run = |settings: &[(&str, &str)]| {
-        let output = Command::new(CONTROL_PLANE)
-            .env("SHOAL_CP_ADMIN_ADDR", "127.0.0.1:0")
-            .env("SHOAL_CP_DISCOVERY_ADDR", "127.0.0.1:0")
-            .env("SHOAL_CP_METRICS_ADDR", "127.0.0.1:0")
-            .env("SHOAL_CP_DATA_DIR", dir.path().join("data"))
-            .envs(settings.iter().copied())
-            .output()
-            .expect("runs");
+        let output = exit_of(
+            Command::new(CONTROL_PLANE)
+                .env("SHOAL_CP_ADMIN_ADDR", "127.0.0.1:0")
+                .env("SHOAL_CP_DISCOVERY_ADDR", "127.0.0.1:0")
+                .env("SHOAL_CP_METRICS_ADDR", "127.0.0.1:0")
+                .env("SHOAL_CP_DATA_DIR", dir.path().join("data"))
+                .envs(settings.iter().copied()),
+        );
         (output.status.code(), text(&output.stderr))
     };
     let (cert, keyf) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
@@ -313,9 +313,12 @@ fn ca_settings_that_cannot_work_stop_start_up() {
     let (code, stderr) = run(&[("SHOAL_CP_CA_CERT_FILE", cert)]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("SHOAL_CP_CA_KEY_FILE"), "{stderr}");
-    let (code, stderr) = run(&[("SHOAL_CP_CERT_TTL", "1m")]);
+    let (code, stderr) = run(&[("SHOAL_CP_CERT_TTL", "5s")]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("SHOAL_CP_CERT_TTL=\"1m\""), "{stderr}");
+    assert!(
+        stderr.contains("SHOAL_CP_CERT_TTL=\"5s\"") && stderr.contains("from 10s to 30d"),
+        "{stderr}"
+    );
 
     // With the key private, the control plane runs an intermediate under the operator's root.
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use super::harness::{CONTROL_PLANE, ControlPlane, expect, shoalctl, text};
+use super::harness::{CONTROL_PLANE, ControlPlane, exit_of, expect, shoalctl, text};
 
 #[test]
 fn restart_keeps_resources_and_versions_keep_growing() {
@@ -47,10 +47,7 @@ fn restart_keeps_resources_and_versions_keep_growing() {
 
 #[test]
 fn invalid_settings_fail_start_up_naming_the_setting() {
-    let output = Command::new(CONTROL_PLANE)
-        .env("SHOAL_CP_ADMIN_ADDR", "localhost")
-        .output()
-        .expect("runs");
+    let output = exit_of(Command::new(CONTROL_PLANE).env("SHOAL_CP_ADMIN_ADDR", "localhost"));
     assert_eq!(output.status.code(), Some(2));
     assert!(
         text(&output.stderr).contains("SHOAL_CP_ADMIN_ADDR=\"localhost\""),

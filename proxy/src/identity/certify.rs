@@ -59,13 +59,16 @@ async fn request(
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .map_err(|e| format!("cannot build the CSR: {e}"))?;
-    // A running proxy renews with what it is (its current certificate, and proof it holds the key);
-    // the token is for joining, and may be single-use or expired by now.
-    if let Some(renewal) = renewal(identity, csr.der()) {
+    // A proxy with a join token renews with what it is (its current certificate, and proof it holds the key):
+    // the token is for joining, and may be single-use or expired by now. A Kubernetes token is the API
+    // server's word that the pod and its service account still exist, so it is sent at every certification,
+    // renewals included (the kubelet keeps the file fresh): a deleted pod or service account stops renewing.
+    let kubernetes = matches!(token, Token::KubernetesFile(_));
+    if !kubernetes && let Some(renewal) = renewal(identity, csr.der()) {
         match call(identity, addr, &csr, Credential::Renewal(renewal)).await {
             Ok(resp) => return material(resp, key),
             Err(e) => {
-                tracing::info!(error = %e, "renewal with the current certificate refused; trying the token")
+                tracing::info!(error = %e.message, "renewal with the current certificate refused; trying the token")
             }
         }
     }
@@ -79,8 +82,31 @@ async fn request(
         Token::JoinFile(p) => Credential::JoinToken(read(p)?),
         Token::KubernetesFile(p) => Credential::KubernetesServiceAccountToken(read(p)?),
     };
-    let resp = call(identity, addr, &csr, credential).await?;
-    material(resp, key)
+    match call(identity, addr, &csr, credential).await {
+        Ok(resp) => material(resp, key),
+        // The control plane could not ask the API server (down, RBAC): not a verdict on the token, so a
+        // running proxy renews with its certificate rather than let the mesh's certificates run out with
+        // the API server. A refused token (revoked, pod deleted) is a verdict: no fallback.
+        Err(Refused {
+            code: tonic::Code::Unavailable,
+            message,
+        }) if kubernetes => {
+            let Some(renewal) = renewal(identity, csr.der()) else {
+                return Err(message);
+            };
+            tracing::info!(error = %message, "the control plane cannot verify the Kubernetes token now; renewing with the current certificate");
+            let resp = call(identity, addr, &csr, Credential::Renewal(renewal))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{message}; renewal with the current certificate: {}",
+                        e.message
+                    )
+                })?;
+            material(resp, key)
+        }
+        Err(e) => Err(e.message),
+    }
 }
 
 /// The renewal credential: the current chain, and the current key's signature over the new CSR;
@@ -104,13 +130,28 @@ fn renewal(identity: &Identity, csr_der: &[u8]) -> Option<v1::Renewal> {
     })
 }
 
+/// Why a `Certify` call failed: the gRPC code (`Unknown` when no call was made) and the message for `/config`.
+struct Refused {
+    code: tonic::Code,
+    message: String,
+}
+
+impl From<String> for Refused {
+    fn from(message: String) -> Self {
+        Self {
+            code: tonic::Code::Unknown,
+            message,
+        }
+    }
+}
+
 /// One `Certify` call.
 async fn call(
     identity: &Identity,
     addr: &str,
     csr: &rcgen::CertificateSigningRequest,
     credential: Credential,
-) -> Result<v1::CertifyResponse, String> {
+) -> Result<v1::CertifyResponse, Refused> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| format!("invalid identity address {addr}: {e}"))?
         .connect_timeout(Duration::from_secs(2));
@@ -123,7 +164,10 @@ async fn call(
             service_account: identity.cfg.service_account.clone(),
         })
         .await
-        .map_err(|s| format!("Certify refused ({:?}): {}", s.code(), s.message()))
+        .map_err(|s| Refused {
+            code: s.code(),
+            message: format!("Certify refused ({:?}): {}", s.code(), s.message()),
+        })
         .map(tonic::Response::into_inner)?;
     // Roots that came from the verified control plane: it may present a certificate from any of them.
     if let Err(error) = (identity.control_plane).set_trust_bundle(&response.trust_bundle_pem) {

@@ -3,8 +3,9 @@
 //!
 //! - [`certify`]: the control plane's CA (`shoal.v1.Identity/Certify`): a key pair generated in
 //!   memory (it never leaves the process), a CSR plus a credential (join token or Kubernetes
-//!   service-account token), renewal at ~70 % of the certificate's lifetime with jitter, retries
-//!   with backoff while the control plane is away (the current certificate keeps serving).
+//!   service-account token), renewal at ~70 % of the certificate's lifetime with jitter (with the
+//!   current certificate for join tokens, with the re-read token file in Kubernetes), retries with
+//!   backoff while the control plane is away or refuses (the current certificate keeps serving).
 //! - [`files`]: a certificate, key and trust bundle from PEM files (an external CA such as
 //!   cert-manager, or tests), re-read when they change.
 //!
@@ -58,8 +59,8 @@ pub enum Token {
     Join(#[serde(skip)] String),
     /// A join token in a file, re-read for every request.
     JoinFile(PathBuf),
-    /// A Kubernetes projected service-account token file, re-read for every request (the
-    /// kubelet rotates it).
+    /// A Kubernetes projected service-account token file, re-read for every request, renewals
+    /// included (the kubelet rotates it; the control plane reviews it each time).
     KubernetesFile(PathBuf),
 }
 

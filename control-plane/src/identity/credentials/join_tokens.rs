@@ -15,7 +15,7 @@ use prost::Message;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{CredentialVerifier, Refusal};
+use super::{CredentialVerifier, Granted, Refusal};
 use crate::identity::clock::Clock;
 use crate::identity::hex;
 use crate::identity::spiffe::WorkloadId;
@@ -290,17 +290,14 @@ impl JoinTokens {
 
 #[tonic::async_trait]
 impl CredentialVerifier for JoinTokens {
-    async fn verify(
-        &self,
-        credential: &str,
-        requested: &WorkloadId,
-    ) -> Result<WorkloadId, Refusal> {
+    async fn verify(&self, credential: &str, requested: &WorkloadId) -> Result<Granted, Refusal> {
         let (tokens, credential, requested) =
             (self.clone(), credential.to_owned(), requested.clone());
         // The check commits a use to disk (fsync): off the async workers.
         tokio::task::spawn_blocking(move || tokens.verify_blocking(&credential, &requested))
             .await
             .map_err(|e| Refusal::Unavailable(format!("join token check failed: {e}")))?
+            .map(Granted::identity)
     }
 }
 

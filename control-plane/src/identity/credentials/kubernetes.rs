@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{CredentialVerifier, Refusal};
+use super::{BoundPod, CredentialVerifier, Granted, Refusal};
 use crate::identity::spiffe::WorkloadId;
 
 /// What the API server answered to a TokenReview.
@@ -18,6 +18,11 @@ pub struct TokenReviewResult {
     pub audiences: Vec<String>,
     /// `status.error`, when not authenticated.
     pub error: String,
+    /// `status.user.extra["authentication.kubernetes.io/pod-name"]`: the pod a projected token is bound to
+    /// (empty for tokens not bound to a pod).
+    pub pod_name: String,
+    /// `status.user.extra["authentication.kubernetes.io/pod-uid"]`.
+    pub pod_uid: String,
 }
 
 /// Calls the Kubernetes TokenReview API (`authentication.k8s.io/v1`).
@@ -44,11 +49,7 @@ impl KubernetesTokens {
 
 #[tonic::async_trait]
 impl CredentialVerifier for KubernetesTokens {
-    async fn verify(
-        &self,
-        credential: &str,
-        requested: &WorkloadId,
-    ) -> Result<WorkloadId, Refusal> {
+    async fn verify(&self, credential: &str, requested: &WorkloadId) -> Result<Granted, Refusal> {
         if credential.trim().is_empty() {
             return Err(Refusal::Malformed(
                 "kubernetes_service_account_token is empty".into(),
@@ -102,7 +103,16 @@ impl CredentialVerifier for KubernetesTokens {
                 requested: requested.clone(),
             });
         }
-        Ok(granted)
+        // The pod is logged with the issuance, not checked: the certificate names the service account only,
+        // and every pod of it is the same identity to its peers.
+        let pod = (!result.pod_name.is_empty()).then_some(BoundPod {
+            name: result.pod_name,
+            uid: result.pod_uid,
+        });
+        Ok(Granted {
+            identity: granted,
+            pod,
+        })
     }
 }
 
@@ -135,6 +145,8 @@ mod tests {
             username: username.into(),
             audiences: vec!["shoal".into()],
             error: String::new(),
+            pod_name: "web-0".into(),
+            pod_uid: "0b5e".into(),
         })
     }
 
@@ -145,7 +157,15 @@ mod tests {
         let granted = verifier(ok("system:serviceaccount:shop:web"))
             .verify("jwt", &web)
             .await;
-        assert_eq!(granted, Ok(web.clone()));
+        let granted = granted.unwrap();
+        assert_eq!(granted.identity, web);
+        let pod = granted.pod.unwrap();
+        assert_eq!((pod.name.as_str(), pod.uid.as_str()), ("web-0", "0b5e"));
+        // A token bound to no pod (a legacy Secret-based one) grants the same, without a pod.
+        let mut unbound = ok("system:serviceaccount:shop:web").unwrap();
+        (unbound.pod_name, unbound.pod_uid) = (String::new(), String::new());
+        let granted = verifier(Ok(unbound)).verify("jwt", &web).await.unwrap();
+        assert_eq!(granted, Granted::identity(web.clone()));
         let refused = verifier(ok("system:serviceaccount:shop:web"))
             .verify("jwt", &admin)
             .await;

@@ -76,11 +76,39 @@ impl Refusal {
     }
 }
 
+/// What a verified credential proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    /// The identity the certificate is issued for.
+    pub identity: WorkloadId,
+    /// The pod a Kubernetes projected token is bound to (the TokenReview's `status.user.extra`), logged with
+    /// the issuance so a certificate can be traced to the pod that asked; `None` for other credentials.
+    pub pod: Option<BoundPod>,
+}
+
+impl Granted {
+    /// A grant of `identity` not bound to a pod.
+    pub fn identity(identity: WorkloadId) -> Self {
+        Self {
+            identity,
+            pod: None,
+        }
+    }
+}
+
+/// The pod a projected service-account token was issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundPod {
+    /// `authentication.kubernetes.io/pod-name`.
+    pub name: String,
+    /// `authentication.kubernetes.io/pod-uid` (empty if the API server did not say).
+    pub uid: String,
+}
+
 /// Proves a workload's identity from a credential.
 #[tonic::async_trait]
 pub trait CredentialVerifier: Send + Sync {
-    /// Checks `credential` and that it grants `requested`; returns the identity it proves. A verifier that
-    /// counts uses consumes one (durably) only when everything else passed.
-    async fn verify(&self, credential: &str, requested: &WorkloadId)
-    -> Result<WorkloadId, Refusal>;
+    /// Checks `credential` and that it grants `requested`; returns what it proves. A verifier that counts
+    /// uses consumes one (durably) only when everything else passed.
+    async fn verify(&self, credential: &str, requested: &WorkloadId) -> Result<Granted, Refusal>;
 }

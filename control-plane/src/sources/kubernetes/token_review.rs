@@ -44,8 +44,17 @@ impl TokenReview for KubeTokenReview {
                 .map_err(explain)?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
+        // Projected tokens name the pod they are bound to in the user's extra fields (one value each).
+        let extra = |key: &str| {
+            (user.extra.as_ref())
+                .and_then(|extra| extra.get(key))
+                .and_then(|values| values.first().cloned())
+                .unwrap_or_default()
+        };
         Ok(TokenReviewResult {
             authenticated: status.authenticated.unwrap_or(false),
+            pod_name: extra("authentication.kubernetes.io/pod-name"),
+            pod_uid: extra("authentication.kubernetes.io/pod-uid"),
             username: user.username.unwrap_or_default(),
             audiences: status.audiences.unwrap_or_default(),
             error: status.error.unwrap_or_default(),
