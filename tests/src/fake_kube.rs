@@ -17,8 +17,10 @@
 //!   a `410 Gone` Status and ends, as the real API server answers;
 //! - `PATCH .../namespaces/<ns>/<plural>/<name>/status` (JSON merge patch) changes only the status, sends
 //!   `MODIFIED`, and is recorded ([`FakeKube::status_patches`]);
-//! - Leases (`coordination.k8s.io/v1`): get, create, update, with `409 Conflict` for a stale
-//!   `resourceVersion` or an existing name ([`FakeKube::lease`]);
+//! - Leases (`coordination.k8s.io/v1`), Secrets and ConfigMaps: get, create, update, with `409 Conflict` for a
+//!   stale `resourceVersion` or an existing name, and JSON merge patches ([`FakeKube::lease`],
+//!   [`FakeKube::secret`], [`FakeKube::config_map`], [`FakeKube::conflicts`]; [`FakeKube::fail`] makes them
+//!   answer 503);
 //! - every request must carry `Authorization: Bearer <token>` (401 otherwise);
 //! - TokenReviews are answered by [`crate::fake_kube_tokenreview`] ([`FakeKube::token_reviews`]).
 //!
@@ -142,10 +144,13 @@ struct State {
     /// Watches from a version below this get `410 Gone` (history compacted).
     oldest: u64,
     kinds: BTreeMap<&'static str, Kind>,
-    /// Leases (coordination.k8s.io/v1) by namespace and name.
-    leases: BTreeMap<(String, String), Value>,
-    /// Lease writes refused with 409 Conflict.
-    lease_conflicts: usize,
+    /// Namespaced objects read and written one by one (Leases, Secrets, ConfigMaps): by resource (`leases`,
+    /// `secrets`, `configmaps`), namespace and name.
+    named: BTreeMap<(&'static str, String, String), Value>,
+    /// Writes refused with 409 Conflict, by resource.
+    conflicts: BTreeMap<&'static str, usize>,
+    /// Resources whose requests are answered `503 Service Unavailable` (see [`FakeKube::fail`]).
+    failing: Vec<&'static str>,
 }
 
 /// The fake API server; stops when dropped.
@@ -192,8 +197,9 @@ impl FakeKube {
                 .iter()
                 .map(|(path, ..)| (*path, Kind::default()))
                 .collect(),
-            leases: BTreeMap::new(),
-            lease_conflicts: 0,
+            named: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            failing: Vec::new(),
         }));
         let lists_open = watch::channel(true).0;
         let reviews = Arc::new(TokenReviews::default());
@@ -332,15 +338,47 @@ impl FakeKube {
 
     /// The Lease `namespace/name`, if one was created.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
-        let state = self.state.lock().unwrap();
-        (state.leases)
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+        self.named("leases", namespace, name)
     }
 
     /// How many Lease writes (create or update) were refused with `409 Conflict`.
     pub fn lease_conflicts(&self) -> usize {
-        self.state.lock().unwrap().lease_conflicts
+        self.conflicts("leases")
+    }
+
+    /// The Secret `namespace/name`, if one was created (`data` values base64, as the API carries them).
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.named("secrets", namespace, name)
+    }
+
+    /// The ConfigMap `namespace/name`, if one was created.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.named("configmaps", namespace, name)
+    }
+
+    /// How many writes of `resource` (`leases`, `secrets`, `configmaps`) were refused with `409 Conflict`.
+    pub fn conflicts(&self, resource: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state.conflicts.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Answers every request for `resource` (`leases`, `secrets`, `configmaps`) `503 Service Unavailable`
+    /// while `failing` (an API server that cannot serve it).
+    pub fn fail(&self, resource: &str, failing: bool) {
+        let resource = named_resource(resource).expect("leases, secrets or configmaps");
+        let mut state = self.state.lock().unwrap();
+        state.failing.retain(|r| *r != resource);
+        if failing {
+            state.failing.push(resource);
+        }
+    }
+
+    fn named(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let resource = named_resource(resource)?;
+        let state = self.state.lock().unwrap();
+        (state.named)
+            .get(&(resource, namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Sends every open watch that asked for bookmarks a `BOOKMARK` at the current version.
@@ -522,8 +560,8 @@ impl Server {
         }
         let path = req.uri().path().to_owned();
         let path = path.as_str();
-        if let Some(rest) = path.strip_prefix(LEASES_PREFIX) {
-            return self.lease(req, rest).await;
+        if let Some((resource, namespace, name)) = named_path(path) {
+            return self.named(req, resource, namespace, name).await;
         }
         if let Some((collection, namespace, name)) = status_path(path) {
             if req.method() != http::Method::PATCH {
@@ -598,37 +636,77 @@ impl Server {
         json_response(StatusCode::OK, &object)
     }
 
-    /// Leases: `GET`/`PUT` `{ns}/leases/{name}`, `POST` `{ns}/leases`. A `PUT` must carry the current
-    /// `metadata.resourceVersion` and a `POST` must name a new Lease (`409 Conflict` otherwise), as optimistic
-    /// concurrency on the real API server.
-    async fn lease(&self, req: Request<Incoming>, rest: &str) -> Response<Body> {
-        let parts: Vec<&str> = rest.split('/').collect();
-        let (namespace, name) = match parts.as_slice() {
-            [ns, "leases"] => (ns.to_string(), None),
-            [ns, "leases", name] => (ns.to_string(), Some(name.to_string())),
-            _ => return status(StatusCode::NOT_FOUND, "not a Lease path"),
-        };
+    /// Leases, Secrets and ConfigMaps: `GET`/`PUT`/`PATCH` `{ns}/{resource}/{name}`, `POST` `{ns}/{resource}`. A
+    /// `PUT` carrying a `metadata.resourceVersion` must carry the current one and a `POST` must name a new object
+    /// (`409 Conflict` otherwise), as optimistic concurrency on the real API server; a `PATCH` is a JSON merge
+    /// patch (no version needed).
+    async fn named(
+        &self,
+        req: Request<Incoming>,
+        resource: &'static str,
+        namespace: String,
+        name: Option<String>,
+    ) -> Response<Body> {
         let method = req.method().clone();
+        let merge_patch = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/merge-patch+json");
         let body = match req.into_body().collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => return status(StatusCode::BAD_REQUEST, "unreadable body"),
         };
         let mut state = self.state.lock().unwrap();
+        if state.failing.contains(&resource) {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the fake fails this resource",
+            );
+        }
+        let not_found = format!("{resource} not found");
         match (method, name) {
-            (http::Method::GET, Some(name)) => match state.leases.get(&(namespace, name)) {
-                Some(lease) => json_response(StatusCode::OK, lease),
-                None => status(StatusCode::NOT_FOUND, "leases not found"),
-            },
-            (http::Method::POST, None) | (http::Method::PUT, Some(_)) => {
-                let creating = rest.ends_with("/leases");
-                let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+            (http::Method::GET, Some(name)) => {
+                match state.named.get(&(resource, namespace, name)) {
+                    Some(object) => json_response(StatusCode::OK, object),
+                    None => status(StatusCode::NOT_FOUND, &not_found),
+                }
+            }
+            (http::Method::PATCH, Some(name)) => {
+                if !merge_patch {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "the fake takes merge patches only",
+                    );
+                }
+                let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
                     return status(StatusCode::BAD_REQUEST, "the body is not JSON");
                 };
-                let Some(name) = lease["metadata"]["name"].as_str().map(str::to_owned) else {
+                state.version += 1;
+                let version = state.version;
+                let Some(object) = state.named.get_mut(&(resource, namespace, name)) else {
+                    return status(StatusCode::NOT_FOUND, &not_found);
+                };
+                merge(object, &patch);
+                object["metadata"]["resourceVersion"] = json!(version.to_string());
+                json_response(StatusCode::OK, object)
+            }
+            (method @ (http::Method::POST | http::Method::PUT), name) => {
+                let creating = method == http::Method::POST;
+                if creating != name.is_none() {
+                    return status(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "POST the collection, PUT an object",
+                    );
+                }
+                let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                    return status(StatusCode::BAD_REQUEST, "the body is not JSON");
+                };
+                let Some(object_name) = object["metadata"]["name"].as_str().map(str::to_owned)
+                else {
                     return status(StatusCode::BAD_REQUEST, "metadata.name is required");
                 };
-                let key = (namespace.clone(), name);
-                let current = state.leases.get(&key).map(|l| {
+                let key = (resource, namespace.clone(), object_name);
+                let current = state.named.get(&key).map(|l| {
                     l["metadata"]["resourceVersion"]
                         .as_str()
                         .unwrap_or_default()
@@ -636,33 +714,36 @@ impl Server {
                 });
                 let conflict = match (&current, creating) {
                     (Some(_), true) => true,
-                    (None, false) => {
-                        return status(StatusCode::NOT_FOUND, "leases not found");
-                    }
-                    (Some(current), false) => {
-                        lease["metadata"]["resourceVersion"].as_str() != Some(current.as_str())
-                    }
+                    (None, false) => return status(StatusCode::NOT_FOUND, &not_found),
+                    (Some(current), false) => object["metadata"]["resourceVersion"]
+                        .as_str()
+                        .is_some_and(|v| v != current),
                     (None, true) => false,
                 };
                 if conflict {
-                    state.lease_conflicts += 1;
+                    *state.conflicts.entry(resource).or_default() += 1;
                     return status(
                         StatusCode::CONFLICT,
-                        "Operation cannot be fulfilled on leases: the object has been modified",
+                        &format!(
+                            "Operation cannot be fulfilled on {resource}: the object has been modified"
+                        ),
                     );
                 }
                 state.version += 1;
-                lease["metadata"]["namespace"] = json!(namespace);
-                lease["metadata"]["resourceVersion"] = json!(state.version.to_string());
-                state.leases.insert(key, lease.clone());
+                object["metadata"]["namespace"] = json!(namespace);
+                object["metadata"]["resourceVersion"] = json!(state.version.to_string());
+                state.named.insert(key, object.clone());
                 let code = if creating {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
                 };
-                json_response(code, &lease)
+                json_response(code, &object)
             }
-            _ => status(StatusCode::METHOD_NOT_ALLOWED, "Leases: GET, POST, PUT"),
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Leases, Secrets, ConfigMaps: GET, POST, PUT, PATCH",
+            ),
         }
     }
 
@@ -720,8 +801,34 @@ impl Server {
     }
 }
 
-/// The prefix of Lease paths (namespaced).
-const LEASES_PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/";
+/// The namespaced resources served one object at a time: resource, and the group path its
+/// `/namespaces/{ns}/{resource}` hangs under.
+const NAMED: [(&str, &str); 3] = [
+    ("leases", "/apis/coordination.k8s.io/v1"),
+    ("secrets", "/api/v1"),
+    ("configmaps", "/api/v1"),
+];
+
+fn named_resource(resource: &str) -> Option<&'static str> {
+    NAMED.iter().find(|(r, _)| *r == resource).map(|(r, _)| *r)
+}
+
+/// `<group>/namespaces/{ns}/{resource}[/{name}]` of [`NAMED`]: the resource, namespace and name.
+fn named_path(path: &str) -> Option<(&'static str, String, Option<String>)> {
+    NAMED.iter().find_map(|(resource, group)| {
+        let rest = path.strip_prefix(group)?.strip_prefix("/namespaces/")?;
+        let mut parts = rest.split('/');
+        let namespace = parts.next()?;
+        if parts.next()? != *resource {
+            return None;
+        }
+        let name = parts.next().map(str::to_owned);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some((*resource, namespace.to_owned(), name))
+    })
+}
 
 /// `<group path>/namespaces/{ns}/{plural}/{name}/status` of a served kind: its collection path, namespace and
 /// name.
