@@ -192,8 +192,8 @@ impl Ca {
     /// Loads the CA record shared by several replicas from `backend` (Kubernetes mode: the Secret
     /// `shoal-ca-state`), or creates it when there is none: from the CA record `seed` holds (an existing install
     /// upgrading keeps its root), else a new authority. When another replica creates it first, adopts theirs.
-    /// An unreachable backend is retried until [`backend::START_DEADLINE`]. Blocks: call it from a blocking
-    /// thread.
+    /// An unreachable backend is retried until its start deadline (`SHOAL_CP_CA_STATE_TIMEOUT` for the Secret).
+    /// Blocks: call it from a blocking thread.
     pub fn load_shared(
         backend: Arc<dyn RecordBackend>,
         seed: Option<Store>,
@@ -215,7 +215,8 @@ impl Ca {
             match load_once(backend.as_ref(), seed.as_ref(), &settings, clock.as_ref())? {
                 Attempt::Loaded(authorities) => break authorities,
                 // Another replica created the record first: read theirs.
-                Attempt::Again => continue,
+                Attempt::Again if std::time::Instant::now() < deadline => continue,
+                Attempt::Again => return Err(CaError::Contended(backend.describe())),
                 Attempt::Unreachable(error) if !backend.shared() => return Err(error),
                 Attempt::Unreachable(error) => {
                     if std::time::Instant::now() >= deadline {
@@ -357,7 +358,7 @@ fn load_once(
     if let Some(stored) = stored {
         let authorities = decode(&stored)?;
         check_root(&authorities, settings)?;
-        tracing::info!(root = %authorities.active().fingerprint, roots = authorities.list.len(), %record, "CA loaded from the store");
+        tracing::info!(root = %authorities.active().fingerprint, roots = authorities.list.len(), %record, "CA loaded");
         if let Some(pending) = authorities.pending() {
             tracing::info!(root = %pending.fingerprint, since = pending.record.pending_since, "CA rotation resumed: the new root is pending until proxies have it");
         }
