@@ -151,6 +151,8 @@ struct State {
     conflicts: BTreeMap<&'static str, usize>,
     /// Resources whose requests are answered `503 Service Unavailable` (see [`FakeKube::fail`]).
     failing: Vec<&'static str>,
+    /// Requests received, by resource (`leases`, `secrets`, `configmaps`).
+    named_requests: BTreeMap<&'static str, usize>,
 }
 
 /// The fake API server; stops when dropped.
@@ -200,6 +202,7 @@ impl FakeKube {
             named: BTreeMap::new(),
             conflicts: BTreeMap::new(),
             failing: Vec::new(),
+            named_requests: BTreeMap::new(),
         }));
         let lists_open = watch::channel(true).0;
         let reviews = Arc::new(TokenReviews::default());
@@ -360,6 +363,12 @@ impl FakeKube {
     pub fn conflicts(&self, resource: &str) -> usize {
         let state = self.state.lock().unwrap();
         state.conflicts.get(resource).copied().unwrap_or(0)
+    }
+
+    /// How many requests for `resource` (`leases`, `secrets`, `configmaps`) arrived, answered or failed.
+    pub fn named_requests(&self, resource: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state.named_requests.get(resource).copied().unwrap_or(0)
     }
 
     /// Answers every request for `resource` (`leases`, `secrets`, `configmaps`) `503 Service Unavailable`
@@ -657,6 +666,7 @@ impl Server {
             Err(_) => return status(StatusCode::BAD_REQUEST, "unreadable body"),
         };
         let mut state = self.state.lock().unwrap();
+        *state.named_requests.entry(resource).or_default() += 1;
         if state.failing.contains(&resource) {
             return status(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -4,7 +4,8 @@
 //! replica not holding the Lease puts the pending root in both replicas' bundles (a second rotation on the other
 //! replica is refused); the holder does not activate it while a proxy connected to the other replica has not
 //! ACKed it (a raw discovery client), and does once it has; both replicas then sign with the new root; a replica
-//! started on an empty store takes the CA from the Secret; a single-replica install's root seeds the Secret.
+//! started on an empty store takes the CA from the Secret; a single-replica install's root seeds the Secret; an
+//! API server that cannot serve the Secret holds start-up, then stops it naming the Secret.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -427,4 +428,50 @@ async fn a_single_replica_installs_root_seeds_the_secret_when_it_moves_to_kubern
     let fresh = TempDir::new("ca-upgrade-b").unwrap();
     let second = control_plane(&kube, &fresh, &[]).await;
     assert_eq!(fingerprints(&second.ca_status().await), root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_for_the_secret_and_stops_naming_it_when_it_never_comes() {
+    let kube = FakeKube::start(TOKEN).await;
+    let dir = TempDir::new("ca-unavailable").unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, kube.token()).unwrap();
+    let builder = |timeout: &str| {
+        ControlPlaneBuilder::new()
+            .env("SHOAL_CP_KUBERNETES", "true")
+            .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
+            .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
+            .env("SHOAL_CP_CA_STATE_TIMEOUT", timeout)
+    };
+
+    // The API server answers 503 for Secrets: no CA of its own, start-up stops naming the Secret.
+    kube.fail("secrets", true);
+    let error = match builder("2s").try_start().await {
+        Ok(_) => panic!("started without the CA's Secret"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains(
+            "the Secret shoal-system/shoal-ca-state could not be read or created for 2 s"
+        ) && error.contains("503"),
+        "{error}"
+    );
+    assert!(kube.secret(NAMESPACE, "shoal-ca-state").is_none());
+
+    // Back before the deadline (after at least one retried request: the client's own retries of a 503, or the
+    // CA's): start-up goes on and creates it.
+    let tried = kube.named_requests("secrets");
+    let starting = tokio::spawn(builder("30s").try_start());
+    eventually(DEADLINE, "a retried read of the Secret", || async {
+        let now = kube.named_requests("secrets");
+        if now >= tried + 2 { Ok(()) } else { Err(now) }
+    })
+    .await;
+    kube.fail("secrets", false);
+    let cp = starting
+        .await
+        .unwrap()
+        .expect("started once the Secret was served");
+    assert_eq!(root_states(&cp.ca_status().await), ["ACTIVE"]);
+    assert!(kube.secret(NAMESPACE, "shoal-ca-state").is_some());
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::identity::ca::{CaSettings, Phase};
+use crate::identity::ca::{CaSettings, Csr, Phase, RootFiles};
 use crate::identity::clock::ManualClock;
 use crate::identity::spiffe::TrustDomain;
 
@@ -187,5 +187,44 @@ fn an_unreachable_shared_record_fails_start_up_naming_it() {
     assert!(
         text.contains("the test record") && text.contains("connection refused"),
         "{text}"
+    );
+}
+
+#[test]
+fn replicas_with_an_operator_root_share_one_intermediate_and_another_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, fingerprint) = super::super::tests::operator_root(dir.path(), 0o600);
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other_root, other_fingerprint) =
+        super::super::tests::operator_root(other_dir.path(), 0o600);
+    let (shared, clock) = (
+        Arc::new(Shared::default()),
+        Arc::new(ManualClock::starting_now()),
+    );
+    let with = |root: &RootFiles| CaSettings {
+        root: Some(root.clone()),
+        ..settings()
+    };
+    let a = Ca::load_shared(shared.clone(), None, with(&root), clock.clone()).unwrap();
+    let b = Ca::load_shared(shared.clone(), None, with(&root), clock.clone()).unwrap();
+    assert_eq!(fingerprints(&a), [fingerprint.clone()]);
+    // One intermediate, made by the first replica: both sign with it.
+    let csr = || {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        Csr::from_pem(&pem).unwrap()
+    };
+    let id = crate::identity::spiffe::WorkloadId::new("shop", "web").unwrap();
+    let (from_a, from_b) = (a.issue(&csr(), &id).unwrap(), b.issue(&csr(), &id).unwrap());
+    assert_eq!(from_a.chain_pem[1], from_b.chain_pem[1]);
+    // A replica configured with another root: refused, naming both.
+    let error = Ca::load_shared(shared, None, with(&other_root), clock).unwrap_err();
+    assert!(
+        matches!(&error, CaError::RootMismatch { configured, stored } if *configured == other_fingerprint && *stored == fingerprint),
+        "{error}"
     );
 }

@@ -169,7 +169,7 @@ fn the_ca_survives_a_restart() {
     assert_eq!(first.roots.len(), 1);
 }
 
-fn operator_root(dir: &std::path::Path, mode: u32) -> (RootFiles, String) {
+pub(super) fn operator_root(dir: &std::path::Path, mode: u32) -> (RootFiles, String) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
     params
