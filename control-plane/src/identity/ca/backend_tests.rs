@@ -207,7 +207,7 @@ fn replicas_with_an_operator_root_share_one_intermediate_and_another_root_is_ref
     };
     let a = Ca::load_shared(shared.clone(), None, with(&root), clock.clone()).unwrap();
     let b = Ca::load_shared(shared.clone(), None, with(&root), clock.clone()).unwrap();
-    assert_eq!(fingerprints(&a), [fingerprint.clone()]);
+    assert_eq!(fingerprints(&a), std::slice::from_ref(&fingerprint));
     // One intermediate, made by the first replica: both sign with it.
     let csr = || {
         let key = rcgen::KeyPair::generate().unwrap();
