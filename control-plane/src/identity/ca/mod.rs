@@ -15,6 +15,7 @@ mod authority;
 pub mod backend;
 mod files;
 mod issue;
+mod load;
 mod record;
 mod rotation;
 
@@ -22,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use prost::Message;
 use shoal_proto::v1;
 use tokio::sync::watch;
 
@@ -212,13 +212,13 @@ impl Ca {
         let deadline = std::time::Instant::now() + backend.start_deadline();
         let mut warned = false;
         let authorities = loop {
-            match load_once(backend.as_ref(), seed.as_ref(), &settings, clock.as_ref())? {
-                Attempt::Loaded(authorities) => break authorities,
+            match load::load_once(backend.as_ref(), seed.as_ref(), &settings, clock.as_ref())? {
+                load::Attempt::Loaded(authorities) => break authorities,
                 // Another replica created the record first: read theirs.
-                Attempt::Again if std::time::Instant::now() < deadline => continue,
-                Attempt::Again => return Err(CaError::Contended(backend.describe())),
-                Attempt::Unreachable(error) if !backend.shared() => return Err(error),
-                Attempt::Unreachable(error) => {
+                load::Attempt::Again if std::time::Instant::now() < deadline => continue,
+                load::Attempt::Again => return Err(CaError::Contended(backend.describe())),
+                load::Attempt::Unreachable(error) if !backend.shared() => return Err(error),
+                load::Attempt::Unreachable(error) => {
                     if std::time::Instant::now() >= deadline {
                         return Err(CaError::Unavailable {
                             record: backend.describe(),
@@ -265,7 +265,7 @@ impl Ca {
         if stored.version == current.version && !stored.version.is_empty() {
             return Ok(false);
         }
-        let next = decode(&stored)?;
+        let next = load::decode(&stored)?;
         if next.record() == current.record() {
             // The same record at a new version (or the first read): remember the version only.
             self.install(next);
@@ -333,120 +333,6 @@ impl Ca {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
-}
-
-/// What one start-up attempt found.
-enum Attempt {
-    Loaded(Authorities),
-    /// Created by someone else meanwhile: read again.
-    Again,
-    /// The backend failed (a shared one is retried until the deadline).
-    Unreachable(CaError),
-}
-
-fn load_once(
-    backend: &dyn RecordBackend,
-    seed: Option<&Store>,
-    settings: &CaSettings,
-    clock: &dyn Clock,
-) -> Result<Attempt, CaError> {
-    let stored = match backend.read() {
-        Ok(stored) => stored,
-        Err(error) => return Ok(Attempt::Unreachable(error)),
-    };
-    let record = backend.describe();
-    if let Some(stored) = stored {
-        let authorities = decode(&stored)?;
-        check_root(&authorities, settings)?;
-        tracing::info!(root = %authorities.active().fingerprint, roots = authorities.list.len(), %record, "CA loaded");
-        if let Some(pending) = authorities.pending() {
-            tracing::info!(root = %pending.fingerprint, since = pending.record.pending_since, "CA rotation resumed: the new root is pending until proxies have it");
-        }
-        return Ok(Attempt::Loaded(authorities));
-    }
-    let seeded = match seed {
-        Some(store) => backend::local_record(store)?,
-        None => None,
-    };
-    let (mut authorities, origin) = match seeded {
-        Some(bytes) => {
-            let authorities = decode(&backend::Stored {
-                bytes,
-                version: String::new(),
-            })?;
-            check_root(&authorities, settings)?;
-            (
-                authorities,
-                "the CA this replica's store held (kept on upgrade)",
-            )
-        }
-        None => {
-            let now = clock.now();
-            let authority = match &settings.root {
-                Some(root) => Authority::under_root(
-                    &root.cert_pem,
-                    &root.key_pem,
-                    &settings.trust_domain,
-                    now,
-                )?,
-                None => Authority::generate_root(&settings.trust_domain, now)?,
-            };
-            let origin = if settings.root.is_some() {
-                "intermediate under the operator's root"
-            } else {
-                "self-signed root"
-            };
-            let authorities = Authorities {
-                list: vec![authority],
-                version: String::new(),
-            };
-            (authorities, origin)
-        }
-    };
-    match backend.write(None, authorities.record().encode_to_vec()) {
-        Ok(version) => authorities.version = version,
-        Err(WriteError::Conflict) => return Ok(Attempt::Again),
-        Err(WriteError::Failed(error)) => return Ok(Attempt::Unreachable(error)),
-    }
-    tracing::info!(root = %authorities.active().fingerprint, origin, %record, "CA created and stored");
-    Ok(Attempt::Loaded(authorities))
-}
-
-/// The authorities of a stored record, checked: an active one first.
-fn decode(stored: &backend::Stored) -> Result<Authorities, CaError> {
-    let record =
-        CaRecord::decode(stored.bytes.as_slice()).map_err(|e| CaError::Corrupt(e.to_string()))?;
-    let list = (record.authorities.into_iter())
-        .map(Authority::from_record)
-        .collect::<Result<Vec<_>, _>>()?;
-    if list
-        .first()
-        .is_none_or(|a| a.record.pending || a.record.retiring)
-    {
-        return Err(CaError::Corrupt(
-            "the stored CA has no active authority first".into(),
-        ));
-    }
-    Ok(Authorities {
-        list,
-        version: stored.version.clone(),
-    })
-}
-
-/// The operator root in the settings, if any, must be one of the stored CA's roots.
-fn check_root(authorities: &Authorities, settings: &CaSettings) -> Result<(), CaError> {
-    let Some(root) = &settings.root else {
-        return Ok(());
-    };
-    let (der, _) = authority::first_certificate(&root.cert_pem, "SHOAL_CP_CA_CERT_FILE")?;
-    let configured = super::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref());
-    if !authorities.list.iter().any(|a| a.fingerprint == configured) {
-        return Err(CaError::RootMismatch {
-            configured,
-            stored: authorities.active().fingerprint.clone(),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
