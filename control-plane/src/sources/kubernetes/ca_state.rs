@@ -5,7 +5,7 @@
 //! (`identity::ca::backend`).
 //!
 //! The CA's steps are synchronous and run on blocking threads: each call here enters the runtime with
-//! [`Handle::block_on`], bounded by [`CALL_TIMEOUT`].
+//! [`Handle::block_on`], bounded by `CALL_TIMEOUT`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
