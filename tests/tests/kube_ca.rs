@@ -365,7 +365,12 @@ async fn replicas_share_one_ca_rotate_anywhere_and_activate_once_every_replicas_
 
     // ACKed: activated, and both replicas sign with the new root.
     raw.ack(nonce).await;
+    let acked = Instant::now();
     let activated = wait_states(holder, ["ACTIVE", "RETIRING"], DEADLINE).await;
+    // The other replica reports within 2 s, the holder reads the reports every 2 s and decides every 1 s.
+    let took = acked.elapsed();
+    eprintln!("activation {took:?} after the last ACK");
+    assert!(took < Duration::from_secs(10), "activation took {took:?}");
     assert_eq!(fingerprints(&activated), [new.clone(), old.clone()]);
     holder
         .wait_for_log(Duration::from_secs(5), "the activation", |l| {

@@ -12,7 +12,9 @@
 //!   stopped changing is a replica that is gone;
 //! - for [`LIVENESS`] after the holder first sees a root pending it waits (**settling**): every live replica
 //!   has then had several chances to see the rotation in the shared Secret and report on it;
-//! - then the root is propagated when every live replica reports "propagated" for that fingerprint.
+//! - then the root is propagated when every live replica reports "propagated" for that fingerprint, and the
+//!   reports were read within [`READ_WITHIN`] (a holder that cannot read them does not take the silence for
+//!   replicas that are gone).
 //!
 //! The propagation timeout still applies; its warning names the replicas still missing.
 
@@ -25,6 +27,10 @@ use serde::{Deserialize, Serialize};
 /// How long a report that stopped changing still counts as a live replica's, and how long the holder waits
 /// after first seeing a pending root before judging: the Lease's duration.
 pub const LIVENESS: Duration = Duration::from_secs(15);
+
+/// The holder judges only on reports read within this long: a holder that cannot read them must not take the
+/// silence for replicas that are gone (three report periods).
+pub const READ_WITHIN: Duration = Duration::from_secs(6);
 
 /// One replica's view of a pending root, as stored in the ConfigMap (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +76,8 @@ struct Inner {
     seen: BTreeMap<String, Seen>,
     /// The pending root being judged and when this process first judged it.
     pending: Option<(String, Instant)>,
+    /// When the reports were last read.
+    read_at: Option<Instant>,
 }
 
 /// The other replicas' reports, as the holder reads them.
@@ -97,6 +105,7 @@ impl Replicas {
     /// Takes in the ConfigMap's data as read at `now`: key → report (JSON).
     pub fn observe(&self, data: &BTreeMap<String, String>, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.read_at = Some(now);
         inner.seen.retain(|key, _| data.contains_key(key));
         for (key, raw) in data {
             match inner.seen.get_mut(key) {
@@ -143,6 +152,15 @@ impl Replicas {
             }
         }
         let settling = now.saturating_duration_since(first_seen) < LIVENESS;
+        let unread = inner
+            .read_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= READ_WITHIN);
+        if unread {
+            missing.push(format!(
+                "(the reports in the ConfigMap were not read within {} s)",
+                READ_WITHIN.as_secs()
+            ));
+        }
         if settling || !missing.is_empty() {
             Verdict::Wait { settling, missing }
         } else {
@@ -240,6 +258,26 @@ mod tests {
             replicas.verdict("new", later),
             Verdict::Ready { replicas: 0 }
         );
+    }
+
+    #[test]
+    fn reports_the_holder_could_not_read_lately_hold_activation() {
+        let replicas = Replicas::new("a");
+        let t0 = Instant::now();
+        replicas.observe(&data(&[("b", report("new", true, 0, 1))]), t0);
+        replicas.verdict("new", t0);
+        // Past settling, the last read READ_WITHIN ago (the ConfigMap unreadable since): b's report looks stale,
+        // but that is the holder's blindness, not b gone.
+        let t1 = t0 + LIVENESS + READ_WITHIN;
+        assert_eq!(
+            replicas.verdict("new", t1),
+            Verdict::Wait {
+                settling: false,
+                missing: vec!["(the reports in the ConfigMap were not read within 6 s)".into()]
+            }
+        );
+        replicas.observe(&data(&[("b", report("new", true, 0, 2))]), t1);
+        assert_eq!(replicas.verdict("new", t1), Verdict::Ready { replicas: 1 });
     }
 
     #[test]
