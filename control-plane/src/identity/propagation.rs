@@ -136,10 +136,25 @@ pub async fn advance(
     let verdict = replicas.map(|r| r.verdict(&pending.fingerprint, std::time::Instant::now()));
     let (others, missing_replicas) = match &verdict {
         Some(Verdict::Ready { replicas }) => (Some(*replicas), Vec::new()),
-        Some(Verdict::Wait { missing, .. }) => (None, missing.clone()),
+        Some(Verdict::Wait {
+            missing, unread, ..
+        }) => {
+            let mut named = missing.clone();
+            if *unread {
+                named.push(format!(
+                    "(their reports were not read within {} s)",
+                    super::replicas::READ_WITHIN.as_secs()
+                ));
+            }
+            (None, named)
+        }
         None => (None, Vec::new()),
     };
-    metrics::pending_replicas(missing_replicas.len());
+    let waiting_replicas = match &verdict {
+        Some(Verdict::Wait { missing, .. }) => missing.len(),
+        _ => 0,
+    };
+    metrics::pending_replicas(waiting_replicas);
     // This replica's proxies have it, another live replica's may not: wait for them, up to the timeout.
     if let (Decision::Propagated { .. }, Some(Verdict::Wait { .. })) = (&decision, &verdict) {
         decision = if identity.clock.unix_seconds() >= pending.activate_by {

@@ -58,6 +58,8 @@ pub enum Verdict {
     Wait {
         /// The holder has seen this root pending for less than [`LIVENESS`].
         settling: bool,
+        /// The holder has not read the reports within [`READ_WITHIN`].
+        unread: bool,
         /// Each live replica that has not reported the root propagated, with why: `name (waiting for N
         /// proxies)` or `name (has not reported this root)`.
         missing: Vec<String>,
@@ -155,14 +157,12 @@ impl Replicas {
         let unread = inner
             .read_at
             .is_none_or(|at| now.saturating_duration_since(at) >= READ_WITHIN);
-        if unread {
-            missing.push(format!(
-                "(the reports in the ConfigMap were not read within {} s)",
-                READ_WITHIN.as_secs()
-            ));
-        }
-        if settling || !missing.is_empty() {
-            Verdict::Wait { settling, missing }
+        if settling || unread || !missing.is_empty() {
+            Verdict::Wait {
+                settling,
+                unread,
+                missing,
+            }
         } else {
             Verdict::Ready { replicas: ready }
         }
@@ -202,6 +202,7 @@ mod tests {
             replicas.verdict("new", t0),
             Verdict::Wait {
                 settling: true,
+                unread: false,
                 missing: vec![]
             }
         );
@@ -226,6 +227,7 @@ mod tests {
             replicas.verdict("new", t2),
             Verdict::Wait {
                 settling: false,
+                unread: false,
                 missing: vec!["c (waiting for 2 proxies)".into()]
             }
         );
@@ -273,7 +275,8 @@ mod tests {
             replicas.verdict("new", t1),
             Verdict::Wait {
                 settling: false,
-                missing: vec!["(the reports in the ConfigMap were not read within 6 s)".into()]
+                unread: true,
+                missing: vec![]
             }
         );
         replicas.observe(&data(&[("b", report("new", true, 0, 2))]), t1);
@@ -292,6 +295,7 @@ mod tests {
             replicas.verdict("new", t1),
             Verdict::Wait {
                 settling: false,
+                unread: false,
                 missing: vec!["b (has not reported this root)".into()]
             }
         );
