@@ -47,6 +47,7 @@ grep -c '^ok' "$work/examples.log" | sed 's/$/ checks passed/'
 variants=(
   "default|"
   "ha|-f $chart/values-ha.yaml"
+  "ha-own-root|-f $chart/values-ha.yaml --set ca.existingSecret=shoal-ca"
   "webhook-helm-certs|--set injector.enabled=true"
   "webhook-cert-manager|--set injector.enabled=true --set injector.certificate.source=cert-manager"
   "webhook-cert-manager-issuer|--set injector.enabled=true --set injector.certificate.source=cert-manager --set injector.certificate.certManager.issuerRef.name=ca --set injector.certificate.certManager.issuerRef.kind=ClusterIssuer"
@@ -117,7 +118,7 @@ refuse() {
   echo "   refused: $*"
 }
 refuse "needs controlPlane.persistence.enabled=false" --set controlPlane.replicas=3
-refuse "needs ca.existingSecret" --set controlPlane.replicas=3 --set controlPlane.persistence.enabled=false
+refuse "needs controlPlane.kubernetesDiscovery=true (the replicas then share one CA" --set controlPlane.replicas=3 --set controlPlane.persistence.enabled=false --set controlPlane.kubernetesDiscovery=false
 refuse "expected Fail or Ignore" --set injector.failurePolicy=Maybe
 refuse "expected helm or cert-manager" --set injector.certificate.source=vault
 refuse "needs controlPlane.kubernetesDiscovery=true" --set injector.enabled=true --set controlPlane.kubernetesDiscovery=false

@@ -17,8 +17,10 @@
 //!   a `410 Gone` Status and ends, as the real API server answers;
 //! - `PATCH .../namespaces/<ns>/<plural>/<name>/status` (JSON merge patch) changes only the status, sends
 //!   `MODIFIED`, and is recorded ([`FakeKube::status_patches`]);
-//! - Leases (`coordination.k8s.io/v1`): get, create, update, with `409 Conflict` for a stale
-//!   `resourceVersion` or an existing name ([`FakeKube::lease`]);
+//! - Leases (`coordination.k8s.io/v1`), Secrets and ConfigMaps: get, create, update, with `409 Conflict` for a
+//!   stale `resourceVersion` or an existing name, and JSON merge patches ([`FakeKube::lease`],
+//!   [`FakeKube::secret`], [`FakeKube::config_map`], [`FakeKube::conflicts`]; [`FakeKube::fail`] makes them
+//!   answer 503);
 //! - every request must carry `Authorization: Bearer <token>` (401 otherwise);
 //! - TokenReviews are answered by [`crate::fake_kube_tokenreview`] ([`FakeKube::token_reviews`]).
 //!
@@ -46,6 +48,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::fake_kube_tokenreview::{self as token_review, TokenReviews};
+use named::{named_path, named_resource};
+
+#[path = "fake_kube_named.rs"]
+mod named;
 
 /// The kinds the fake serves: collection path, `kind`, `apiVersion`. A kind is named by `kind` alone where that
 /// is unique, else as `group/Kind` (`shoal.io/Service`; plain `Service` is the core one).
@@ -143,10 +149,15 @@ struct State {
     /// Watches from a version below this get `410 Gone` (history compacted).
     oldest: u64,
     kinds: BTreeMap<&'static str, Kind>,
-    /// Leases (coordination.k8s.io/v1) by namespace and name.
-    leases: BTreeMap<(String, String), Value>,
-    /// Lease writes refused with 409 Conflict.
-    lease_conflicts: usize,
+    /// Namespaced objects read and written one by one (Leases, Secrets, ConfigMaps): by resource (`leases`,
+    /// `secrets`, `configmaps`), namespace and name.
+    named: BTreeMap<(&'static str, String, String), Value>,
+    /// Writes refused with 409 Conflict, by resource.
+    conflicts: BTreeMap<&'static str, usize>,
+    /// Resources whose requests are answered `503 Service Unavailable` (see [`FakeKube::fail`]).
+    failing: Vec<&'static str>,
+    /// Requests received, by resource (`leases`, `secrets`, `configmaps`).
+    named_requests: BTreeMap<&'static str, usize>,
     /// Kinds whose CRD is not installed ([`FakeKube::uninstall`]): answered 404, by collection path.
     uninstalled: Vec<&'static str>,
     /// Every authenticated request: its method and path with the query (for the RBAC check, kube_rbac.rs).
@@ -197,8 +208,10 @@ impl FakeKube {
                 .iter()
                 .map(|(path, ..)| (*path, Kind::default()))
                 .collect(),
-            leases: BTreeMap::new(),
-            lease_conflicts: 0,
+            named: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            failing: Vec::new(),
+            named_requests: BTreeMap::new(),
             uninstalled: Vec::new(),
             calls: Vec::new(),
         }));
@@ -339,10 +352,7 @@ impl FakeKube {
 
     /// The Lease `namespace/name`, if one was created.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
-        let state = self.state.lock().unwrap();
-        (state.leases)
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+        self.named("leases", namespace, name)
     }
 
     /// Every authenticated request so far (TokenReviews included): method, and path with its query.
@@ -352,7 +362,48 @@ impl FakeKube {
 
     /// How many Lease writes (create or update) were refused with `409 Conflict`.
     pub fn lease_conflicts(&self) -> usize {
-        self.state.lock().unwrap().lease_conflicts
+        self.conflicts("leases")
+    }
+
+    /// The Secret `namespace/name`, if one was created (`data` values base64, as the API carries them).
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.named("secrets", namespace, name)
+    }
+
+    /// The ConfigMap `namespace/name`, if one was created.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.named("configmaps", namespace, name)
+    }
+
+    /// How many writes of `resource` (`leases`, `secrets`, `configmaps`) were refused with `409 Conflict`.
+    pub fn conflicts(&self, resource: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state.conflicts.get(resource).copied().unwrap_or(0)
+    }
+
+    /// How many requests for `resource` (`leases`, `secrets`, `configmaps`) arrived, answered or failed.
+    pub fn named_requests(&self, resource: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state.named_requests.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Answers every request for `resource` (`leases`, `secrets`, `configmaps`) `503 Service Unavailable`
+    /// while `failing` (an API server that cannot serve it).
+    pub fn fail(&self, resource: &str, failing: bool) {
+        let resource = named_resource(resource).expect("leases, secrets or configmaps");
+        let mut state = self.state.lock().unwrap();
+        state.failing.retain(|r| *r != resource);
+        if failing {
+            state.failing.push(resource);
+        }
+    }
+
+    fn named(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let resource = named_resource(resource)?;
+        let state = self.state.lock().unwrap();
+        (state.named)
+            .get(&(resource, namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Sends every open watch that asked for bookmarks a `BOOKMARK` at the current version.
@@ -552,8 +603,8 @@ impl Server {
         }
         let path = req.uri().path().to_owned();
         let path = path.as_str();
-        if let Some(rest) = path.strip_prefix(LEASES_PREFIX) {
-            return self.lease(req, rest).await;
+        if let Some((resource, namespace, name)) = named_path(path) {
+            return self.named(req, resource, namespace, name).await;
         }
         if let Some((collection, namespace, name)) = status_path(path) {
             if req.method() != http::Method::PATCH {
@@ -641,74 +692,6 @@ impl Server {
         json_response(StatusCode::OK, &object)
     }
 
-    /// Leases: `GET`/`PUT` `{ns}/leases/{name}`, `POST` `{ns}/leases`. A `PUT` must carry the current
-    /// `metadata.resourceVersion` and a `POST` must name a new Lease (`409 Conflict` otherwise), as optimistic
-    /// concurrency on the real API server.
-    async fn lease(&self, req: Request<Incoming>, rest: &str) -> Response<Body> {
-        let parts: Vec<&str> = rest.split('/').collect();
-        let (namespace, name) = match parts.as_slice() {
-            [ns, "leases"] => (ns.to_string(), None),
-            [ns, "leases", name] => (ns.to_string(), Some(name.to_string())),
-            _ => return status(StatusCode::NOT_FOUND, "not a Lease path"),
-        };
-        let method = req.method().clone();
-        let body = match req.into_body().collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => return status(StatusCode::BAD_REQUEST, "unreadable body"),
-        };
-        let mut state = self.state.lock().unwrap();
-        match (method, name) {
-            (http::Method::GET, Some(name)) => match state.leases.get(&(namespace, name)) {
-                Some(lease) => json_response(StatusCode::OK, lease),
-                None => status(StatusCode::NOT_FOUND, "leases not found"),
-            },
-            (http::Method::POST, None) | (http::Method::PUT, Some(_)) => {
-                let creating = rest.ends_with("/leases");
-                let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
-                    return status(StatusCode::BAD_REQUEST, "the body is not JSON");
-                };
-                let Some(name) = lease["metadata"]["name"].as_str().map(str::to_owned) else {
-                    return status(StatusCode::BAD_REQUEST, "metadata.name is required");
-                };
-                let key = (namespace.clone(), name);
-                let current = state.leases.get(&key).map(|l| {
-                    l["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned()
-                });
-                let conflict = match (&current, creating) {
-                    (Some(_), true) => true,
-                    (None, false) => {
-                        return status(StatusCode::NOT_FOUND, "leases not found");
-                    }
-                    (Some(current), false) => {
-                        lease["metadata"]["resourceVersion"].as_str() != Some(current.as_str())
-                    }
-                    (None, true) => false,
-                };
-                if conflict {
-                    state.lease_conflicts += 1;
-                    return status(
-                        StatusCode::CONFLICT,
-                        "Operation cannot be fulfilled on leases: the object has been modified",
-                    );
-                }
-                state.version += 1;
-                lease["metadata"]["namespace"] = json!(namespace);
-                lease["metadata"]["resourceVersion"] = json!(state.version.to_string());
-                state.leases.insert(key, lease.clone());
-                let code = if creating {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                json_response(code, &lease)
-            }
-            _ => status(StatusCode::METHOD_NOT_ALLOWED, "Leases: GET, POST, PUT"),
-        }
-    }
-
     async fn list(&self, path: &'static str, kind: &str, api_version: &str) -> Response<Body> {
         self.state
             .lock()
@@ -762,9 +745,6 @@ impl Server {
             .unwrap()
     }
 }
-
-/// The prefix of Lease paths (namespaced).
-const LEASES_PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 
 /// `<group path>/namespaces/{ns}/{plural}/{name}/status` of a served kind: its collection path, namespace and
 /// name.

@@ -69,8 +69,8 @@ token_expiration_seconds: {{ $p.tokenExpirationSeconds }}
 {{- if and (gt (int $cp.replicas) 1) $cp.persistence.enabled -}}
 {{- fail "controlPlane.replicas > 1 needs controlPlane.persistence.enabled=false: the replicas of a Deployment would share one volume claim, and only one process can open the store (see values-ha.yaml)" -}}
 {{- end -}}
-{{- if and (gt (int $cp.replicas) 1) (not .Values.ca.existingSecret) -}}
-{{- fail "controlPlane.replicas > 1 needs ca.existingSecret: each replica has its own store, so with generated roots each would run a different CA and proxies served by one replica would not trust workloads certified by another" -}}
+{{- if and (gt (int $cp.replicas) 1) (not $cp.kubernetesDiscovery) (not .Values.ca.existingSecret) -}}
+{{- fail "controlPlane.replicas > 1 needs controlPlane.kubernetesDiscovery=true (the replicas then share one CA in the Secret shoal-ca-state) or ca.existingSecret: otherwise each replica has its own store, so with generated roots each would run a different CA and proxies served by one replica would not trust workloads certified by another" -}}
 {{- end -}}
 {{- if and .Values.injector.enabled (not $cp.kubernetesDiscovery) -}}
 {{- fail "injector.enabled needs controlPlane.kubernetesDiscovery=true: injected proxies certify themselves with their projected service-account token, which the control plane verifies with TokenReview only in Kubernetes mode" -}}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use shoal_proto::v1::{self, discovery_resource::Payload};
 use tokio::sync::watch;
 
+use super::replicas::Replicas;
 use super::{Identity, metrics, propagation};
 use crate::discovery::Hub;
 use crate::discovery::catalog::{Contribution, key};
@@ -48,7 +49,8 @@ pub async fn publish(
     }
 }
 
-/// Activates a pending root once the proxies connected to `hub` have it (or at the propagation timeout),
+/// Activates a pending root once the proxies connected to `hub` have it (and, with `replicas`, those of every
+/// other live replica; or at the propagation timeout),
 /// retires roots when due (checking every `interval`) and prunes expired join tokens, until `closing` turns
 /// true.
 pub async fn upkeep(
@@ -56,6 +58,7 @@ pub async fn upkeep(
     hub: std::sync::Arc<Hub>,
     interval: Duration,
     leader: watch::Receiver<bool>,
+    replicas: Option<std::sync::Arc<Replicas>>,
     mut closing: watch::Receiver<bool>,
 ) {
     let started = identity.clock.unix_seconds();
@@ -71,7 +74,7 @@ pub async fn upkeep(
         if !*leader.borrow() {
             continue;
         }
-        propagation::advance(&identity, &hub, started).await;
+        propagation::advance(&identity, &hub, started, replicas.as_deref()).await;
         let now = identity.clock.unix_seconds();
         if identity.ca.next_retirement().is_some_and(|at| at <= now) {
             let ca = identity.ca.clone();

@@ -24,6 +24,10 @@ pub fn describe() {
         "shoal_cp_ca_pending_proxies",
         "Connected proxies that have not yet acknowledged the trust bundle with a pending CA root (0 when none is pending)"
     );
+    describe_gauge!(
+        "shoal_cp_ca_pending_replicas",
+        "Kubernetes mode, on the Lease holder: other live control-plane replicas that have not reported every proxy connected to them has a pending CA root (0 when none is pending)"
+    );
     describe_counter!(
         "shoal_cp_ca_activations_total",
         "Pending CA roots made active, by reason: propagated (every connected proxy had it), timeout (SHOAL_CP_CA_PROPAGATION_TIMEOUT passed first)"
@@ -51,6 +55,10 @@ pub(super) fn phase(current: super::ca::Phase) {
 
 pub(super) fn pending_proxies(count: usize) {
     metrics::gauge!("shoal_cp_ca_pending_proxies").set(count as f64);
+}
+
+pub(super) fn pending_replicas(count: usize) {
+    metrics::gauge!("shoal_cp_ca_pending_replicas").set(count as f64);
 }
 
 pub(super) fn activated(reason: &'static str) {

@@ -16,7 +16,8 @@
 //! - [`server_cert`] — the control plane's own certificate for the TLS of its discovery listener, and
 //!   [`anchors`] — the public trust anchors file proxies verify that listener with at bootstrap.
 //!
-//! Everything secret lives in the store's identity table, never in resources, logs or `Debug` output.
+//! Everything secret lives in the store's identity table (in Kubernetes mode the CA record in a Secret shared by
+//! the replicas, `ca::backend`), never in resources, logs or `Debug` output.
 
 pub mod anchors;
 pub mod bundle;
@@ -27,6 +28,7 @@ pub mod credentials;
 pub mod metrics;
 pub mod propagation;
 pub mod renewal;
+pub mod replicas;
 pub mod server_cert;
 pub mod spiffe;
 
@@ -63,7 +65,25 @@ impl Identity {
         settings: CaSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CaError> {
-        let ca = Arc::new(Ca::load_or_create(store.clone(), settings, clock.clone())?);
+        Self::open_with(store, None, settings, clock)
+    }
+
+    /// [`Self::open`], with the CA record in `shared` when given (Kubernetes mode: the Secret every replica
+    /// shares, seeded from `store`'s record if it has one and the Secret does not exist yet). Blocks: call it
+    /// from a blocking thread.
+    pub fn open_with(
+        store: Store,
+        shared: Option<Arc<dyn ca::RecordBackend>>,
+        settings: CaSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CaError> {
+        let ca = match shared {
+            Some(backend) => {
+                Ca::load_shared(backend, Some(store.clone()), settings, clock.clone())?
+            }
+            None => Ca::load_or_create(store.clone(), settings, clock.clone())?,
+        };
+        let ca = Arc::new(ca);
         Ok(Self {
             ca,
             join_tokens: JoinTokens::new(store, clock.clone()),

@@ -25,6 +25,10 @@ pub const CERT_TTL_BOUNDS: (Duration, Duration) =
 /// only bounds the wait for one that is connected but not answering.
 pub const DEFAULT_CA_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The default of [`env::CA_STATE_TIMEOUT`]: long enough for an API server restart, short enough that a control
+/// plane that cannot reach its CA says so instead of waiting forever.
+pub const DEFAULT_CA_STATE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The default of [`env::ADMIN_MAX_REQUEST_BYTES`]: gRPC's usual 4 MiB.
 pub const DEFAULT_ADMIN_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -62,6 +66,8 @@ pub mod env {
     /// The longest a rotated-in CA root stays pending (trusted, not signing) while connected proxies have
     /// not acknowledged it.
     pub const CA_PROPAGATION_TIMEOUT: &str = "SHOAL_CP_CA_PROPAGATION_TIMEOUT";
+    /// Kubernetes mode: how long start-up keeps trying to read (or create) the CA's Secret before it gives up.
+    pub const CA_STATE_TIMEOUT: &str = "SHOAL_CP_CA_STATE_TIMEOUT";
     /// The control plane's namespace: its own SPIFFE id is `spiffe://<td>/ns/<this>/sa/shoal-control-plane`.
     pub const NAMESPACE: &str = "SHOAL_CP_NAMESPACE";
     /// `true` also serves plaintext h2c on the discovery listener (benchmarks, trusted networks).
@@ -111,6 +117,7 @@ pub mod env {
         CA_KEY_FILE,
         PUSH_INTERVAL,
         CA_PROPAGATION_TIMEOUT,
+        CA_STATE_TIMEOUT,
         NAMESPACE,
         DISCOVERY_PLAINTEXT,
         WEBHOOK_ADDR,
@@ -230,6 +237,9 @@ pub struct Config {
     /// proxies connected to discovery have not acknowledged it, 1 s to 24 h; it activates as soon as they all
     /// have. Default 60 s.
     pub ca_propagation_timeout: Duration,
+    /// Kubernetes mode: how long start-up keeps trying to read or create the CA's Secret (`shoal-ca-state`)
+    /// when the API server does not answer, 1 s to 10 min. Default 60 s.
+    pub ca_state_timeout: Duration,
     /// Shortest time between two change-driven discovery pushes to one proxy, 0 to 10 s. A change
     /// after a quieter period is pushed at once; changes within the interval are coalesced into
     /// the next push. Default: `crate::discovery::hub::DEFAULT_PUSH_INTERVAL`.
@@ -423,6 +433,21 @@ impl Config {
                 }
             }
         };
+        let ca_state_timeout = match settings.get(env::CA_STATE_TIMEOUT) {
+            None => DEFAULT_CA_STATE_TIMEOUT,
+            Some(raw) => {
+                let invalid = || ConfigError::Invalid {
+                    setting: env::CA_STATE_TIMEOUT,
+                    value: raw.to_owned(),
+                    expected: "a duration from 1s to 10m, such as 60s".to_owned(),
+                };
+                let timeout = humantime::parse_duration(raw).map_err(|_| invalid())?;
+                if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(600) {
+                    return Err(invalid());
+                }
+                timeout
+            }
+        };
         let config = Self {
             admin_addr: addr(env::ADMIN_ADDR, "127.0.0.1:15011")?,
             discovery_addr: addr(env::DISCOVERY_ADDR, "0.0.0.0:15010")?,
@@ -435,6 +460,7 @@ impl Config {
             cert_ttl,
             ca_root,
             ca_propagation_timeout,
+            ca_state_timeout,
             push_interval,
             namespace: namespace.to_owned(),
             discovery_plaintext,
@@ -750,8 +776,10 @@ mod tests {
             (env::TRUST_DOMAIN, "mesh.example"),
             (env::CERT_TTL, "1h"),
             (env::CA_PROPAGATION_TIMEOUT, "5m"),
+            (env::CA_STATE_TIMEOUT, "3s"),
         ])
         .unwrap();
+        assert_eq!(set.ca_state_timeout, Duration::from_secs(3));
         assert_eq!(set.trust_domain.as_str(), "mesh.example");
         assert_eq!(set.cert_ttl, Duration::from_secs(3600));
         assert_eq!(set.ca_propagation_timeout, Duration::from_secs(300));
@@ -763,6 +791,8 @@ mod tests {
             (env::CA_PROPAGATION_TIMEOUT, "500ms"),
             (env::CA_PROPAGATION_TIMEOUT, "2d"),
             (env::CA_PROPAGATION_TIMEOUT, "later"),
+            (env::CA_STATE_TIMEOUT, "0s"),
+            (env::CA_STATE_TIMEOUT, "1h"),
             (env::TRUST_DOMAIN, "Mesh_Example"),
             (env::CERT_TTL, "9s"),
             (env::CERT_TTL, "90d"),

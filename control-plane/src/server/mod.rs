@@ -143,11 +143,28 @@ fn discovery(
         Some((kubernetes, namespace)) => kubernetes.elect(namespace, closing.clone()),
         None => watch::channel(true).1,
     };
+    // ... and every replica follows the CA record they share (a Secret), and reports whether its own proxies
+    // have a pending root, so the holder activates it only once the proxies of every replica have it.
+    let replicas = kubernetes.as_ref().map(|(kubernetes, namespace)| {
+        tokio::spawn(crate::identity::ca::backend::follow(
+            identity.ca.clone(),
+            crate::identity::ca::backend::FOLLOW_INTERVAL,
+            closing.clone(),
+        ));
+        kubernetes.ca_reports(
+            namespace,
+            identity.clone(),
+            hub.clone(),
+            leader.clone(),
+            closing.clone(),
+        )
+    });
     tokio::spawn(bundle::upkeep(
         identity.clone(),
         hub.clone(),
         bundle::UPKEEP_INTERVAL,
         leader,
+        replicas,
         closing.clone(),
     ));
     // Endpoint sources (SHOAL_CP_ENDPOINTS_FILE) publish into the same hub as the store.
@@ -227,7 +244,6 @@ impl ControlPlane {
             path: config.data_dir.clone(),
             source: std::io::Error::other(e),
         })??;
-        let identity = open_identity(config, store.clone()).await?;
         let sources = match &config.endpoints_file {
             Some(path) => Some(crate::sources::Sources::load(path).await?),
             None => None,
@@ -238,6 +254,12 @@ impl ControlPlane {
             }
             None => None,
         };
+        // In Kubernetes mode the replicas share one CA record, in a Secret.
+        let shared = kubernetes.as_ref().map(|k| {
+            Arc::new(k.ca_backend(&config.namespace, config.ca_state_timeout))
+                as Arc<dyn crate::identity::ca::RecordBackend>
+        });
+        let identity = open_identity(config, store.clone(), shared).await?;
         let server_cert = ServerCert::new(&identity, &config.namespace)?;
         // Written before the listeners are ready, so whoever waits for readiness finds it.
         let anchors_file = anchors::path(&config.data_dir);
@@ -433,7 +455,11 @@ impl ControlPlane {
 }
 
 /// Loads the CA (and reads the operator's root files, if configured) on a blocking thread.
-async fn open_identity(config: &Config, store: Store) -> Result<Identity, ServerError> {
+async fn open_identity(
+    config: &Config,
+    store: Store,
+    shared: Option<Arc<dyn crate::identity::ca::RecordBackend>>,
+) -> Result<Identity, ServerError> {
     let (trust_domain, cert_ttl, files, propagation_timeout) = (
         config.trust_domain.clone(),
         config.cert_ttl,
@@ -451,7 +477,7 @@ async fn open_identity(config: &Config, store: Store) -> Result<Identity, Server
             root,
             propagation_timeout,
         };
-        Identity::open(store, settings, Arc::new(SystemClock))
+        Identity::open_with(store, shared, settings, Arc::new(SystemClock))
     });
     let identity = opened.await.map_err(|e| {
         ServerError::Ca(crate::identity::CaError::Generate(format!(

@@ -76,6 +76,7 @@ pub async fn start_in(dir: tempfile::TempDir) -> Mesh {
         Duration::from_millis(20),
         // The only replica: it runs the rotation.
         tokio::sync::watch::channel(true).1,
+        None,
         closing.clone(),
     ));
 

@@ -8,11 +8,14 @@
 //!   [`Ca::activate`] makes it `ACTIVE` once proxies have it, and the old root stays in the bundle, `RETIRING`,
 //!   until every certificate it signed has expired, then [`Ca::retire_due`] drops it.
 //!
-//! The whole CA is one record in the store's identity table, written (fsynced) before any change is used.
+//! The whole CA is one record, written before any change is used: in the store's identity table (standalone), or in
+//! a Secret every replica shares and follows (Kubernetes mode; [`backend`]).
 
 mod authority;
+pub mod backend;
 mod files;
 mod issue;
+mod load;
 mod record;
 mod rotation;
 
@@ -20,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use prost::Message;
 use shoal_proto::v1;
 use tokio::sync::watch;
 
@@ -33,6 +35,7 @@ use super::clock::Clock;
 use super::spiffe::TrustDomain;
 use crate::store::{self, Store};
 use authority::Authority;
+pub use backend::{RecordBackend, StoreBackend, Stored, WriteError};
 use record::CaRecord;
 
 /// Why the CA cannot start, rotate or sign.
@@ -79,6 +82,24 @@ pub enum CaError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The shared CA record (Kubernetes mode: the Secret) could not be read or created at start-up.
+    #[error(
+        "{record} could not be read or created for {waited} s: {reason}; the control plane does not start a CA of its own while the shared one may exist (check the API server and the control plane's RBAC)"
+    )]
+    Unavailable {
+        /// Where the record is.
+        record: String,
+        /// How long start-up kept trying, seconds.
+        waited: u64,
+        /// The last failure.
+        reason: String,
+    },
+    /// The shared CA record kept changing under this step.
+    #[error("{0} kept changing under this step (concurrent writers); try again")]
+    Contended(String),
+    /// The shared CA record cannot be reached or written.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl CaError {
@@ -104,6 +125,8 @@ pub struct CaSettings {
 /// The authorities in effect: the active one first, then any pending or retiring one.
 struct Authorities {
     list: Vec<Authority>,
+    /// The version of the stored record these are (the Secret's `resourceVersion`; empty for the store).
+    version: String,
 }
 
 impl Authorities {
@@ -136,7 +159,7 @@ impl Authorities {
 
 /// The mesh CA. Share it in an `Arc`.
 pub struct Ca {
-    store: Store,
+    backend: Arc<dyn RecordBackend>,
     clock: Arc<dyn Clock>,
     settings: CaSettings,
     authorities: RwLock<Arc<Authorities>>,
@@ -163,74 +186,94 @@ impl Ca {
         settings: CaSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CaError> {
-        let stored = store.secret_get(record::KEY)?;
-        let authorities = match stored {
-            Some(bytes) => {
-                let record = CaRecord::decode(bytes.as_slice())
-                    .map_err(|e| CaError::Corrupt(e.to_string()))?;
-                let list = (record.authorities.into_iter())
-                    .map(Authority::from_record)
-                    .collect::<Result<Vec<_>, _>>()?;
-                if list
-                    .first()
-                    .is_none_or(|a| a.record.pending || a.record.retiring)
-                {
-                    return Err(CaError::Corrupt(
-                        "the stored CA has no active authority first".into(),
-                    ));
-                }
-                let authorities = Authorities { list };
-                if let Some(root) = &settings.root {
-                    let (der, _) =
-                        authority::first_certificate(&root.cert_pem, "SHOAL_CP_CA_CERT_FILE")?;
-                    let configured =
-                        super::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref());
-                    if !authorities.list.iter().any(|a| a.fingerprint == configured) {
-                        return Err(CaError::RootMismatch {
-                            configured,
-                            stored: authorities.active().fingerprint.clone(),
+        Self::open(Arc::new(StoreBackend::new(store)), None, settings, clock)
+    }
+
+    /// Loads the CA record shared by several replicas from `backend` (Kubernetes mode: the Secret
+    /// `shoal-ca-state`), or creates it when there is none: from the CA record `seed` holds (an existing install
+    /// upgrading keeps its root), else a new authority. When another replica creates it first, adopts theirs.
+    /// An unreachable backend is retried until its start deadline (`SHOAL_CP_CA_STATE_TIMEOUT` for the Secret).
+    /// Blocks: call it from a blocking thread.
+    pub fn load_shared(
+        backend: Arc<dyn RecordBackend>,
+        seed: Option<Store>,
+        settings: CaSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CaError> {
+        Self::open(backend, seed, settings, clock)
+    }
+
+    fn open(
+        backend: Arc<dyn RecordBackend>,
+        seed: Option<Store>,
+        settings: CaSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CaError> {
+        let deadline = std::time::Instant::now() + backend.start_deadline();
+        let mut warned = false;
+        let authorities = loop {
+            match load::load_once(backend.as_ref(), seed.as_ref(), &settings, clock.as_ref())? {
+                load::Attempt::Loaded(authorities) => break authorities,
+                // Another replica created the record first: read theirs.
+                load::Attempt::Again if std::time::Instant::now() < deadline => continue,
+                load::Attempt::Again => return Err(CaError::Contended(backend.describe())),
+                load::Attempt::Unreachable(error) if !backend.shared() => return Err(error),
+                load::Attempt::Unreachable(error) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(CaError::Unavailable {
+                            record: backend.describe(),
+                            waited: backend.start_deadline().as_secs(),
+                            reason: error.to_string(),
                         });
                     }
+                    if !warned {
+                        tracing::warn!(%error, record = %backend.describe(), deadline = ?backend.start_deadline(), "cannot read or create the shared CA record yet; retrying");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                tracing::info!(root = %authorities.active().fingerprint, roots = authorities.list.len(), "CA loaded from the store");
-                if let Some(pending) = authorities.pending() {
-                    tracing::info!(root = %pending.fingerprint, since = pending.record.pending_since, "CA rotation resumed: the new root is pending until proxies have it");
-                }
-                authorities
-            }
-            None => {
-                let now = clock.now();
-                let authority = match &settings.root {
-                    Some(root) => Authority::under_root(
-                        &root.cert_pem,
-                        &root.key_pem,
-                        &settings.trust_domain,
-                        now,
-                    )?,
-                    None => Authority::generate_root(&settings.trust_domain, now)?,
-                };
-                let authorities = Authorities {
-                    list: vec![authority],
-                };
-                store.secret_put(record::KEY, authorities.record().encode_to_vec())?;
-                let origin = if settings.root.is_some() {
-                    "intermediate under the operator's root"
-                } else {
-                    "self-signed root"
-                };
-                tracing::info!(root = %authorities.active().fingerprint, origin, "CA created and stored");
-                authorities
             }
         };
         let (bundle, _) = watch::channel(authorities.roots_pem());
         Ok(Self {
-            store,
+            backend,
             clock,
             settings,
             authorities: RwLock::new(Arc::new(authorities)),
             steps: Mutex::new(()),
             bundle,
         })
+    }
+
+    /// Re-reads a shared record and installs it when another replica changed it (a rotation, an activation, a
+    /// retirement), so the bundle follows and this replica signs with the shared active authority; returns
+    /// whether it changed. Blocks on the backend.
+    pub fn refresh(&self) -> Result<bool, CaError> {
+        let _step = self.step();
+        self.reload()
+    }
+
+    /// [`Self::refresh`] with the steps' lock held.
+    fn reload(&self) -> Result<bool, CaError> {
+        let Some(stored) = self.backend.read()? else {
+            return Err(CaError::Corrupt(format!(
+                "{} is gone; keeping the CA installed",
+                self.backend.describe()
+            )));
+        };
+        let current = self.snapshot();
+        if stored.version == current.version && !stored.version.is_empty() {
+            return Ok(false);
+        }
+        let next = load::decode(&stored)?;
+        if next.record() == current.record() {
+            // The same record at a new version (or the first read): remember the version only.
+            self.install(next);
+            return Ok(false);
+        }
+        tracing::info!(record = %self.backend.describe(), root = %next.active().fingerprint, roots = next.list.len(), "CA record changed by another replica: installed");
+        self.install(next);
+        Ok(true)
     }
 
     /// The trust domain.

@@ -1,4 +1,5 @@
-//! Root rotation in three steps, each stored (fsynced) before it takes effect:
+//! Root rotation in three steps, each stored before it takes effect (the store: fsynced; the shared Secret: with
+//! optimistic concurrency, a step re-evaluated after a conflict, `Ca::run_step`):
 //!
 //! 1. [`Ca::rotate`]: the new authority joins the trust bundle **PENDING**: proxies receive it and trust it, but
 //!    the current root keeps signing, so no proxy meets a certificate from a root it has not received yet;
@@ -16,14 +17,25 @@ use prost::Message;
 use shoal_proto::v1;
 
 use super::authority::Authority;
-use super::record::{self, AuthorityRecord};
-use super::{Authorities, Ca, CaError, RootFiles};
-use crate::store::SecretWrite;
+use super::record::AuthorityRecord;
+use super::{Authorities, Ca, CaError, RootFiles, WriteError};
 
 /// Shortest and longest propagation timeouts accepted (`SHOAL_CP_CA_PROPAGATION_TIMEOUT`,
 /// `shoalctl ca rotate --activate-after`).
 pub const PROPAGATION_TIMEOUT_BOUNDS: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+/// Writes tried per step before it gives up ([`CaError::Contended`]): each conflict means another replica's
+/// step landed, and steps are rare.
+const CONFLICT_ATTEMPTS: usize = 5;
+
+/// What a step decided.
+pub(super) enum Step<T> {
+    /// Nothing to write.
+    Done(T),
+    /// Write these authorities, then return the value.
+    Write(Authorities, T),
+}
 
 /// Where the CA stands in a rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,55 +123,67 @@ impl Ca {
                 )));
             }
         }
-        let _step = self.step();
-        let now = self.clock.now();
-        let current = self.snapshot();
-        if let Some(pending) = current.pending() {
-            return Err(CaError::RotationInProgress {
-                phase: Phase::Pending,
-                fingerprint: pending.fingerprint.clone(),
-                until: self.activate_by(pending),
-            });
-        }
-        if let Some(retiring) = current.retiring() {
-            return Err(CaError::RotationInProgress {
-                phase: Phase::Retiring,
-                fingerprint: retiring.fingerprint.clone(),
-                until: retiring.record.retire_at,
-            });
-        }
         let td = &self.settings.trust_domain;
-        let new = match &root {
-            Some(root) => Authority::under_root(&root.cert_pem, &root.key_pem, td, now)?,
-            None => Authority::generate_root(td, now)?,
-        };
-        if current
-            .list
-            .iter()
-            .any(|a| a.fingerprint == new.fingerprint)
-        {
-            return Err(CaError::Invalid(format!(
-                "root {} is already in the trust bundle; rotate to a different root",
-                new.fingerprint
-            )));
-        }
-        let pending = Authority::from_record(AuthorityRecord {
-            pending: true,
-            pending_since: crate::identity::clock::unix_seconds(now),
-            activate_after: activate_after.map_or(0, |d| d.as_secs()),
-            ..new.record
+        // Made once, on the first evaluation that gets past the checks (a re-evaluation after a conflict reuses it).
+        let mut made: Option<(Authority, u64)> = None;
+        let next = self.run_step(|current| {
+            if let Some(pending) = current.pending() {
+                return Err(CaError::RotationInProgress {
+                    phase: Phase::Pending,
+                    fingerprint: pending.fingerprint.clone(),
+                    until: self.activate_by(pending),
+                });
+            }
+            if let Some(retiring) = current.retiring() {
+                return Err(CaError::RotationInProgress {
+                    phase: Phase::Retiring,
+                    fingerprint: retiring.fingerprint.clone(),
+                    until: retiring.record.retire_at,
+                });
+            }
+            if made.is_none() {
+                let now = self.clock.now();
+                let new = match &root {
+                    Some(root) => Authority::under_root(&root.cert_pem, &root.key_pem, td, now)?,
+                    None => Authority::generate_root(td, now)?,
+                };
+                made = Some((new, crate::identity::clock::unix_seconds(now)));
+            }
+            let Some((new, since)) = &made else {
+                return Err(CaError::Generate("the new authority was not made".into()));
+            };
+            if current
+                .list
+                .iter()
+                .any(|a| a.fingerprint == new.fingerprint)
+            {
+                return Err(CaError::Invalid(format!(
+                    "root {} is already in the trust bundle; rotate to a different root",
+                    new.fingerprint
+                )));
+            }
+            let pending = Authority::from_record(AuthorityRecord {
+                pending: true,
+                pending_since: *since,
+                activate_after: activate_after.map_or(0, |d| d.as_secs()),
+                ..new.record.clone()
+            })?;
+            let next = Authorities {
+                list: vec![
+                    Authority::from_record(current.active().record.clone())?,
+                    pending,
+                ],
+                version: String::new(),
+            };
+            let logged = (
+                next.list[1].fingerprint.clone(),
+                next.list[0].fingerprint.clone(),
+                self.activate_by(&next.list[1]),
+            );
+            Ok(Step::Write(next, logged))
         })?;
-        let next = Authorities {
-            list: vec![
-                Authority::from_record(current.active().record.clone())?,
-                pending,
-            ],
-        };
-        self.store
-            .secret_put(record::KEY, next.record().encode_to_vec())?;
-        let activate_by = self.activate_by(&next.list[1]);
-        tracing::info!(new_root = %next.list[1].fingerprint, signing_root = %next.list[0].fingerprint, activate_by, "CA rotation started: the new root is pending (trusted, not signing) until every connected proxy has it");
-        self.install(next);
+        let (new_root, signing_root, activate_by) = next;
+        tracing::info!(%new_root, %signing_root, activate_by, "CA rotation started: the new root is pending (trusted, not signing) until every connected proxy has it");
         Ok(self.status())
     }
 
@@ -178,62 +202,72 @@ impl Ca {
     /// every certificate it may have signed has expired. Stored first. Returns false when that root is not
     /// pending (any more). Blocks on the store.
     pub fn activate(&self, fingerprint: &str) -> Result<bool, CaError> {
-        let _step = self.step();
-        let current = self.snapshot();
-        let Some(pending) = current.pending().filter(|a| a.fingerprint == fingerprint) else {
+        let activated = self.run_step(|current| {
+            let Some(pending) = current.pending().filter(|a| a.fingerprint == fingerprint) else {
+                return Ok(Step::Done(None));
+            };
+            let old = current.active();
+            // The longest a certificate signed by the old authority can still be valid: issued just now, with
+            // today's lifetime (never past its signer's expiry).
+            let now = self.clock.unix_seconds();
+            let retire_at = (now + self.settings.cert_ttl.as_secs()).min(old.signer_not_after);
+            let next = Authorities {
+                list: vec![
+                    Authority::from_record(AuthorityRecord {
+                        pending: false,
+                        pending_since: 0,
+                        activate_after: 0,
+                        ..pending.record.clone()
+                    })?,
+                    Authority::from_record(AuthorityRecord {
+                        retiring: true,
+                        retire_at,
+                        ..old.record.clone()
+                    })?,
+                ],
+                version: String::new(),
+            };
+            let logged = (
+                next.list[0].fingerprint.clone(),
+                next.list[1].fingerprint.clone(),
+                retire_at,
+            );
+            Ok(Step::Write(next, Some(logged)))
+        })?;
+        let Some((active_root, retiring_root, retire_at)) = activated else {
             return Ok(false);
         };
-        let old = current.active();
-        // The longest a certificate signed by the old authority can still be valid: issued just now, with
-        // today's lifetime (never past its signer's expiry).
-        let now = self.clock.unix_seconds();
-        let retire_at = (now + self.settings.cert_ttl.as_secs()).min(old.signer_not_after);
-        let next = Authorities {
-            list: vec![
-                Authority::from_record(AuthorityRecord {
-                    pending: false,
-                    pending_since: 0,
-                    activate_after: 0,
-                    ..pending.record.clone()
-                })?,
-                Authority::from_record(AuthorityRecord {
-                    retiring: true,
-                    retire_at,
-                    ..old.record.clone()
-                })?,
-            ],
-        };
-        self.store.secret_update(record::KEY, |_| {
-            Ok::<_, CaError>((SecretWrite::Put(next.record().encode_to_vec()), ()))
-        })?;
-        tracing::info!(active_root = %next.list[0].fingerprint, retiring_root = %next.list[1].fingerprint, retire_at, "CA root activated: new certificates are signed by it");
-        self.install(next);
+        tracing::info!(%active_root, %retiring_root, retire_at, "CA root activated: new certificates are signed by it");
         Ok(true)
     }
 
     /// Drops retiring roots whose time has come (stored first); returns whether the bundle changed. Blocks on
     /// the store when it does.
     pub fn retire_due(&self) -> Result<bool, CaError> {
-        let _step = self.step();
         let now = self.clock.unix_seconds();
-        let current = self.snapshot();
         let due = |a: &Authority| a.record.retiring && a.record.retire_at <= now;
-        if !current.list.iter().any(due) {
-            return Ok(false);
-        }
-        let kept = (current.list.iter())
-            .filter(|a| !due(a))
-            .map(|a| Authority::from_record(a.record.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = Authorities { list: kept };
-        self.store.secret_update(record::KEY, |_| {
-            Ok::<_, CaError>((SecretWrite::Put(next.record().encode_to_vec()), ()))
+        let retired = self.run_step(|current| {
+            if !current.list.iter().any(due) {
+                return Ok(Step::Done(Vec::new()));
+            }
+            let kept = (current.list.iter())
+                .filter(|a| !due(a))
+                .map(|a| Authority::from_record(a.record.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let retired = (current.list.iter())
+                .filter(|a| due(a))
+                .map(|a| a.fingerprint.clone())
+                .collect::<Vec<_>>();
+            let next = Authorities {
+                list: kept,
+                version: String::new(),
+            };
+            Ok(Step::Write(next, retired))
         })?;
-        for retired in current.list.iter().filter(|a| due(a)) {
-            tracing::info!(root = %retired.fingerprint, "retired CA root removed from the trust bundle");
+        for root in &retired {
+            tracing::info!(%root, "retired CA root removed from the trust bundle");
         }
-        self.install(next);
-        Ok(true)
+        Ok(!retired.is_empty())
     }
 
     /// When the next retiring root is due, Unix seconds.
@@ -257,16 +291,54 @@ impl Ca {
         a.record.pending_since.saturating_add(timeout)
     }
 
-    fn install(&self, next: Authorities) {
+    /// Evaluates a step on the authorities installed and writes its result against their version (with the
+    /// steps' lock held throughout). When another replica wrote first, installs what it wrote and evaluates
+    /// again: the step then sees, e.g., the rotation that replica started.
+    fn run_step<T>(
+        &self,
+        mut evaluate: impl FnMut(&Authorities) -> Result<Step<T>, CaError>,
+    ) -> Result<T, CaError> {
+        let _step = self.step();
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let current = self.snapshot();
+            let (mut next, value) = match evaluate(&current)? {
+                Step::Done(value) => return Ok(value),
+                Step::Write(next, value) => (next, value),
+            };
+            match self
+                .backend
+                .write(Some(&current.version), next.record().encode_to_vec())
+            {
+                Ok(version) => {
+                    next.version = version;
+                    self.install(next);
+                    return Ok(value);
+                }
+                Err(WriteError::Conflict) => {
+                    tracing::info!(record = %self.backend.describe(), "the CA record changed under this step (another replica wrote it): reading it and deciding again");
+                    self.reload()?;
+                }
+                Err(WriteError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(CaError::Contended(self.backend.describe()))
+    }
+
+    /// Installs `next` as the authorities in effect; the bundle watch fires when their roots changed.
+    pub(super) fn install(&self, next: Authorities) {
         let roots = next.roots_pem();
         *self
             .authorities
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        self.bundle.send_replace(roots);
+        self.bundle.send_if_modified(|current| {
+            let changed = *current != roots;
+            *current = roots;
+            changed
+        });
     }
 
-    fn step(&self) -> MutexGuard<'_, ()> {
+    pub(super) fn step(&self) -> MutexGuard<'_, ()> {
         self.steps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use prost::Message;
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -169,7 +170,7 @@ fn the_ca_survives_a_restart() {
     assert_eq!(first.roots.len(), 1);
 }
 
-fn operator_root(dir: &std::path::Path, mode: u32) -> (RootFiles, String) {
+pub(super) fn operator_root(dir: &std::path::Path, mode: u32) -> (RootFiles, String) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
     params
@@ -566,7 +567,7 @@ mod propagation {
         }
 
         async fn advance(&self) -> Option<Decision> {
-            advance(&self.identity, &self.hub, 0).await
+            advance(&self.identity, &self.hub, 0, None).await
         }
 
         fn new_root_signs(&self) -> bool {
@@ -649,6 +650,38 @@ mod propagation {
         let m = mesh();
         m.rotate().await;
         assert_eq!(m.advance().await, Some(Decision::Propagated { proxies: 0 }));
+        assert!(m.new_root_signs());
+    }
+
+    #[tokio::test]
+    async fn with_other_replicas_activation_waits_for_their_reports_or_the_timeout() {
+        let m = mesh();
+        m.rotate().await;
+        let fingerprint = m.identity.ca.pending().unwrap().fingerprint;
+        let replicas = crate::identity::replicas::Replicas::new("holder");
+        // Settling (the holder has just seen the root pending), then another replica waiting for a proxy:
+        // no proxy of the holder's own holds it, yet it stays pending.
+        assert_eq!(
+            advance(&m.identity, &m.hub, 0, Some(&replicas)).await,
+            Some(Decision::Wait { waiting: 0 })
+        );
+        let report =
+            format!(r#"{{"fingerprint":"{fingerprint}","propagated":false,"waiting":1,"seq":1}}"#);
+        replicas.observe(
+            &std::collections::BTreeMap::from([("other".to_owned(), report)]),
+            std::time::Instant::now(),
+        );
+        assert_eq!(
+            advance(&m.identity, &m.hub, 0, Some(&replicas)).await,
+            Some(Decision::Wait { waiting: 0 })
+        );
+        assert_eq!(m.identity.ca.phase(), Phase::Pending);
+        // The timeout still activates it.
+        m.f.clock.advance(PROPAGATION);
+        assert_eq!(
+            advance(&m.identity, &m.hub, 0, Some(&replicas)).await,
+            Some(Decision::TimedOut { missing: vec![] })
+        );
         assert!(m.new_root_signs());
     }
 

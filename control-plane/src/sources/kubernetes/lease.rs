@@ -1,7 +1,8 @@
 //! High availability: of several control-plane replicas, the one holding the Lease `shoal-control-plane`
 //! (coordination.k8s.io/v1, in the control plane's namespace, `SHOAL_CP_NAMESPACE`) runs the CA-rotation state
-//! machine (`identity::bundle::upkeep`: activating a rotated-in root, retiring the old one). Every replica
-//! serves discovery and signs (docs/kubernetes.md, "High availability").
+//! machine (`identity::bundle::upkeep`: activating a rotated-in root once every live replica reports its proxies
+//! have it, retiring the old one). Every replica serves discovery and signs with the CA they share
+//! ([`ca_state`](super::ca_state)) (docs/kubernetes.md, "High availability").
 //!
 //! The election is client-go's: every [`RETRY`] a replica reads the Lease; the holder renews it (an update
 //! carrying the `resourceVersion` it read, so two writers cannot both win: the API server answers the second

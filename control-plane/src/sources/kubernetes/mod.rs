@@ -5,6 +5,9 @@
 //! - [`cluster`]: the watched objects and the indexes from an event to the Services it touches; relists are
 //!   collected on the side and applied as a difference.
 //! - [`token_review`]: the TokenReview client that verifies proxies' service-account tokens for `Certify`.
+//! - [`lease`], [`ca_state`], [`ca_propagation`]: high availability — the Lease of the replica that runs CA
+//!   rotation, the CA record every replica shares (a Secret), and the replicas' propagation reports (a
+//!   ConfigMap).
 //! - this module: the API client (in-cluster service account by default), the three watchers and the loop
 //!   that publishes what changed.
 //!
@@ -12,6 +15,8 @@
 //! watch that ends or breaks resumes from the last version seen (an event's or a bookmark's), and one answered
 //! `410 Gone` relists. Failures are retried with backoff (0.8 s doubling to 30 s, jittered).
 
+pub mod ca_propagation;
+pub mod ca_state;
 mod cluster;
 pub mod lease;
 mod policy;
@@ -159,10 +164,51 @@ impl KubernetesSource {
         namespace: &str,
         closing: signal::Receiver<bool>,
     ) -> signal::Receiver<bool> {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "shoal-control-plane".to_owned());
-        let identity = format!("{host}_{}", std::process::id());
-        lease::elect(self.client.clone(), namespace, identity, closing)
+        lease::elect(self.client.clone(), namespace, replica_id(), closing)
     }
+
+    /// The CA record shared by the replicas: the Secret [`ca_state::SECRET_NAME`] in `namespace`. Call it from
+    /// the runtime (the backend keeps its handle to run its calls from blocking threads). Start-up keeps trying
+    /// to reach it for `start_deadline`.
+    pub fn ca_backend(&self, namespace: &str, start_deadline: Duration) -> ca_state::SecretBackend {
+        ca_state::SecretBackend::new(
+            self.client.clone(),
+            namespace,
+            tokio::runtime::Handle::current(),
+            start_deadline,
+        )
+    }
+
+    /// Starts this replica's CA propagation reports in the ConfigMap [`ca_propagation::CONFIGMAP_NAME`] of
+    /// `namespace`; the returned tracker holds the other replicas' reports as the Lease holder (`leader`) reads
+    /// them, for the upkeep task.
+    pub fn ca_reports(
+        &self,
+        namespace: &str,
+        identity: crate::identity::Identity,
+        hub: std::sync::Arc<crate::discovery::Hub>,
+        leader: signal::Receiver<bool>,
+        closing: signal::Receiver<bool>,
+    ) -> std::sync::Arc<crate::identity::replicas::Replicas> {
+        let replicas = std::sync::Arc::new(crate::identity::replicas::Replicas::new(replica_id()));
+        tokio::spawn(ca_propagation::run(
+            self.client.clone(),
+            namespace.to_owned(),
+            identity,
+            hub,
+            replicas.clone(),
+            leader,
+            closing,
+        ));
+        replicas
+    }
+}
+
+/// This replica's identity (its Lease holder identity and its key in the propagation reports): its host name
+/// (the pod's name in Kubernetes) and process id.
+fn replica_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "shoal-control-plane".to_owned());
+    format!("{host}_{}", std::process::id())
 }
 
 async fn read(path: &Path, setting: &str) -> Result<Vec<u8>, KubernetesError> {
