@@ -94,6 +94,7 @@ impl<'c> Service<Req<'c, Dest>> for Send {
             metrics: dest.metrics,
             upstream,
             retried: Vec::new(),
+            relayed: None,
         }
     }
 }

@@ -70,6 +70,7 @@ where
             gate: backend.backend.gate().cloned(),
         };
         let start = req.start;
+        let grpc = req.grpc;
         let (mut req, backend) = req.retarget(dest);
         // Moved, not cloned: `send` counts re-sends in them and hands them back in the exchange.
         req.target.metrics = Some(backend.metrics);
@@ -78,7 +79,15 @@ where
             start,
             answered: false,
         };
-        let exchange = self.0.call(req).await;
+        let mut exchange = self.0.call(req).await;
+        if grpc
+            && let Ok(resp) = &exchange.result
+            && resp.status() == http::StatusCode::OK
+        {
+            // The endpoint's proxy may have answered the call itself (trailers-only): read as
+            // the error it stands for by every stage above, and by metrics and the mirror.
+            exchange.relayed = crate::errors::relayed_reason(resp.headers());
+        }
         timing.answered = exchange.result.is_ok();
         backend
             .service

@@ -42,6 +42,7 @@ where
                 metrics,
                 upstream: None,
                 retried: Vec::new(),
+                relayed: None,
             };
         }
         let response_edits = rule.response_headers.clone();
