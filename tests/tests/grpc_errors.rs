@@ -2,9 +2,10 @@
 //! calls"): a real tonic client through real proxies against misbehaving upstreams — an upstream
 //! that is down (UNAVAILABLE), one that stalls past the route's timeout (DEADLINE_EXCEEDED), an
 //! inbound authorization denial across the mesh (PERMISSION_DENIED), a backend's connection caps
-//! (UNAVAILABLE) — each naming its reason in the status message; the calling proxy reading the
-//! endpoint's proxy's gRPC answer as the error it stands for (metrics, retries); and plain HTTP
-//! requests answered as before.
+//! (UNAVAILABLE), a strict port reached in plain text (UNAUTHENTICATED) — each naming its reason in
+//! the status message; the calling proxy reading the endpoint's proxy's gRPC answer as the error it
+//! stands for (metrics, retries, the `mtls-required` explanation); and plain HTTP requests answered
+//! as before.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -375,4 +376,45 @@ async fn a_retry_over_a_proxy_made_grpc_error_recovers() {
         .metric("shoal_retries_total", &[("service", "app.default")])
         .await;
     assert!(retries >= 1.0, "{}", proxy.metrics().await);
+}
+
+#[tokio::test]
+async fn a_strict_endpoint_refusing_plain_text_is_unauthenticated_and_explained_by_the_caller() {
+    let dir = TempDir::new("grpc-strict").unwrap();
+    let ca = TestCa::new("mesh");
+    let app = GrpcBackend::start().await;
+    let server = ProxyBuilder::new()
+        .inbound_explicit(app.addr())
+        .identity(&ca.workload(WEB).write(dir.path(), "web", &[ca.root_pem()]))
+        .env("SHOAL_INBOUND_TLS_MODE", "strict")
+        .start()
+        .await;
+    // A caller's proxy without an identity sends plain text: the strict proxy answers the call
+    // `mtls-required` (a gRPC status now), which the caller's proxy explains as its own.
+    let caller = ProxyBuilder::new()
+        .outbound_explicit()
+        .state(&shoal_tests::proxy::mesh_web_state(server.inbound(), WEB))
+        .start()
+        .await;
+    let mut client = grpc::client_with_origin(caller.outbound(), "http://web").await;
+    let status = client.unary(msg("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().starts_with("upstream-requires-mtls: ")
+            && status.message().contains("no identity configured"),
+        "the caller's proxy says why it sent plain text: {status:?}"
+    );
+    // Straight to the strict port in plain text: the strict proxy's own answer.
+    let mut plain =
+        grpc::client_with_origin(server.inbound(), &format!("http://{}", server.inbound())).await;
+    let status = plain.unary(msg("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().starts_with("mtls-required: "),
+        "{status:?}"
+    );
+    assert!(
+        app.recorder().calls().is_empty(),
+        "plain text reached the app"
+    );
 }
