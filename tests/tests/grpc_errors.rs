@@ -4,8 +4,8 @@
 //! inbound authorization denial across the mesh (PERMISSION_DENIED), a backend's connection caps
 //! (UNAVAILABLE), a strict port reached in plain text (UNAUTHENTICATED) — each naming its reason in
 //! the status message; the calling proxy reading the endpoint's proxy's gRPC answer as the error it
-//! stands for (metrics, retries, the `mtls-required` explanation); and plain HTTP requests answered
-//! as before.
+//! stands for (metrics, retries, the circuit breaker, the `mtls-required` explanation); and plain
+//! HTTP requests answered as before.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -417,4 +417,43 @@ async fn a_strict_endpoint_refusing_plain_text_is_unauthenticated_and_explained_
         app.recorder().calls().is_empty(),
         "plain text reached the app"
     );
+}
+
+#[tokio::test]
+async fn the_endpoint_proxys_grpc_errors_open_the_callers_circuit_breaker() {
+    // The endpoint's proxy is up, its app down: every call is its gRPC answer (HTTP 200 on the
+    // wire), which the caller's breaker must count as the failure (502) it stands for.
+    let broken = ProxyBuilder::new()
+        .inbound_explicit(closed_port_addr())
+        .start()
+        .await;
+    let proxy = outbound(
+        &[broken.inbound()],
+        "",
+        "backend_policies:\n  - service: app\n    circuit_breaker: {failure_ratio_threshold: 0.5, min_requests: 4, open_duration: 30s}\n",
+    )
+    .await;
+    let mut client = grpc::client_with_origin(proxy.outbound(), "http://app.example").await;
+    for i in 0..4 {
+        let status = client.unary(msg("hello")).await.unwrap_err();
+        assert!(
+            status.message().starts_with("upstream-connect-refused: "),
+            "call {i} reaches the endpoint's proxy: {status:?}"
+        );
+    }
+    let status = client.unary(msg("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().starts_with("circuit-open: "), "{status:?}");
+    // And the caller's metrics count the relayed answers as 502s.
+    let relayed = proxy
+        .metric(
+            "shoal_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("status_code", "502"),
+                ("reason", ""),
+            ],
+        )
+        .await;
+    assert_eq!(relayed, 4.0, "{}", proxy.metrics().await);
 }
