@@ -47,10 +47,11 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         Direction::Inbound => crate::inbound::http::stack().call(req).await,
         Direction::Outbound => crate::outbound::http::stack().call(req).await,
     };
+    let relayed = exchange.relayed();
     let result = match conn.direction {
         // A strict endpoint refusing this proxy's plain text is explained from this side.
         Direction::Outbound => {
-            super::mtls_explain::explain(conn, exchange.result, exchange.upstream, exchange.relayed)
+            super::mtls_explain::explain(conn, exchange.result, exchange.upstream, relayed)
         }
         Direction::Inbound => exchange.result,
     };
@@ -59,10 +60,7 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         .metrics
         .as_ref()
         .unwrap_or_else(|| unrouted_metrics(conn));
-    let answer = Answer {
-        grpc,
-        relayed: exchange.relayed,
-    };
+    let answer = Answer { grpc, relayed };
     let (resp, reason, status) = finish(
         conn,
         result,
@@ -165,7 +163,7 @@ fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Respon
 struct Answer {
     /// The request is a gRPC call: the proxy's own answer is a gRPC status.
     grpc: bool,
-    /// The response is a Shoal proxy's gRPC answer naming this reason (`Exchange::relayed`).
+    /// The response is a Shoal proxy's gRPC answer naming this reason (`stack::Relayed`).
     relayed: Option<Reason>,
 }
 

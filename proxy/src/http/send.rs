@@ -94,7 +94,6 @@ impl<'c> Service<Req<'c, Dest>> for Send {
             metrics: dest.metrics,
             upstream,
             retried: Vec::new(),
-            relayed: None,
         }
     }
 }

@@ -145,11 +145,15 @@ pub(crate) struct Exchange {
     /// The attempts the retry stage gave up on before this one (empty, and unallocated, unless
     /// the request was retried): the trace span's events.
     pub(crate) retried: Vec<FailedAttempt>,
-    /// The response is a Shoal proxy's trailers-only answer to this gRPC call (the endpoint's
-    /// inbound proxy answered it itself), naming this reason (`errors::relayed_reason`; set by
-    /// the balance stage, so only for gRPC calls to mesh endpoints).
-    pub(crate) relayed: Option<Reason>,
 }
+
+/// A response extension: the response is a Shoal proxy's trailers-only answer to this gRPC call
+/// (the endpoint's proxy answered it itself), naming this reason (`errors::relayed_reason`; set by
+/// the balance stage, so only for gRPC calls to endpoints). An extension rather than a field of
+/// [`Exchange`]: only such answers carry it, and every other exchange stays as small as it was
+/// (it is moved through every stage).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Relayed(pub(crate) Reason);
 
 /// An attempt that failed and was retried.
 #[derive(Debug, Clone, Copy)]
@@ -188,15 +192,20 @@ impl Exchange {
             metrics: None,
             upstream: None,
             retried: Vec::new(),
-            relayed: None,
         }
+    }
+
+    /// The reason of a Shoal proxy's gRPC answer from upstream ([`Relayed`]), if the response is one.
+    pub(crate) fn relayed(&self) -> Option<Reason> {
+        let resp = self.result.as_ref().ok()?;
+        resp.extensions().get::<Relayed>().map(|r| r.0)
     }
 
     /// The HTTP status the response stands for: its own, or for a Shoal proxy's gRPC answer
     /// (HTTP 200 on the wire) the status of its reason, so that it counts as the failure it is.
     /// (For an error, the proxy's own status: `ProxyError::status`.)
     pub(crate) fn answer_status(&self) -> StatusCode {
-        match (&self.result, self.relayed) {
+        match (&self.result, self.relayed()) {
             (_, Some(reason)) => reason.status(),
             (Ok(resp), None) => resp.status(),
             (Err(e), None) => e.status(),

@@ -42,7 +42,6 @@ where
                 metrics,
                 upstream: None,
                 retried: Vec::new(),
-                relayed: None,
             };
         }
         let response_edits = rule.response_headers.clone();

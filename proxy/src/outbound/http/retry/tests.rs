@@ -25,7 +25,6 @@ fn answered(status: u16, headers: &[(&str, &str)]) -> Exchange {
         metrics: None,
         upstream: None,
         retried: Vec::new(),
-        relayed: None,
     }
 }
 
@@ -117,8 +116,11 @@ fn a_proxys_grpc_answer_is_retried_on_its_reasons_status_and_its_grpc_status() {
                 ("shoal-proxy-error", reason.as_str()),
             ],
         );
-        e.relayed = crate::errors::relayed_reason(e.result.as_ref().unwrap().headers());
-        assert_eq!(e.relayed, Some(reason));
+        let resp = e.result.as_mut().unwrap();
+        let found = crate::errors::relayed_reason(resp.headers()).unwrap();
+        resp.extensions_mut()
+            .insert(crate::http::stack::Relayed(found));
+        assert_eq!(e.relayed(), Some(reason));
         e
     };
     // Retried as the 502 it stood for before, by the HTTP conditions...
