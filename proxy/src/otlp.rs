@@ -122,8 +122,10 @@ pub(crate) struct End {
     pub(crate) ctx: SpanContext,
     /// When the request arrived.
     pub(crate) started: Instant,
-    /// The status the caller received.
+    /// The HTTP status the caller's answer stands for (a proxy's gRPC answer: its error's status).
     pub(crate) status: u16,
+    /// The gRPC status in the answer's head (a trailers-only answer to a gRPC call).
+    pub(crate) grpc_status: Option<u8>,
     /// The proxy's error reason, when it answered itself.
     pub(crate) reason: Option<Reason>,
     /// The downstream client.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shoal_tests::backend::text_response;
-use shoal_tests::client::{H1Client, empty, request};
+use shoal_tests::client::{H1Client, H2Client, empty, request};
 use shoal_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, closed_port_addr, eventually};
 
@@ -234,6 +234,30 @@ async fn spans_through_two_sidecars_and_a_retry_link_up() {
     );
     assert_eq!(failed.status, (2, "upstream-connect-refused".to_string()));
     assert_eq!(failed.attr("shoal.backend"), Some("gone.default"));
+    assert_eq!(failed.attr("rpc.grpc.status_code"), None, "not a gRPC call");
+
+    // The same for a gRPC call: answered UNAVAILABLE (trailers-only 200), spanned as the 502 it
+    // stands for, with its gRPC status.
+    let h2 = H2Client::connect(chain.a.outbound()).await.unwrap();
+    let resp = h2
+        .send(
+            request("POST", "http://gone.example/shoal.test.v1.Echo/Unary", None)
+                .header("content-type", "application/grpc")
+                .header(
+                    "traceparent",
+                    format!("00-{}-{CALLER_SPAN}-01", "2".repeat(32)),
+                )
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.header("grpc-status"), Some("14"));
+    let spans = collector.wait_for_trace(&"2".repeat(32), 1).await;
+    let failed = &spans[0];
+    assert_eq!(failed.attr("rpc.grpc.status_code"), Some("14"));
+    assert_eq!(failed.attr("http.response.status_code"), Some("502"));
+    assert_eq!(failed.status, (2, "upstream-connect-refused".to_string()));
 
     // No trace context: the ratio (1 here) samples it, and B follows A's decision.
     assert_eq!(get(&chain.a, "app.example", &[]).await, 200);
@@ -258,7 +282,7 @@ async fn spans_through_two_sidecars_and_a_retry_link_up() {
             .a
             .metric("shoal_tracing_spans_exported_total", &[])
             .await,
-        3.0
+        4.0
     );
     assert_eq!(
         chain

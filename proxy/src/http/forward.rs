@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, Version as HttpVersion};
+use http::{Request, Response, StatusCode, Version as HttpVersion};
 use tokio::time::Instant;
 
 use super::body::{RequestBody, ResponseBody};
-use super::headers::{authority_of, is_upgrade, strip_hop_by_hop};
+use super::headers::{authority_of, is_grpc, is_upgrade, strip_hop_by_hop};
 use super::stack::{Req, Service};
 use super::{Conn, Downstream, respond};
 use crate::errors::{ProxyError, Reason};
@@ -32,22 +32,26 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
     let access = conn.shared.config.access_log.then(|| AccessLine::new(&req));
     let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Decided once: a gRPC call gets the proxy's own answers as gRPC statuses.
+    let grpc = is_grpc(req.headers());
     let req = Req {
         conn,
         http: req,
         start,
         upgrade,
         deadline: None,
+        grpc,
         target: (),
     };
     let exchange = match conn.direction {
         Direction::Inbound => crate::inbound::http::stack().call(req).await,
         Direction::Outbound => crate::outbound::http::stack().call(req).await,
     };
+    let relayed = exchange.relayed();
     let result = match conn.direction {
         // A strict endpoint refusing this proxy's plain text is explained from this side.
         Direction::Outbound => {
-            super::mtls_explain::explain(conn, exchange.result, exchange.upstream)
+            super::mtls_explain::explain(conn, exchange.result, exchange.upstream, relayed)
         }
         Direction::Inbound => exchange.result,
     };
@@ -56,7 +60,8 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         .metrics
         .as_ref()
         .unwrap_or_else(|| unrouted_metrics(conn));
-    let (resp, reason) = finish(
+    let answer = Answer { grpc, relayed };
+    let (resp, reason, status) = finish(
         conn,
         result,
         &ids,
@@ -64,13 +69,15 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         metrics,
         exchange.upstream,
         access,
+        answer,
     );
     if let Some((spans, span)) = span {
         spans.submit((*span).finish(End {
             direction: conn.direction,
             ctx: ids.span,
             started: start,
-            status: resp.status().as_u16(),
+            status: status.as_u16(),
+            grpc_status: grpc_status_of(&resp, grpc),
             reason,
             client: conn.client,
             endpoint: exchange.upstream,
@@ -134,7 +141,11 @@ pub fn reject_too_many_headers(
 fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Response<ResponseBody> {
     // Refused before its head was even read whole: no span (a malformed request is not traced).
     let ids = trace_context::propagate(req.headers_mut(), 0.0);
-    let (resp, _) = finish(
+    let answer = Answer {
+        grpc: is_grpc(req.headers()),
+        relayed: None,
+    };
+    let (resp, _, _) = finish(
         conn,
         Err(err),
         &ids,
@@ -142,10 +153,24 @@ fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Respon
         unrouted_metrics(conn),
         None,
         None,
+        answer,
     );
     resp
 }
 
+/// What shapes and classifies the answer beyond the result itself.
+#[derive(Clone, Copy)]
+struct Answer {
+    /// The request is a gRPC call: the proxy's own answer is a gRPC status.
+    grpc: bool,
+    /// The response is a Shoal proxy's gRPC answer naming this reason (`stack::Relayed`).
+    relayed: Option<Reason>,
+}
+
+/// The response to send, the proxy's reason if it answered itself, and the HTTP status the answer
+/// stands for — the one metrics, the access log and the span count: a proxy's gRPC answer (HTTP
+/// 200 on the wire) counts as its error's status, so a dashboard's error rate sees it.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     conn: &Conn,
     result: Result<Response<ResponseBody>, ProxyError>,
@@ -154,23 +179,35 @@ fn finish(
     metrics: &RequestMetrics,
     upstream: Option<SocketAddr>,
     access: Option<AccessLine>,
-) -> (Response<ResponseBody>, Option<Reason>) {
-    let (resp, reason) = match result {
-        Ok(resp) => (resp, None),
+    answer: Answer,
+) -> (Response<ResponseBody>, Option<Reason>, StatusCode) {
+    let (resp, reason, status) = match result {
+        Ok(resp) => {
+            let status = answer.relayed.map_or(resp.status(), Reason::status);
+            (resp, None, status)
+        }
         Err(e) => {
             let dest = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
-            (
-                respond::error(conn.direction, conn.version, &e, ids, &dest),
-                Some(e.kind),
-            )
+            let resp = respond::error(conn.direction, conn.version, &e, ids, &dest, answer.grpc);
+            (resp, Some(e.kind), e.status())
         }
     };
     let elapsed = start.elapsed();
-    metrics.record(resp.status(), reason, elapsed);
+    metrics.record(status, reason, elapsed);
     if let Some(line) = access {
-        line.log(conn, &resp, ids, upstream, reason, elapsed);
+        line.log(conn, status, ids, upstream, reason, elapsed);
     }
-    (resp, reason)
+    (resp, reason, status)
+}
+
+/// The gRPC status in a response head (a trailers-only answer, the proxy's own or relayed), for
+/// the span; only a gRPC call's 200 is looked at, and only when the span is sampled.
+fn grpc_status_of(resp: &Response<ResponseBody>, grpc: bool) -> Option<u8> {
+    if !grpc || resp.status() != StatusCode::OK {
+        return None;
+    }
+    let v = resp.headers().get("grpc-status")?;
+    std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()
 }
 
 /// What an access-log line needs from the request (captured only when access logs are on).
@@ -192,7 +229,7 @@ impl AccessLine {
     fn log(
         self,
         conn: &Conn,
-        resp: &Response<ResponseBody>,
+        status: StatusCode,
         ids: &TraceIds,
         upstream: Option<SocketAddr>,
         reason: Option<Reason>,
@@ -205,7 +242,7 @@ impl AccessLine {
             method = %self.method,
             authority = %self.authority,
             path = %self.path,
-            status = resp.status().as_u16(),
+            status = status.as_u16(),
             upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
             reason = reason.map_or("-", Reason::as_str),
             duration_us = respond::micros(elapsed),

@@ -72,12 +72,18 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Whether a request is a gRPC call (content-type `application/grpc`, `application/grpc+proto`, …):
-/// the proxy answers those with a gRPC status instead of an HTTP error status.
+/// Whether a request is a gRPC call: content-type `application/grpc`, or `application/grpc+<codec>`
+/// (`+proto`, `+json`, …) or with parameters (`;`), as the gRPC protocol defines it. The proxy
+/// answers those itself with a gRPC status (trailers-only) instead of an HTTP error status. The
+/// HTTP version is not checked: gRPC is HTTP/2 by definition, and a call between proxies always
+/// rides HTTP/2 anyway. gRPC-Web (`application/grpc-web…`) is not gRPC on the wire: its clients
+/// read HTTP statuses, so it gets the HTTP answer.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+    })
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
@@ -126,6 +132,33 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(h["x-end-to-end"], "kept");
         assert_eq!(h["host"], "a.example");
+    }
+
+    #[test]
+    fn grpc_calls_are_told_by_their_content_type() {
+        let grpc = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            is_grpc(&h)
+        };
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc+json",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(grpc(ct), "{ct}");
+        }
+        for ct in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpcx",
+            "application/json",
+            "text/plain",
+        ] {
+            assert!(!grpc(ct), "{ct}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! (`inbound::mtls_required`). That answer can only guess why the caller sent plain text; the
 //! caller's own proxy knows (its identity, its view of the service and the endpoint). So on the
 //! outbound side such an answer becomes this proxy's own `upstream-requires-mtls`, which says
-//! which of those made it send plain text and what to change. Only a 403 is looked at further,
-//! so the common response costs one comparison.
+//! which of those made it send plain text and what to change. Only a 403 is looked at further
+//! (or, for a gRPC call, the strict proxy's gRPC answer naming `mtls-required`, already read by the
+//! balance stage: `stack::Relayed`), so the common response costs one comparison.
 
 use std::net::SocketAddr;
 
@@ -17,13 +18,17 @@ use crate::errors::{ERROR_HEADER, ProxyError, Reason};
 use crate::tls::TlsMode;
 
 /// `result`, or `upstream-requires-mtls` when the upstream (`upstream`) is a strict proxy that
-/// refused this proxy's plain text.
+/// refused this proxy's plain text (`relayed`: the reason of its gRPC answer, if it was one).
 pub(super) fn explain(
     conn: &Conn,
     result: Result<Response<ResponseBody>, ProxyError>,
     upstream: Option<SocketAddr>,
+    relayed: Option<Reason>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     match &result {
+        Ok(_) if relayed == Some(Reason::MtlsRequired) => {
+            Err(upstream_requires_mtls(conn, upstream))
+        }
         Ok(resp) if is_mtls_required(resp) => Err(upstream_requires_mtls(conn, upstream)),
         _ => result,
     }

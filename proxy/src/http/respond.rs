@@ -13,13 +13,15 @@ use crate::metrics::{self, Direction};
 use crate::trace_context::TraceIds;
 
 /// Turns `err` into a response with its status and stable reason, logged once; `downstream` is the
-/// client's HTTP version (only HTTP/1.1 has a `Connection` field to close with).
+/// client's HTTP version (only HTTP/1.1 has a `Connection` field to close with). A gRPC call
+/// (`grpc`, `headers::is_grpc`) gets a gRPC status instead, whatever the error.
 pub fn error(
     direction: Direction,
     downstream: Downstream,
     err: &ProxyError,
     ids: &TraceIds,
     destination: &str,
+    grpc: bool,
 ) -> Response<ResponseBody> {
     metrics::proxy_error(direction, err.kind);
     tracing::warn!(
@@ -31,21 +33,12 @@ pub fn error(
         "{}",
         err.detail
     );
-    if let Some(code) = err.grpc_status {
-        return grpc_error(err, code, ids);
-    }
-    let mut resp = Response::new(ResponseBody::local(err.body_text()));
-    *resp.status_mut() = err.status();
+    let mut resp = if grpc {
+        grpc_error(err, ids)
+    } else {
+        http_error(err, ids)
+    };
     let h = resp.headers_mut();
-    h.insert(ERROR_HEADER, err.kind.header_value());
-    if let Some(secs) = err.retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert("x-request-id", ids.request_id.to_header_value());
     if downstream == Downstream::Http1
         && matches!(
             err.kind,
@@ -60,18 +53,38 @@ pub fn error(
     resp
 }
 
+/// The answer to any other request: the error's HTTP status, and a text body saying what failed
+/// and what to check.
+fn http_error(err: &ProxyError, ids: &TraceIds) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(err.body_text()));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(ERROR_HEADER, err.kind.header_value());
+    if let Some(secs) = err.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("x-request-id", ids.request_id.to_header_value());
+    resp
+}
+
 /// A gRPC call's answer to `err`: a trailers-only response (HTTP 200, the gRPC status and message in
-/// the head, no body), which every gRPC client reads as the call's status.
-fn grpc_error(err: &ProxyError, code: u8, ids: &TraceIds) -> Response<ResponseBody> {
+/// the head, no body), which every gRPC client reads as the call's status: the reason's gRPC status
+/// (`ProxyError::grpc_code`), and `<reason>: <detail>` as its message. (An HTTP error status would
+/// reach a gRPC client as INTERNAL, or a guess from the status, without the reason.) The same
+/// `shoal-proxy-error` and `x-request-id` as every proxy answer.
+fn grpc_error(err: &ProxyError, ids: &TraceIds) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::empty());
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    // grpc-message is percent-encoded text; the reason's name needs no encoding.
-    h.insert("grpc-message", err.kind.header_value());
+    h.insert("grpc-status", HeaderValue::from(u16::from(err.grpc_code())));
+    h.insert("grpc-message", err.grpc_message());
     h.insert(ERROR_HEADER, err.kind.header_value());
     if let Some(secs) = err.retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -17,12 +17,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::Conn;
 use super::body::{RequestBody, ResponseBody};
-use crate::errors::ProxyError;
+use crate::errors::{ProxyError, Reason};
 use crate::metrics::RequestMetrics;
 
 /// One stage: takes a request, returns its outcome.
@@ -97,6 +97,9 @@ pub(crate) struct Req<'c, T> {
     pub(crate) upgrade: bool,
     /// When its response head must have arrived (set by the timeout stage).
     pub(crate) deadline: Option<Instant>,
+    /// It is a gRPC call (`headers::is_grpc`, looked at once on arrival): the proxy's own answers
+    /// to it are gRPC statuses, and a Shoal proxy's gRPC answer from upstream is read as such.
+    pub(crate) grpc: bool,
     /// What the stages above decided.
     pub(crate) target: T,
 }
@@ -110,6 +113,7 @@ impl<'c, T> Req<'c, T> {
             start,
             upgrade,
             deadline,
+            grpc,
             target: old,
         } = self;
         (
@@ -119,6 +123,7 @@ impl<'c, T> Req<'c, T> {
                 start,
                 upgrade,
                 deadline,
+                grpc,
                 target,
             },
             old,
@@ -142,6 +147,14 @@ pub(crate) struct Exchange {
     pub(crate) retried: Vec<FailedAttempt>,
 }
 
+/// A response extension: the response is a Shoal proxy's trailers-only answer to this gRPC call
+/// (the endpoint's proxy answered it itself), naming this reason (`errors::relayed_reason`; set by
+/// the balance stage, so only for gRPC calls to endpoints). An extension rather than a field of
+/// [`Exchange`]: only such answers carry it, and every other exchange stays as small as it was
+/// (it is moved through every stage).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Relayed(pub(crate) Reason);
+
 /// An attempt that failed and was retried.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FailedAttempt {
@@ -159,7 +172,7 @@ impl FailedAttempt {
     /// The outcome of `exchange`, seen now.
     pub(crate) fn of(exchange: &Exchange) -> Self {
         let (status, reason) = match &exchange.result {
-            Ok(resp) => (resp.status().as_u16(), None),
+            Ok(_) => (exchange.answer_status().as_u16(), None),
             Err(e) => (e.kind.status().as_u16(), Some(e.kind)),
         };
         Self {
@@ -182,12 +195,29 @@ impl Exchange {
         }
     }
 
-    /// Whether it counts as the upstream's failure (outlier detection, circuit breakers): a 5xx,
-    /// or an error on the upstream's side (connect failure, reset, timeout, malformed response),
-    /// not a client's or the proxy's.
+    /// The reason of a Shoal proxy's gRPC answer from upstream ([`Relayed`]), if the response is one.
+    pub(crate) fn relayed(&self) -> Option<Reason> {
+        let resp = self.result.as_ref().ok()?;
+        resp.extensions().get::<Relayed>().map(|r| r.0)
+    }
+
+    /// The HTTP status the response stands for: its own, or for a Shoal proxy's gRPC answer
+    /// (HTTP 200 on the wire) the status of its reason, so that it counts as the failure it is.
+    /// (For an error, the proxy's own status: `ProxyError::status`.)
+    pub(crate) fn answer_status(&self) -> StatusCode {
+        match (&self.result, self.relayed()) {
+            (_, Some(reason)) => reason.status(),
+            (Ok(resp), None) => resp.status(),
+            (Err(e), None) => e.status(),
+        }
+    }
+
+    /// Whether it counts as the upstream's failure (outlier detection, circuit breakers): a 5xx
+    /// (a Shoal proxy's gRPC answer by its reason's status), or an error on the upstream's side
+    /// (connect failure, reset, timeout, malformed response), not a client's or the proxy's.
     pub(crate) fn upstream_failed(&self) -> bool {
         match &self.result {
-            Ok(resp) => resp.status().is_server_error(),
+            Ok(_) => self.answer_status().is_server_error(),
             Err(e) => e.kind.side() == crate::errors::Side::Upstream,
         }
     }

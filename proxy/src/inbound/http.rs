@@ -106,7 +106,7 @@ fn rate_limited(req: &Req<'_, ()>, wait: std::time::Duration) -> ProxyError {
         conn.shared.own_service,
         wait.as_secs_f64()
     );
-    super::rate_limit::refusal(message, wait, req.http.headers())
+    super::rate_limit::refusal(message, wait)
 }
 
 stage! {

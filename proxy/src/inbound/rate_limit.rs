@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::errors::{ProxyError, Reason};
-use crate::http::headers::is_grpc;
 use crate::state::Match;
 use crate::state::spec::{MatchSpec, build_match};
 use crate::sync::lock;
@@ -197,14 +196,10 @@ impl RateLimitSpec {
 }
 
 /// The answer to a request over a limit (either side): 429 `rate-limited` with `Retry-After`, or
-/// RESOURCE_EXHAUSTED for a gRPC call.
-pub(crate) fn refusal(message: String, wait: Duration, headers: &http::HeaderMap) -> ProxyError {
+/// RESOURCE_EXHAUSTED for a gRPC call (the reason's gRPC status, `http::respond`).
+pub(crate) fn refusal(message: String, wait: Duration) -> ProxyError {
     let mut err = ProxyError::new(Reason::RateLimited, message);
     err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-    if is_grpc(headers) {
-        // RESOURCE_EXHAUSTED: gRPC's status for a quota.
-        err.grpc_status = Some(8);
-    }
     err
 }
 

@@ -108,6 +108,9 @@ impl SpanRecord {
         if let Some(r) = end.reason {
             attributes.push(string("shoal.proxy_error", r.as_str().to_string()));
         }
+        if let Some(code) = end.grpc_status {
+            attributes.push(int("rpc.grpc.status_code", i64::from(code)));
+        }
         let events = end
             .retried
             .iter()

@@ -13,7 +13,7 @@ use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::http::Downstream;
 use crate::http::send::Dest;
-use crate::http::stack::{Exchange, Req, Service, stage};
+use crate::http::stack::{Exchange, Relayed, Req, Service, stage};
 use crate::state::Protocol;
 
 /// The latency a failed exchange counts as.
@@ -70,6 +70,7 @@ where
             gate: backend.backend.gate().cloned(),
         };
         let start = req.start;
+        let grpc = req.grpc;
         let (mut req, backend) = req.retarget(dest);
         // Moved, not cloned: `send` counts re-sends in them and hands them back in the exchange.
         req.target.metrics = Some(backend.metrics);
@@ -77,8 +78,18 @@ where
             picked,
             start,
             answered: false,
+            grpc,
         };
-        let exchange = self.0.call(req).await;
+        let mut exchange = self.0.call(req).await;
+        if timing.grpc
+            && let Ok(resp) = &mut exchange.result
+            && resp.status() == http::StatusCode::OK
+            && let Some(reason) = crate::errors::relayed_reason(resp.headers())
+        {
+            // The endpoint's proxy answered the call itself (trailers-only): read as the error it
+            // stands for by every stage above, and by metrics and the mirror.
+            resp.extensions_mut().insert(Relayed(reason));
+        }
         timing.answered = exchange.result.is_ok();
         backend
             .service
@@ -97,6 +108,9 @@ struct Timing {
     /// The request's arrival: routing takes microseconds, and this saves a clock read.
     start: Instant,
     answered: bool,
+    /// The request is a gRPC call (kept here, beside `answered`, rather than in the stage's
+    /// future: it fits in this struct's padding, so the future does not grow).
+    grpc: bool,
 }
 
 impl Drop for Timing {

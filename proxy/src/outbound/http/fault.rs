@@ -1,17 +1,16 @@
 //! The fault stage: the delays and aborts a `FaultInjection` asks the calling proxy to inject into
 //! a share of the requests to a service (chaos experiments). A delayed request waits, then goes on
 //! (the route's timeout runs meanwhile); an aborted one is answered with `shoal-proxy-error:
-//! fault-injected`, never sent: a gRPC call (content-type `application/grpc*`) with the abort's
-//! `grpc_status` in a trailers-only HTTP 200 when one is set (`http::respond`, as a rate limit answers
-//! RESOURCE_EXHAUSTED), any other request with the abort's HTTP status (a gRPC client maps it, 503 →
-//! UNAVAILABLE). A fault may be scoped by `matches` (path, method, headers: a route rule's
+//! fault-injected`, never sent: a gRPC call (`headers::is_grpc`) in a trailers-only HTTP 200 with
+//! the abort's `grpc_status`, or without one what the gRPC spec makes of its HTTP status (503 →
+//! UNAVAILABLE; `http::respond`, like every proxy answer to a gRPC call), any other request with
+//! the abort's HTTP status. A fault may be scoped by `matches` (path, method, headers: a route rule's
 //! conditions), so that only e.g. requests with `x-chaos: on` are hit. A service without faults
 //! costs one branch. It runs below the split, so an
 //! aborted request counts under the backend the split chose, like any other failure.
 
 use super::split::Backend;
 use crate::errors::{ProxyError, Reason};
-use crate::http::headers::is_grpc;
 use crate::http::stack::{Exchange, Req, Service, stage};
 
 stage! {
@@ -40,20 +39,18 @@ where
         if let Some(abort) = abort {
             let name =
                 (req.target.faulty.as_deref()).map_or_else(String::new, |s| s.qualified_name());
-            let grpc = abort.grpc_status.filter(|_| is_grpc(req.http.headers()));
-            let answer = grpc.map_or_else(
-                || abort.http_status.to_string(),
-                |code| format!("gRPC status {code}"),
+            let mut err = ProxyError::new(Reason::FaultInjected, String::new())
+                .with_status(abort.http_status);
+            err.grpc_status = abort.grpc_status;
+            let answer = if req.grpc {
+                format!("gRPC status {}", err.grpc_code())
+            } else {
+                abort.http_status.to_string()
+            };
+            err.detail = format!(
+                "a fault injection on service {name} aborts {} % of its requests with {answer}; this request was one (see fault_injection in /config)",
+                abort.percent
             );
-            let mut err = ProxyError::new(
-                Reason::FaultInjected,
-                format!(
-                    "a fault injection on service {name} aborts {} % of its requests with {answer}; this request was one (see fault_injection in /config)",
-                    abort.percent
-                ),
-            )
-            .with_status(abort.http_status);
-            err.grpc_status = grpc;
             return Exchange::failed(err);
         }
         if let Some((_, delay)) = delay {

@@ -236,6 +236,7 @@ where
         primary,
         deadline: req.start + limit,
         timeout,
+        grpc: req.grpc,
         named: named.clone(),
         rule,
         shadow,
@@ -243,9 +244,10 @@ where
     };
     tokio::spawn(copy.run(stack.clone()));
     let mut exchange = inner.call(req).await;
+    let status = exchange.answer_status();
     if let Ok(resp) = &mut exchange.result {
         let (tx, body) = oneshot::channel();
-        let head = Head::of(resp.status(), resp.headers(), &mirror.compare_headers);
+        let head = Head::of(status, resp.headers(), &mirror.compare_headers);
         resp.body_mut().observe(Observer::new(tx));
         let _ = primary_tx.send(Primary { head, body });
     }
@@ -305,6 +307,8 @@ struct Copy {
     /// arrival).
     deadline: Instant,
     timeout: Option<Duration>,
+    /// The request is a gRPC call (`Req::grpc`).
+    grpc: bool,
     named: Arc<MeshService>,
     rule: Option<usize>,
     shadow: Arc<MeshService>,
@@ -336,6 +340,7 @@ impl Copy {
             primary,
             deadline,
             timeout,
+            grpc,
             named,
             shadow,
             slot,
@@ -363,6 +368,7 @@ impl Copy {
             start: Instant::now(),
             upgrade: false,
             deadline: None,
+            grpc,
             target: Backend {
                 metrics: shadow.metrics.clone(),
                 service: shadow,
@@ -373,8 +379,11 @@ impl Copy {
             },
         };
         let theirs = tokio::time::timeout_at(deadline, async {
-            let resp = stack.call(req).await.result.ok()?;
-            let head = Head::of(resp.status(), resp.headers(), names);
+            let exchange = stack.call(req).await;
+            // A Shoal proxy's gRPC answer compares as the error status it stands for.
+            let status = exchange.answer_status();
+            let resp = exchange.result.ok()?;
+            let head = Head::of(status, resp.headers(), names);
             Some((head, hash(resp.into_body()).await?))
         })
         .await;

@@ -38,8 +38,7 @@ where
                     "this proxy's requests to service {name} are over its outbound rate limit; retry in {:.3} s (see outbound_rate_limits in /config)",
                     wait.as_secs_f64()
                 );
-                Exchange::failed(refusal(message, wait, req.http.headers()))
-                    .counted_in(&named.metrics)
+                Exchange::failed(refusal(message, wait)).counted_in(&named.metrics)
             }
         }
     }

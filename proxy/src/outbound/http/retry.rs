@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::split::Backend;
 use crate::errors::{ProxyError, Reason};
 use crate::http::body::{RequestBody, ResponseBody};
-use crate::http::headers::{copy_head, is_grpc};
+use crate::http::headers::copy_head;
 use crate::http::replay::Replay;
 use crate::http::stack::{Exchange, FailedAttempt, Req, Service, stage};
 use crate::retry::{Retry as Policy, RetryOn};
@@ -51,7 +51,7 @@ where
             return self.0.call(req).await;
         };
         policy.budget.deposit(Instant::now());
-        if req.upgrade || !may_retry(&req.http, &policy) {
+        if req.upgrade || !may_retry(&req.http, req.grpc, &policy) {
             return self.0.call(req).await;
         }
         // Boxed: only rules with a policy pay for the retry loop's state.
@@ -64,7 +64,7 @@ where
 
 /// Whether the request's method allows a retry under `policy`: idempotent methods (RFC 9110
 /// §9.2.2), gRPC calls when the policy names a gRPC condition, anything when the rule opts in.
-fn may_retry(req: &Request<RequestBody>, policy: &Policy) -> bool {
+fn may_retry(req: &Request<RequestBody>, grpc: bool, policy: &Policy) -> bool {
     let p = &policy.policy;
     p.retry_non_idempotent
         || matches!(
@@ -76,7 +76,7 @@ fn may_retry(req: &Request<RequestBody>, policy: &Policy) -> bool {
                 | Method::PUT
                 | Method::DELETE
         )
-        || (is_grpc(req.headers())
+        || (grpc
             && (p.retries_on(RetryOn::GrpcUnavailable)
                 || p.retries_on(RetryOn::GrpcResourceExhausted)))
 }
@@ -100,6 +100,7 @@ where
         start,
         upgrade,
         deadline,
+        grpc,
         target,
     } = req;
     let (parts, body) = http.into_parts();
@@ -149,6 +150,7 @@ where
             start,
             upgrade,
             deadline,
+            grpc,
             target: Backend {
                 service: target.service.clone(),
                 metrics: target.metrics.clone(),
@@ -165,13 +167,8 @@ where
             },
             None => (call.await, false),
         };
-        if !retryable(p, &exchange, timed_out) {
-            if n > 1
-                && exchange
-                    .result
-                    .as_ref()
-                    .is_ok_and(|r| !r.status().is_server_error())
-            {
+        if !retryable(p, &exchange, timed_out, grpc) {
+            if n > 1 && exchange.result.is_ok() && !exchange.answer_status().is_server_error() {
                 policy.metrics.recovered.increment(1);
             }
             return exchange;
@@ -234,19 +231,30 @@ fn per_try_timed_out(target: &Backend, limit: Duration, n: u32, of: u32) -> Exch
     ))
 }
 
-/// Whether the attempt failed in a way the policy retries.
-fn retryable(p: &crate::retry::RetryPolicy, exchange: &Exchange, timed_out: bool) -> bool {
+/// Whether the attempt failed in a way the policy retries (`grpc`: the request is a gRPC call).
+fn retryable(
+    p: &crate::retry::RetryPolicy,
+    exchange: &Exchange,
+    timed_out: bool,
+    grpc: bool,
+) -> bool {
     if timed_out {
         return p.retries_on(RetryOn::PerTryTimeout);
     }
     match &exchange.result {
-        Ok(resp) => retryable_response(p, resp),
-        Err(e) => retryable_error(p, e),
+        Ok(resp) => retryable_response(p, resp, exchange.answer_status()),
+        Err(e) => retryable_error(p, e, grpc),
     }
 }
 
-fn retryable_response(p: &crate::retry::RetryPolicy, resp: &Response<ResponseBody>) -> bool {
-    let status = resp.status();
+/// `status` is what the response stands for: a Shoal proxy's gRPC answer (HTTP 200) is retried
+/// on its reason's HTTP status as it was when that answer was an HTTP error, and on its gRPC
+/// status like any gRPC answer.
+fn retryable_response(
+    p: &crate::retry::RetryPolicy,
+    resp: &Response<ResponseBody>,
+    status: StatusCode,
+) -> bool {
     let code = status.as_u16();
     if p.retryable_status_codes.contains(&code)
         || (status.is_server_error() && p.retries_on(RetryOn::ServerError))
@@ -264,14 +272,19 @@ fn retryable_response(p: &crate::retry::RetryPolicy, resp: &Response<ResponseBod
     }
 }
 
-fn retryable_error(p: &crate::retry::RetryPolicy, e: &ProxyError) -> bool {
+/// A gRPC call is answered UNAVAILABLE for a failure to reach the endpoint, so `grpc_unavailable`
+/// retries those too (connect failures, a refused stream: never processed, safe to send again).
+fn retryable_error(p: &crate::retry::RetryPolicy, e: &ProxyError, grpc: bool) -> bool {
     let on = |c| p.retries_on(c);
+    let unavailable = grpc && on(RetryOn::GrpcUnavailable);
     let condition = match e.kind {
         Reason::UpstreamConnectRefused
         | Reason::UpstreamConnectTimeout
         | Reason::UpstreamConnectError
-        | Reason::UpstreamTlsHandshake => on(RetryOn::ConnectFailure),
-        Reason::UpstreamReset if e.unprocessed => on(RetryOn::RefusedStream) || on(RetryOn::Reset),
+        | Reason::UpstreamTlsHandshake => on(RetryOn::ConnectFailure) || unavailable,
+        Reason::UpstreamReset if e.unprocessed => {
+            on(RetryOn::RefusedStream) || on(RetryOn::Reset) || unavailable
+        }
         Reason::UpstreamReset => on(RetryOn::Reset),
         Reason::UpstreamMalformedResponse => false,
         // Nothing another attempt could change: the request, the configuration, the proxy.

@@ -35,21 +35,21 @@ fn failed(e: ProxyError) -> Exchange {
 #[test]
 fn the_default_conditions() {
     let p = policy(&DEFAULT_RETRY_ON, &[]);
-    assert!(retryable(&p, &answered(503, &[]), false));
-    assert!(!retryable(&p, &answered(502, &[]), false));
-    assert!(!retryable(&p, &answered(500, &[]), false));
-    assert!(!retryable(&p, &answered(200, &[]), false));
+    assert!(retryable(&p, &answered(503, &[]), false, false));
+    assert!(!retryable(&p, &answered(502, &[]), false, false));
+    assert!(!retryable(&p, &answered(500, &[]), false, false));
+    assert!(!retryable(&p, &answered(200, &[]), false, false));
     let refused = ProxyError::new(Reason::UpstreamConnectRefused, "x");
-    assert!(retryable(&p, &failed(refused), false));
+    assert!(retryable(&p, &failed(refused), false, false));
     let reset = ProxyError::new(Reason::UpstreamReset, "x");
     assert!(
-        !retryable(&p, &failed(reset), false),
+        !retryable(&p, &failed(reset), false, false),
         "a reset may have been processed"
     );
     let refused_stream = ProxyError::new(Reason::UpstreamReset, "x").unprocessed();
-    assert!(retryable(&p, &failed(refused_stream), false));
+    assert!(retryable(&p, &failed(refused_stream), false, false));
     assert!(
-        !retryable(&p, &answered(200, &[]), true),
+        !retryable(&p, &answered(200, &[]), true, false),
         "per-try timeout not listed"
     );
 }
@@ -58,15 +58,15 @@ fn the_default_conditions() {
 fn status_conditions_and_listed_codes() {
     let p = policy(&[RetryOn::GatewayError], &[409]);
     for code in [502, 503, 504, 409] {
-        assert!(retryable(&p, &answered(code, &[]), false), "{code}");
+        assert!(retryable(&p, &answered(code, &[]), false, false), "{code}");
     }
-    assert!(!retryable(&p, &answered(500, &[]), false));
+    assert!(!retryable(&p, &answered(500, &[]), false, false));
     let p = policy(&[RetryOn::ServerError], &[]);
-    assert!(retryable(&p, &answered(500, &[]), false));
+    assert!(retryable(&p, &answered(500, &[]), false, false));
     // A proxy-made 502 (a reset) is a gateway error too.
     let p = policy(&[RetryOn::GatewayError], &[]);
     let reset = ProxyError::new(Reason::UpstreamReset, "x");
-    assert!(retryable(&p, &failed(reset), false));
+    assert!(retryable(&p, &failed(reset), false, false));
     // What no attempt can change is never retried.
     let p = policy(&[RetryOn::ServerError, RetryOn::GatewayError], &[]);
     for kind in [
@@ -75,7 +75,7 @@ fn status_conditions_and_listed_codes() {
         Reason::ForwardingLoop,
     ] {
         assert!(
-            !retryable(&p, &failed(ProxyError::new(kind, "x")), false),
+            !retryable(&p, &failed(ProxyError::new(kind, "x")), false, false),
             "{kind}"
         );
     }
@@ -87,17 +87,82 @@ fn grpc_status_in_a_trailers_only_head() {
     assert!(retryable(
         &p,
         &answered(200, &[("grpc-status", "14")]),
+        false,
         false
     ));
     assert!(!retryable(
         &p,
         &answered(200, &[("grpc-status", "8")]),
+        false,
         false
     ));
     let p = policy(&[RetryOn::GrpcResourceExhausted], &[]);
     assert!(retryable(
         &p,
         &answered(200, &[("grpc-status", "8")]),
+        false,
+        false
+    ));
+}
+
+#[test]
+fn a_proxys_grpc_answer_is_retried_on_its_reasons_status_and_its_grpc_status() {
+    // The endpoint's inbound proxy answered a gRPC call itself: 200 on the wire, trailers-only.
+    let relayed = |reason: Reason| {
+        let mut e = answered(
+            200,
+            &[
+                ("grpc-status", &reason.grpc_status().to_string()),
+                ("shoal-proxy-error", reason.as_str()),
+            ],
+        );
+        let resp = e.result.as_mut().unwrap();
+        let found = crate::errors::relayed_reason(resp.headers()).unwrap();
+        resp.extensions_mut()
+            .insert(crate::http::stack::Relayed(found));
+        assert_eq!(e.relayed(), Some(reason));
+        e
+    };
+    // Retried as the 502 it stood for before, by the HTTP conditions...
+    for on in [RetryOn::GatewayError, RetryOn::ServerError] {
+        let p = policy(&[on], &[]);
+        assert!(retryable(
+            &p,
+            &relayed(Reason::UpstreamConnectRefused),
+            false,
+            false
+        ));
+        assert!(!retryable(&p, &relayed(Reason::Unauthorized), false, false));
+    }
+    // ...and as the UNAVAILABLE it now is, by the gRPC one.
+    let p = policy(&[RetryOn::GrpcUnavailable], &[]);
+    assert!(retryable(
+        &p,
+        &relayed(Reason::UpstreamConnectRefused),
+        false,
+        false
+    ));
+    assert!(!retryable(&p, &relayed(Reason::Unauthorized), false, false));
+    // This proxy's own failure to reach an endpoint is UNAVAILABLE to a gRPC call: retried by
+    // the gRPC condition too, but only where a retry is safe (never processed).
+    let refused = || failed(ProxyError::new(Reason::UpstreamConnectRefused, "x"));
+    assert!(retryable(&p, &refused(), false, true));
+    assert!(!retryable(&p, &refused(), false, false), "not a gRPC call");
+    let reset = failed(ProxyError::new(Reason::UpstreamReset, "x"));
+    assert!(
+        !retryable(&p, &reset, false, true),
+        "may have been processed"
+    );
+    let stream = failed(ProxyError::new(Reason::UpstreamReset, "x").unprocessed());
+    assert!(retryable(&p, &stream, false, true));
+    let overloaded = failed(ProxyError::new(Reason::BackendOverloaded, "x"));
+    assert!(!retryable(&p, &overloaded, false, true), "never retried");
+    // A gRPC app's own trailers-only answer is only its gRPC status.
+    let p = policy(&[RetryOn::GatewayError], &[]);
+    assert!(!retryable(
+        &p,
+        &answered(200, &[("grpc-status", "14")]),
+        false,
         false
     ));
 }
