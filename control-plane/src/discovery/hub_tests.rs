@@ -63,7 +63,8 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
     let Payload::BackendPolicy(policy) = hub
         .entry(&key(T::BackendPolicy, name))
         .expect("the enforced part is pushed")
-        .payload
+        .payload()
+        .unwrap()
     else {
         panic!("a backend policy payload")
     };
@@ -84,7 +85,7 @@ fn stored_resources_no_longer_accepted_are_warned_about_and_not_pushed() {
     let pushed = hub
         .entry(&key(T::Route, name))
         .expect("the route is pushed");
-    let Payload::Route(pushed) = pushed.payload else {
+    let Payload::Route(pushed) = pushed.payload().unwrap() else {
         panic!("a route payload")
     };
     let mut kept = route();
