@@ -9,7 +9,10 @@
 //! one line there.
 //!
 //! - a list answers every object with the current `metadata.resourceVersion` (one counter for all kinds, as
-//!   etcd's revision is); `metadata.generation` counts spec changes;
+//!   etcd's revision is); `metadata.generation` counts spec changes; `?limit=N` pages it as the API server does
+//!   (`metadata.continue` names the next page; kube-rs asks for 500 objects at a time), each page listing the
+//!   objects after the previous page's last one as they are now, under the first page's `resourceVersion` (a
+//!   change in between is also in the watch from that version);
 //! - `?watch=1&resourceVersion=N` answers a chunked stream of JSON watch events (`ADDED`, `MODIFIED`,
 //!   `DELETED`): first every event of the kind after `N`, then each new one as it happens;
 //!   `allowWatchBookmarks=true` lets [`FakeKube::bookmark`] send `BOOKMARK`s;
@@ -35,6 +38,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -126,8 +130,10 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 /// What a kind received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requests {
-    /// List requests received (including any held by [`FakeKube::pause_lists`]).
+    /// Lists started (first pages; including any held by [`FakeKube::pause_lists`]).
     pub lists: usize,
+    /// Further pages of a paged list (`continue`) received.
+    pub pages: usize,
     /// The `resourceVersion` of each watch request, in order.
     pub watches: Vec<String>,
 }
@@ -644,7 +650,7 @@ impl Server {
                 .is_some_and(|b| b == "true");
             self.watch(path, &from, bookmarks)
         } else {
-            self.list(path, kind, api_version).await
+            self.list(path, kind, api_version, &query).await
         }
     }
 
@@ -692,22 +698,58 @@ impl Server {
         json_response(StatusCode::OK, &object)
     }
 
-    async fn list(&self, path: &'static str, kind: &str, api_version: &str) -> Response<Body> {
-        self.state
-            .lock()
-            .unwrap()
-            .kinds
-            .get_mut(path)
-            .unwrap()
-            .requests
-            .lists += 1;
+    async fn list(
+        &self,
+        path: &'static str,
+        kind: &str,
+        api_version: &str,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
+        let token = query.get("continue").filter(|t| !t.is_empty());
+        let after = match token.map(|t| continue_token::parse(t)) {
+            Some(None) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "continue: not a token of this fake",
+                );
+            }
+            Some(Some(after)) => Some(after),
+            None => None,
+        };
+        {
+            let mut state = self.state.lock().unwrap();
+            let requests = &mut state.kinds.get_mut(path).unwrap().requests;
+            match after {
+                Some(_) => requests.pages += 1,
+                None => requests.lists += 1,
+            }
+        }
         let mut open = self.lists_open.clone();
         let _ = open.wait_for(|open| *open).await;
+        let limit = (query.get("limit").and_then(|l| l.parse::<usize>().ok()))
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
         let state = self.state.lock().unwrap();
-        let items: Vec<&Value> = state.kinds[path].objects.values().collect();
+        let objects = &state.kinds[path].objects;
+        let (version, rest) = match &after {
+            Some((version, key)) => (
+                *version,
+                objects.range::<(String, String), _>((Bound::Excluded(key), Bound::Unbounded)),
+            ),
+            None => (state.version, objects.range::<(String, String), _>(..)),
+        };
+        let mut page: Vec<(&(String, String), &Value)> =
+            rest.take(limit.saturating_add(1)).collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let mut metadata = json!({"resourceVersion": version.to_string()});
+        if more && let Some((last, _)) = page.last() {
+            metadata["continue"] = json!(continue_token::of(version, last));
+        }
+        let items: Vec<&Value> = page.into_iter().map(|(_, object)| object).collect();
         let list = json!({
             "kind": format!("{kind}List"), "apiVersion": api_version,
-            "metadata": {"resourceVersion": state.version.to_string()},
+            "metadata": metadata,
             "items": items,
         });
         json_response(StatusCode::OK, &list)
@@ -788,4 +830,27 @@ fn status(code: StatusCode, message: &str) -> Response<Body> {
         "message": message, "reason": reason(code), "code": code.as_u16()
     });
     json_response(code, &body)
+}
+
+/// A paged list's `continue` token: the first page's version and the last object listed, hex-encoded (the
+/// client sends it back in a query string; the API server's tokens are opaque too).
+mod continue_token {
+    /// The token after `last`, for a list at `version`.
+    pub(super) fn of(version: u64, (namespace, name): &(String, String)) -> String {
+        let raw = format!("{version}/{namespace}/{name}");
+        raw.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The version and last object a token names; `None` for anything [`of`] did not make.
+    pub(super) fn parse(token: &str) -> Option<(u64, (String, String))> {
+        let bytes: Option<Vec<u8>> = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect();
+        let raw = String::from_utf8(bytes?).ok()?;
+        let mut parts = raw.splitn(3, '/');
+        let version = parts.next()?.parse().ok()?;
+        let (namespace, name) = (parts.next()?, parts.next()?);
+        Some((version, (namespace.to_owned(), name.to_owned())))
+    }
 }

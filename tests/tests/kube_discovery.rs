@@ -346,6 +346,35 @@ async fn identities_come_from_the_pods_service_accounts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_in_pages_is_read_whole() {
+    // More pods than kube-rs asks for in one page (500): the list comes in three pages, and the pod
+    // that gives `api` its identity sorts last, on the third.
+    let kube = FakeKube::start(TOKEN).await;
+    let a = HttpBackend::respond(|_| text_response(200, "a")).await;
+    kube.apply(service("api", "10.96.0.11"));
+    for i in 0..1200 {
+        kube.apply(pod(&format!("filler-{i:04}"), "filler", true));
+    }
+    kube.apply(pod("zz-api-1", "api-sa", true));
+    kube.apply(slice(
+        "api-a",
+        "api",
+        a.addr().port(),
+        &[endpoint("zz-api-1", true)],
+    ));
+    let mut mesh = mesh(kube).await;
+    let pods = mesh.kube.requests("Pod");
+    assert_eq!((pods.lists, pods.pages), (1, 2), "{pods:?}");
+    let _ = mesh.client.get("api", "/").await;
+    mesh.wait_ports("api", &[a.addr().port()]).await;
+    let endpoints = mesh.endpoints("api").await;
+    assert_eq!(
+        endpoints[0]["identity"], "spiffe://cluster.local/ns/default/sa/api-sa",
+        "{endpoints:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_watch_resumes_from_its_version_without_losing_endpoints() {
     let kube = FakeKube::start(TOKEN).await;
     let (a, b) = two_backends(&kube, false).await;

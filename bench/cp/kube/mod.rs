@@ -188,6 +188,10 @@ async fn bench(
         args.proxies, connect.seconds, connect.kib_per_proxy, args.changes
     );
     let changes = changes(&kube, &cp, &tracker, &fleet, &args).await?;
+    eprintln!(
+        "cp-bench: each change → last ACK, ms, in order: {:?}",
+        changes.each_ms
+    );
     phases::check_fleet(&fleet)?;
     fleet.stop().await;
     let report = KubeReport {
@@ -320,6 +324,9 @@ async fn changes(
         count: args.changes,
         subscribers: args.proxies,
         latency: Latency::of(&latencies),
+        each_ms: (latencies.iter())
+            .map(|l| (l.as_secs_f64() * 1e4).round() / 10.0)
+            .collect(),
         cores: after.cores_since(&before),
         responses: fleet
             .counters

@@ -65,6 +65,8 @@ pub struct Changes {
     pub subscribers: usize,
     /// From the fake API server's write to the last subscriber's ACK.
     pub latency: Latency,
+    /// The same for each change, in order, ms (an outlier's place in the run shows).
+    pub each_ms: Vec<f64>,
     /// Control-plane cores during the phase.
     pub cores: f64,
     /// Responses the proxies received during the phase.

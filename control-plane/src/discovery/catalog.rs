@@ -7,7 +7,7 @@
 //! they survive control-plane restarts: a reconnecting proxy that holds the same content is sent
 //! nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -92,23 +92,43 @@ pub enum Contribution {
 }
 
 /// A merged entry.
+///
+/// Only the encoded form is kept (the payload is decoded on demand, [`Entry::payload`]): with a
+/// Kubernetes cluster of 5,000 Services the catalog holds ~35,000 entries, and a decoded copy of
+/// each beside its encoding and its contributions was a fifth of the control plane's memory.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Content hash of the payload.
     pub version: Version,
-    /// What proxies receive.
-    pub payload: Payload,
     /// The whole `DiscoveryResource` (key, version, payload), encoded once when the entry changes
     /// and shared by every stream that sends it (see `stream::Response`).
     pub encoded: Bytes,
 }
 
+impl Entry {
+    /// What proxies receive, decoded from [`Self::encoded`] (`None` only if those bytes were not
+    /// the catalog's own encoding).
+    pub fn payload(&self) -> Option<Payload> {
+        v1::DiscoveryResource::decode(self.encoded.clone())
+            .ok()
+            .and_then(|r| r.payload)
+    }
+}
+
+/// What the sources say about one key: per source, sorted by name, its contributions (several
+/// endpoints of one service from one source). A key has one or two sources in practice, so a
+/// sorted vector with exact capacities: a `BTreeMap` allocates a node of eleven slots per key,
+/// and a `Vec` grown by pushing keeps room for four contributions — with ~35,000 keys (5,000
+/// Kubernetes Services) those two were 45 MiB of room for one contribution each.
+type Sources = Vec<(Arc<str>, Box<[Contribution]>)>;
+
 /// The table of entries and the contributions they were merged from.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    /// Per key, per source: what the source says (several endpoints of one service from one source).
-    contributions: HashMap<Key, BTreeMap<String, Vec<Contribution>>>,
-    by_source: HashMap<String, Vec<Key>>,
+    /// Per key, per source: what the source says.
+    contributions: KeyMap<Sources>,
+    /// The keys each source contributes to (the source's name shared with `contributions`).
+    by_source: HashMap<Arc<str>, Box<[Key]>>,
     entries: KeyMap<Entry>,
 }
 
@@ -142,7 +162,7 @@ impl Catalog {
         self.by_source
             .keys()
             .filter(|s| s.starts_with(prefix))
-            .cloned()
+            .map(|s| s.to_string())
             .collect()
     }
 
@@ -153,47 +173,60 @@ impl Catalog {
         contributions: Vec<(Key, Contribution)>,
     ) -> Vec<Key> {
         let mut touched: HashSet<Key> = HashSet::new();
-        if let Some(old) = self.by_source.remove(source) {
-            for k in old {
-                if let Some(c) = self.contributions.get_mut(&k) {
-                    c.remove(source);
-                    if c.is_empty() {
-                        self.contributions.remove(&k);
+        let name: Arc<str> = match self.by_source.remove_entry(source) {
+            Some((name, old)) => {
+                for k in old {
+                    if let Some(list) = self.contributions.get_mut(&k) {
+                        list.retain(|(s, _)| **s != *source);
+                        if list.is_empty() {
+                            self.contributions.remove(&k);
+                        }
                     }
+                    touched.insert(k);
                 }
-                touched.insert(k);
+                name
+            }
+            None => source.into(),
+        };
+        // Grouped per key, in the order the keys first appear.
+        let mut grouped: Vec<(Key, Vec<Contribution>)> = Vec::new();
+        let mut index: KeyMap<usize> = KeyMap::default();
+        for (k, c) in contributions {
+            match index.get(&k) {
+                Some(&i) => grouped[i].1.push(c),
+                None => {
+                    index.insert(k.clone(), grouped.len());
+                    grouped.push((k, vec![c]));
+                }
             }
         }
-        let mut keys = Vec::with_capacity(contributions.len());
-        for (k, c) in contributions {
-            self.contributions
-                .entry(k.clone())
-                .or_default()
-                .entry(source.to_string())
-                .or_default()
-                .push(c);
+        let mut keys = Vec::with_capacity(grouped.len());
+        for (k, c) in grouped {
+            let list = self.contributions.entry(k.clone()).or_default();
+            let at = list.partition_point(|(s, _)| **s < *name);
+            list.reserve_exact(1);
+            list.insert(at, (name.clone(), c.into_boxed_slice()));
             touched.insert(k.clone());
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
+            keys.push(k);
         }
         if !keys.is_empty() {
-            self.by_source.insert(source.to_string(), keys);
+            self.by_source.insert(name, keys.into_boxed_slice());
         }
         let mut changed = Vec::new();
         for k in touched {
             let merged = self.contributions.get(&k).and_then(|c| merge(&k, c));
-            let differs = match (&merged, self.entries.get(&k)) {
-                (Some(p), Some(e)) => *p != e.payload,
+            // Versions are content hashes: equal versions, equal content.
+            let entry = merged.map(|payload| encode(&k, &payload));
+            let differs = match (&entry, self.entries.get(&k)) {
+                (Some(new), Some(old)) => new.version != old.version,
                 (None, None) => false,
                 _ => true,
             };
             if !differs {
                 continue;
             }
-            match merged {
-                Some(payload) => {
-                    let entry = encode(&k, payload);
+            match entry {
+                Some(entry) => {
                     self.entries.insert(k.clone(), entry);
                 }
                 None => {
@@ -206,11 +239,10 @@ impl Catalog {
     }
 }
 
-fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option<Payload> {
+fn merge(k: &Key, contributions: &Sources) -> Option<Payload> {
     if k.ty == v1::ResourceType::Endpoints as i32 {
-        let mut endpoints: Vec<v1::Endpoint> = contributions
-            .values()
-            .flatten()
+        let mut endpoints: Vec<v1::Endpoint> = (contributions.iter())
+            .flat_map(|(_, c)| c.iter())
             .filter_map(|c| match c {
                 Contribution::Endpoint(e) => Some(e.clone()),
                 Contribution::Whole(_) => None,
@@ -237,10 +269,12 @@ fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option
     };
     let mut stored = (contributions.iter())
         .filter(|(source, _)| source.starts_with(STORE_PREFIX))
-        .flat_map(|(_, c)| c);
-    stored
-        .find_map(whole)
-        .or_else(|| contributions.values().flatten().find_map(whole))
+        .flat_map(|(_, c)| c.iter());
+    stored.find_map(whole).or_else(|| {
+        (contributions.iter())
+            .flat_map(|(_, c)| c.iter())
+            .find_map(whole)
+    })
 }
 
 /// Encodes `payload` once: its version is a stable hash of the encoding, and the encoded
@@ -250,7 +284,7 @@ fn merge(k: &Key, contributions: &BTreeMap<String, Vec<Contribution>>) -> Option
 /// concatenation of its fields' encodings: `key` (1) and `version` (2) then the `payload` oneof
 /// (10–19) is exactly the encoding of the whole `DiscoveryResource`, so the payload is encoded
 /// once, for the hash and for the wire.
-fn encode(k: &Key, payload: Payload) -> Entry {
+fn encode(k: &Key, payload: &Payload) -> Entry {
     // The same bytes as a `DiscoveryResource` with only its payload set.
     let mut body = Vec::with_capacity(payload.encoded_len());
     payload.encode(&mut body);
@@ -269,7 +303,6 @@ fn encode(k: &Key, payload: Payload) -> Entry {
     encoded.extend_from_slice(&body);
     Entry {
         version,
-        payload,
         encoded: Bytes::from(encoded),
     }
 }
@@ -301,7 +334,7 @@ mod tests {
             c.set_source("reg/b", vec![(k.clone(), ep("10.0.0.2", 80))]),
             vec![k.clone()]
         );
-        let Payload::Endpoints(eps) = &c.get(&k).unwrap().payload else {
+        let Payload::Endpoints(eps) = &c.get(&k).unwrap().payload().unwrap() else {
             panic!()
         };
         assert_eq!(eps.endpoints.len(), 2);
@@ -311,7 +344,7 @@ mod tests {
             (k.clone(), ep("10.0.0.3", 80)),
         ];
         assert_eq!(c.set_source("reg/b", both), vec![k.clone()]);
-        let Payload::Endpoints(eps) = &c.get(&k).unwrap().payload else {
+        let Payload::Endpoints(eps) = &c.get(&k).unwrap().payload().unwrap() else {
             panic!()
         };
         assert_eq!(eps.endpoints.len(), 3);
@@ -352,13 +385,47 @@ mod tests {
             "store/service/default/web",
             vec![(k.clone(), service(8080))],
         );
-        let port = |c: &Catalog| match &c.get(&k).unwrap().payload {
+        let port = |c: &Catalog| match &c.get(&k).unwrap().payload().unwrap() {
             Payload::Service(s) => s.ports[0].port,
             other => panic!("{other:?}"),
         };
         assert_eq!(port(&c), 8080);
         c.set_source("store/service/default/web", vec![]);
         assert_eq!(port(&c), 80);
+    }
+
+    #[test]
+    fn the_lowest_source_wins_and_a_source_replaced_keeps_its_place() {
+        let binding = |service: &str| {
+            Contribution::Whole(Payload::Address(v1::AddressBinding {
+                address: "10.0.0.1:80".into(),
+                service: service.into(),
+                service_port: 80,
+            }))
+        };
+        let service = |c: &Catalog, k: &Key| match c.get(k).unwrap().payload().unwrap() {
+            Payload::Address(b) => b.service,
+            other => panic!("{other:?}"),
+        };
+        let mut c = Catalog::default();
+        let k = key(v1::ResourceType::Address, "10.0.0.1:80");
+        c.set_source("b", vec![(k.clone(), binding("from-b"))]);
+        c.set_source("c", vec![(k.clone(), binding("from-c"))]);
+        assert_eq!(service(&c, &k), "from-b");
+        c.set_source("a", vec![(k.clone(), binding("from-a"))]);
+        assert_eq!(service(&c, &k), "from-a");
+        // Replaced, a source keeps its rank; withdrawn, the next one wins.
+        assert_eq!(
+            c.set_source("a", vec![(k.clone(), binding("from-a2"))]),
+            vec![k.clone()]
+        );
+        assert_eq!(service(&c, &k), "from-a2");
+        c.set_source("a", vec![]);
+        assert_eq!(service(&c, &k), "from-b");
+        c.set_source("b", vec![]);
+        c.set_source("c", vec![]);
+        assert!(c.get(&k).is_none());
+        assert!(c.contributions.is_empty() && c.by_source.is_empty());
     }
 
     #[test]
@@ -373,7 +440,7 @@ mod tests {
             v1::DiscoveryResource {
                 key: Some(wire_key(&k)),
                 version: wire_version(e.version),
-                payload: Some(e.payload.clone()),
+                payload: e.payload(),
             }
         );
         assert_eq!(decoded.version.len(), 16);

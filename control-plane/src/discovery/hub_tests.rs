@@ -27,7 +27,8 @@ fn every_stored_kind_is_pushed_after_a_restart_with_every_field() {
     let Payload::BackendPolicy(policy) = hub
         .entry(&key(T::BackendPolicy, name))
         .expect("the backend policy is pushed")
-        .payload
+        .payload()
+        .unwrap()
     else {
         panic!("a backend policy payload")
     };
@@ -47,7 +48,8 @@ fn every_stored_kind_is_pushed_after_a_restart_with_every_field() {
     let Payload::Route(pushed) = hub
         .entry(&key(T::Route, name))
         .expect("the route is pushed")
-        .payload
+        .payload()
+        .unwrap()
     else {
         panic!("a route payload")
     };

@@ -56,7 +56,7 @@ pub enum Decision {
 pub fn observe(hub: &Hub, trust_domain: &str, pending: &PendingRoot) -> Option<Vec<KeyAck>> {
     let k = key(ResourceType::TrustBundle, trust_domain);
     let entry = hub.entry(&k)?;
-    match &entry.payload {
+    match &entry.payload()? {
         Payload::TrustBundle(b) if b.roots_pem.contains(&pending.root_pem) => {
             Some(hub.registry.acks(&k, entry.version))
         }

@@ -20,8 +20,8 @@ pub(crate) fn endpoint(address: &str, port: u16) -> Endpoint {
 /// The addresses (`ip:port`) of `service`'s `ENDPOINTS` in the hub; `None` when it has no entry.
 pub(crate) fn endpoints(hub: &Hub, service: &str) -> Option<Vec<String>> {
     let entry = hub.entry(&key(T::Endpoints, service))?;
-    let Payload::Endpoints(eps) = entry.payload else {
-        panic!("not endpoints: {:?}", entry.payload)
+    let Payload::Endpoints(eps) = entry.payload().unwrap() else {
+        panic!("not endpoints: {entry:?}")
     };
     Some(
         eps.endpoints
@@ -32,7 +32,7 @@ pub(crate) fn endpoints(hub: &Hub, service: &str) -> Option<Vec<String>> {
 }
 
 fn binding(hub: &Hub, address: &str) -> Option<v1::AddressBinding> {
-    match hub.entry(&key(T::Address, address))?.payload {
+    match hub.entry(&key(T::Address, address))?.payload().unwrap() {
         Payload::Address(b) => Some(b),
         other => panic!("not an address binding: {other:?}"),
     }
@@ -80,7 +80,7 @@ fn a_list_of_many_endpoints_is_published_whole_and_updated_in_place() {
     heavier[0].weight = 7;
     publisher.set("web.default", heavier);
     let entry = hub.entry(&key(T::Endpoints, "web.default")).unwrap();
-    let Payload::Endpoints(eps) = entry.payload else {
+    let Payload::Endpoints(eps) = entry.payload().unwrap() else {
         panic!()
     };
     assert_eq!(eps.endpoints[0].weight, 7);

@@ -554,7 +554,7 @@ mod propagation {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             loop {
                 if let Some(entry) = self.hub.entry(&self.bundle)
-                    && matches!(&entry.payload, v1::discovery_resource::Payload::TrustBundle(b) if b.roots_pem.contains(&root))
+                    && matches!(&entry.payload(), Some(v1::discovery_resource::Payload::TrustBundle(b)) if b.roots_pem.contains(&root))
                 {
                     return entry.version;
                 }

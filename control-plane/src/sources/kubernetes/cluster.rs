@@ -138,10 +138,12 @@ pub(crate) struct Cluster {
     pub(crate) slices: Table<Slice>,
     /// Pods with Shoal's sidecar: their endpoints' SPIFFE id.
     pub(crate) pods: Table<String>,
-    /// Per Service (namespace, name), the names of its slices.
-    slices_of: HashMap<ObjKey, BTreeSet<String>>,
-    /// Per pod, the Services whose slices name it, with how many slice endpoints do.
-    services_of_pod: HashMap<ObjKey, BTreeMap<ObjKey, u32>>,
+    /// Per Service (namespace, name), the names of its slices, sorted.
+    slices_of: HashMap<ObjKey, Vec<String>>,
+    /// Per pod, the Services (in the pod's namespace) whose slices name it, with how many slice
+    /// endpoints do. A small vector, not a map: a pod backs one or two Services, and a tree node per
+    /// pod was 11 MiB for 20,000 pods.
+    services_of_pod: HashMap<ObjKey, Vec<(String, u32)>>,
 }
 
 impl Cluster {
@@ -168,28 +170,33 @@ impl Cluster {
                 let Some(slice) = slice else { continue };
                 let service = (namespace.clone(), slice.service.clone());
                 let names = self.slices_of.entry(service.clone()).or_default();
-                if add {
-                    names.insert(name.clone());
-                } else {
-                    names.remove(&name);
-                    if names.is_empty() {
-                        self.slices_of.remove(&service);
+                match (names.binary_search(&name), add) {
+                    (Err(at), true) => names.insert(at, name.clone()),
+                    (Ok(at), false) => {
+                        names.remove(at);
+                        if names.is_empty() {
+                            self.slices_of.remove(&service);
+                        }
                     }
+                    _ => {}
                 }
                 for pod in slice.endpoints.iter().filter_map(|e| e.pod.clone()) {
                     let pod = (namespace.clone(), pod);
                     let services = self.services_of_pod.entry(pod.clone()).or_default();
-                    let count = services.entry(service.clone()).or_default();
-                    if add {
-                        *count += 1;
-                    } else {
-                        *count = count.saturating_sub(1);
-                        if *count == 0 {
-                            services.remove(&service);
+                    let at = services.iter().position(|(s, _)| *s == slice.service);
+                    match (at, add) {
+                        (Some(at), true) => services[at].1 += 1,
+                        (None, true) => services.push((slice.service.clone(), 1)),
+                        (Some(at), false) => {
+                            services[at].1 -= 1;
+                            if services[at].1 == 0 {
+                                services.swap_remove(at);
+                            }
                         }
-                        if services.is_empty() {
-                            self.services_of_pod.remove(&pod);
-                        }
+                        (None, false) => {}
+                    }
+                    if services.is_empty() {
+                        self.services_of_pod.remove(&pod);
                     }
                 }
                 touched.insert(service);
@@ -203,7 +210,8 @@ impl Cluster {
         let mut touched = BTreeSet::new();
         for (pod, _, _) in self.pods.apply(event) {
             if let Some(services) = self.services_of_pod.get(&pod) {
-                touched.extend(services.keys().cloned());
+                let (namespace, _) = &pod;
+                touched.extend(services.iter().map(|(s, _)| (namespace.clone(), s.clone())));
             }
         }
         touched

@@ -152,3 +152,30 @@ fn slices_wait_for_their_service_and_a_deleted_service_is_withdrawn() {
     );
     assert!(c.view(&k("web")).is_none());
 }
+
+#[test]
+fn a_pod_in_two_slices_and_two_services_is_counted_per_service() {
+    let mut c = synced_cluster();
+    c.service_event(Event::Apply(k("web"), Some(web())));
+    // Two slices of `web` and one of `api` name p1.
+    c.slice_event(Event::Apply(k("web-a"), Some(slice(&[("10.0.0.1", "p1")]))));
+    c.slice_event(Event::Apply(k("web-b"), Some(slice(&[("10.0.0.2", "p1")]))));
+    let api = Slice {
+        service: "api".into(),
+        ..slice(&[("10.0.0.3", "p1")])
+    };
+    c.slice_event(Event::Apply(k("api-a"), Some(api)));
+    // Slices are joined in name order.
+    assert_eq!(addresses(&c), ["10.0.0.1", "10.0.0.2"]);
+    let touched = c.pod_event(Event::Apply(k("p1"), Some("id-1".into())));
+    assert_eq!(touched, [k("api"), k("web")].into());
+    // One of web's slices goes: p1 still backs both services.
+    c.slice_event(Event::Delete(k("web-a")));
+    assert_eq!(addresses(&c), ["10.0.0.2"]);
+    let touched = c.pod_event(Event::Apply(k("p1"), Some("id-2".into())));
+    assert_eq!(touched, [k("api"), k("web")].into());
+    // The other goes: only api.
+    c.slice_event(Event::Delete(k("web-b")));
+    let touched = c.pod_event(Event::Apply(k("p1"), Some("id-3".into())));
+    assert_eq!(touched, [k("api")].into());
+}

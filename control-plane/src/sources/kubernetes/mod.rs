@@ -494,15 +494,18 @@ impl EndpointSource for KubernetesSource {
                     touched
                 } else {
                     published_once = true;
+                    cluster.all_services()
+                };
+                publish(&mut publisher, &cluster, &touched);
+                if first {
+                    // Logged once every Service is in the catalog (what a proxy can be sent).
                     tracing::info!(
                         services = cluster.services.len(),
                         endpoint_slices = cluster.slices.len(),
                         meshed_pods = cluster.pods.len(),
                         "kubernetes source synced"
                     );
-                    cluster.all_services()
-                };
-                publish(&mut publisher, &cluster, &touched);
+                }
                 // Policies are checked against the Services: again when a policy or a Service changed.
                 let reevaluate = first
                     || matches!(kind, Kind::Policy(_))
@@ -544,7 +547,8 @@ fn publish(publisher: &mut Publisher, cluster: &Cluster, touched: &BTreeSet<ObjK
             }
         }
     }
-    if !touched.is_empty() {
+    // Counting every published endpoint is O(services): only when the line is logged.
+    if !touched.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
         let endpoints: usize = publisher.published().values().map(Vec::len).sum();
         tracing::debug!(
             source = "kubernetes",
