@@ -42,6 +42,28 @@ pub fn slice(service: &str, port: u16) -> Value {
     })
 }
 
+/// The Service `web` (cluster IP 10.96.0.10), its meshed pod `web-0` (service account `web`, the proxy as a native
+/// sidecar) and an EndpointSlice whose one endpoint, 127.0.0.1:`port`, is that pod: `web`'s endpoint gets the
+/// SPIFFE id of service account `web` (the tests of Kubernetes identity).
+pub fn publish_meshed_web(kube: &FakeKube, port: u16) {
+    kube.apply(service("web", "10.96.0.10"));
+    kube.apply(json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": "web-0", "namespace": "default"},
+        "spec": {"serviceAccountName": "web",
+                 "initContainers": [{"name": "shoal-init", "image": "shoal"}, {"name": "shoal-proxy", "image": "shoal"}],
+                 "containers": [{"name": "app", "image": "app"}]}
+    }));
+    kube.apply(json!({
+        "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {"name": "web-0", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "namespace": "default", "name": "web-0"}}]
+    }));
+}
+
 /// The Service `name` (cluster IP `ip`) served by a backend answering `name`.
 pub async fn backend_service(kube: &FakeKube, name: &str, ip: &str) -> HttpBackend {
     let body = name.to_owned();

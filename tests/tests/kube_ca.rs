@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shoal_proto::v1;
 use shoal_tests::control_plane::{
     ControlPlane, ControlPlaneBuilder, MeshClient, hello_then_bundle_subscription, root_states,
 };
 use shoal_tests::fake_kube::FakeKube;
-use shoal_tests::kube_mesh::{TOKEN, control_plane};
+use shoal_tests::kube_mesh::{TOKEN, control_plane, publish_meshed_web};
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
@@ -53,31 +53,6 @@ fn proxy(cp: &ControlPlane, dir: &TempDir, service_account: &str, token: &str) -
         .env("SHOAL_SERVICE_ACCOUNT", service_account)
         .env("SHOAL_IDENTITY_TOKEN_FILE", file.display())
         .env("SHOAL_IDENTITY_TOKEN_KIND", "kubernetes")
-}
-
-/// The Service `web`, its meshed pod (service account web, the proxy as a native sidecar) and a slice pointing at `server`'s inbound listener.
-fn publish_web(kube: &FakeKube, server: &Proxy) {
-    kube.apply(json!({
-        "kind": "Service", "apiVersion": "v1",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}
-    }));
-    kube.apply(json!({
-        "kind": "Pod", "apiVersion": "v1",
-        "metadata": {"name": "web-0", "namespace": "default"},
-        "spec": {"serviceAccountName": "web",
-                 "initContainers": [{"name": "shoal-init", "image": "shoal"}, {"name": "shoal-proxy", "image": "shoal"}],
-                 "containers": [{"name": "app", "image": "app"}]}
-    }));
-    kube.apply(json!({
-        "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
-        "metadata": {"name": "web-0", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": server.inbound().port(), "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "namespace": "default", "name": "web-0"}}]
-    }));
 }
 
 /// Waits until a request from `client` to `web` is answered 200 (over mTLS: the server is strict).
@@ -275,7 +250,7 @@ async fn replicas_share_one_ca_rotate_anywhere_and_activate_once_every_replicas_
         .start()
         .await;
     assert_eq!(server.config().await["identity"]["spiffe_id"], WEB_ID);
-    publish_web(&kube, &server);
+    publish_meshed_web(&kube, server.inbound().port());
     let client = proxy(&b, &dir_t, "frontend", "token-frontend")
         .start()
         .await;

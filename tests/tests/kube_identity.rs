@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient};
 use shoal_tests::fake_kube::FakeKube;
+use shoal_tests::kube_mesh::publish_meshed_web;
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
@@ -96,27 +97,7 @@ async fn service_account_tokens_certify_proxies_that_speak_mtls() {
     assert_eq!(server.config().await["identity"]["spiffe_id"], WEB_ID);
 
     // The Service `web`, its pod (meshed, service account web) and a slice pointing at the server proxy.
-    kube.apply(json!({
-        "kind": "Service", "apiVersion": "v1",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}
-    }));
-    kube.apply(json!({
-        "kind": "Pod", "apiVersion": "v1",
-        "metadata": {"name": "web-0", "namespace": "default"},
-        "spec": {"serviceAccountName": "web",
-                 "initContainers": [{"name": "shoal-init", "image": "shoal"}, {"name": "shoal-proxy", "image": "shoal"}],
-                 "containers": [{"name": "app", "image": "app"}]}
-    }));
-    kube.apply(json!({
-        "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
-        "metadata": {"name": "web-0", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": server.inbound().port(), "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "namespace": "default", "name": "web-0"}}]
-    }));
+    publish_meshed_web(&kube, server.inbound().port());
 
     let frontend_token = token_file(dir.path(), "frontend", "token-frontend");
     let client = proxy(&cp, "frontend-0.default", "frontend", &frontend_token)

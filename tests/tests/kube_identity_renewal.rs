@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient};
 use shoal_tests::fake_kube::FakeKube;
+use shoal_tests::kube_mesh::publish_meshed_web;
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
@@ -106,27 +107,7 @@ async fn mesh(kube: &FakeKube, cp: &ControlPlane, dir: &Path) -> Mesh {
         .env("SHOAL_INBOUND_TLS_MODE", "strict")
         .start()
         .await;
-    kube.apply(json!({
-        "kind": "Service", "apiVersion": "v1",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}
-    }));
-    kube.apply(json!({
-        "kind": "Pod", "apiVersion": "v1",
-        "metadata": {"name": "web-0", "namespace": "default"},
-        "spec": {"serviceAccountName": "web",
-                 "initContainers": [{"name": "shoal-init", "image": "shoal"}, {"name": "shoal-proxy", "image": "shoal"}],
-                 "containers": [{"name": "app", "image": "app"}]}
-    }));
-    kube.apply(json!({
-        "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
-        "metadata": {"name": "web-0", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": server.inbound().port(), "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "namespace": "default", "name": "web-0"}}]
-    }));
+    publish_meshed_web(kube, server.inbound().port());
     let frontend_token = project(dir, "frontend", "frontend-token");
     let client = proxy(cp, "frontend-0.default", "frontend", &frontend_token)
         .start()
