@@ -54,13 +54,32 @@ impl CertifyService {
             let der = csr_der(&req).map_err(|e| Refused::invalid("invalid_csr", e))?;
             let roots = self.ca.roots_pem();
             let td = self.ca.trust_domain();
-            let granted = super::renewal::verify(renewal, &der, &requested, &roots, td).map_err(
-                |refusal| Refused {
-                    reason: refusal.reason(),
-                    status: refusal.status(td),
-                },
-            )?;
-            return self.issue(csr, Granted::identity(granted)).await;
+            let (granted, kubernetes) = super::renewal::verify(
+                renewal, &der, &requested, &roots, td,
+            )
+            .map_err(|refusal| Refused {
+                reason: refusal.reason(),
+                status: refusal.status(td),
+            })?;
+            // A certificate granted on a Kubernetes token is renewed with a token, so a revoked service account
+            // or a deleted pod ends it (a stolen certificate and key cannot renew themselves for ever); with the
+            // certificate alone only while the API server cannot review tokens, lest an outage expire the mesh.
+            if kubernetes
+                && let Some(tokens) = &self.kubernetes
+                && !tokens.unavailable_lately()
+            {
+                return Err(Refused::unauthenticated(
+                    "token_required",
+                    "renewal: this certificate was granted on a Kubernetes service-account token: renew with \
+                     kubernetes_service_account_token (a certificate alone renews it only while the API server \
+                     cannot review tokens)",
+                ));
+            }
+            let granted = Granted {
+                kubernetes,
+                ..Granted::identity(granted)
+            };
+            return self.issue(csr, granted).await;
         }
         let (verifier, credential) = match &req.credential {
             Some(v1::certify_request::Credential::JoinToken(token)) => {
@@ -93,9 +112,9 @@ impl CertifyService {
 
     /// Signs `csr` for `granted`.
     async fn issue(&self, csr: Csr, granted: Granted) -> Result<v1::CertifyResponse, Refused> {
-        let (ca, csr_id) = (self.ca.clone(), granted.identity);
+        let (ca, csr_id, kubernetes) = (self.ca.clone(), granted.identity, granted.kubernetes);
         // Signing is a few hundred microseconds of ECDSA: off the async workers with the rest of the CA.
-        let issued = tokio::task::spawn_blocking(move || ca.issue(&csr, &csr_id))
+        let issued = tokio::task::spawn_blocking(move || ca.issue(&csr, &csr_id, kubernetes))
             .await
             .map_err(|e| Refused::unavailable(format!("signing failed: {e}")))?
             .map_err(|e| Refused::unavailable(format!("signing failed: {e}")))?;
@@ -191,3 +210,7 @@ impl IdentityRpc for CertifyService {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "certify_tests.rs"]
+mod tests;

@@ -11,19 +11,21 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use shoal_proto::v1;
 
+use super::ca::KUBERNETES_MARK;
 use super::credentials::Refusal;
 use super::spiffe::{TrustDomain, WorkloadId, spiffe_id_of};
 
 /// Checks `renewal` for a CSR whose DER is `csr_der`: the chain leads to one of `roots_pem` and is
 /// unexpired, its leaf carries exactly `requested`, and `csr_signature` is the leaf key's signature
-/// over the CSR. Returns the identity proven.
+/// over the CSR. Returns the identity proven, and whether the certificate was granted on a Kubernetes
+/// service-account token ([`KUBERNETES_MARK`] in its subject).
 pub fn verify(
     renewal: &v1::Renewal,
     csr_der: &[u8],
     requested: &WorkloadId,
     roots_pem: &[String],
     trust_domain: &TrustDomain,
-) -> Result<WorkloadId, Refusal> {
+) -> Result<(WorkloadId, bool), Refusal> {
     let malformed = |m: String| Refusal::Malformed(format!("renewal: {m}"));
     let chain = renewal
         .certificate_chain_pem
@@ -83,7 +85,9 @@ pub fn verify(
             "csr_signature is not the certificate key's ECDSA P-256 signature of the CSR".into(),
         )
     })?;
-    Ok(requested.clone())
+    let kubernetes = (cert.subject().iter_organizational_unit())
+        .any(|ou| ou.as_str().is_ok_and(|ou| ou == KUBERNETES_MARK));
+    Ok((requested.clone(), kubernetes))
 }
 
 /// The namespace and service account in `spiffe://<td>/ns/<ns>/sa/<sa>`.

@@ -158,7 +158,7 @@ fn issue(identity: &Identity, id: &WorkloadId) -> Result<Current, CaError> {
         .map_err(generate)?;
     let csr = Csr::from_der(request.der()).map_err(CaError::Generate)?;
     let issued_at = identity.clock.unix_seconds();
-    let issued = identity.ca.issue(&csr, id)?;
+    let issued = identity.ca.issue(&csr, id, false)?;
     let chain = (issued.chain_pem.iter())
         .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()))
         .collect::<Result<Vec<_>, _>>()

@@ -219,7 +219,10 @@ fn replicas_with_an_operator_root_share_one_intermediate_and_another_root_is_ref
         Csr::from_pem(&pem).unwrap()
     };
     let id = crate::identity::spiffe::WorkloadId::new("shop", "web").unwrap();
-    let (from_a, from_b) = (a.issue(&csr(), &id).unwrap(), b.issue(&csr(), &id).unwrap());
+    let (from_a, from_b) = (
+        a.issue(&csr(), &id, false).unwrap(),
+        b.issue(&csr(), &id, false).unwrap(),
+    );
     assert_eq!(from_a.chain_pem[1], from_b.chain_pem[1]);
     // A replica configured with another root: refused, naming both.
     let error = Ca::load_shared(shared, None, with(&other_root), clock).unwrap_err();

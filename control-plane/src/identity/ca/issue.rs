@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa,
+    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
@@ -69,9 +69,15 @@ pub struct Issued {
     pub root_fingerprint: String,
 }
 
+/// The subject's organizational unit of a certificate granted on a Kubernetes service-account token (or renewed
+/// from one): its renewal with the certificate alone is accepted only while the API server cannot review tokens
+/// (`identity::certify`). The subject is free in an X.509-SVID (peers read the SPIFFE id from the SAN).
+pub const KUBERNETES_MARK: &str = "shoal:kubernetes-token";
+
 impl Ca {
-    /// Signs a certificate for `id` over the CSR's public key, with the active authority.
-    pub fn issue(&self, csr: &Csr, id: &WorkloadId) -> Result<Issued, CaError> {
+    /// Signs a certificate for `id` over the CSR's public key, with the active authority; `kubernetes`: granted
+    /// on a Kubernetes service-account token, so marked with [`KUBERNETES_MARK`].
+    pub fn issue(&self, csr: &Csr, id: &WorkloadId, kubernetes: bool) -> Result<Issued, CaError> {
         let authorities = self.snapshot();
         let active = authorities.active();
         let spiffe_id = id.spiffe_id(&self.settings.trust_domain);
@@ -84,6 +90,11 @@ impl Ca {
         let params = &mut request.params;
         // Everything the CSR asked for is dropped: the CA decides the whole certificate.
         params.distinguished_name = DistinguishedName::new();
+        if kubernetes {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, KUBERNETES_MARK);
+        }
         params.subject_alt_names =
             vec![SanType::URI(spiffe_id.clone().try_into().map_err(|e| {
                 CaError::Generate(format!("SPIFFE id {spiffe_id}: {e}"))

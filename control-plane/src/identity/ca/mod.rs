@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 pub use authority::BACKDATE;
 pub use files::RootFiles;
-pub use issue::{Csr, Issued};
+pub use issue::{Csr, Issued, KUBERNETES_MARK};
 pub use rotation::{PROPAGATION_TIMEOUT_BOUNDS, PendingRoot, Phase};
 
 use super::clock::Clock;

@@ -82,7 +82,9 @@ pub(crate) fn verify(
 fn issues_a_spiffe_leaf_that_chains_to_the_root() {
     let f = fixture();
     let ca = ca(&f, None);
-    let issued = ca.issue(&Csr::from_pem(&csr()).unwrap(), &web()).unwrap();
+    let issued = ca
+        .issue(&Csr::from_pem(&csr()).unwrap(), &web(), false)
+        .unwrap();
     assert_eq!(issued.spiffe_id, "spiffe://cluster.local/ns/shop/sa/web");
     assert_eq!(
         issued.chain_pem.len(),
@@ -201,7 +203,9 @@ fn an_operator_root_gets_an_intermediate_that_signs_workloads() {
     let (root, fingerprint) = operator_root(dir.path(), 0o600);
     let ca = ca(&f, Some(root.clone()));
     assert_eq!(ca.status().roots[0].fingerprint_sha256, fingerprint);
-    let issued = ca.issue(&Csr::from_pem(&csr()).unwrap(), &web()).unwrap();
+    let issued = ca
+        .issue(&Csr::from_pem(&csr()).unwrap(), &web(), false)
+        .unwrap();
     assert_eq!(issued.chain_pem.len(), 2, "leaf and intermediate");
     verify(
         &issued.chain_pem,
@@ -272,7 +276,8 @@ fn unusable_operator_roots_are_refused_with_the_reason() {
 }
 
 fn issue(ca: &Ca) -> Issued {
-    ca.issue(&Csr::from_pem(&csr()).unwrap(), &web()).unwrap()
+    ca.issue(&Csr::from_pem(&csr()).unwrap(), &web(), false)
+        .unwrap()
 }
 
 fn state(status: &v1::CaStatusResponse) -> Vec<v1::CaRootState> {

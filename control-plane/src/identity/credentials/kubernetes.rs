@@ -3,6 +3,8 @@
 //! trait object, so it is tested with a fake.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{BoundPod, CredentialVerifier, Granted, Refusal};
 use crate::identity::spiffe::WorkloadId;
@@ -38,13 +40,29 @@ pub trait TokenReview: Send + Sync {
 pub struct KubernetesTokens {
     review: Arc<dyn TokenReview>,
     audiences: Vec<String>,
+    /// When a review last failed because the API could not answer, Unix seconds; 0 once one answered again.
+    unavailable_at: Arc<AtomicU64>,
 }
+
+/// How long after a review the API could not answer a certificate granted on a token may be renewed with the
+/// certificate alone: the proxy falls back to that right after its token attempt was answered UNAVAILABLE.
+pub const UNAVAILABLE_WINDOW: Duration = Duration::from_secs(120);
 
 impl KubernetesTokens {
     /// A verifier asking `review`, requiring one of `audiences` (e.g. `shoal`) in the accepted token.
     pub fn new(review: Arc<dyn TokenReview>, audiences: Vec<String>) -> Self {
-        Self { review, audiences }
+        Self {
+            review,
+            audiences,
+            unavailable_at: Arc::new(AtomicU64::new(0)),
+        }
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[tonic::async_trait]
@@ -55,8 +73,18 @@ impl CredentialVerifier for KubernetesTokens {
                 "kubernetes_service_account_token is empty".into(),
             ));
         }
-        let result = (self.review.review(credential, &self.audiences).await)
-            .map_err(|e| Refusal::Unavailable(format!("Kubernetes TokenReview failed: {e}")))?;
+        let result = match self.review.review(credential, &self.audiences).await {
+            Ok(result) => {
+                self.unavailable_at.store(0, Ordering::Relaxed);
+                result
+            }
+            Err(e) => {
+                self.unavailable_at.store(unix_now(), Ordering::Relaxed);
+                return Err(Refusal::Unavailable(format!(
+                    "Kubernetes TokenReview failed: {e}"
+                )));
+            }
+        };
         if !result.authenticated {
             let why = if result.error.is_empty() {
                 "not authenticated"
@@ -112,7 +140,13 @@ impl CredentialVerifier for KubernetesTokens {
         Ok(Granted {
             identity: granted,
             pod,
+            kubernetes: true,
         })
+    }
+
+    fn unavailable_lately(&self) -> bool {
+        let at = self.unavailable_at.load(Ordering::Relaxed);
+        at != 0 && unix_now().saturating_sub(at) <= UNAVAILABLE_WINDOW.as_secs()
     }
 }
 
@@ -150,6 +184,24 @@ mod tests {
         })
     }
 
+    /// A review the API could not answer is remembered (a certificate granted on a token may then be renewed
+    /// with the certificate alone); one it answered, even with a refusal, ends that.
+    #[tokio::test]
+    async fn an_unanswered_review_is_remembered_until_one_is_answered() {
+        let web = WorkloadId::new("shop", "web").unwrap();
+        let tokens = verifier(Err("connection refused".into()));
+        assert!(!tokens.unavailable_lately());
+        let refused = tokens.verify("jwt", &web).await.unwrap_err();
+        assert_eq!(refused.reason(), "verifier_unavailable");
+        assert!(tokens.unavailable_lately());
+        let answered = KubernetesTokens {
+            review: Arc::new(Fake(ok("system:serviceaccount:shop:web"))),
+            ..tokens.clone()
+        };
+        assert!(answered.verify("jwt", &web).await.unwrap().kubernetes);
+        assert!(!tokens.unavailable_lately(), "the same state, shared");
+    }
+
     #[tokio::test]
     async fn service_account_tokens_grant_their_service_account_only() {
         let web = WorkloadId::new("shop", "web").unwrap();
@@ -165,7 +217,13 @@ mod tests {
         let mut unbound = ok("system:serviceaccount:shop:web").unwrap();
         (unbound.pod_name, unbound.pod_uid) = (String::new(), String::new());
         let granted = verifier(Ok(unbound)).verify("jwt", &web).await.unwrap();
-        assert_eq!(granted, Granted::identity(web.clone()));
+        assert_eq!(
+            granted,
+            Granted {
+                kubernetes: true,
+                ..Granted::identity(web.clone())
+            }
+        );
         let refused = verifier(ok("system:serviceaccount:shop:web"))
             .verify("jwt", &admin)
             .await;

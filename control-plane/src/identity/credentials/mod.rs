@@ -84,14 +84,19 @@ pub struct Granted {
     /// The pod a Kubernetes projected token is bound to (the TokenReview's `status.user.extra`), logged with
     /// the issuance so a certificate can be traced to the pod that asked; `None` for other credentials.
     pub pod: Option<BoundPod>,
+    /// Granted on a Kubernetes service-account token (or the renewal of a certificate that was): the
+    /// certificate is marked so (`ca::KUBERNETES_MARK`), and its renewal by certificate alone is accepted only
+    /// while the API server cannot review tokens (`identity::certify`).
+    pub kubernetes: bool,
 }
 
 impl Granted {
-    /// A grant of `identity` not bound to a pod.
+    /// A grant of `identity` not bound to a pod, on another credential than a Kubernetes token.
     pub fn identity(identity: WorkloadId) -> Self {
         Self {
             identity,
             pod: None,
+            kubernetes: false,
         }
     }
 }
@@ -111,4 +116,10 @@ pub trait CredentialVerifier: Send + Sync {
     /// Checks `credential` and that it grants `requested`; returns what it proves. A verifier that counts
     /// uses consumes one (durably) only when everything else passed.
     async fn verify(&self, credential: &str, requested: &WorkloadId) -> Result<Granted, Refusal>;
+
+    /// Whether this verifier could not check a credential lately because what it asks is unreachable (the
+    /// TokenReview API): then a certificate it granted may be renewed with the certificate alone.
+    fn unavailable_lately(&self) -> bool {
+        false
+    }
 }
