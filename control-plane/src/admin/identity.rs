@@ -124,6 +124,7 @@ fn token_status(error: &TokenError) -> Status {
         TokenError::NotFound(_) => Status::not_found(error.to_string()),
         TokenError::Store(e) => errors::from_store(e),
         TokenError::Corrupt { .. } => Status::internal(error.to_string()),
+        TokenError::Shared(_) => Status::unavailable(error.to_string()),
     }
 }
 

@@ -259,7 +259,14 @@ impl ControlPlane {
             Arc::new(k.ca_backend(&config.namespace, config.ca_state_timeout))
                 as Arc<dyn crate::identity::ca::RecordBackend>
         });
-        let identity = open_identity(config, store.clone(), shared).await?;
+        let mut identity = open_identity(config, store.clone(), shared).await?;
+        // ...and the join tokens, in another Secret: a token created through one replica works on all.
+        if let Some(k) = &kubernetes {
+            identity.join_tokens = crate::identity::JoinTokens::shared(
+                Arc::new(k.join_tokens_backend(&config.namespace)),
+                identity.clock.clone(),
+            );
+        }
         let server_cert = ServerCert::new(&identity, &config.namespace)?;
         // Written before the listeners are ready, so whoever waits for readiness finds it.
         let anchors_file = anchors::path(&config.data_dir);

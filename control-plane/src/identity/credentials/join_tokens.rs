@@ -7,6 +7,11 @@
 //! secret-dependent MAC — and compares with `ring::hmac::verify`, which runs in constant time. Checking and
 //! counting a use happen in one store transaction, so a single-use token cannot be used twice, even by two
 //! concurrent calls or across a crash.
+//!
+//! In Kubernetes mode the records live instead in one record shared by every control-plane replica (the Secret
+//! `shoal-join-tokens`, [`super::shared_tokens`]): every change — create, revoke, prune, a counted use — is a
+//! read-modify-write against the version read, retried on a conflict, so a use counted on two replicas at
+//! once counts twice and a single-use token is accepted once across all of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +20,9 @@ use prost::Message;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::shared_tokens::SharedTokens;
 use super::{CredentialVerifier, Granted, Refusal};
+use crate::identity::ca::RecordBackend;
 use crate::identity::clock::Clock;
 use crate::identity::hex;
 use crate::identity::spiffe::WorkloadId;
@@ -35,9 +42,9 @@ const KEEP_EXPIRED: u64 = 24 * 3600;
 
 /// What the store keeps of a token.
 #[derive(Clone, PartialEq, Message)]
-struct TokenRecord {
+pub(super) struct TokenRecord {
     #[prost(string, tag = "1")]
-    id: String,
+    pub(super) id: String,
     /// HMAC-SHA256(HASH_KEY, secret).
     #[prost(bytes = "vec", tag = "2")]
     hash: Vec<u8>,
@@ -48,7 +55,7 @@ struct TokenRecord {
     #[prost(uint64, tag = "5")]
     created_at: u64,
     #[prost(uint64, tag = "6")]
-    expires_at: u64,
+    pub(super) expires_at: u64,
     #[prost(uint32, tag = "7")]
     max_uses: u32,
     #[prost(uint32, tag = "8")]
@@ -105,6 +112,9 @@ pub enum TokenError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The shared record (Kubernetes mode: the Secret) could not be read or written.
+    #[error("{0}")]
+    Shared(String),
     /// A stored record cannot be read.
     #[error("join token record {key}: {reason}")]
     Corrupt {
@@ -115,20 +125,39 @@ pub enum TokenError {
     },
 }
 
-/// The join tokens in the store. Cheap to clone. Every method blocks on the store: call them from blocking
-/// threads.
+/// The join tokens, in the store or in a shared record. Cheap to clone. Every method blocks on the store or
+/// the shared record: call them from blocking threads.
 #[derive(Clone)]
 pub struct JoinTokens {
-    store: Store,
+    storage: Storage,
     clock: Arc<dyn Clock>,
     random: SystemRandom,
+}
+
+/// Where the token records are.
+#[derive(Clone)]
+enum Storage {
+    /// Standalone: one store record per token (`token/<id>`).
+    Store(Store),
+    /// Kubernetes mode: one record holding them all, shared by the replicas.
+    Shared(SharedTokens),
 }
 
 impl JoinTokens {
     /// Join tokens kept in `store`, timed by `clock`.
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
         Self {
-            store,
+            storage: Storage::Store(store),
+            clock,
+            random: SystemRandom::new(),
+        }
+    }
+
+    /// Join tokens kept in the shared record `backend` (Kubernetes mode: the Secret `shoal-join-tokens`),
+    /// timed by `clock`.
+    pub fn shared(backend: Arc<dyn RecordBackend>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            storage: Storage::Shared(SharedTokens::new(backend)),
             clock,
             random: SystemRandom::new(),
         }
@@ -170,8 +199,15 @@ impl JoinTokens {
             uses: 0,
             revoked: false,
         };
-        self.store
-            .secret_put(&format!("{PREFIX}{id}"), record.encode_to_vec())?;
+        match &self.storage {
+            Storage::Store(store) => {
+                store.secret_put(&format!("{PREFIX}{id}"), record.encode_to_vec())?
+            }
+            Storage::Shared(shared) => shared.update(|tokens| {
+                tokens.push(record.clone());
+                Ok::<_, TokenError>((true, ()))
+            })?,
+        }
         Ok(NewJoinToken {
             token: format!("{id}.{secret}"),
             info: info(&record)?,
@@ -182,8 +218,7 @@ impl JoinTokens {
     pub fn list(&self, namespace: Option<&str>) -> Result<Vec<JoinTokenInfo>, TokenError> {
         let now = self.clock.unix_seconds();
         let mut tokens = Vec::new();
-        for (key, bytes) in self.store.secret_list(PREFIX)? {
-            let record = decode(&key, &bytes)?;
+        for record in self.records()? {
             if record.expires_at <= now || namespace.is_some_and(|ns| ns != record.namespace) {
                 continue;
             }
@@ -201,7 +236,20 @@ impl JoinTokens {
             ));
         }
         let key = format!("{PREFIX}{id}");
-        self.store.secret_update(&key, |current| {
+        let store = match &self.storage {
+            Storage::Store(store) => store,
+            Storage::Shared(shared) => {
+                return shared.update(|tokens| {
+                    let Some(record) = tokens.iter_mut().find(|t| t.id == id) else {
+                        return Err(TokenError::NotFound(id.to_owned()));
+                    };
+                    let changed = !record.revoked;
+                    record.revoked = true;
+                    Ok((changed, info(record)?))
+                });
+            }
+        };
+        store.secret_update(&key, |current| {
             let Some(bytes) = current else {
                 return Err(TokenError::NotFound(id.to_owned()));
             };
@@ -212,15 +260,35 @@ impl JoinTokens {
         })
     }
 
+    /// Every token record.
+    fn records(&self) -> Result<Vec<TokenRecord>, TokenError> {
+        match &self.storage {
+            Storage::Store(store) => (store.secret_list(PREFIX)?.iter())
+                .map(|(key, bytes)| decode(key, bytes))
+                .collect(),
+            Storage::Shared(shared) => shared.read(),
+        }
+    }
+
     /// Deletes the records of tokens expired for more than a day; returns how many.
     pub fn prune_expired(&self) -> Result<usize, TokenError> {
         let now = self.clock.unix_seconds();
+        let store = match &self.storage {
+            Storage::Store(store) => store,
+            Storage::Shared(shared) => {
+                return shared.update(|tokens| {
+                    let before = tokens.len();
+                    tokens.retain(|t| t.expires_at + KEEP_EXPIRED > now);
+                    let pruned = before - tokens.len();
+                    Ok::<_, TokenError>((pruned > 0, pruned))
+                });
+            }
+        };
         let mut pruned = 0;
-        for (key, bytes) in self.store.secret_list(PREFIX)? {
+        for (key, bytes) in store.secret_list(PREFIX)? {
             let record = decode(&key, &bytes)?;
             if record.expires_at + KEEP_EXPIRED <= now {
-                self.store
-                    .secret_update(&key, |_| Ok::<_, TokenError>((SecretWrite::Remove, ())))?;
+                store.secret_update(&key, |_| Ok::<_, TokenError>((SecretWrite::Remove, ())))?;
                 pruned += 1;
             }
         }
@@ -246,43 +314,24 @@ impl JoinTokens {
         }
         let now = self.clock.unix_seconds();
         let key = format!("{PREFIX}{id}");
-        self.store.secret_update(&key, |current| {
+        let store = match &self.storage {
+            Storage::Store(store) => store,
+            Storage::Shared(shared) => {
+                return shared.update(|tokens| {
+                    let Some(record) = tokens.iter_mut().find(|t| t.id == id) else {
+                        return Err(unknown());
+                    };
+                    consume(record, secret, now, requested).map(|granted| (true, granted))
+                });
+            }
+        };
+        store.secret_update(&key, |current| {
             let record = current.map(|bytes| decode(&key, bytes)).transpose();
             let record = record.map_err(|e| Refusal::Unavailable(e.to_string()))?;
             let Some(mut record) = record else {
                 return Err(unknown());
             };
-            let key = hmac::Key::new(hmac::HMAC_SHA256, HASH_KEY);
-            if hmac::verify(&key, secret.as_bytes(), &record.hash).is_err() {
-                return Err(unknown());
-            }
-            if record.revoked {
-                return Err(Refusal::Revoked(format!("join token {id} was revoked")));
-            }
-            if record.expires_at <= now {
-                return Err(Refusal::Expired(format!(
-                    "join token {id} expired {}s ago; create a new one with `shoalctl token create`",
-                    now - record.expires_at
-                )));
-            }
-            if record.max_uses > 0 && record.uses >= record.max_uses {
-                return Err(Refusal::Exhausted(format!(
-                    "join token {id} was already used {} time(s), its limit",
-                    record.uses
-                )));
-            }
-            let granted = WorkloadId {
-                namespace: record.namespace.clone(),
-                service_account: record.service_account.clone(),
-            };
-            if granted != *requested {
-                return Err(Refusal::NotGranted {
-                    what: format!("join token {id}"),
-                    granted,
-                    requested: requested.clone(),
-                });
-            }
-            record.uses += 1;
+            let granted = consume(&mut record, secret, now, requested)?;
             Ok((SecretWrite::Put(record.encode_to_vec()), granted))
         })
     }
@@ -305,6 +354,50 @@ impl From<store::Error> for Refusal {
     fn from(error: store::Error) -> Self {
         Self::Unavailable(format!("cannot record the join token's use: {error}"))
     }
+}
+
+/// Checks `secret` against `record` and, when it grants `requested`, counts one use in `record` (the caller
+/// writes it). Refusals leave `record` unchanged.
+fn consume(
+    record: &mut TokenRecord,
+    secret: &str,
+    now: u64,
+    requested: &WorkloadId,
+) -> Result<WorkloadId, Refusal> {
+    let id = record.id.clone();
+    let unknown = || Refusal::Unknown(format!("join token {id} is unknown or its secret is wrong"));
+    let key = hmac::Key::new(hmac::HMAC_SHA256, HASH_KEY);
+    if hmac::verify(&key, secret.as_bytes(), &record.hash).is_err() {
+        return Err(unknown());
+    }
+    if record.revoked {
+        return Err(Refusal::Revoked(format!("join token {id} was revoked")));
+    }
+    if record.expires_at <= now {
+        return Err(Refusal::Expired(format!(
+            "join token {id} expired {}s ago; create a new one with `shoalctl token create`",
+            now - record.expires_at
+        )));
+    }
+    if record.max_uses > 0 && record.uses >= record.max_uses {
+        return Err(Refusal::Exhausted(format!(
+            "join token {id} was already used {} time(s), its limit",
+            record.uses
+        )));
+    }
+    let granted = WorkloadId {
+        namespace: record.namespace.clone(),
+        service_account: record.service_account.clone(),
+    };
+    if granted != *requested {
+        return Err(Refusal::NotGranted {
+            what: format!("join token {id}"),
+            granted,
+            requested: requested.clone(),
+        });
+    }
+    record.uses += 1;
+    Ok(granted)
 }
 
 fn hash(secret: &str) -> Vec<u8> {

@@ -3,6 +3,7 @@
 
 mod join_tokens;
 mod kubernetes;
+mod shared_tokens;
 
 pub use join_tokens::{JoinTokenInfo, JoinTokens, NewJoinToken, TokenError};
 pub use kubernetes::{KubernetesTokens, TokenReview, TokenReviewResult};

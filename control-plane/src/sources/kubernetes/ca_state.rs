@@ -4,6 +4,9 @@
 //! stale one, or an existing name, `409 Conflict`, which the CA turns into a re-read and a new decision
 //! (`identity::ca::backend`).
 //!
+//! The same backend, named [`JOIN_TOKENS_SECRET`], holds the join tokens every replica shares
+//! ([`SecretBackend::join_tokens`]): only hashes of their secrets, never a usable token.
+//!
 //! The CA's steps are synchronous and run on blocking threads: each call here enters the runtime with
 //! [`Handle::block_on`], bounded by `CALL_TIMEOUT`.
 
@@ -23,13 +26,22 @@ use crate::identity::ca::{CaError, RecordBackend, Stored, WriteError};
 pub const SECRET_NAME: &str = "shoal-ca-state";
 /// The data key holding the record.
 pub const DATA_KEY: &str = "ca-record";
+/// The Secret holding the shared join tokens (the chart's Role grants exactly this one too).
+pub const JOIN_TOKENS_SECRET: &str = "shoal-join-tokens";
+/// Its data key.
+pub const JOIN_TOKENS_KEY: &str = "join-tokens";
 /// The longest one call to the API server may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The CA record in the Secret [`SECRET_NAME`].
+/// A record in one data key of one Secret: the CA record in [`SECRET_NAME`], or the join tokens in
+/// [`JOIN_TOKENS_SECRET`].
 pub struct SecretBackend {
     api: Api<Secret>,
     namespace: String,
+    name: &'static str,
+    data_key: &'static str,
+    /// What to do about a Secret without the data key, for the message.
+    when_missing: &'static str,
     runtime: Handle,
     start_deadline: Duration,
 }
@@ -41,8 +53,21 @@ impl SecretBackend {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),
+            name: SECRET_NAME,
+            data_key: DATA_KEY,
+            when_missing: "delete it to start a new CA, or restore it",
             runtime,
             start_deadline,
+        }
+    }
+
+    /// The join tokens shared by the replicas: the Secret [`JOIN_TOKENS_SECRET`] in `namespace`.
+    pub fn join_tokens(client: Client, namespace: &str, runtime: Handle) -> Self {
+        Self {
+            name: JOIN_TOKENS_SECRET,
+            data_key: JOIN_TOKENS_KEY,
+            when_missing: "delete it to start with no join tokens, or restore it",
+            ..Self::new(client, namespace, runtime, CALL_TIMEOUT)
         }
     }
 
@@ -75,7 +100,7 @@ impl SecretBackend {
 
 impl RecordBackend for SecretBackend {
     fn describe(&self) -> String {
-        format!("the Secret {}/{SECRET_NAME}", self.namespace)
+        format!("the Secret {}/{}", self.namespace, self.name)
     }
 
     fn shared(&self) -> bool {
@@ -88,18 +113,20 @@ impl RecordBackend for SecretBackend {
 
     fn read(&self) -> Result<Option<Stored>, CaError> {
         let secret = self
-            .call("read", self.api.get_opt(SECRET_NAME))?
+            .call("read", self.api.get_opt(self.name))?
             .map_err(|e| self.failed("read", e))?;
         let Some(secret) = secret else {
             return Ok(None);
         };
         let version = secret.metadata.resource_version.unwrap_or_default();
         let bytes = (secret.data.unwrap_or_default())
-            .remove(DATA_KEY)
+            .remove(self.data_key)
             .ok_or_else(|| {
                 CaError::Corrupt(format!(
-                    "{} has no data key {DATA_KEY}; delete it to start a new CA, or restore it",
-                    self.describe()
+                    "{} has no data key {}; {}",
+                    self.describe(),
+                    self.data_key,
+                    self.when_missing
                 ))
             })?;
         Ok(Some(Stored {
@@ -111,7 +138,7 @@ impl RecordBackend for SecretBackend {
     fn write(&self, expected: Option<&str>, bytes: Vec<u8>) -> Result<String, WriteError> {
         let secret = Secret {
             metadata: ObjectMeta {
-                name: Some(SECRET_NAME.to_owned()),
+                name: Some(self.name.to_owned()),
                 resource_version: expected.map(str::to_owned),
                 labels: Some(BTreeMap::from([(
                     "app.kubernetes.io/managed-by".to_owned(),
@@ -120,7 +147,10 @@ impl RecordBackend for SecretBackend {
                 ..Default::default()
             },
             type_: Some("Opaque".to_owned()),
-            data: Some(BTreeMap::from([(DATA_KEY.to_owned(), ByteString(bytes))])),
+            data: Some(BTreeMap::from([(
+                self.data_key.to_owned(),
+                ByteString(bytes),
+            )])),
             ..Default::default()
         };
         let params = PostParams::default();
@@ -131,7 +161,7 @@ impl RecordBackend for SecretBackend {
             ),
             Some(_) => (
                 "update",
-                self.call("update", self.api.replace(SECRET_NAME, &params, &secret))?,
+                self.call("update", self.api.replace(self.name, &params, &secret))?,
             ),
         };
         match answer {

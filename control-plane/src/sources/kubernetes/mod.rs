@@ -179,6 +179,16 @@ impl KubernetesSource {
         )
     }
 
+    /// The join tokens shared by the replicas: the Secret [`ca_state::JOIN_TOKENS_SECRET`] in `namespace`.
+    /// Call it from within the runtime (its calls enter it from blocking threads).
+    pub fn join_tokens_backend(&self, namespace: &str) -> ca_state::SecretBackend {
+        ca_state::SecretBackend::join_tokens(
+            self.client.clone(),
+            namespace,
+            tokio::runtime::Handle::current(),
+        )
+    }
+
     /// Starts this replica's CA propagation reports in the ConfigMap [`ca_propagation::CONFIGMAP_NAME`] of
     /// `namespace`; the returned tracker holds the other replicas' reports as the Lease holder (`leader`) reads
     /// them, for the upkeep task.
