@@ -471,7 +471,7 @@ impl ControlPlane {
     }
 
     /// A join token for `default/<service_account>` (`shoalctl token create`), usable `uses` times
-    /// (`"0"`: unlimited; `None`: the command's default, once); panics unless it succeeds.
+    /// (`"0"` or `None`, the command's default: unlimited until it expires); panics unless it succeeds.
     pub async fn join_token(&self, service_account: &str, uses: Option<&str>) -> String {
         let mut args = vec![
             "token",

@@ -1,6 +1,7 @@
 //! The chart's RBAC against what the control plane really asks the API server: the real control plane in
 //! Kubernetes mode runs against the fake API server (discovery, a Shoal `Route` and an `HTTPRoute` whose status
-//! it writes, a proxy certified with a projected token through TokenReview, the HA Lease), the fake records
+//! it writes, a proxy certified with a projected token through TokenReview, the HA Lease, join tokens in their
+//! shared Secret), the fake records
 //! every request, and each one must be allowed by the `ClusterRole` or the release namespace's `Role` that
 //! `helm template` renders from charts/shoal/templates/rbac.yaml. A call the chart forgot is a control plane
 //! that fails on a real cluster with 403s (issue 15: "least-privilege RBAC").
@@ -183,6 +184,10 @@ async fn every_call_the_control_plane_makes_is_allowed_by_the_charts_rbac() {
         .await;
     assert!(proxy.config().await["identity"]["spiffe_id"].is_string());
 
+    // Join tokens, in their shared Secret: the first created (a create), the second added (a get and an update).
+    mesh.cp.join_token("web", None).await;
+    mesh.cp.join_token("web", None).await;
+
     // The Lease: created, then renewed (an update) at least once.
     eventually(DEADLINE, "the Lease created and renewed", || async {
         let calls = kube.calls();
@@ -232,4 +237,5 @@ async fn every_call_the_control_plane_makes_is_allowed_by_the_charts_rbac() {
     saw("gateway.networking.k8s.io", "httproutes/status", "patch");
     saw("authentication.k8s.io", "tokenreviews", "create");
     saw("coordination.k8s.io", "leases", "update");
+    saw("", "secrets", "update");
 }
