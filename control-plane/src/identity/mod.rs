@@ -5,8 +5,8 @@
 //! - [`certify`] — the `shoal.v1.Identity` service on the discovery listener: request checks, CSR parsing
 //!   (its self-signature must verify), then the credential.
 //! - [`credentials`] — the [`CredentialVerifier`](credentials::CredentialVerifier) trait and its two
-//!   implementations: [`JoinTokens`](credentials::JoinTokens) (standalone; hashed in the store, expiring,
-//!   limited uses) and [`KubernetesTokens`](credentials::KubernetesTokens) (TokenReview); and
+//!   implementations: [`JoinTokens`](credentials::JoinTokens) (hashed in the store, or in Kubernetes mode in a
+//!   Secret shared by the replicas; expiring, limited uses) and [`KubernetesTokens`](credentials::KubernetesTokens) (TokenReview); and
 //!   [`renewal`]: a running proxy's current certificate plus proof of its key.
 //! - [`ca`] — signs the certificate: one SPIFFE URI SAN ([`spiffe`]), short-lived; and owns the roots,
 //!   their persistence and rotation.
@@ -16,8 +16,8 @@
 //! - [`server_cert`] — the control plane's own certificate for the TLS of its discovery listener, and
 //!   [`anchors`] — the public trust anchors file proxies verify that listener with at bootstrap.
 //!
-//! Everything secret lives in the store's identity table (in Kubernetes mode the CA record in a Secret shared by
-//! the replicas, `ca::backend`), never in resources, logs or `Debug` output.
+//! Everything secret lives in the store's identity table (in Kubernetes mode the CA record and the join tokens in
+//! Secrets shared by the replicas, `ca::backend`), never in resources, logs or `Debug` output.
 
 pub mod anchors;
 pub mod bundle;
