@@ -1,8 +1,8 @@
 //! The CA on a shared, versioned record (what the Secret is in Kubernetes mode): start-up races, conflicts
 //! re-read and re-evaluated, following another replica's changes, seeding from a store, an unreachable record.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::*;
@@ -10,61 +10,7 @@ use crate::identity::ca::{CaSettings, Csr, Phase, RootFiles};
 use crate::identity::clock::ManualClock;
 use crate::identity::spiffe::TrustDomain;
 
-/// An in-memory record with a version counter and `409`-style conflicts, like the Secret.
-#[derive(Default)]
-struct Shared {
-    record: Mutex<Option<Stored>>,
-    versions: AtomicUsize,
-    /// The next read answers "none" (a replica that read before another created it).
-    hide_once: AtomicBool,
-    /// Every call fails.
-    down: AtomicBool,
-    conflicts: AtomicUsize,
-}
-
-impl RecordBackend for Shared {
-    fn describe(&self) -> String {
-        "the test record".into()
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
-    fn start_deadline(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-
-    fn read(&self) -> Result<Option<Stored>, CaError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(CaError::Backend("connection refused".into()));
-        }
-        if self.hide_once.swap(false, Ordering::SeqCst) {
-            return Ok(None);
-        }
-        Ok(self.record.lock().unwrap().clone())
-    }
-
-    fn write(&self, expected: Option<&str>, bytes: Vec<u8>) -> Result<String, WriteError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(WriteError::Failed(CaError::Backend(
-                "connection refused".into(),
-            )));
-        }
-        let mut record = self.record.lock().unwrap();
-        let current = record.as_ref().map(|r| r.version.as_str());
-        if current != expected {
-            self.conflicts.fetch_add(1, Ordering::SeqCst);
-            return Err(WriteError::Conflict);
-        }
-        let version = (self.versions.fetch_add(1, Ordering::SeqCst) + 1).to_string();
-        *record = Some(Stored {
-            bytes,
-            version: version.clone(),
-        });
-        Ok(version)
-    }
-}
+type Shared = super::super::backend_fake::SharedRecord;
 
 fn settings() -> CaSettings {
     CaSettings {

@@ -13,6 +13,8 @@
 
 mod authority;
 pub mod backend;
+#[cfg(test)]
+pub(crate) mod backend_fake;
 mod files;
 mod issue;
 mod load;

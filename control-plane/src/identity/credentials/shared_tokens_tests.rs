@@ -1,54 +1,14 @@
 //! Join tokens on a shared, versioned record (what the Secret is in Kubernetes mode): replicas see each other's
 //! tokens, a conflict re-applies the change to the current record, and a single-use token is granted once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::identity::ca::{CaError, RecordBackend, Stored, WriteError};
 use crate::identity::clock::ManualClock;
 use crate::identity::credentials::{JoinTokens, Refusal, TokenError};
 use crate::identity::spiffe::WorkloadId;
 
-type Hook = Box<dyn FnOnce() + Send>;
-
-/// An in-memory record with a version counter and `409`-style conflicts, like the Secret.
-#[derive(Default)]
-struct Shared {
-    record: Mutex<Option<Stored>>,
-    versions: AtomicUsize,
-    conflicts: AtomicUsize,
-    /// Runs once at the start of the next write, before its version check: another replica's change landing
-    /// between this one's read and write.
-    before_write: Mutex<Option<Hook>>,
-}
-
-impl RecordBackend for Shared {
-    fn describe(&self) -> String {
-        "the test record".into()
-    }
-
-    fn read(&self) -> Result<Option<Stored>, CaError> {
-        Ok(self.record.lock().unwrap().clone())
-    }
-
-    fn write(&self, expected: Option<&str>, bytes: Vec<u8>) -> Result<String, WriteError> {
-        let hook = self.before_write.lock().unwrap().take();
-        if let Some(hook) = hook {
-            hook();
-        }
-        let mut record = self.record.lock().unwrap();
-        if record.as_ref().map(|r| r.version.as_str()) != expected {
-            self.conflicts.fetch_add(1, Ordering::SeqCst);
-            return Err(WriteError::Conflict);
-        }
-        let version = (self.versions.fetch_add(1, Ordering::SeqCst) + 1).to_string();
-        *record = Some(Stored {
-            bytes,
-            version: version.clone(),
-        });
-        Ok(version)
-    }
-}
+type Shared = crate::identity::ca::backend_fake::SharedRecord;
 
 fn replicas() -> (Arc<Shared>, JoinTokens, JoinTokens) {
     let shared = Arc::new(Shared::default());
