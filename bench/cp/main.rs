@@ -335,14 +335,10 @@ async fn bench(
         churn,
         resync,
     };
-    println!("{}", report.table());
-    println!(
-        "load average: {} at start, {} at the end",
-        report.machine.load_start, report.machine.load_end
-    );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    crate::report::emit(
+        &report.table(),
+        &report.machine,
+        &report,
+        args.json.as_deref(),
+    )
 }

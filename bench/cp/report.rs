@@ -33,6 +33,26 @@ pub struct Report {
     pub resync: Option<Resync>,
 }
 
+/// Prints a run's `table` and load averages, and writes `report` as JSON to `json` when given.
+pub fn emit(
+    table: &str,
+    machine: &Machine,
+    report: &impl Serialize,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    println!("{table}");
+    println!(
+        "load average: {} at start, {} at the end",
+        machine.load_start, machine.load_end
+    );
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Where it ran.
 #[derive(Debug, Serialize)]
 pub struct Machine {

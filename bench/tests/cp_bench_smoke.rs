@@ -3,13 +3,44 @@
 
 use std::process::Command;
 
-#[test]
-fn cp_bench_runs_end_to_end_at_tiny_scale() {
+/// Runs `cp-bench` with `args` against the real control plane, checks it succeeded and printed the table row
+/// `row`, and returns its JSON report; `num` reads a figure of it.
+fn run(args: &[&str], row: &str) -> serde_json::Value {
     let cp = shoal_tests::control_plane::control_plane_binary().expect("control-plane binary");
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("out.json");
     let output = Command::new(env!("CARGO_BIN_EXE_cp-bench"))
-        .args([
+        .args(args)
+        .args(["--settle-seconds", "0.2", "--no-pin"])
+        .arg("--cp-bin")
+        .arg(&cp)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run cp-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cp-bench {args:?} failed:\n{stderr}\n{stdout}"
+    );
+    assert!(stdout.contains(row), "no table:\n{stdout}");
+    serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+        .expect("valid JSON")
+}
+
+/// The figure at `path` of `report`.
+fn num(report: &serde_json::Value, path: &str) -> f64 {
+    report
+        .pointer(path)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing in {report:#}"))
+}
+
+#[test]
+fn cp_bench_runs_end_to_end_at_tiny_scale() {
+    let report = run(
+        &[
             "--proxies",
             "3",
             "--subscriptions",
@@ -24,35 +55,10 @@ fn cp_bench_runs_end_to_end_at_tiny_scale() {
             "40",
             "--churn-seconds",
             "1",
-            "--settle-seconds",
-            "0.2",
-            "--no-pin",
-        ])
-        .arg("--cp-bin")
-        .arg(&cp)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run cp-bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "cp-bench failed:\n{stderr}\n{stdout}"
+        ],
+        "| policy push → last ACK |",
     );
-    assert!(
-        stdout.contains("| policy push → last ACK |"),
-        "no table:\n{stdout}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
-            .expect("valid JSON");
-    let num = |path: &str| -> f64 {
-        report
-            .pointer(path)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or_else(|| panic!("{path} missing in {report:#}"))
-    };
+    let num = |path: &str| num(&report, path);
     // 4 services + 1 route + 8 registrations.
     assert_eq!(num("/seed/writes"), 13.0);
     assert_eq!(num("/connect/proxies"), 3.0);
@@ -74,11 +80,8 @@ fn cp_bench_runs_end_to_end_at_tiny_scale() {
 /// against the real control plane in Kubernetes mode, and its JSON holds the figures of every phase.
 #[test]
 fn cp_bench_kubernetes_runs_end_to_end_at_tiny_scale() {
-    let cp = shoal_tests::control_plane::control_plane_binary().expect("control-plane binary");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("out.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_cp-bench"))
-        .args([
+    let report = run(
+        &[
             "kubernetes",
             "--services",
             "6",
@@ -90,35 +93,10 @@ fn cp_bench_kubernetes_runs_end_to_end_at_tiny_scale() {
             "2",
             "--changes",
             "3",
-            "--settle-seconds",
-            "0.2",
-            "--no-pin",
-        ])
-        .arg("--cp-bin")
-        .arg(&cp)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run cp-bench kubernetes");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "cp-bench kubernetes failed:\n{stderr}\n{stdout}"
+        ],
+        "| EndpointSlice change → last ACK |",
     );
-    assert!(
-        stdout.contains("| EndpointSlice change → last ACK |"),
-        "no table:\n{stdout}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
-            .expect("valid JSON");
-    let num = |path: &str| -> f64 {
-        report
-            .pointer(path)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or_else(|| panic!("{path} missing in {report:#}"))
-    };
+    let num = |path: &str| num(&report, path);
     // 6 Services, 6 EndpointSlices, 20 Pods; the control plane holds them all.
     assert_eq!(num("/fill/objects"), 32.0);
     assert_eq!(num("/sync/services"), 6.0);
