@@ -21,7 +21,7 @@ fn http_route(name: &str, rules: Value) -> Value {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
-            "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": null}],
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
             "rules": rules
         }
     })
@@ -59,10 +59,6 @@ async fn an_http_route_matches_headers_splits_by_weight_and_reports_its_status()
              "timeouts": {"request": "10s"}}
         ]),
     );
-    route["spec"]["parentRefs"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("port");
     kube.apply(route.clone());
     let mut mesh = KubeMesh::start(kube).await;
     let condition = wait_parent(&mesh.kube, "web", "True", 1).await;
@@ -103,15 +99,11 @@ async fn an_http_route_matches_headers_splits_by_weight_and_reports_its_status()
     mesh.wait_all("web", "web-v2").await;
 
     // A new route with a query parameter match: refused, and nothing of it is served.
-    let mut query = http_route(
+    let query = http_route(
         "query",
         json!([{"matches": [{"queryParams": [{"name": "v", "value": "1"}]}],
                 "backendRefs": [{"name": "web-v1", "port": 80}]}]),
     );
-    query["spec"]["parentRefs"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("port");
     mesh.kube.apply(query);
     let refused = wait_parent(&mesh.kube, "query", "False", 1).await;
     assert!(
@@ -145,7 +137,7 @@ async fn http_route_filters_edit_headers_and_answer_redirects() {
     let kube = FakeKube::start(TOKEN).await;
     let _web = backend_service(&kube, "web", "10.96.0.10").await;
     let v1 = backend_service(&kube, "web-v1", "10.96.0.11").await;
-    let mut route = http_route(
+    let route = http_route(
         "web",
         json!([
             {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
@@ -161,10 +153,6 @@ async fn http_route_filters_edit_headers_and_answer_redirects() {
              ]}
         ]),
     );
-    route["spec"]["parentRefs"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("port");
     kube.apply(route.clone());
     let mut mesh = KubeMesh::start(kube).await;
     let condition = wait_parent(&mesh.kube, "web", "True", 1).await;
@@ -410,10 +398,6 @@ async fn an_http_route_request_mirror_copies_to_the_shadow_while_the_primary_ans
                 "filters": [{"type": "RequestMirror", "requestMirror": {
                     "backendRef": {"name": "web-shadow", "port": 80}}}]}]),
     );
-    route["spec"]["parentRefs"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("port");
     kube.apply(route.clone());
     let mut mesh = KubeMesh::start(kube).await;
     let condition = wait_parent(&mesh.kube, "web", "True", 1).await;
@@ -527,14 +511,10 @@ async fn gateway_routes_are_picked_up_once_their_crds_are_installed() {
 
     // The CRD is installed and a route created: it is served.
     mesh.kube.install("HTTPRoute");
-    let mut route = http_route(
+    let route = http_route(
         "web",
         json!([{"backendRefs": [{"name": "web-v1", "port": 80}]}]),
     );
-    route["spec"]["parentRefs"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("port");
     mesh.kube.apply(route);
     let condition = wait_parent(&mesh.kube, "web", "True", 1).await;
     assert_eq!(condition["reason"], "Accepted", "{condition}");
