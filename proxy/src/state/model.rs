@@ -116,26 +116,27 @@ impl Service {
 }
 
 /// A weighted backend of a route rule.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Backend {
-    /// The service traffic goes to.
-    #[serde(serialize_with = "serialize_service_name")]
+    /// The service port traffic goes to (the route's backend `port`, else the request's port when
+    /// the service has it, else its first).
     pub service: Arc<Service>,
-    /// The port of `service` called (the route's backend `port`, else the request's port when the
-    /// service has it, else its first); shown in `/config`.
-    pub port: u16,
     /// Relative share.
     pub weight: u32,
     /// Request metrics of the rule's requests sent to this backend.
-    #[serde(skip)]
     pub metrics: Arc<RequestMetrics>,
 }
 
-fn serialize_service_name<S: serde::Serializer>(
-    s: &Arc<Service>,
-    ser: S,
-) -> Result<S::Ok, S::Error> {
-    ser.serialize_str(&s.qualified_name())
+/// `/config`: the service's name, the port called and the weight.
+impl Serialize for Backend {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = ser.serialize_struct("Backend", 3)?;
+        s.serialize_field("service", &self.service.qualified_name())?;
+        s.serialize_field("port", &self.service.port)?;
+        s.serialize_field("weight", &self.weight)?;
+        s.end()
+    }
 }
 
 /// Conditions on a request; all given fields must hold.

@@ -578,7 +578,6 @@ pub(crate) fn build(spec: FileSpec) -> Result<State, String> {
                     }
                     .clone();
                     backends.push(Backend {
-                        port: service.port,
                         metrics: RequestMetrics::outbound(
                             &parent.qualified_name(),
                             label,
