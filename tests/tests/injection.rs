@@ -67,7 +67,8 @@ impl Webhook {
         let config = dir.path().join("injector.yaml");
         std::fs::write(
             &config,
-            "image: registry.example/shoal/shoal-proxy:test\nlog_format: json\n",
+            "image: registry.example/shoal/shoal-proxy:test\n\
+             init_image: registry.example/shoal/shoal-proxy-init:test\nlog_format: json\n",
         )
         .unwrap();
         let mut cp = ControlPlaneBuilder::new()
@@ -170,6 +171,10 @@ async fn the_webhook_injects_a_valid_native_sidecar_and_refuses_bad_annotations(
     assert_eq!(
         proxy["image"], "registry.example/shoal/shoal-proxy:test",
         "from the injector's file"
+    );
+    assert_eq!(
+        init_container(&patched, "shoal-init")["image"],
+        "registry.example/shoal/shoal-proxy-init:test"
     );
     assert_eq!(
         proxy["startupProbe"]["httpGet"],
@@ -522,6 +527,8 @@ async fn the_chart_wires_the_webhook_to_the_server_and_its_config_is_what_the_in
         "injector.proxy.uid=2000",
         "--set",
         "injector.proxy.resources.limits.cpu=1",
+        "--set",
+        "injector.proxy.initImage.repository=registry.example/shoal-proxy-init",
     ]);
     let find = |kind: &str| {
         docs.iter()
@@ -619,9 +626,14 @@ async fn the_chart_wires_the_webhook_to_the_server_and_its_config_is_what_the_in
         token["projected"]["sources"][0]["serviceAccountToken"],
         json!({"audience": "shoal", "expirationSeconds": 3600, "path": "token"})
     );
+    let init = init_container(&pod, "shoal-init");
+    assert_eq!(env(init, "SHOAL_INIT_PROXY_UID"), "2000");
     assert_eq!(
-        env(init_container(&pod, "shoal-init"), "SHOAL_INIT_PROXY_UID"),
-        "2000"
+        init["image"],
+        format!(
+            "registry.example/shoal-proxy-init:{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     validate(dir.path(), "chart-pod.json", &pod);
 

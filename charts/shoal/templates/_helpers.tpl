@@ -27,6 +27,10 @@ app.kubernetes.io/component: control-plane
 {{ .Values.injector.proxy.image.repository }}:{{ .Values.injector.proxy.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
+{{- define "shoal.proxyInitImage" -}}
+{{ .Values.injector.proxy.initImage.repository }}:{{ .Values.injector.proxy.initImage.tag | default .Chart.AppVersion }}
+{{- end }}
+
 {{- define "shoal.webhookSecret" -}}shoal-webhook-tls{{- end }}
 
 {{/*
@@ -37,6 +41,7 @@ plane when it changes, since the file is read at start-up.
 {{- define "shoal.injectorConfig" -}}
 {{- $p := .Values.injector.proxy -}}
 image: {{ include "shoal.proxyImage" . | quote }}
+init_image: {{ include "shoal.proxyInitImage" . | quote }}
 image_pull_policy: {{ $p.image.pullPolicy }}
 uid: {{ $p.uid }}
 ports:

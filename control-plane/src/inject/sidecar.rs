@@ -67,7 +67,7 @@ pub(crate) fn init_container(i: &Inputs<'_>) -> Value {
     }
     json!({
         "name": INIT_NAME,
-        "image": t.image,
+        "image": t.init_image,
         "imagePullPolicy": t.image_pull_policy,
         "args": ["init"],
         "env": env,

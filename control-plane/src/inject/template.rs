@@ -11,9 +11,13 @@ use super::{annotations, quantity};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Template {
-    /// The proxy image (it also runs `shoal-proxy init`). Default `shoal/shoal-proxy:<this version>`.
+    /// The sidecar's image: the static `shoal-proxy` and nothing else. Default
+    /// `shoal/shoal-proxy:<this version>`.
     pub image: String,
-    /// `Always`, `IfNotPresent` (default) or `Never`.
+    /// The `shoal-init` container's image: `shoal-proxy` with iptables, which only the init container needs.
+    /// Default `shoal/shoal-proxy-init:<this version>`.
+    pub init_image: String,
+    /// `Always`, `IfNotPresent` (default) or `Never`, for both images.
     pub image_pull_policy: String,
     /// The proxy's uid (`runAsUser`, and `shoal-proxy init --proxy-uid` so its connections are never
     /// captured). Default 1337; never 0.
@@ -88,6 +92,7 @@ impl Default for Template {
     fn default() -> Self {
         Self {
             image: format!("shoal/shoal-proxy:{}", env!("CARGO_PKG_VERSION")),
+            init_image: format!("shoal/shoal-proxy-init:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: "IfNotPresent".to_owned(),
             uid: 1337,
             ports: Ports::default(),
@@ -142,11 +147,19 @@ impl Template {
 
     /// Checks every field; the error names the first bad one and what was expected.
     pub fn validate(&self) -> Result<(), String> {
-        if self.image.trim().is_empty() || self.image.contains(char::is_whitespace) {
-            return Err(format!(
-                "image {:?}: expected an image reference such as shoal/shoal-proxy:0.1.0",
-                self.image
-            ));
+        for (field, image, example) in [
+            ("image", &self.image, "shoal/shoal-proxy:0.1.0"),
+            (
+                "init_image",
+                &self.init_image,
+                "shoal/shoal-proxy-init:0.1.0",
+            ),
+        ] {
+            if image.trim().is_empty() || image.contains(char::is_whitespace) {
+                return Err(format!(
+                    "{field} {image:?}: expected an image reference such as {example}"
+                ));
+            }
         }
         if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
             return Err(format!(

@@ -87,6 +87,11 @@ fn a_pod_gets_the_init_container_and_the_native_sidecar_before_its_own_init_cont
         format!("shoal/shoal-proxy:{}", env!("CARGO_PKG_VERSION"))
     );
     assert_eq!(
+        container(&out, "shoal-init")["image"],
+        format!("shoal/shoal-proxy-init:{}", env!("CARGO_PKG_VERSION")),
+        "iptables is only in the init container's image"
+    );
+    assert_eq!(
         proxy["startupProbe"]["httpGet"],
         json!({"path": "/ready", "port": 15021})
     );
@@ -451,7 +456,8 @@ fn names_the_injector_needs_are_not_taken_silently() {
 #[test]
 fn the_template_is_checked_and_applied() {
     let template = Template::from_yaml(
-        "image: registry.example/shoal-proxy:1\nimage_pull_policy: Always\nuid: 2000\n\
+        "image: registry.example/shoal-proxy:1\ninit_image: registry.example/shoal-proxy-init:1\n\
+         image_pull_policy: Always\nuid: 2000\n\
          ports: {outbound: 16001, inbound: 16006, admin: 16021}\nlog_format: json\n\
          resources: {requests: {cpu: 50m}, limits: {}}\n\
          discovery_addr: https://cp.mesh.svc:15010\nscrape_annotations: false\n\
@@ -497,6 +503,8 @@ fn the_template_is_checked_and_applied() {
         json!({"audience": "mesh", "expirationSeconds": 7200, "path": "token"})
     );
     let init = container(&out, "shoal-init");
+    assert_eq!(init["image"], "registry.example/shoal-proxy-init:1");
+    assert_eq!(init["imagePullPolicy"], "Always");
     assert_eq!(env(init, "SHOAL_INIT_PROXY_UID"), Some(&json!("2000")));
     assert_eq!(env(init, "SHOAL_INIT_ADMIN_PORT"), Some(&json!("16021")));
     assert!(
@@ -513,7 +521,8 @@ fn the_template_is_checked_and_applied() {
     for (yaml, field) in [
         ("imagePullPolicy: Always", "unknown field `imagePullPolicy`"),
         ("image_pull_policy: Sometimes", "image_pull_policy"),
-        ("image: ''", "image"),
+        ("image: ''", "image \"\""),
+        ("init_image: 'a b'", "init_image \"a b\""),
         ("uid: 0", "uid 0"),
         (
             "ports: {admin: 15001}",
