@@ -8,7 +8,7 @@
 # rather than instructions still needs run.py on a quiet machine.
 #
 # usage: bench/instructions.sh [--scenario h1|h2c] [--path inbound|outbound] [--route|--policies|--mirror]
-#                              [--lb ALGORITHM] [--requests N] [--keep DIR] BINARY [BINARY...]
+#                              [--lb ALGORITHM] [--grpc] [--requests N] [--keep DIR] BINARY [BINARY...]
 #   Each binary runs in front of bench-backend under callgrind: `inbound` (default) is explicit
 #   inbound, as in run.py; `outbound` is the explicit outbound listener with a state file naming
 #   two backends as the endpoints of service `bench` (requests carry `Host: bench`): route lookup
@@ -21,6 +21,9 @@
 #   every time; the lookup costs the same for any key). --mirror adds that route rule
 #   and a Mirror copying every request to a shadow service (a third backend) and comparing the
 #   answers: the instructions of the copy, its task and the comparison are in the figure.
+#   --grpc (h2c): requests carry `content-type: application/grpc`, so the proxy handles them as gRPC
+#   calls (its answers as gRPC statuses, the response counted when it ends: http::grpc_outcome);
+#   bench-backend's answers carry no grpc-status, so they count as 500 — the same work as an OK.
 #   after 1,000 warm-up requests the counters are zeroed, N requests (default 10,000) run with
 #   h2load (h1: --h1 -c10; h2c: -c10 -m10), and the total is divided by N.
 #   Extra proxy settings: SHOAL_* variables in the environment are passed on.
@@ -33,6 +36,7 @@ lb=""
 path=inbound
 requests=10000
 keep=""
+grpc=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --scenario) scenario=$2; shift 2 ;;
@@ -43,7 +47,8 @@ while [[ $# -gt 0 ]]; do
         --route) policies=route; shift ;;
         --lb) lb=$2; shift 2 ;;
         --mirror) policies=mirror; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --grpc) grpc=1; shift ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         --*) echo "instructions.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -63,6 +68,10 @@ host=()
 if [[ -n $lb ]]; then
     [[ $path == outbound && $policies != all ]] || { echo "instructions.sh: --lb needs --path outbound and no --policies" >&2; exit 2; }
     host+=(-H "x-user: alice")
+fi
+if [[ -n $grpc ]]; then
+    [[ $scenario == h2c ]] || { echo "instructions.sh: --grpc needs --scenario h2c (gRPC is HTTP/2)" >&2; exit 2; }
+    host+=(-H "content-type: application/grpc" -H "te: trailers")
 fi
 backend_bin=${CARGO_TARGET_DIR:-$repo/target}/release/bench-backend
 [[ -x $backend_bin ]] || { echo "instructions.sh: build it first: cargo build --release -p shoal-bench" >&2; exit 2; }

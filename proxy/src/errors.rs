@@ -124,8 +124,10 @@ pub enum Side {
     Proxy,
 }
 
-/// gRPC status codes (gRPC's `doc/statuscodes.md`), the ones the proxy answers with.
+/// gRPC status codes (gRPC's `doc/statuscodes.md`), the ones the proxy answers with or looks for.
 pub(crate) mod grpc {
+    /// Success.
+    pub(crate) const OK: u8 = 0;
     /// The caller's deadline, or the route's timeout standing for it, passed.
     pub(crate) const DEADLINE_EXCEEDED: u8 = 4;
     /// The caller may not call this (authorization policy).
@@ -142,6 +144,36 @@ pub(crate) mod grpc {
     pub(crate) const UNAUTHENTICATED: u8 = 16;
     /// Any other failure (the spec's mapping of other HTTP statuses).
     pub(crate) const UNKNOWN: u8 = 2;
+
+    /// A `grpc-status` value; a malformed one is UNKNOWN (what the gRPC spec has a client make of
+    /// it).
+    pub(crate) fn parse(value: &[u8]) -> u8 {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(UNKNOWN)
+    }
+
+    /// The HTTP status a gRPC status stands for wherever the mesh counts by HTTP status (metrics,
+    /// the access log, outlier detection, circuit breakers, retry conditions): the mapping Envoy and
+    /// grpc-gateway use. OK is 200; CANCELLED 499 (the client went away); an unknown code 500.
+    pub(crate) const fn to_http(code: u8) -> u16 {
+        match code {
+            0 => 200,
+            1 => 499,
+            3 | 9 | 11 => 400,
+            16 => 401,
+            7 => 403,
+            5 => 404,
+            6 | 10 => 409,
+            8 => 429,
+            12 => 501,
+            14 => 503,
+            4 => 504,
+            // UNKNOWN, INTERNAL, DATA_LOSS, and codes past the spec's.
+            _ => 500,
+        }
+    }
 
     /// What the gRPC spec (`doc/http-grpc-status-mapping.md`) tells a client to make of an HTTP
     /// status received without a gRPC status: how a fault's explicit `http_status` answers a gRPC call.

@@ -167,7 +167,12 @@ impl pb::echo_server::Echo for EchoService {
                 index: i,
             })
         });
-        Ok(Response::new(Box::pin(stream)))
+        // A failure after the responses: its status in the trailers, after a 200 head.
+        let failure =
+            (req.fail_code != 0).then(|| Err(Status::new(req.fail_code.into(), req.fail_message)));
+        Ok(Response::new(Box::pin(
+            stream.chain(futures_util::stream::iter(failure)),
+        )))
     }
 
     async fn client_stream(

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::digest::Observer;
+use super::grpc_outcome::GrpcOutcome;
 use super::h2body::{BodyError, Pipe, PipeEnd, RecvBody};
 use super::replay::ReplayBody;
 use super::tee::{CopiedBody, TeeBody};
@@ -89,6 +90,8 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// Hashes the body on its way to the client (a mirrored request's primary response).
     digest: Option<Box<Observer>>,
+    /// Counts a streamed gRPC response by the status its trailers carry, when it ends.
+    grpc_outcome: Option<GrpcOutcome>,
 }
 
 #[derive(Debug)]
@@ -115,6 +118,7 @@ impl ResponseBody {
             kind: Kind::Upstream { body, release },
             in_flight: None,
             digest: None,
+            grpc_outcome: None,
         }
     }
 
@@ -124,6 +128,7 @@ impl ResponseBody {
             kind: Kind::H2 { body, request },
             in_flight: None,
             digest: None,
+            grpc_outcome: None,
         }
     }
 
@@ -133,6 +138,7 @@ impl ResponseBody {
             kind: Kind::Local(None),
             in_flight: None,
             digest: None,
+            grpc_outcome: None,
         }
     }
 
@@ -142,12 +148,18 @@ impl ResponseBody {
             kind: Kind::Local(Some(text.into())),
             in_flight: None,
             digest: None,
+            grpc_outcome: None,
         }
     }
 
     /// Ties the body's lifetime to a request in flight on the downstream connection.
     pub fn set_in_flight(&mut self, guard: InFlight) {
         self.in_flight = Some(guard);
+    }
+
+    /// Reports the gRPC status its trailers carry when it ends (`http::grpc_outcome`).
+    pub(crate) fn report_grpc_outcome(&mut self, outcome: GrpcOutcome) {
+        self.grpc_outcome = Some(outcome);
     }
 
     /// Hashes the body as it streams; `observer` gets the sum at its end.
@@ -211,6 +223,12 @@ impl Body for ResponseBody {
         let polled = this.poll_kind(cx);
         if this.digest.is_some() {
             this.feed_digest(&polled);
+        }
+        if this.grpc_outcome.is_some() {
+            let ended = this.kind_ended();
+            if let Some(outcome) = &mut this.grpc_outcome {
+                outcome.polled(&polled, ended);
+            }
         }
         polled
     }

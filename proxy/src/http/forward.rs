@@ -11,8 +11,9 @@ use http::{Request, Response, StatusCode, Version as HttpVersion};
 use tokio::time::Instant;
 
 use super::body::{RequestBody, ResponseBody};
+use super::grpc_outcome::GrpcOutcome;
 use super::headers::{authority_of, is_grpc, is_upgrade, strip_hop_by_hop};
-use super::stack::{Req, Service};
+use super::stack::{GRPC_STATUS, Req, Service, stands_for};
 use super::{Conn, Downstream, respond};
 use crate::errors::{ProxyError, Reason};
 use crate::metrics::{Direction, RequestMetrics};
@@ -29,7 +30,7 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
     let span = spans
         .filter(|_| ids.span.sampled)
         .map(|s| (s, Box::new(SpanStart::of(&req))));
-    let access = conn.shared.config.access_log.then(|| AccessLine::new(&req));
+    let access = (conn.shared.config.access_log).then(|| AccessLine::new(&req, conn, &ids));
     let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // Decided once: a gRPC call gets the proxy's own answers as gRPC statuses.
@@ -60,7 +61,6 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         .metrics
         .as_ref()
         .unwrap_or_else(|| unrouted_metrics(conn));
-    let answer = Answer { grpc, relayed };
     let (resp, reason, status) = finish(
         conn,
         result,
@@ -69,7 +69,7 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         metrics,
         exchange.upstream,
         access,
-        answer,
+        grpc,
     );
     if let Some((spans, span)) = span {
         spans.submit((*span).finish(End {
@@ -141,10 +141,6 @@ pub fn reject_too_many_headers(
 fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Response<ResponseBody> {
     // Refused before its head was even read whole: no span (a malformed request is not traced).
     let ids = trace_context::propagate(req.headers_mut(), 0.0);
-    let answer = Answer {
-        grpc: is_grpc(req.headers()),
-        relayed: None,
-    };
     let (resp, _, _) = finish(
         conn,
         Err(err),
@@ -153,51 +149,66 @@ fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Respon
         unrouted_metrics(conn),
         None,
         None,
-        answer,
+        is_grpc(req.headers()),
     );
     resp
 }
 
-/// What shapes and classifies the answer beyond the result itself.
-#[derive(Clone, Copy)]
-struct Answer {
-    /// The request is a gRPC call: the proxy's own answer is a gRPC status.
-    grpc: bool,
-    /// The response is a Shoal proxy's gRPC answer naming this reason (`stack::Relayed`).
-    relayed: Option<Reason>,
-}
-
 /// The response to send, the proxy's reason if it answered itself, and the HTTP status the answer
-/// stands for — the one metrics, the access log and the span count: a proxy's gRPC answer (HTTP
-/// 200 on the wire) counts as its error's status, so a dashboard's error rate sees it.
+/// stands for — the one metrics, the access log and the span count: a trailers-only gRPC failure
+/// (HTTP 200 on the wire; a proxy's answer or the app's, `stack::TrailersOnly`) counts as the
+/// status it stands for, so a dashboard's error rate sees it. `grpc`: the request is a gRPC call,
+/// so the proxy's own answer is a gRPC status.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     conn: &Conn,
     result: Result<Response<ResponseBody>, ProxyError>,
     ids: &TraceIds,
     start: Instant,
-    metrics: &RequestMetrics,
+    metrics: &Arc<RequestMetrics>,
     upstream: Option<SocketAddr>,
     access: Option<AccessLine>,
-    answer: Answer,
+    grpc: bool,
 ) -> (Response<ResponseBody>, Option<Reason>, StatusCode) {
-    let (resp, reason, status) = match result {
+    let (mut resp, reason, status) = match result {
         Ok(resp) => {
-            let status = answer.relayed.map_or(resp.status(), Reason::status);
+            let status = stands_for(&resp);
             (resp, None, status)
         }
         Err(e) => {
             let dest = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
-            let resp = respond::error(conn.direction, conn.version, &e, ids, &dest, answer.grpc);
+            let resp = respond::error(conn.direction, conn.version, &e, ids, &dest, grpc);
             (resp, Some(e.kind), e.status())
         }
     };
     let elapsed = start.elapsed();
+    if grpc && reason.is_none() && streams_its_status(&resp) {
+        // Counted when it ends, by the status in its trailers; the latency is still the head's.
+        let metrics = metrics.clone();
+        let report = move |status| {
+            metrics.record(status, None, elapsed);
+            if let Some(line) = access {
+                line.log(status, upstream, None, elapsed);
+            }
+        };
+        resp.body_mut()
+            .report_grpc_outcome(GrpcOutcome::new(Box::new(report)));
+        return (resp, reason, status);
+    }
     metrics.record(status, reason, elapsed);
     if let Some(line) = access {
-        line.log(conn, status, ids, upstream, reason, elapsed);
+        line.log(status, upstream, reason, elapsed);
     }
     (resp, reason, status)
+}
+
+/// Whether a gRPC call's response carries its status in trailers still to come: a 200 without
+/// one in its head (not trailers-only) whose body has not ended.
+fn streams_its_status(resp: &Response<ResponseBody>) -> bool {
+    use http_body::Body;
+    resp.status() == StatusCode::OK
+        && !resp.headers().contains_key(&GRPC_STATUS)
+        && !resp.body().is_end_stream()
 }
 
 /// The gRPC status in a response head (a trailers-only answer, the proxy's own or relayed), for
@@ -206,39 +217,47 @@ fn grpc_status_of(resp: &Response<ResponseBody>, grpc: bool) -> Option<u8> {
     if !grpc || resp.status() != StatusCode::OK {
         return None;
     }
-    let v = resp.headers().get("grpc-status")?;
-    std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()
+    Some(crate::errors::grpc::parse(
+        resp.headers().get(&GRPC_STATUS)?.as_bytes(),
+    ))
 }
 
-/// What an access-log line needs from the request (captured only when access logs are on).
+/// What an access-log line needs from the request and its connection (captured only when access
+/// logs are on; owned, so a streamed gRPC response's line can wait for its end).
 struct AccessLine {
+    direction: Direction,
+    client: SocketAddr,
     method: http::Method,
     path: String,
     authority: String,
+    request_id: trace_context::RequestId,
+    trace_id: trace_context::TraceId,
 }
 
 impl AccessLine {
-    fn new(req: &Request<RequestBody>) -> Self {
+    fn new(req: &Request<RequestBody>, conn: &Conn, ids: &TraceIds) -> Self {
         Self {
+            direction: conn.direction,
+            client: conn.client,
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             authority: authority_of(req).unwrap_or("-").to_string(),
+            request_id: ids.request_id.clone(),
+            trace_id: ids.trace_id,
         }
     }
 
     fn log(
         self,
-        conn: &Conn,
         status: StatusCode,
-        ids: &TraceIds,
         upstream: Option<SocketAddr>,
         reason: Option<Reason>,
         elapsed: Duration,
     ) {
         tracing::info!(
             target: "access",
-            direction = conn.direction.as_str(),
-            client = %conn.client,
+            direction = self.direction.as_str(),
+            client = %self.client,
             method = %self.method,
             authority = %self.authority,
             path = %self.path,
@@ -246,8 +265,8 @@ impl AccessLine {
             upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
             reason = reason.map_or("-", Reason::as_str),
             duration_us = respond::micros(elapsed),
-            request_id = ids.request_id.as_str(),
-            trace_id = %ids.trace_id,
+            request_id = self.request_id.as_str(),
+            trace_id = %self.trace_id,
         );
     }
 }

@@ -4,6 +4,7 @@ pub mod body;
 pub mod deadline;
 pub(crate) mod digest;
 mod forward;
+mod grpc_outcome;
 mod h2_server;
 pub mod h2body;
 pub mod headers;

@@ -6,7 +6,7 @@
 //! outbound side such an answer becomes this proxy's own `upstream-requires-mtls`, which says
 //! which of those made it send plain text and what to change. Only a 403 is looked at further
 //! (or, for a gRPC call, the strict proxy's gRPC answer naming `mtls-required`, already read by the
-//! balance stage: `stack::Relayed`), so the common response costs one comparison.
+//! balance stage: `stack::TrailersOnly`), so the common response costs one comparison.
 
 use std::net::SocketAddr;
 

@@ -17,12 +17,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderName, Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::Conn;
 use super::body::{RequestBody, ResponseBody};
-use crate::errors::{ProxyError, Reason};
+use crate::errors::{ProxyError, Reason, grpc};
 use crate::metrics::RequestMetrics;
 
 /// One stage: takes a request, returns its outcome.
@@ -147,13 +147,57 @@ pub(crate) struct Exchange {
     pub(crate) retried: Vec<FailedAttempt>,
 }
 
-/// A response extension: the response is a Shoal proxy's trailers-only answer to this gRPC call
-/// (the endpoint's proxy answered it itself), naming this reason (`errors::relayed_reason`; set by
-/// the balance stage, so only for gRPC calls to endpoints). An extension rather than a field of
-/// [`Exchange`]: only such answers carry it, and every other exchange stays as small as it was
-/// (it is moved through every stage).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Relayed(pub(crate) Reason);
+/// A response extension on a gRPC call's trailers-only failure — HTTP 200 on the wire with a
+/// `grpc-status` other than OK in its head — saying what it stands for, so that every stage above,
+/// metrics and the access log count it as the failure it is ([`mark_trailers_only`], by the stage
+/// that receives the response). An extension rather than a field of [`Exchange`]: only such
+/// answers carry it, and every other exchange stays as small as it was (it is moved through every
+/// stage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TrailersOnly {
+    /// A Shoal proxy's answer naming this reason (the endpoint's proxy answered the call itself;
+    /// `errors::relayed_reason`): counts as the reason's HTTP status, as it did when such answers
+    /// were HTTP errors.
+    Relayed(Reason),
+    /// The app's own status: counts as the HTTP status it maps to (`errors::grpc::to_http`;
+    /// UNAVAILABLE 503, INTERNAL 500, NOT_FOUND 404…). A malformed `grpc-status` counts as UNKNOWN.
+    App(StatusCode),
+}
+
+/// Marks `resp`, the response to a gRPC call, with [`TrailersOnly`] when it is a trailers-only
+/// failure. (A status sent in trailers after the response began arrives after the head has gone
+/// on: metrics count it when the response ends, `http::grpc_outcome`.)
+pub(crate) fn mark_trailers_only(resp: &mut Response<ResponseBody>) {
+    if resp.status() != StatusCode::OK {
+        return;
+    }
+    let Some(value) = resp.headers().get(&GRPC_STATUS) else {
+        return;
+    };
+    let code = grpc::parse(value.as_bytes());
+    if code == grpc::OK {
+        return;
+    }
+    let mark = match crate::errors::relayed_reason(resp.headers()) {
+        Some(reason) => TrailersOnly::Relayed(reason),
+        None => TrailersOnly::App(
+            StatusCode::from_u16(grpc::to_http(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        ),
+    };
+    resp.extensions_mut().insert(mark);
+}
+
+/// The HTTP status `resp` stands for: its own, or a marked trailers-only gRPC failure's.
+pub(crate) fn stands_for(resp: &Response<ResponseBody>) -> StatusCode {
+    match resp.extensions().get::<TrailersOnly>() {
+        Some(TrailersOnly::Relayed(reason)) => reason.status(),
+        Some(TrailersOnly::App(status)) => *status,
+        None => resp.status(),
+    }
+}
+
+/// `grpc-status`: a gRPC call's status, in its trailers or, for a trailers-only answer, its head.
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// An attempt that failed and was retried.
 #[derive(Debug, Clone, Copy)]
@@ -195,25 +239,27 @@ impl Exchange {
         }
     }
 
-    /// The reason of a Shoal proxy's gRPC answer from upstream ([`Relayed`]), if the response is one.
+    /// The reason of a Shoal proxy's gRPC answer from upstream ([`TrailersOnly::Relayed`]), if the
+    /// response is one.
     pub(crate) fn relayed(&self) -> Option<Reason> {
         let resp = self.result.as_ref().ok()?;
-        resp.extensions().get::<Relayed>().map(|r| r.0)
+        match resp.extensions().get::<TrailersOnly>() {
+            Some(TrailersOnly::Relayed(reason)) => Some(*reason),
+            _ => None,
+        }
     }
 
-    /// The HTTP status the response stands for: its own, or for a Shoal proxy's gRPC answer
-    /// (HTTP 200 on the wire) the status of its reason, so that it counts as the failure it is.
-    /// (For an error, the proxy's own status: `ProxyError::status`.)
+    /// The HTTP status the response stands for ([`stands_for`]: a trailers-only gRPC failure
+    /// counts as its HTTP equivalent); for an error, the proxy's own status (`ProxyError::status`).
     pub(crate) fn answer_status(&self) -> StatusCode {
-        match (&self.result, self.relayed()) {
-            (_, Some(reason)) => reason.status(),
-            (Ok(resp), None) => resp.status(),
-            (Err(e), None) => e.status(),
+        match &self.result {
+            Ok(resp) => stands_for(resp),
+            Err(e) => e.status(),
         }
     }
 
     /// Whether it counts as the upstream's failure (outlier detection, circuit breakers): a 5xx
-    /// (a Shoal proxy's gRPC answer by its reason's status), or an error on the upstream's side
+    /// (a trailers-only gRPC failure by the status it stands for), or an error on the upstream's side
     /// (connect failure, reset, timeout, malformed response), not a client's or the proxy's.
     pub(crate) fn upstream_failed(&self) -> bool {
         match &self.result {
@@ -228,5 +274,72 @@ impl Exchange {
             self.metrics = Some(metrics.clone());
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marked(status: u16, headers: &[(&str, &str)]) -> (Option<TrailersOnly>, StatusCode) {
+        let mut resp = Response::builder().status(status);
+        for (k, v) in headers {
+            resp = resp.header(*k, *v);
+        }
+        let mut resp = resp.body(ResponseBody::local("")).unwrap();
+        mark_trailers_only(&mut resp);
+        let mark = resp.extensions().get::<TrailersOnly>().copied();
+        (mark, stands_for(&resp))
+    }
+
+    #[test]
+    fn a_trailers_only_failure_stands_for_its_http_status() {
+        let app = |code: &str| marked(200, &[("grpc-status", code)]);
+        assert_eq!(app("0"), (None, StatusCode::OK));
+        assert_eq!(
+            marked(200, &[]),
+            (None, StatusCode::OK),
+            "a streamed answer"
+        );
+        for (code, status) in [
+            ("14", 503),
+            ("13", 500),
+            ("2", 500),
+            ("4", 504),
+            ("5", 404),
+            ("8", 429),
+            ("12", 501),
+            ("16", 401),
+            ("1", 499),
+            ("99", 500),
+            ("bad", 500),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                app(code),
+                (Some(TrailersOnly::App(status)), status),
+                "grpc-status {code}"
+            );
+        }
+        // A Shoal proxy's answer: its reason's status.
+        let relayed = marked(
+            200,
+            &[
+                ("grpc-status", "14"),
+                ("shoal-proxy-error", "upstream-connect-refused"),
+            ],
+        );
+        assert_eq!(
+            relayed,
+            (
+                Some(TrailersOnly::Relayed(Reason::UpstreamConnectRefused)),
+                StatusCode::BAD_GATEWAY
+            )
+        );
+        // Not a gRPC answer's 200: left as it is.
+        assert_eq!(
+            marked(503, &[("grpc-status", "14")]),
+            (None, StatusCode::SERVICE_UNAVAILABLE)
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! authorize   plain text on a strict port (403 `mtls-required`); the service's
 //!             AuthorizationPolicy for this caller (403 `unauthorized`)
 //!  └ limit    the service's RateLimit for this caller (429 `rate-limited`, `Retry-After`)
-//!   └ app     the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2
+//!   └ app     the app's address; HTTP/1.1 restored for requests that rode the mesh's HTTP/2;
+//!             the app's trailers-only gRPC failure counted as the HTTP status it stands for
 //!     └ timeout   SHOAL_RESPONSE_TIMEOUT
 //!        └ send   shape for the wire (the caller's identity in `shoal-client-id`), pooled connection
 //! ```
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::http::send::{Dest, ORIG_PROTO, Send};
-use crate::http::stack::{Exchange, Req, Service, Stack, stage};
+use crate::http::stack::{Exchange, Req, Service, Stack, mark_trailers_only, stage};
 use crate::http::timeout::TimeoutLayer;
 use crate::http::{Conn, Downstream};
 use crate::metrics::RequestMetrics;
@@ -145,7 +146,13 @@ where
             connect_timeout: None,
             gate: None,
         };
+        let grpc = req.grpc;
         let (req, ()) = req.retarget(dest);
-        self.0.call(req).await.counted_in(metrics(conn))
+        let mut exchange = self.0.call(req).await;
+        if grpc && let Ok(resp) = &mut exchange.result {
+            // The app's trailers-only failure counts in the inbound metrics as the failure it is.
+            mark_trailers_only(resp);
+        }
+        exchange.counted_in(metrics(conn))
     }
 }

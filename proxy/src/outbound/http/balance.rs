@@ -13,7 +13,7 @@ use crate::endpoint::Version;
 use crate::errors::{ProxyError, Reason};
 use crate::http::Downstream;
 use crate::http::send::Dest;
-use crate::http::stack::{Exchange, Relayed, Req, Service, stage};
+use crate::http::stack::{Exchange, Req, Service, mark_trailers_only, stage};
 use crate::state::Protocol;
 
 /// The latency a failed exchange counts as.
@@ -83,12 +83,11 @@ where
         let mut exchange = self.0.call(req).await;
         if timing.grpc
             && let Ok(resp) = &mut exchange.result
-            && resp.status() == http::StatusCode::OK
-            && let Some(reason) = crate::errors::relayed_reason(resp.headers())
         {
-            // The endpoint's proxy answered the call itself (trailers-only): read as the error it
-            // stands for by every stage above, and by metrics and the mirror.
-            resp.extensions_mut().insert(Relayed(reason));
+            // A trailers-only failure (the app's, or the endpoint's proxy answering itself): read
+            // as the failure it stands for by the balancer below, every stage above, metrics and
+            // the mirror.
+            mark_trailers_only(resp);
         }
         timing.answered = exchange.result.is_ok();
         backend

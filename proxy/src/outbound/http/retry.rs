@@ -31,7 +31,6 @@ use crate::retry::{Retry as Policy, RetryOn};
 /// saves every request a header insert.
 static ATTEMPT: HeaderName = HeaderName::from_static("shoal-attempt");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// The longest `Retry-After` the proxy waits for; a longer one ends the retries.
@@ -242,14 +241,19 @@ fn retryable(
         return p.retries_on(RetryOn::PerTryTimeout);
     }
     match &exchange.result {
-        Ok(resp) => retryable_response(p, resp, exchange.answer_status()),
+        // The HTTP conditions look at HTTP statuses — a Shoal proxy's gRPC answer at its reason's,
+        // as when those answers were HTTP errors — and an app's gRPC status only at the gRPC ones.
+        Ok(resp) => retryable_response(
+            p,
+            resp,
+            exchange.relayed().map_or(resp.status(), Reason::status),
+        ),
         Err(e) => retryable_error(p, e, grpc),
     }
 }
 
-/// `status` is what the response stands for: a Shoal proxy's gRPC answer (HTTP 200) is retried
-/// on its reason's HTTP status as it was when that answer was an HTTP error, and on its gRPC
-/// status like any gRPC answer.
+/// `status` is the response's HTTP status, for a Shoal proxy's gRPC answer (HTTP 200) its reason's
+/// as it was when that answer was an HTTP error; a gRPC answer is retried on its gRPC status too.
 fn retryable_response(
     p: &crate::retry::RetryPolicy,
     resp: &Response<ResponseBody>,
@@ -265,7 +269,11 @@ fn retryable_response(
     }
     // gRPC reports failures in trailers; a call that failed at once sends them as its head
     // (trailers-only), which is all that can be seen before the response goes to the client.
-    match resp.headers().get(&GRPC_STATUS).map(|v| v.as_bytes()) {
+    match resp
+        .headers()
+        .get(&crate::http::stack::GRPC_STATUS)
+        .map(|v| v.as_bytes())
+    {
         Some(b"14") => p.retries_on(RetryOn::GrpcUnavailable),
         Some(b"8") => p.retries_on(RetryOn::GrpcResourceExhausted),
         _ => false,

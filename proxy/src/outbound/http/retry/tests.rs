@@ -116,10 +116,7 @@ fn a_proxys_grpc_answer_is_retried_on_its_reasons_status_and_its_grpc_status() {
                 ("shoal-proxy-error", reason.as_str()),
             ],
         );
-        let resp = e.result.as_mut().unwrap();
-        let found = crate::errors::relayed_reason(resp.headers()).unwrap();
-        resp.extensions_mut()
-            .insert(crate::http::stack::Relayed(found));
+        crate::http::stack::mark_trailers_only(e.result.as_mut().unwrap());
         assert_eq!(e.relayed(), Some(reason));
         e
     };
@@ -210,4 +207,28 @@ fn grpc_timeouts_parse_and_print() {
         parse_grpc_timeout(v.as_bytes()),
         Some(Duration::from_millis(250))
     );
+}
+
+#[test]
+fn an_apps_grpc_status_is_retried_by_the_grpc_conditions_only() {
+    // The app's own trailers-only UNAVAILABLE: it stands for 503 (metrics, breakers, outlier
+    // detection), but the HTTP conditions look at HTTP statuses, and this one is 200.
+    let mut e = answered(200, &[("grpc-status", "14")]);
+    crate::http::stack::mark_trailers_only(e.result.as_mut().unwrap());
+    assert_eq!(e.answer_status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.relayed(), None);
+    for on in [
+        RetryOn::ServerError,
+        RetryOn::GatewayError,
+        RetryOn::ServiceUnavailable,
+    ] {
+        assert!(!retryable(&policy(&[on], &[]), &e, false, true), "{on:?}");
+    }
+    assert!(!retryable(&policy(&[], &[503]), &e, false, true));
+    assert!(retryable(
+        &policy(&[RetryOn::GrpcUnavailable], &[]),
+        &e,
+        false,
+        true
+    ));
 }
