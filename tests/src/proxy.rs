@@ -76,6 +76,19 @@ pub fn proxy_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The start of a state file with the service most outbound tests call: `app` (port 80, also
+/// named `app.example`), more of its fields (`fields`: YAML indented as its fields, may be empty)
+/// and `endpoints`; routes and policies may follow.
+pub fn app_service_state(fields: &str, endpoints: &[SocketAddr]) -> String {
+    let list: String = endpoints
+        .iter()
+        .map(|a| format!("\n      - address: \"{a}\""))
+        .collect();
+    format!(
+        "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n{fields}    endpoints:{list}\n"
+    )
+}
+
 /// A state file with the service `web` (port 80) whose one endpoint is `addr`, in the mesh with
 /// the SPIFFE id `identity`: the mesh tests' usual callee.
 pub fn mesh_web_state(addr: SocketAddr, identity: &str) -> String {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use shoal_tests::backend::text_response;
 use shoal_tests::client::{H1Client, empty, request};
+use shoal_tests::proxy::app_service_state;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -27,13 +28,9 @@ async fn proxy(endpoints: &[SocketAddr], policy: &str) -> Proxy {
 
 /// The state file of [`proxy`].
 fn state(endpoints: &[SocketAddr], policy: &str) -> String {
-    let list: String = endpoints
-        .iter()
-        .map(|a| format!("\n      - address: \"{a}\""))
-        .collect();
     format!(
-        "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
-         backend_policies:\n  - service: app\n{policy}"
+        "{}backend_policies:\n  - service: app\n{policy}",
+        app_service_state("", endpoints)
     )
 }
 

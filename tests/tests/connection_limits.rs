@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use shoal_tests::backend::text_response;
 use shoal_tests::client::{H1Client, empty, request};
 use shoal_tests::prom::metric_value;
+use shoal_tests::proxy::app_service_state;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -21,15 +22,11 @@ const SERVICE: &str = "app.default";
 /// A proxy routing `app.example` to `endpoints` under `policy` (YAML of one backend policy's
 /// fields, indented for the list item), with `routes` (YAML, may be empty).
 async fn proxy(endpoints: &[SocketAddr], policy: &str, routes: &str) -> Proxy {
-    let list: String = endpoints
-        .iter()
-        .map(|a| format!("\n      - address: \"{a}\""))
-        .collect();
     ProxyBuilder::new()
         .outbound_explicit()
         .state(&format!(
-            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
-             backend_policies:\n  - service: app\n{policy}{routes}"
+            "{}backend_policies:\n  - service: app\n{policy}{routes}",
+            app_service_state("", endpoints)
         ))
         .start()
         .await

@@ -15,6 +15,7 @@ use shoal_tests::client::{H1Client, H2Client, empty, request};
 use shoal_tests::grpc::{self, GrpcBackend, msg};
 use shoal_tests::pki::TestCa;
 use shoal_tests::process::TempDir;
+use shoal_tests::proxy::app_service_state;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, closed_port_addr, eventually};
 use tonic::Code;
 
@@ -23,15 +24,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A proxy routing `app.example` (service `app`) to `endpoints`, with more state YAML after the
 /// service (`extra`: routes, backend policies) and the service's extra fields (`fields`).
 async fn outbound(endpoints: &[SocketAddr], fields: &str, extra: &str) -> Proxy {
-    let list: String = endpoints
-        .iter()
-        .map(|a| format!("\n      - address: \"{a}\""))
-        .collect();
     ProxyBuilder::new()
         .outbound_explicit()
-        .state(&format!(
-            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n{fields}    endpoints:{list}\n{extra}"
-        ))
+        .state(&format!("{}{extra}", app_service_state(fields, endpoints)))
         .start()
         .await
 }

@@ -12,23 +12,18 @@ use http::Response;
 use shoal_tests::backend::HttpBackend;
 use shoal_tests::client::{Body, empty};
 use shoal_tests::grpc::{self, GrpcBackend, msg, pb};
+use shoal_tests::proxy::app_service_state;
 use shoal_tests::{Proxy, ProxyBuilder, eventually};
 use tonic::Code;
 
 /// A proxy with an outbound listener routing `app.example` (service `app`) to `endpoints`, with
 /// more state YAML after the service (`extra`), and an inbound listener in front of `inbound_app`.
 async fn start(endpoints: &[SocketAddr], inbound_app: SocketAddr, extra: &str) -> Proxy {
-    let list: String = endpoints
-        .iter()
-        .map(|a| format!("\n      - address: \"{a}\""))
-        .collect();
     ProxyBuilder::new()
         .outbound_explicit()
         .inbound_explicit(inbound_app)
         .env("SHOAL_ACCESS_LOG", "true")
-        .state(&format!(
-            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n{extra}"
-        ))
+        .state(&format!("{}{extra}", app_service_state("", endpoints)))
         .start()
         .await
 }

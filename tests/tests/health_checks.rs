@@ -12,6 +12,7 @@ use std::time::Duration;
 use hyper::Response;
 use shoal_tests::backend::{Recorded, text_response};
 use shoal_tests::client::{H1Client, empty, full, request};
+use shoal_tests::proxy::app_service_state;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder, eventually};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -28,13 +29,9 @@ async fn proxy(endpoints: &[SocketAddr], policy: &str) -> Proxy {
 }
 
 fn state(endpoints: &[SocketAddr], policy: &str) -> String {
-    let list: String = endpoints
-        .iter()
-        .map(|a| format!("\n      - address: \"{a}\""))
-        .collect();
     format!(
-        "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
-         backend_policies:\n  - service: app\n{policy}"
+        "{}backend_policies:\n  - service: app\n{policy}",
+        app_service_state("", endpoints)
     )
 }
 

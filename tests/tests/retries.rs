@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use shoal_tests::backend::text_response;
 use shoal_tests::client::{H1Client, empty, full, request};
+use shoal_tests::proxy::app_service_state;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
 
 /// A backend that fails its first `failures` requests with `status`, then answers 200 "ok".
@@ -28,15 +29,11 @@ async fn failing_first(failures: usize, status: u16) -> HttpBackend {
 
 /// A proxy routing `app.example` to `endpoints` with the rule's extra YAML (`retry:` etc.).
 async fn proxy(endpoints: &[SocketAddr], rule: &str) -> Proxy {
-    let list: String = endpoints
-        .iter()
-        .map(|a| format!("\n      - address: \"{a}\""))
-        .collect();
     ProxyBuilder::new()
         .outbound_explicit()
         .state(&format!(
-            "services:\n  - name: app\n    port: 80\n    hosts: [app.example]\n    endpoints:{list}\n\
-             routes:\n  - name: app\n    service: app\n    rules:\n      - backends: [{{service: app}}]\n{rule}"
+            "{}routes:\n  - name: app\n    service: app\n    rules:\n      - backends: [{{service: app}}]\n{rule}",
+            app_service_state("", endpoints)
         ))
         .start()
         .await
