@@ -9,14 +9,18 @@
 //!   free one (the user is told which, and by what it was held) — unless a Shoal program holds it (another
 //!   `shoal up`, or what an old one left running): that is an error naming it, not a silent move;
 //! - `--base-port N`: exactly that layout from N, and an error naming the holder if a port is busy;
-//! - `--base-port 0`: free ports chosen by the OS (what tests use).
+//! - `--base-port 0`: free ports (what tests use).
 //!
 //! Layout from base B: control plane B+10 (discovery), B+11 (admin), B+14 (metrics), the same offsets as
 //! a production control plane; workload *k* (1-based) B+100k (app), +1 (sidecar outbound), +6 (sidecar
 //! inbound), +21 (sidecar admin), the offsets of a production sidecar.
 //!
 //! A port is checked by binding it and letting go, so another process could take it before its owner binds
-//! it; the owner then fails to start and `shoal up` reports which port and why.
+//! it; the owner then fails to start and `shoal up` reports which port and why. Free ports (`--base-port 0`,
+//! and the replacements of busy ones) are therefore chosen at random *below* the kernel's ephemeral range
+//! (`net.ipv4.ip_local_port_range`, 32768–60999 by default): the local ports of outgoing connections and the
+//! ports of other programs' listeners on port 0 come from that range, and a busy machine — tests running in
+//! parallel — hands them out all the time, so a port checked there was taken before its owner bound it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, TcpListener};
@@ -161,13 +165,17 @@ impl Ports {
         Ok(used)
     }
 
-    /// A free port from the OS, never one handed out already.
+    /// A free port, never one handed out already: at random below the ephemeral range (module docs), or
+    /// from the OS when that range leaves no room below it.
     fn free(&self, what: &str) -> Result<u16, String> {
-        // The OS rarely hands out the same ephemeral port twice in a row, but it may: skip repeats.
+        let below = QUIET_FROM..ephemeral_start();
         for _ in 0..100 {
-            let port =
-                ephemeral().map_err(|e| format!("cannot find a free port for {what}: {e}"))?;
-            if !self.given.contains(&port) {
+            let port = if below.is_empty() {
+                ephemeral().map_err(|e| format!("cannot find a free port for {what}: {e}"))?
+            } else {
+                fastrand::u16(below.clone())
+            };
+            if !self.given.contains(&port) && is_free(port) {
                 return Ok(port);
             }
         }
@@ -186,6 +194,17 @@ fn layout_port(base: u16, offset: u16, what: &str) -> Result<u16, String> {
     base.checked_add(offset)
         .filter(|p| *p < u16::MAX)
         .ok_or_else(|| format!("--base-port {base} is too high: {what} would be past port 65534"))
+}
+
+/// The lowest free port chosen: above the fixed ports services usually take.
+const QUIET_FROM: u16 = 10000;
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 fn is_free(port: u16) -> bool {
@@ -231,12 +250,18 @@ mod tests {
     }
 
     #[test]
-    fn any_mode_never_repeats() {
+    fn any_mode_never_repeats_and_stays_below_the_ephemeral_range() {
         let mut ports = Ports::with_mode(Mode::Any);
-        let a = ports.take(1, "a").expect("port");
-        let b = ports.take(1, "b").expect("port");
-        assert_ne!(a, b);
+        let taken: HashSet<u16> = (0..50)
+            .map(|i| ports.take(1, &format!("use {i}")).expect("port"))
+            .collect();
+        assert_eq!(taken.len(), 50);
         assert!(ports.moved.is_empty());
+        let start = ephemeral_start();
+        assert!(
+            taken.iter().all(|p| (QUIET_FROM..start).contains(p)),
+            "{taken:?} not all in {QUIET_FROM}..{start}"
+        );
     }
 
     #[test]
