@@ -88,10 +88,18 @@ pub struct ResponseBody {
     kind: Kind,
     /// Keeps the downstream connection from being parked while the body streams.
     in_flight: Option<InFlight>,
-    /// Hashes the body on its way to the client (a mirrored request's primary response).
-    digest: Option<Box<Observer>>,
+    /// What watches the body on its way to the client, if anything does (boxed: a body nobody
+    /// watches, the common case, stays small and pays one check per frame).
+    watch: Option<Box<Watch>>,
+}
+
+/// What watches a response body as it streams.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Hashes it (a mirrored request's primary response).
+    digest: Option<Observer>,
     /// Counts a streamed gRPC response by the status its trailers carry, when it ends.
-    grpc_outcome: Option<GrpcOutcome>,
+    grpc: Option<GrpcOutcome>,
 }
 
 #[derive(Debug)]
@@ -117,8 +125,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Upstream { body, release },
             in_flight: None,
-            digest: None,
-            grpc_outcome: None,
+            watch: None,
         }
     }
 
@@ -127,8 +134,7 @@ impl ResponseBody {
         Self {
             kind: Kind::H2 { body, request },
             in_flight: None,
-            digest: None,
-            grpc_outcome: None,
+            watch: None,
         }
     }
 
@@ -137,8 +143,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Local(None),
             in_flight: None,
-            digest: None,
-            grpc_outcome: None,
+            watch: None,
         }
     }
 
@@ -147,8 +152,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Local(Some(text.into())),
             in_flight: None,
-            digest: None,
-            grpc_outcome: None,
+            watch: None,
         }
     }
 
@@ -159,43 +163,49 @@ impl ResponseBody {
 
     /// Reports the gRPC status its trailers carry when it ends (`http::grpc_outcome`).
     pub(crate) fn report_grpc_outcome(&mut self, outcome: GrpcOutcome) {
-        self.grpc_outcome = Some(outcome);
+        self.watch.get_or_insert_default().grpc = Some(outcome);
     }
 
     /// Hashes the body as it streams; `observer` gets the sum at its end.
     pub(crate) fn observe(&mut self, observer: Observer) {
-        self.digest = Some(Box::new(observer));
+        self.watch.get_or_insert_default().digest = Some(observer);
     }
 
-    /// Feeds what was polled to the digest.
-    fn feed_digest(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BodyError>>>) {
-        let end = match polled {
-            Poll::Pending => return,
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(d) = &mut self.digest {
-                    d.fail();
-                }
-                return;
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(d), Some(data)) = (&mut self.digest, frame.data_ref()) {
-                    d.data(data);
-                }
-                self.is_end_stream()
-            }
+    /// Shows what was polled to what watches the body.
+    fn feed_watch(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BodyError>>>) {
+        if polled.is_pending() {
+            return;
+        }
+        let ended = self.kind_ended();
+        let Some(watch) = &mut self.watch else {
+            return;
         };
-        if end && let Some(d) = &mut self.digest {
-            d.end();
+        if let Some(d) = &mut watch.digest {
+            match polled {
+                Poll::Ready(Some(Err(_))) => d.fail(),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        d.data(data);
+                    }
+                    if ended {
+                        d.end();
+                    }
+                }
+                Poll::Ready(None) => d.end(),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(grpc) = &mut watch.grpc {
+            grpc.polled(polled, ended);
         }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.digest.is_some()
+        if self.watch.is_some()
             && self.kind_ended()
-            && let Some(d) = &mut self.digest
+            && let Some(d) = self.watch.as_deref_mut().and_then(|w| w.digest.as_mut())
         {
             // A complete body hyper never polled (see below) was received whole.
             d.end();
@@ -221,14 +231,8 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = this.poll_kind(cx);
-        if this.digest.is_some() {
-            this.feed_digest(&polled);
-        }
-        if this.grpc_outcome.is_some() {
-            let ended = this.kind_ended();
-            if let Some(outcome) = &mut this.grpc_outcome {
-                outcome.polled(&polled, ended);
-            }
+        if this.watch.is_some() {
+            this.feed_watch(&polled);
         }
         polled
     }
