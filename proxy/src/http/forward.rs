@@ -30,7 +30,9 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
     let span = spans
         .filter(|_| ids.span.sampled)
         .map(|s| (s, Box::new(SpanStart::of(&req))));
-    let access = (conn.shared.config.access_log).then(|| AccessLine::new(&req, conn, &ids));
+    // Boxed: every request's future carries the slot across its await, few fill it.
+    let access =
+        (conn.shared.config.access_log).then(|| Box::new(AccessLine::new(&req, conn, &ids)));
     let upgrade = conn.version == Downstream::Http1 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // Decided once: a gRPC call gets the proxy's own answers as gRPC statuses.
@@ -167,7 +169,7 @@ fn finish(
     start: Instant,
     metrics: &Arc<RequestMetrics>,
     upstream: Option<SocketAddr>,
-    access: Option<AccessLine>,
+    access: Option<Box<AccessLine>>,
     grpc: bool,
 ) -> (Response<ResponseBody>, Option<Reason>, StatusCode) {
     let (mut resp, reason, status) = match result {
