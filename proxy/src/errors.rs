@@ -128,6 +128,8 @@ pub enum Side {
 pub(crate) mod grpc {
     /// Success.
     pub(crate) const OK: u8 = 0;
+    /// The call was cancelled (by the client).
+    pub(crate) const CANCELLED: u8 = 1;
     /// The caller's deadline, or the route's timeout standing for it, passed.
     pub(crate) const DEADLINE_EXCEEDED: u8 = 4;
     /// The caller may not call this (authorization policy).

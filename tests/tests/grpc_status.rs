@@ -3,8 +3,8 @@
 //! `grpc-status` as the HTTP status it stands for (UNAVAILABLE 503, INTERNAL 500, NOT_FOUND 404…).
 //! A real tonic client through a real proxy to a real gRPC server: trailers-only failures and
 //! statuses in the trailers of a stream, on both sides of the proxy, in metrics and the access log;
-//! a stream the client abandons; and an endpoint answering every call UNAVAILABLE, which outlier
-//! detection ejects and a circuit breaker opens on.
+//! a stream the client abandons; a stream's span, which ends with it and its status; and an endpoint
+//! answering every call UNAVAILABLE, which outlier detection ejects and a circuit breaker opens on.
 
 use std::net::SocketAddr;
 
@@ -12,6 +12,7 @@ use http::Response;
 use shoal_tests::backend::HttpBackend;
 use shoal_tests::client::{Body, empty};
 use shoal_tests::grpc::{self, GrpcBackend, msg, pb};
+use shoal_tests::otlp::OtlpReceiver;
 use shoal_tests::proxy::app_service_state;
 use shoal_tests::{Proxy, ProxyBuilder, eventually};
 use tonic::Code;
@@ -190,6 +191,76 @@ async fn a_stream_the_client_abandons_counts_as_cancelled() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_streams_span_ends_with_the_stream_and_its_status() {
+    let app = GrpcBackend::start().await;
+    let collector = OtlpReceiver::start().await;
+    let proxy = ProxyBuilder::new()
+        .outbound_explicit()
+        .env("SHOAL_TRACING_OTLP_ENDPOINT", collector.addr())
+        .env("SHOAL_TRACING_SAMPLING_RATIO", "1")
+        .env("SHOAL_TRACING_FLUSH_INTERVAL", "50ms")
+        .state(&app_service_state("", &[app.addr()]))
+        .start()
+        .await;
+    let mut client = grpc::client_with_origin(proxy.outbound(), "http://app.example").await;
+    let traced = |req: pb::EchoRequest, trace: &str| {
+        let mut call = tonic::Request::new(req);
+        call.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace}-{}-01", "4".repeat(16)).parse().unwrap(),
+        );
+        call
+    };
+
+    // A stream failing after its messages: its span has the status of its trailers.
+    let failed = "3".repeat(32);
+    let req = pb::EchoRequest {
+        count: 2,
+        ..failing(Code::Internal, "lost the cursor")
+    };
+    let mut stream = client
+        .server_stream(traced(req, &failed))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    stream.message().await.unwrap().unwrap();
+    assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
+    let spans = collector.wait_for_trace(&failed, 1).await;
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let span = &spans[0];
+    assert_eq!(span.attr("rpc.grpc.status_code"), Some("13"), "{span:#?}");
+    assert_eq!(span.attr("http.response.status_code"), Some("500"));
+    assert_eq!(span.status.0, 2, "an error span: {span:#?}");
+
+    // A stream that stays open: no span while it does; the client's cancellation ends it.
+    let open = "5".repeat(32);
+    let mut stream = client
+        .hang_stream(traced(msg("first"), &open))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let early: Vec<_> = (collector.spans().into_iter())
+        .filter(|s| s.trace_id == open)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "exported while the stream is open: {early:#?}"
+    );
+    drop(stream);
+    let spans = collector.wait_for_trace(&open, 1).await;
+    let span = &spans[0];
+    assert_eq!(span.attr("rpc.grpc.status_code"), Some("1"), "{span:#?}");
+    assert_eq!(span.attr("http.response.status_code"), Some("499"));
+    assert!(
+        span.times.1 - span.times.0 >= 300_000_000,
+        "the span lasts as long as the stream: {span:#?}"
+    );
 }
 
 /// An h2c endpoint that answers every gRPC call UNAVAILABLE, trailers-only, as a gRPC server

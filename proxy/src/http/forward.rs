@@ -23,13 +23,13 @@ use crate::trace_context::{self, TraceIds};
 /// Handles one request; never fails (every error becomes a response).
 pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<ResponseBody> {
     let start = Instant::now();
-    let spans = conn.shared.spans.as_deref();
-    let ids = trace_context::propagate(req.headers_mut(), spans.map_or(0.0, Spans::ratio));
+    let spans = conn.shared.spans.as_ref();
+    let ids = trace_context::propagate(req.headers_mut(), spans.map_or(0.0, |s| s.ratio()));
     // Only a sampled request pays for its span (a copy of its method, target and authority),
     // boxed so that every request's future stays small (it is moved as a whole).
     let span = spans
         .filter(|_| ids.span.sampled)
-        .map(|s| (s, Box::new(SpanStart::of(&req))));
+        .map(|s| (s.clone(), Box::new(SpanStart::of(&req))));
     // Boxed: every request's future carries the slot across its await, few fill it.
     let access =
         (conn.shared.config.access_log).then(|| Box::new(AccessLine::new(&req, conn, &ids)));
@@ -63,30 +63,34 @@ pub async fn handle(conn: &Conn, mut req: Request<RequestBody>) -> Response<Resp
         .metrics
         .as_ref()
         .unwrap_or_else(|| unrouted_metrics(conn));
-    let (resp, reason, status) = finish(
-        conn,
-        result,
-        &ids,
-        start,
-        metrics,
-        exchange.upstream,
-        access,
-        grpc,
-    );
-    if let Some((spans, span)) = span {
-        spans.submit((*span).finish(End {
+    let (mut resp, reason, status) = answer(conn, result, &ids, exchange.upstream, grpc);
+    let span = span.map(|(spans, start_span)| {
+        let end = End {
             direction: conn.direction,
             ctx: ids.span,
             started: start,
             status: status.as_u16(),
-            grpc_status: grpc_status_of(&resp, grpc),
+            grpc_status: None,
             reason,
             client: conn.client,
             endpoint: exchange.upstream,
             metrics: metrics.clone(),
             retried: exchange.retried,
-        }));
-    }
+        };
+        Box::new(SampledSpan {
+            spans,
+            start: *start_span,
+            end,
+        })
+    });
+    let tally = Tally {
+        elapsed: start.elapsed(),
+        upstream: exchange.upstream,
+        reason,
+        access,
+        span,
+    };
+    count(&mut resp, grpc, metrics, status, tally);
     resp
 }
 
@@ -143,16 +147,16 @@ pub fn reject_too_many_headers(
 fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Response<ResponseBody> {
     // Refused before its head was even read whole: no span (a malformed request is not traced).
     let ids = trace_context::propagate(req.headers_mut(), 0.0);
-    let (resp, _, _) = finish(
-        conn,
-        Err(err),
-        &ids,
-        Instant::now(),
-        unrouted_metrics(conn),
-        None,
-        None,
-        is_grpc(req.headers()),
-    );
+    let grpc = is_grpc(req.headers());
+    let (mut resp, reason, status) = answer(conn, Err(err), &ids, None, grpc);
+    let tally = Tally {
+        elapsed: Duration::ZERO,
+        upstream: None,
+        reason,
+        access: None,
+        span: None,
+    };
+    count(&mut resp, grpc, unrouted_metrics(conn), status, tally);
     resp
 }
 
@@ -161,18 +165,14 @@ fn reject(conn: &Conn, mut req: Request<RequestBody>, err: ProxyError) -> Respon
 /// (HTTP 200 on the wire; a proxy's answer or the app's, `stack::TrailersOnly`) counts as the
 /// status it stands for, so a dashboard's error rate sees it. `grpc`: the request is a gRPC call,
 /// so the proxy's own answer is a gRPC status.
-#[allow(clippy::too_many_arguments)]
-fn finish(
+fn answer(
     conn: &Conn,
     result: Result<Response<ResponseBody>, ProxyError>,
     ids: &TraceIds,
-    start: Instant,
-    metrics: &Arc<RequestMetrics>,
     upstream: Option<SocketAddr>,
-    access: Option<Box<AccessLine>>,
     grpc: bool,
 ) -> (Response<ResponseBody>, Option<Reason>, StatusCode) {
-    let (mut resp, reason, status) = match result {
+    match result {
         Ok(resp) => {
             let status = stands_for(&resp);
             (resp, None, status)
@@ -182,26 +182,72 @@ fn finish(
             let resp = respond::error(conn.direction, conn.version, &e, ids, &dest, grpc);
             (resp, Some(e.kind), e.status())
         }
-    };
-    let elapsed = start.elapsed();
-    if grpc && reason.is_none() && streams_its_status(&resp) {
-        // Counted when it ends, by the status in its trailers; the latency is still the head's.
+    }
+}
+
+/// Where a request is counted once its outcome is known: its metrics, its access-log line, its span.
+struct Tally {
+    /// The time to the response head: what the latency histogram measures.
+    elapsed: Duration,
+    upstream: Option<SocketAddr>,
+    /// The proxy's reason, when it answered itself.
+    reason: Option<Reason>,
+    access: Option<Box<AccessLine>>,
+    /// The sampled span (boxed: most requests have none, and a tally is moved).
+    span: Option<Box<SampledSpan>>,
+}
+
+/// A sampled request's span: where it goes, how it started, how it ended but for its statuses.
+struct SampledSpan {
+    spans: Arc<Spans>,
+    start: SpanStart,
+    end: End,
+}
+
+impl Tally {
+    /// Counts the request as answered `status` (`grpc_status`: its gRPC status, asked for only when
+    /// the span is sampled).
+    fn record(
+        self,
+        metrics: &RequestMetrics,
+        status: StatusCode,
+        grpc_status: impl FnOnce() -> Option<u8>,
+    ) {
+        metrics.record(status, self.reason, self.elapsed);
+        if let Some(line) = self.access {
+            line.log(status, self.upstream, self.reason, self.elapsed);
+        }
+        if let Some(span) = self.span {
+            let SampledSpan {
+                spans,
+                start,
+                mut end,
+            } = *span;
+            end.status = status.as_u16();
+            end.grpc_status = grpc_status();
+            spans.submit(start.finish(end));
+        }
+    }
+}
+
+/// Counts the request whose response is `resp`, standing for `status`: now, or — a gRPC call whose
+/// status is still to come in its trailers — when the response ends (`http::grpc_outcome`), by
+/// that status; its latency is still the head's, its span ends then.
+fn count(
+    resp: &mut Response<ResponseBody>,
+    grpc: bool,
+    metrics: &Arc<RequestMetrics>,
+    status: StatusCode,
+    tally: Tally,
+) {
+    if grpc && tally.reason.is_none() && streams_its_status(resp) {
         let metrics = metrics.clone();
-        let report = move |status| {
-            metrics.record(status, None, elapsed);
-            if let Some(line) = access {
-                line.log(status, upstream, None, elapsed);
-            }
-        };
+        let report = move |status, code| tally.record(&metrics, status, || code);
         resp.body_mut()
             .report_grpc_outcome(GrpcOutcome::new(Box::new(report)));
-        return (resp, reason, status);
+        return;
     }
-    metrics.record(status, reason, elapsed);
-    if let Some(line) = access {
-        line.log(status, upstream, reason, elapsed);
-    }
-    (resp, reason, status)
+    tally.record(metrics, status, || grpc_status_of(resp, grpc));
 }
 
 /// Whether a gRPC call's response carries its status in trailers still to come: a 200 without

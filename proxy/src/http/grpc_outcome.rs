@@ -4,7 +4,8 @@
 //! without a status in its head is counted when it ends: by the status in its trailers, as the
 //! HTTP status it stands for (`errors::grpc::to_http`: OK 200, UNAVAILABLE 503, INTERNAL 500…);
 //! a body that fails on the upstream's side as 502; one the client abandons as 499 (CANCELLED);
-//! one that ends without a status as 500 (UNKNOWN, as the gRPC spec has the client see it).
+//! one that ends without a status as 500 (UNKNOWN, as the gRPC spec has the client see it). Its
+//! span ends then too, with that gRPC status.
 
 use std::fmt;
 use std::task::Poll;
@@ -17,8 +18,9 @@ use super::h2body::BodyError;
 use super::stack::GRPC_STATUS;
 use crate::errors::grpc;
 
-/// Called once, when the response ends, with the HTTP status it stood for.
-pub(crate) type Report = Box<dyn FnOnce(StatusCode) + Send>;
+/// Called once, when the response ends, with the HTTP status it stood for and its gRPC status (none
+/// when it ended without one).
+pub(crate) type Report = Box<dyn FnOnce(StatusCode, Option<u8>) + Send>;
 
 /// Watches a streamed gRPC response's frames for its status and reports it once (`Report`).
 pub(crate) struct GrpcOutcome {
@@ -42,41 +44,39 @@ impl GrpcOutcome {
         polled: &Poll<Option<Result<Frame<Bytes>, BodyError>>>,
         ended: bool,
     ) {
-        let status = match polled {
+        let code = match polled {
             Poll::Pending => return,
             Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
                 // Trailers end a gRPC response.
                 Some(trailers) => trailers
                     .get(&GRPC_STATUS)
-                    .map_or(grpc::UNKNOWN, |v| grpc::parse(v.as_bytes())),
-                None if ended => grpc::UNKNOWN,
+                    .map(|v| grpc::parse(v.as_bytes())),
+                None if ended => None,
                 None => return,
             },
-            Poll::Ready(None) => grpc::UNKNOWN,
+            Poll::Ready(None) => None,
             Poll::Ready(Some(Err(_))) => {
-                self.finish(StatusCode::BAD_GATEWAY);
+                self.finish(StatusCode::BAD_GATEWAY, None);
                 return;
             }
         };
-        self.finish(status_for(status));
+        let status = StatusCode::from_u16(grpc::to_http(code.unwrap_or(grpc::UNKNOWN)))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.finish(status, code);
     }
 
-    fn finish(&mut self, status: StatusCode) {
+    fn finish(&mut self, status: StatusCode, code: Option<u8>) {
         if let Some(report) = self.report.take() {
-            report(status);
+            report(status, code);
         }
     }
-}
-
-fn status_for(code: u8) -> StatusCode {
-    StatusCode::from_u16(grpc::to_http(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl Drop for GrpcOutcome {
     /// Dropped before its end: the client went away (or the stream was reset downstream).
     fn drop(&mut self) {
         if let Ok(status) = StatusCode::from_u16(CLIENT_CLOSED) {
-            self.finish(status);
+            self.finish(status, Some(grpc::CANCELLED));
         }
     }
 }
@@ -95,11 +95,14 @@ mod tests {
 
     use super::*;
 
-    fn watched() -> (GrpcOutcome, Arc<Mutex<Vec<u16>>>) {
+    /// What an outcome reported: the HTTP status and the gRPC status.
+    type Seen = Arc<Mutex<Vec<(u16, Option<u8>)>>>;
+
+    fn watched() -> (GrpcOutcome, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let into = seen.clone();
-        let outcome = GrpcOutcome::new(Box::new(move |s: StatusCode| {
-            into.lock().unwrap().push(s.as_u16())
+        let outcome = GrpcOutcome::new(Box::new(move |s: StatusCode, code| {
+            into.lock().unwrap().push((s.as_u16(), code))
         }));
         (outcome, seen)
     }
@@ -115,12 +118,12 @@ mod tests {
     #[test]
     fn the_trailers_status_is_reported_once() {
         for (status, expected) in [
-            (Some("0"), 200),
-            (Some("14"), 503),
-            (Some("13"), 500),
-            (Some("5"), 404),
-            (Some("x"), 500),
-            (None, 500),
+            (Some("0"), (200, Some(0))),
+            (Some("14"), (503, Some(14))),
+            (Some("13"), (500, Some(13))),
+            (Some("5"), (404, Some(5))),
+            (Some("x"), (500, Some(2))),
+            (None, (500, None)),
         ] {
             let (mut outcome, seen) = watched();
             let data = Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"msg")))));
@@ -136,17 +139,29 @@ mod tests {
     fn a_response_that_does_not_end_with_a_status_is_counted_by_how_it_ended() {
         let (mut outcome, seen) = watched();
         outcome.polled(&Poll::Ready(None), true);
-        assert_eq!(*seen.lock().unwrap(), [500], "ended without trailers");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(500, None)],
+            "ended without trailers"
+        );
 
         let (mut outcome, seen) = watched();
         let failed = Poll::Ready(Some(Err(BodyError::from("reset"))));
         outcome.polled(&failed, false);
         drop(outcome);
-        assert_eq!(*seen.lock().unwrap(), [502], "the upstream's body failed");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(502, None)],
+            "the upstream's body failed"
+        );
 
         let (mut outcome, seen) = watched();
         outcome.polled(&Poll::Pending, false);
         drop(outcome);
-        assert_eq!(*seen.lock().unwrap(), [499], "the client went away");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(499, Some(1))],
+            "the client went away: CANCELLED"
+        );
     }
 }
