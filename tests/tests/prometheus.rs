@@ -301,8 +301,16 @@ routes:
     for _ in 0..2 {
         c.get("shop", "/checkout").await.unwrap();
     }
-    while v2.count() == 0 {
-        assert_eq!(c.get("shop", "/").await.unwrap().status, 200);
+    // Both backends of `browse` answer at least once (the first request may go to either).
+    let (mut from_v1, mut from_v2) = (false, false);
+    while !(from_v1 && from_v2) {
+        let resp = c.get("shop", "/").await.unwrap();
+        assert_eq!(resp.status, 200);
+        match &resp.body[..] {
+            b"v1" => from_v1 = true,
+            b"v2" => from_v2 = true,
+            other => panic!("an answer from neither backend: {other:?}"),
+        }
         assert!(v1.count() < 500, "nothing reached shop-v2 in 500 requests");
     }
     let dir = TempDir::new("prometheus").unwrap();
