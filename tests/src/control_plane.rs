@@ -893,3 +893,36 @@ pub async fn hello_then_bundle_subscription(
     }
     (tx, ReceiverStream::new(rx))
 }
+
+/// `Identity.Certify` of `namespace/service_account` through `cp`'s discovery listener in plaintext (the
+/// control plane runs with `SHOAL_CP_DISCOVERY_PLAINTEXT=true`) with `credential`, for a fresh key: the answer,
+/// or the refusal.
+pub async fn certify_plaintext(
+    cp: &ControlPlane,
+    namespace: &str,
+    service_account: &str,
+    credential: shoal_proto::v1::certify_request::Credential,
+) -> std::result::Result<shoal_proto::v1::CertifyResponse, tonic::Status> {
+    use shoal_proto::v1;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .expect("CSR");
+    let channel = tonic::transport::Endpoint::from_shared(cp.discovery_url_plaintext())
+        .expect("discovery URL")
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("discovery listener");
+    let request = v1::CertifyRequest {
+        csr: Some(v1::certify_request::Csr::CsrPem(csr)),
+        credential: Some(credential),
+        namespace: namespace.into(),
+        service_account: service_account.into(),
+    };
+    v1::identity_client::IdentityClient::new(channel)
+        .certify(request)
+        .await
+        .map(tonic::Response::into_inner)
+}

@@ -102,14 +102,19 @@ pub struct KubeMesh {
     _dir: TempDir,
 }
 
-/// A control plane in Kubernetes mode on `kube`, started and synced.
-pub async fn control_plane(kube: &FakeKube, dir: &TempDir, env: &[(&str, &str)]) -> ControlPlane {
-    let token_file = dir.path().join("token");
+/// A control plane in Kubernetes mode on `kube`, not started: its token to the API server in `dir`/token.
+pub fn control_plane_builder(kube: &FakeKube, dir: &std::path::Path) -> ControlPlaneBuilder {
+    let token_file = dir.join("token");
     std::fs::write(&token_file, kube.token()).unwrap();
-    let mut cp = ControlPlaneBuilder::new()
+    ControlPlaneBuilder::new()
         .env("SHOAL_CP_KUBERNETES", "true")
         .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
-        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display());
+        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
+}
+
+/// A control plane in Kubernetes mode on `kube`, started and synced.
+pub async fn control_plane(kube: &FakeKube, dir: &TempDir, env: &[(&str, &str)]) -> ControlPlane {
+    let mut cp = control_plane_builder(kube, dir.path());
     for (k, v) in env {
         cp = cp.env(k, v);
     }
@@ -223,6 +228,43 @@ impl KubeMesh {
     }
 }
 
+/// Shoal's entry in the `status.parents` of the `kind` (`HTTPRoute`, `GRPCRoute`) `namespace/name`, once its
+/// `Accepted` condition has `status` at `generation`.
+pub async fn wait_route_parent(
+    kube: &FakeKube,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    generation: u64,
+) -> Value {
+    eventually(
+        DEADLINE,
+        &format!("{kind} {namespace}/{name}: Accepted={status} at generation {generation}"),
+        || async {
+            let object = kube.get(kind, namespace, name).unwrap();
+            let parents = object["status"]["parents"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ours = parents
+                .into_iter()
+                .find(|p| p["controllerName"] == "shoal.io/mesh");
+            match ours {
+                Some(p)
+                    if accepted(&p["conditions"]).is_some_and(|c| {
+                        c["status"] == status && c["observedGeneration"] == generation
+                    }) =>
+                {
+                    Ok(p)
+                }
+                _ => Err(object["status"].clone()),
+            }
+        },
+    )
+    .await
+}
+
 /// The `Accepted` condition of Shoal's entry in the `HTTPRoute` `namespace/name`'s `status.parents`, once it has
 /// `status` at `generation` (the entry's `parentRef` names the Service `web`).
 pub async fn wait_parent(
@@ -232,27 +274,7 @@ pub async fn wait_parent(
     status: &str,
     generation: u64,
 ) -> Value {
-    eventually(
-        DEADLINE,
-        &format!("HTTPRoute {namespace}/{name}: Accepted={status} at generation {generation}"),
-        || async {
-            let object = kube.get("HTTPRoute", namespace, name).unwrap();
-            let parents = object["status"]["parents"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let ours = parents
-                .iter()
-                .find(|p| p["controllerName"] == "shoal.io/mesh");
-            let condition = ours.and_then(|p| accepted(&p["conditions"]));
-            match condition {
-                Some(c) if c["status"] == status && c["observedGeneration"] == generation => {
-                    assert_eq!(ours.unwrap()["parentRef"]["name"], "web");
-                    Ok(c)
-                }
-                _ => Err(object["status"].clone()),
-            }
-        },
-    )
-    .await
+    let parent = wait_route_parent(kube, "HTTPRoute", namespace, name, status, generation).await;
+    assert_eq!(parent["parentRef"]["name"], "web");
+    accepted(&parent["conditions"]).expect("the Accepted condition")
 }

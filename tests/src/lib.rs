@@ -41,6 +41,7 @@ pub mod control_plane;
 pub mod fake_kube;
 pub mod fake_kube_tokenreview;
 pub mod grpc;
+pub mod helm;
 pub mod kube_mesh;
 pub mod metrics_doc;
 pub mod netns;

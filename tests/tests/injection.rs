@@ -491,33 +491,13 @@ async fn shoalctl_inject_rewrites_multi_document_manifests() {
     );
 }
 
-/// `helm template` of the chart with `args`: the text and its documents. helm must be installed (`.ci/run`
-/// installs it): a missing helm fails the test.
+/// `helm template` of the chart with the injector enabled and `args`: the text and its documents.
 fn helm_template(args: &[&str]) -> (String, Vec<Value>) {
-    let chart = shoal_tests::proxy::workspace_root().join("charts/shoal");
-    let out = std::process::Command::new(std::env::var("HELM").unwrap_or_else(|_| "helm".into()))
-        .args(["template", "shoal"])
-        .arg(&chart)
-        .args([
-            "--namespace",
-            "shoal-system",
-            "--set",
-            "injector.enabled=true",
-        ])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run helm ({e}): install it as .ci/run does"));
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|doc: &Value| doc.is_object())
+    let args: Vec<&str> = ["--set", "injector.enabled=true"]
+        .into_iter()
+        .chain(args.iter().copied())
         .collect();
-    (text, docs)
+    shoal_tests::helm::template(&args)
 }
 
 #[tokio::test]

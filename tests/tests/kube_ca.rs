@@ -14,10 +14,11 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use shoal_proto::v1;
 use shoal_tests::control_plane::{
-    ControlPlane, ControlPlaneBuilder, MeshClient, hello_then_bundle_subscription, root_states,
+    ControlPlane, ControlPlaneBuilder, MeshClient, certify_plaintext,
+    hello_then_bundle_subscription, root_states,
 };
 use shoal_tests::fake_kube::FakeKube;
-use shoal_tests::kube_mesh::{TOKEN, control_plane, publish_meshed_web};
+use shoal_tests::kube_mesh::{TOKEN, control_plane, control_plane_builder, publish_meshed_web};
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
@@ -148,30 +149,11 @@ impl RawProxy {
 /// A workload certificate for `default/web` from `cp` (Identity.Certify over plaintext, the Kubernetes token
 /// `token-web`): its chain, leaf first.
 async fn certify(cp: &ControlPlane) -> Vec<String> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(cp.discovery_url_plaintext())
-        .unwrap()
-        .connect()
+    let credential =
+        v1::certify_request::Credential::KubernetesServiceAccountToken("token-web".into());
+    let answer = certify_plaintext(cp, "default", "web", credential)
         .await
-        .expect("discovery listener");
-    let request = v1::CertifyRequest {
-        csr: Some(v1::certify_request::Csr::CsrPem(csr)),
-        credential: Some(
-            v1::certify_request::Credential::KubernetesServiceAccountToken("token-web".into()),
-        ),
-        namespace: "default".into(),
-        service_account: "web".into(),
-    };
-    let answer = v1::identity_client::IdentityClient::new(channel)
-        .certify(request)
-        .await
-        .expect("Certify")
-        .into_inner();
+        .expect("Certify");
     assert_eq!(answer.spiffe_id, WEB_ID);
     answer.certificate_chain_pem
 }
@@ -392,13 +374,8 @@ async fn a_single_replica_installs_root_seeds_the_secret_when_it_moves_to_kubern
     alone.stop(Duration::from_secs(10)).await.unwrap();
 
     let kube = FakeKube::start(TOKEN).await;
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, kube.token()).unwrap();
-    let upgraded = ControlPlaneBuilder::new()
+    let upgraded = control_plane_builder(&kube, dir.path())
         .data_dir(&data)
-        .env("SHOAL_CP_KUBERNETES", "true")
-        .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
-        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
         .start()
         .await;
     assert_eq!(fingerprints(&upgraded.ca_status().await), root);
@@ -418,14 +395,8 @@ async fn a_single_replica_installs_root_seeds_the_secret_when_it_moves_to_kubern
 async fn start_up_waits_for_the_secret_and_stops_naming_it_when_it_never_comes() {
     let kube = FakeKube::start(TOKEN).await;
     let dir = TempDir::new("ca-unavailable").unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, kube.token()).unwrap();
     let builder = |timeout: &str| {
-        ControlPlaneBuilder::new()
-            .env("SHOAL_CP_KUBERNETES", "true")
-            .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
-            .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
-            .env("SHOAL_CP_CA_STATE_TIMEOUT", timeout)
+        control_plane_builder(&kube, dir.path()).env("SHOAL_CP_CA_STATE_TIMEOUT", timeout)
     };
 
     // The API server answers 503 for Secrets: no CA of its own, start-up stops naming the Secret.

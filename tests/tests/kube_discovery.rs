@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use shoal_tests::backend::text_response;
 use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient};
 use shoal_tests::fake_kube::FakeKube;
+use shoal_tests::kube_mesh::control_plane_builder;
 use shoal_tests::pki::TestCa;
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
@@ -81,12 +82,7 @@ async fn mesh(kube: FakeKube) -> Mesh {
 /// [`mesh`], verifying the API server with the CA `ca_pem` when given.
 async fn mesh_with(kube: FakeKube, ca_pem: Option<&str>) -> Mesh {
     let dir = TempDir::new("kube").unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, kube.token()).unwrap();
-    let mut cp = ControlPlaneBuilder::new()
-        .env("SHOAL_CP_KUBERNETES", "true")
-        .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
-        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display());
+    let mut cp = control_plane_builder(&kube, dir.path());
     if let Some(pem) = ca_pem {
         let ca_file = dir.path().join("ca.crt");
         std::fs::write(&ca_file, pem).unwrap();

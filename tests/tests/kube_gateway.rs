@@ -213,25 +213,9 @@ fn grpc_service(kube: &FakeKube, name: &str, ip: &str, port: u16) {
 
 /// Shoal's `Accepted` condition of the `GRPCRoute` `default/name`, once it is `status` at `generation`.
 async fn wait_grpc_parent(kube: &FakeKube, name: &str, status: &str, generation: u64) -> Value {
-    eventually(
-        DEADLINE,
-        &format!("GRPCRoute {name}: Accepted={status}"),
-        || async {
-            let object = kube.get("GRPCRoute", "default", name).unwrap();
-            let parents = object["status"]["parents"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let ours = parents
-                .iter()
-                .find(|p| p["controllerName"] == "shoal.io/mesh");
-            match ours.and_then(|p| kube_mesh::accepted(&p["conditions"])) {
-                Some(c) if c["status"] == status && c["observedGeneration"] == generation => Ok(c),
-                _ => Err(object["status"].clone()),
-            }
-        },
-    )
-    .await
+    let parent =
+        kube_mesh::wait_route_parent(kube, "GRPCRoute", "default", name, status, generation).await;
+    kube_mesh::accepted(&parent["conditions"]).expect("the Accepted condition")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
 use serde_json::Value;
-use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient};
+use shoal_tests::control_plane::{ControlPlane, MeshClient};
 use shoal_tests::fake_kube::FakeKube;
-use shoal_tests::kube_mesh::publish_meshed_web;
+use shoal_tests::kube_mesh::{control_plane_builder, publish_meshed_web};
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
 use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
@@ -36,12 +36,7 @@ const FRONTEND_ID: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 async fn cluster() -> (FakeKube, ControlPlane, TempDir) {
     let kube = FakeKube::start(CP_TOKEN).await;
     let dir = TempDir::new("kube-renewal").unwrap();
-    let token_file = dir.path().join("cp-token");
-    std::fs::write(&token_file, CP_TOKEN).unwrap();
-    let cp = ControlPlaneBuilder::new()
-        .env("SHOAL_CP_KUBERNETES", "true")
-        .env("SHOAL_CP_KUBERNETES_API_URL", kube.url())
-        .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
+    let cp = control_plane_builder(&kube, dir.path())
         .env("SHOAL_CP_CERT_TTL", format!("{}s", TTL.as_secs()))
         .start()
         .await;

@@ -3,10 +3,8 @@
 //! (`shoalctl token create`) certifies a proxy through the other; a single-use token used on one is refused as
 //! exhausted on the other; a token revoked on one is refused on the other.
 
-use std::time::Duration;
-
 use shoal_proto::v1;
-use shoal_tests::control_plane::ControlPlane;
+use shoal_tests::control_plane::{ControlPlane, certify_plaintext};
 use shoal_tests::fake_kube::FakeKube;
 use shoal_tests::kube_mesh::{TOKEN, control_plane};
 use shoal_tests::process::TempDir;
@@ -18,30 +16,10 @@ const SETTINGS: [(&str, &str); 1] = [("SHOAL_CP_DISCOVERY_PLAINTEXT", "true")];
 
 /// Identity.Certify for `default/web` through `cp` with the join token `token`: the refusal's message, if any.
 async fn certify(cp: &ControlPlane, token: &str) -> Result<(), String> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(cp.discovery_url_plaintext())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("discovery listener");
-    let request = v1::CertifyRequest {
-        csr: Some(v1::certify_request::Csr::CsrPem(csr)),
-        credential: Some(v1::certify_request::Credential::JoinToken(token.into())),
-        namespace: "default".into(),
-        service_account: "web".into(),
-    };
-    match v1::identity_client::IdentityClient::new(channel)
-        .certify(request)
-        .await
-    {
+    let credential = v1::certify_request::Credential::JoinToken(token.into());
+    match certify_plaintext(cp, "default", "web", credential).await {
         Ok(answer) => {
-            assert_eq!(answer.into_inner().spiffe_id, WEB_ID);
+            assert_eq!(answer.spiffe_id, WEB_ID);
             Ok(())
         }
         Err(status) => Err(status.message().to_owned()),

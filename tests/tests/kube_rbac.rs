@@ -29,28 +29,7 @@ struct Rule {
 
 /// The rules of the `ClusterRole` and of the `Role` that `helm template` renders with the default values.
 fn chart_rules() -> (Vec<Rule>, Vec<Rule>) {
-    let chart = shoal_tests::proxy::workspace_root().join("charts/shoal");
-    let out = std::process::Command::new(std::env::var("HELM").unwrap_or_else(|_| "helm".into()))
-        .args(["template", "shoal"])
-        .arg(&chart)
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--show-only",
-            "templates/rbac.yaml",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run helm ({e}): install it as .ci/run does"));
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|doc: &Value| doc.is_object())
-        .collect();
+    let (_, docs) = shoal_tests::helm::template(&["--show-only", "templates/rbac.yaml"]);
     let rules_of = |kind: &str| -> Vec<Rule> {
         let strings = |v: &Value| -> Vec<String> {
             (v.as_array().into_iter().flatten())

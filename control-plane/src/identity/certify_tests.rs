@@ -46,6 +46,16 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+impl Fixture {
+    /// The chain `request` is granted; panics on a refusal.
+    async fn granted(&self, request: v1::CertifyRequest) -> Vec<String> {
+        match self.service.certify(request).await {
+            Ok(answer) => answer.certificate_chain_pem,
+            Err(refused) => panic!("refused: {}", refused.status.message()),
+        }
+    }
+}
+
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store.redb")).unwrap();
@@ -115,13 +125,7 @@ async fn a_kubernetes_certificate_renews_with_itself_only_while_the_api_server_i
     let f = fixture();
     let (key, first) =
         request(|_| v1::certify_request::Credential::KubernetesServiceAccountToken("jwt".into()));
-    let chain = f
-        .service
-        .certify(first)
-        .await
-        .ok()
-        .unwrap()
-        .certificate_chain_pem;
+    let chain = f.granted(first).await;
     assert!(marked(&chain), "granted on a Kubernetes token: marked");
 
     // The API server answers reviews: the certificate alone does not renew it.
@@ -141,13 +145,7 @@ async fn a_kubernetes_certificate_renews_with_itself_only_while_the_api_server_i
     // It cannot review tokens now: the certificate renews itself, and the next one is marked too.
     f.tokens.unavailable.store(true, Ordering::Relaxed);
     let (next_key, renew) = request(|csr| renewal(&chain, &key, csr));
-    let next = f
-        .service
-        .certify(renew)
-        .await
-        .ok()
-        .unwrap()
-        .certificate_chain_pem;
+    let next = f.granted(renew).await;
     assert!(marked(&next), "the mark survives the renewal");
     // Back: the renewed certificate too needs a token again.
     f.tokens.unavailable.store(false, Ordering::Relaxed);
@@ -160,21 +158,9 @@ async fn a_kubernetes_certificate_renews_with_itself_only_while_the_api_server_i
 async fn a_join_token_certificate_renews_with_itself_as_before() {
     let f = fixture();
     let (key, first) = request(|_| v1::certify_request::Credential::JoinToken("token".into()));
-    let chain = f
-        .service
-        .certify(first)
-        .await
-        .ok()
-        .unwrap()
-        .certificate_chain_pem;
+    let chain = f.granted(first).await;
     assert!(!marked(&chain));
     let (_, renew) = request(|csr| renewal(&chain, &key, csr));
-    let next = f
-        .service
-        .certify(renew)
-        .await
-        .ok()
-        .unwrap()
-        .certificate_chain_pem;
+    let next = f.granted(renew).await;
     assert!(!marked(&next));
 }
