@@ -112,6 +112,20 @@ pub fn control_plane_builder(kube: &FakeKube, dir: &std::path::Path) -> ControlP
         .env("SHOAL_CP_KUBERNETES_TOKEN_FILE", token_file.display())
 }
 
+/// A proxy of `default/<service_account>` for `cp` certifying itself with the Kubernetes token in `file`, as
+/// an injected sidecar does.
+pub fn token_proxy(
+    cp: &ControlPlane,
+    id: &str,
+    service_account: &str,
+    file: &std::path::Path,
+) -> crate::ProxyBuilder {
+    cp.proxy_builder(id)
+        .env("SHOAL_SERVICE_ACCOUNT", service_account)
+        .env("SHOAL_IDENTITY_TOKEN_FILE", file.display())
+        .env("SHOAL_IDENTITY_TOKEN_KIND", "kubernetes")
+}
+
 /// A control plane in Kubernetes mode on `kube`, started and synced.
 pub async fn control_plane(kube: &FakeKube, dir: &TempDir, env: &[(&str, &str)]) -> ControlPlane {
     let mut cp = control_plane_builder(kube, dir.path());

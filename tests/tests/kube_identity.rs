@@ -12,10 +12,10 @@ use http::StatusCode;
 use serde_json::Value;
 use shoal_tests::control_plane::{ControlPlane, ControlPlaneBuilder, MeshClient};
 use shoal_tests::fake_kube::FakeKube;
-use shoal_tests::kube_mesh::{control_plane_builder, publish_meshed_web};
+use shoal_tests::kube_mesh::{control_plane_builder, publish_meshed_web, token_proxy};
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
-use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
+use shoal_tests::{HttpBackend, Proxy};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The control plane's own token at the fake API server.
@@ -36,14 +36,6 @@ fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, token).unwrap();
     path
-}
-
-/// A proxy of `default/<service_account>` certifying itself with the token in `file`.
-fn proxy(cp: &ControlPlane, id: &str, service_account: &str, file: &Path) -> ProxyBuilder {
-    cp.proxy_builder(id)
-        .env("SHOAL_SERVICE_ACCOUNT", service_account)
-        .env("SHOAL_IDENTITY_TOKEN_FILE", file.display())
-        .env("SHOAL_IDENTITY_TOKEN_KIND", "kubernetes")
 }
 
 /// Waits until `proxy`'s `/config` shows an identity error containing `says`; returns it.
@@ -82,7 +74,7 @@ async fn service_account_tokens_certify_proxies_that_speak_mtls() {
 
     let app = HttpBackend::echo().await;
     let web_token = token_file(dir.path(), "web", "token-web");
-    let server = proxy(&cp, "web-0.default", "web", &web_token)
+    let server = token_proxy(&cp, "web-0.default", "web", &web_token)
         .inbound_explicit(app.addr())
         .env("SHOAL_INBOUND_TLS_MODE", "strict")
         .start()
@@ -93,7 +85,7 @@ async fn service_account_tokens_certify_proxies_that_speak_mtls() {
     publish_meshed_web(&kube, server.inbound().port());
 
     let frontend_token = token_file(dir.path(), "frontend", "token-frontend");
-    let client = proxy(&cp, "frontend-0.default", "frontend", &frontend_token)
+    let client = token_proxy(&cp, "frontend-0.default", "frontend", &frontend_token)
         .start()
         .await;
     assert_eq!(client.config().await["identity"]["spiffe_id"], FRONTEND_ID);
@@ -142,7 +134,10 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
 
     // A token the API server does not know.
     let file = token_file(dir.path(), "unknown", "token-nobody-issued");
-    let unknown = proxy(&cp, "unknown", "web", &file).unready().start().await;
+    let unknown = token_proxy(&cp, "unknown", "web", &file)
+        .unready()
+        .start()
+        .await;
     let error = refused(&unknown, "token lookup failed").await;
     assert!(error.contains("Unauthenticated"), "{error}");
     assert!(refusals(&cp, "unknown_credential").await >= 1.0);
@@ -150,7 +145,10 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
 
     // A valid token for another audience (the pod's default token, not the projected one).
     let file = token_file(dir.path(), "audience", "token-api-audience");
-    let audience = proxy(&cp, "audience", "web", &file).unready().start().await;
+    let audience = token_proxy(&cp, "audience", "web", &file)
+        .unready()
+        .start()
+        .await;
     let error = refused(&audience, "SHOAL_CP_KUBERNETES_AUDIENCES").await;
     assert!(error.contains("not for the audience"), "{error}");
     assert!(refusals(&cp, "invalid_credential").await >= 1.0);
@@ -158,7 +156,7 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
 
     // web's token presented by a proxy claiming another service account.
     let file = token_file(dir.path(), "impostor", "token-web");
-    let impostor = proxy(&cp, "impostor", "admin", &file)
+    let impostor = token_proxy(&cp, "impostor", "admin", &file)
         .unready()
         .start()
         .await;
@@ -175,7 +173,10 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
     // The API server refuses the review itself (no RBAC): unavailable, saying what to fix.
     reviews.fail_with(Some(StatusCode::FORBIDDEN));
     let file = token_file(dir.path(), "rbac", "token-web");
-    let rbac = proxy(&cp, "rbac", "web", &file).unready().start().await;
+    let rbac = token_proxy(&cp, "rbac", "web", &file)
+        .unready()
+        .start()
+        .await;
     let error = refused(&rbac, "Unavailable").await;
     assert!(error.contains("tokenreviews"), "{error}");
     assert!(refusals(&cp, "verifier_unavailable").await >= 1.0);
@@ -194,7 +195,10 @@ async fn refused_tokens_say_why_and_a_rewritten_token_is_used() {
 
     // The kubelet rewrites the projected token file: the proxy's next attempt reads the new token.
     let file = token_file(dir.path(), "rotated", "token-expired");
-    let rotated = proxy(&cp, "rotated", "web", &file).unready().start().await;
+    let rotated = token_proxy(&cp, "rotated", "web", &file)
+        .unready()
+        .start()
+        .await;
     refused(&rotated, "token lookup failed").await;
     reviews.register("token-rotated", "default", "web", "web-1", &["shoal"]);
     std::fs::write(&file, "token-rotated\n").unwrap();
@@ -239,7 +243,10 @@ async fn an_unreachable_api_server_is_unavailable_not_a_bad_token() {
     )
     .await;
     let file = token_file(dir.path(), "token", "token-web");
-    let p = proxy(&cp, "web", "web", &file).unready().start().await;
+    let p = token_proxy(&cp, "web", "web", &file)
+        .unready()
+        .start()
+        .await;
     let error = refused(&p, "Unavailable").await;
     assert!(
         error.contains("cannot reach the API server")
@@ -256,7 +263,10 @@ async fn standalone_control_planes_refuse_kubernetes_tokens() {
     let cp = ControlPlaneBuilder::new().start().await;
     let dir = TempDir::new("kube-identity").unwrap();
     let file = token_file(dir.path(), "token", "a-kubernetes-token");
-    let p = proxy(&cp, "web", "web", &file).unready().start().await;
+    let p = token_proxy(&cp, "web", "web", &file)
+        .unready()
+        .start()
+        .await;
     let error = refused(&p, "standalone mode").await;
     assert!(error.contains("join token"), "{error}");
     let _: Value = p.config().await;

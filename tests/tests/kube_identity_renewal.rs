@@ -17,10 +17,10 @@ use http::StatusCode;
 use serde_json::Value;
 use shoal_tests::control_plane::{ControlPlane, MeshClient};
 use shoal_tests::fake_kube::FakeKube;
-use shoal_tests::kube_mesh::{control_plane_builder, publish_meshed_web};
+use shoal_tests::kube_mesh::{control_plane_builder, publish_meshed_web, token_proxy};
 use shoal_tests::process::TempDir;
 use shoal_tests::wait::eventually;
-use shoal_tests::{HttpBackend, Proxy, ProxyBuilder};
+use shoal_tests::{HttpBackend, Proxy};
 
 /// The certificates' lifetime: proxies renew at 65–75 % of it (19.5–22.5 s), leaving ≥ 7.5 s of validity.
 const TTL: Duration = Duration::from_secs(30);
@@ -50,14 +50,6 @@ fn project(dir: &Path, name: &str, token: &str) -> PathBuf {
     std::fs::write(&tmp, format!("{token}\n")).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     path
-}
-
-/// A proxy of `default/<service_account>` certifying itself with the token in `file`.
-fn proxy(cp: &ControlPlane, id: &str, service_account: &str, file: &Path) -> ProxyBuilder {
-    cp.proxy_builder(id)
-        .env("SHOAL_SERVICE_ACCOUNT", service_account)
-        .env("SHOAL_IDENTITY_TOKEN_FILE", file.display())
-        .env("SHOAL_IDENTITY_TOKEN_KIND", "kubernetes")
 }
 
 async fn identity(proxy: &Proxy) -> Value {
@@ -97,14 +89,14 @@ async fn mesh(kube: &FakeKube, cp: &ControlPlane, dir: &Path) -> Mesh {
     );
     let app = HttpBackend::echo().await;
     let web_token = project(dir, "web", "web-token-1");
-    let server = proxy(cp, "web-0.default", "web", &web_token)
+    let server = token_proxy(cp, "web-0.default", "web", &web_token)
         .inbound_explicit(app.addr())
         .env("SHOAL_INBOUND_TLS_MODE", "strict")
         .start()
         .await;
     publish_meshed_web(kube, server.inbound().port());
     let frontend_token = project(dir, "frontend", "frontend-token");
-    let client = proxy(cp, "frontend-0.default", "frontend", &frontend_token)
+    let client = token_proxy(cp, "frontend-0.default", "frontend", &frontend_token)
         .start()
         .await;
     eventually(DEADLINE, "a request to web answered 200", || async {
@@ -315,7 +307,9 @@ async fn a_renewal_while_reviews_fail_proves_the_current_certificate() {
     let reviews = kube.token_reviews();
     reviews.register("web-token", "default", "web", "web-0", &["shoal"]);
     let file = project(dir.path(), "web", "web-token");
-    let web = proxy(&cp, "web-0.default", "web", &file).start().await;
+    let web = token_proxy(&cp, "web-0.default", "web", &file)
+        .start()
+        .await;
     let first = identity(&web).await;
     assert_eq!(first["spiffe_id"], WEB_ID);
 
